@@ -1,0 +1,299 @@
+"""Per-arena per-frame CSV and end-of-test summary JSON, written so that a crash loses at most ~1 s.
+
+Each decision is appended as one line and handed to the OS at once (``flush``), so a crash of the
+process loses nothing already written; ``os.fsync`` runs at most every ``flush_interval_s`` so a
+power cut loses at most that much without paying a disk sync per frame. A ``kill -9`` or power cut
+can still leave a partial last line: ``read_frames_csv`` ignores it and ``resume=True`` cuts it off
+before appending. The summary is written to a temporary file in the same folder and renamed over
+the old one (``os.replace``), so a reader sees either the old or the new summary, never half of one.
+
+Files: ``<out_dir>/<arena_id>.frames.csv`` with columns ``frame,timestamp_s,behaviour,immobile,
+p_<class>...`` (``immobile`` is 1 or 0) and ``<out_dir>/<arena_id>.summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream.decisions import ArenaDecisions, Decision
+from stream.errors import UserError
+
+__all__ = ["FLUSH_INTERVAL_S_DEFAULT", "ArenaCsvLog", "csv_columns", "json_default", "read_frames_csv", "replay_frames"]
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S_DEFAULT = 1.0  # issue 8: a crash may lose at most the last second
+# Arena ids become file names and ZeroMQ topics: keep them to characters every filesystem accepts.
+_ARENA_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PROB_DECIMALS = 6  # 1e-6 is far below any decision threshold; keeps a line ~60 bytes for 3 classes
+_FIXED_COLUMNS = ("frame", "timestamp_s", "behaviour", "immobile")
+
+
+def csv_columns(classes: list[str]) -> list[str]:
+    return [*_FIXED_COLUMNS, *(f"p_{c}" for c in classes)]
+
+
+def check_arena_id(arena_id: str) -> str:
+    if not isinstance(arena_id, str) or not _ARENA_ID_RE.match(arena_id):
+        raise UserError(
+            f"arena id {arena_id!r} is not usable as a file name: use letters, digits, '_', '-', '.' "
+            "(starting with a letter or digit)"
+        )
+    return arena_id
+
+
+def json_default(obj: Any) -> Any:
+    """``json`` fallback for the numpy scalars/arrays and paths a summary may carry."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _parse_row(columns: list[str], fields: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name, value in zip(columns, fields, strict=True):
+        if name == "frame":
+            row[name] = int(value)
+        elif name == "behaviour":
+            row[name] = value
+        elif name == "immobile":
+            if value not in ("0", "1"):
+                raise ValueError(f"immobile must be 0 or 1, got {value!r}")
+            row[name] = value == "1"
+        else:
+            row[name] = float(value)
+    return row
+
+
+def _split_lines(text: str) -> tuple[list[str], bool]:
+    """Lines of ``text`` and whether the last one is complete (ends with a newline)."""
+    complete = text.endswith("\n")
+    lines = text.split("\n")
+    if complete:
+        lines.pop()  # the empty string after the final newline
+    return lines, complete
+
+
+def read_frames_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a per-frame CSV as typed dicts, ignoring a partial last line left by a crash.
+
+    A damaged line anywhere else is an error: only the end of the file can be cut by a crash.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    lines, complete = _split_lines(text)
+    if not lines or (len(lines) == 1 and not complete):
+        return []  # nothing, or a header cut in half: no frame was written
+    columns = next(csv.reader([lines[0]]))
+    if tuple(columns[: len(_FIXED_COLUMNS)]) != _FIXED_COLUMNS:
+        raise UserError(f"{path} is not a swim-stream frames CSV (header {lines[0]!r})")
+    rows = []
+    body = lines[1:]
+    for number, line in enumerate(body, start=2):
+        last = number == len(body) + 1
+        try:
+            rows.append(_parse_row(columns, next(csv.reader([line]))))
+        except (ValueError, StopIteration, csv.Error) as exc:
+            if last:  # cut by a crash (complete or not: a cut can end anywhere in the line)
+                log.info("%s: ignoring a partial last line %d", path, number)
+                break
+            raise UserError(f"{path}: line {number} is damaged ({exc}); only the last line may be cut") from exc
+    return rows
+
+
+def replay_frames(arena: ArenaDecisions, rows: list[dict[str, Any]]) -> list[Decision]:
+    """Feed the raw probabilities of a frames CSV back through ``arena``, in order.
+
+    Re-scores a recorded run with other settings (smoothing, minimum bout, window), or restores the
+    counters of an interrupted run before resuming it. Frame indices that jump are recorded as gaps;
+    an outage the original run saw without a jump in indices is not visible in the CSV.
+    """
+    columns = [f"p_{c}" for c in arena.classes]
+    out: list[Decision] = []
+    for row in rows:
+        try:
+            probs = np.array([row[c] for c in columns], dtype=np.float64)
+        except KeyError as exc:
+            raise UserError(f"the frames CSV has no column {exc.args[0]}; it was written for other classes") from exc
+        out += arena.update(row["frame"], row["timestamp_s"], probs)
+    return out
+
+
+class ArenaCsvLog:
+    """Append-only per-frame CSV for one arena, plus its summary JSON."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        arena_id: str,
+        classes: list[str],
+        *,
+        flush_interval_s: float = FLUSH_INTERVAL_S_DEFAULT,
+        resume: bool = False,
+    ) -> None:
+        if not (math.isfinite(flush_interval_s) and flush_interval_s >= 0):
+            raise UserError(f"CSV flush interval must be >= 0 s, got {flush_interval_s}")
+        self.out_dir = Path(out_dir)
+        self.arena_id = check_arena_id(arena_id)
+        self.classes = list(classes)
+        self.columns = csv_columns(self.classes)
+        self.flush_interval_s = float(flush_interval_s)
+        self.csv_path = self.out_dir / f"{arena_id}.frames.csv"
+        self.summary_path = self.out_dir / f"{arena_id}.summary.json"
+        self.last_frame_index: int | None = None  # after resume: frames up to here are already in the file
+        self.rows_written = 0
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if resume and self.csv_path.exists():
+                self._file = self._open_for_resume()
+            else:
+                if self.csv_path.exists():
+                    log.warning("overwriting %s (pass resume to append instead)", self.csv_path)
+                self._file = open(self.csv_path, "w", encoding="utf-8", newline="")
+                self._file.write(self._format(self.columns))
+                self._sync()
+        except OSError as exc:
+            raise UserError(
+                f"cannot write {self.csv_path}: {exc.strerror or exc}; choose a writable output folder"
+            ) from exc
+        self._last_sync = time.monotonic()
+        self._closed = False
+
+    # ------------------------------------------------------------------ writing
+    def write(self, decision: Decision) -> None:
+        """Append one frame; the OS has it on return, the disk within ``flush_interval_s``."""
+        if self._closed:
+            raise ValueError(f"{self.csv_path} is closed")
+        if self.last_frame_index is not None and decision.frame_index <= self.last_frame_index:
+            log.debug("%s: frame %d already written, skipped", self.csv_path, decision.frame_index)
+            return
+        fields = [
+            str(int(decision.frame_index)),
+            f"{decision.timestamp_s:.6f}",
+            decision.behaviour,
+            "1" if decision.immobile else "0",
+            *(f"{float(decision.probabilities.get(c, float('nan'))):.{_PROB_DECIMALS}f}" for c in self.classes),
+        ]
+        self._file.write(self._format(fields))
+        self._file.flush()
+        self.rows_written += 1
+        self.last_frame_index = int(decision.frame_index)
+        now = time.monotonic()
+        if now - self._last_sync >= self.flush_interval_s:
+            os.fsync(self._file.fileno())
+            self._last_sync = now
+
+    def write_summary(self, summary: dict) -> Path:
+        """Write the summary JSON atomically (temp file in the same folder, fsync, ``os.replace``)."""
+        text = json.dumps(summary, indent=2, default=json_default) + "\n"
+        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{self.arena_id}.summary.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.summary_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._sync_dir()
+        return self.summary_path
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._sync()
+        finally:
+            self._file.close()
+
+    def __enter__(self) -> ArenaCsvLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _format(fields: list[str]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(fields)
+        return buf.getvalue()
+
+    def _sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def _sync_dir(self) -> None:
+        """Make the rename itself durable; not every platform can open a directory."""
+        try:
+            fd = os.open(self.out_dir, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def _open_for_resume(self):
+        """Cut a partial or damaged last line, check the header, and open for appending."""
+        data = self.csv_path.read_bytes()
+        complete = data.endswith(b"\n")
+        raw_lines = data.split(b"\n")
+        if complete:
+            raw_lines.pop()
+        lines = [line.decode("utf-8", errors="replace") for line in raw_lines]
+        header_ok = bool(lines) and (len(lines) > 1 or complete)
+        if not header_ok:
+            log.warning("%s: header incomplete, starting the file again", self.csv_path)
+            f = open(self.csv_path, "w", encoding="utf-8", newline="")
+            f.write(self._format(self.columns))
+            f.flush()
+            os.fsync(f.fileno())
+            return f
+        columns = next(csv.reader([lines[0]]))
+        if columns != self.columns:
+            raise UserError(
+                f"cannot resume {self.csv_path}: its columns {columns} do not match this model's "
+                f"{self.columns}; use another output folder"
+            )
+        keep = len(lines) if complete else len(lines) - 1  # a line without its newline was cut
+        if keep > 1:
+            try:
+                _parse_row(self.columns, next(csv.reader([lines[keep - 1]])))
+            except (ValueError, StopIteration, csv.Error):
+                keep -= 1  # complete-looking but damaged (e.g. zeros after a power cut)
+        good_bytes = sum(len(line) + 1 for line in raw_lines[:keep])
+        if good_bytes != len(data):
+            log.warning("%s: removed a partial last line left by a crash", self.csv_path)
+            with open(self.csv_path, "r+b") as f:
+                f.truncate(good_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+        if keep > 1:
+            self.last_frame_index = _parse_row(self.columns, next(csv.reader([lines[keep - 1]])))["frame"]
+        return open(self.csv_path, "a", encoding="utf-8", newline="")

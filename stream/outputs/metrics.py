@@ -1,0 +1,158 @@
+"""Prometheus metrics of a running recognizer, served over HTTP (default port 9108).
+
+Names follow Prometheus conventions: the ``swim_stream_`` prefix, base units (seconds), ``_total``
+on counters (added by ``prometheus_client``)::
+
+    swim_stream_frames_captured_total{camera}          swim_stream_frames_processed_total
+    swim_stream_frames_dropped_total{arena,reason}     swim_stream_behaviour_seconds_total{arena,behaviour}
+    swim_stream_immobile_seconds{arena}                swim_stream_immobility_bouts{arena}
+    swim_stream_scoring_window_immobile_seconds{arena} swim_stream_current_behaviour{arena,behaviour} (1/0)
+    swim_stream_fps                                    swim_stream_capture_to_decision_seconds (histogram)
+    swim_stream_flow_seconds (histogram)               swim_stream_model_seconds (histogram)
+    swim_stream_engine_info{...}                       swim_stream_zmq_dropped_messages_total
+    swim_stream_capture_gaps_total
+
+Each ``Metrics`` has its own ``CollectorRegistry``: the global one would make a second instance in
+the same process (every test) fail with "duplicated timeseries".
+
+``frames_captured`` and ``frames_dropped`` carry labels with defaults, so ``metrics.frames_captured
+.inc()`` counts for the default camera and ``.labels(camera="1").inc()`` for a named one;
+``frames_dropped.inc()`` counts a whole frame (``arena="all"``) with ``reason="unspecified"``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from stream.decisions import Decision
+from stream.errors import UserError
+
+__all__ = ["DEFAULT_METRICS_PORT", "Metrics"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METRICS_PORT = 9108  # issue 7 default; not one of the well-known exporter ports (9100 node, 9090 server)
+PREFIX = "swim_stream"
+# Capture-to-decision includes the 7-frame look-ahead (0.47 s at 15 fps), so the buckets run to 10 s.
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+# Flow and model time per batch: ~1 ms on a GPU to ~1 s on a slow CPU.
+STAGE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+DEFAULT_CAMERA_LABEL = "main"  # one stream-run watches one camera; the label is for merged dashboards
+WHOLE_FRAME_ARENA_LABEL = "all"  # a frame dropped before the arenas are cut out is lost for all of them
+DEFAULT_DROP_REASON = "unspecified"
+
+
+class _WithDefaults:
+    """A labelled metric usable without ``.labels()``: missing label values take defaults."""
+
+    def __init__(self, metric: Any, defaults: dict[str, str]) -> None:
+        self._metric = metric
+        self._defaults = defaults
+
+    def labels(self, *values: str, **kwargs: str) -> Any:
+        if values:
+            return self._metric.labels(*values)
+        return self._metric.labels(**{**self._defaults, **kwargs})
+
+    def __getattr__(self, name: str) -> Any:  # inc, set, observe, ... on the default child
+        return getattr(self.labels(), name)
+
+
+class Metrics:
+    """The recognizer's metrics; ``port=None`` keeps them in memory only (tests, offline runs)."""
+
+    def __init__(self, port: int | None = DEFAULT_METRICS_PORT, *, addr: str = "127.0.0.1",
+                 registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.frames_captured = _WithDefaults(
+            Counter(f"{PREFIX}_frames_captured", "Frames read from the camera or video.", ["camera"], registry=r),
+            {"camera": DEFAULT_CAMERA_LABEL},
+        )
+        self.frames_processed = Counter(
+            f"{PREFIX}_frames_processed", "Frames that went through flow and the model.", registry=r)
+        self.frames_dropped = _WithDefaults(
+            Counter(f"{PREFIX}_frames_dropped", "Frames dropped before classification.", ["arena", "reason"],
+                    registry=r),
+            {"arena": WHOLE_FRAME_ARENA_LABEL, "reason": DEFAULT_DROP_REASON},
+        )
+        self.behaviour_seconds = Counter(
+            f"{PREFIX}_behaviour_seconds", "Seconds classified as each behaviour.", ["arena", "behaviour"],
+            registry=r)
+        self.immobile_seconds = Gauge(
+            f"{PREFIX}_immobile_seconds", "Immobile seconds in the test so far (bouts only).", ["arena"], registry=r)
+        self.immobility_bouts = Gauge(
+            f"{PREFIX}_immobility_bouts", "Immobility bouts in the test so far.", ["arena"], registry=r)
+        self.scoring_window_immobile_seconds = Gauge(
+            f"{PREFIX}_scoring_window_immobile_seconds", "Immobile seconds inside the scoring window.", ["arena"],
+            registry=r)
+        self.current_behaviour = Gauge(
+            f"{PREFIX}_current_behaviour", "1 for the arena's current behaviour, 0 for the others.",
+            ["arena", "behaviour"], registry=r)
+        self.fps = Gauge(f"{PREFIX}_fps", "Frames processed per second, recent average.", registry=r)
+        self.latency_seconds = Histogram(
+            f"{PREFIX}_capture_to_decision_seconds", "Time from frame capture to its decision.",
+            buckets=LATENCY_BUCKETS_S, registry=r)
+        self.flow_seconds = Histogram(
+            f"{PREFIX}_flow_seconds", "Optical flow time per batch.", buckets=STAGE_BUCKETS_S, registry=r)
+        self.model_seconds = Histogram(
+            f"{PREFIX}_model_seconds", "Model inference time per batch.", buckets=STAGE_BUCKETS_S, registry=r)
+        self.engine_info = Info(f"{PREFIX}_engine", "Inference engine, device and model.", registry=r)
+        self.zmq_dropped = Counter(
+            f"{PREFIX}_zmq_dropped_messages", "ZeroMQ messages dropped for a slow subscriber.", registry=r)
+        self.capture_gaps = Counter(
+            f"{PREFIX}_capture_gaps", "Camera outages (reconnections).", registry=r)
+        self._behaviours: dict[str, set[str]] = {}
+        self._server = None
+        self._thread = None
+        self.port: int | None = None
+        if port is not None:
+            try:
+                self._server, self._thread = start_http_server(port, addr=addr, registry=r)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise UserError(
+                        f"metrics port {addr}:{port} is already in use; stop the other program or choose another port"
+                    ) from exc
+                raise UserError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") from exc
+            self.port = self._server.server_address[1]
+            log.info("metrics on http://%s:%d/metrics", addr, self.port)
+
+    def observe_decision(self, arena_id: str, decision: Decision, frame_period_s: float) -> None:
+        """Account one decision: its frame's seconds, the current behaviour, the counters' gauges.
+
+        ``frames_processed`` is not touched: the pipeline counts frames, not decisions.
+        """
+        self.behaviour_seconds.labels(arena=arena_id, behaviour=decision.behaviour).inc(frame_period_s)
+        known = self._behaviours.setdefault(arena_id, set())
+        known.update(decision.probabilities)
+        known.add(decision.behaviour)
+        for behaviour in known:
+            value = 1.0 if behaviour == decision.behaviour else 0.0
+            self.current_behaviour.labels(arena=arena_id, behaviour=behaviour).set(value)
+        counters = decision.counters or {}
+        if "immobile_s" in counters:
+            self.immobile_seconds.labels(arena=arena_id).set(counters["immobile_s"])
+        if "immobility_bouts" in counters:
+            self.immobility_bouts.labels(arena=arena_id).set(counters["immobility_bouts"])
+        window = counters.get("scoring_window") or {}
+        if "immobile_s" in window:
+            self.scoring_window_immobile_seconds.labels(arena=arena_id).set(window["immobile_s"])
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            if self._thread is not None:
+                self._thread.join()
+            self._server = None
+
+    def __enter__(self) -> Metrics:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

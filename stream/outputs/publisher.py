@@ -1,0 +1,250 @@
+"""ZeroMQ publisher of per-frame decisions and end-of-test summaries; it never blocks the pipeline.
+
+One multipart message per decision: ``[topic = arena id, body = JSON]``; the body is versioned
+(``"schema": SCHEMA_VERSION``) so a subscriber can refuse what it does not understand::
+
+    {"schema": 1, "type": "frame", "arena": "A", "frame_index": 42, "timestamp_s": 2.8,
+     "behaviour": "float", "immobile": true, "probabilities": {...}, "counters": {...}}
+    {"schema": 1, "type": "summary", "arena": "A", "arena_id": "A", "counters": {...}, "config": {...}, ...}
+
+Why an XPUB socket with ``XPUB_NODROP``: a plain PUB socket silently discards a message a slow
+subscriber's queue cannot take, so nobody could count drops. With ``XPUB_NODROP`` and ``NOBLOCK``
+the send fails at once with ``EAGAIN`` instead; we count it and go on. The price: when one
+subscriber's queue (``hwm`` messages on each side) is full, the message is dropped for every
+subscriber. A subscriber that reads keeps up easily (a message is < 1 kB, a few hundred per second).
+
+Late joiners miss what was published before they connected (ZeroMQ's "slow joiner"); they can ask
+the optional state endpoint (REP socket, served by a small thread) for the latest counters of every
+arena: send ``b"counters"``, receive ``{"schema": 1, "type": "counters", "arenas": {id: counters},
+"finished": [ids that sent their summary]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from stream.decisions import Decision
+from stream.errors import UserError
+from stream.outputs.csv_log import json_default
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "SCHEMA_VERSION",
+    "STATE_REQUEST",
+    "Publisher",
+    "decision_message",
+    "summary_message",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"  # loopback only: the lab network gets it through a deliberate flag
+DEFAULT_HWM = 1000  # ~1 min of one arena at 15 fps, a few seconds at full speed: enough to ride out a hiccup
+STATE_REQUEST = b"counters"
+# The state thread wakes this often to notice close(); shorter only burns CPU for nothing.
+_STATE_POLL_MS = 100
+# The summary is the message a watcher waits for to exit: worth retrying briefly at the end of a test.
+_SUMMARY_RETRY_S = 1.0
+_SUMMARY_RETRY_STEP_S = 0.02
+
+
+def decision_message(arena_id: str, decision: Decision) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_VERSION,
+        "type": "frame",
+        "arena": arena_id,
+        "frame_index": int(decision.frame_index),
+        "timestamp_s": float(decision.timestamp_s),
+        "behaviour": decision.behaviour,
+        "immobile": bool(decision.immobile),
+        "probabilities": {k: float(v) for k, v in decision.probabilities.items()},
+        "counters": decision.counters,
+    }
+
+
+def summary_message(arena_id: str, summary: dict) -> dict[str, Any]:
+    return {**summary, "schema": SCHEMA_VERSION, "type": "summary", "arena": arena_id}
+
+
+def _bind(socket: zmq.Socket, endpoint: str, what: str) -> None:
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EADDRINUSE:
+            raise UserError(f"{what} {endpoint} is already in use; stop the other program or choose another") from exc
+        raise UserError(f"cannot bind {what} {endpoint}: {exc.strerror}; use e.g. tcp://127.0.0.1:5555") from exc
+
+
+class Publisher:
+    """Publishes decisions and summaries; ``publish`` never waits for a subscriber."""
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        hwm: int = DEFAULT_HWM,
+        state_endpoint: str | None = None,
+    ) -> None:
+        if hwm < 1:
+            raise UserError(f"ZeroMQ high-water mark must be >= 1 message, got {hwm}")
+        self.endpoint = endpoint
+        self.state_endpoint = state_endpoint
+        self._dropped = 0
+        self._sent = 0
+        self._subscriptions = 0
+        self._lock = threading.Lock()  # guards the latest counters shared with the state thread
+        self._latest: dict[str, dict] = {}
+        self._finished: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state: zmq.Socket | None = None
+        self._closed = False
+        self._ctx = zmq.Context()
+        self._pub = self._ctx.socket(zmq.XPUB)
+        self._pub.setsockopt(zmq.SNDHWM, hwm)
+        self._pub.setsockopt(zmq.XPUB_NODROP, 1)
+        self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscriber's subscription, not only the first
+        self._pub.setsockopt(zmq.LINGER, 0)
+        try:
+            _bind(self._pub, endpoint, "ZeroMQ endpoint")
+            if state_endpoint is not None:
+                self._state = self._ctx.socket(zmq.REP)
+                self._state.setsockopt(zmq.LINGER, 0)
+                _bind(self._state, state_endpoint, "ZeroMQ state endpoint")
+        except BaseException:
+            self._close_sockets()
+            raise
+        # read before the state thread owns its socket: ZeroMQ sockets are not thread-safe
+        self._bound_state = None if self._state is None else self._state.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self._state is not None:
+            self._thread = threading.Thread(target=self._serve_state, name="zmq-state", daemon=True)
+            self._thread.start()
+        log.info("publishing on %s%s", endpoint, f", state on {state_endpoint}" if state_endpoint else "")
+
+    @property
+    def dropped(self) -> int:
+        """Messages a full subscriber queue could not take (dropped, not retried)."""
+        return self._dropped
+
+    @property
+    def sent(self) -> int:
+        return self._sent
+
+    @property
+    def subscriptions_seen(self) -> int:
+        """Subscriptions received so far (one per subscriber and topic): lets a caller wait for a subscriber."""
+        if not self._closed:
+            self._drain_subscriptions()
+        return self._subscriptions
+
+    @property
+    def bound_endpoint(self) -> str:
+        """The endpoint actually bound (resolves a ``tcp://127.0.0.1:*`` wildcard port)."""
+        return self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    @property
+    def bound_state_endpoint(self) -> str | None:
+        """The state endpoint actually bound, or None without one."""
+        return self._bound_state
+
+    def publish(self, arena_id: str, decision: Decision) -> None:
+        with self._lock:
+            self._latest[arena_id] = decision.counters
+        self._send(arena_id, decision_message(arena_id, decision))
+
+    def publish_summary(self, arena_id: str, summary: dict) -> None:
+        with self._lock:
+            self._latest[arena_id] = summary.get("counters", self._latest.get(arena_id, {}))
+            if arena_id not in self._finished:
+                self._finished.append(arena_id)
+        deadline = time.monotonic() + _SUMMARY_RETRY_S
+        body = summary_message(arena_id, summary)
+        while not self._send(arena_id, body, count_drop=False):
+            if time.monotonic() >= deadline:
+                self._dropped += 1
+                log.warning("summary of arena %s dropped: a subscriber is not reading", arena_id)
+                return
+            time.sleep(_SUMMARY_RETRY_STEP_S)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._close_sockets()
+        if self._dropped:
+            log.warning("%d ZeroMQ messages dropped (slow subscriber)", self._dropped)
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+    def _send(self, arena_id: str, body: dict, *, count_drop: bool = True) -> bool:
+        if self._closed:
+            raise ValueError("publisher is closed")
+        self._drain_subscriptions()
+        payload = json.dumps(body, default=json_default, separators=(",", ":")).encode()
+        try:
+            self._pub.send_multipart([arena_id.encode(), payload], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            if count_drop:
+                self._dropped += 1
+            return False
+        self._sent += 1
+        return True
+
+    def _drain_subscriptions(self) -> None:
+        """XPUB queues (un)subscription notices for us to read; read them so they never pile up."""
+        while True:
+            try:
+                notice = self._pub.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if notice[:1] == b"\x01":
+                self._subscriptions += 1
+                log.debug("subscriber joined (topic %r)", notice[1:])
+
+    def _serve_state(self) -> None:
+        assert self._state is not None
+        poller = zmq.Poller()
+        poller.register(self._state, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(_STATE_POLL_MS):
+                continue
+            try:
+                request = self._state.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+            if request.strip() == STATE_REQUEST:
+                with self._lock:
+                    reply = {
+                        "schema": SCHEMA_VERSION,
+                        "type": "counters",
+                        "arenas": dict(self._latest),
+                        "finished": list(self._finished),
+                    }
+            else:
+                reply = {"schema": SCHEMA_VERSION, "type": "error",
+                         "error": f"unknown request {request[:40]!r}; send {STATE_REQUEST!r}"}
+            try:
+                self._state.send(json.dumps(reply, default=json_default).encode())
+            except zmq.ZMQError:
+                log.debug("state reply failed", exc_info=True)
+
+    def _close_sockets(self) -> None:
+        for sock in (self._pub, self._state):
+            if sock is not None:
+                sock.close(linger=0)
+        self._ctx.term()

@@ -1,0 +1,100 @@
+"""Prometheus metrics: scraped over HTTP from the started server, names, values, port errors."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream.decisions import ArenaDecisions, DecisionConfig
+from stream.errors import UserError
+from stream.outputs.metrics import Metrics
+
+CLASSES = ["swim", "struggle", "float"]
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        assert resp.status == 200
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_scrape_after_decisions() -> None:
+    fps = 10.0
+    arena = ArenaDecisions("A", CLASSES, DecisionConfig(fps=fps))
+    onehot = {"swim": [0.8, 0.1, 0.1], "float": [0.1, 0.1, 0.8]}
+    labels = ["swim", "float", "float", "swim", "float"]
+    with Metrics(port=0) as m:
+        for i, lab in enumerate(labels):
+            for d in arena.update(i, i / fps, np.array(onehot[lab])):
+                m.observe_decision("A", d, 1 / fps)
+        m.frames_captured.inc(5)
+        m.frames_captured.labels(camera="2").inc()
+        m.frames_processed.inc(5)
+        m.frames_dropped.inc()
+        m.frames_dropped.labels(arena="A", reason="queue_full").inc(2)
+        m.fps.set(14.5)
+        m.latency_seconds.observe(0.6)
+        m.flow_seconds.observe(0.02)
+        m.model_seconds.observe(0.05)
+        m.engine_info.info({"engine": "torch", "device": "cpu"})
+        m.zmq_dropped.inc(3)
+        m.capture_gaps.inc()
+        got = scrape(m.port)
+    assert got[("swim_stream_behaviour_seconds_total", (("arena", "A"), ("behaviour", "float")))] == pytest.approx(0.3)
+    assert got[("swim_stream_behaviour_seconds_total", (("arena", "A"), ("behaviour", "swim")))] == pytest.approx(0.2)
+    assert got[("swim_stream_immobile_seconds", (("arena", "A"),))] == pytest.approx(0.3)
+    assert got[("swim_stream_immobility_bouts", (("arena", "A"),))] == 2
+    assert got[("swim_stream_current_behaviour", (("arena", "A"), ("behaviour", "float")))] == 1
+    assert got[("swim_stream_current_behaviour", (("arena", "A"), ("behaviour", "swim")))] == 0
+    assert got[("swim_stream_current_behaviour", (("arena", "A"), ("behaviour", "struggle")))] == 0
+    assert got[("swim_stream_frames_captured_total", (("camera", "main"),))] == 5
+    assert got[("swim_stream_frames_captured_total", (("camera", "2"),))] == 1
+    assert got[("swim_stream_frames_processed_total", ())] == 5
+    assert got[("swim_stream_frames_dropped_total", (("arena", "all"), ("reason", "unspecified")))] == 1
+    assert got[("swim_stream_frames_dropped_total", (("arena", "A"), ("reason", "queue_full")))] == 2
+    assert got[("swim_stream_fps", ())] == 14.5
+    assert got[("swim_stream_capture_to_decision_seconds_count", ())] == 1
+    assert got[("swim_stream_capture_to_decision_seconds_bucket", (("le", "0.75"),))] == 1
+    assert got[("swim_stream_capture_to_decision_seconds_bucket", (("le", "0.5"),))] == 0
+    assert got[("swim_stream_flow_seconds_sum", ())] == pytest.approx(0.02)
+    assert got[("swim_stream_model_seconds_count", ())] == 1
+    assert got[("swim_stream_engine_info", (("device", "cpu"), ("engine", "torch")))] == 1
+    assert got[("swim_stream_zmq_dropped_messages_total", ())] == 3
+    assert got[("swim_stream_capture_gaps_total", ())] == 1
+
+
+def test_instances_have_their_own_registries() -> None:
+    a, b = Metrics(port=None), Metrics(port=None)
+    a.frames_processed.inc()
+    assert a.registry.get_sample_value("swim_stream_frames_processed_total") == 1
+    assert b.registry.get_sample_value("swim_stream_frames_processed_total") == 0
+    assert a.port is None
+    a.close()
+    b.close()
+
+
+def test_port_in_use_is_a_user_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(UserError, match=f"127.0.0.1:{port} is already in use"):
+            Metrics(port=port)
+
+
+def test_close_frees_the_port() -> None:
+    m = Metrics(port=0)
+    port = m.port
+    m.close()
+    again = Metrics(port=port)
+    assert scrape(again.port)  # serving again on the same port
+    again.close()
