@@ -1,0 +1,442 @@
+"""Training clips: 16 RGB frames + 16 TV-L1 flow fields centred on each labelled frame.
+
+API (what ``export/train.py`` and ``export/evaluate.py`` use)::
+
+    from export.dataset import VideoSource, ClipDataset, sources_from_files, load_arenas
+    from export.folds import contiguous_folds, video_folds, Fold
+
+    # one VideoSource per (video, arena): the arena's ROI in the full frame and its labels
+    sources = sources_from_files("demo/synth_side.mp4", "demo/synth_side.labels.csv",
+                                 arenas_json="demo/synth_side.arenas.json", classes=SIDE_CLASSES)
+    ds = ClipDataset(sources, classes=SIDE_CLASSES, size_px=112, cache_dir="runs/cache",
+                     flow_config=FlowConfig(), augment=False, stride=1, frame_step=1)
+    rgb, flow, label = ds[i]     # (3,16,S,S) float32 [-1,1], (2,16,S,S) float32 [-1,1], int64
+    ds.items                     # (M, 3) int64: source index, centre frame index, label per item
+    ds.labels                    # (M,) int64 == ds.items[:, 2]
+    ds.class_counts()            # (K,) int64
+    ds.sample_weights()          # (M,) float64, inverse class frequency (mean 1)
+    ds.make_sampler(num_samples=None, seed=0) -> torch WeightedRandomSampler (class-balanced)
+    ds.with_augment(True)        # same items and caches, training augmentation on
+    ds.source_labels(s)          # (num_frames,) per-frame labels of source s in ds.classes
+    ds.num_frames(s); ds.sources[s]
+    folds = contiguous_folds(ds.items, k=5, gap_frames=16)   # list[Fold(train, test)] item indices
+    train = torch.utils.data.Subset(ds.with_augment(True), folds[0].train)
+
+Conventions are those of ``stream.preprocess`` (same code as live inference): the clip for frame
+``t`` is frames ``t-8 .. t+7`` (``clip_indices``, edge frames repeated, optional ``stride``), each
+frame cropped by its arena's ROI and resized to ``size_px`` (``crop_resize``); flow for clip frame
+``i`` is ``stream.flow.TVL1`` from frame ``i - stride`` to frame ``i`` on the grey crop at model
+size (zero for the first frame, and zero for a frame repeated as edge padding, since a repeated
+frame has not moved), encoded with ``encode_flow``.
+
+Why caches: TV-L1 is by far the most expensive step, and every epoch would redo it. The decoded
+crops (uint8) and the flow (``flow_to_uint8`` codes, one byte per value) of each (video, ROI,
+size) are stored as ``.npy`` files under ``cache_dir`` and memory-mapped. The file names carry
+the sha256 of the video file and a hash of the flow settings, so editing either builds a new
+cache instead of reusing a stale one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from export.annotations import UNLABELLED, Annotation, AnnotationError, read_annotations
+from stream.errors import UserError
+from stream.flow import TVL1, FlowConfig, encode_flow, flow_from_uint8, flow_to_uint8
+from stream.preprocess import Roi, clip_indices, crop_resize, rgb_clip, to_grey
+
+__all__ = [
+    "VideoSource",
+    "ClipDataset",
+    "sources_from_files",
+    "load_arenas",
+    "video_sha256",
+    "probe_video",
+    "DEFAULT_SIZE_PX",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZE_PX = 112  # the bundled model's input size (model card input_size_px)
+FLOW_BATCH_PAIRS = 32  # frame pairs per TVL1 call: batched tensors amortise per-call overhead
+CACHE_FORMAT_VERSION = 1  # bump when the cache layout or the flow/crop definition changes
+HASH_CHUNK_BYTES = 1 << 20
+# augmentation strengths: small enough that a flipped/brightened/cropped clip is still a
+# plausible camera view of the same behaviour
+AUG_FLIP_P = 0.5
+AUG_GAIN_RANGE = (0.8, 1.2)  # multiplicative brightness/contrast on [-1, 1] RGB
+AUG_BIAS_RANGE = (-0.1, 0.1)  # additive brightness on [-1, 1] RGB (~ +-13 grey levels)
+AUG_MAX_CROP_FRACTION = 0.125  # random crop removes up to 1/8 of the side, then resizes back
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def video_sha256(path: Path) -> str:
+    """Content hash of a video file (memoised per path, size and mtime within the process)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(HASH_CHUNK_BYTES):
+                h.update(chunk)
+        _SHA_MEMO[key] = h.hexdigest()
+    return _SHA_MEMO[key]
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """One animal: a video file, the arena's region of interest in it (None = whole frame), labels."""
+
+    video_path: Path
+    annotation: Annotation
+    roi: Roi | None = None
+    name: str = ""  # for reports, e.g. "mouse3.mp4#arena1"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "video_path", Path(self.video_path))
+        if not self.name:
+            suffix = f"#{self.annotation.subject}" if self.annotation.subject else ""
+            object.__setattr__(self, "name", self.video_path.name + suffix)
+
+
+def load_arenas(path: Path | str) -> list[tuple[str, Roi]]:
+    """Arena names and ROIs from an ``.arenas.json`` (format written by ``export-synth``).
+
+    ``{"arenas": [{"id": "arena0", "roi": [x, y, w, h]}, ...], ...}`` (the ``stream.arenas`` format;
+    ``roi`` may be ``"x,y,w,h"``, the name may be under ``name``, a missing one is ``arena<i>``)
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        out = []
+        for i, a in enumerate(data["arenas"]):
+            raw = a["roi"]
+            roi = Roi.parse(raw) if isinstance(raw, str) else Roi(*(int(v) for v in raw))
+            out.append((str(a.get("id", a.get("name", f"arena{i}"))), roi))
+        return out
+    except FileNotFoundError:
+        raise UserError(f"{path}: arenas file not found") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not an arenas file ({exc}); expected "
+                        '{"arenas": [{"id": "arena0", "roi": [x, y, w, h]}]}') from None  # fmt: skip
+
+
+def probe_video(video_path: Path) -> tuple[int, float, int, int]:
+    """(frame count as the container says, fps, width, height) without decoding."""
+    cap = cv2.VideoCapture(str(video_path))
+    if not cap.isOpened():
+        raise UserError(f"{video_path}: cannot open video (missing file or unsupported codec)")
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    fps = float(cap.get(cv2.CAP_PROP_FPS))
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    cap.release()
+    return n, fps, w, h
+
+
+_probe = probe_video  # export/train.py imports this name
+
+
+def sources_from_files(
+    video_path: Path | str,
+    annotation_path: Path | str,
+    *,
+    arenas_json: Path | str | None = None,
+    classes: Sequence[str] | None = None,
+    fps: float | None = None,
+) -> list[VideoSource]:
+    """VideoSources of one video: annotations matched to arenas by subject name (or order).
+
+    Without ``arenas_json`` there must be one annotation, and the whole frame is the arena.
+    """
+    video_path = Path(video_path)
+    if not video_path.exists():
+        raise UserError(f"{video_path}: video not found")
+    n, video_fps, width, height = probe_video(video_path)
+    anns = read_annotations(annotation_path, fps=fps or video_fps or None, classes=classes)
+    if arenas_json is None:
+        if len(anns) != 1:
+            raise UserError(f"{annotation_path}: {len(anns)} subjects/arenas but no arenas file; pass the .arenas.json")
+        return [VideoSource(video_path, anns[0], None)]
+    arenas = load_arenas(arenas_json)
+    for name, roi in arenas:
+        if not roi.fits(width, height):
+            raise UserError(f"{arenas_json}: arena {name} {roi} does not fit the {width}x{height} video {video_path}")
+    by_name = {name: roi for name, roi in arenas}
+    out = []
+    for i, a in enumerate(anns):
+        if a.subject is not None and a.subject in by_name:
+            roi = by_name[a.subject]
+        elif a.subject is None and len(anns) == 1 and len(arenas) == 1:
+            roi = arenas[0][1]
+        elif a.subject is None and len(anns) == len(arenas):
+            roi = arenas[i][1]
+        else:
+            raise UserError(f"{annotation_path}: subject {a.subject!r} is not an arena in {arenas_json} "
+                            f"({sorted(by_name)})")  # fmt: skip
+        out.append(VideoSource(video_path, a, roi))
+    return out
+
+
+def _flow_key(cfg: FlowConfig) -> str:
+    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+class ClipDataset(Dataset):
+    """Clips centred on every labelled frame (every ``frame_step``-th) of every source.
+
+    Building it decodes each video once (all its arenas together) and computes the flow of any
+    (video, ROI, size, stride, flow settings) not yet in ``cache_dir``; later constructions only
+    memory-map the cache files.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[VideoSource],
+        classes: Sequence[str],
+        *,
+        size_px: int = DEFAULT_SIZE_PX,
+        cache_dir: Path | str = Path("runs/cache"),
+        augment: bool = False,
+        stride: int = 1,
+        frame_step: int = 1,
+        flow_config: FlowConfig = FlowConfig(),
+        device: str = "cpu",
+        flow_batch_pairs: int = FLOW_BATCH_PAIRS,
+        progress: bool = True,
+    ) -> None:
+        if size_px < 8:
+            raise ValueError(f"size_px={size_px} is too small")
+        if stride < 1 or frame_step < 1:
+            raise ValueError("stride and frame_step must be >= 1")
+        if not sources:
+            raise UserError("no videos to build a dataset from")
+        self.sources = list(sources)
+        self.classes = list(classes)
+        self.size_px = int(size_px)
+        self.cache_dir = Path(cache_dir)
+        self.augment = bool(augment)
+        self.stride = int(stride)
+        self.frame_step = int(frame_step)
+        self.flow_config = flow_config
+        self.device = device
+        self.flow_batch_pairs = int(flow_batch_pairs)
+        self.progress = progress
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+
+        self._frames: list[np.ndarray] = []  # (N, S, S, 3) uint8 BGR per source (memory-mapped)
+        self._flow: list[np.ndarray] = []  # (N, 2, S, S) uint8 flow codes per source
+        self._labels: list[np.ndarray] = []  # (N,) int64 per source, in self.classes
+        self.cache_files: list[tuple[Path, Path]] = []
+        self._build_caches()
+
+        items = []
+        for s, labels in enumerate(self._labels):
+            frames = np.flatnonzero(labels >= 0)
+            frames = frames[frames % self.frame_step == 0] if self.frame_step > 1 else frames
+            items.append(np.stack([np.full(frames.size, s), frames, labels[frames]], axis=1))
+        self.items = np.concatenate(items).astype(np.int64) if items else np.zeros((0, 3), np.int64)
+
+    # -- cache building ----------------------------------------------------------------------
+
+    def _paths(self, source: VideoSource, sha: str) -> tuple[Path, Path]:
+        roi = source.roi
+        roi_key = "full" if roi is None else f"{roi.x}_{roi.y}_{roi.w}_{roi.h}"
+        stem = f"{source.video_path.stem}-{sha[:16]}-v{CACHE_FORMAT_VERSION}-roi{roi_key}-{self.size_px}px"
+        frames = self.cache_dir / f"{stem}.frames.npy"
+        flow = self.cache_dir / f"{stem}-s{self.stride}-tvl1_{_flow_key(self.flow_config)}.flow.npy"
+        return frames, flow
+
+    def _build_caches(self) -> None:
+        by_video: dict[Path, list[int]] = {}
+        for i, src in enumerate(self.sources):
+            if not src.video_path.exists():
+                raise UserError(f"{src.video_path}: video not found")
+            by_video.setdefault(src.video_path.resolve(), []).append(i)
+        paths: list[tuple[Path, Path]] = [None] * len(self.sources)  # type: ignore[list-item]
+        for video, idxs in by_video.items():
+            sha = video_sha256(video)
+            for i in idxs:
+                paths[i] = self._paths(self.sources[i], sha)
+            missing = [i for i in idxs if not paths[i][0].exists()]
+            if missing:
+                self._decode(video, [self.sources[i].roi for i in missing], [paths[i][0] for i in missing])
+        self.cache_files = paths
+        for i, src in enumerate(self.sources):
+            frames_path, flow_path = paths[i]
+            frames = np.load(frames_path, mmap_mode="r")
+            if not flow_path.exists():
+                self._compute_flow(np.asarray(frames), flow_path, src.name)
+            self._frames.append(frames)
+            self._flow.append(np.load(flow_path, mmap_mode="r"))
+            self._labels.append(self._fit_labels(src, frames.shape[0]))
+
+    def _decode(self, video: Path, rois: list[Roi | None], outputs: list[Path]) -> None:
+        from tqdm import tqdm
+
+        n, _, width, height = probe_video(video)
+        for roi in rois:
+            if roi is not None and not roi.fits(width, height):
+                raise UserError(f"{video}: region of interest {roi} does not fit the {width}x{height} frame")
+        crops: list[list[np.ndarray]] = [[] for _ in rois]
+        cap = cv2.VideoCapture(str(video))
+        with tqdm(total=n or None, desc=f"decode {video.name}", unit="frame", disable=None if self.progress else True,
+                  leave=False) as bar:  # fmt: skip
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                for k, roi in enumerate(rois):
+                    crops[k].append(crop_resize(frame, roi, self.size_px))
+                bar.update(1)
+        cap.release()
+        if not crops[0]:
+            raise UserError(f"{video}: no frames could be decoded")
+        for k, out in enumerate(outputs):
+            _atomic_save(out, np.stack(crops[k]))
+        log.info("%s: cached %d frames of %d arena(s) at %d px", video, len(crops[0]), len(rois), self.size_px)
+
+    def _compute_flow(self, frames: np.ndarray, out: Path, name: str) -> None:
+        from tqdm import tqdm
+
+        n, s = frames.shape[0], self.size_px
+        grey = np.stack([to_grey(f) for f in frames])
+        codes = np.full((n, 2, s, s), 128, dtype=np.uint8)  # 128 = zero flow (first frame(s))
+        tvl1 = TVL1(self.flow_config, device=self.device)
+        pairs = np.arange(self.stride, n)
+        with tqdm(total=pairs.size, desc=f"TV-L1 {name}", unit="pair", disable=None if self.progress else True,
+                  leave=False) as bar:  # fmt: skip
+            for start in range(0, pairs.size, self.flow_batch_pairs):
+                idx = pairs[start : start + self.flow_batch_pairs]
+                flow = tvl1(grey[idx - self.stride], grey[idx])  # (B, 2, S, S) px on self.device
+                codes[idx] = flow_to_uint8(flow).cpu().numpy()  # quantise on the device: 4x less to copy
+                bar.update(idx.size)
+        _atomic_save(out, codes)
+        meta = {"flow_config": dataclasses.asdict(self.flow_config), "stride": self.stride, "size_px": s,
+                "frames": n, "format_version": CACHE_FORMAT_VERSION}  # fmt: skip
+        out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+        log.info("%s: cached TV-L1 flow of %d frames", name, n)
+
+    def _fit_labels(self, src: VideoSource, n: int) -> np.ndarray:
+        ann = src.annotation
+        if list(ann.classes) != self.classes:
+            ann = ann.remap(self.classes)
+        labels = ann.labels
+        if labels.size > n:
+            past = np.flatnonzero(labels[n:] >= 0)
+            if past.size:
+                raise AnnotationError(f"{ann.source}: frame {n + int(past[0])} is labelled but {src.video_path} "
+                                      f"has only {n} frames")  # fmt: skip
+            labels = labels[:n]
+        elif labels.size < n:
+            labels = np.concatenate([labels, np.full(n - labels.size, UNLABELLED, dtype=np.int64)])
+        return labels.astype(np.int64)
+
+    # -- access ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.items[:, 2]
+
+    def num_frames(self, source_index: int) -> int:
+        return int(self._frames[source_index].shape[0])
+
+    def source_labels(self, source_index: int) -> np.ndarray:
+        """Per-frame labels of one source (in ``self.classes``, -1 = unlabelled)."""
+        return self._labels[source_index]
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.classes)).astype(np.int64)
+
+    def sample_weights(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """Inverse class frequency per item (of ``indices`` if given), normalised to mean 1."""
+        labels = self.labels if indices is None else self.labels[np.asarray(indices)]
+        counts = np.bincount(labels, minlength=len(self.classes)).astype(np.float64)
+        w = 1.0 / np.maximum(counts[labels], 1.0)
+        return w * (w.size / w.sum()) if w.size else w
+
+    def make_sampler(
+        self, indices: np.ndarray | None = None, num_samples: int | None = None, seed: int = 0
+    ) -> WeightedRandomSampler:
+        """Class-balanced sampler; with ``indices`` it yields positions within that subset."""
+        w = self.sample_weights(indices)
+        g = torch.Generator().manual_seed(seed)
+        return WeightedRandomSampler(torch.as_tensor(w), num_samples or w.size, replacement=True, generator=g)
+
+    def with_augment(self, augment: bool) -> "ClipDataset":
+        """A view sharing items and caches, with augmentation switched on or off."""
+        other = copy.copy(self)
+        other.augment = bool(augment)
+        return other
+
+    def clip(self, source_index: int, center: int) -> tuple[np.ndarray, np.ndarray]:
+        """Un-augmented (16,S,S,3) uint8 frames and (16,2,S,S) float32 flow in px for any frame."""
+        n = self.num_frames(source_index)
+        idx = clip_indices(center, n, self.stride)
+        frames = np.asarray(self._frames[source_index][idx])
+        flow = flow_from_uint8(np.asarray(self._flow[source_index][idx]))
+        repeated = np.concatenate([[False], idx[1:] == idx[:-1]])
+        flow[repeated] = 0.0  # an edge-padding repeat did not move
+        return frames, flow
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s, t, y = (int(v) for v in self.items[i])
+        frames, flow = self.clip(s, t)
+        if self.augment:
+            rgb, flow = _augment(frames, flow, np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item())))
+        else:
+            rgb = rgb_clip(frames)
+        enc = np.ascontiguousarray(encode_flow(flow).transpose(1, 0, 2, 3))  # (2, 16, S, S)
+        return torch.from_numpy(rgb), torch.from_numpy(enc), torch.tensor(y, dtype=torch.int64)
+
+
+def _augment(frames: np.ndarray, flow: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Flip, crop and brightness on uint8 frames (T,S,S,3) and px flow (T,2,S,S).
+
+    Returns RGB (3,T,S,S) in [-1,1] and px flow (T,2,S,S). Random draws come from torch's
+    generator so that DataLoader workers and ``torch.manual_seed`` control them.
+    """
+    t, s = frames.shape[0], frames.shape[1]
+    if rng.random() < AUG_FLIP_P:
+        frames = frames[:, :, ::-1]
+        flow = flow[..., ::-1].copy()
+        flow[:, 0] *= -1.0  # mirrored image: horizontal motion changes sign
+    margin = int(rng.integers(0, int(s * AUG_MAX_CROP_FRACTION) + 1))
+    if margin > 0:
+        c = s - margin
+        y0, x0 = int(rng.integers(0, margin + 1)), int(rng.integers(0, margin + 1))
+        stacked = np.ascontiguousarray(frames[:, y0 : y0 + c, x0 : x0 + c].transpose(1, 2, 0, 3).reshape(c, c, t * 3))
+        frames = cv2.resize(stacked, (s, s), interpolation=cv2.INTER_LINEAR).reshape(s, s, t, 3).transpose(2, 0, 1, 3)
+        fl = np.ascontiguousarray(flow[:, :, y0 : y0 + c, x0 : x0 + c].transpose(2, 3, 0, 1).reshape(c, c, t * 2))
+        fl = cv2.resize(fl, (s, s), interpolation=cv2.INTER_LINEAR) * (s / c)  # displacement grows with zoom
+        flow = fl.reshape(s, s, t, 2).transpose(2, 3, 0, 1)
+    rgb = rgb_clip(np.ascontiguousarray(frames))
+    gain = rng.uniform(*AUG_GAIN_RANGE)
+    bias = rng.uniform(*AUG_BIAS_RANGE)
+    rgb = np.clip(rgb * gain + bias, -1.0, 1.0).astype(np.float32)
+    return rgb, np.ascontiguousarray(flow, dtype=np.float32)
+
