@@ -1,0 +1,217 @@
+"""``stream-bench flow``: our TV-L1 against OpenCV's DualTVL1 on the same frames, in one run.
+
+For each flow setting and frame size, OpenCV runs the frame pairs one after the other (it has
+no batch form), then our ``TVL1`` runs them in batches of each requested size on each device.
+Printed per row: frame pairs per second, the ratio to OpenCV's frame pairs per second measured
+in the same run with the same setting and thread count, and two accuracy figures, both mean
+endpoint errors in pixels over the pairs:
+
+* ``epe_vs_cv``: ours vs OpenCV with the same setting (does our implementation match?);
+* ``epe_vs_cv_default``: this row's flow vs OpenCV with its defaults, the flow the model was
+  trained on (what a cheaper setting costs; "equal accuracy" = rows with the same setting).
+
+Threads: on a loaded machine torch's spinning OpenMP threads make 2-thread runs ~10x slower
+than 1-thread ones; run with ``OMP_WAIT_POLICY=PASSIVE`` (printed in the header) or ``--threads 1``.
+
+Frames: consecutive pairs from the real top-view video (centre square crop, grey, resized) when
+it is available, else a synthetic textured image shifted by a sub-pixel amount.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stream.errors import UserError
+from stream.flow import TVL1, FlowConfig
+
+__all__ = ["add_arguments", "run", "SETTINGS"]
+
+DEFAULT_VIDEO = Path(__file__).resolve().parents[3] / "shared" / "data" / "openfield_m3v1.mp4"
+VIDEO_START_FRAME = 300  # skip the first seconds: the mouse is placed in the arena then
+SYNTHETIC_SHIFT_PX = (0.6, -0.35)  # sub-pixel, like most frame-to-frame motion at 15-30 fps
+
+SETTINGS: dict[str, FlowConfig] = {
+    "default": FlowConfig(),  # OpenCV's defaults and early stopping: what the model was trained on
+    "default-fixed": FlowConfig(fixed_iterations=True),  # same, no early stopping (graph/compile form)
+    "fast": FlowConfig.fast(),  # 3 scales, 1 warp, 10 iterations, fixed: the live candidate
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", default="112,224", help="square frame sides in px, comma-separated (default 112,224)")
+    parser.add_argument("--batches", default="1,8", help="pairs per TVL1 call, comma-separated (default 1,8)")
+    parser.add_argument("--settings", default="default,fast",
+                        help=f"flow settings, comma-separated, from {','.join(SETTINGS)} (default default,fast)")
+    parser.add_argument("--devices", default="auto", help="cpu, cuda or auto (cpu, plus cuda when present)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row, best kept (default 3)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and OpenCV (default: leave as is)")
+    parser.add_argument("--video", type=Path, default=None,
+                        help="video to take frame pairs from (default: the project's real top-view video when present)")
+    parser.add_argument("--synthetic", action="store_true", help="use synthetic frames even if the video exists")
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--{what} {text!r}: expected comma-separated integers, e.g. 112,224") from None
+    if not values or min(values) < 16:
+        raise UserError(f"--{what} {text!r}: expected integers >= 16")
+    return values
+
+
+def _video_pairs(path: Path, count: int, size_px: int) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise UserError(f"{path}: cannot open the video; pass --synthetic or another --video")
+    cap.set(cv2.CAP_PROP_POS_FRAMES, VIDEO_START_FRAME)
+    frames = []
+    while len(frames) < count + 1:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        h, w = grey.shape
+        side = min(h, w)
+        square = grey[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2]
+        frames.append(cv2.resize(square, (size_px, size_px), interpolation=cv2.INTER_AREA))
+    cap.release()
+    if len(frames) < count + 1:
+        raise UserError(f"{path}: fewer than {count + 1} frames after frame {VIDEO_START_FRAME}")
+    stack = np.stack(frames)
+    return stack[:-1], stack[1:]
+
+
+def _synthetic_pairs(count: int, size_px: int) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    prev, nxt = [], []
+    ys, xs = np.mgrid[0:size_px, 0:size_px].astype(np.float32)
+    for _ in range(count):
+        coarse = rng.random((size_px // 8 + 2, size_px // 8 + 2)).astype(np.float32)
+        img = cv2.resize(coarse, (size_px, size_px), interpolation=cv2.INTER_CUBIC)
+        img = cv2.GaussianBlur(img + 0.2 * rng.random(img.shape).astype(np.float32), (0, 0), 1.0)
+        img = (img - img.min()) / (img.max() - img.min()) * 255
+        moved = cv2.remap(img, xs - SYNTHETIC_SHIFT_PX[0], ys - SYNTHETIC_SHIFT_PX[1], cv2.INTER_CUBIC,
+                          borderMode=cv2.BORDER_REFLECT)
+        prev.append(img.astype(np.uint8))
+        nxt.append(np.clip(moved, 0, 255).astype(np.uint8))
+    return np.stack(prev), np.stack(nxt)
+
+
+def _epe(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean endpoint error (px) between two (N, H, W, 2) flows."""
+    return float(np.sqrt(((a - b) ** 2).sum(axis=-1)).mean())
+
+
+def _opencv(config: FlowConfig, prev: np.ndarray, nxt: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
+    """Best seconds per pair and the (N,H,W,2) flows of OpenCV's DualTVL1 on the pairs."""
+    algo = config.to_opencv()
+    best = float("inf")
+    flows = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        flows = [algo.calc(a, b, None) for a, b in zip(prev, nxt)]
+        best = min(best, (time.perf_counter() - start) / len(prev))
+    return best, np.stack(flows)
+
+
+def _ours(config: FlowConfig, device: str, prev: np.ndarray, nxt: np.ndarray, batch: int,
+          repeats: int) -> tuple[float, np.ndarray, int]:
+    """Best seconds per pair, (N,H,W,2) flows and iterations of the last call of our TVL1."""
+    tvl1 = TVL1(config, device=device)
+    prev_t = torch.from_numpy(prev).to(device)
+    nxt_t = torch.from_numpy(nxt).to(device)
+    starts = list(range(0, len(prev) - batch + 1, batch))
+    tvl1(prev_t[:batch], nxt_t[:batch])  # warm-up: allocator, resize matrices, CUDA kernels
+    best = float("inf")
+    flows: list[torch.Tensor] = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        flows = [tvl1(prev_t[i : i + batch], nxt_t[i : i + batch]) for i in starts]
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / (len(starts) * batch))
+    out = torch.cat(flows).permute(0, 2, 3, 1).cpu().numpy()
+    return best, out, tvl1.last_iterations
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = _int_list(args.sizes, "sizes")
+    try:
+        batches = [int(v) for v in args.batches.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--batches {args.batches!r}: expected comma-separated integers, e.g. 1,8") from None
+    if not batches or min(batches) < 1:
+        raise UserError(f"--batches {args.batches!r}: expected integers >= 1")
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown or not settings:
+        raise UserError(f"--settings {args.settings!r}: choose from {','.join(SETTINGS)}")
+    if args.devices == "auto":
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    elif args.devices in ("cpu", "cuda"):
+        devices = [args.devices]
+        if args.devices == "cuda" and not torch.cuda.is_available():
+            raise UserError("--devices cuda: no CUDA device visible to torch; use --devices cpu")
+    else:
+        raise UserError(f"--devices {args.devices!r}: expected cpu, cuda or auto")
+    if args.repeats < 1:
+        raise UserError(f"--repeats {args.repeats}: expected >= 1")
+    import cv2
+
+    saved_threads = torch.get_num_threads(), cv2.getNumThreads()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
+    try:
+        _measure(args, sizes, batches, settings, devices)
+    finally:  # callers in the same process (tests) keep their thread settings
+        torch.set_num_threads(saved_threads[0])
+        cv2.setNumThreads(saved_threads[1])
+    return 0
+
+
+def _measure(args: argparse.Namespace, sizes: list[int], batches: list[int], settings: list[str],
+             devices: list[str]) -> None:
+    import cv2
+
+    pairs = max(batches)
+    video = args.video if args.video is not None else DEFAULT_VIDEO
+    use_video = not args.synthetic and (args.video is not None or DEFAULT_VIDEO.exists())
+    source = f"{video.name} frames {VIDEO_START_FRAME}.." if use_video else "synthetic shifted texture"
+    print(f"stream-bench flow: {pairs} frame pairs from {source}; torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
+          f"OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads); best of {args.repeats}")
+    header = f"{'setting':<14}{'size':>5}{'impl':>12}{'batch':>6}{'pairs/s':>10}{'x cv':>7}{'epe_vs_cv':>10}{'epe_vs_cv_default':>18}{'iters':>7}"
+    print(header)
+    for size in sizes:
+        prev, nxt = _video_pairs(video, pairs, size) if use_video else _synthetic_pairs(pairs, size)
+        reference = None
+        for name in settings:
+            config = SETTINGS[name]
+            cv_s, cv_flow = _opencv(config, prev, nxt, args.repeats)
+            if name == "default":
+                reference = cv_flow
+            elif reference is None:
+                reference = _opencv(SETTINGS["default"], prev, nxt, 1)[1]
+            print(f"{name:<14}{size:>5}{'opencv':>12}{1:>6}{1 / cv_s:>10.1f}{1.0:>7.2f}{0.0:>10.3f}"
+                  f"{_epe(cv_flow, reference):>18.3f}{'':>7}")
+            for device in devices:
+                for batch in batches:
+                    s, flow, iters = _ours(config, device, prev, nxt, batch, args.repeats)
+                    print(f"{name:<14}{size:>5}{'ours-' + device:>12}{batch:>6}{1 / s:>10.1f}{cv_s / s:>7.2f}"
+                          f"{_epe(flow, cv_flow[: len(flow)]):>10.3f}{_epe(flow, reference[: len(flow)]):>18.3f}{iters:>7}")
+    print("settings: " + "; ".join(f"{n}={dataclasses.asdict(SETTINGS[n])}" for n in settings))

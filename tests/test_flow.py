@@ -1,0 +1,398 @@
+"""TV-L1 flow: against ground truth and OpenCV's DualTVL1 on small synthetic pairs, encodings.
+
+Images are 64 px so that the whole file runs in a few seconds on 2 CPU cores; the accuracy
+tests are parametrised by device (CUDA runs with ``-m gpu`` where a GPU is present).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from stream.flow import (
+    FLOW_CLIP_PX,
+    FLOW_UINT8_STEP_PX,
+    TVL1,
+    FlowConfig,
+    _median_blur,
+    _resize,
+    decode_flow,
+    encode_flow,
+    flow_from_uint8,
+    flow_to_uint8,
+)
+
+SIZE_PX = 64
+MARGIN_PX = 5  # EPE is measured away from the border, where flow leaving the image is unobservable
+# "within 10 % of OpenCV's EPE", with a floor: on a 1.3 px translation both solve to ~0.007 px, where
+# 10 % is 0.0007 px, the size of float rounding differences between devices (measured on the CPU:
+# ours/OpenCV EPE ratios 1.064, 1.063, 0.996, 1.007, 1.001 for the five cases)
+EPE_FLOOR_PX = 0.003
+VIDEO = Path(__file__).parents[1].parent / "shared/data/openfield_m3v1.mp4"
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
+]
+
+
+# --- synthetic pairs with known flow ------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """64 px tensors gain nothing from a second thread, and on a loaded shared machine waiting
+    for it makes every op ~1000x slower; restored afterwards for the other test modules."""
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    yield
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(cv_threads)
+
+
+def _texture(size: int, seed: int) -> np.ndarray:
+    """Smooth random texture with fine detail, float32 in 0..255, larger than the frame."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((size // 6 + 3, size // 6 + 3)).astype(np.float32)
+    img = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    img += 0.35 * cv2.resize(rng.random((size // 2, size // 2)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+    img = cv2.GaussianBlur(img, (0, 0), 0.8)
+    return (img - img.min()) / (img.max() - img.min()) * 255.0
+
+
+def _pair_from_flow(flow: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """prev(x) = nxt(x + flow(x)): sample one texture at x + flow for prev, at x for nxt."""
+    pad = 8
+    tex = _texture(SIZE_PX + 2 * pad, seed)
+    ys, xs = np.mgrid[0:SIZE_PX, 0:SIZE_PX].astype(np.float32)
+    prev = cv2.remap(tex, xs + pad + flow[..., 0], ys + pad + flow[..., 1], cv2.INTER_CUBIC)
+    nxt = tex[pad : pad + SIZE_PX, pad : pad + SIZE_PX]
+    return np.clip(prev, 0, 255).astype(np.uint8), np.clip(nxt, 0, 255).astype(np.uint8)
+
+
+def _case(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:SIZE_PX, 0:SIZE_PX].astype(np.float32)
+    c = (SIZE_PX - 1) / 2
+    if name == "translation":
+        flow = np.stack([np.full_like(xs, 1.3), np.full_like(xs, -0.7)], -1)
+    elif name == "rotation":  # 3 degrees about the centre: up to ~1.7 px at the corners
+        a = np.deg2rad(3.0)
+        flow = np.stack([np.cos(a) * (xs - c) - np.sin(a) * (ys - c) + c - xs,
+                         np.sin(a) * (xs - c) + np.cos(a) * (ys - c) + c - ys], -1)
+    elif name == "zoom":  # 4 % zoom about a point off the centre
+        flow = np.stack([0.04 * (xs - c + 6), 0.04 * (ys - c - 4)], -1)
+    elif name == "smooth_field":
+        rng = np.random.default_rng(7)
+        field = cv2.GaussianBlur(rng.standard_normal((SIZE_PX, SIZE_PX, 2)).astype(np.float32), (0, 0), 10)
+        flow = field / np.abs(field).max() * 1.5
+    elif name == "moving_object":  # a disc moves by (2, 1) px over a static background
+        background, obj = _texture(SIZE_PX, 11), _texture(SIZE_PX, 12)
+        d = (2.0, 1.0)
+        inside_prev = (xs - 28) ** 2 + (ys - 30) ** 2 < 11**2
+        inside_next = (xs - 28 - d[0]) ** 2 + (ys - 30 - d[1]) ** 2 < 11**2
+        shifted = cv2.remap(obj, xs - d[0], ys - d[1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        prev = np.where(inside_prev, obj, background)
+        nxt = np.where(inside_next, shifted, background)
+        flow = np.zeros((SIZE_PX, SIZE_PX, 2), np.float32)
+        flow[inside_prev] = d
+        return np.clip(prev, 0, 255).astype(np.uint8), np.clip(nxt, 0, 255).astype(np.uint8), flow
+    else:
+        raise AssertionError(name)
+    prev, nxt = _pair_from_flow(flow.astype(np.float32), seed=3)
+    return prev, nxt, flow.astype(np.float32)
+
+
+SMOOTH_CASES = ["translation", "rotation", "zoom", "smooth_field"]
+CASES = SMOOTH_CASES + ["moving_object"]
+
+
+def _epe(a: np.ndarray, b: np.ndarray) -> float:
+    m = slice(MARGIN_PX, -MARGIN_PX)
+    return float(np.sqrt(((a - b) ** 2).sum(-1))[m, m].mean())
+
+
+def _hwc(flow: torch.Tensor) -> np.ndarray:
+    return flow[0].permute(1, 2, 0).cpu().numpy()
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    """Cache: (case, device) -> (truth, ours, opencv), so each pair is solved once per device."""
+    return {}
+
+
+def _solve(results: dict, case: str, device: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if (case, device) not in results:
+        prev, nxt, truth = _case(case)
+        ocv = FlowConfig().to_opencv().calc(prev, nxt, None)
+        ours = _hwc(TVL1(FlowConfig(), device=device)(prev, nxt))
+        results[(case, device)] = truth, ours, ocv
+    return results[(case, device)]
+
+
+# --- accuracy ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES)
+def test_error_against_truth_within_10_percent_of_opencv(results, case, device):
+    truth, ours, ocv = _solve(results, case, device)
+    assert _epe(ocv, truth) < 1.0, "the synthetic case itself should be solvable"
+    assert _epe(ours, truth) <= max(1.10 * _epe(ocv, truth), _epe(ocv, truth) + EPE_FLOOR_PX)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", SMOOTH_CASES)
+def test_matches_opencv_on_smooth_flows(results, case, device):
+    _, ours, ocv = _solve(results, case, device)
+    assert _epe(ours, ocv) < 0.15
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fixed_iterations_match_opencv_without_early_stopping(device):
+    prev, nxt, truth = _case("rotation")
+    config = FlowConfig.fast()
+    ocv = config.to_opencv().calc(prev, nxt, None)
+    ours = _hwc(TVL1(config, device=device)(prev, nxt))
+    assert _epe(ours, ocv) < 0.15
+    assert _epe(ours, truth) <= max(1.10 * _epe(ocv, truth), _epe(ocv, truth) + EPE_FLOOR_PX)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_warm_start_matches_opencv_initial_flow(device):
+    prev, nxt, truth = _case("translation")
+    init = (truth * 0.8).astype(np.float32)
+    config = FlowConfig.fast()
+    algo = config.to_opencv()
+    algo.setUseInitialFlow(True)
+    ocv = algo.calc(prev, nxt, init.copy())
+    ours = _hwc(TVL1(config, device=device)(prev, nxt, init_flow=torch.from_numpy(init).permute(2, 0, 1)[None]))
+    assert _epe(ours, ocv) < 0.15
+    cold = _hwc(TVL1(config, device=device)(prev, nxt))
+    assert _epe(ours, truth) < _epe(cold, truth), "a good initial flow should help a cheap setting"
+
+
+def test_gamma_term_matches_opencv():
+    prev, nxt, _ = _case("zoom")
+    config = FlowConfig.fast(gamma=0.2)
+    ocv = config.to_opencv().calc(prev, nxt, None)
+    ours = _hwc(TVL1(config)(prev, nxt))
+    assert _epe(ours, ocv) < 0.15
+
+
+def test_bilinear_warping_close_to_bicubic():
+    prev, nxt, truth = _case("smooth_field")
+    bicubic = _hwc(TVL1(FlowConfig.fast())(prev, nxt))
+    bilinear = _hwc(TVL1(FlowConfig.fast(interpolation="bilinear"))(prev, nxt))
+    assert _epe(bilinear, truth) < 1.5 * _epe(bicubic, truth) + 0.05
+    with pytest.raises(ValueError, match="bicubic"):
+        FlowConfig(interpolation="bilinear").to_opencv()
+
+
+@pytest.mark.skipif(not VIDEO.exists(), reason="real video not present")
+def test_matches_opencv_on_real_frames():
+    cap = cv2.VideoCapture(str(VIDEO))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 400)
+    frames = []
+    for _ in range(2):
+        ok, frame = cap.read()
+        assert ok
+        frames.append(cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[:, 80:560], (48, 48), interpolation=cv2.INTER_AREA))
+    ocv = FlowConfig().to_opencv().calc(frames[0], frames[1], None)
+    ours = _hwc(TVL1()(frames[0], frames[1]))
+    assert float(np.sqrt(((ours - ocv) ** 2).sum(-1)).mean()) < 0.15
+
+
+# --- batching, inputs, modes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_batch_equals_single_pairs(fixed):
+    cases = [_case(c) for c in ("translation", "moving_object", "zoom")]
+    prev = np.stack([c[0] for c in cases])
+    nxt = np.stack([c[1] for c in cases])
+    config = FlowConfig(nscales=2, warps=2, outer_iterations=2, inner_iterations=10, fixed_iterations=fixed)
+    tvl1 = TVL1(config)
+    batched = tvl1(prev, nxt)
+    assert batched.shape == (3, 2, SIZE_PX, SIZE_PX) and batched.dtype == torch.float32
+    singles = torch.cat([tvl1(p, n) for p, n in zip(prev, nxt)])
+    torch.testing.assert_close(batched, singles, atol=1e-4, rtol=0)
+
+
+def test_early_stopping_does_less_work_than_fixed():
+    prev, nxt, _ = _case("translation")
+    config = FlowConfig(nscales=2, warps=2, outer_iterations=3)
+    early, fixed = TVL1(config), TVL1(dataclasses.replace(config, fixed_iterations=True))
+    a, b = early(prev, nxt), fixed(prev, nxt)
+    assert early.last_iterations < fixed.last_iterations == 2 * 2 * 3 * 30
+    assert float((a - b).norm(dim=1).mean()) < 0.05
+
+
+def test_accepts_numpy_torch_uint8_and_unit_float():
+    prev, nxt, _ = _case("translation")
+    tvl1 = TVL1(FlowConfig.fast())
+    reference = tvl1(prev, nxt)
+    torch.testing.assert_close(tvl1(torch.from_numpy(prev), torch.from_numpy(nxt)), reference)
+    # float frames are taken as 0..1 (OpenCV's convention), uint8 as 0..255
+    as_float = tvl1(prev.astype(np.float32) / 255, torch.from_numpy(nxt).float() / 255)
+    torch.testing.assert_close(as_float, reference, atol=1e-3, rtol=0)
+
+
+def test_rejects_bad_inputs():
+    tvl1 = TVL1(FlowConfig.fast())
+    with pytest.raises(ValueError, match="same shape"):
+        tvl1(np.zeros((32, 32), np.uint8), np.zeros((32, 31), np.uint8))
+    with pytest.raises(ValueError, match=r"\(H, W\) or \(N, H, W\)"):
+        tvl1(np.zeros((1, 1, 32, 32), np.uint8), np.zeros((1, 1, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match="init_flow"):
+        tvl1(np.zeros((32, 32), np.uint8), np.zeros((32, 32), np.uint8), init_flow=np.zeros((2, 16, 16), np.float32))
+
+
+def test_zero_motion_gives_zero_flow():
+    prev, _, _ = _case("translation")
+    flow = TVL1()(prev, prev)
+    assert float(flow.abs().max()) < 1e-3
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+
+def test_config_defaults_are_opencvs():
+    ocv = cv2.optflow.DualTVL1OpticalFlow_create()
+    c = FlowConfig()
+    assert (c.tau, c.lambda_, c.theta, c.gamma, c.epsilon, c.scale_step) == pytest.approx(
+        (ocv.getTau(), ocv.getLambda(), ocv.getTheta(), ocv.getGamma(), ocv.getEpsilon(), ocv.getScaleStep()))
+    assert (c.nscales, c.warps, c.inner_iterations, c.outer_iterations, c.median_filtering) == (
+        ocv.getScalesNumber(), ocv.getWarpingsNumber(), ocv.getInnerIterations(), ocv.getOuterIterations(),
+        ocv.getMedianFiltering())
+    assert not c.fixed_iterations and c.interpolation == "bicubic"
+
+
+def test_config_round_trips_and_converts_to_opencv():
+    c = FlowConfig.fast(gamma=0.1)
+    assert FlowConfig(**dataclasses.asdict(c)) == c
+    ocv = c.to_opencv()
+    assert (ocv.getScalesNumber(), ocv.getWarpingsNumber(), ocv.getInnerIterations()) == (3, 1, 10)
+    assert ocv.getEpsilon() == 0.0, "fixed iterations = OpenCV never stopping early"
+    assert ocv.getGamma() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("bad", [dict(tau=0.5), dict(nscales=0), dict(warps=1.5), dict(median_filtering=4),
+                                 dict(scale_step=1.0), dict(interpolation="nearest"), dict(lambda_=0)])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        FlowConfig(**bad)
+
+
+# --- building blocks against OpenCV ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ksize", [3, 5])
+def test_median_blur_equals_opencv(ksize):
+    u = torch.randn(2, 2, 23, 31)
+    ours = _median_blur(u, ksize)
+    for i in range(2):
+        for c in range(2):
+            np.testing.assert_array_equal(ours[i, c].numpy(), cv2.medianBlur(u[i, c].numpy(), ksize))
+
+
+def test_pyramid_resize_equals_opencv():
+    img = torch.rand(1, 51, 64) * 255
+    ours = _resize(img, (41, 51), (1.25, 1.25))[0].numpy()
+    np.testing.assert_allclose(ours, cv2.resize(img[0].numpy(), None, fx=0.8, fy=0.8, interpolation=cv2.INTER_LINEAR), atol=1e-3)
+    up = _resize(img, (64, 80), (51 / 64, 64 / 80))[0].numpy()
+    np.testing.assert_allclose(up, cv2.resize(img[0].numpy(), (80, 64), interpolation=cv2.INTER_LINEAR), atol=1e-3)
+
+
+# --- encodings ---------------------------------------------------------------------------------------
+
+
+def test_encode_decode_clip_and_scale():
+    flow = torch.tensor([-35.0, -20.0, -5.0, 0.0, 7.5, 20.0, 50.0])
+    enc = encode_flow(flow)
+    assert float(enc.min()) == -1.0 and float(enc.max()) == 1.0
+    torch.testing.assert_close(decode_flow(enc), flow.clamp(-FLOW_CLIP_PX, FLOW_CLIP_PX))
+    np.testing.assert_allclose(encode_flow(flow.numpy()), enc.numpy())
+    np.testing.assert_allclose(decode_flow(enc.numpy()), decode_flow(enc).numpy())
+
+
+def test_uint8_quantisation_error_is_as_documented():
+    rng = np.random.default_rng(0)
+    flow = rng.uniform(-FLOW_CLIP_PX, FLOW_CLIP_PX, size=(2, 2, 64, 64)).astype(np.float32)
+    codes = flow_to_uint8(flow)
+    assert codes.dtype == np.uint8 and codes.min() >= 1
+    error = np.abs(flow_from_uint8(codes) - flow).max()
+    assert error <= FLOW_UINT8_STEP_PX / 2 + 1e-5
+    assert error > FLOW_UINT8_STEP_PX / 2 * 0.9, "the bound should be tight, not loose"
+    assert flow_to_uint8(np.zeros(3, np.float32)).tolist() == [128] * 3
+    assert flow_from_uint8(np.array([128], np.uint8))[0] == 0.0
+    torch_codes = flow_to_uint8(torch.from_numpy(flow))
+    assert torch_codes.dtype == torch.uint8
+    np.testing.assert_array_equal(torch_codes.numpy(), codes)
+    torch.testing.assert_close(flow_from_uint8(torch_codes), torch.from_numpy(flow_from_uint8(codes)))
+    assert flow_from_uint8(flow_to_uint8(np.array([-50.0, 50.0]))).tolist() == [-FLOW_CLIP_PX, FLOW_CLIP_PX]
+
+
+def test_warp_equals_opencv_remap_bicubic():
+    from stream.flow import _warp
+
+    rng = np.random.default_rng(1)
+    img = (rng.random((40, 50)) * 255).astype(np.float32)
+    u = (rng.standard_normal((2, 40, 50)) * 2).astype(np.float32)  # some samples fall outside the image
+    ys, xs = np.mgrid[0:40, 0:50].astype(np.float32)
+    expected = cv2.remap(img, xs + u[0], ys + u[1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    ours = _warp(torch.from_numpy(img)[None, None], torch.from_numpy(u)[None], "bicubic")[0, 0].numpy()
+    np.testing.assert_allclose(ours, expected, atol=0.01)
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_tensor_warp_equals_cpu_warp(interpolation):
+    """CUDA uses the tensor gathers, the CPU OpenCV's remap: both must agree."""
+    from stream.flow import _warp, _warp_images
+
+    rng = np.random.default_rng(2)
+    images = torch.from_numpy((rng.random((2, 3, 20, 30)) * 255).astype(np.float32))
+    u = torch.from_numpy((rng.standard_normal((2, 2, 20, 30)) * 2).astype(np.float32))
+    torch.testing.assert_close(_warp(images, u, interpolation), _warp_images(images, u, interpolation), atol=0.02, rtol=0)
+
+
+def test_network_median_equals_cpu_median():
+    from stream.flow import _median_filter
+
+    u = torch.randn(2, 2, 17, 19)
+    torch.testing.assert_close(_median_blur(u, 5), _median_filter(u, 5), atol=0, rtol=0)
+
+
+def test_tensor_only_path_matches_opencv(monkeypatch):
+    """The code CUDA runs (tensor warp and median network), exercised on the CPU."""
+    import stream.flow as flow_module
+
+    monkeypatch.setattr(flow_module, "_warp_images", flow_module._warp)
+    monkeypatch.setattr(flow_module, "_median_filter", flow_module._median_blur)
+    prev, nxt, truth = _case("smooth_field")
+    ocv = FlowConfig().to_opencv().calc(prev, nxt, None)
+    ours = _hwc(TVL1()(prev, nxt))
+    assert _epe(ours, ocv) < 0.15
+    assert _epe(ours, truth) <= 1.10 * _epe(ocv, truth)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_fixed_iterations_do_not_synchronise_with_the_host():
+    prev, nxt, _ = _case("translation")
+    prev_t, nxt_t = torch.from_numpy(prev).cuda(), torch.from_numpy(nxt).cuda()
+    tvl1 = TVL1(FlowConfig.fast(), device="cuda")
+    tvl1(prev_t, nxt_t)  # warm-up: cached resize matrices are copied to the device once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        flow = tvl1(prev_t, nxt_t)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert flow.is_cuda and flow.shape == (1, 2, SIZE_PX, SIZE_PX)
