@@ -1,0 +1,451 @@
+"""The recognition loop: capture -> per-arena crops -> ring + flow -> engine -> decisions -> outputs.
+
+::
+
+    Capture thread ──queue──> Pipeline.run (this thread)
+                               │ crop_resize per arena (N, S, S, 3)
+                               │ ClipRing.push: RGB + TV-L1 flow prev->current, batched over arenas
+                               │ frame t+7 arrived -> clip(t) -> engine.predict (N arenas in one batch)
+                               │ ArenaDecisions.update per arena -> CSV, ZeroMQ, metrics, preview
+                               v
+
+Latency: frame ``t`` is classified when frame ``t + 7`` arrives (its clip needs 7 future frames), so
+every decision comes at least ``FUTURE_FRAMES / fps`` seconds (0.47 s at 15 fps) after its frame was
+captured, plus processing time. ``--stride k`` runs the model on every k-th centre only and gives the
+frames in between the last prediction; flow still runs on every frame (each clip needs all 16).
+
+At the end of the stream, and at every gap (camera outage, frames dropped on a full queue), the
+last 7 frames are classified with clips padded by repeating the edge frame
+(``stream.preprocess.clip_indices``) and the ring restarts, so flow never spans a discontinuity.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import torch
+
+from stream.arenas import Arena
+from stream.capture import EndOfStream, Frame, Gap
+from stream.decisions import ArenaDecisions, Decision
+from stream.preprocess import FUTURE_FRAMES, crop_resize
+from stream.ring import ClipRing
+
+__all__ = ["Engine", "PipelineConfig", "RunResult", "Pipeline", "PreviewWriter", "format_status", "look_ahead_s"]
+
+log = logging.getLogger(__name__)
+
+LIVE_COUNTERS_INTERVAL_S = 1.0  # one status line a second: readable, and cheap
+FPS_WINDOW_FRAMES = 30  # frames in the moving fps estimate (2 s at 15 fps)
+LATENCY_SAMPLES_KEPT = 10_000  # for the end-of-run percentiles; bounded memory on a 6-minute test
+META_FRAMES_KEPT = 64  # capture times kept per frame index (> clip + smoothing look-ahead)
+PREVIEW_FRAMES_KEPT = 64  # frames waiting for their decisions in the preview (> 7 + smoothing window)
+GAP_LOG_INTERVAL_S = 10.0  # an overloaded live run drops often: one warning per interval, all counted
+
+
+class Engine(Protocol):
+    """What the pipeline needs from ``stream.engine.build_engine(...)``."""
+
+    name: str
+    device: Any
+    classes: list[str]
+    input_size_px: int
+
+    def warmup(self) -> None: ...
+
+    def predict(self, rgb: torch.Tensor, flow: torch.Tensor) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def look_ahead_s(fps: float) -> float:
+    """The unavoidable delay of a centred clip: 7 future frames."""
+    return FUTURE_FRAMES / fps
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    fps: float  # model frame rate (the capture delivers frames at this rate)
+    size_px: int  # model input side
+    stride_frames: int = 1  # run the model on every k-th centre frame, repeat its prediction between
+    flow_warm_start: bool = True  # seed TV-L1 with the previous pair's flow (False: exactly as in training)
+    live_counters_interval_s: float = LIVE_COUNTERS_INTERVAL_S
+
+    def __post_init__(self) -> None:
+        if self.stride_frames < 1:
+            from stream.errors import UserError
+
+            raise UserError(f"--stride must be >= 1, got {self.stride_frames}")
+
+
+@dataclass
+class RunResult:
+    """What happened in one run (one video or one camera session)."""
+
+    end_reason: str = ""
+    gave_up: bool = False
+    error: str | None = None
+    stopped: bool = False  # stopped by a signal / stop event
+    frames_processed: int = 0
+    frames_classified: int = 0  # centre frames given a prediction (model or stride fill)
+    model_calls: int = 0
+    decisions: int = 0
+    gaps: list[dict] = field(default_factory=list)
+    frames_missing: int = 0
+    wall_s: float = 0.0
+    flow_s: float = 0.0
+    model_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)  # capture of the centre frame -> its decision
+
+    @property
+    def fps(self) -> float:
+        return self.frames_processed / self.wall_s if self.wall_s > 0 else 0.0
+
+    def latency_percentiles_s(self) -> dict[str, float | None]:
+        if not self.latencies_s:
+            return {"p50": None, "p95": None, "max": None}
+        arr = np.asarray(self.latencies_s)
+        return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)), "max": float(arr.max())}
+
+    def to_dict(self) -> dict:
+        return {
+            "end_reason": self.end_reason,
+            "gave_up": self.gave_up,
+            "error": self.error,
+            "stopped": self.stopped,
+            "frames_processed": self.frames_processed,
+            "frames_classified": self.frames_classified,
+            "model_calls": self.model_calls,
+            "gaps": self.gaps,
+            "frames_missing": self.frames_missing,
+            "wall_s": round(self.wall_s, 3),
+            "fps": round(self.fps, 2),
+            "flow_s": round(self.flow_s, 3),
+            "model_s": round(self.model_s, 3),
+            "capture_to_decision_s": self.latency_percentiles_s(),
+        }
+
+
+class PreviewWriter:
+    """Annotated preview video: ROI boxes, current label and immobile seconds drawn per arena."""
+
+    def __init__(self, path: str | Path, fps: float, frame_size: tuple[int, int], arenas: Sequence[Arena]) -> None:
+        from stream.errors import UserError
+
+        self.path = Path(path)
+        self.arenas = list(arenas)
+        self.frame_size = frame_size  # (width, height)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), fps, frame_size)
+        if not self._writer.isOpened():
+            raise UserError(f"--preview {self.path}: cannot write an mp4 video there")
+        self._frames: dict[int, np.ndarray] = {}
+        self._labels: dict[int, dict[str, Decision]] = {}
+        self.frames_written = 0
+
+    def add_frame(self, index: int, image: np.ndarray) -> None:
+        self._frames[index] = image
+        if len(self._frames) > PREVIEW_FRAMES_KEPT:
+            oldest = min(self._frames)
+            self._frames.pop(oldest)
+            self._labels.pop(oldest, None)
+
+    def add_decision(self, arena_id: str, decision: Decision) -> None:
+        i = decision.frame_index
+        if i not in self._frames:
+            return
+        got = self._labels.setdefault(i, {})
+        got[arena_id] = decision
+        if len(got) == len(self.arenas):
+            self._write(i)
+
+    def _write(self, index: int) -> None:
+        image = self._frames[index].copy()
+        decisions = self._labels.pop(index)
+        for k in [k for k in self._frames if k <= index]:
+            self._frames.pop(k)
+            self._labels.pop(k, None)
+        h, w = image.shape[:2]
+        scale = max(0.35, min(w, h) / 600)
+        for arena in self.arenas:
+            d = decisions[arena.id]
+            x, y, rw, rh = (arena.roi.x, arena.roi.y, arena.roi.w, arena.roi.h) if arena.roi else (0, 0, w, h)
+            colour = (0, 0, 255) if d.immobile else (0, 200, 0)
+            cv2.rectangle(image, (x, y), (x + rw - 1, y + rh - 1), colour, 2)
+            counters = d.counters or {}
+            lines = [f"{arena.id}: {d.behaviour}", f"immobile {counters.get('immobile_s', 0.0):.1f}s "
+                     f"bouts {counters.get('immobility_bouts', 0)}", f"t {d.timestamp_s:.1f}s"]
+            for j, text in enumerate(lines):
+                org = (x + 4, y + int((j + 1) * 22 * scale) + 2)
+                cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), 3, cv2.LINE_AA)
+                cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, colour, 1, cv2.LINE_AA)
+        self._writer.write(image)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        self._writer.release()
+
+
+class Pipeline:
+    """Runs one stream through the ring, the engine and the decisions of every arena.
+
+    Outputs are plain callables so the CLI can wire CSV, ZeroMQ, metrics and preview, and tests or
+    benchmarks can leave them out.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        flow: Callable[..., torch.Tensor],
+        arenas: Sequence[Arena],
+        decisions: dict[str, ArenaDecisions],
+        config: PipelineConfig,
+        *,
+        on_decision: Callable[[str, Decision], None] | None = None,
+        metrics: Any | None = None,
+        preview: PreviewWriter | None = None,
+        on_frame: Callable[[int], None] | None = None,
+        on_status: Callable[[dict], None] | None = None,
+        heartbeat: Callable[[], None] | None = None,
+        stop_event: threading.Event | None = None,
+        capture_stats: Any | None = None,
+    ) -> None:
+        self.engine = engine
+        self.arenas = list(arenas)
+        self.decisions = decisions
+        self.config = config
+        self.ring = ClipRing(len(self.arenas), config.size_px, flow, device=engine.device,
+                             warm_start=config.flow_warm_start)
+        self.on_decision = on_decision
+        self.metrics = metrics
+        self.preview = preview
+        self.on_frame = on_frame
+        self.on_status = on_status
+        self.heartbeat = heartbeat
+        self.stop_event = stop_event or threading.Event()
+        self.capture_stats = capture_stats
+        self.result = RunResult()
+        self._meta: dict[int, tuple[float, float]] = {}  # frame index -> (timestamp_s, captured_monotonic_s)
+        self._next_center: int | None = None  # next centre frame to classify in this segment
+        self._last_probs: np.ndarray | None = None
+        self._last_model_center: int | None = None
+        self._expected: int | None = None  # index the next frame should have
+        self._fps_times: deque[float] = deque(maxlen=FPS_WINDOW_FRAMES)
+        self._last_status = time.monotonic()
+        self._last_gap_log = -GAP_LOG_INTERVAL_S
+        self._reported_captured = 0
+        self._reported_dropped = 0
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, items: Iterable[Frame | Gap | EndOfStream | None]) -> RunResult:
+        """Consume capture items until the end of the stream or the stop event; always flushes."""
+        start = time.monotonic()
+        result = self.result
+        try:
+            for item in items:
+                if self.heartbeat is not None:
+                    self.heartbeat()
+                if self.stop_event.is_set():
+                    result.stopped = True
+                    result.end_reason = "stopped"
+                    break
+                if item is None:  # nothing arrived yet (reconnecting, slow source)
+                    self._maybe_status()
+                    continue
+                if isinstance(item, EndOfStream):
+                    result.end_reason = item.reason
+                    result.gave_up = item.gave_up
+                    result.error = item.error
+                    break
+                if isinstance(item, Gap):
+                    self._gap(item.frames_missing, item.seconds_missing, item.reason)
+                    self._expected = item.first_index + item.frames_missing
+                    continue
+                self._frame(item)
+                self._maybe_status()
+            else:
+                result.end_reason = result.end_reason or "end of stream"
+        finally:
+            self._end_segment()
+            for arena in self.arenas:
+                for d in self.decisions[arena.id].flush():
+                    self._emit(arena.id, d, None)
+            result.wall_s = time.monotonic() - start
+            self._sync_capture_metrics()
+        return result
+
+    def _frame(self, frame: Frame) -> None:
+        if self._expected is not None and frame.index != self._expected:
+            missing = frame.index - self._expected
+            if missing > 0:
+                self._gap(missing, missing / self.config.fps, "frames dropped (pipeline too slow; try --stride)")
+            else:
+                log.warning("frame %d arrived after %d; ignored", frame.index, self._expected - 1)
+                return
+        self._expected = frame.index + 1
+        crops = np.stack([crop_resize(frame.image, a.roi, self.config.size_px) for a in self.arenas])
+        t0 = time.perf_counter()
+        self.ring.push(crops, frame.index)
+        dt = time.perf_counter() - t0
+        self.result.flow_s += dt
+        if self.metrics is not None:
+            self.metrics.flow_seconds.observe(dt)
+            self.metrics.frames_processed.inc()
+        if self.preview is not None:
+            self.preview.add_frame(frame.index, frame.image)
+        self._meta[frame.index] = (frame.timestamp_s, frame.captured_monotonic_s)
+        if len(self._meta) > META_FRAMES_KEPT:
+            self._meta.pop(min(self._meta))
+        if self._next_center is None:
+            self._next_center = frame.index
+        self.result.frames_processed += 1
+        self._fps_times.append(time.monotonic())
+        if self.on_frame is not None:
+            self.on_frame(frame.index)
+        center = frame.index - FUTURE_FRAMES
+        while self._next_center is not None and self._next_center <= center:
+            self._classify(self._next_center, frame.index)
+            self._next_center += 1
+
+    def _classify(self, center: int, last: int) -> None:
+        assert self.ring.segment_start is not None
+        use_model = self._last_probs is None or (center - self.ring.segment_start) % self.config.stride_frames == 0
+        if use_model:
+            rgb, flow = self.ring.clip(center, last)
+            t0 = time.perf_counter()
+            probs = np.asarray(self.engine.predict(rgb, flow), dtype=np.float64)
+            dt = time.perf_counter() - t0
+            self.result.model_s += dt
+            self.result.model_calls += 1
+            if self.metrics is not None:
+                self.metrics.model_seconds.observe(dt)
+            self._last_probs = probs
+        probs = self._last_probs
+        assert probs is not None
+        timestamp_s, captured_s = self._meta.get(center, (center / self.config.fps, time.monotonic()))
+        self.result.frames_classified += 1
+        for a, arena in enumerate(self.arenas):
+            for d in self.decisions[arena.id].update(center, timestamp_s, probs[a]):
+                self._emit(arena.id, d, captured_s)
+
+    def _emit(self, arena_id: str, decision: Decision, captured_s: float | None) -> None:
+        self.result.decisions += 1
+        if captured_s is None:
+            meta = self._meta.get(decision.frame_index)
+            captured_s = meta[1] if meta else None
+        if captured_s is not None:
+            latency = time.monotonic() - captured_s
+            if len(self.result.latencies_s) < LATENCY_SAMPLES_KEPT:
+                self.result.latencies_s.append(latency)
+            if self.metrics is not None:
+                self.metrics.latency_seconds.observe(latency)
+        if self.metrics is not None:
+            self.metrics.observe_decision(arena_id, decision, 1.0 / self.config.fps)
+        if self.preview is not None:
+            self.preview.add_decision(arena_id, decision)
+        if self.on_decision is not None:
+            self.on_decision(arena_id, decision)
+
+    def _end_segment(self) -> None:
+        """Classify the segment's last (up to 7) frames with edge-padded clips, then restart the ring."""
+        last = self.ring.last_index
+        if last is not None and self._next_center is not None:
+            while self._next_center <= last:
+                self._classify(self._next_center, last)
+                self._next_center += 1
+        self.ring.reset()
+        self._next_center = None
+        self._last_probs = None
+
+    def _gap(self, frames_missing: int, seconds_missing: float, reason: str) -> None:
+        self._end_segment()
+        self.result.gaps.append({"frames_missing": int(frames_missing), "seconds_missing": round(float(seconds_missing), 3),
+                                 "reason": reason})
+        self.result.frames_missing += int(frames_missing)
+        now = time.monotonic()
+        if now - self._last_gap_log >= GAP_LOG_INTERVAL_S:
+            self._last_gap_log = now
+            log.warning("gap: %d frames (%.2f s) missing: %s (%d gaps so far)", frames_missing, seconds_missing,
+                        reason, len(self.result.gaps))
+        for arena in self.arenas:
+            dec = self.decisions[arena.id]
+            dec.gap(frames_missing, seconds_missing)
+            for d in dec.flush():
+                self._emit(arena.id, d, None)
+        if self.metrics is not None:
+            self.metrics.capture_gaps.inc()
+            if "dropped" in reason:
+                self.metrics.frames_dropped.labels(reason="queue_full").inc(frames_missing)
+
+    # -- live status ----------------------------------------------------------------------------
+    def current_fps(self) -> float:
+        if len(self._fps_times) < 2:
+            return 0.0
+        span = self._fps_times[-1] - self._fps_times[0]
+        return (len(self._fps_times) - 1) / span if span > 0 else 0.0
+
+    def _sync_capture_metrics(self) -> None:
+        if self.metrics is None or self.capture_stats is None:
+            return
+        captured = int(getattr(self.capture_stats, "source_frames", 0))
+        if captured > self._reported_captured:
+            self.metrics.frames_captured.inc(captured - self._reported_captured)
+            self._reported_captured = captured
+        self.metrics.fps.set(self.current_fps())
+
+    def _maybe_status(self) -> None:
+        now = time.monotonic()
+        if now - self._last_status < self.config.live_counters_interval_s:
+            return
+        self._last_status = now
+        self._sync_capture_metrics()
+        if self.on_status is not None:
+            self.on_status(self.status())
+
+    def status(self) -> dict:
+        """A snapshot for the live counters line."""
+        arenas = {}
+        for arena in self.arenas:
+            c = self.decisions[arena.id].counters()
+            arenas[arena.id] = c
+        dropped = int(getattr(self.capture_stats, "dropped_queue_full", 0)) if self.capture_stats else 0
+        return {
+            "frames_processed": self.result.frames_processed,
+            "fps": self.current_fps(),
+            "frames_dropped": dropped,
+            "gaps": len(self.result.gaps),
+            "arenas": arenas,
+            "latency_p50_s": _median_recent(self.result.latencies_s),
+        }
+
+
+def _median_recent(values: list[float], n: int = 100) -> float | None:
+    if not values:
+        return None
+    return float(np.median(values[-n:]))
+
+
+def format_status(status: dict, last_behaviour: dict[str, str] | None = None) -> str:
+    """One line of live counters, e.g. ``t=12.3s 14.9 fps | A1 float imm 3.2s bouts 1 | ...``."""
+    parts = []
+    ts = [c.get("last_timestamp_s") for c in status["arenas"].values() if c.get("last_timestamp_s") is not None]
+    head = f"t={max(ts):.1f}s" if ts else "t=-"
+    head += f" {status['fps']:.1f} fps"
+    if status.get("frames_dropped"):
+        head += f" dropped {status['frames_dropped']}"
+    if status.get("gaps"):
+        head += f" gaps {status['gaps']}"
+    parts.append(head)
+    for arena_id, c in status["arenas"].items():
+        label = (last_behaviour or {}).get(arena_id, "-")
+        parts.append(f"{arena_id} {label} immobile {c.get('immobile_s', 0.0):.1f}s bouts {c.get('immobility_bouts', 0)}")
+    return " | ".join(parts)

@@ -1,0 +1,535 @@
+"""``stream-run``: watch a forced swim test live (camera, RTSP/HTTP) or score recordings (``--video``).
+
+Everything a run needs is checked before the first frame is processed: the output folder is
+writable, the ZeroMQ and metrics ports are free, every video opens and has a frame, the arenas fit
+the frame, the model's checksum matches its card. A camera or stream is opened last, once the
+engine is warm, so its first frames are fresh; systemd's READY=1 is sent just before that. Then one loop per source runs
+``stream.pipeline.Pipeline``; its outputs are per-arena CSVs and summary JSONs under ``--out``,
+ZeroMQ messages, Prometheus metrics and an optional annotated preview.
+
+Exit status: 0 at the end of the input or after SIGTERM (a requested stop: systemd's
+``Restart=on-failure`` must not restart us); 130 after SIGINT (Ctrl-C, so batch scripts notice);
+1 when a live source gave up reconnecting or capture failed; 2 for a user error before the start.
+Every exit after the start flushes the CSVs and writes the summaries first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from stream.arenas import Arena, check_arenas_fit, resolve_arenas
+from stream.capture import (DEFAULT_GIVE_UP_S, DEFAULT_INITIAL_BACKOFF_S, DEFAULT_MAX_BACKOFF_S, DEFAULT_QUEUE_FRAMES,
+                            Capture, CaptureConfig, SourceSpec, parse_source, quiet_opencv_logging)
+from stream.errors import EXIT_INTERRUPTED, UserError, cli_main
+
+__all__ = ["main", "build_parser", "default_model_dir", "EXIT_OK", "EXIT_FAILED"]
+
+log = logging.getLogger("stream.run")
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the source gave up or capture failed after the start (summary still written)
+DEFAULT_MODEL_NAME = "fst-side-112"  # the bundled side-view model
+DEFAULT_ZMQ_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_METRICS_PORT = 9108
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg")
+
+
+def default_model_dir() -> Path:
+    """``trained_models/fst-side-112`` of the repository this package lives in."""
+    return Path(__file__).resolve().parents[1] / "trained_models" / DEFAULT_MODEL_NAME
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stream-run", description=__doc__.splitlines()[0].replace("``", ""))
+    src = p.add_argument_group("input (exactly one)")
+    src.add_argument("--camera", type=int, metavar="N", help="camera index (/dev/videoN)")
+    src.add_argument("--video", nargs="+", metavar="PATH_OR_GLOB", help="video file(s); globs are expanded")
+    src.add_argument("--url", help="RTSP or HTTP(S) stream URL")
+    src.add_argument("--realtime", action="store_true",
+                     help="pace video files at their own frame rate like a camera (default: as fast as possible)")
+    src.add_argument("--max-frames", type=int, metavar="N", help="stop after N model-rate frames per source")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--model", type=Path, default=None, metavar="DIR",
+                   help=f"model directory with card.json + model.safetensors (default: trained_models/{DEFAULT_MODEL_NAME})")
+    m.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+                   help="inference backend (default: auto, the fastest present)")
+    m.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the best present)")
+    m.add_argument("--no-flow-warm-start", action="store_true",
+                   help="compute each frame's TV-L1 flow from scratch, exactly as training did")
+    m.add_argument("--stride", type=int, default=1, metavar="K",
+                   help="run the model on every K-th frame and repeat its prediction in between (slow machines; "
+                        "default: 1)")
+
+    a = p.add_argument_group("arenas")
+    a.add_argument("--roi", action="append", default=[], metavar="x,y,w,h",
+                   help="one arena's region of interest in pixels; repeat for several arenas")
+    a.add_argument("--arenas", type=Path, metavar="FILE",
+                   help='arena file (JSON/YAML): {"arenas": [{"id": "A1", "roi": [x, y, w, h]}, ...]}; '
+                        "default: <video>.arenas.json next to a video, else the whole frame")
+
+    d = p.add_argument_group("decisions")
+    d.add_argument("--smoothing", default="none", choices=("none", "average", "hysteresis"),
+                   help="smooth the probabilities before labelling (default: none)")
+    d.add_argument("--smoothing-window", type=int, default=5, metavar="FRAMES", help="moving-average window (default: %(default)s)")
+    d.add_argument("--min-bout-s", type=float, default=0.0, help="shorter immobility is counted as mobile (default: %(default)s)")
+    d.add_argument("--test-duration-s", "--test-duration", type=float, default=360.0, dest="test_duration_s",
+                   help="test length in seconds (default: %(default)s)")
+    d.add_argument("--scoring-window-s", "--scoring-window", type=float, default=240.0, dest="scoring_window_s",
+                   help="scored over the last this-many seconds of the test (default: %(default)s)")
+    d.add_argument("--immobile-classes", default=None, metavar="A,B", help="default: the model card's")
+
+    o = p.add_argument_group("outputs")
+    o.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: runs/<UTC time>)")
+    o.add_argument("--zmq", default=DEFAULT_ZMQ_ENDPOINT, metavar="ENDPOINT", help="ZeroMQ PUB endpoint (default: %(default)s)")
+    o.add_argument("--no-zmq", action="store_true", help="do not publish on ZeroMQ")
+    o.add_argument("--zmq-state", default=None, metavar="ENDPOINT",
+                   help="REP endpoint answering b'counters' with the latest counters (late joiners)")
+    o.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="Prometheus port; 0 disables (default: %(default)s)")
+    o.add_argument("--metrics-addr", default="127.0.0.1", help="address the metrics server listens on (default: %(default)s)")
+    o.add_argument("--no-metrics", action="store_true", help="no Prometheus endpoint")
+    o.add_argument("--preview", type=Path, default=None, metavar="FILE.mp4", help="annotated preview video")
+    o.add_argument("--resume", action="store_true",
+                   help="--video only: re-run a video whose run crashed, appending only the frames its CSVs lack "
+                        "(counters are recomputed from the start)")
+    o.add_argument("-q", "--quiet", action="store_true", help="no live counters, no progress bar")
+    o.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: progress of set-up (info logging), -vv: debug (also OpenCV/FFmpeg messages)")
+
+    r = p.add_argument_group("live sources")
+    r.add_argument("--reconnect-max-backoff-s", type=float, default=DEFAULT_MAX_BACKOFF_S,
+                   help=f"longest wait between reconnect attempts, s (first: {DEFAULT_INITIAL_BACKOFF_S} s, doubling; "
+                        "default: %(default)s)")
+    r.add_argument("--give-up-s", type=float, default=DEFAULT_GIVE_UP_S,
+                   help="exit non-zero after this many seconds without frames (default: %(default)s)")
+    r.add_argument("--queue-frames", type=int, default=DEFAULT_QUEUE_FRAMES,
+                   help="capture queue in frames; live sources drop (and count) frames when it is full "
+                        "(default: %(default)s)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _expand_videos(patterns: Sequence[str]) -> list[Path]:
+    videos: list[Path] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True))
+            matches = [m for m in matches if m.is_file() and m.suffix.lower() in VIDEO_SUFFIXES]
+            if not matches:
+                raise UserError(f"--video {pattern}: no video files match")
+            videos.extend(matches)
+        else:
+            path = Path(pattern)
+            if not path.is_file():
+                raise UserError(f"video {path}: no such file")
+            videos.append(path)
+    unique = list(dict.fromkeys(videos))
+    return unique
+
+
+def _check_out_dir(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"output folder {out}: not writable ({exc.strerror or exc}); choose another with --out") from exc
+    return out
+
+
+def _unique_dirs(out: Path, videos: Sequence[Path]) -> list[Path]:
+    """One subfolder per video, named by its stem (``-2``, ``-3`` appended on a clash)."""
+    seen: dict[str, int] = {}
+    dirs = []
+    for v in videos:
+        n = seen.get(v.stem, 0) + 1
+        seen[v.stem] = n
+        dirs.append(out / (v.stem if n == 1 else f"{v.stem}-{n}"))
+    return dirs
+
+
+@dataclass
+class _Source:
+    spec: SourceSpec
+    out_dir: Path
+    arenas: list[Arena]
+    capture: Capture | None = None
+
+
+def _build_engine(kind: str, model_dir: Path, device: str | None, batch_size: int | None):
+    from stream.engine import build_engine
+
+    return build_engine(kind, model_dir, device=device, batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------------------------------- main
+@cli_main("stream-run")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # warnings and errors only by default: a refused start must print ONE line on stderr
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.verbose < 2:
+        quiet_opencv_logging()
+    return _Run(args).execute()
+
+
+class _Run:
+    """One invocation: validation, outputs shared by all sources, a pipeline per source."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stop_event = threading.Event()
+        self.signal_name: str | None = None
+        self.metrics = None
+        self.publisher = None
+        self.engine = None
+        self.notifier = None
+
+    # -- signals --------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.stop_event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop flushing politely
+        self.signal_name = name
+        log.warning("%s received: finishing (flushing CSVs, writing summaries)", name)
+        self.stop_event.set()
+
+    def _install_signals(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, self._on_signal)
+        return old
+
+    # -- the run --------------------------------------------------------------------------------
+    def execute(self) -> int:
+        old_handlers = self._install_signals()
+        try:
+            sources, card, model_dir = self._prepare()
+            return self._run_sources(sources, card, model_dir)
+        finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            for closer in (self.engine, self.publisher, self.metrics):
+                if closer is not None:
+                    try:
+                        closer.close()
+                    except Exception:  # noqa: BLE001 - shutdown must go on
+                        log.debug("close failed", exc_info=True)
+            if self.notifier is not None:
+                self.notifier.close()
+
+    def _prepare(self) -> tuple[list[_Source], object, Path]:
+        """Every check that can fail before the first frame."""
+        from stream.modelfile import load_card
+
+        a = self.args
+        given = sum(x is not None for x in (a.camera, a.video, a.url))
+        if given != 1:
+            raise UserError("give exactly one of --camera N, --video PATH..., --url URL")
+        if a.stride < 1:
+            raise UserError(f"--stride {a.stride}: must be >= 1")
+        if a.max_frames is not None and a.max_frames < 1:
+            raise UserError(f"--max-frames {a.max_frames}: must be >= 1")
+        if a.roi and a.arenas:
+            raise UserError("give either --roi (repeatable) or --arenas FILE, not both")
+        if a.resume and not a.video:
+            raise UserError("--resume works with --video only: a live session cannot be replayed")
+        # sources
+        if a.video:
+            videos = _expand_videos(a.video)
+            specs = [parse_source(video=v) for v in videos]
+        else:
+            specs = [parse_source(camera=a.camera, url=a.url)]
+            videos = []
+        # output folder
+        out = a.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        _check_out_dir(out)
+        out_dirs = _unique_dirs(out, videos) if len(videos) > 1 else [out]
+        # model card (cheap) then decision settings, so flag mistakes fail fast
+        model_dir = a.model if a.model is not None else default_model_dir()
+        if a.model is None and not model_dir.is_dir():
+            raise UserError(f"bundled model {model_dir} not found; pass --model DIR (a folder with card.json and "
+                            "model.safetensors)")
+        card = load_card(model_dir)
+        self._decision_config(card)
+        # ports
+        self._open_outputs()
+        # sources open and deliver a first frame; arenas fit
+        sources = []
+        try:
+            for spec, out_dir in zip(specs, out_dirs):
+                arenas = resolve_arenas(rois=a.roi, arena_file=a.arenas, video=spec.location if spec.kind == "file" else None)
+                if spec.live:
+                    # opened once the engine is ready (just after READY=1): a camera left unread
+                    # during the model load would hand us stale frames, and a stream may hang up
+                    sources.append(_Source(spec, out_dir, arenas, None))
+                    continue
+                capture = Capture(spec, self._capture_config(card, spec))
+                w, h = capture.open()
+                try:
+                    check_arenas_fit(arenas, w, h, str(spec))
+                except UserError:
+                    capture.release()
+                    raise
+                if len(specs) > 1:
+                    capture.release()  # reopened when its turn comes; keeps file handles few
+                    capture = None
+                sources.append(_Source(spec, out_dir, arenas, capture))
+        except BaseException:
+            for s in sources:
+                if s.capture is not None:
+                    s.capture.release()
+            raise
+        # model weights (checksum) and engine
+        n_arenas = max(len(s.arenas) for s in sources)
+        device = a.device
+        batch = n_arenas  # CUDA graphs / TensorRT run one fixed batch: all arenas at once
+        try:
+            self.engine = _build_engine(a.engine, model_dir, device, batch)
+            self.engine.warmup(n_arenas)
+        except BaseException:
+            for s in sources:
+                if s.capture is not None:
+                    s.capture.release()
+            raise
+        log.info("engine %s on %s; model %s (%s, %d px, %.1f fps, classes %s)", self.engine.name, self.engine.device,
+                 card.name, card.view, card.input_size_px, card.fps, ", ".join(card.classes))
+        return sources, card, model_dir
+
+    def _decision_config(self, card):
+        from stream.decisions import DecisionConfig
+
+        a = self.args
+        immobile = tuple(c.strip() for c in a.immobile_classes.split(",") if c.strip()) if a.immobile_classes \
+            else tuple(card.immobile_classes)
+        unknown = [c for c in immobile if c not in card.classes]
+        if unknown:
+            raise UserError(f"--immobile-classes {','.join(unknown)}: not classes of the model ({', '.join(card.classes)})")
+        return DecisionConfig(fps=card.fps, smoothing=a.smoothing, smoothing_window_frames=a.smoothing_window,
+                              min_bout_s=a.min_bout_s, immobile_classes=immobile, test_duration_s=a.test_duration_s,
+                              scoring_window_s=a.scoring_window_s)
+
+    def _capture_config(self, card, spec: SourceSpec) -> CaptureConfig:
+        a = self.args
+        return CaptureConfig(fps=card.fps, live=spec.live, realtime=a.realtime, queue_frames=a.queue_frames,
+                             max_backoff_s=a.reconnect_max_backoff_s,
+                             initial_backoff_s=min(DEFAULT_INITIAL_BACKOFF_S, a.reconnect_max_backoff_s),
+                             give_up_s=a.give_up_s, max_frames=a.max_frames)
+
+    def _open_outputs(self) -> None:
+        from stream.notify import notifier_from_env
+        from stream.outputs.metrics import Metrics
+        from stream.outputs.publisher import Publisher
+
+        a = self.args
+        if not a.no_metrics and a.metrics_port:
+            if not 0 < a.metrics_port < 65536:
+                raise UserError(f"--metrics-port {a.metrics_port}: must be 1..65535 (0 disables)")
+            self.metrics = Metrics(a.metrics_port, addr=a.metrics_addr)
+        if not a.no_zmq:
+            self.publisher = Publisher(a.zmq, state_endpoint=a.zmq_state)
+        self.notifier = notifier_from_env()
+
+    # -- running ------------------------------------------------------------------------------------
+    def _run_sources(self, sources: list[_Source], card, model_dir: Path) -> int:
+        from stream.flow import FlowConfig, TVL1
+        from stream.pipeline import look_ahead_s
+
+        a = self.args
+        engine = self.engine
+        flow = TVL1(FlowConfig(**card.flow), device=engine.device)
+        if self.metrics is not None:
+            self.metrics.engine_info.info({"engine": str(engine.name), "device": str(engine.device),
+                                           "model": card.name, "input_size_px": str(card.input_size_px),
+                                           "fps": str(card.fps), "stride": str(a.stride)})
+        self.notifier.ready(f"{card.name} on {engine.name}, {len(sources)} source(s)")
+        if not a.quiet:
+            print(f"stream-run: model {card.name} ({', '.join(card.classes)}) on {engine.name}/{engine.device}; "
+                  f"decisions lag capture by >= {look_ahead_s(card.fps):.2f} s (7-frame look-ahead at {card.fps:g} fps)"
+                  + (f"; model on every {a.stride}th frame" if a.stride > 1 else ""), flush=True)
+        exit_code = EXIT_OK
+        for source in sources:
+            if self.stop_event.is_set():
+                if source.capture is not None:
+                    source.capture.release()
+                continue
+            code = self._run_one(source, card, flow, multi=len(sources) > 1)
+            exit_code = max(exit_code, code)
+        self.notifier.stopping(f"stopped ({self.signal_name or 'end of input'})")
+        if self.signal_name == "SIGINT":
+            return EXIT_INTERRUPTED
+        return exit_code
+
+    def _run_one(self, source: _Source, card, flow, *, multi: bool) -> int:
+        from stream.decisions import ArenaDecisions
+        from stream.outputs.csv_log import ArenaCsvLog
+        from stream.pipeline import Pipeline, PipelineConfig, PreviewWriter, format_status, look_ahead_s
+
+        a = self.args
+        spec = source.spec
+        capture = source.capture
+        if capture is None:
+            capture = Capture(spec, self._capture_config(card, spec))
+            w, h = capture.open()
+            check_arenas_fit(source.arenas, w, h, str(spec))
+        w, h = capture.stats.frame_size
+        dconf = self._decision_config(card)
+        classes = list(card.classes)
+        decisions = {ar.id: ArenaDecisions(ar.id, classes, dconf) for ar in source.arenas}
+        logs: dict[str, ArenaCsvLog] = {}
+        preview = None
+        bar = None
+        last_behaviour: dict[str, str] = {}
+        try:
+            for ar in source.arenas:
+                logs[ar.id] = ArenaCsvLog(source.out_dir, ar.id, classes, resume=a.resume)
+            if a.preview is not None:
+                path = a.preview if not multi else a.preview.with_name(f"{a.preview.stem}-{source.out_dir.name}{a.preview.suffix}")
+                preview = PreviewWriter(path, card.fps, (w, h), source.arenas)
+            if spec.kind == "file" and not a.realtime and not a.quiet:
+                from tqdm import tqdm
+
+                total = capture.stats.frame_count_estimate(card.fps)
+                if a.max_frames:
+                    total = min(total, a.max_frames) if total else a.max_frames
+                bar = tqdm(total=total or None, unit="frame", desc=Path(spec.location).name, dynamic_ncols=True,
+                           disable=None, leave=False)
+            resume_after = {ar_id: log_.last_frame_index for ar_id, log_ in logs.items()}
+
+            def on_decision(arena_id: str, decision) -> None:
+                last_behaviour[arena_id] = decision.behaviour
+                done = resume_after.get(arena_id)
+                if done is not None and decision.frame_index <= done:
+                    return
+                logs[arena_id].write(decision)
+                if self.publisher is not None:
+                    self.publisher.publish(arena_id, decision)
+                    if self.metrics is not None:
+                        self._sync_zmq_drops()
+
+            def on_status(status: dict) -> None:
+                if a.quiet:
+                    return
+                line = format_status(status, last_behaviour)
+                if bar is not None:
+                    bar.write(line)
+                else:
+                    print(line, flush=True)
+                if self.notifier is not None:
+                    self.notifier.status(line)
+
+            pipeline = Pipeline(
+                self.engine, flow, source.arenas, decisions,
+                PipelineConfig(fps=card.fps, size_px=self.engine.input_size_px, stride_frames=a.stride,
+                               flow_warm_start=not a.no_flow_warm_start),
+                on_decision=on_decision, metrics=self.metrics, preview=preview,
+                on_frame=(lambda _i: bar.update(1)) if bar is not None else None,
+                on_status=on_status, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
+                capture_stats=capture.stats,
+            )
+            capture.start()
+            try:
+                result = pipeline.run(capture)
+            finally:
+                capture.close()
+            if self.signal_name:
+                result.stopped = True
+                result.end_reason = f"stopped by {self.signal_name}"
+        finally:
+            if bar is not None:
+                bar.close()
+            if preview is not None:
+                preview.close()
+        # summaries: always, whatever ended the run
+        run_info = {
+            "source": str(spec),
+            "source_kind": spec.kind,
+            "model": card.name,
+            "engine": str(self.engine.name),
+            "device": str(self.engine.device),
+            "model_fps": card.fps,
+            "input_size_px": self.engine.input_size_px,
+            "stride_frames": a.stride,
+            "look_ahead_s": round(look_ahead_s(card.fps), 4),
+            "frame_size": list(capture.stats.frame_size),
+            "capture": {
+                "source_fps": capture.stats.source_fps,
+                "source_frames": capture.stats.source_frames,
+                "frames_dropped_queue_full": capture.stats.dropped_queue_full,
+                "source_frames_skipped_resample": capture.stats.dropped_resample,
+                "frames_repeated_resample": capture.stats.repeated_resample,
+                "invalid_frames": capture.stats.invalid_frames,
+                "reconnect_attempts": capture.stats.reconnects,
+            },
+            "zmq_dropped": self.publisher.dropped if self.publisher is not None else None,
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **result.to_dict(),
+        }
+        summaries = {}
+        for ar in source.arenas:
+            summary = {**decisions[ar.id].summary(), "run": run_info}
+            summaries[ar.id] = summary
+            logs[ar.id].write_summary(summary)
+            logs[ar.id].close()
+            if self.publisher is not None:
+                self.publisher.publish_summary(ar.id, summary)
+        if not a.quiet:
+            print(summary_table(summaries, classes, str(spec), source.out_dir), flush=True)
+        if result.gave_up or result.error:
+            print(f"stream-run: error: {result.error or 'capture failed'}", file=sys.stderr, flush=True)
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def _sync_zmq_drops(self) -> None:
+        dropped = self.publisher.dropped
+        seen = getattr(self, "_zmq_seen", 0)
+        if dropped > seen:
+            self.metrics.zmq_dropped.inc(dropped - seen)
+            self._zmq_seen = dropped
+
+
+def summary_table(summaries: dict[str, dict], classes: list[str], source: str, out_dir: Path) -> str:
+    """The end-of-run table printed to the terminal."""
+    head = ["arena", "frames", *[f"{c} s" for c in classes], "immobile s", "bouts", "1st bout s",
+            "window immobile s", "window bouts", "gaps"]
+    rows = []
+    for arena_id, s in summaries.items():
+        c = s["counters"]
+        w = c["scoring_window"]
+        first = c.get("latency_to_first_bout_s")
+        rows.append([arena_id, str(c["frames_classified"]), *[f"{c['behaviour_s'].get(k, 0.0):.1f}" for k in classes],
+                     f"{c['immobile_s']:.1f}", str(c["immobility_bouts"]), "-" if first is None else f"{first:.1f}",
+                     f"{w['immobile_s']:.1f}", str(w["immobility_bouts"]), str(c["gaps"]["count"])])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    fmt = "  ".join("{:<%d}" % w if i == 0 else "{:>%d}" % w for i, w in enumerate(widths))
+    run = next(iter(summaries.values()))["run"] if summaries else {}
+    lines = [f"summary of {source} -> {out_dir}",
+             f"  ended: {run.get('end_reason', '?')}; {run.get('frames_processed', 0)} frames at {run.get('fps', 0):.1f} fps; "
+             f"look-ahead {run.get('look_ahead_s', 0):.2f} s; capture-to-decision p50 "
+             f"{_fmt_s((run.get('capture_to_decision_s') or {}).get('p50'))}",
+             fmt.format(*head)]
+    lines += [fmt.format(*r) for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt_s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f} s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Pipeline loop: when frames are classified, stride fill, end-of-stream padding, gaps, stop, outputs.
+
+The engine is a recording stand-in (the real engines have their own tests); flow is the real TV-L1
+with a cheap setting, decisions the real ``ArenaDecisions``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from stream.arenas import Arena
+from stream.capture import EndOfStream, Frame, Gap
+from stream.decisions import ArenaDecisions, DecisionConfig
+from stream.flow import TVL1, FlowConfig
+from stream.outputs.metrics import Metrics
+from stream.pipeline import Pipeline, PipelineConfig, PreviewWriter, format_status, look_ahead_s
+from stream.preprocess import Roi, crop_resize, rgb_clip
+
+S = 32
+FPS = 15.0
+CLASSES = ["swim", "struggle", "float"]
+CHEAP_FLOW = FlowConfig(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)
+ARENAS = [Arena("A1", Roi(0, 0, 40, 40)), Arena("A2", Roi(40, 0, 40, 40))]
+
+
+class RecordingEngine:
+    """Engine stand-in: probabilities from the centre frame's mean brightness; records each call."""
+
+    name = "recording"
+    device = "cpu"
+    classes = CLASSES
+    input_size_px = S
+
+    def __init__(self, frames_seen: list[int]) -> None:
+        self.frames_seen = frames_seen  # shared with on_frame: how many frames had arrived per call
+        self.calls: list[dict] = []
+
+    def warmup(self) -> None:
+        pass
+
+    def predict(self, rgb: torch.Tensor, flow: torch.Tensor) -> np.ndarray:
+        assert rgb.shape[1:] == (3, 16, S, S) and flow.shape[1:] == (2, 16, S, S)
+        centre = rgb[:, :, 8].mean(dim=(1, 2, 3)).numpy()  # in [-1, 1]
+        p_float = (centre + 1) / 2
+        probs = np.stack([(1 - p_float) / 2, (1 - p_float) / 2, p_float], axis=1)
+        self.calls.append({"arrived": len(self.frames_seen), "rgb": rgb.clone(), "probs": probs})
+        return probs
+
+    def close(self) -> None:
+        pass
+
+
+def image(i: int) -> np.ndarray:
+    """80x40 frame; brightness encodes the frame index (arena A2 darker), a square moves."""
+    img = np.full((40, 80, 3), (i * 6) % 200 + 20, np.uint8)
+    img[:, 40:] //= 2
+    img[10:18, (2 * i) % 30: (2 * i) % 30 + 8] = 250
+    return img
+
+
+def items(n: int, start: int = 0) -> list:
+    return [Frame(i, i / FPS, i / FPS, 0.0, image(i)) for i in range(start, start + n)]
+
+
+def make(stride: int = 1, **kw):
+    arrived: list[int] = []
+    engine = RecordingEngine(arrived)
+    decisions = {a.id: ArenaDecisions(a.id, CLASSES, DecisionConfig(fps=FPS)) for a in ARENAS}
+    out: list[tuple[str, object]] = []
+    pipe = Pipeline(engine, TVL1(CHEAP_FLOW), ARENAS, decisions, PipelineConfig(fps=FPS, size_px=S, stride_frames=stride),
+                    on_decision=lambda a, d: out.append((a, d)), on_frame=arrived.append, **kw)
+    return pipe, engine, decisions, out
+
+
+def by_arena(out) -> dict[str, list]:
+    result: dict[str, list] = {}
+    for arena_id, d in out:
+        result.setdefault(arena_id, []).append(d)
+    return result
+
+
+def test_each_frame_is_classified_once_when_its_look_ahead_arrived() -> None:
+    n = 30
+    pipe, engine, _, out = make()
+    result = pipe.run(items(n) + [EndOfStream("end of file")])
+    assert result.end_reason == "end of file" and result.frames_processed == n
+    decided = by_arena(out)
+    for arena in ARENAS:
+        assert [d.frame_index for d in decided[arena.id]] == list(range(n))
+    assert len(engine.calls) == n  # both arenas in one batch per centre frame
+    # centre t is classified once frame t+7 has arrived (and not before); the last 7 at the end
+    arrived = [c["arrived"] for c in engine.calls]
+    assert arrived[: n - 7] == [t + 8 for t in range(n - 7)]
+    assert arrived[n - 7:] == [n] * 7
+    # the clip's centre frame is frame t's crop, per arena
+    for t in (0, 12, n - 1):
+        for a, arena in enumerate(ARENAS):
+            want = rgb_clip(crop_resize(image(t), arena.roi, S)[None])[:, 0]
+            np.testing.assert_allclose(engine.calls[t]["rgb"][a, :, 8].numpy(), want, atol=1e-6)
+    # decisions carry the model's probabilities for their frame
+    for t in (3, n - 2):
+        assert decided["A2"][t].probabilities["float"] == pytest.approx(engine.calls[t]["probs"][1, 2], abs=1e-6)
+
+
+def test_stride_runs_the_model_every_kth_frame_and_fills_the_rest() -> None:
+    n, k = 30, 4
+    pipe, engine, _, out = make(stride=k)
+    result = pipe.run(items(n) + [EndOfStream("end of file")])
+    assert len(engine.calls) == result.model_calls == -(-n // k)
+    a1 = by_arena(out)["A1"]
+    assert [d.frame_index for d in a1] == list(range(n))
+    for t, d in enumerate(a1):
+        model_frame = (t // k) * k
+        assert d.probabilities["float"] == pytest.approx(engine.calls[t // k]["probs"][0, 2], abs=1e-6), (t, model_frame)
+
+
+def test_short_stream_is_classified_with_padding_at_the_end() -> None:
+    pipe, engine, _, out = make()
+    pipe.run(items(5) + [EndOfStream("end of file")])
+    assert [d.frame_index for d in by_arena(out)["A1"]] == list(range(5))
+    assert [c["arrived"] for c in engine.calls] == [5] * 5
+
+
+def test_gap_flushes_the_segment_and_restarts_flow() -> None:
+    pipe, engine, decisions, out = make()
+    stream = items(12) + [Gap(12, 30, 2.0, "no frames")] + items(12, start=42) + [EndOfStream("gave up", True, "lost")]
+    result = pipe.run(stream)
+    got = [d.frame_index for d in by_arena(out)["A1"]]
+    assert got == list(range(12)) + list(range(42, 54))
+    assert result.gave_up and result.error == "lost"
+    assert result.gaps == [{"frames_missing": 30, "seconds_missing": 2.0, "reason": "no frames"}]
+    counters = decisions["A1"].counters()
+    assert counters["gaps"]["count"] == 1 and counters["gaps"]["frames_missing"] == 30
+    assert counters["frames_classified"] == 24
+    # the first clip after the gap is padded with frame 42 (no frames from before the gap)
+    first_after = engine.calls[12]["rgb"]
+    for j in range(9):
+        assert torch.equal(first_after[:, :, j], first_after[:, :, 8])
+    assert pipe.ring.flow_calls == 11 + 11  # never across the gap
+
+
+def test_index_jump_from_a_full_queue_is_recorded_as_a_gap() -> None:
+    pipe, _, decisions, out = make()
+    stream = items(10) + items(10, start=13) + [EndOfStream("end of file")]
+    result = pipe.run(stream)
+    assert result.frames_missing == 3 and "dropped" in result.gaps[0]["reason"]
+    assert decisions["A2"].counters()["gaps"]["frames_missing"] == 3
+    assert len(by_arena(out)["A2"]) == 20
+
+
+def test_stop_event_flushes_what_arrived() -> None:
+    stop = threading.Event()
+    pipe, _, _, out = make(stop_event=stop)
+
+    def frames_then_stop():
+        for f in items(15):
+            yield f
+        stop.set()
+        yield from items(10, start=15)
+
+    result = pipe.run(frames_then_stop())
+    assert result.stopped and result.end_reason == "stopped"
+    assert [d.frame_index for d in by_arena(out)["A1"]] == list(range(15))
+
+
+def test_none_items_feed_the_heartbeat_and_status() -> None:
+    beats = []
+    statuses = []
+    pipe, _, _, _ = make(heartbeat=lambda: beats.append(1), on_status=statuses.append)
+    pipe.config = PipelineConfig(fps=FPS, size_px=S, live_counters_interval_s=0.0)
+    pipe.run([None, None, *items(9), None, EndOfStream("end of file")])
+    assert len(beats) == 13
+    assert statuses and set(statuses[-1]["arenas"]) == {"A1", "A2"}
+    line = format_status(statuses[-1], {"A1": "swim", "A2": "float"})
+    assert "A1 swim" in line and "A2 float" in line and "fps" in line
+
+
+def test_metrics_and_preview(tmp_path: Path) -> None:
+    metrics = Metrics(port=None)
+    preview = PreviewWriter(tmp_path / "preview.mp4", FPS, (80, 40), ARENAS)
+    pipe, engine, _, out = make(metrics=metrics, preview=preview)
+    n = 20
+    pipe.run(items(n) + [EndOfStream("end of file")])
+    preview.close()
+    reg = metrics.registry
+    assert reg.get_sample_value("swim_stream_frames_processed_total") == n
+    assert reg.get_sample_value("swim_stream_capture_to_decision_seconds_count") == 2 * n
+    assert reg.get_sample_value("swim_stream_model_seconds_count") == n
+    assert reg.get_sample_value("swim_stream_flow_seconds_count") == n
+    total = sum(reg.get_sample_value("swim_stream_behaviour_seconds_total", {"arena": "A1", "behaviour": c}) or 0.0
+                for c in CLASSES)
+    assert total == pytest.approx(n / FPS)
+    cap = cv2.VideoCapture(str(tmp_path / "preview.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == n == preview.frames_written
+    ok, first = cap.read()
+    cap.release()
+    assert ok and first.shape == (40, 80, 3)
+    assert np.abs(first.astype(int) - image(0).astype(int)).max() > 50  # labels were drawn
+
+
+def test_look_ahead_is_seven_frames() -> None:
+    assert look_ahead_s(15.0) == pytest.approx(7 / 15)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Two shared cores: intra-op threads only fight each other (10x slower here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
