@@ -122,6 +122,7 @@ def sha256_file(path: Path) -> str:
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a service user must be able to read a model root installed
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
