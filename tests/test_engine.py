@@ -1,0 +1,358 @@
+"""Inference engines: backends agree, auto picks by what is present, bad files give one-line errors.
+
+The model is a real fused I3D at 32 px (the smallest the network takes) with 3 classes. A freshly
+initialised I3D maps every clip to the same logits (activations shrink to ~0 through 60 layers),
+which would let any backend "agree"; so the fixture first sets batch-norm statistics from one
+batch, after which the outputs depend on the clip and a wrong backend shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import stream.engine as engine_mod
+from stream.engine import (
+    FP32_ATOL,
+    HALF_ATOL,
+    ONNX_FILENAME,
+    Engine,
+    EngineConfig,
+    Prediction,
+    TensorRTCacheKey,
+    build_engine,
+    choose_backend,
+    load_or_build_cached,
+    tensorrt_cache_path,
+    write_onnx,
+)
+from stream.errors import UserError
+from stream.model import FusedI3D
+from stream.modelfile import ModelCard, load_model, save_model
+
+SIZE_PX = 32
+CLASSES = ["swim", "struggle", "float"]
+
+
+def make_model_dir(directory: Path, *, seed: int = 0, size_px: int = SIZE_PX) -> Path:
+    """A saved fused I3D whose outputs depend on its input (see module docstring)."""
+    torch.manual_seed(seed)
+    model = FusedI3D(num_classes=len(CLASSES), flow_weight=0.4)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm3d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: one batch sets the statistics exactly
+    model.train()
+    with torch.no_grad():
+        model(*clips(2, size_px, seed=seed + 100))
+    model.eval()
+    card = ModelCard(name="test", view="side", classes=list(CLASSES), immobile_classes=["float"],
+                     input_size_px=size_px, fps=15.0, flow={}, flow_weight=0.4)  # fmt: skip
+    return save_model(model, card, directory)
+
+
+def clips(n: int, size_px: int = SIZE_PX, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips in [-1, 1] with a different brightness per clip, so that their outputs differ."""
+    gen = torch.Generator().manual_seed(seed)
+    offset = torch.linspace(-0.6, 0.6, n).view(n, 1, 1, 1, 1)
+    rgb = (torch.rand(n, 3, 16, size_px, size_px, generator=gen) * 0.8 - 0.4 + offset).clamp(-1, 1)
+    flow = (torch.rand(n, 2, 16, size_px, size_px, generator=gen) * 0.8 - 0.4 - offset).clamp(-1, 1)
+    return rgb, flow
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """Model directory with a model.onnx written by the same code export-model uses."""
+    directory = make_model_dir(tmp_path_factory.mktemp("engine") / "model")
+    model, card = load_model(directory)
+    write_onnx(model, directory / ONNX_FILENAME, card=card)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir) -> tuple[tuple[torch.Tensor, torch.Tensor], Prediction]:
+    """Eager PyTorch on 3 clips: what every backend must reproduce."""
+    inputs = clips(3)
+    with build_engine("torch", model_dir, device="cpu", optimize=False) as engine:
+        assert engine.name == "torch-cpu-eager"
+        return inputs, engine.predict_all(*inputs)
+
+
+def assert_close(got: Prediction, want: Prediction, atol: float) -> None:
+    for field in ("fused", "rgb", "flow"):
+        a, b = getattr(got, field), getattr(want, field)
+        assert a.shape == b.shape and a.dtype == np.float32
+        np.testing.assert_allclose(a, b, atol=atol, rtol=0, err_msg=field)
+
+
+# ----------------------------------------------------------------------------------- numbers
+
+
+def test_reference_outputs_are_probabilities_that_depend_on_the_clip(reference) -> None:
+    _, want = reference
+    assert want.fused.shape == (3, len(CLASSES))
+    for probs in (want.fused, want.rgb, want.flow):
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    # the fixture is only useful if clips get different answers (else any backend would agree)
+    assert np.abs(want.fused[0] - want.fused[2]).max() > 1e-3
+    np.testing.assert_allclose(want.fused, 0.4 * want.flow + 0.6 * want.rgb, atol=1e-6)
+
+
+def test_onnxruntime_matches_eager_torch(model_dir, reference) -> None:
+    (rgb, flow), want = reference
+    with build_engine("onnxruntime", model_dir) as engine:
+        assert engine.name == "onnxruntime-cpu" and engine.device == "cpu"
+        assert engine.classes == tuple(CLASSES) and engine.input_size_px == SIZE_PX
+        assert_close(engine.predict_all(rgb.numpy(), flow.numpy()), want, FP32_ATOL)
+        # one clip at a time (dynamic batch) gives the same rows
+        one = engine.predict(rgb[2:], flow[2:])
+        np.testing.assert_allclose(one, want.fused[2:], atol=FP32_ATOL, rtol=0)
+
+
+def test_frozen_torch_matches_eager_torch(model_dir, reference) -> None:
+    (rgb, flow), want = reference
+    with build_engine("torch", model_dir, device="cpu") as engine:
+        assert engine.name == "torch-cpu-frozen"
+        assert_close(engine.predict_all(rgb, flow), want, FP32_ATOL)
+
+
+def test_half_precision_on_cpu_is_refused(model_dir) -> None:
+    with pytest.raises(UserError, match="half precision runs on CUDA only"):
+        build_engine("torch", model_dir, device="cpu", half=True)
+
+
+def test_auto_uses_onnxruntime_on_cpu_when_model_onnx_is_there(model_dir, reference, caplog) -> None:
+    (rgb, flow), want = reference
+    caplog.set_level(logging.INFO, logger="stream.engine")
+    with build_engine("auto", model_dir, device="cpu") as engine:
+        assert engine.name == "onnxruntime-cpu"
+        np.testing.assert_allclose(engine.predict(rgb, flow), want.fused, atol=FP32_ATOL, rtol=0)
+    assert any("chose onnxruntime" in r.getMessage() and "because" in r.getMessage() for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------- batching / API
+
+
+class _RecordingEngine(Engine):
+    """Backend stub with a fixed batch of 2: probabilities = softmax of per-clip means."""
+
+    backend = "stub"
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__(card, EngineConfig(kind="torch"), Path("."))
+        self.batches: list[int] = []
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    @property
+    def fixed_batch(self) -> int | None:
+        return 2
+
+    def _run(self, rgb, flow):
+        rgb = np.asarray(rgb)
+        self.batches.append(rgb.shape[0])
+        assert rgb.shape[0] == 2
+        means = np.asarray(rgb).mean(axis=(1, 2, 3, 4))
+        logits = np.stack([means, -means, np.zeros_like(means)], axis=1)
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        return probs, probs, probs
+
+
+def _card() -> ModelCard:
+    return ModelCard(name="t", view="side", classes=list(CLASSES), immobile_classes=[], input_size_px=SIZE_PX, fps=15.0, flow={}, flow_weight=0.5)
+
+
+def test_fixed_batch_engines_pad_the_last_chunk_and_keep_row_order() -> None:
+    engine = _RecordingEngine(_card())
+    rgb = np.stack([np.full((3, 16, SIZE_PX, SIZE_PX), v, np.float32) for v in (0.1, 0.2, 0.3)])
+    flow = np.zeros((3, 2, 16, SIZE_PX, SIZE_PX), np.float32)
+    got = engine.predict(rgb, torch.from_numpy(flow))
+    assert engine.batches == [2, 2] and got.shape == (3, 3)
+    assert got[0, 0] < got[1, 0] < got[2, 0]  # rows follow the input, padding rows dropped
+    engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.predict(rgb, flow)
+
+
+def test_wrong_input_shapes_are_refused_with_the_expected_shape() -> None:
+    engine = _RecordingEngine(_card())
+    good_flow = np.zeros((1, 2, 16, SIZE_PX, SIZE_PX), np.float32)
+    with pytest.raises(ValueError, match=r"expected rgb \(B,3,16,32,32\)"):
+        engine.predict(np.zeros((1, 3, 16, 64, 64), np.float32), good_flow)
+    with pytest.raises(ValueError):
+        engine.predict(np.zeros((2, 3, 16, SIZE_PX, SIZE_PX), np.float32), good_flow)  # batch differs
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"kind": "openvino"}, "choose one of auto, tensorrt, torch, onnxruntime"),
+        ({"device": "gpu"}, "use cpu, cuda or cuda:N"),
+        ({"batch_size": 0}, "at least 1"),
+        ({"threads": 0}, "at least 1"),
+        ({"input_size_px": 16}, "at least 32"),
+    ],
+)
+def test_engine_config_refuses_bad_values_in_one_line(kwargs, message) -> None:
+    with pytest.raises(UserError, match=message) as info:
+        EngineConfig(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------- auto choice
+
+
+def _fake_cuda(monkeypatch, *, tensorrt: bool) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    real = engine_mod._has_module
+    monkeypatch.setattr(engine_mod, "_has_module", lambda name: tensorrt if name == "torch_tensorrt" else real(name))
+
+
+def test_auto_order_tensorrt_then_torch_cuda(monkeypatch, tmp_path) -> None:
+    _fake_cuda(monkeypatch, tensorrt=True)
+    kind, device, reason = choose_backend(tmp_path)
+    assert (kind, device) == ("tensorrt", "cuda") and "H100" in reason
+    _fake_cuda(monkeypatch, tensorrt=False)
+    kind, device, reason = choose_backend(tmp_path)
+    assert (kind, device) == ("torch", "cuda") and "torch-tensorrt not installed" in reason
+    # asking for the CPU skips the GPU backends
+    assert choose_backend(tmp_path, "cpu")[0] == "torch"
+
+
+def test_auto_on_cpu_prefers_onnxruntime_and_says_why_not(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    kind, device, reason = choose_backend(tmp_path)
+    assert (kind, device) == ("torch", "cpu") and f"export-model {tmp_path}" in reason
+    (tmp_path / ONNX_FILENAME).write_bytes(b"x")
+    assert choose_backend(tmp_path)[:2] == ("onnxruntime", "cpu")
+    monkeypatch.setattr(engine_mod, "_has_module", lambda name: False)
+    kind, _, reason = choose_backend(tmp_path)
+    assert kind == "torch" and "onnxruntime not installed" in reason
+    with pytest.raises(UserError, match="device cuda: no CUDA GPU"):
+        choose_backend(tmp_path, "cuda")  # asked for a GPU that is not there: say so, do not fall back
+
+
+# -------------------------------------------------------------------------------- bad input
+
+
+def test_truncated_onnx_is_one_line_error_naming_the_file(model_dir, tmp_path) -> None:
+    broken = tmp_path / "model"
+    broken.mkdir()
+    for name in ("card.json", "model.safetensors"):
+        os.symlink(model_dir / name, broken / name)
+    data = (model_dir / ONNX_FILENAME).read_bytes()
+    (broken / ONNX_FILENAME).write_bytes(data[: len(data) // 3])
+    with pytest.raises(UserError) as info:
+        build_engine("onnxruntime", broken)
+    message = str(info.value)
+    assert str(broken / ONNX_FILENAME) in message and "export-model" in message and "\n" not in message
+
+
+def test_onnx_from_other_weights_or_size_is_refused(model_dir, tmp_path) -> None:
+    other = make_model_dir(tmp_path / "other", seed=1)  # same card, different weights
+    os.symlink(model_dir / ONNX_FILENAME, other / ONNX_FILENAME)
+    with pytest.raises(UserError, match="exported from other weights"):
+        build_engine("onnxruntime", other)
+    with pytest.raises(UserError, match="exported for 32 px input"):
+        build_engine("onnxruntime", model_dir, input_size_px=64)
+
+
+def test_missing_onnx_and_missing_model_dir(tmp_path) -> None:
+    with pytest.raises(UserError, match="no such model directory"):
+        build_engine("torch", tmp_path / "nope")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "card.json").write_text(_card().to_json())
+    with pytest.raises(UserError, match=r"model\.onnx: not found; write it with `export-model"):
+        build_engine("onnxruntime", tmp_path / "m")
+
+
+def test_onnxruntime_not_installed_names_the_extra(monkeypatch, model_dir) -> None:
+    real = engine_mod.importlib.import_module
+
+    def fake_import(name, *a, **k):
+        if name == "onnxruntime":
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(engine_mod.importlib, "import_module", fake_import)
+    with pytest.raises(UserError, match=r"pip install swim-stream\[onnx\]"):
+        build_engine("onnxruntime", model_dir)
+
+
+# --------------------------------------------------------------------------------- TensorRT
+
+
+def test_tensorrt_not_installed_is_one_line_with_the_fix(monkeypatch, model_dir) -> None:
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # import raises ImportError
+    with pytest.raises(UserError, match=r"torch-tensorrt is not installed: pip install swim-stream\[tensorrt\]"):
+        build_engine("tensorrt", model_dir)
+
+
+def test_tensorrt_cache_key_changes_with_gpu_version_shape_precision_and_weights(tmp_path) -> None:
+    base = TensorRTCacheKey("NVIDIA H100 80GB HBM3", "10.3.0", (1, 16, 224), "fp16", "ab" * 32)
+    path = tensorrt_cache_path(tmp_path, base)
+    assert path.parent == tmp_path / "tensorrt" and path.suffix == ".ep"
+    assert tensorrt_cache_path(tmp_path, TensorRTCacheKey(*base.__dict__.values())) == path  # stable
+    changed = [
+        TensorRTCacheKey("NVIDIA A100-SXM4-40GB", "10.3.0", (1, 16, 224), "fp16", "ab" * 32),
+        TensorRTCacheKey("NVIDIA H100 80GB HBM3", "10.4.0", (1, 16, 224), "fp16", "ab" * 32),
+        TensorRTCacheKey("NVIDIA H100 80GB HBM3", "10.3.0", (8, 16, 224), "fp16", "ab" * 32),
+        TensorRTCacheKey("NVIDIA H100 80GB HBM3", "10.3.0", (1, 16, 112), "fp16", "ab" * 32),
+        TensorRTCacheKey("NVIDIA H100 80GB HBM3", "10.3.0", (1, 16, 224), "fp32", "ab" * 32),
+        TensorRTCacheKey("NVIDIA H100 80GB HBM3", "10.3.0", (1, 16, 224), "fp16", "cd" * 32),
+    ]
+    paths = {tensorrt_cache_path(tmp_path, k) for k in changed}
+    assert path not in paths and len(paths) == len(changed)
+    assert " " not in path.name and "/" not in path.name
+
+
+def test_cached_engine_is_built_once_then_loaded_and_rebuilt_for_a_new_key(tmp_path) -> None:
+    built: list[Path] = []
+
+    def build(tmp: Path) -> None:
+        built.append(tmp)
+        tmp.write_bytes(b"engine:" + tmp.name.encode())
+
+    def load(path: Path) -> bytes:
+        data = path.read_bytes()
+        if not data.startswith(b"engine:"):
+            raise RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory")
+        return data
+
+    key = TensorRTCacheKey("GPU A", "10.3.0", (1, 16, 112), "fp16", "ab" * 32)
+    path = tensorrt_cache_path(tmp_path, key)
+    assert load_or_build_cached(path, build, load).startswith(b"engine:") and len(built) == 1
+    assert built[0] != path and not built[0].exists()  # built under a temporary name, then renamed
+    load_or_build_cached(path, build, load)
+    assert len(built) == 1  # cached: not rebuilt
+    other = tensorrt_cache_path(tmp_path, TensorRTCacheKey("GPU B", "10.3.0", (1, 16, 112), "fp16", "ab" * 32))
+    load_or_build_cached(other, build, load)
+    assert len(built) == 2 and other.is_file()  # another GPU: rebuilt
+    path.write_bytes(b"\x00" * 10)  # truncated / corrupt
+    with pytest.raises(UserError) as info:
+        load_or_build_cached(path, build, load)
+    assert str(path) in str(info.value) and "delete the file" in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------ CUDA (unverified here)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_cuda_half_graphs_match_cpu(model_dir, reference) -> None:
+    (rgb, flow), want = reference
+    with build_engine("torch", model_dir, device="cuda", batch_size=2) as engine:
+        assert engine.name == "torch-cuda-fp16-graphs" and engine.fixed_batch == 2
+        assert_close(engine.predict_all(rgb, flow), want, HALF_ATOL)  # 3 clips = 2 + padded 1
+    with build_engine("torch", model_dir, device="cuda", half=False, cuda_graphs=False) as engine:
+        assert_close(engine.predict_all(rgb.cuda(), flow.cuda()), want, FP32_ATOL * 10)  # TF32 convolutions
