@@ -101,7 +101,7 @@ CPU_HALF_REFUSAL = "half precision runs on CUDA only (CPU bfloat16 moved probabi
 CUDA_GRAPH_WARMUP_RUNS = 3
 WARMUP_RUNS = 2  # first runs pay for allocation, oneDNN primitive creation and autotuning
 TENSORRT_INSTALL_HINT = "pip install swim-stream[tensorrt] (needs a CUDA GPU), or use --engine torch"
-ONNXRUNTIME_INSTALL_HINT = "pip install swim-stream[onnx] (or swim-stream[gpu] for CUDA), or use --engine torch"
+ONNXRUNTIME_INSTALL_HINT = "pip install onnxruntime (or swim-stream[gpu] for CUDA), or use --engine torch"
 
 
 # --------------------------------------------------------------------------------------- config
@@ -222,6 +222,45 @@ def write_onnx(
         entry.key, entry.value = key, value
     onnx.save(proto, str(tmp))
     os.replace(tmp, path)
+    return path
+
+
+def onnx_cache_dir() -> Path:
+    """Where ONNX graphs exported on the fly are kept: ``$SWIM_STREAM_CACHE`` or the XDG cache."""
+    root = os.environ.get("SWIM_STREAM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "swim-stream"
+    )
+    return Path(root) / "onnx"
+
+
+def cached_onnx_path(card: ModelCard, input_size_px: int) -> Path:
+    """Keyed by the weights' digest and the input size: another model or size never reuses it."""
+    return onnx_cache_dir() / f"{card.weights_sha256[:20] or card.name}-{input_size_px}px.onnx"
+
+
+def onnx_path(model_dir: str | Path, card: ModelCard, input_size_px: int) -> Path | None:
+    """The ONNX graph to run: ``model.onnx`` beside the weights (export-model), else the cache."""
+    beside = Path(model_dir) / ONNX_FILENAME
+    if beside.is_file():
+        return beside
+    cached = cached_onnx_path(card, input_size_px)
+    return cached if cached.is_file() else None
+
+
+def export_to_cache(model_dir: str | Path, card: ModelCard, input_size_px: int) -> Path:
+    """Export once into the user's cache, so ``--engine auto`` gets onnxruntime on a CPU machine
+    without a manual ``export-model`` and without writing into a (possibly read-only) model folder.
+    Written atomically; the graph carries the weights' digest, which the engine checks on load."""
+    path = cached_onnx_path(card, input_size_px)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{path.parent}: cannot create the ONNX cache ({exc.strerror}); set SWIM_STREAM_CACHE to a writable folder or run `export-model {model_dir}`") from None
+    start = time.perf_counter()
+    model, card = load_model(model_dir, device="cpu")
+    log.warning("exporting %s to ONNX once (%s); later starts reuse it", model_dir, path)
+    write_onnx(model, path, card=card, input_size_px=input_size_px)
+    log.info("ONNX export took %.1f s", time.perf_counter() - start)
     return path
 
 
@@ -472,13 +511,13 @@ class OnnxRuntimeEngine(Engine):
     def __init__(self, model_dir: Path, config: EngineConfig) -> None:
         card = load_card(model_dir)
         super().__init__(card, config, model_dir)
-        path = Path(model_dir) / ONNX_FILENAME
-        if not path.is_file():
-            raise UserError(f"{path}: not found; write it with `export-model {model_dir}` or use --engine torch")
         try:
             ort = importlib.import_module("onnxruntime")
         except ImportError:
             raise UserError(f"onnxruntime is not installed: {ONNXRUNTIME_INSTALL_HINT}") from None
+        path = onnx_path(model_dir, card, self.input_size_px)
+        if path is None:
+            path = export_to_cache(model_dir, card, self.input_size_px)
         available = ort.get_available_providers()
         want_cuda = (config.device or "").startswith("cuda") or (
             config.device is None and "CUDAExecutionProvider" in available and torch.cuda.is_available()
@@ -689,12 +728,13 @@ def choose_backend(model_dir: str | Path, device: str | None = None) -> tuple[st
             return "tensorrt", device or "cuda", f"CUDA GPU {gpu} and torch-tensorrt present"
         return "torch", device or "cuda", f"CUDA GPU {gpu} present; torch-tensorrt not installed ({TENSORRT_INSTALL_HINT.split(' (')[0]})"
     why_cpu = "device cpu asked for" if want_cpu else "no CUDA GPU"
-    onnx_path = Path(model_dir) / ONNX_FILENAME
     if not _has_module("onnxruntime"):
         return "torch", "cpu", f"{why_cpu}; onnxruntime not installed ({ONNXRUNTIME_INSTALL_HINT.split(' (')[0]})"
-    if not onnx_path.is_file():
-        return "torch", "cpu", f"{why_cpu}; no {onnx_path} (run `export-model {model_dir}` for the onnxruntime backend)"
-    return "onnxruntime", "cpu", f"{why_cpu}; onnxruntime and {onnx_path} present"
+    card = load_card(model_dir)
+    found = onnx_path(model_dir, card, card.input_size_px)
+    if found is None:
+        return "onnxruntime", "cpu", f"{why_cpu}; onnxruntime present, exporting the model once to {cached_onnx_path(card, card.input_size_px)}"
+    return "onnxruntime", "cpu", f"{why_cpu}; onnxruntime and {found} present"
 
 
 _BACKENDS: dict[str, type[Engine]] = {

@@ -218,28 +218,54 @@ def _fake_cuda(monkeypatch, *, tensorrt: bool) -> None:
     monkeypatch.setattr(engine_mod, "_has_module", lambda name: tensorrt if name == "torch_tensorrt" else real(name))
 
 
-def test_auto_order_tensorrt_then_torch_cuda(monkeypatch, tmp_path) -> None:
+def test_auto_order_tensorrt_then_torch_cuda(monkeypatch, model_dir) -> None:
     _fake_cuda(monkeypatch, tensorrt=True)
-    kind, device, reason = choose_backend(tmp_path)
+    kind, device, reason = choose_backend(model_dir)
     assert (kind, device) == ("tensorrt", "cuda") and "H100" in reason
     _fake_cuda(monkeypatch, tensorrt=False)
-    kind, device, reason = choose_backend(tmp_path)
+    kind, device, reason = choose_backend(model_dir)
     assert (kind, device) == ("torch", "cuda") and "torch-tensorrt not installed" in reason
     # asking for the CPU skips the GPU backends
-    assert choose_backend(tmp_path, "cpu")[0] == "torch"
+    assert choose_backend(model_dir, "cpu")[0] == "onnxruntime"
 
 
-def test_auto_on_cpu_prefers_onnxruntime_and_says_why_not(monkeypatch, tmp_path) -> None:
+def _bare_copy(model_dir: Path, tmp_path: Path) -> Path:
+    """The model without a model.onnx beside it (as shipped, or as export-train writes it)."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("card.json", "model.safetensors"):
+        os.symlink(model_dir / name, bare / name)
+    return bare
+
+
+def test_auto_on_cpu_prefers_onnxruntime_and_says_why(monkeypatch, model_dir, tmp_path) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    kind, device, reason = choose_backend(tmp_path)
-    assert (kind, device) == ("torch", "cpu") and f"export-model {tmp_path}" in reason
-    (tmp_path / ONNX_FILENAME).write_bytes(b"x")
-    assert choose_backend(tmp_path)[:2] == ("onnxruntime", "cpu")
+    monkeypatch.setenv("SWIM_STREAM_CACHE", str(tmp_path / "cache"))
+    bare = _bare_copy(model_dir, tmp_path)
+    kind, device, reason = choose_backend(bare)
+    assert (kind, device) == ("onnxruntime", "cpu") and "exporting the model once" in reason
+    kind, _, reason = choose_backend(model_dir)
+    assert kind == "onnxruntime" and f"{model_dir / ONNX_FILENAME} present" in reason
     monkeypatch.setattr(engine_mod, "_has_module", lambda name: False)
-    kind, _, reason = choose_backend(tmp_path)
+    kind, _, reason = choose_backend(model_dir)
     assert kind == "torch" and "onnxruntime not installed" in reason
     with pytest.raises(UserError, match="device cuda: no CUDA GPU"):
-        choose_backend(tmp_path, "cuda")  # asked for a GPU that is not there: say so, do not fall back
+        choose_backend(model_dir, "cuda")  # asked for a GPU that is not there: say so, do not fall back
+
+
+def test_onnx_exported_once_into_the_cache(monkeypatch, model_dir, reference, tmp_path) -> None:
+    (rgb, flow), want = reference
+    monkeypatch.setenv("SWIM_STREAM_CACHE", str(tmp_path / "cache"))
+    bare = _bare_copy(model_dir, tmp_path)
+    with build_engine("onnxruntime", bare) as engine:
+        assert_close(engine.predict_all(rgb, flow), want, FP32_ATOL)
+    cached = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(cached) == 1 and f"-{SIZE_PX}px" in cached[0].name
+    assert not (bare / ONNX_FILENAME).exists()  # the model folder is left untouched
+    stamp = cached[0].stat().st_mtime_ns
+    with build_engine("onnxruntime", bare) as engine:  # second start: reused, not exported again
+        assert_close(engine.predict_all(rgb, flow), want, FP32_ATOL)
+    assert cached[0].stat().st_mtime_ns == stamp
 
 
 # -------------------------------------------------------------------------------- bad input
@@ -272,8 +298,8 @@ def test_missing_onnx_and_missing_model_dir(tmp_path) -> None:
         build_engine("torch", tmp_path / "nope")
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "card.json").write_text(_card().to_json())
-    with pytest.raises(UserError, match=r"model\.onnx: not found; write it with `export-model"):
-        build_engine("onnxruntime", tmp_path / "m")
+    with pytest.raises(UserError, match=r"model\.safetensors: weights file not found"):
+        build_engine("onnxruntime", tmp_path / "m")  # no model.onnx: the export to the cache needs the weights
 
 
 def test_onnxruntime_not_installed_names_the_extra(monkeypatch, model_dir) -> None:
