@@ -258,7 +258,7 @@ def export_to_cache(model_dir: str | Path, card: ModelCard, input_size_px: int) 
         raise UserError(f"{path.parent}: cannot create the ONNX cache ({exc.strerror}); set SWIM_STREAM_CACHE to a writable folder or run `export-model {model_dir}`") from None
     start = time.perf_counter()
     model, card = load_model(model_dir, device="cpu")
-    log.warning("exporting %s to ONNX once (%s); later starts reuse it", model_dir, path)
+    log.info("exporting %s to ONNX once (%s); later starts reuse it", model_dir, path)
     write_onnx(model, path, card=card, input_size_px=input_size_px)
     log.info("ONNX export took %.1f s", time.perf_counter() - start)
     return path

@@ -311,7 +311,7 @@ def test_onnxruntime_not_installed_names_the_extra(monkeypatch, model_dir) -> No
         return real(name, *a, **k)
 
     monkeypatch.setattr(engine_mod.importlib, "import_module", fake_import)
-    with pytest.raises(UserError, match=r"pip install swim-stream\[onnx\]"):
+    with pytest.raises(UserError, match=r"pip install onnxruntime"):
         build_engine("onnxruntime", model_dir)
 
 
