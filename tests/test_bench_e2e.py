@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,21 +11,6 @@ import stream.engine as engine_mod
 from stream.bench import main as bench_main
 
 FPS = 15.0
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from stream.flow import FlowConfig
-    from stream.model import FusedI3D
-    from stream.modelfile import ModelCard, save_model
-
-    card = ModelCard(name="tiny-bench", view="side", classes=["swim", "struggle", "float"], immobile_classes=["float"],
-                     input_size_px=32, fps=FPS,
-                     flow=asdict(FlowConfig(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)),
-                     flow_weight=0.5)
-    directory = tmp_path_factory.mktemp("bench") / "tiny"
-    save_model(FusedI3D(num_classes=3), card, directory)
-    return directory
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,6 @@ odd size, variable frame rate).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import fractions
 import importlib.util
 import json
@@ -57,23 +56,6 @@ ERROR_PREFIX = "stream-run: error: "
 
 
 # ----------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from stream.flow import FlowConfig
-    from stream.model import FusedI3D
-    from stream.modelfile import ModelCard, save_model
-
-    flow = FlowConfig(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)
-    card = ModelCard(
-        name="tiny-faults", view="side", classes=["swim", "struggle", "float"],
-        immobile_classes=["float"], input_size_px=32, fps=MODEL_FPS, flow=dataclasses.asdict(flow),
-        flow_weight=0.5, init="random", training={"note": "untrained test fixture"},
-    )
-    directory = tmp_path_factory.mktemp("models") / "tiny"
-    save_model(FusedI3D(num_classes=3), card, directory, half=True)
-    return directory
-
-
 def _square_frame(i: int, width: int, height: int) -> np.ndarray:
     """Grey background, a bright square moving right: something for the flow to see."""
     image = np.full((height, width, 3), 40, np.uint8)

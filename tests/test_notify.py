@@ -198,21 +198,6 @@ WATCHDOG_TEST_USEC = 10_000_000  # 10 s: pings due every 5 s; a busy CI box stil
 STREAM_RUN_TIMEOUT_S = 900.0  # engine build (TorchScript freeze) takes minutes on a busy 2-core box
 
 
-def _tiny_model(directory: Path) -> Path:
-    import dataclasses
-
-    from stream.flow import FlowConfig
-    from stream.model import FusedI3D
-    from stream.modelfile import ModelCard, save_model
-
-    flow = FlowConfig(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)
-    card = ModelCard(name="tiny-notify", view="side", classes=["swim", "struggle", "float"],
-                     immobile_classes=["float"], input_size_px=32, fps=15.0,
-                     flow=dataclasses.asdict(flow), flow_weight=0.5, init="random",
-                     training={"note": "untrained test fixture"})
-    return save_model(FusedI3D(num_classes=3), card, directory, half=True)
-
-
 def _video(path: Path, frames: int) -> Path:
     import cv2
     import numpy as np
@@ -228,7 +213,7 @@ def _video(path: Path, frames: int) -> Path:
 
 @pytest.mark.slow
 def test_stream_run_sends_ready_watchdog_status_stopping(
-    path_socket: tuple[socket.socket, str], tmp_path: Path
+    path_socket: tuple[socket.socket, str], tmp_path: Path, tiny_model: Path
 ) -> None:
     """stream-run under a stand-in for systemd: READY after start-up, WATCHDOG often enough that
     a real WatchdogSec would never fire, STOPPING at the end."""
@@ -249,7 +234,7 @@ def test_stream_run_sends_ready_watchdog_status_stopping(
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    model = _tiny_model(tmp_path / "model")
+    model = tiny_model
     # --realtime: 8 s of video take >= 8 s however fast the box, so pings are due (every 5 s)
     video = _video(tmp_path / "v.mp4", 120)
     script = Path(sys.executable).with_name("stream-run")

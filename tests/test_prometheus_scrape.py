@@ -245,21 +245,6 @@ STREAM_RUN_STOP_TIMEOUT_S = 120.0
 LIVE_VIDEO_FRAMES = 1800  # 2 min at 15 fps with --realtime: outlives the test, which stops it
 
 
-def _tiny_model(directory: Path) -> Path:
-    import dataclasses
-
-    from stream.flow import FlowConfig
-    from stream.model import FusedI3D
-    from stream.modelfile import ModelCard, save_model
-
-    flow = FlowConfig(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)
-    card = ModelCard(name="tiny-prometheus", view="side", classes=["swim", "struggle", "float"],
-                     immobile_classes=["float"], input_size_px=32, fps=15.0,
-                     flow=dataclasses.asdict(flow), flow_weight=0.5, init="random",
-                     training={"note": "untrained test fixture"})
-    return save_model(FusedI3D(num_classes=3), card, directory, half=True)
-
-
 def _video(path: Path, frames: int) -> Path:
     import cv2
     import numpy as np
@@ -274,13 +259,13 @@ def _video(path: Path, frames: int) -> Path:
 
 
 @pytest.mark.slow
-def test_prometheus_scrapes_a_running_stream_run(tmp_path: Path) -> None:
+def test_prometheus_scrapes_a_running_stream_run(tmp_path: Path, tiny_model: Path) -> None:
     """The issue's check: Prometheus scrapes `stream-run` itself while it works on a paced video."""
     import signal
     import sys
 
     metrics_port = _free_port()
-    model = _tiny_model(tmp_path / "model")
+    model = tiny_model
     video = _video(tmp_path / "live.mp4", LIVE_VIDEO_FRAMES)
     script = Path(sys.executable).with_name("stream-run")
     command = [str(script)] if script.exists() else [
@@ -300,7 +285,7 @@ def test_prometheus_scrapes_a_running_stream_run(tmp_path: Path) -> None:
                 "no current behaviour", timeout_s=STREAM_RUN_START_TIMEOUT_S)
             assert all(_value(sample) == 1.0 for sample in current), current  # one-hot per arena
             info = server.wait_value("swim_stream_engine_info", lambda r: True, "no engine info")
-            assert info[0]["metric"].get("model") == "tiny-prometheus", info
+            assert info[0]["metric"].get("model") == "tiny-test", info
             assert process.poll() is None, "stream-run ended before the test stopped it"
         finally:
             if process.poll() is None:

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 import urllib.request
-from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -51,18 +50,8 @@ def write_video(path: Path, frames: int = FRAMES, fps: float = FPS, size: tuple[
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from stream.flow import FlowConfig
-    from stream.model import FusedI3D
-    from stream.modelfile import ModelCard, save_model
-
-    torch.manual_seed(0)
-    card = ModelCard(name="tiny-e2e", view="side", classes=CLASSES, immobile_classes=["float"], input_size_px=32,
-                     fps=FPS, flow=asdict(FlowConfig(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)),
-                     flow_weight=0.5, init="random", training={"note": "untrained test fixture"})
-    directory = tmp_path_factory.mktemp("model") / "tiny"
-    save_model(FusedI3D(num_classes=3), card, directory)
-    return directory
+def model_dir(tiny_model) -> Path:
+    return tiny_model
 
 
 class _NoClose:
