@@ -151,6 +151,7 @@ def save_model(model: FusedI3D, card: ModelCard, directory: str | Path, *, half:
     weights = directory / card.weights_file
     tmp = weights.with_name(f".{weights.name}.tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "swim_stream_card_format": str(CARD_FORMAT_VERSION)})
+    os.chmod(tmp, 0o644)  # readable by a service user, whatever the writer's umask
     os.replace(tmp, weights)
     card.weights_sha256 = sha256_file(weights)
     card.weights_dtype = "float16" if half else "float32"

@@ -39,14 +39,14 @@ log = logging.getLogger("stream.run")
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the source gave up or capture failed after the start (summary still written)
-DEFAULT_MODEL_NAME = "fst-side-112"  # the bundled side-view model
+DEFAULT_MODEL_NAME = "fst-side-64"  # the bundled side-view model (64 px, synthetic training data)
 DEFAULT_ZMQ_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_METRICS_PORT = 9108
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg")
 
 
 def default_model_dir() -> Path:
-    """``trained_models/fst-side-112`` of the repository this package lives in."""
+    """``trained_models/fst-side-64`` of the repository this package lives in."""
     return Path(__file__).resolve().parents[1] / "trained_models" / DEFAULT_MODEL_NAME
 
 

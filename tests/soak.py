@@ -4,7 +4,7 @@ Not collected by pytest (no ``test_`` prefix): run it by hand or in a nightly jo
 
     python tests/soak.py                      # 10 min, 4 arenas, tiny untrained model
     python tests/soak.py --duration-s 30      # a quick look
-    python tests/soak.py --model trained_models/fst-side-112 --stride 4
+    python tests/soak.py --model trained_models/fst-side-64 --stride 4
 
 It writes a simulated video (2x2 arenas, a blob per arena that swims and floats), runs
 ``stream-run --video ... --realtime`` on it (frames arrive at the model's fps, like a camera, so

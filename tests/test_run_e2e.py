@@ -335,7 +335,7 @@ def test_model_failing_its_checksum_is_refused(video, model_dir, tmp_path, capsy
 
 
 def test_missing_bundled_model_is_a_clear_error(video, tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(run_mod, "default_model_dir", lambda: tmp_path / "trained_models" / "fst-side-112")
+    monkeypatch.setattr(run_mod, "default_model_dir", lambda: tmp_path / "trained_models" / "fst-side-64")
     assert run_mod.main(["--video", str(video), *quiet(tmp_path / "o")]) == 2
     assert "--model" in capsys.readouterr().err
 
