@@ -53,7 +53,7 @@ from torch import nn
 
 from stream.errors import UserError
 from stream.model import FusedI3D, fuse
-from stream.modelfile import ModelCard, load_card, load_model
+from stream.modelfile import ModelCard, load_card, load_model, verify_weights
 
 __all__ = [
     "ENGINE_KINDS",
@@ -515,6 +515,7 @@ class OnnxRuntimeEngine(Engine):
             ort = importlib.import_module("onnxruntime")
         except ImportError:
             raise UserError(f"onnxruntime is not installed: {ONNXRUNTIME_INSTALL_HINT}") from None
+        verify_weights(model_dir, card)  # the ONNX graph may be cached: still refuse damaged weights
         path = onnx_path(model_dir, card, self.input_size_px)
         if path is None:
             path = export_to_cache(model_dir, card, self.input_size_px)
@@ -652,6 +653,7 @@ class TensorRTEngine(Engine):
         if not torch.cuda.is_available():
             raise UserError("TensorRT needs a CUDA GPU and none is visible; use --engine torch or onnxruntime")
         card = load_card(model_dir)
+        verify_weights(model_dir, card)  # a cached engine must not hide damaged weights
         super().__init__(card, config, model_dir)
         self._device = torch.device(config.device or "cuda")
         self._dtype = torch.float32 if config.half is False else torch.float16

@@ -34,6 +34,7 @@ __all__ = [
     "load_card",
     "load_model",
     "load_weights",
+    "verify_weights",
     "sha256_file",
     "CARD_FILE",
     "WEIGHTS_FILE",
@@ -180,6 +181,28 @@ def load_card(directory: str | Path) -> ModelCard:
     return card
 
 
+def verify_weights(directory: str | Path, card: ModelCard) -> Path:
+    """Check the weights file against the card's sha256 without loading it.
+
+    Engines that run a derived graph (ONNX, TensorRT) still call this: a cached graph must not
+    hide that the model it came from is now truncated, corrupt or swapped.
+    """
+    directory = Path(directory)
+    weights = directory / card.weights_file
+    if not weights.is_file():
+        raise ModelFileError(f"{weights}: weights file not found (card {directory / CARD_FILE} refers to it)")
+    if not card.weights_sha256:
+        log.warning("%s: card has no weights_sha256; weights not verified", directory / CARD_FILE)
+        return weights
+    actual = sha256_file(weights)
+    if actual != card.weights_sha256:
+        raise ModelFileError(
+            f"{weights}: checksum mismatch (sha256 {actual[:12]}... but the card says {card.weights_sha256[:12]}...); "
+            "the file is truncated or corrupt, or belongs to another card: copy the model directory again"
+        )
+    return weights
+
+
 def load_weights(directory: str | Path, card: ModelCard | None = None, *, verify: bool = True) -> dict[str, torch.Tensor]:
     """The float32 state dict of a model directory, after checking its sha256 against the card."""
     from safetensors import SafetensorError
@@ -188,17 +211,10 @@ def load_weights(directory: str | Path, card: ModelCard | None = None, *, verify
     directory = Path(directory)
     card = card or load_card(directory)
     weights = directory / card.weights_file
-    if not weights.is_file():
-        raise ModelFileError(f"{weights}: weights file not found (card {directory / CARD_FILE} refers to it)")
     if verify:
-        actual = sha256_file(weights)
-        if card.weights_sha256 and actual != card.weights_sha256:
-            raise ModelFileError(
-                f"{weights}: checksum mismatch (sha256 {actual[:12]}... but the card says {card.weights_sha256[:12]}...); "
-                "the file is truncated or corrupt, or belongs to another card: copy the model directory again"
-            )
-        if not card.weights_sha256:
-            log.warning("%s: card has no weights_sha256; weights not verified", directory / CARD_FILE)
+        verify_weights(directory, card)
+    elif not weights.is_file():
+        raise ModelFileError(f"{weights}: weights file not found (card {directory / CARD_FILE} refers to it)")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -382,3 +382,17 @@ def test_torch_cuda_half_graphs_match_cpu(model_dir, reference) -> None:
         assert_close(engine.predict_all(rgb, flow), want, HALF_ATOL)  # 3 clips = 2 + padded 1
     with build_engine("torch", model_dir, device="cuda", half=False, cuda_graphs=False) as engine:
         assert_close(engine.predict_all(rgb.cuda(), flow.cuda()), want, FP32_ATOL * 10)  # TF32 convolutions
+
+
+def test_cached_onnx_does_not_hide_damaged_weights(monkeypatch, model_dir, tmp_path) -> None:
+    monkeypatch.setenv("SWIM_STREAM_CACHE", str(tmp_path / "cache"))
+    bare = _bare_copy(model_dir, tmp_path)
+    build_engine("onnxruntime", bare).close()  # the graph is now cached
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    os.symlink(model_dir / "card.json", broken / "card.json")
+    data = bytearray((model_dir / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (broken / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="model.safetensors: checksum mismatch"):
+        build_engine("onnxruntime", broken)
