@@ -44,10 +44,13 @@ MODEL_ONLY_REPEATS = 3  # engine-only reference: a few batches are enough, it is
 MIN_REFERENCE_S = 0.5  # and at least this long, so a fast GPU batch is not timed once
 
 
+DEFAULT_RANDOM_SIZE_PX = 112  # the input size the issue sets the CPU real-time target at
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None,
-                        help="model directory (default: the bundled model; random weights at --size-px if absent)")
-    parser.add_argument("--size-px", type=int, default=112, help="input size of the random model (no --model)")
+                        help="model directory (default: the bundled model; random weights if --size-px is given or it is absent)")
+    parser.add_argument("--size-px", type=int, default=None,
+                        help=f"measure a random-weight model of this input size instead of the bundled one (default without a bundled model: {DEFAULT_RANDOM_SIZE_PX})")
     parser.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N")
     parser.add_argument("--arenas", default="1,4", help="comma-separated arena counts")
@@ -157,8 +160,9 @@ def run(args: argparse.Namespace) -> int:
         random_weights = False
         if model_dir is None:
             model_dir = default_model_dir()
-            if not model_dir.is_dir():
-                model_dir = _random_model(tmp, args.size_px)
+            if args.size_px is not None or not model_dir.is_dir():
+                # speed does not depend on the weights: a random model measures any input size
+                model_dir = _random_model(tmp, args.size_px or DEFAULT_RANDOM_SIZE_PX)
                 random_weights = True
         card = load_card(model_dir)
         rows = []
