@@ -495,6 +495,10 @@ class Capture(ServiceThread):
             self.open()
         cap = self._cap
         image, source_s, captured_s = self._first  # type: ignore[misc]
+        if not self.spec.live:
+            # a file is opened (and checked) before the engine loads; pace from now, not from then,
+            # or --realtime would burst through the first seconds to "catch up" with the load time
+            self._t0 = self._clock() - source_s
         raw_index = 0
         self.stats.source_frames = 1
         if not self._emit(image, source_s, captured_s):

@@ -41,3 +41,24 @@ def tiny_model(tmp_path_factory):
         training={"note": "untrained test fixture"},
     )  # fmt: skip
     return save_model(FusedI3D(num_classes=3), card, tmp_path_factory.mktemp("models") / "tiny", half=True)
+
+
+def write_moving_square_video(path, frames: int, size_px: int = 64, fps: float = 15.0):
+    """A small mp4v video of a bright square moving right: something for the flow to see."""
+    import cv2
+    import numpy as np
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size_px, size_px))
+    for i in range(frames):
+        image = np.full((size_px, size_px, 3), 40, np.uint8)
+        x = (3 * i) % (size_px - 14)
+        image[20:30, x : x + 10] = 220
+        writer.write(image)
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def moving_square_video():
+    """``moving_square_video(path, frames)`` writes the video and returns its path."""
+    return write_moving_square_video

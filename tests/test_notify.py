@@ -198,22 +198,9 @@ WATCHDOG_TEST_USEC = 10_000_000  # 10 s: pings due every 5 s; a busy CI box stil
 STREAM_RUN_TIMEOUT_S = 900.0  # engine build (TorchScript freeze) takes minutes on a busy 2-core box
 
 
-def _video(path: Path, frames: int) -> Path:
-    import cv2
-    import numpy as np
-
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (64, 64))
-    for i in range(frames):
-        image = np.full((64, 64, 3), 40, np.uint8)
-        image[20:30, (3 * i) % 50:(3 * i) % 50 + 10] = 220
-        writer.write(image)
-    writer.release()
-    return path
-
-
 @pytest.mark.slow
 def test_stream_run_sends_ready_watchdog_status_stopping(
-    path_socket: tuple[socket.socket, str], tmp_path: Path, tiny_model: Path
+    path_socket: tuple[socket.socket, str], tmp_path: Path, tiny_model: Path, moving_square_video
 ) -> None:
     """stream-run under a stand-in for systemd: READY after start-up, WATCHDOG often enough that
     a real WatchdogSec would never fire, STOPPING at the end."""
@@ -236,7 +223,7 @@ def test_stream_run_sends_ready_watchdog_status_stopping(
     reader.start()
     model = tiny_model
     # --realtime: 8 s of video take >= 8 s however fast the box, so pings are due (every 5 s)
-    video = _video(tmp_path / "v.mp4", 120)
+    video = moving_square_video(tmp_path / "v.mp4", 120)
     script = Path(sys.executable).with_name("stream-run")
     command = [str(script)] if script.exists() else [
         sys.executable, "-c", "import sys; from stream.run import main; sys.exit(main())"]

@@ -245,28 +245,15 @@ STREAM_RUN_STOP_TIMEOUT_S = 120.0
 LIVE_VIDEO_FRAMES = 1800  # 2 min at 15 fps with --realtime: outlives the test, which stops it
 
 
-def _video(path: Path, frames: int) -> Path:
-    import cv2
-    import numpy as np
-
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (64, 64))
-    for i in range(frames):
-        image = np.full((64, 64, 3), 40, np.uint8)
-        image[20:30, (3 * i) % 50:(3 * i) % 50 + 10] = 220
-        writer.write(image)
-    writer.release()
-    return path
-
-
 @pytest.mark.slow
-def test_prometheus_scrapes_a_running_stream_run(tmp_path: Path, tiny_model: Path) -> None:
+def test_prometheus_scrapes_a_running_stream_run(tmp_path: Path, tiny_model: Path, moving_square_video) -> None:
     """The issue's check: Prometheus scrapes `stream-run` itself while it works on a paced video."""
     import signal
     import sys
 
     metrics_port = _free_port()
     model = tiny_model
-    video = _video(tmp_path / "live.mp4", LIVE_VIDEO_FRAMES)
+    video = moving_square_video(tmp_path / "live.mp4", LIVE_VIDEO_FRAMES)
     script = Path(sys.executable).with_name("stream-run")
     command = [str(script)] if script.exists() else [
         sys.executable, "-c", "import sys; from stream.run import main; sys.exit(main())"]

@@ -12,7 +12,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pytest
 
 from export.synth import main as synth_main
 from stream.modelfile import load_card, load_model
