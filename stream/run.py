@@ -423,15 +423,15 @@ class _Run:
                         self._sync_zmq_drops()
 
             def on_status(status: dict) -> None:
+                line = format_status(status, last_behaviour)
+                if self.notifier is not None:
+                    self.notifier.status(line)  # systemd's STATUS= even when the terminal is quiet
                 if a.quiet:
                     return
-                line = format_status(status, last_behaviour)
                 if bar is not None:
                     bar.write(line)
                 else:
                     print(line, flush=True)
-                if self.notifier is not None:
-                    self.notifier.status(line)
 
             pipeline = Pipeline(
                 self.engine, flow, source.arenas, decisions,
