@@ -62,3 +62,15 @@ def write_moving_square_video(path, frames: int, size_px: int = 64, fps: float =
 def moving_square_video():
     """``moving_square_video(path, frames)`` writes the video and returns its path."""
     return write_moving_square_video
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Training tests on a shared 2-core box: a second intra-op thread per process only adds
+    contention (measured: the same tests took ~5x longer with torch's default thread count)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -13,16 +13,7 @@ from export import evaluate as ev
 from stream.errors import EXIT_USER_ERROR
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two cores shared by many test processes: a second intra-op thread per process only adds
-    contention (measured: the same tests take ~5x longer with torch's default thread count)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def held_out(rgb, flow, labels, fold, source=None, frame=None) -> ev.HeldOut:
