@@ -410,6 +410,23 @@ def _boris_finish(
     return out
 
 
+def _boris_events(path: Path, header: list[str], rows: list[list[str]], header_line: int, *needed: int):
+    """Yield (line number, subject, row) for each non-blank event row of a BORIS export.
+
+    Rows too short for the ``needed`` columns are refused naming the line; "No focal subject" and
+    an empty Subject both become "" (a single-arena observation).
+    """
+    subj_col = _col(header, "Subject")
+    for k, row in enumerate(rows):
+        line = header_line + 1 + k
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) <= max(needed):
+            raise _err(path, line, f"expected {len(header)} columns, found {len(row)}")
+        subject = row[subj_col].strip() if subj_col is not None and subj_col < len(row) else ""
+        yield line, ("" if subject.lower() in NO_SUBJECT else subject), row
+
+
 def read_boris_tabular(
     path: Path, *, fps: float | None = None, num_frames: int | None = None, classes: Sequence[str] | None = None
 ) -> list[Annotation]:
@@ -422,19 +439,11 @@ def read_boris_tabular(
     if tcol is None or bcol is None or scol is None:
         raise _err(path, header_line, "not a BORIS tabular events export (needs Time, Behavior and "
                    "Behavior type/Status columns)")  # fmt: skip
-    subj_col = _col(header, "Subject")
     fps, length_s, media = _boris_common(path, header, rows, header_line, fps)
     open_: dict[tuple[str, str], tuple[int, float]] = {}
     spans: dict[str, list] = {}
     points: dict[str, list] = {}
-    for k, row in enumerate(rows):
-        line = header_line + 1 + k
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) <= max(tcol, bcol, scol):
-            raise _err(path, line, f"expected {len(header)} columns, found {len(row)}")
-        subject = row[subj_col].strip() if subj_col is not None else ""
-        subject = "" if subject.lower() in NO_SUBJECT else subject
+    for line, subject, row in _boris_events(path, header, rows, header_line, tcol, bcol, scol):
         beh = row[bcol].strip()
         status = row[scol].strip().upper()
         t = _float(path, line, row[tcol], "Time")
@@ -474,18 +483,10 @@ def read_boris_aggregated(
     type_col = _col(header, "Behavior type")
     if bcol is None or start_col is None or stop_col is None:
         raise _err(path, header_line, "not a BORIS aggregated events export (needs Behavior, Start (s), Stop (s))")
-    subj_col = _col(header, "Subject")
     fps, length_s, media = _boris_common(path, header, rows, header_line, fps)
     spans: dict[str, list] = {}
     points: dict[str, list] = {}
-    for k, row in enumerate(rows):
-        line = header_line + 1 + k
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) <= max(bcol, start_col, stop_col):
-            raise _err(path, line, f"expected {len(header)} columns, found {len(row)}")
-        subject = row[subj_col].strip() if subj_col is not None else ""
-        subject = "" if subject.lower() in NO_SUBJECT else subject
+    for line, subject, row in _boris_events(path, header, rows, header_line, bcol, start_col, stop_col):
         beh = row[bcol].strip()
         start = _float(path, line, row[start_col], "Start (s)")
         kind = row[type_col].strip().upper() if type_col is not None else "STATE"
