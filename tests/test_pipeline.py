@@ -208,10 +208,4 @@ def test_look_ahead_is_seven_frames() -> None:
     assert look_ahead_s(15.0) == pytest.approx(7 / 15)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two shared cores: intra-op threads only fight each other (10x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")

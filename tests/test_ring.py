@@ -64,23 +64,21 @@ def test_clips_match_the_offline_convention_everywhere(arenas: int) -> None:
     ring = ClipRing(arenas, S, flow, warm_start=False)
     offline = [offline_flow_px(video[:, a], RecordingFlow()) for a in range(arenas)]
     checked = set()
-    for t in range(n):
-        ring.push(video[t], t)
-        center = t - 7
-        if center >= 0:  # live: classify when t + 7 arrives
-            rgb, fl = ring.clip(center)
-            for a in range(arenas):
-                want_rgb, want_flow = expected_clip(video[:, a], offline[a], center, n)
-                np.testing.assert_allclose(rgb[a].numpy(), want_rgb, atol=1e-6)
-                np.testing.assert_allclose(fl[a].numpy(), want_flow, atol=1e-6)
-            checked.add(center)
-    for center in range(n - 7, n):  # end of stream: edge padding by repetition
+
+    def check(center: int) -> None:
         rgb, fl = ring.clip(center)
         for a in range(arenas):
             want_rgb, want_flow = expected_clip(video[:, a], offline[a], center, n)
             np.testing.assert_allclose(rgb[a].numpy(), want_rgb, atol=1e-6)
             np.testing.assert_allclose(fl[a].numpy(), want_flow, atol=1e-6)
         checked.add(center)
+
+    for t in range(n):
+        ring.push(video[t], t)
+        if t - 7 >= 0:  # live: classify when t + 7 arrives
+            check(t - 7)
+    for center in range(n - 7, n):  # end of stream: edge padding by repetition
+        check(center)
     assert checked == set(range(n))
 
 
@@ -164,10 +162,4 @@ def test_with_real_tvl1_warm_start_stays_close_to_training_flow() -> None:
     assert float((fw - fc).abs().mean()) < 0.05  # encoded units (1.0 = 20 px)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two shared cores: intra-op threads only fight each other (10x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")

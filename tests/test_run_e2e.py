@@ -20,7 +20,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 import zmq
 
 import stream.run as run_mod
@@ -88,12 +87,7 @@ def fast_engine(monkeypatch, shared_engine):
     return calls
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: intra-op threads only fight each other
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()
