@@ -51,9 +51,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from stream.cuda_graph import CudaGraph
 from stream.errors import UserError
 from stream.model import FusedI3D, fuse
 from stream.modelfile import ModelCard, load_card, load_model, verify_weights
+from stream.numerics import flush_denormals
 
 __all__ = [
     "ENGINE_KINDS",
@@ -79,6 +81,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+flush_denormals()  # before any parallel op: see stream.numerics
 
 ENGINE_KINDS = ("auto", "tensorrt", "torch", "onnxruntime")
 ONNX_FILENAME = "model.onnx"
@@ -96,9 +99,6 @@ HALF_ATOL = 3e-2
 # this machine's AVX512-BF16 cores but moved per-stream probabilities by up to 0.17 on the test
 # model (7-bit mantissa through ~60 layers), enough to flip labels, so it is not offered.
 CPU_HALF_REFUSAL = "half precision runs on CUDA only (CPU bfloat16 moved probabilities by up to 0.17 in tests); drop --half or use a GPU"
-# CUDA graph capture needs a few eager runs first so that cuDNN picks its algorithms and the
-# caching allocator settles; three is what the PyTorch CUDA-graph docs use.
-CUDA_GRAPH_WARMUP_RUNS = 3
 WARMUP_RUNS = 2  # first runs pay for allocation, oneDNN primitive creation and autotuning
 TENSORRT_INSTALL_HINT = "pip install swim-stream[tensorrt] (needs a CUDA GPU), or use --engine torch"
 ONNXRUNTIME_INSTALL_HINT = "pip install onnxruntime (or swim-stream[gpu] for CUDA), or use --engine torch"
@@ -424,9 +424,11 @@ class TorchEngine(Engine):
             self._tags.append("frozen")
         elif not config.optimize:
             self._tags.append("eager")
-        self._graph: _CudaGraph | None = None
+        if cuda and self._dtype == torch.float32:
+            self._runner = _without_tf32(self._runner)
+        self._graph: CudaGraph | None = None
         if graphs and self._batch is not None:
-            self._graph = _CudaGraph(self._runner, self._example(self._batch))
+            self._graph = CudaGraph(self._runner, self._example(self._batch))
             self._tags.append("graphs")
 
     @property
@@ -461,7 +463,7 @@ class TorchEngine(Engine):
 
     def _compile(self, module: nn.Module) -> Callable[..., tuple[torch.Tensor, ...]]:
         # freezing lets inductor fold batch norm and constant-propagate the weights (inference
-        # only); inductor's own CUDA graphs stay off (its default) because _CudaGraph wraps this.
+        # only); inductor's own CUDA graphs stay off (its default) because CudaGraph wraps this.
         # Compiling takes minutes on 2 CPU cores: it is opt-in, never chosen by auto.
         return torch.compile(module, dynamic=False, options={"freezing": True})
 
@@ -481,26 +483,20 @@ class TorchEngine(Engine):
         super().close()
 
 
-class _CudaGraph:
-    """Capture ``fn`` once for fixed input shapes, then replay it: no per-kernel launch overhead."""
+def _without_tf32(fn: Callable[..., tuple[torch.Tensor, ...]]) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """Run ``fn`` with cuDNN's TF32 convolutions off: PyTorch turns them on by default, and their
+    10-bit mantissa moved an FP32 engine's probabilities by 0.036 from the CPU's on an H200, more
+    than FP16 did. An engine asked for FP32 computes in FP32; FP16 is the fast choice."""
 
-    def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]], example: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self._inputs = tuple(x.clone() for x in example)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.inference_mode(), torch.cuda.stream(stream):
-            for _ in range(CUDA_GRAPH_WARMUP_RUNS):
-                fn(*self._inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self._graph):
-            self._outputs = fn(*self._inputs)
+    def run(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        saved = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            return fn(*args)
+        finally:
+            torch.backends.cudnn.allow_tf32 = saved
 
-    def __call__(self, rgb: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        self._inputs[0].copy_(rgb)
-        self._inputs[1].copy_(flow)
-        self._graph.replay()
-        return tuple(o.clone() for o in self._outputs)
+    return run
 
 
 class OnnxRuntimeEngine(Engine):

@@ -381,7 +381,8 @@ def test_torch_cuda_half_graphs_match_cpu(model_dir, reference) -> None:
         assert engine.name == "torch-cuda-fp16-graphs" and engine.fixed_batch == 2
         assert_close(engine.predict_all(rgb, flow), want, HALF_ATOL)  # 3 clips = 2 + padded 1
     with build_engine("torch", model_dir, device="cuda", half=False, cuda_graphs=False) as engine:
-        assert_close(engine.predict_all(rgb.cuda(), flow.cuda()), want, FP32_ATOL * 10)  # TF32 convolutions
+        # true FP32: cuDNN's default TF32 convolutions were 0.036 away from the CPU on an H200
+        assert_close(engine.predict_all(rgb.cuda(), flow.cuda()), want, FP32_ATOL * 10)
 
 
 def test_cached_onnx_does_not_hide_damaged_weights(monkeypatch, model_dir, tmp_path) -> None:
