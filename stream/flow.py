@@ -17,9 +17,13 @@ once-per-warp steps have a tensor version (used on CUDA) and, for CPU tensors, c
 ``remap`` and ``medianBlur`` instead: same results (tested against each other), but a median
 of 25 as 202 whole-image min/max ops would otherwise cost as much as the iterations.
 
-CPU threads: on an oversubscribed machine torch's spinning OpenMP threads make every op slow
-(measured: 2 threads 10-40x slower than 1 thread on 2 shared cores under load 10, back to
-normal with ``OMP_WAIT_POLICY=PASSIVE``). The application, not this module, chooses threads.
+CPU threads: one by default (``TVL1(cpu_threads=1)``), set around each solve and restored. The
+ops are small (a 112 px flow is 25k floats), so a second OpenMP thread mostly waits to be woken:
+with ``OMP_WAIT_POLICY=PASSIVE`` (which ``stream`` sets, because spinning workers made every op
+10-40x slower on a loaded machine) 2 threads were 1.5-3x slower than 1 at 112 and 224 px, batch
+1 and 8, on this project's idle 2-core machine; spinning 2 threads were at best 1.3x faster than
+1 (224 px, batch 8) and lost badly under load. One thread also leaves the other core to the
+model and capture.
 
 Two ways to stop (``FlowConfig.fixed_iterations``):
 
@@ -41,13 +45,19 @@ live here too, so that training and live inference cannot disagree on them.
 from __future__ import annotations
 
 import functools
+import logging
+import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from stream.cuda_graph import CudaGraph
+from stream.numerics import flush_denormals
 
 __all__ = [
     "FLOW_CLIP_PX",
@@ -59,6 +69,9 @@ __all__ = [
     "flow_from_uint8",
     "flow_to_uint8",
 ]
+
+log = logging.getLogger(__name__)
+flush_denormals()  # before any parallel op: see stream.numerics
 
 FLOW_CLIP_PX = 20.0  # I3D flow convention (Carreira & Zisserman 2017): clip to +-20 px, scale to [-1, 1]
 _UINT8_HALF_RANGE = 127  # uint8 code 128 is exactly zero flow (most pixels of an immobile mouse); codes 1..255 used
@@ -377,46 +390,162 @@ def _warp(images: torch.Tensor, u: torch.Tensor, interpolation: str) -> torch.Te
 class _Scale:
     """Warp-invariant state of one pyramid level for the pairs still iterating.
 
-    Holds the warped image gradient ``ig`` (N,C,H,W) (C = 3 with OpenCV's gamma term, whose
-    "gradient" is the constant gamma), the constant part ``rho_c`` of the linearised residual, and
-    1 / |grad I1w|^2 clamped as OpenCV guards it.
+    ``ig`` (N,C,H,W) is the warped image gradient (C = 3 with OpenCV's gamma term, whose
+    "gradient" is the constant gamma); ``ig_n`` and ``rho_n`` are it and the constant part of the
+    linearised residual already divided by |grad I1w|^2 (clamped as OpenCV guards it), so that
+    the thresholding step costs three ops per iteration instead of four.
     """
 
-    def __init__(self, ig: torch.Tensor, rho_c: torch.Tensor, inv_grad: torch.Tensor) -> None:
-        self.ig, self.rho_c, self.inv_grad = ig, rho_c, inv_grad
+    def __init__(self, ig: torch.Tensor, ig_n: torch.Tensor, rho_n: torch.Tensor) -> None:
+        self.ig, self.ig_n, self.rho_n = ig, ig_n, rho_n
+        self.ig_n_ch = ig_n.unbind(1)
 
     def select(self, keep: torch.Tensor) -> "_Scale":
-        return _Scale(self.ig[keep], self.rho_c[keep], self.inv_grad[keep])
+        return _Scale(self.ig[keep], self.ig_n[keep], self.rho_n[keep])
 
 
-def _iterate(u: torch.Tensor, p: torch.Tensor, g: torch.Tensor, sc: _Scale, l_t: float, theta: float,
-             taut: float, want_error: bool) -> torch.Tensor | None:
-    """One primal-dual iteration in place (OpenCV: estimateV, divergence, estimateU, forwardGradient,
-    estimateDualVariables). u: (N,C,H,W) flow; p: (N,C,2,H,W) dual; g: (N,C,2,H,W) scratch whose
-    last column (x) / last row (y) stay zero. Returns the per-pair summed squared update if asked.
+class _State:
+    """Flow ``u`` (N,C,H,W), dual ``p`` (N,C,2,H,W) stored as theta * p, scratch buffers and the
+    views one iteration reads and writes.
+
+    At 112 px one iteration is ~16 small ops whose Python dispatch costs about as much as their
+    arithmetic, so the views are made once per warp, not once per iteration, and every
+    intermediate is written into a preallocated buffer.
     """
-    # thresholding step: v = u + clamp(-rho / |grad|^2, -l_t, l_t) * grad  (== OpenCV's 3 cases)
-    ig = sc.ig
-    rho = torch.addcmul(sc.rho_c, ig[:, 0], u[:, 0])
-    for c in range(1, ig.shape[1]):
-        rho.addcmul_(ig[:, c], u[:, c])
-    fi = rho.mul_(sc.inv_grad).clamp_(-l_t, l_t)  # minus the step along the image gradient
-    # divergence of p by backward differences with p = 0 outside the image
-    px, py = p[:, :, 0], p[:, :, 1]
-    div = px + py
-    div[..., 1:].sub_(px[..., :-1])
-    div[..., 1:, :].sub_(py[..., :-1, :])
+
+    def __init__(self, u: torch.Tensor, p: torch.Tensor) -> None:
+        self.u, self.p = u, p
+        n, c, h, w = u.shape
+        self.g = torch.zeros_like(p)  # forward differences; the last column (x) / row (y) stay zero
+        self.d = torch.empty_like(u)  # divergence, then the update
+        self.fi = torch.empty((n, h, w), dtype=u.dtype, device=u.device)
+        self.s = torch.empty_like(u)  # |grad u|, then the dual step's denominator
+        self.ones = torch.ones_like(u)
+        self.u_ch = u.unbind(1)
+        self.fi4 = self.fi.unsqueeze(1)
+        self.s5 = self.s.unsqueeze(2)
+        px, py = p[:, :, 0], p[:, :, 1]
+        gx, gy = self.g[:, :, 0], self.g[:, :, 1]
+        self.px, self.py, self.gx, self.gy = px, py, gx, gy
+        self.d_x1, self.px_x0 = self.d[..., 1:], px[..., :-1]
+        self.d_y1, self.py_y0 = self.d[..., 1:, :], py[..., :-1, :]
+        self.u_x1, self.u_x0, self.gx_x0 = u[..., 1:], u[..., :-1], gx[..., :-1]
+        self.u_y1, self.u_y0, self.gy_y0 = u[..., 1:, :], u[..., :-1, :], gy[..., :-1, :]
+        self.d_rows = self.d.view(n, -1)
+
+
+def _iterate(st: _State, sc: _Scale, l_t: float, tau: float, taut: float, want_error: bool,
+             mask: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | None:
+    """One primal-dual iteration in place (OpenCV: estimateV, divergence, estimateU, forwardGradient,
+    estimateDualVariables). Returns the per-pair norm of the flow update if asked (OpenCV stops on
+    its square, the summed squared update). ``mask``: (N,1,1,1) and (N,1,1,1,1) views of 1.0 for
+    pairs that iterate, 0.0 for pairs frozen (converged): their u and p stay exactly as they are.
+    """
+    # thresholding step: v = u - clamp(rho / |grad|^2, -l_t, l_t) * grad  (== OpenCV's 3 cases)
+    fi = torch.addcmul(sc.rho_n, sc.ig_n_ch[0], st.u_ch[0], out=st.fi)
+    for c in range(1, len(st.u_ch)):
+        fi.addcmul_(sc.ig_n_ch[c], st.u_ch[c])
+    fi.clamp_(-l_t, l_t)
+    # divergence of theta * p by backward differences with p = 0 outside the image
+    torch.add(st.px, st.py, out=st.d)
+    st.d_x1.sub_(st.px_x0)
+    st.d_y1.sub_(st.py_y0)
     # u_new = v + theta * div p, done as one update so that its size is the stopping criterion
-    delta = torch.addcmul(div.mul_(theta), ig, fi.unsqueeze(1), value=-1.0)
-    u.add_(delta)
-    error = delta.square_().sum(dim=(1, 2, 3)) if want_error else None
-    # forward differences of u (zero at the last column / row), then the dual projection
-    gx, gy = g[:, :, 0], g[:, :, 1]
-    torch.sub(u[..., 1:], u[..., :-1], out=gx[..., :-1])
-    torch.sub(u[..., 1:, :], u[..., :-1, :], out=gy[..., :-1, :])
-    denom = torch.addcmul(gx * gx, gy, gy).sqrt_().mul_(taut).add_(1.0)  # hypot, vectorised
-    p.add_(g, alpha=taut).div_(denom.unsqueeze(2))
+    delta = torch.addcmul(st.d, sc.ig, st.fi4, value=-1.0, out=st.d)
+    if mask is not None:
+        delta.mul_(mask[0])
+    st.u.add_(delta)
+    error = torch.linalg.vector_norm(st.d_rows, dim=1) if want_error else None
+    # forward differences of u, then the dual projection p = (p + taut g) / (1 + taut |g|), for theta * p
+    torch.sub(st.u_x1, st.u_x0, out=st.gx_x0)
+    torch.sub(st.u_y1, st.u_y0, out=st.gy_y0)
+    if mask is not None:  # g = 0 leaves p unchanged: (p + 0) / (1 + 0)
+        st.g.mul_(mask[1])
+    s = torch.mul(st.gx, st.gx, out=st.s)
+    s.addcmul_(st.gy, st.gy).sqrt_()
+    torch.add(st.ones, s, alpha=taut, out=s)
+    st.p.add_(st.g, alpha=tau).div_(st.s5)
     return error
+
+
+class _MaskedLevel:
+    """Early stopping with OpenCV's semantics for one pyramid level, as CUDA graphs.
+
+    Reading the stopping test back after every iteration costs a synchronisation and keeps every
+    kernel launched from Python: at OpenCV's defaults on an H200 that was ~290 us per iteration,
+    174 ms per 224 px pair. Here a pair that meets the test is frozen by a 0/1 mask instead of
+    being dropped (u and p stay exactly as they were, so results equal OpenCV's loop), a whole
+    outer iteration (median filter + inner iterations) runs as one captured graph, and the host
+    reads one flag per outer iteration to skip the rest of a warp once every pair has stopped.
+    The frozen pairs' wasted work is what it costs: at most one outer iteration per warp.
+
+    All tensors are fixed buffers for one (N, C, H, W): callers copy in, run, copy out. With
+    ``graphs=False`` (CPU, tests) the same steps run eagerly.
+    """
+
+    def __init__(self, config: FlowConfig, n: int, channels: int, h: int, w: int, device: torch.device,
+                 graphs: bool) -> None:
+        self.config = config
+        self.i0 = torch.zeros(n, h, w, device=device)
+        self.i1_stack = torch.zeros(n, 3, h, w, device=device)
+        self.state = _State(torch.zeros(n, channels, h, w, device=device),
+                            torch.zeros(n, channels, 2, h, w, device=device))
+        self.ig = torch.zeros(n, channels, h, w, device=device)
+        if channels == 3:
+            self.ig[:, 2] = config.gamma
+        self.scale = _Scale(self.ig, torch.zeros_like(self.ig), torch.zeros(n, h, w, device=device))
+        self.active = torch.ones(n, 1, 1, 1, device=device)
+        self.mask = (self.active, self.active.unsqueeze(-1))
+        self.warp_iterations = torch.zeros(n, device=device)
+        self.iterations = torch.zeros((), device=device)  # summed over warps of the max over pairs
+        self.stop_norm = config.epsilon * math.sqrt(h * w)
+        self._first: Callable[[], object] = self._warp_and_outer
+        self._more: Callable[[], object] = self._outer
+        if graphs:
+            self._first = CudaGraph(self._warp_and_outer, ())
+            self._more = CudaGraph(self._outer, ())
+
+    def _warp_and_outer(self) -> None:
+        """Warp I1 by the current flow (the once-per-warp terms), then the first outer iteration."""
+        u = self.state.u
+        warped = _warp_images(self.i1_stack, u, self.config.interpolation)
+        i1w, igrad = warped[:, 0], warped[:, 1:]
+        inv_grad = 1.0 / igrad.square().sum(dim=1).clamp(min=_FLT_EPSILON)
+        self.ig[:, :2] = igrad
+        torch.mul(self.ig, inv_grad[:, None], out=self.scale.ig_n)
+        torch.mul(i1w - (igrad * u[:, :2]).sum(dim=1) - self.i0, inv_grad, out=self.scale.rho_n)
+        self.active.fill_(1.0)
+        self.warp_iterations.zero_()
+        self._outer()
+
+    def _outer(self) -> None:
+        cfg = self.config
+        st = self.state
+        l_t, taut = cfg.lambda_ * cfg.theta, cfg.tau / cfg.theta
+        if cfg.median_filtering > 1:
+            flow = st.u[:, :2]
+            flow.copy_(torch.where(self.active > 0, _median_filter(flow, cfg.median_filtering), flow))
+        n = self.active.shape[0]
+        for _ in range(cfg.inner_iterations):
+            norm = _iterate(st, self.scale, l_t, cfg.tau, taut, want_error=True, mask=self.mask)
+            self.warp_iterations.add_(self.active.view(n))
+            self.active.mul_((norm > self.stop_norm).view(n, 1, 1, 1))
+
+    def run(self, i0: torch.Tensor, i1_stack: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Flow after this level's warps, and its iterations (per warp, the most any pair ran)."""
+        self.i0.copy_(i0)
+        self.i1_stack.copy_(i1_stack)
+        self.state.u.copy_(u)
+        self.state.p.zero_()
+        self.iterations.zero_()
+        for _ in range(self.config.warps):
+            self._first()
+            outer = 1
+            while outer < self.config.outer_iterations and bool(self.active.any()):  # one read-back
+                self._more()
+                outer += 1
+            self.iterations.add_(self.warp_iterations.max())
+        return self.state.u.clone(), int(self.iterations)
 
 
 class TVL1:
@@ -427,17 +556,58 @@ class TVL1:
     (N,2,H,W) flow in pixels on ``device``. ``init_flow`` (N,2,H,W) px warm-starts the coarsest
     level (OpenCV's ``useInitialFlow``), e.g. with the previous frame pair's flow.
 
+    On CUDA with ``fixed_iterations`` the whole solve (pyramid, warps, medians, iterations) is
+    captured once per input shape as a CUDA graph and replayed (``cuda_graphs=True``, the
+    default): thousands of small kernels launched by one call instead of one Python call each.
+    If capture fails the instance logs why and stays eager; the results are the same.
+
+    On the CPU each call runs on ``cpu_threads`` torch threads (1 by default, see the module
+    docstring; None: whatever torch is set to), restored afterwards.
+
     ``last_iterations`` holds the primal-dual iterations run by the last call (summed over scales,
     maximum over the batch) so that benchmarks can report the work done.
     """
 
-    def __init__(self, config: FlowConfig = FlowConfig(), device: str | torch.device = "cpu") -> None:
+    MAX_GRAPHS = 8  # captured shapes kept per instance; each holds its own buffers on the GPU
+
+    def __init__(self, config: FlowConfig = FlowConfig(), device: str | torch.device = "cpu",
+                 cuda_graphs: bool = True, cpu_threads: int | None = 1) -> None:
+        if cpu_threads is not None and cpu_threads < 1:
+            raise ValueError(f"cpu_threads {cpu_threads}: must be at least 1 (or None: torch's setting)")
         self.config = config
         self.device = torch.device(device)
+        self.cpu_threads = cpu_threads
         self.last_iterations = 0
+        cuda = self.device.type == "cuda"
+        self._use_graphs = cuda_graphs and config.fixed_iterations and cuda  # the whole solve, one graph
+        self._graphs: dict[tuple[int, int, int, bool], CudaGraph] = {}
+        # early stopping on CUDA: masked outer iterations, one graph each (see _MaskedLevel)
+        self._masked_levels = cuda_graphs and not config.fixed_iterations and cuda
+        self._levels: dict[tuple[int, int, int, int], _MaskedLevel] = {}
 
     def __repr__(self) -> str:
         return f"TVL1({self.config!r}, device={str(self.device)!r})"
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Whether calls replay captured CUDA graphs (False on the CPU or after a capture failed)."""
+        return (self._use_graphs or self._masked_levels) and self.device.type == "cuda"
+
+    def _masked_level(self, n: int, channels: int, h: int, w: int) -> _MaskedLevel | None:
+        key = (n, channels, h, w)
+        level = self._levels.get(key)
+        if level is None:
+            try:
+                level = _MaskedLevel(self.config, n, channels, h, w, self.device, graphs=self.device.type == "cuda")
+            except RuntimeError as exc:  # capture refused (driver, memory): same results eagerly
+                log.warning("TV-L1: CUDA graph capture failed (%s); running eagerly", exc)
+                self._masked_levels = False
+                self._levels.clear()
+                return None
+            if len(self._levels) >= self.MAX_GRAPHS * 5:  # five pyramid levels per input shape
+                self._levels.pop(next(iter(self._levels)))
+            self._levels[key] = level
+        return level
 
     # -- input handling ------------------------------------------------------------------------
 
@@ -459,39 +629,88 @@ class TVL1:
 
     @torch.no_grad()
     def __call__(self, prev: Any, nxt: Any, init_flow: Any | None = None) -> torch.Tensor:
-        cfg = self.config
         i0, i1 = self._as_batch(prev, "prev"), self._as_batch(nxt, "nxt")
         if i0.shape != i1.shape:
             raise ValueError(f"prev {tuple(i0.shape)} and nxt {tuple(i1.shape)} must have the same shape")
         n, h, w = i0.shape
-        channels = 3 if cfg.gamma != 0 else 2
-
-        # image pyramid (cv2.resize by scale_step, bilinear) down to >= 16 px
-        i0s, i1s = [i0], [i1]
-        inv_step = 1.0 / cfg.scale_step
-        for _ in range(1, cfg.nscales):
-            ph, pw = i0s[-1].shape[-2:]
-            size = (int(round(ph * cfg.scale_step)), int(round(pw * cfg.scale_step)))
-            if min(size) < _MIN_PYRAMID_SIDE_PX:
-                break
-            both = _resize(torch.stack((i0s[-1], i1s[-1])), size, (inv_step, inv_step))
-            i0s.append(both[0])
-            i1s.append(both[1])
-
-        # flow at the coarsest level: zero, or the initial flow carried down the same pyramid
-        ch, cw = i0s[-1].shape[-2:]
-        u = torch.zeros(n, channels, ch, cw, device=self.device)
+        flow = None
         if init_flow is not None:
             flow = torch.as_tensor(init_flow).to(self.device, torch.float32)
             if flow.ndim == 3:
                 flow = flow[None]
             if tuple(flow.shape) != (n, 2, h, w):
                 raise ValueError(f"init_flow: expected shape {(n, 2, h, w)}, got {tuple(flow.shape)}")
+        if self.device.type == "cpu":
+            self.last_iterations = 0
+            return self._solve_on_cpu_threads(i0, i1, flow)
+        if not self._use_graphs:
+            self.last_iterations = 0
+            return self._solve(i0, i1, flow)
+        inputs = (i0, i1) if flow is None else (i0, i1, flow)
+        key = (n, h, w, flow is not None)
+        graph = self._graphs.get(key)
+        if graph is None:
+            try:
+                graph = CudaGraph(self._solve, inputs)
+            except RuntimeError as exc:  # capture refused (driver, memory): same results eagerly
+                log.warning("TV-L1: CUDA graph capture failed (%s); running eagerly", exc)
+                self._use_graphs = False
+                self._graphs.clear()
+                self.last_iterations = 0
+                return self._solve(i0, i1, flow)
+            if len(self._graphs) >= self.MAX_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+            self._graphs[key] = graph
+        (out,) = graph(*inputs)
+        cfg = self.config
+        self.last_iterations = len(self._pyramid_sizes(h, w)) * cfg.warps * cfg.outer_iterations * cfg.inner_iterations
+        return out
+
+    # -- the solve ---------------------------------------------------------------------------------
+
+    def _solve_on_cpu_threads(self, i0: torch.Tensor, i1: torch.Tensor, init_flow: torch.Tensor | None) -> torch.Tensor:
+        saved = torch.get_num_threads()
+        if self.cpu_threads is None or self.cpu_threads == saved:
+            return self._solve(i0, i1, init_flow)
+        torch.set_num_threads(self.cpu_threads)
+        try:
+            return self._solve(i0, i1, init_flow)
+        finally:
+            torch.set_num_threads(saved)
+
+    def _pyramid_sizes(self, h: int, w: int) -> list[tuple[int, int]]:
+        """(H, W) of each level, finest first: cv2.resize by scale_step down to >= 16 px."""
+        sizes = [(h, w)]
+        for _ in range(1, self.config.nscales):
+            ph, pw = sizes[-1]
+            size = (int(round(ph * self.config.scale_step)), int(round(pw * self.config.scale_step)))
+            if min(size) < _MIN_PYRAMID_SIDE_PX:
+                break
+            sizes.append(size)
+        return sizes
+
+    def _solve(self, i0: torch.Tensor, i1: torch.Tensor, init_flow: torch.Tensor | None = None) -> torch.Tensor:
+        """Flow (N,2,H,W) for float frames (N,H,W) in 0..255 on the device; no host synchronisation
+        with fixed iterations (so that it can be captured)."""
+        cfg = self.config
+        n = i0.shape[0]
+        channels = 3 if cfg.gamma != 0 else 2
+        inv_step = 1.0 / cfg.scale_step
+        i0s, i1s = [i0], [i1]
+        for size in self._pyramid_sizes(*i0.shape[-2:])[1:]:
+            both = _resize(torch.stack((i0s[-1], i1s[-1])), size, (inv_step, inv_step))
+            i0s.append(both[0])
+            i1s.append(both[1])
+
+        # flow at the coarsest level: zero, or the initial flow carried down the same pyramid
+        ch, cw = i0s[-1].shape[-2:]
+        u = torch.zeros(n, channels, ch, cw, device=i0.device)
+        if init_flow is not None:
+            flow = init_flow
             for level in i0s[1:]:
                 flow = _resize(flow, tuple(level.shape[-2:]), (inv_step, inv_step)) * cfg.scale_step
             u[:, :2] = flow
 
-        self.last_iterations = 0
         for s in range(len(i0s) - 1, -1, -1):
             if u.shape[-2:] != i0s[s].shape[-2:]:
                 th, tw = i0s[s].shape[-2:]
@@ -508,60 +727,64 @@ class TVL1:
         n, channels, h, w = u.shape
         l_t = cfg.lambda_ * cfg.theta
         taut = cfg.tau / cfg.theta
-        scaled_epsilon = cfg.epsilon * cfg.epsilon * h * w
+        # OpenCV stops once the summed squared update is <= epsilon^2 * pixels: compare norms
+        stop_norm = cfg.epsilon * math.sqrt(h * w)
         median = cfg.median_filtering > 1
         # to warp: I1 and its central-difference gradient, one warp call for the three
         i1_stack = torch.cat((i1[:, None], _centered_gradient(i1)), dim=1)  # (N,3,H,W)
-        p = torch.zeros(n, channels, 2, h, w, device=u.device)
-        g = torch.zeros_like(p)
+        level = None if cfg.fixed_iterations or not self._masked_levels else self._masked_level(n, channels, h, w)
+        if level is not None:
+            u, iterations = level.run(i0, i1_stack, u)
+            self.last_iterations += iterations
+            return u
+        state = _State(u, torch.zeros(n, channels, 2, h, w, device=u.device))
         iterations = 0
         for _ in range(cfg.warps):
             warped = _warp_images(i1_stack, u, cfg.interpolation)
             i1w, igrad = warped[:, 0], warped[:, 1:]
-            grad = igrad.square().sum(dim=1)
+            inv_grad = 1.0 / igrad.square().sum(dim=1).clamp(min=_FLT_EPSILON)
             rho_c = i1w - (igrad * u[:, :2]).sum(dim=1) - i0
             if channels == 3:
                 igrad = torch.cat((igrad, torch.full_like(igrad[:, :1], cfg.gamma)), dim=1)
-            sc = _Scale(igrad, rho_c, 1.0 / grad.clamp(min=_FLT_EPSILON))
+            sc = _Scale(igrad, igrad * inv_grad[:, None], rho_c * inv_grad)
             if cfg.fixed_iterations:
                 for _ in range(cfg.outer_iterations):
                     if median:
                         u[:, :2] = _median_filter(u[:, :2], cfg.median_filtering)
                     for _ in range(cfg.inner_iterations):
-                        _iterate(u, p, g, sc, l_t, cfg.theta, taut, want_error=False)
+                        _iterate(state, sc, l_t, cfg.tau, taut, want_error=False)
                 iterations += cfg.outer_iterations * cfg.inner_iterations
             else:
-                iterations += self._iterate_until_converged(u, p, g, sc, l_t, taut, scaled_epsilon)
+                iterations += self._iterate_until_converged(state, sc, l_t, taut, stop_norm)
         self.last_iterations += iterations
         return u
 
-    def _iterate_until_converged(self, u: torch.Tensor, p: torch.Tensor, g: torch.Tensor, sc: _Scale,
-                                 l_t: float, taut: float, scaled_epsilon: float) -> int:
+    def _iterate_until_converged(self, state: _State, sc: _Scale, l_t: float, taut: float, stop_norm: float) -> int:
         """OpenCV's loops for one warp; each pair stops once its update is small enough.
 
-        Converged pairs are written back to ``u``/``p`` (in place) and dropped from the working
-        batch, so a batch costs what its slowest pair costs, not more per pair.
+        Converged pairs are written back to ``state.u``/``state.p`` (in place) and dropped from
+        the working batch, so a batch costs what its slowest pair costs, not more per pair.
         """
         cfg = self.config
-        active = torch.arange(u.shape[0], device=u.device)  # indices into the full batch
-        ua, pa, ga, sca = u, p, g, sc  # working views: the full batch until a pair converges
+        u, p = state.u, state.p
+        active: torch.Tensor | None = None  # indices into the full batch; None = every pair
+        work, sca = state, sc
         iterations = 0
         for _ in range(cfg.outer_iterations):
             if cfg.median_filtering > 1:
-                ua[:, :2] = _median_filter(ua[:, :2], cfg.median_filtering)
+                work.u[:, :2] = _median_filter(work.u[:, :2], cfg.median_filtering)
             for _ in range(cfg.inner_iterations):
-                error = _iterate(ua, pa, ga, sca, l_t, cfg.theta, taut, want_error=True)
+                norm = _iterate(work, sca, l_t, cfg.tau, taut, want_error=True)
                 iterations += 1
-                done = (error <= scaled_epsilon).cpu()
-                if not bool(done.any()):
+                if float(norm.min()) > stop_norm:  # the one read-back per iteration
                     continue
-                if ua is not u:  # write back the working copies before shrinking the set
-                    u[active], p[active] = ua, pa
-                keep = (~done).nonzero().flatten().to(u.device)
+                if active is not None:  # write back the working copies before shrinking the set
+                    u[active], p[active] = work.u, work.p
+                keep = (norm > stop_norm).nonzero().flatten()
                 if keep.numel() == 0:
                     return iterations
-                active = active[keep]
-                ua, pa, ga, sca = u[active], p[active], g[: keep.numel()], sca.select(keep)
-        if ua is not u:
-            u[active], p[active] = ua, pa
+                active = keep if active is None else active[keep]
+                work, sca = _State(u[active], p[active]), sca.select(keep)
+        if active is not None:
+            u[active], p[active] = work.u, work.p
         return iterations

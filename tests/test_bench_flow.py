@@ -27,12 +27,25 @@ def test_reports_ours_and_opencv_on_the_same_frames(capsys):
     rows = [line.split() for line in lines if line.startswith("fast")]
     assert [(r[2], r[3]) for r in rows] == [("opencv", "1"), ("ours-cpu", "1"), ("ours-cpu", "2")]
     for row in rows:
-        pairs_per_s, ratio, epe_vs_cv = float(row[4]), float(row[5]), float(row[6])
+        pairs_per_s, ms_per_call, ratio, epe_vs_cv = float(row[4]), float(row[5]), float(row[6]), float(row[7])
         assert pairs_per_s > 0 and ratio > 0
+        assert ms_per_call == pytest.approx(int(row[3]) * 1e3 / pairs_per_s, rel=0.02)
         assert epe_vs_cv < 0.15, "same setting, same frames: our flow should match OpenCV's"
 
 
 @pytest.mark.skipif(not bench_flow.DEFAULT_VIDEO.exists(), reason="real video not present")
+def test_without_opencv_optflow_reports_ours_alone(capsys, monkeypatch):
+    import cv2
+
+    monkeypatch.delattr(cv2, "optflow")
+    assert bench_flow.run(_args("--sizes", "24", "--batches", "1", "--repeats", "1", "--settings", "fast",
+                                "--devices", "cpu", "--synthetic", "--threads", "1")) == 0
+    out = capsys.readouterr().out
+    assert "no contrib optflow" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("fast")]
+    assert [r[2] for r in rows] == ["ours-cpu"] and rows[0][6:9] == ["-", "-", "-"]
+
+
 def test_reads_pairs_from_the_real_video(capsys):
     assert bench_flow.run(_args("--sizes", "24", "--batches", "1", "--repeats", "1", "--settings", "fast",
                                 "--devices", "cpu", "--threads", "1")) == 0

@@ -7,6 +7,8 @@ tests are parametrised by device (CUDA runs with ``-m gpu`` where a GPU is prese
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from pathlib import Path
 
 import cv2
@@ -34,6 +36,12 @@ MARGIN_PX = 5  # EPE is measured away from the border, where flow leaving the im
 # ours/OpenCV EPE ratios 1.064, 1.063, 0.996, 1.007, 1.001 for the five cases)
 EPE_FLOOR_PX = 0.003
 VIDEO = Path(__file__).parents[1].parent / "shared/data/openfield_m3v1.mp4"
+# OpenCV's flows for the pairs the device-parametrised tests use, for machines whose OpenCV has no
+# contrib ``optflow`` module (the GPU image): written and checked against live OpenCV by
+# test_stored_opencv_references_are_current (SWIM_STREAM_WRITE_TVL1_REFERENCES=1 rewrites it).
+REFERENCE_FILE = Path(__file__).parent / "data" / "tvl1_opencv_64px.npz"
+HAS_OPTFLOW = hasattr(cv2, "optflow")
+needs_optflow = pytest.mark.skipif(not HAS_OPTFLOW, reason="OpenCV without the contrib optflow module")
 
 DEVICES = [
     "cpu",
@@ -121,6 +129,47 @@ def _hwc(flow: torch.Tensor) -> np.ndarray:
     return flow[0].permute(1, 2, 0).cpu().numpy()
 
 
+# OpenCV flows the device-parametrised tests compare with: key -> (case, setting, warm start)
+REFERENCE_PAIRS = {
+    **{f"default/{case}": (case, "default", False) for case in CASES},
+    "fast/rotation": ("rotation", "fast", False),
+    "fast-init/translation": ("translation", "fast", True),
+}
+
+
+def _live_opencv(key: str) -> np.ndarray:
+    case, setting, warm = REFERENCE_PAIRS[key]
+    prev, nxt, truth = _case(case)
+    algo = (FlowConfig() if setting == "default" else FlowConfig.fast()).to_opencv()
+    if warm:
+        algo.setUseInitialFlow(True)
+        return algo.calc(prev, nxt, (truth * 0.8).astype(np.float32))
+    return algo.calc(prev, nxt, None)
+
+
+@functools.cache
+def _stored_references() -> dict[str, np.ndarray]:
+    with np.load(REFERENCE_FILE) as data:
+        return {key: data[key] for key in data.files}
+
+
+def _opencv(key: str) -> np.ndarray:
+    """OpenCV DualTVL1's flow for a reference pair: live where OpenCV has optflow, else stored."""
+    return _live_opencv(key) if HAS_OPTFLOW else _stored_references()[key]
+
+
+@needs_optflow
+def test_stored_opencv_references_are_current():
+    live = {key: _live_opencv(key) for key in REFERENCE_PAIRS}
+    if os.environ.get("SWIM_STREAM_WRITE_TVL1_REFERENCES") == "1":
+        REFERENCE_FILE.parent.mkdir(exist_ok=True)
+        np.savez_compressed(REFERENCE_FILE, **live)
+    stored = _stored_references()
+    assert set(stored) == set(live), f"rewrite {REFERENCE_FILE.name}: SWIM_STREAM_WRITE_TVL1_REFERENCES=1"
+    for key, flow in live.items():
+        np.testing.assert_allclose(stored[key], flow, atol=1e-4, rtol=0, err_msg=key)
+
+
 @pytest.fixture(scope="module")
 def results() -> dict:
     """Cache: (case, device) -> (truth, ours, opencv), so each pair is solved once per device."""
@@ -130,7 +179,7 @@ def results() -> dict:
 def _solve(results: dict, case: str, device: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if (case, device) not in results:
         prev, nxt, truth = _case(case)
-        ocv = FlowConfig().to_opencv().calc(prev, nxt, None)
+        ocv = _opencv(f"default/{case}")
         ours = _hwc(TVL1(FlowConfig(), device=device)(prev, nxt))
         results[(case, device)] = truth, ours, ocv
     return results[(case, device)]
@@ -157,9 +206,8 @@ def test_matches_opencv_on_smooth_flows(results, case, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_fixed_iterations_match_opencv_without_early_stopping(device):
     prev, nxt, truth = _case("rotation")
-    config = FlowConfig.fast()
-    ocv = config.to_opencv().calc(prev, nxt, None)
-    ours = _hwc(TVL1(config, device=device)(prev, nxt))
+    ocv = _opencv("fast/rotation")
+    ours = _hwc(TVL1(FlowConfig.fast(), device=device)(prev, nxt))
     assert _epe(ours, ocv) < 0.15
     assert _epe(ours, truth) <= max(1.10 * _epe(ocv, truth), _epe(ocv, truth) + EPE_FLOOR_PX)
 
@@ -169,9 +217,7 @@ def test_warm_start_matches_opencv_initial_flow(device):
     prev, nxt, truth = _case("translation")
     init = (truth * 0.8).astype(np.float32)
     config = FlowConfig.fast()
-    algo = config.to_opencv()
-    algo.setUseInitialFlow(True)
-    ocv = algo.calc(prev, nxt, init.copy())
+    ocv = _opencv("fast-init/translation")
     ours = _hwc(TVL1(config, device=device)(prev, nxt, init_flow=torch.from_numpy(init).permute(2, 0, 1)[None]))
     assert _epe(ours, ocv) < 0.15
     cold = _hwc(TVL1(config, device=device)(prev, nxt))
@@ -225,6 +271,23 @@ def test_batch_equals_single_pairs(fixed):
     torch.testing.assert_close(batched, singles, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.2])
+def test_masked_early_stopping_equals_dropping_converged_pairs(gamma):
+    """CUDA's early stopping (converged pairs frozen by a mask, whole outer iterations per graph)
+    must give OpenCV's loop results: same flow, same iteration count, as the CPU path that drops
+    converged pairs from the batch. Run eagerly here, on the CPU."""
+    cases = [_case(c) for c in ("translation", "moving_object", "zoom", "smooth_field")]
+    prev = np.stack([c[0] for c in cases] + [cases[0][0]])  # the last pair: no motion, stops at once
+    nxt = np.stack([c[1] for c in cases] + [cases[0][0]])
+    config = FlowConfig(nscales=3, warps=3, outer_iterations=4, gamma=gamma)
+    dropping, masked = TVL1(config), TVL1(config)
+    masked._masked_levels = True
+    want, got = dropping(prev, nxt), masked(prev, nxt)
+    assert masked._levels, "the masked path ran"
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert masked.last_iterations == dropping.last_iterations < 3 * 3 * 4 * 30
+
+
 def test_early_stopping_does_less_work_than_fixed():
     prev, nxt, _ = _case("translation")
     config = FlowConfig(nscales=2, warps=2, outer_iterations=3)
@@ -232,6 +295,20 @@ def test_early_stopping_does_less_work_than_fixed():
     a, b = early(prev, nxt), fixed(prev, nxt)
     assert early.last_iterations < fixed.last_iterations == 2 * 2 * 3 * 30
     assert float((a - b).norm(dim=1).mean()) < 0.05
+
+
+@pytest.mark.parametrize("cpu_threads", [1, 2, None])
+def test_cpu_solves_on_their_own_thread_count_and_restore_the_callers(monkeypatch, cpu_threads):
+    torch.set_num_threads(3)  # the module fixture restores the session's count afterwards
+    tvl1 = TVL1(FlowConfig.fast(), cpu_threads=cpu_threads)
+    seen = []
+    solve = tvl1._solve
+    monkeypatch.setattr(tvl1, "_solve", lambda *a: seen.append(torch.get_num_threads()) or solve(*a))
+    prev, nxt, _ = _case("translation")
+    tvl1(prev, nxt)
+    assert seen == [cpu_threads or 3] and torch.get_num_threads() == 3
+    with pytest.raises(ValueError, match="cpu_threads"):
+        TVL1(cpu_threads=0)
 
 
 def test_accepts_numpy_torch_uint8_and_unit_float():
@@ -384,11 +461,13 @@ def test_tensor_only_path_matches_opencv(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_fixed_iterations_do_not_synchronise_with_the_host():
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_fixed_iterations_do_not_synchronise_with_the_host(cuda_graphs):
     prev, nxt, _ = _case("translation")
     prev_t, nxt_t = torch.from_numpy(prev).cuda(), torch.from_numpy(nxt).cuda()
-    tvl1 = TVL1(FlowConfig.fast(), device="cuda")
-    tvl1(prev_t, nxt_t)  # warm-up: cached resize matrices are copied to the device once
+    tvl1 = TVL1(FlowConfig.fast(), device="cuda", cuda_graphs=cuda_graphs)
+    tvl1(prev_t, nxt_t)  # warm-up: cached resize matrices are copied to the device once, the graph captured
+    assert tvl1.uses_cuda_graphs == cuda_graphs
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -396,3 +475,40 @@ def test_fixed_iterations_do_not_synchronise_with_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert flow.is_cuda and flow.shape == (1, 2, SIZE_PX, SIZE_PX)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graph_replays_equal_eager_runs_for_new_inputs():
+    """The graph must read each call's frames (not the ones it was captured with) and return
+    results that later calls do not overwrite."""
+    cases = [_case(c) for c in ("translation", "rotation", "zoom", "smooth_field", "moving_object", "translation")]
+    frames = [(np.stack([c[0] for c in cases[i:i + 3]]), np.stack([c[1] for c in cases[i:i + 3]])) for i in (0, 3)]
+    config = FlowConfig.fast()
+    graphed, eager = TVL1(config, device="cuda"), TVL1(config, device="cuda", cuda_graphs=False)
+    first = graphed(*frames[0])
+    second = graphed(*frames[1])
+    assert graphed.uses_cuda_graphs and not eager.uses_cuda_graphs
+    torch.testing.assert_close(first, eager(*frames[0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(second, eager(*frames[1]), atol=1e-4, rtol=0)
+    assert float((first - second).abs().max()) > 0.1, "different pairs, different flows"
+    assert graphed.last_iterations == eager.last_iterations == 30
+    # warm start: a separate captured graph with the initial flow as a third input
+    init = torch.from_numpy(np.stack([c[2] for c in cases[:3]]) * 0.8).permute(0, 3, 1, 2).cuda()
+    torch.testing.assert_close(graphed(*frames[0], init_flow=init), eager(*frames[0], init_flow=init), atol=1e-4, rtol=0)
+    # CPU inputs (numpy) and another batch size go through their own graph too
+    torch.testing.assert_close(graphed(frames[1][0][:1], frames[1][1][:1]), second[:1], atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_early_stopping_graphs_equal_the_eager_loop():
+    cases = [_case(c) for c in ("translation", "moving_object", "zoom", "smooth_field")]
+    prev, nxt = np.stack([c[0] for c in cases]), np.stack([c[1] for c in cases])
+    graphed, eager = TVL1(FlowConfig(), device="cuda"), TVL1(FlowConfig(), device="cuda", cuda_graphs=False)
+    for _ in range(2):  # the second call replays the graphs captured by the first
+        got = graphed(prev, nxt)
+        assert graphed.uses_cuda_graphs and graphed._levels
+        torch.testing.assert_close(got, eager(prev, nxt), atol=1e-4, rtol=0)
+        # exact on the CPU; CUDA reductions over different batch sizes may round a borderline test apart
+        assert abs(graphed.last_iterations - eager.last_iterations) <= 0.02 * eager.last_iterations

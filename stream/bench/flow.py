@@ -10,8 +10,8 @@ endpoint errors in pixels over the pairs:
 * ``epe_vs_cv_default``: this row's flow vs OpenCV with its defaults, the flow the model was
   trained on (what a cheaper setting costs; "equal accuracy" = rows with the same setting).
 
-Threads: on a loaded machine torch's spinning OpenMP threads make 2-thread runs ~10x slower
-than 1-thread ones; run with ``OMP_WAIT_POLICY=PASSIVE`` (printed in the header) or ``--threads 1``.
+Threads: OpenCV runs on its own thread count; ours on ``TVL1``'s ``cpu_threads`` (1 by default,
+why: ``stream.flow``). ``--threads N`` sets both to N. Both are printed in the header.
 
 Frames: consecutive pairs from the real top-view video (centre square crop, grey, resized) when
 it is available, else a synthetic textured image shifted by a sub-pixel amount.
@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"flow settings, comma-separated, from {','.join(SETTINGS)} (default default,fast)")
     parser.add_argument("--devices", default="auto", help="cpu, cuda or auto (cpu, plus cuda when present)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row, best kept (default 3)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and OpenCV (default: leave as is)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for OpenCV and for our TV-L1 (default: OpenCV as is, ours 1)")
     parser.add_argument("--video", type=Path, default=None,
                         help="video to take frame pairs from (default: the project's real top-view video when present)")
     parser.add_argument("--synthetic", action="store_true", help="use synthetic frames even if the video exists")
@@ -127,9 +128,9 @@ def _opencv(config: FlowConfig, prev: np.ndarray, nxt: np.ndarray, repeats: int)
 
 
 def _ours(config: FlowConfig, device: str, prev: np.ndarray, nxt: np.ndarray, batch: int,
-          repeats: int) -> tuple[float, np.ndarray, int]:
+          repeats: int, cuda_graphs: bool = True, cpu_threads: int = 1) -> tuple[float, np.ndarray, int]:
     """Best seconds per pair, (N,H,W,2) flows and iterations of the last call of our TVL1."""
-    tvl1 = TVL1(config, device=device)
+    tvl1 = TVL1(config, device=device, cuda_graphs=cuda_graphs, cpu_threads=cpu_threads)
     prev_t = torch.from_numpy(prev).to(device)
     nxt_t = torch.from_numpy(nxt).to(device)
     starts = list(range(0, len(prev) - batch + 1, batch))
@@ -172,15 +173,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--repeats {args.repeats}: expected >= 1")
     import cv2
 
-    saved_threads = torch.get_num_threads(), cv2.getNumThreads()
+    if args.threads < 0:
+        raise UserError(f"--threads {args.threads}: expected >= 1 (or 0: the defaults)")
+    saved_threads = cv2.getNumThreads()  # ours: TVL1 sets and restores torch's threads itself
     if args.threads > 0:
-        torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
     try:
         _measure(args, sizes, batches, settings, devices)
     finally:  # callers in the same process (tests) keep their thread settings
-        torch.set_num_threads(saved_threads[0])
-        cv2.setNumThreads(saved_threads[1])
+        cv2.setNumThreads(saved_threads)
     return 0
 
 
@@ -189,29 +190,47 @@ def _measure(args: argparse.Namespace, sizes: list[int], batches: list[int], set
     import cv2
 
     pairs = max(batches)
+    ours_threads = args.threads if args.threads > 0 else 1
     video = args.video if args.video is not None else DEFAULT_VIDEO
     use_video = not args.synthetic and (args.video is not None or DEFAULT_VIDEO.exists())
     source = f"{video.name} frames {VIDEO_START_FRAME}.." if use_video else "synthetic shifted texture"
     print(f"stream-bench flow: {pairs} frame pairs from {source}; torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
+          f"(ours on the CPU: {ours_threads} thread{'s' if ours_threads > 1 else ''}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
           f"OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads); best of {args.repeats}")
-    header = f"{'setting':<14}{'size':>5}{'impl':>12}{'batch':>6}{'pairs/s':>10}{'x cv':>7}{'epe_vs_cv':>10}{'epe_vs_cv_default':>18}{'iters':>7}"
+    has_cv = hasattr(cv2, "optflow")
+    if not has_cv:
+        print("OpenCV here has no contrib optflow module (pip install opencv-contrib-python-headless): "
+              "no OpenCV rows, ratios or errors")
+    header = (f"{'setting':<14}{'size':>5}{'impl':>18}{'batch':>6}{'pairs/s':>10}{'ms/call':>9}{'x cv':>7}"
+              f"{'epe_vs_cv':>10}{'epe_vs_cv_default':>18}{'iters':>7}")
     print(header)
     for size in sizes:
         prev, nxt = _video_pairs(video, pairs, size) if use_video else _synthetic_pairs(pairs, size)
         reference = None
         for name in settings:
             config = SETTINGS[name]
-            cv_s, cv_flow = _opencv(config, prev, nxt, args.repeats)
-            if name == "default":
-                reference = cv_flow
-            elif reference is None:
-                reference = _opencv(SETTINGS["default"], prev, nxt, 1)[1]
-            print(f"{name:<14}{size:>5}{'opencv':>12}{1:>6}{1 / cv_s:>10.1f}{1.0:>7.2f}{0.0:>10.3f}"
-                  f"{_epe(cv_flow, reference):>18.3f}{'':>7}")
-            for device in devices:
+            cv_s, cv_flow = float("nan"), None
+            if has_cv:
+                cv_s, cv_flow = _opencv(config, prev, nxt, args.repeats)
+                if name == "default":
+                    reference = cv_flow
+                elif reference is None:
+                    reference = _opencv(SETTINGS["default"], prev, nxt, 1)[1]
+                print(f"{name:<14}{size:>5}{'opencv':>18}{1:>6}{1 / cv_s:>10.1f}{cv_s * 1e3:>9.2f}{1.0:>7.2f}"
+                      f"{0.0:>10.3f}{_epe(cv_flow, reference):>18.3f}{'':>7}")
+            variants = [(d, True) for d in devices]
+            if "cuda" in devices:  # what the CUDA graphs buy, in the same run
+                variants.append(("cuda", False))
+            for device, graphs in variants:
+                impl = f"ours-{device}" + ("" if graphs else "-no-graph")
                 for batch in batches:
-                    s, flow, iters = _ours(config, device, prev, nxt, batch, args.repeats)
-                    print(f"{name:<14}{size:>5}{'ours-' + device:>12}{batch:>6}{1 / s:>10.1f}{cv_s / s:>7.2f}"
-                          f"{_epe(flow, cv_flow[: len(flow)]):>10.3f}{_epe(flow, reference[: len(flow)]):>18.3f}{iters:>7}")
+                    s, flow, iters = _ours(config, device, prev, nxt, batch, args.repeats, cuda_graphs=graphs,
+                                            cpu_threads=ours_threads)
+                    if cv_flow is not None and reference is not None:
+                        errors = (f"{cv_s / s:>7.2f}{_epe(flow, cv_flow[: len(flow)]):>10.3f}"
+                                  f"{_epe(flow, reference[: len(flow)]):>18.3f}")
+                    else:
+                        errors = f"{'-':>7}{'-':>10}{'-':>18}"
+                    print(f"{name:<14}{size:>5}{impl:>18}{batch:>6}{1 / s:>10.1f}{s * batch * 1e3:>9.2f}{errors}{iters:>7}")
     print("settings: " + "; ".join(f"{n}={dataclasses.asdict(SETTINGS[n])}" for n in settings))
