@@ -37,7 +37,7 @@ step bench-model 200 "${BENCH[@]}" model --device cuda --backends torch-eager,to
 step bench-e2e-stride4 120 "${BENCH[@]}" e2e --device cuda --engine torch --size-px 224 --arenas 4 --stride 4 --frames 600 --latency-frames 90
 step bench-e2e 200 "${BENCH[@]}" e2e --device cuda --engine torch --size-px 224 --arenas 1,4 --stride 1 --frames 600 --latency-frames 90 --json "$OUT/bench-e2e.json"
 # the README's main job on the GPU: the bundled model on the bundled video, outputs outside $OUT
-DEMO_OUT="$(mktemp -d)/demo"
+DEMO_OUT="${DEMO_OUT:-$(mktemp -d)/demo}"
 step run-demo 180 python3 -c "import sys; from stream.run import main; sys.exit(main())" \
-    --video demo/synth_side.mp4 --stride 4 --device cuda --out "$DEMO_OUT" --no-zmq --no-metrics -q
+    --video demo/synth_side.mp4 --stride 4 --device cuda --out "$DEMO_OUT" --no-zmq --no-metrics
 exit $status
