@@ -28,12 +28,16 @@ model and capture.
 Two ways to stop (``FlowConfig.fixed_iterations``):
 
 * ``False`` (OpenCV semantics): each pair stops iterating within a warp once the summed squared
-  update of the flow falls below ``epsilon**2 * pixels``; this reads one number back from the
-  device per iteration (cheap on the CPU, a synchronisation on CUDA);
+  update of the flow falls below ``epsilon**2 * pixels``. On the CPU converged pairs leave the
+  batch (one cheap read-back per iteration). On CUDA a read-back per iteration is a
+  synchronisation and keeps every kernel launched from Python, so converged pairs are frozen by
+  a mask instead and each outer iteration runs as one CUDA graph (``_MaskedLevel``): same flow,
+  2.3-3.9x faster on an H200 (224 px: 61 ms per pair at batch 1, 88 pairs/s at batch 8);
 * ``True``: always ``warps * outer_iterations * inner_iterations`` iterations per scale, with no
-  host synchronisation (a CUDA test checks it with ``torch.cuda.set_sync_debug_mode``), meant
-  for CUDA graphs; not yet run on a GPU. Use it with a cheaper setting (``FlowConfig.fast()``):
-  at the defaults it runs 7500 iterations where early stopping runs ~600 (18x slower, measured).
+  host synchronisation (a CUDA test checks it with ``torch.cuda.set_sync_debug_mode``), so on
+  CUDA the whole solve is one graph. Meant for a cheaper setting (``FlowConfig.fast()``: 224 px,
+  2.9 ms per pair at batch 1, 1600 pairs/s at batch 8 on an H200): at the defaults it runs 7500
+  iterations where early stopping runs ~600.
 
 Flow is in pixels, channel 0 = x (columns), channel 1 = y (rows), and maps the first frame onto
 the second: ``prev[y, x] ~ nxt[y + flow_y, x + flow_x]``.
