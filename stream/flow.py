@@ -391,6 +391,17 @@ def _warp(images: torch.Tensor, u: torch.Tensor, interpolation: str) -> torch.Te
     return out
 
 
+def _warp_terms(i1_stack: torch.Tensor, u: torch.Tensor, i0: torch.Tensor,
+                interpolation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Once per warp (OpenCV: remap, then the constant terms of the linearised residual): the
+    warped gradient (N,2,H,W), 1 / |grad|^2 clamped as OpenCV guards it, and rho_c (N,H,W)."""
+    warped = _warp_images(i1_stack, u, interpolation)
+    i1w, igrad = warped[:, 0], warped[:, 1:]
+    inv_grad = 1.0 / igrad.square().sum(dim=1).clamp(min=_FLT_EPSILON)
+    rho_c = i1w - (igrad * u[:, :2]).sum(dim=1) - i0
+    return igrad, inv_grad, rho_c
+
+
 class _Scale:
     """Warp-invariant state of one pyramid level for the pairs still iterating.
 
@@ -511,13 +522,10 @@ class _MaskedLevel:
 
     def _warp_and_outer(self) -> None:
         """Warp I1 by the current flow (the once-per-warp terms), then the first outer iteration."""
-        u = self.state.u
-        warped = _warp_images(self.i1_stack, u, self.config.interpolation)
-        i1w, igrad = warped[:, 0], warped[:, 1:]
-        inv_grad = 1.0 / igrad.square().sum(dim=1).clamp(min=_FLT_EPSILON)
+        igrad, inv_grad, rho_c = _warp_terms(self.i1_stack, self.state.u, self.i0, self.config.interpolation)
         self.ig[:, :2] = igrad
         torch.mul(self.ig, inv_grad[:, None], out=self.scale.ig_n)
-        torch.mul(i1w - (igrad * u[:, :2]).sum(dim=1) - self.i0, inv_grad, out=self.scale.rho_n)
+        torch.mul(rho_c, inv_grad, out=self.scale.rho_n)
         self.active.fill_(1.0)
         self.warp_iterations.zero_()
         self._outer()
@@ -597,21 +605,28 @@ class TVL1:
         """Whether calls replay captured CUDA graphs (False on the CPU or after a capture failed)."""
         return (self._use_graphs or self._masked_levels) and self.device.type == "cuda"
 
-    def _masked_level(self, n: int, channels: int, h: int, w: int) -> _MaskedLevel | None:
-        key = (n, channels, h, w)
-        level = self._levels.get(key)
-        if level is None:
+    def _captured(self, cache: dict[Any, Any], key: Any, limit: int, build: Callable[[], Any]) -> Any | None:
+        """``cache[key]``, built (captured) on first use; the oldest entry goes once ``limit`` are
+        kept. None if capture fails: then this instance stops using graphs (same results eagerly)."""
+        item = cache.get(key)
+        if item is None:
             try:
-                level = _MaskedLevel(self.config, n, channels, h, w, self.device, graphs=self.device.type == "cuda")
-            except RuntimeError as exc:  # capture refused (driver, memory): same results eagerly
+                item = build()
+            except RuntimeError as exc:  # capture refused (driver, memory)
                 log.warning("TV-L1: CUDA graph capture failed (%s); running eagerly", exc)
-                self._masked_levels = False
+                self._use_graphs = self._masked_levels = False
+                self._graphs.clear()
                 self._levels.clear()
                 return None
-            if len(self._levels) >= self.MAX_GRAPHS * 5:  # five pyramid levels per input shape
-                self._levels.pop(next(iter(self._levels)))
-            self._levels[key] = level
-        return level
+            if len(cache) >= limit:
+                cache.pop(next(iter(cache)))
+            cache[key] = item
+        return item
+
+    def _masked_level(self, n: int, channels: int, h: int, w: int) -> _MaskedLevel | None:
+        return self._captured(  # five pyramid levels per input shape
+            self._levels, (n, channels, h, w), self.MAX_GRAPHS * 5,
+            lambda: _MaskedLevel(self.config, n, channels, h, w, self.device, graphs=self.device.type == "cuda"))
 
     # -- input handling ------------------------------------------------------------------------
 
@@ -644,27 +659,17 @@ class TVL1:
                 flow = flow[None]
             if tuple(flow.shape) != (n, 2, h, w):
                 raise ValueError(f"init_flow: expected shape {(n, 2, h, w)}, got {tuple(flow.shape)}")
+        self.last_iterations = 0  # the eager solve counts; a graph replay is counted below
         if self.device.type == "cpu":
-            self.last_iterations = 0
             return self._solve_on_cpu_threads(i0, i1, flow)
-        if not self._use_graphs:
-            self.last_iterations = 0
-            return self._solve(i0, i1, flow)
         inputs = (i0, i1) if flow is None else (i0, i1, flow)
-        key = (n, h, w, flow is not None)
-        graph = self._graphs.get(key)
+        graph = None
+        if self._use_graphs:
+            graph = self._captured(self._graphs, (n, h, w, flow is not None), self.MAX_GRAPHS,
+                                   lambda: CudaGraph(self._solve, inputs))
         if graph is None:
-            try:
-                graph = CudaGraph(self._solve, inputs)
-            except RuntimeError as exc:  # capture refused (driver, memory): same results eagerly
-                log.warning("TV-L1: CUDA graph capture failed (%s); running eagerly", exc)
-                self._use_graphs = False
-                self._graphs.clear()
-                self.last_iterations = 0
-                return self._solve(i0, i1, flow)
-            if len(self._graphs) >= self.MAX_GRAPHS:
-                self._graphs.pop(next(iter(self._graphs)))
-            self._graphs[key] = graph
+            self.last_iterations = 0  # capture's warm-up runs counted too
+            return self._solve(i0, i1, flow)
         (out,) = graph(*inputs)
         cfg = self.config
         self.last_iterations = len(self._pyramid_sizes(h, w)) * cfg.warps * cfg.outer_iterations * cfg.inner_iterations
@@ -744,10 +749,7 @@ class TVL1:
         state = _State(u, torch.zeros(n, channels, 2, h, w, device=u.device))
         iterations = 0
         for _ in range(cfg.warps):
-            warped = _warp_images(i1_stack, u, cfg.interpolation)
-            i1w, igrad = warped[:, 0], warped[:, 1:]
-            inv_grad = 1.0 / igrad.square().sum(dim=1).clamp(min=_FLT_EPSILON)
-            rho_c = i1w - (igrad * u[:, :2]).sum(dim=1) - i0
+            igrad, inv_grad, rho_c = _warp_terms(i1_stack, u, i0, cfg.interpolation)
             if channels == 3:
                 igrad = torch.cat((igrad, torch.full_like(igrad[:, :1], cfg.gamma)), dim=1)
             sc = _Scale(igrad, igrad * inv_grad[:, None], rho_c * inv_grad)
