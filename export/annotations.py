@@ -27,7 +27,7 @@ import io
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -518,6 +518,18 @@ def _boris_meta(a: Annotation, observation_id: str, media_file: str) -> dict[str
     }
 
 
+def _boris_bouts(annotations: Sequence[Annotation], observation_id: str,
+                 media_file: str) -> Iterator[tuple[dict[str, str], Annotation, int, int, int]]:
+    """(row metadata, annotation, label, start, stop) of every labelled bout, for both BORIS writers."""
+    for a in annotations:
+        if not a.fps:
+            raise ValueError("writing BORIS needs Annotation.fps")
+        meta = _boris_meta(a, observation_id, media_file)
+        for label, start, stop in bouts(a.labels):
+            if label >= 0:
+                yield meta, a, label, start, stop
+
+
 def write_boris_tabular(
     path: Path, annotations: Sequence[Annotation], *, media_file: str, observation_id: str = "obs1"
 ) -> Path:
@@ -530,17 +542,11 @@ def write_boris_tabular(
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=BORIS_TABULAR_COLUMNS)
         w.writeheader()
-        for a in annotations:
-            if not a.fps:
-                raise ValueError("writing BORIS needs Annotation.fps")
-            meta = _boris_meta(a, observation_id, media_file)
-            for label, start, stop in bouts(a.labels):
-                if label < 0:
-                    continue
-                for status, frame in (("START", start), ("STOP", stop)):
-                    w.writerow({**meta, "Behavior": a.classes[label], "Behavioral category": "",
-                                "Modifiers": "", "Behavior type": status, "Time": f"{frame / a.fps:.3f}",
-                                "Image index": str(frame), "Image file path": "NA", "Comment": ""})  # fmt: skip
+        for meta, a, label, start, stop in _boris_bouts(annotations, observation_id, media_file):
+            for status, frame in (("START", start), ("STOP", stop)):
+                w.writerow({**meta, "Behavior": a.classes[label], "Behavioral category": "",
+                            "Modifiers": "", "Behavior type": status, "Time": f"{frame / a.fps:.3f}",
+                            "Image index": str(frame), "Image file path": "NA", "Comment": ""})  # fmt: skip
     return path
 
 
@@ -552,18 +558,12 @@ def write_boris_aggregated(
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=BORIS_AGGREGATED_COLUMNS)
         w.writeheader()
-        for a in annotations:
-            if not a.fps:
-                raise ValueError("writing BORIS needs Annotation.fps")
-            meta = _boris_meta(a, observation_id, media_file)
-            for label, start, stop in bouts(a.labels):
-                if label < 0:
-                    continue
-                w.writerow({**meta, "Observation duration by subject by observation": meta["Media duration (s)"],
-                            "Behavior": a.classes[label], "Behavioral category": "", "Behavior type": "STATE",
-                            "Start (s)": f"{start / a.fps:.3f}", "Stop (s)": f"{stop / a.fps:.3f}",
-                            "Duration (s)": f"{(stop - start) / a.fps:.3f}", "Image index start": str(start),
-                            "Image index stop": str(stop), "Comment start": "", "Comment stop": ""})  # fmt: skip
+        for meta, a, label, start, stop in _boris_bouts(annotations, observation_id, media_file):
+            w.writerow({**meta, "Observation duration by subject by observation": meta["Media duration (s)"],
+                        "Behavior": a.classes[label], "Behavioral category": "", "Behavior type": "STATE",
+                        "Start (s)": f"{start / a.fps:.3f}", "Stop (s)": f"{stop / a.fps:.3f}",
+                        "Duration (s)": f"{(stop - start) / a.fps:.3f}", "Image index start": str(start),
+                        "Image index stop": str(stop), "Comment start": "", "Comment stop": ""})  # fmt: skip
     return path
 
 
