@@ -31,6 +31,13 @@ Outputs in ``--out`` (``<name>`` defaults to ``synth_<view>``):
 * ``<name>.arenas.json``: ``{"arenas": [{"id": "arena0", "roi": [x, y, w, h]}, ...]}`` (the
   ``stream.arenas`` format) plus the video's size, fps, frame count, view and classes, for
   ``stream-run --arenas`` and training.
+
+Domain randomization (``--randomize``, ``--held-out FAMILY,...``, ``--fix FAMILY,...``): the look,
+the camera and the motion style are drawn from the named families of :mod:`export.synth_families`
+and rendered by :mod:`export.synth_scene`; the labels come from the same semi-Markov bouts. The
+arenas JSON of such a render also holds ``"randomized": true``, ``"held_out": [...]`` and
+``"families": {family: {drawn values}}``; its ROIs are the bounding boxes of the cylinders as the
+tilted camera sees them. Without ``--randomize`` the output is exactly what it always was.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -49,10 +56,12 @@ import cv2
 import numpy as np
 
 from export.annotations import SIDE_CLASSES, TOP_CLASSES, Annotation, write_boris_tabular, write_frame_csv
+from export.synth_families import FAMILIES, describe_families, draw_families, parse_family_list
 from stream.errors import UserError, cli_main
+from stream.modelfile import _atomic_write_text  # the one temp-file + rename helper
 from stream.preprocess import Roi
 
-__all__ = ["SynthConfig", "SynthResult", "generate_labels", "render_frames", "render_video", "main"]
+__all__ = ["SynthConfig", "SynthResult", "generate_labels", "render_frames", "render_video", "resolve", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +88,9 @@ RIPPLE_RISE_S, RIPPLE_DECAY_S = 0.4, 3.0  # water keeps moving ~3 s after a mobi
 NOISE_BANK = 16  # pre-drawn camera-noise frames (drawing fresh Gaussian noise dominates the cost)
 DEFAULT_CRF = 23  # x264 quality: limbs stay sharp at ~100 kB per minute and arena
 X264_PRESET = "veryfast"
+# config fields that, named in ``SynthConfig.pinned``, override what a randomized render draws
+PINNABLE = ("fps", "arenas", "width_px", "height_px", "crf")
+MAX_RANDOMIZED_ARENAS = 8  # a pinned --arenas beyond the drawn 1-4; more leaves cylinders too small
 
 
 @dataclass(frozen=True)
@@ -99,8 +111,24 @@ class SynthConfig:
     noise_std: float = 2.5  # camera noise, grey levels
     shake_px: float = 0.7  # camera shake amplitude
     light_change: float = 0.08  # relative amplitude of slow lighting changes
+    randomize: bool = False  # draw every family of export.synth_families (else: the legacy look)
+    held_out: tuple[str, ...] = ()  # families drawn from their held-out part (randomized only)
+    fixed: tuple[str, ...] = ()  # families pinned to their nominal values (randomized only)
+    pinned: tuple[str, ...] = ()  # PINNABLE fields whose value here overrides the drawn one
 
     def __post_init__(self) -> None:
+        for option, names in (("--held-out", self.held_out), ("--fix", self.fixed)):
+            bad = [n for n in names if n not in FAMILIES]
+            if bad:
+                raise UserError(f"{option} {','.join(bad)}: unknown family; expected some of {','.join(FAMILIES)}")
+        if (self.held_out or self.fixed) and not self.randomize:
+            raise UserError("--held-out and --fix need --randomize")
+        if set(self.held_out) & set(self.fixed):
+            raise UserError(f"{','.join(sorted(set(self.held_out) & set(self.fixed)))}: both held out and fixed")
+        if set(self.pinned) - set(PINNABLE):
+            raise ValueError(f"pinned {self.pinned}: only {PINNABLE} can be pinned")
+        if self.randomize and self.arenas > MAX_RANDOMIZED_ARENAS:
+            raise UserError(f"--arenas {self.arenas}: at most {MAX_RANDOMIZED_ARENAS} with --randomize")
         if self.view not in VIEWS:
             raise UserError(f"--view {self.view!r}: expected one of {', '.join(VIEWS)}")
         if not (self.fps > 0 and self.duration_s > 0):
@@ -516,8 +544,50 @@ class _Camera:
         return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def resolve(cfg: SynthConfig) -> tuple[SynthConfig, dict[str, dict] | None]:
+    """The config actually rendered and, for a randomized one, every family's drawn values.
+
+    A randomized render draws its frame size, cylinder count, fps and crf; the returned config
+    carries them (so labels, frame counts and outputs follow), except where ``cfg.pinned`` keeps
+    the caller's value, in which case the families record the pinned value instead."""
+    if not cfg.randomize:
+        return cfg, None
+    from export.synth_scene import _frame_size
+
+    fam = draw_families(cfg.seed, cfg.held_out, cfg.fixed)
+    geo, cap = fam["geometry"], fam["capture"]
+    if "fps" in cfg.pinned:
+        cap["fps"] = float(cfg.fps)
+    if "crf" in cfg.pinned:
+        cap["crf"] = int(cfg.crf)
+    if "arenas" in cfg.pinned:
+        geo["cylinders"] = int(cfg.arenas)
+    if "width_px" in cfg.pinned and cfg.width_px:
+        geo["width_px"] = int(cfg.width_px)
+    if "height_px" in cfg.pinned and cfg.height_px:
+        geo["aspect"] = geo["width_px"] / int(cfg.height_px)
+    w, h = _frame_size(geo)
+    eff = replace(cfg, fps=float(cap["fps"]), crf=int(cap["crf"]), arenas=int(geo["cylinders"]), width_px=w, height_px=h)
+    return eff, fam
+
+
+def _rois(cfg: SynthConfig, fam: dict[str, dict] | None) -> list[Roi]:
+    if fam is None:
+        return cfg.rois()
+    from export.synth_scene import layout
+
+    return list(layout(cfg.view, fam["geometry"]).rois)
+
+
 def render_frames(cfg: SynthConfig, labels: list[np.ndarray] | None = None) -> Iterator[np.ndarray]:
     """The BGR (H, W, 3) uint8 frames before compression, deterministic for ``cfg``."""
+    if cfg.randomize:
+        from export.synth_scene import render_scene
+
+        eff, fam = resolve(cfg)
+        labels = labels if labels is not None else generate_labels(eff)
+        yield from render_scene(eff.view, eff.classes, fam, labels, eff.fps, eff.num_frames, eff.seed)
+        return
     labels = labels if labels is not None else generate_labels(cfg)
     rois = cfg.rois()
     arenas = [_Arena(cfg, i, roi, labels[i]) for i, roi in enumerate(rois)]
@@ -557,10 +627,13 @@ def render_video(cfg: SynthConfig, out_dir: Path | str) -> SynthResult:
     except OSError as exc:
         raise UserError(f"--out {out_dir}: cannot create the folder ({exc.strerror})") from None
     start = time.perf_counter()
+    requested = cfg
+    cfg, fam = resolve(cfg)
     labels = generate_labels(cfg)
     stem = cfg.stem
     video = out_dir / f"{stem}.mp4"
-    _write_h264(video, render_frames(cfg, labels), cfg)
+    _write_h264(video, render_frames(requested, labels), cfg)
+    rois = _rois(cfg, fam)
     result = SynthResult(
         video_path=video,
         labels_csv=out_dir / f"{stem}.labels.csv",
@@ -568,7 +641,7 @@ def render_video(cfg: SynthConfig, out_dir: Path | str) -> SynthResult:
         arenas_json=out_dir / f"{stem}.arenas.json",
         labels=labels,
         classes=cfg.classes,
-        rois=cfg.rois(),
+        rois=rois,
         fps=cfg.fps,
         num_frames=cfg.num_frames,
     )
@@ -585,10 +658,12 @@ def render_video(cfg: SynthConfig, out_dir: Path | str) -> SynthResult:
         "view": cfg.view,
         "classes": cfg.classes,
         "immobile_classes": IMMOBILE[cfg.view],
-        "arenas": [{"id": n, "name": n, "roi": [r.x, r.y, r.w, r.h]} for n, r in zip(cfg.arena_names(), cfg.rois())],
-        "generator": {"program": "export-synth", "config": asdict(cfg)},
+        "arenas": [{"id": n, "name": n, "roi": [r.x, r.y, r.w, r.h]} for n, r in zip(cfg.arena_names(), rois)],
+        "generator": {"program": "export-synth", "config": asdict(requested)},
     }
-    result.arenas_json.write_text(json.dumps(meta, indent=1) + "\n")
+    if fam is not None:
+        meta.update(randomized=True, held_out=sorted(cfg.held_out), families=fam)
+    _atomic_write_text(result.arenas_json, json.dumps(meta, indent=1) + "\n")
     result.render_s = time.perf_counter() - start
     log.info("%s: %d frames rendered in %.1f s", video, cfg.num_frames, result.render_s)
     return result
@@ -604,28 +679,51 @@ def _parser() -> argparse.ArgumentParser:
     dur = p.add_mutually_exclusive_group()
     dur.add_argument("--minutes", type=float, help="duration in minutes (default 1)")
     dur.add_argument("--seconds", type=float, help="duration in seconds")
-    p.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frame rate (default {DEFAULT_FPS:g})")
-    p.add_argument("--arenas", type=int, default=1, help="cylinders side by side, each with its own mouse")
+    p.add_argument("--fps", type=float, help=f"frame rate (default {DEFAULT_FPS:g}; drawn with --randomize)")
+    p.add_argument("--arenas", type=int, help="cylinders, each with its own mouse (default 1; drawn 1-4 with --randomize)")
     p.add_argument("--arena-size-px", type=int, default=DEFAULT_ARENA_SIZE_PX, help="side of one arena (default %(default)s)")
     p.add_argument("--width", type=int, help="frame width in px (overrides --arena-size-px)")
     p.add_argument("--height", type=int, help="frame height in px (overrides --arena-size-px)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--crf", type=int, default=DEFAULT_CRF, help="x264 quality, lower = better (default %(default)s)")
+    p.add_argument("--crf", type=int, help=f"x264 quality, lower = better (default {DEFAULT_CRF}; drawn with --randomize)")
     p.add_argument("--name", default="", help="output file stem (default synth_<view>)")
     p.add_argument("--out", type=Path, default=Path("."), help="output folder (default: current)")
+    g = p.add_argument_group("domain randomization (see --list-families)")
+    g.add_argument("--randomize", action="store_true",
+                   help="draw every family (geometry, mouse, water, cylinder, background, lighting, dynamics, "
+                        "capture) from its TRAIN range; --fps/--arenas/--width/--height/--crf given explicitly "
+                        "still win")  # fmt: skip
+    g.add_argument("--held-out", metavar="FAMILY,...", help="draw these families from their HELD-OUT range (implies --randomize)")
+    g.add_argument("--fix", metavar="FAMILY,...", help="pin these families to their nominal look (implies --randomize)")
+    g.add_argument("--list-families", action="store_true", help="print every family's train / held-out ranges and exit")
     return p
 
 
 @cli_main("export-synth")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.list_families:
+        print(describe_families())
+        return 0
     duration = 60.0 * args.minutes if args.minutes is not None else (args.seconds if args.seconds is not None else 60.0)
-    cfg = SynthConfig(view=args.view, duration_s=duration, fps=args.fps, arenas=args.arenas,
+    try:
+        held_out = parse_family_list(args.held_out, "--held-out")
+        fixed = parse_family_list(args.fix, "--fix")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    randomize = bool(args.randomize or held_out or fixed)
+    given = {"fps": args.fps, "arenas": args.arenas, "width_px": args.width, "height_px": args.height, "crf": args.crf}
+    cfg = SynthConfig(view=args.view, duration_s=duration, fps=DEFAULT_FPS if args.fps is None else args.fps,
+                      arenas=1 if args.arenas is None else args.arenas,
                       arena_size_px=args.arena_size_px, width_px=args.width, height_px=args.height,
-                      seed=args.seed, name=args.name, crf=args.crf)  # fmt: skip
+                      seed=args.seed, name=args.name, crf=DEFAULT_CRF if args.crf is None else args.crf,
+                      randomize=randomize, held_out=held_out, fixed=fixed,
+                      pinned=tuple(k for k, v in given.items() if v is not None) if randomize else ())  # fmt: skip
     result = render_video(cfg, args.out)
+    cfg, _ = resolve(cfg)
     w, h = cfg.frame_size
-    print(f"{result.video_path}: {cfg.num_frames} frames {w}x{h} @ {cfg.fps:g} fps, {cfg.arenas} arena(s), "
+    look = f", randomized (held out: {','.join(cfg.held_out) or 'none'})" if cfg.randomize else ""
+    print(f"{result.video_path}: {cfg.num_frames} frames {w}x{h} @ {cfg.fps:g} fps, {cfg.arenas} arena(s){look}, "
           f"{result.render_s:.1f} s")  # fmt: skip
     for name, lab in zip(cfg.arena_names(), result.labels):
         counts = np.bincount(lab, minlength=len(cfg.classes)) / lab.size

@@ -13,6 +13,15 @@ from export.annotations import read_annotations
 from export.synth import MIN_BOUT_S, SynthConfig, generate_labels, main, render_frames, render_video
 
 
+@pytest.fixture(autouse=True)
+def _one_cv2_thread():
+    """A shared 2-core box: OpenCV's thread pool only adds contention to these small frames."""
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    yield
+    cv2.setNumThreads(previous)
+
+
 def _small(**kw) -> SynthConfig:
     base = dict(view="side", duration_s=2.0, fps=15.0, arenas=1, arena_size_px=48, seed=0)
     base.update(kw)
@@ -113,3 +122,180 @@ def test_one_minute_side_video_renders_in_seconds(tmp_path):
     assert main(["--view", "side", "--minutes", "1", "--out", str(tmp_path)]) == 0
     assert time.perf_counter() - start < 30.0
     assert (tmp_path / "synth_side.mp4").stat().st_size < 3_000_000
+
+
+# ----------------------------------------------------------------------------------------------
+# domain randomization (export.synth_families, export.synth_scene)
+
+from export.synth import resolve  # noqa: E402
+from export.synth_families import FAMILIES, FAMILY_NAMES, draw_families, draw_family, splits  # noqa: E402
+
+SMALL_RIG = dict(width_px=320, height_px=240, fps=15.0, pinned=("width_px", "height_px", "fps"))
+
+
+def _rand(**kw) -> SynthConfig:
+    base = dict(view="side", duration_s=1.0, seed=0, randomize=True, **SMALL_RIG)
+    base.update(kw)
+    return SynthConfig(**base)
+
+
+def test_every_family_has_a_disjoint_train_and_held_out_part():
+    rng = np.random.default_rng(0)
+    for family in FAMILY_NAMES:
+        params = splits(family)
+        assert any(s.is_split for s in params.values()), family
+        for name, s in params.items():
+            if not s.is_split:
+                continue
+            assert not s.train.overlaps(s.held_out) and not s.held_out.overlaps(s.train), (family, name)
+            for _ in range(200):
+                assert not s.held_out.contains(s.train.draw(rng)), (family, name)
+                assert not s.train.contains(s.held_out.draw(rng)), (family, name)
+
+
+def test_held_out_families_draw_only_held_out_values_and_fix_pins_nominal():
+    held = {"background", "mouse", "geometry"}
+    for seed in range(20):
+        fam = draw_families(seed, held_out=held, fixed={"capture"})
+        assert set(fam) == set(FAMILIES)
+        for family, values in fam.items():
+            for name, s in splits(family).items():
+                v = values[name]
+                if family == "capture":
+                    assert v == s.nominal
+                elif s.is_split:
+                    assert (s.held_out if family in held else s.train).contains(v), (family, name, v)
+                else:
+                    assert s.train.contains(v)
+        json.dumps(fam)  # the contract: JSON-serialisable
+    # holding one family out leaves what the others draw unchanged
+    a, b = draw_families(3), draw_families(3, held_out={"mouse"})
+    assert {k: v for k, v in a.items() if k != "mouse"} == {k: v for k, v in b.items() if k != "mouse"}
+    assert a["mouse"] != b["mouse"]
+    assert draw_family("water", np.random.default_rng(0), "nominal")["colour"] == "clear"
+
+
+def test_randomized_frames_deterministic_and_seeded():
+    a = list(render_frames(_rand(view="top", seed=4)))
+    b = list(render_frames(_rand(view="top", seed=4)))
+    assert len(a) == 15 and a[0].shape == (240, 320, 3) and a[0].dtype == np.uint8
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[5], next(iter(list(render_frames(_rand(view="top", seed=5)))[5:])))
+
+
+@pytest.mark.parametrize("view", ["side", "top"])
+def test_each_family_changes_the_frames(view):
+    everything = tuple(FAMILY_NAMES)
+    base = list(render_frames(_rand(view=view, duration_s=0.6, seed=2, fixed=everything)))
+    for family in FAMILY_NAMES:
+        others = tuple(f for f in everything if f != family)
+        frames = list(render_frames(_rand(view=view, duration_s=0.6, seed=2, fixed=others)))
+        assert len(frames) == len(base)
+        diff = max(float(np.abs(x.astype(np.int16) - y).mean()) for x, y in zip(frames, base))
+        assert diff > 0.2, (family, diff)
+
+
+@pytest.mark.parametrize("view", ["side", "top"])
+def test_randomized_render_keeps_the_contract(tmp_path, view):
+    cfg = SynthConfig(view=view, duration_s=2.5, seed=11, randomize=True, held_out=("mouse", "background"), name="r")
+    r = render_video(cfg, tmp_path)
+    meta = json.loads(r.arenas_json.read_text())
+    assert meta["randomized"] is True and meta["held_out"] == ["background", "mouse"]
+    assert set(meta["families"]) == set(FAMILY_NAMES)
+    assert meta["families"]["mouse"]["colour"] in ("agouti", "brown")
+    fam = meta["families"]
+    assert meta["fps"] == fam["capture"]["fps"] in (15.0, 25.0, 30.0)
+    assert meta["num_frames"] == round(2.5 * meta["fps"]) and meta["view"] == view
+    assert meta["classes"] == list(cfg.classes) and meta["immobile_classes"] == (["float"] if view == "side" else ["immobile"])
+    assert len(meta["arenas"]) == fam["geometry"]["cylinders"]
+    w, h = meta["width"], meta["height"]
+    boxes = []
+    for a in meta["arenas"]:
+        assert set(a) == {"id", "name", "roi"}
+        x, y, bw, bh = a["roi"]
+        assert 0 <= x and 0 <= y and x + bw <= w and y + bh <= h and bw >= 16 and bh >= 16
+        boxes.append((x, y, x + bw, y + bh))
+    for i, p in enumerate(boxes):  # cylinders do not overlap
+        for q in boxes[i + 1 :]:
+            assert min(p[2], q[2]) <= max(p[0], q[0]) or min(p[3], q[3]) <= max(p[1], q[1])
+    cap = cv2.VideoCapture(str(r.video_path))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(meta["fps"])
+    n = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        assert frame.shape == (h, w, 3)
+        n += 1
+    assert n == meta["num_frames"]
+    got = read_annotations(r.labels_csv)
+    assert len(got) == len(meta["arenas"]) and all(np.array_equal(a.labels, b) for a, b in zip(got, r.labels))
+    assert "randomized" not in json.loads(render_video(_small(name="plain"), tmp_path).arenas_json.read_text())
+
+
+def test_roi_is_the_cylinder_the_camera_sees():
+    """The rim of a top-view cylinder, found in the rendered frame, fills its ROI."""
+    cfg = _rand(view="top", seed=6, fixed=("background", "lighting", "capture"), arenas=1,
+                pinned=SMALL_RIG["pinned"] + ("arenas",))  # fmt: skip
+    eff, fam = resolve(cfg)
+    from export.synth import _rois
+    from export.synth_scene import layout
+
+    roi = _rois(eff, fam)[0]
+    frame = next(iter(render_frames(cfg))).astype(np.float32).mean(-1)
+    floor_grey = float(np.median(frame))  # the nominal room: flat grey
+    inside = np.abs(frame - floor_grey) > 12
+    ys, xs = np.nonzero(inside)
+    got = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    want = (roi.x, roi.y, roi.x + roi.w, roi.y + roi.h)
+    assert np.abs(np.subtract(got, want)).max() <= 2, (got, want)
+    assert layout("top", fam["geometry"]).rois[0] == roi
+
+
+def _roi_motion(cfg: SynthConfig) -> dict[str, float]:
+    """Frame-difference magnitude inside the ROI per class, away from bout boundaries: the 98th
+    percentile of |difference| (motion is local: the mouse and its ripples), on 4x-downsampled
+    crops (sensor noise averages out, motion does not) normalised to their mean (a lighting
+    flicker is not motion)."""
+    eff, fam = resolve(cfg)
+    from export.synth import _rois
+
+    labels = generate_labels(eff)[0]
+    r = _rois(eff, fam)[0]
+    size = (r.w // 4, r.h // 4)
+    crops = [cv2.resize(f[r.y : r.y + r.h, r.x : r.x + r.w].astype(np.float32).mean(-1), size, interpolation=cv2.INTER_AREA)
+             for f in render_frames(cfg)]  # fmt: skip
+    frames = np.stack([100 * c / c.mean() for c in crops])
+    diff = np.percentile(np.abs(np.diff(frames, axis=0)).reshape(len(frames) - 1, -1), 98, axis=1)
+    lab = labels[1:]
+    keep = np.ones(lab.size, bool)
+    for c in np.flatnonzero(np.diff(labels)):
+        keep[max(0, c - 8) : c + 8] = False
+    return {name: float(diff[(lab == k) & keep].mean()) for k, name in enumerate(eff.classes) if np.any((lab == k) & keep)}
+
+
+@pytest.mark.parametrize(("seed", "held_out"), [(3, ()), (4, ("dynamics", "capture", "lighting"))])
+def test_randomized_classes_differ_in_motion(seed, held_out):
+    pins = SMALL_RIG["pinned"] + ("arenas",)
+    side = _roi_motion(_rand(view="side", duration_s=45.0, seed=seed, arenas=1, pinned=pins, held_out=held_out))
+    assert set(side) == {"swim", "struggle", "float"}
+    assert side["swim"] > 1.3 * side["float"] and side["struggle"] > 1.3 * side["float"], side
+    top = _roi_motion(_rand(view="top", duration_s=45.0, seed=seed, arenas=1, pinned=pins, held_out=held_out))
+    assert top["mobile"] > 1.3 * top["immobile"], top
+
+
+def test_cli_randomization_options(tmp_path, capsys):
+    assert main(["--list-families"]) == 0
+    out = capsys.readouterr().out
+    assert all(f in out for f in FAMILY_NAMES) and "held-out" in out and "agouti" in out
+    assert main(["--held-out", "mouse,nosuch", "--out", str(tmp_path)]) == 2
+    assert "nosuch" in capsys.readouterr().err
+    assert main(["--held-out", "mouse", "--fix", "mouse", "--out", str(tmp_path)]) == 2
+    assert "both held out and fixed" in capsys.readouterr().err
+    args = ["--view", "top", "--seconds", "1", "--held-out", "water", "--arenas", "2", "--fps", "25", "--width", "320",
+            "--height", "240", "--out", str(tmp_path), "--name", "t"]  # fmt: skip
+    assert main(args) == 0
+    meta = json.loads((tmp_path / "t.arenas.json").read_text())
+    assert meta["randomized"] and meta["held_out"] == ["water"] and meta["fps"] == 25.0
+    assert len(meta["arenas"]) == 2 and (meta["width"], meta["height"]) == (320, 240)
+    assert meta["families"]["capture"]["fps"] == 25.0 and meta["families"]["geometry"]["cylinders"] == 2
