@@ -398,10 +398,17 @@ def read_heldout_group(arenas_json: Path | None, video: Path) -> str:
 
 
 def make_folds(ds, k: int, split_by: str):
+    """Folds of ``ds`` by segments, videos or arenas (``resolve_split`` turns ``auto`` into one of them).
+
+    Segment folds keep training clips a whole clip span away from the test stretches: 16 frames
+    apart at stride 1, ``16 * stride`` source frames apart when a clip spreads over every
+    ``stride``-th frame (``export-train`` resamples to the model rate, so its stride is 1).
+    """
     from export.folds import contiguous_folds, video_folds
+    from stream.preprocess import CLIP_FRAMES
 
     if split_by == "segments":
-        return contiguous_folds(ds.items, k)
+        return contiguous_folds(ds.items, k, gap_frames=CLIP_FRAMES * int(getattr(ds, "stride", 1)))
     if split_by == "videos":
         return video_folds(ds.items, k, groups=[str(src.video_path) for src in ds.sources])
     if split_by == "arenas":

@@ -329,3 +329,20 @@ def test_export_evaluate_heldout_videos_end_to_end(heldout_videos, tmp_path):
     assert card.flow_weight == metrics["flow_weight"] == model.flow_weight
     assert set(card.metrics["heldout"]["groups"]) == set(groups)
     assert card.metrics["heldout"]["spread"]["accuracy_min"] == min(g["accuracy"] for g in groups.values())
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_segment_folds_leave_no_shared_frame_at_any_stride(stride):
+    """A clip at stride s spans 16 * s source frames: no training clip may share a frame with a test clip."""
+    from types import SimpleNamespace
+
+    from stream.preprocess import clip_indices
+
+    frames = np.arange(0, 600)
+    items = np.stack([np.zeros(600, int), frames, (frames // 40) % 3], axis=1)
+    ds = SimpleNamespace(items=items, stride=stride, sources=[SimpleNamespace(video_path="v.mp4")])
+    for fold in ev.make_folds(ds, 4, "segments"):
+        test_frames = set(np.concatenate([clip_indices(int(t), 600, stride) for t in items[fold.test, 1]]).tolist())
+        shared = [t for t in items[fold.train, 1] if test_frames & set(clip_indices(int(t), 600, stride).tolist())]
+        assert not shared, (stride, shared[:5])
+        assert fold.train.size > 0 and fold.test.size > 0
