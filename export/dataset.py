@@ -9,7 +9,7 @@ API (what ``export/train.py`` and ``export/evaluate.py`` use)::
     sources = sources_from_files("demo/synth_side.mp4", "demo/synth_side.labels.csv",
                                  arenas_json="demo/synth_side.arenas.json", classes=SIDE_CLASSES)
     ds = ClipDataset(sources, classes=SIDE_CLASSES, size_px=112, cache_dir="runs/cache",
-                     flow_config=FlowConfig(), augment=False, stride=1, frame_step=1)
+                     flow_config=FlowConfig(), augment=False, fps=15.0, frame_step=1)
     rgb, flow, label = ds[i]     # (3,16,S,S) float32 [-1,1], (2,16,S,S) float32 [-1,1], int64
     ds.items                     # (M, 3) int64: source index, centre frame index, label per item
     ds.labels                    # (M,) int64 == ds.items[:, 2]
@@ -28,6 +28,14 @@ frame cropped by its arena's ROI and resized to ``size_px`` (``crop_resize``); f
 ``i`` is ``stream.flow.TVL1`` from frame ``i - stride`` to frame ``i`` on the grey crop at model
 size (zero for the first frame, and zero for a frame repeated as edge padding, since a repeated
 frame has not moved), encoded with ``encode_flow``.
+
+Frame rate (``fps``, what ``export-train`` uses): every video is decoded through the live capture
+(``stream.capture.Capture`` and its ``FrameResampler``: model tick ``k`` shows the first source
+frame at or after ``k / fps`` seconds, within a tolerance), so a 25 or 30 fps camera gives a
+15 fps model exactly the frames ``stream-run`` gives it, and a training clip is the clip the live
+ring builds for the same frame. Clip indices, flow and ``frame_step`` then count model-rate
+frames, and each takes the label of the source frame it shows. Without ``fps`` every source
+frame is kept and ``stride`` spreads a clip (the older integer-step subsampling).
 
 Why caches: TV-L1 is by far the most expensive step, and every epoch would redo it. The decoded
 crops (uint8) and the flow (``flow_to_uint8`` codes, one byte per value) of each (video, ROI,
@@ -197,6 +205,17 @@ def _flow_key(cfg: FlowConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _ticks_path(frames_path: Path) -> Path:
+    """Beside a model-rate frames cache: which source frame each model-rate frame shows."""
+    return frames_path.with_name(frames_path.name.replace(".frames.npy", ".ticks.json"))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
     np.save(tmp, array)
@@ -225,11 +244,14 @@ class ClipDataset(Dataset):
         device: str = "cpu",
         flow_batch_pairs: int = FLOW_BATCH_PAIRS,
         progress: bool = True,
+        fps: float | None = None,
     ) -> None:
         if size_px < 8:
             raise ValueError(f"size_px={size_px} is too small")
         if stride < 1 or frame_step < 1:
             raise ValueError("stride and frame_step must be >= 1")
+        if fps is not None and not (fps > 0 and stride == 1):
+            raise ValueError(f"fps={fps}, stride={stride}: resampling to the model rate needs fps > 0 and stride 1")
         if not sources:
             raise UserError("no videos to build a dataset from")
         self.sources = list(sources)
@@ -243,11 +265,13 @@ class ClipDataset(Dataset):
         self.device = device
         self.flow_batch_pairs = int(flow_batch_pairs)
         self.progress = progress
+        self.fps = None if fps is None else float(fps)  # model rate; None: every source frame, `stride` apart
         self.cache_dir.mkdir(parents=True, exist_ok=True)
 
         self._frames: list[np.ndarray] = []  # (N, S, S, 3) uint8 BGR per source (memory-mapped)
         self._flow: list[np.ndarray] = []  # (N, 2, S, S) uint8 flow codes per source
         self._labels: list[np.ndarray] = []  # (N,) int64 per source, in self.classes
+        self._source_index: list[np.ndarray | None] = []  # (N,) source frame shown by each model-rate frame (fps set)
         self.cache_files: list[tuple[Path, Path]] = []
         self._build_caches()
 
@@ -263,7 +287,8 @@ class ClipDataset(Dataset):
     def _paths(self, source: VideoSource, sha: str) -> tuple[Path, Path]:
         roi = source.roi
         roi_key = "full" if roi is None else f"{roi.x}_{roi.y}_{roi.w}_{roi.h}"
-        stem = f"{source.video_path.stem}-{sha[:16]}-v{CACHE_FORMAT_VERSION}-roi{roi_key}-{self.size_px}px"
+        rate = "" if self.fps is None else f"-at{self.fps:g}fps"  # model-rate frames: another cache
+        stem = f"{source.video_path.stem}-{sha[:16]}-v{CACHE_FORMAT_VERSION}-roi{roi_key}-{self.size_px}px{rate}"
         frames = self.cache_dir / f"{stem}.frames.npy"
         flow = self.cache_dir / f"{stem}-s{self.stride}-tvl1_{_flow_key(self.flow_config)}.flow.npy"
         return frames, flow
@@ -279,9 +304,10 @@ class ClipDataset(Dataset):
             sha = video_sha256(video)
             for i in idxs:
                 paths[i] = self._paths(self.sources[i], sha)
-            missing = [i for i in idxs if not paths[i][0].exists()]
+            missing = [i for i in idxs if not paths[i][0].exists() or (self.fps is not None and not _ticks_path(paths[i][0]).exists())]
             if missing:
-                self._decode(video, [self.sources[i].roi for i in missing], [paths[i][0] for i in missing])
+                decode = self._decode if self.fps is None else self._decode_resampled
+                decode(video, [self.sources[i].roi for i in missing], [paths[i][0] for i in missing])
         self.cache_files = paths
         for i, src in enumerate(self.sources):
             frames_path, flow_path = paths[i]
@@ -290,7 +316,14 @@ class ClipDataset(Dataset):
                 self._compute_flow(np.asarray(frames), flow_path, src.name)
             self._frames.append(frames)
             self._flow.append(np.load(flow_path, mmap_mode="r"))
-            self._labels.append(self._fit_labels(src, frames.shape[0]))
+            if self.fps is None:
+                self._source_index.append(None)
+                self._labels.append(self._fit_labels(src, frames.shape[0]))
+            else:  # each model-rate frame takes the label of the source frame it shows
+                ticks = json.loads(_ticks_path(frames_path).read_text())
+                shown = np.asarray(ticks["source_index"], dtype=np.int64)
+                self._source_index.append(shown)
+                self._labels.append(self._fit_labels(src, int(ticks["source_frames"]))[shown])
 
     def _decode(self, video: Path, rois: list[Roi | None], outputs: list[Path]) -> None:
         from tqdm import tqdm
@@ -316,6 +349,56 @@ class ClipDataset(Dataset):
         for k, out in enumerate(outputs):
             _atomic_save(out, np.stack(crops[k]))
         log.info("%s: cached %d frames of %d arena(s) at %d px", video, len(crops[0]), len(rois), self.size_px)
+
+    def _decode_resampled(self, video: Path, rois: list[Roi | None], outputs: list[Path]) -> None:
+        """Decode through the live capture (``stream.capture.Capture`` on the file, ``FrameResampler``
+        at ``self.fps``): the model-rate frames are exactly those ``stream-run`` hands its ring.
+
+        Also writes, per output, which source frame each model-rate frame shows (labels follow it).
+        A jump in the timestamps (the live path would restart its clips there) is refused.
+        """
+        from tqdm import tqdm
+
+        from stream.capture import Capture, CaptureConfig, EndOfStream, Gap, SourceSpec
+
+        assert self.fps is not None
+        capture = Capture(SourceSpec("file", str(video)), CaptureConfig(fps=self.fps, live=False))
+        width, height = capture.open()
+        for roi in rois:
+            if roi is not None and not roi.fits(width, height):
+                capture.release()
+                raise UserError(f"{video}: region of interest {roi} does not fit the {width}x{height} frame")
+        crops: list[list[np.ndarray]] = [[] for _ in rois]
+        shown: list[int] = []
+        capture.start()
+        try:
+            with tqdm(total=capture.stats.frame_count_estimate(self.fps) or None, desc=f"decode {video.name} at {self.fps:g} fps",
+                      unit="frame", disable=None if self.progress else True, leave=False) as bar:  # fmt: skip
+                for item in capture:
+                    if item is None:
+                        continue
+                    if isinstance(item, Gap):
+                        raise UserError(f"{video}: {item.seconds_missing:.1f} s without frames before model frame {item.first_index}; "
+                                        "stream-run would restart its clips there. Cut the video at the gap or re-encode it")  # fmt: skip
+                    if isinstance(item, EndOfStream):
+                        if item.error:
+                            raise UserError(f"{video}: {item.error}")
+                        break
+                    for k, roi in enumerate(rois):
+                        crops[k].append(crop_resize(item.image, roi, self.size_px))
+                    shown.append(item.source_index)
+                    bar.update(1)
+        finally:
+            capture.close()
+        if not shown:
+            raise UserError(f"{video}: no frames could be decoded")
+        ticks = {"model_fps": self.fps, "source_fps": capture.stats.source_fps, "source_frames": capture.stats.source_frames,
+                 "source_index": shown, "format_version": CACHE_FORMAT_VERSION}  # fmt: skip
+        for k, out in enumerate(outputs):
+            _atomic_save(out, np.stack(crops[k]))
+            _atomic_write_text(_ticks_path(out), json.dumps(ticks))
+        log.info("%s: cached %d model-rate frames (%.2f fps from %d source frames at %.2f fps) of %d arena(s)",
+                 video, len(shown), self.fps, capture.stats.source_frames, capture.stats.source_fps, len(rois))  # fmt: skip
 
     def _compute_flow(self, frames: np.ndarray, out: Path, name: str) -> None:
         from tqdm import tqdm
@@ -366,8 +449,12 @@ class ClipDataset(Dataset):
         return int(self._frames[source_index].shape[0])
 
     def source_labels(self, source_index: int) -> np.ndarray:
-        """Per-frame labels of one source (in ``self.classes``, -1 = unlabelled)."""
+        """Per-frame labels of one source (in ``self.classes``, -1 = unlabelled); model-rate frames when ``fps`` is set."""
         return self._labels[source_index]
+
+    def shown_source_frames(self, source_index: int) -> np.ndarray | None:
+        """With ``fps``: the source frame each model-rate frame shows (None without resampling)."""
+        return self._source_index[source_index]
 
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=len(self.classes)).astype(np.int64)

@@ -1,24 +1,37 @@
-"""k-fold cross-validation of the two-stream model and the fusion-weight sweep (CLI ``export-evaluate``).
+"""Evaluation of the two-stream model (CLI ``export-evaluate``): k-fold cross-validation, a held-out
+test on videos never trained on, the fusion-weight sweep, and the choice of that weight.
 
 Read it top to bottom: metrics on held-out probabilities -> the sweep -> immobility per video ->
+the honest choice of the flow weight -> held-out groups and per-recording rates ->
 cross-validation (train one model per fold, keep each stream's held-out softmax) -> files -> CLI.
 
-The sweep needs no retraining: each fold model's RGB and flow softmax on its test clips are
-stored once, and the fused prediction for any weight ``w`` is ``w * p_flow + (1 - w) * p_rgb``
-of those stored numbers. Every clip of the dataset is a test clip of exactly one fold, so the
-held-out predictions cover the whole dataset once.
+The sweep needs no retraining: each model's RGB and flow softmax on its test clips are stored
+once, and the fused prediction for any weight ``w`` is ``w * p_flow + (1 - w) * p_rgb`` of those
+stored numbers. In CV every clip is a test clip of exactly one fold.
 
-Folds are contiguous stretches of each video (default) or whole videos (``export.folds``): two
-clips one frame apart share 15 of 16 frames, so a random split would leak. Each fold's training
-part is split once more (``--val-folds``) for early stopping; the test fold never decides when
-to stop.
+Choosing the weight: each fold picks its weight on its own validation split (``--val-folds``, the
+clips that also decide early stopping) and is scored at that weight on its test clips; the mean
+of those scores is the headline. The full sweep on the test clips stays as a plot, marked as
+optimistic. With ``--val-folds 0`` there is nothing else to choose on, and the report says the
+weight was chosen on the test predictions.
+
+Splits: by default whole videos (``--split-by auto``) when there are at least ``--folds`` of
+them, else whole arenas (animals), else contiguous stretches of one recording -- with a warning,
+since neighbouring seconds of one animal in one light leak between training and test.
+
+Held-out test (``--test-videos``): one model is trained on all ``--videos`` (optionally after a CV
+inside them, ``--folds K``) and tested on videos it never saw. Test videos are grouped by the
+simulator families held out of training (``"held_out"`` in each video's ``.arenas.json``), and
+each group gets its accuracy, confusion matrix and immobile-time error per video, with the spread
+across groups. Per recording, the predicted class rates stand beside the annotated ones: a model
+that answers one class for a whole recording has learned the recording, not the behaviour.
 
 Files written to ``--out``: ``metrics.json`` (everything), ``accuracy_by_flow_weight.csv``,
-``per_class.csv`` (precision/recall/F1 per weight and class), ``confusion_matrices.csv`` (per
-weight), ``immobility.csv`` (per video, at the best weight), ``predictions.npz`` (the held-out
-per-stream probabilities, to re-sweep without retraining), the PNG plots and ``report.html`` /
-``report.md``. ``--export-model DIR`` then trains one model on all data and writes it with the
-best weight and these metrics in its card.
+``per_class.csv``, ``confusion_matrices.csv`` (per weight), ``immobility.csv`` (per video, at
+the chosen weight), ``prediction_rates.csv``, ``heldout_groups.csv`` (held-out runs),
+``predictions.npz`` (the per-stream probabilities, to re-sweep without retraining), the PNG
+plots and ``report.html`` / ``report.md``. ``--export-model DIR`` writes the model (CV: trained
+on all data; held-out: the tested model) with the chosen weight and these figures in its card.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -49,6 +63,13 @@ __all__ = [
     "sweep_flow_weight",
     "majority_baseline",
     "immobility_per_video",
+    "choose_flow_weight_per_fold",
+    "collect_validation",
+    "prediction_rates",
+    "heldout_groups",
+    "read_heldout_group",
+    "resolve_split",
+    "card_metrics",
     "cross_validate",
     "summarize",
     "write_results",
@@ -61,7 +82,16 @@ FLOW_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0 (RGB only) .. 
 HELDOUT_NAME = "heldout.npz"  # per fold: that fold model's predictions on its test clips (lets a CV run resume)
 PREDICTIONS_NAME = "predictions.npz"
 METRICS_NAME = "metrics.json"
+DEFAULT_FOLDS = 10  # cross-validation folds when there is no held-out test set
+SPLIT_CHOICES = ("auto", "videos", "arenas", "segments")
+SEGMENT_LEAK_WARNING = ("splitting one recording into segments lets neighbouring seconds (same animal, light, water) leak between "
+                        "training and test: the accuracy is optimistic; give more videos or fewer --folds")  # fmt: skip
+VALIDATION_NAME = "validation.npz"  # per fold: predictions on its validation split (where the flow weight is chosen)
+TEST_PREDICTIONS_NAME = "heldout_predictions.npz"  # --test-videos: the model's predictions on the held-out videos
 BEST_WEIGHT_TIE_TOL = 1e-9  # equal mean accuracies: the smaller std wins, then the weight nearer 0.5
+NEAR_CONSTANT_FRACTION = 0.95  # one class predicted for >= 95 % of a recording's clips ...
+CONSTANT_RATE_GAP = 0.15  # ... while annotators gave it at least 15 points less: the model learned the recording
+NOTHING_HELD_OUT = "none held out"  # group name of randomized test videos whose families were all seen in training
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,19 +229,191 @@ def immobility_per_video(held: HeldOut, predicted: np.ndarray, immobile: Sequenc
 
 
 # --------------------------------------------------------------------------------------------
+# honest choice of the flow weight
+
+
+def choose_flow_weight_per_fold(validation: HeldOut, test: HeldOut, num_classes: int, weights: Sequence[float] = FLOW_WEIGHTS) -> dict[str, Any]:
+    """Each fold picks its weight on its own validation clips; that choice is scored on its test clips.
+
+    This is the number to publish: no test clip had a say in the weight it is scored with. Folds
+    without validation clips are left out (there is no honest choice to score for them).
+    """
+    chosen, accs, folds = [], [], []
+    for f in np.unique(test.fold):
+        val_sel = validation.fold == f
+        if not val_sel.any():
+            continue
+        val_f = HeldOut(*(getattr(validation, fld.name)[val_sel] for fld in dataclasses.fields(HeldOut)))
+        w = best_flow_weight(sweep_flow_weight(val_f, num_classes, weights))
+        sel = test.fold == f
+        chosen.append(w)
+        accs.append(float(np.mean(test.fused(w)[sel].argmax(1) == test.labels[sel])))
+        folds.append(int(f))
+    if not folds:
+        return {}
+    mean, std = _mean_std(np.array(accs))
+    pooled_w = best_flow_weight(sweep_flow_weight(HeldOut(**{**dataclasses.asdict(validation), "fold": np.zeros_like(validation.fold)}), num_classes, weights))
+    return {
+        "chosen_on": "each fold's validation split of its training part",
+        "weight_per_fold": chosen,
+        "folds": folds,
+        "accuracy_per_fold": accs,
+        "accuracy_mean": mean,
+        "accuracy_std": std,
+        "weight_on_pooled_validation": pooled_w,  # what an exported model uses
+    }
+
+
+def collect_validation(work_dir: Path, num_folds: int) -> HeldOut | None:
+    """The folds' validation predictions (``foldNN/validation.npz``), or None if no fold has any."""
+    parts = [HeldOut.load(p) for j in range(num_folds) if (p := Path(work_dir) / f"fold{j:02d}" / VALIDATION_NAME).is_file()]
+    return HeldOut.concatenate(parts) if parts else None
+
+
+def _held_out_of(pred, items: np.ndarray, fold: int | np.ndarray) -> HeldOut:
+    """A ``HeldOut`` from ``train.predict_streams`` output and the dataset items it was run on."""
+    n = len(items)
+    return HeldOut(pred.rgb_probs, pred.flow_probs, pred.labels, np.broadcast_to(np.asarray(fold, dtype=np.int64), (n,)).copy(), items[:, 0], items[:, 1])
+
+
+# --------------------------------------------------------------------------------------------
+# held-out families and recordings
+
+
+def prediction_rates(held: HeldOut, predicted: np.ndarray, classes: Sequence[str], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per recording (video/arena): fraction of clips annotated and predicted as each class.
+
+    A model that answers (nearly) one class for a whole recording whose annotations are mixed has
+    learned the recording -- its background, light, camera -- not the behaviour: flagged.
+    """
+    k = len(classes)
+    rows = []
+    for s in np.unique(held.source):
+        sel = held.source == s
+        n = int(sel.sum())
+        annotated = np.bincount(held.labels[sel], minlength=k) / n
+        pred = np.bincount(predicted[sel], minlength=k) / n
+        top = int(pred.argmax())
+        constant = bool(pred[top] >= NEAR_CONSTANT_FRACTION and annotated[top] <= pred[top] - CONSTANT_RATE_GAP)
+        rows.append(
+            {
+                "recording": names[int(s)],
+                "clips": n,
+                "annotated": {c: float(annotated[i]) for i, c in enumerate(classes)},
+                "predicted": {c: float(pred[i]) for i, c in enumerate(classes)},
+                "rate_distance": float(0.5 * np.abs(pred - annotated).sum()),  # total variation: 0 = same mix
+                "accuracy": float(np.mean(predicted[sel] == held.labels[sel])),
+                "near_constant": constant,
+            }
+        )
+    return rows
+
+
+def _immobility_errors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Adds error_s and error_pct (of the annotated time; None when nothing was annotated immobile)."""
+    for r in rows:
+        r["error_s"] = r["predicted_s"] - r["annotated_s"]
+        r["error_pct"] = 100.0 * r["error_s"] / r["annotated_s"] if r["annotated_s"] > 0 else None
+    return rows
+
+
+def heldout_groups(
+    held: HeldOut,
+    flow_weight: float,
+    classes: Sequence[str],
+    immobile: Sequence[str],
+    names: Sequence[str],
+    seconds_per_item: Sequence[float],
+    group_names: Sequence[str],
+) -> dict[str, Any]:
+    """Per held-out group (``held.fold`` indexes ``group_names``): accuracy, confusion, immobility error.
+
+    Also the spread across groups -- "does it transfer?" is a number and its variation, not one
+    lucky family.
+    """
+    k = len(classes)
+    predicted = held.fused(flow_weight).argmax(1)
+    immobile_idx = [classes.index(c) for c in immobile]
+    groups = []
+    for g in np.unique(held.fold):
+        sel = held.fold == g
+        sub = HeldOut(*(getattr(held, fld.name)[sel] for fld in dataclasses.fields(HeldOut)))
+        per_rec = {names[int(s)]: float(np.mean(predicted[sel][sub.source == s] == sub.labels[sub.source == s])) for s in np.unique(sub.source)}
+        rec_mean, rec_std = _mean_std(np.array(list(per_rec.values())))
+        imm = _immobility_errors(immobility_per_video(sub, predicted[sel], immobile_idx, names, seconds_per_item)) if immobile_idx else []
+        errs = [abs(r["error_pct"]) for r in imm if r["error_pct"] is not None]
+        groups.append(
+            {
+                "group": group_names[int(g)],
+                "recordings": list(per_rec),
+                "clips": int(sel.sum()),
+                "accuracy": float(np.mean(predicted[sel] == sub.labels)),
+                "accuracy_per_recording": per_rec,
+                "accuracy_recording_mean": rec_mean,
+                "accuracy_recording_std": rec_std,
+                "confusion": confusion_matrix(sub.labels, predicted[sel], k).tolist(),
+                "immobility": imm,
+                "immobile_abs_error_pct_mean": float(np.mean(errs)) if errs else None,
+            }
+        )
+    accs = np.array([g["accuracy"] for g in groups])
+    mean, std = _mean_std(accs)
+    errs = [g["immobile_abs_error_pct_mean"] for g in groups if g["immobile_abs_error_pct_mean"] is not None]
+    return {
+        "flow_weight": float(flow_weight),
+        "groups": groups,
+        "spread": {
+            "accuracy_mean": mean,
+            "accuracy_std": std,
+            "accuracy_min": float(accs.min()),
+            "accuracy_max": float(accs.max()),
+            "immobile_abs_error_pct_mean": float(np.mean(errs)) if errs else None,
+            "immobile_abs_error_pct_max": float(np.max(errs)) if errs else None,
+        },
+    }
+
+
+def read_heldout_group(arenas_json: Path | None, video: Path) -> str:
+    """The held-out group of a test video, from the simulator's metadata in its ``.arenas.json``.
+
+    ``"randomized": true`` with ``"held_out": ["mouse", "background"]`` -> ``"background+mouse"``
+    (sorted, so the same families always form the same group); a randomized video with nothing
+    held out -> ``"none held out"``; a video without that metadata is its own group, named by its file.
+    """
+    if arenas_json is not None and Path(arenas_json).is_file():
+        try:
+            meta = json.loads(Path(arenas_json).read_text())
+        except (OSError, ValueError):
+            meta = {}
+        if isinstance(meta, dict) and meta.get("randomized") is True:
+            held = meta.get("held_out") or []
+            if not isinstance(held, list) or not all(isinstance(h, str) for h in held):
+                raise UserError(f"{arenas_json}: 'held_out' must be a list of family names, got {held!r}")
+            return "+".join(sorted(held)) if held else NOTHING_HELD_OUT
+    return Path(video).name
+
+
+# --------------------------------------------------------------------------------------------
 # cross-validation
 
 
 def make_folds(ds, k: int, split_by: str):
+    """Folds of ``ds`` by segments, videos or arenas (``resolve_split`` turns ``auto`` into one of them).
+
+    Segment folds keep training clips a whole clip span away from the test stretches: 16 frames
+    apart at stride 1, ``16 * stride`` source frames apart when a clip spreads over every
+    ``stride``-th frame (``export-train`` resamples to the model rate, so its stride is 1).
+    """
     from export.folds import contiguous_folds, video_folds
+    from stream.preprocess import CLIP_FRAMES
 
     if split_by == "segments":
-        return contiguous_folds(ds.items, k)
+        return contiguous_folds(ds.items, k, gap_frames=CLIP_FRAMES * int(getattr(ds, "stride", 1)))
     if split_by == "videos":
         return video_folds(ds.items, k, groups=[str(src.video_path) for src in ds.sources])
     if split_by == "arenas":
         return video_folds(ds.items, k)
-    raise UserError(f"--split-by {split_by!r}: expected segments, videos or arenas")
+    raise UserError(f"--split-by {split_by!r}: expected auto, segments, videos or arenas")
 
 
 def cross_validate(
@@ -252,8 +454,10 @@ def cross_validate(
         t0 = time.monotonic()
         result = tr.train(model, train_set, val_set, fold_config, fold_dir, num_classes=num_classes, resume=True, progress=progress)
         pred = tr.predict_streams(model, Subset(ds, fold.test), batch_size=config.batch_size, device=config.device, progress=progress)
-        items = ds.items[fold.test]
-        part = HeldOut(pred.rgb_probs, pred.flow_probs, pred.labels, np.full(len(fold.test), j), items[:, 0], items[:, 1])
+        part = _held_out_of(pred, ds.items[fold.test], j)
+        if val_idx.size:  # the fold's own choice of flow weight is made on these (honest model selection)
+            val_pred = tr.predict_streams(model, Subset(ds, val_idx), batch_size=config.batch_size, device=config.device, progress=progress)
+            _held_out_of(val_pred, ds.items[val_idx], j).save(fold_dir / VALIDATION_NAME)
         info = {
             "fold": j,
             "train_clips": int(len(train_idx)),
@@ -278,14 +482,48 @@ def cross_validate(
 # summary and files
 
 
-def summarize(held: HeldOut, classes: Sequence[str], immobile: Sequence[str], source_names: Sequence[str], seconds_per_item: Sequence[float], *, split_by: str, folds: int) -> dict[str, Any]:
-    """Everything ``metrics.json`` holds (the report and the model card read from it)."""
+def summarize(
+    held: HeldOut,
+    classes: Sequence[str],
+    immobile: Sequence[str],
+    source_names: Sequence[str],
+    seconds_per_item: Sequence[float],
+    *,
+    split_by: str,
+    folds: int,
+    selection: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything ``metrics.json`` holds (the report and the model card read from it).
+
+    ``selection`` says how the flow weight was chosen (``choose_flow_weight_per_fold``, or a
+    held-out run's ``{"flow_weight": w, "chosen_on": ...}``). Without it the weight is the best of
+    the sweep on these very predictions, and the summary says so: that figure is optimistic.
+    The immobility, the per-recording rates and the confusion plot use the chosen weight -- what a
+    lab gets from the exported model.
+    """
     k = len(classes)
     rows = sweep_flow_weight(held, k)
     best = best_flow_weight(rows)
     best_row = next(r for r in rows if r["flow_weight"] == best)
+    selection = dict(selection or {})
+    if "weight_per_fold" in selection:  # CV: each fold chose on its validation split
+        chosen = selection["weight_on_pooled_validation"]
+        selection.update(flow_weight=chosen, honest=True)
+    elif "flow_weight" in selection:  # one weight chosen elsewhere (held-out run: on the training videos)
+        chosen = float(selection["flow_weight"])
+        r = next(r for r in rows if abs(r["flow_weight"] - chosen) < 1e-9)
+        selection.update(accuracy_mean=r["accuracy_mean"], accuracy_std=r["accuracy_std"], honest=True)
+    else:
+        chosen = best
+        selection = {
+            "chosen_on": "these test predictions (no validation split): the best of 11 weights, slightly optimistic",
+            "flow_weight": best, "accuracy_mean": best_row["accuracy_mean"], "accuracy_std": best_row["accuracy_std"], "honest": False,
+        }  # fmt: skip
+    chosen_row = next(r for r in rows if abs(r["flow_weight"] - chosen) < 1e-9)
+    predicted = held.fused(chosen).argmax(1)
     immobile_idx = [classes.index(c) for c in immobile]
-    imm = immobility_per_video(held, held.fused(best).argmax(1), immobile_idx, source_names, seconds_per_item) if immobile_idx else []
+    imm = _immobility_errors(immobility_per_video(held, predicted, immobile_idx, source_names, seconds_per_item)) if immobile_idx else []
+    rates = prediction_rates(held, predicted, classes, source_names)
     return {
         "classes": list(classes),
         "immobile_classes": list(immobile),
@@ -295,23 +533,33 @@ def summarize(held: HeldOut, classes: Sequence[str], immobile: Sequence[str], so
         "class_counts": np.bincount(held.labels, minlength=k).tolist(),
         "best_flow_weight": best,
         "accuracy_at_best": {"mean": best_row["accuracy_mean"], "std": best_row["accuracy_std"]},
+        "flow_weight": chosen,
+        "flow_weight_selection": selection,
         "majority_baseline": majority_baseline(held.labels, held.fold, k),
         "accuracy_by_flow_weight": rows,
-        "per_class_at_best": {
-            c: {"precision": best_row["precision"][i], "recall": best_row["recall"][i], "f1": best_row["f1"][i], "support": best_row["support"][i]} for i, c in enumerate(classes)
-        },
+        "per_class_at_best": _per_class(best_row, classes),
+        "per_class_at_chosen": _per_class(chosen_row, classes),
         "immobility_per_video": imm,
+        "prediction_rates": rates,
+        "near_constant_recordings": [r["recording"] for r in rates if r["near_constant"]],
     }
+
+
+def _per_class(row: dict[str, Any], classes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    return {c: {"precision": row["precision"][i], "recall": row["recall"][i], "f1": row["f1"][i], "support": row["support"][i]} for i, c in enumerate(classes)}
 
 
 def write_results(out: Path, summary: dict[str, Any], held: HeldOut, *, title: str = "") -> list[Path]:
     """metrics.json, the CSV tables, predictions.npz, the plots and the one-page report."""
-    from export.report import ACCURACY_PLOT, CONFUSION_PLOT, plot_accuracy_vs_flow_weight, plot_confusion_matrix, write_report
+    from export.report import (
+        ACCURACY_PLOT, CONFUSION_PLOT, GROUP_PLOT, RATES_PLOT, plot_accuracy_by_group, plot_accuracy_vs_flow_weight,
+        plot_confusion_matrix, plot_prediction_rates, write_report,
+    )  # fmt: skip
 
     out.mkdir(parents=True, exist_ok=True)
     classes = summary["classes"]
     rows = summary["accuracy_by_flow_weight"]
-    (out / METRICS_NAME).write_text(json.dumps(summary, indent=1) + "\n")
+    _atomic_write_text(out / METRICS_NAME, json.dumps(summary, indent=1) + "\n")
     held.save(out / PREDICTIONS_NAME)
     _write_csv(out / "accuracy_by_flow_weight.csv", ["flow_weight", "accuracy_mean", "accuracy_std", "accuracy_pooled", "macro_f1"], [[r[c] for c in ("flow_weight", "accuracy_mean", "accuracy_std", "accuracy_pooled", "macro_f1")] for r in rows])
     _write_csv(out / "per_class.csv", ["flow_weight", "class", "precision", "recall", "f1", "support"], [[r["flow_weight"], c, r["precision"][i], r["recall"][i], r["f1"][i], r["support"][i]] for r in rows for i, c in enumerate(classes)])
@@ -319,25 +567,54 @@ def write_results(out: Path, summary: dict[str, Any], held: HeldOut, *, title: s
     imm = summary["immobility_per_video"]
     if imm:
         _write_csv(out / "immobility.csv", list(imm[0]), [list(v.values()) for v in imm])
-    best = summary["best_flow_weight"]
-    best_row = next(r for r in rows if r["flow_weight"] == best)
+    rates = summary["prediction_rates"]
+    _write_csv(
+        out / "prediction_rates.csv",
+        ["recording", "clips", *[f"annotated_{c}" for c in classes], *[f"predicted_{c}" for c in classes], "rate_distance", "accuracy", "near_constant"],
+        [[r["recording"], r["clips"], *r["annotated"].values(), *r["predicted"].values(), r["rate_distance"], r["accuracy"], r["near_constant"]] for r in rates],
+    )
+    chosen = summary["flow_weight"]
+    chosen_row = next(r for r in rows if abs(r["flow_weight"] - chosen) < 1e-9)
     images = [
         plot_accuracy_vs_flow_weight(
             [r["flow_weight"] for r in rows], [r["accuracy_mean"] for r in rows], [r["accuracy_std"] for r in rows], out / ACCURACY_PLOT,
-            baseline=summary["majority_baseline"]["accuracy_mean"], best_weight=best, title=title or "Fused accuracy vs flow weight",
+            baseline=summary["majority_baseline"]["accuracy_mean"], best_weight=summary["best_flow_weight"], chosen_weight=chosen,
+            title=title or "Fused accuracy vs flow weight",
         ),
-        plot_confusion_matrix(np.array(best_row["confusion"]), classes, out / CONFUSION_PLOT, title=f"Held-out confusion matrix, flow weight {best:.1f}"),
+        plot_confusion_matrix(np.array(chosen_row["confusion"]), classes, out / CONFUSION_PLOT, title=f"Held-out confusion matrix, flow weight {chosen:.1f}"),
     ]  # fmt: skip
+    heldout = summary.get("heldout")
+    if heldout:
+        groups = heldout["groups"]
+        _write_csv(
+            out / "heldout_groups.csv",
+            ["group", "recordings", "clips", "accuracy", "accuracy_recording_mean", "accuracy_recording_std", "immobile_abs_error_pct_mean"],
+            [[g["group"], len(g["recordings"]), g["clips"], g["accuracy"], g["accuracy_recording_mean"], g["accuracy_recording_std"], g["immobile_abs_error_pct_mean"]] for g in groups],
+        )
+        images.append(plot_accuracy_by_group(
+            [g["group"] for g in groups], [g["accuracy"] for g in groups], [g["accuracy_recording_std"] for g in groups], out / GROUP_PLOT,
+            baseline=summary["majority_baseline"]["accuracy_mean"], title=f"Accuracy per held-out group (w = {chosen:.1f})",
+        ))  # fmt: skip
+    images.append(plot_prediction_rates(rates, classes, out / RATES_PLOT, title=f"Per recording: annotated vs predicted class rates (w = {chosen:.1f})"))
     html_path, md_path = write_report(out, summary, images)
     return [out / METRICS_NAME, html_path, md_path, *images]
 
 
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Readers never see half a file (a crash mid-write leaves the previous version)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    with path.open("w", newline="") as fh:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         for row in rows:
-            w.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+            w.writerow(["" if v is None else f"{v:.6g}" if isinstance(v, float) else v for v in row])
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,14 +624,22 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]])
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="export-evaluate",
-        description="k-fold cross-validation of the two-stream model, flow-weight sweep 0.0..1.0 on held-out predictions, report.",
-        epilog="Example: export-evaluate --videos demo/synth_side.mp4 --folds 10 --out runs/eval --export-model models/my-side",
+        description="Cross-validation (k folds inside --videos) and/or a held-out test (train on --videos, test on --test-videos): "
+        "flow-weight sweep 0.0..1.0, the weight chosen on validation clips, per-group and per-recording figures, report.",
+        epilog="Examples: export-evaluate --videos demo/synth_side.mp4 --folds 10 --out runs/eval --export-model models/my-side\n"
+        "          export-evaluate --videos train/*.mp4 --test-videos heldout/*.mp4 --out runs/transfer",
     )
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json, CSV tables, plots and report.html")
     p.add_argument("--work-dir", type=Path, help="per-fold checkpoints and held-out predictions (default: OUT/folds); rerunning resumes")
-    p.add_argument("--folds", type=int, default=10, help="number of cross-validation folds (default: 10)")
-    p.add_argument("--split-by", choices=("segments", "videos", "arenas"), default="segments", help="fold by contiguous stretches of each video, whole video files, or whole arenas (animals) (default: segments)")
-    p.add_argument("--export-model", type=Path, metavar="DIR", help="then train on all data and write the model with the best flow weight in its card")
+    p.add_argument("--folds", type=int, help=f"number of cross-validation folds inside --videos (default: {DEFAULT_FOLDS}; with --test-videos: 0 = no CV, one model on all --videos)")
+    p.add_argument("--split-by", choices=SPLIT_CHOICES, default="auto",
+                   help="fold by whole video files, whole arenas (animals), or contiguous stretches of each recording; auto = videos if there "
+                   "are >= --folds of them, else arenas, else segments with a warning (neighbouring seconds leak) (default: auto)")  # fmt: skip
+    p.add_argument("--test-videos", nargs="+", type=Path, metavar="VIDEO", help="held-out annotated videos: train on --videos, test on these, grouped by held-out simulator families")
+    p.add_argument("--test-labels", nargs="+", type=Path, metavar="FILE", help="label file per test video, same order (default: next to the video, as for --videos)")
+    p.add_argument("--test-arenas", nargs="+", type=Path, metavar="JSON", help="arenas file per test video, same order (default: VIDEO stem + .arenas.json if present)")
+    p.add_argument("--export-model", type=Path, metavar="DIR", help="write a model with the chosen flow weight and these figures in its card "
+                   "(CV: trained on all --videos; with --test-videos: the very model that was tested)")  # fmt: skip
     p.add_argument("--name", help="model name for the card and report (default: --export-model folder name)")
     p.add_argument("--half", action="store_true", help="exported model stores float16 weights (half the size)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each fold's checkpoint.pt/best.pt after its predictions are saved")
@@ -362,6 +647,49 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_data_arguments(p)
     tr.add_training_arguments(p)
     return p
+
+
+def resolve_split(ds, folds: int, split_by: str) -> str:
+    """``auto``: whole videos when there are enough of them, else whole arenas, else segments (warned)."""
+    if split_by != "auto":
+        if split_by == "segments":
+            log.warning(SEGMENT_LEAK_WARNING)
+        return split_by
+    if len({str(src.video_path) for src in ds.sources}) >= folds:
+        return "videos"
+    if len(ds.sources) >= folds:
+        return "arenas"
+    log.warning("only %d recording(s) for %d folds: splitting by segments. %s", len(ds.sources), folds, SEGMENT_LEAK_WARNING)
+    return "segments"
+
+
+def _test_namespace(args: argparse.Namespace) -> argparse.Namespace:
+    """The data arguments of the held-out videos (everything else as for the training videos)."""
+    return argparse.Namespace(**{**vars(args), "videos": args.test_videos, "labels": args.test_labels, "arenas": args.test_arenas, "jhuang": None})
+
+
+def _test_groups(args: argparse.Namespace, test_ds) -> tuple[list[str], np.ndarray]:
+    """Held-out group names and the group index of every test source."""
+    arenas = tr._pair_up(args.test_videos, args.test_arenas, "--test-arenas")
+    by_video = {Path(v).resolve(): read_heldout_group(a or tr._sibling(Path(v), (tr.ARENAS_SUFFIX,)), Path(v)) for v, a in zip(args.test_videos, arenas)}
+    per_source = [by_video[src.video_path.resolve()] for src in test_ds.sources]
+    names = sorted(set(per_source))
+    return names, np.array([names.index(g) for g in per_source], dtype=np.int64)
+
+
+def _train_on_all(ds, args: argparse.Namespace, config: tr.TrainConfig, num_classes: int, run_dir: Path):
+    """One model on all of ``ds`` (its own --val-folds split for early stopping and the flow weight)."""
+    train_idx, val_idx = tr.split_validation(ds, np.arange(len(ds)), args.val_folds)
+    tr.seed_everything(config.seed)
+    model, init_text = tr.build_model(args.init, num_classes=num_classes, dropout_keep_prob=config.dropout_keep_prob)
+    t0 = time.monotonic()
+    result = tr.train(model, Subset(ds.with_augment(not args.no_augment), train_idx), Subset(ds, val_idx) if val_idx.size else None,
+                      config, run_dir, num_classes=num_classes, resume=True)  # fmt: skip
+    return model, init_text, result, train_idx, val_idx, time.monotonic() - t0
+
+
+def _source_names(ds) -> list[str]:
+    return [src.name for src in ds.sources]
 
 
 @cli_main("export-evaluate")
@@ -372,76 +700,178 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.folds < 2:
-        raise UserError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
+    held_out_mode = bool(args.test_videos)
+    if held_out_mode and args.jhuang:
+        raise UserError("--test-videos: train on --videos, not --jhuang")
+    folds = args.folds if args.folds is not None else (0 if held_out_mode else DEFAULT_FOLDS)
+    if folds < (0 if held_out_mode else 2) or folds == 1:
+        raise UserError(f"--folds {folds}: cross-validation needs at least 2 folds" + (" (0 = none)" if held_out_mode else ""))
     t_start = time.monotonic()
     config = tr.config_from_args(args)
     classes, immobile = tr.classes_from_args(args)
     ds, spec = tr.dataset_from_args(args, classes)
-    folds = make_folds(ds, args.folds, args.split_by)
+    test_ds = test_spec = None
+    if held_out_mode:  # built before any training: a bad test file fails in seconds, not after hours
+        test_ds, test_spec = tr.dataset_from_args(_test_namespace(args), classes)
+        if abs(test_spec.fps - spec.fps) > 1e-6:
+            raise UserError(f"--test-videos run at {test_spec.fps:g} model fps but --videos at {spec.fps:g}; use one --fps")
     work_dir = args.work_dir or args.out / "folds"
-    held, fold_info = cross_validate(ds, folds, init=args.init, config=config, val_folds=args.val_folds, work_dir=work_dir, augment=not args.no_augment, keep_checkpoints=args.keep_checkpoints)
-
-    names = [src.name for src in ds.sources]
-    seconds_per_item = [args.frame_step / (spec.fps * spec.stride)] * len(ds.sources)  # items are every frame_step-th video frame
-    summary = summarize(held, classes, immobile, names, seconds_per_item, split_by=args.split_by, folds=args.folds)
     name = args.name or (args.export_model.name if args.export_model else "model")
-    cv_time = time.monotonic() - t_start
+    k = len(classes)
+
+    cv_summary, cv_time = None, 0.0
+    if folds:
+        split_by = resolve_split(ds, folds, args.split_by)
+        fold_list = make_folds(ds, folds, split_by)
+        held, fold_info = cross_validate(ds, fold_list, init=args.init, config=config, val_folds=args.val_folds, work_dir=work_dir,
+                                         augment=not args.no_augment, keep_checkpoints=args.keep_checkpoints)  # fmt: skip
+        validation = collect_validation(work_dir, folds)
+        selection = choose_flow_weight_per_fold(validation, held, k) if validation is not None else None
+        seconds_per_item = [args.frame_step / (spec.fps * spec.stride)] * len(ds.sources)  # items are every frame_step-th frame
+        cv_summary = summarize(held, classes, immobile, _source_names(ds), seconds_per_item, split_by=split_by, folds=folds, selection=selection)
+        cv_summary["fold_runs"] = fold_info
+        cv_time = time.monotonic() - t_start
+
+    facts = {
+        "input": f"{spec.size_px} px, {spec.fps:g} fps, 16-frame clips, TV-L1 preset {args.flow_preset}",
+        "init": args.init,
+        "training": f"{config.optimizer} lr {config.lr:g} -> {config.lr_floor:g} (cosine), {config.epochs} epochs x {config.clips_per_epoch or 'all'} clips, batch {config.batch_size}, balance {config.balance}",
+    }
+    if folds:
+        facts["cross-validation time"] = f"{cv_time / 60:.1f} min"
+    final = None
+    if held_out_mode:
+        model, init_text, result, train_idx, val_idx, train_s = _train_on_all(ds, args, config, k, work_dir / "final")
+        final = (model, init_text, result, train_idx, val_idx, train_s)
+        if val_idx.size:
+            val = _held_out_of(tr.predict_streams(model, Subset(ds, val_idx), batch_size=config.batch_size, device=config.device), ds.items[val_idx], 0)
+            selection = {"flow_weight": best_flow_weight(sweep_flow_weight(val, k)), "chosen_on": "the validation split of the training videos"}
+        elif cv_summary is not None and cv_summary["flow_weight_selection"]["honest"]:
+            selection = {"flow_weight": cv_summary["flow_weight"], "chosen_on": "the validation splits of the cross-validation inside the training videos"}
+        else:
+            selection = None  # chosen on the test predictions; summarize says so
+        group_names, group_of_source = _test_groups(args, test_ds)
+        t0 = time.monotonic()
+        pred = tr.predict_streams(model, test_ds, batch_size=config.batch_size, device=config.device)
+        items = test_ds.items
+        test_held = _held_out_of(pred, items, group_of_source[items[:, 0]])
+        test_held.save(work_dir / TEST_PREDICTIONS_NAME)
+        names = _source_names(test_ds)
+        seconds_per_item = [args.frame_step / (test_spec.fps * test_spec.stride)] * len(test_ds.sources)
+        summary = summarize(test_held, classes, immobile, names, seconds_per_item, split_by="held-out groups", folds=len(group_names), selection=selection)
+        summary["heldout"] = heldout_groups(test_held, summary["flow_weight"], classes, immobile, names, seconds_per_item, group_names)
+        summary["majority_baseline"] = _training_majority(ds.labels, test_held, k)
+        summary["mode"] = "held-out"
+        summary["train_videos"] = [Path(v).name for v in spec.videos]
+        summary["test_videos"] = [Path(v).name for v in test_spec.videos]
+        summary["train_clips"], summary["val_clips"] = int(len(train_idx)), int(len(val_idx))
+        if cv_summary is not None:
+            summary["cross_validation"] = {key: cv_summary[key] for key in ("folds", "split_by", "num_clips", "best_flow_weight", "accuracy_at_best", "flow_weight", "flow_weight_selection", "majority_baseline")}
+        facts["training on all --videos"] = f"{train_s / 60:.1f} min, {len(train_idx)} train / {len(val_idx)} validation clips; test {time.monotonic() - t0:.0f} s"
+        title = f"{name}: fused accuracy on held-out videos vs flow weight (spread over {len(group_names)} groups)"
+    else:
+        summary = cv_summary
+        summary["mode"] = "cross-validation"
+        title = f"{name}: fused accuracy vs flow weight ({folds}-fold CV)"
+    data_videos = spec.videos + (test_spec.videos if test_spec else [])
+    synthetic = spec.synthetic and (test_spec.synthetic if test_spec else True)
     summary.update(
         {
             "name": name,
-            "data": ("SYNTHETIC simulator videos: " if spec.synthetic else "") + ", ".join(Path(v).name for v in spec.videos),
-            "note": "Trained and evaluated on synthetic simulator video, not real mice." if spec.synthetic else "",
-            "facts": {
-                "input": f"{spec.size_px} px, {spec.fps:g} fps, 16-frame clips, TV-L1 preset {args.flow_preset}",
-                "init": args.init,
-                "training per fold": f"{config.optimizer} lr {config.lr:g} -> {config.lr_floor:g} (cosine), {config.epochs} epochs x {config.clips_per_epoch or 'all'} clips, batch {config.batch_size}, balance {config.balance}",
-                "cross-validation time": f"{cv_time / 60:.1f} min",
-            },
-            "fold_runs": fold_info,
+            "data": ("SYNTHETIC simulator videos: " if synthetic else "") + ", ".join(Path(v).name for v in data_videos),
+            "note": "Trained and evaluated on synthetic simulator video, not real mice." if synthetic else "",
+            "facts": facts,
             "train_config": dataclasses.asdict(config),
             "cv_time_s": round(cv_time, 1),
         }
     )
-    written = write_results(args.out, summary, held, title=f"{name}: fused accuracy vs flow weight ({args.folds}-fold CV)")
-    best = summary["best_flow_weight"]
-    rows = {r["flow_weight"]: r for r in summary["accuracy_by_flow_weight"]}
-    base = summary["majority_baseline"]
-    print("flow_weight  accuracy (mean +- std over folds)")
-    for w, r in rows.items():
-        print(f"   {w:.1f}      {r['accuracy_mean']:.3f} +- {r['accuracy_std']:.3f}{'   <- best' if w == best else ''}")
-    print(f"majority-class baseline {base['accuracy_mean']:.3f} +- {base['accuracy_std']:.3f}")
+    written = write_results(args.out, summary, test_held if held_out_mode else held, title=title)
+    _print_summary(summary)
     print(f"export-evaluate: wrote {', '.join(str(p) for p in written[:2])} and more in {args.out}")
 
     if args.export_model:
-        train_idx, val_idx = tr.split_validation(ds, np.arange(len(ds)), args.val_folds)
-        tr.seed_everything(config.seed)
-        model, init_text = tr.build_model(args.init, num_classes=len(classes), dropout_keep_prob=config.dropout_keep_prob)
-        model.flow_weight = best
-        t0 = time.monotonic()
-        final_dir = work_dir / "final"
-        result = tr.train(model, Subset(ds.with_augment(not args.no_augment), train_idx), Subset(ds, val_idx) if val_idx.size else None, config, final_dir, num_classes=len(classes), resume=True)
-        metrics = {
-            "cv": f"{args.folds}-fold by {args.split_by}, held-out clips {summary['num_clips']}",
-            "fused_accuracy_mean": rows[best]["accuracy_mean"],
-            "fused_accuracy_std": rows[best]["accuracy_std"],
-            "rgb_only_accuracy_mean": rows[0.0]["accuracy_mean"],
-            "flow_only_accuracy_mean": rows[1.0]["accuracy_mean"],
-            "majority_baseline_accuracy_mean": base["accuracy_mean"],
-            "macro_f1": rows[best]["macro_f1"],
-            "per_class": summary["per_class_at_best"],
-            "accuracy_by_flow_weight": {f"{w:.1f}": [round(r["accuracy_mean"], 4), round(r["accuracy_std"], 4)] for w, r in rows.items()},
-            "immobility_per_video": summary["immobility_per_video"],
-        }
+        if final is None:
+            final = _train_on_all(ds, args, config, k, work_dir / "final")
+        model, init_text, result, train_idx, val_idx, train_s = final
+        weight = summary["flow_weight"]
+        model.flow_weight = weight
         card = tr.make_card(
             name=name, view=args.view, spec=spec, immobile=immobile, flow_config=dataclasses.asdict(ds.flow_config), init_text=init_text,
-            config=config, result=result, flow_weight=best, step="target (annotated videos)", metrics=metrics,
-            extra={"train_clips": int(len(train_idx)), "val_clips": int(len(val_idx)), "train_time_s": round(time.monotonic() - t0, 1), "cv_time_s": summary["cv_time_s"]},
+            config=config, result=result, flow_weight=weight, step="target (annotated videos)", metrics=card_metrics(summary),
+            extra={"train_clips": int(len(train_idx)), "val_clips": int(len(val_idx)), "train_time_s": round(train_s, 1), "cv_time_s": summary["cv_time_s"]},
         )  # fmt: skip
         model.to("cpu")
         save_model(model, card, args.export_model, half=args.half)
-        curves = plot_training_curves(result.history, args.out / TRAINING_PLOT, title=f"{name}: final training on all data")
+        curves = plot_training_curves(result.history, args.out / TRAINING_PLOT, title=f"{name}: training on all --videos")
         write_report(args.out, summary, [*written[3:], curves])
         size_mb = (args.export_model / card.weights_file).stat().st_size / 1e6
-        print(f"export-evaluate: wrote model {args.export_model} (flow_weight {best:.1f}, {size_mb:.1f} MB)")
+        print(f"export-evaluate: wrote model {args.export_model} (flow_weight {weight:.1f}, {size_mb:.1f} MB)")
     return 0
+
+
+def _training_majority(train_labels: np.ndarray, test: HeldOut, num_classes: int) -> dict[str, Any]:
+    """Always answering the training videos' most frequent class, scored per held-out group."""
+    m = int(np.bincount(train_labels, minlength=num_classes).argmax())
+    accs = np.array([np.mean(test.labels[test.fold == g] == m) for g in np.unique(test.fold)])
+    mean, std = _mean_std(accs)
+    return {"accuracy_mean": mean, "accuracy_std": std, "accuracy_per_fold": accs.tolist(), "majority_class_per_fold": [m] * len(accs)}
+
+
+def card_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The figures a model card carries: the chosen weight's accuracy and how it was chosen, and for a
+    held-out run the per-group accuracy, confusion and immobility error with their spread."""
+    rows = {r["flow_weight"]: r for r in summary["accuracy_by_flow_weight"]}
+    sel = summary["flow_weight_selection"]
+    metrics: dict[str, Any] = {
+        "evaluation": summary["mode"],
+        "fused_accuracy_mean": sel["accuracy_mean"],
+        "fused_accuracy_std": sel["accuracy_std"],
+        "flow_weight_chosen_on": sel["chosen_on"],
+        "rgb_only_accuracy_mean": rows[0.0]["accuracy_mean"],
+        "flow_only_accuracy_mean": rows[1.0]["accuracy_mean"],
+        "majority_baseline_accuracy_mean": summary["majority_baseline"]["accuracy_mean"],
+        "macro_f1": rows[summary["flow_weight"]]["macro_f1"],
+        "per_class": summary["per_class_at_chosen"],
+        "accuracy_by_flow_weight": {f"{w:.1f}": [round(r["accuracy_mean"], 4), round(r["accuracy_std"], 4)] for w, r in rows.items()},
+        "immobility_per_video": summary["immobility_per_video"],
+        "near_constant_recordings": summary["near_constant_recordings"],
+    }
+    if summary["mode"] == "cross-validation":
+        metrics["cv"] = f"{summary['folds']}-fold by {summary['split_by']}, held-out clips {summary['num_clips']}"
+    heldout = summary.get("heldout")
+    if heldout:
+        metrics["heldout"] = {
+            "test_videos": summary["test_videos"],
+            "clips": summary["num_clips"],
+            "spread": heldout["spread"],
+            "groups": {
+                g["group"]: {"accuracy": g["accuracy"], "clips": g["clips"], "confusion": g["confusion"], "immobile_abs_error_pct_mean": g["immobile_abs_error_pct_mean"],
+                             "immobility": [{key: r[key] for key in ("video", "annotated_s", "predicted_s", "error_s", "error_pct")} for r in g["immobility"]]}
+                for g in heldout["groups"]
+            },
+        }  # fmt: skip
+        if "cross_validation" in summary:
+            cv = summary["cross_validation"]
+            metrics["cv"] = f"{cv['folds']}-fold by {cv['split_by']} inside the training videos: {cv['flow_weight_selection']['accuracy_mean']:.4f} at w {cv['flow_weight']:.1f}"
+    return metrics
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    rows = summary["accuracy_by_flow_weight"]
+    chosen, best = summary["flow_weight"], summary["best_flow_weight"]
+    spread = "groups" if summary["mode"] == "held-out" else "folds"
+    print(f"flow_weight  accuracy (mean +- std over {spread})")
+    for r in rows:
+        w = r["flow_weight"]
+        tag = "   <- chosen" if w == chosen else ""
+        tag += "   <- best on these predictions" if w == best and w != chosen else ""
+        print(f"   {w:.1f}      {r['accuracy_mean']:.3f} +- {r['accuracy_std']:.3f}{tag}")
+    sel = summary["flow_weight_selection"]
+    print(f"chosen weight {chosen:.1f} (on {sel['chosen_on']}): {sel['accuracy_mean']:.3f} +- {sel['accuracy_std']:.3f}")
+    base = summary["majority_baseline"]
+    print(f"majority-class baseline {base['accuracy_mean']:.3f} +- {base['accuracy_std']:.3f}")
+    for g in summary.get("heldout", {}).get("groups", []):
+        err = g["immobile_abs_error_pct_mean"]
+        print(f"held-out group {g['group']}: accuracy {g['accuracy']:.3f} on {g['clips']} clips" + (f", immobile time off by {err:.1f} % (mean |error|)" if err is not None else ""))
+    for rec in summary["near_constant_recordings"]:
+        print(f"WARNING: {rec}: one class predicted for nearly every clip while the annotations are mixed (the model may have learned the recording)")

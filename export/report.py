@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,11 @@ __all__ = [
     "TRAINING_PLOT",
     "REPORT_HTML",
     "REPORT_MD",
+    "GROUP_PLOT",
+    "RATES_PLOT",
+    "plot_accuracy_by_group",
     "plot_accuracy_vs_flow_weight",
+    "plot_prediction_rates",
     "plot_confusion_matrix",
     "plot_training_curves",
     "write_report",
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 ACCURACY_PLOT = "accuracy_vs_flow_weight.png"
 CONFUSION_PLOT = "confusion_best.png"
 TRAINING_PLOT = "training_curves.png"
+GROUP_PLOT = "accuracy_by_heldout_group.png"
+RATES_PLOT = "prediction_rates.png"
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 FIGURE_DPI = 110  # sharp enough to read on a laptop, small enough (~30-60 kB) to keep in git
@@ -55,15 +62,22 @@ def plot_accuracy_vs_flow_weight(
     *,
     baseline: float | None = None,
     best_weight: float | None = None,
+    chosen_weight: float | None = None,
     title: str = "Fused accuracy vs flow weight",
 ) -> Path:
-    """Mean held-out accuracy per fusion weight with +-1 std error bars over folds."""
+    """Mean held-out accuracy per fusion weight with +-1 std error bars over folds (the full sweep).
+
+    ``best_weight`` is the sweep's maximum (chosen on these predictions: optimistic); ``chosen_weight``
+    the one picked on validation clips, drawn when it differs.
+    """
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.errorbar(weights, mean, yerr=std, fmt="o-", capsize=3, color="tab:blue", label="fused (mean +- std over folds)")
     if baseline is not None:
         ax.axhline(baseline, color="tab:grey", linestyle="--", label=f"majority class ({baseline:.2f})")
     if best_weight is not None:
-        ax.axvline(best_weight, color="tab:red", linestyle=":", label=f"best w = {best_weight:.1f}")
+        ax.axvline(best_weight, color="tab:red", linestyle=":", label=f"best on these predictions w = {best_weight:.1f}")
+    if chosen_weight is not None and (best_weight is None or abs(chosen_weight - best_weight) > 1e-9):
+        ax.axvline(chosen_weight, color="tab:green", linestyle="-.", label=f"chosen on validation w = {chosen_weight:.1f}")
     ax.set_xlabel("flow weight w   (p = w p_flow + (1 - w) p_rgb)")
     ax.set_ylabel("accuracy")
     ax.set_xlim(-0.05, 1.05)
@@ -92,6 +106,54 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
     ax.set_ylabel("annotated")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of row")
+    return _save(fig, path)
+
+
+def plot_accuracy_by_group(
+    groups: Sequence[str], accuracy: Sequence[float], std: Sequence[float], path: Path, *, baseline: float | None = None, title: str = "Accuracy per held-out group"
+) -> Path:
+    """Per-frame accuracy per held-out group; error bars = std over the group's recordings."""
+    n = len(groups)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * n + 2.0), 3.8))
+    x = np.arange(n)
+    ax.bar(x, accuracy, yerr=std, capsize=4, color="tab:blue", alpha=0.8, label="accuracy (+- std over recordings)")
+    for i, a in enumerate(accuracy):
+        ax.text(i, min(a + 0.03, 0.98), f"{a:.2f}", ha="center", fontsize=8)
+    if n:
+        ax.axhline(float(np.mean(accuracy)), color="tab:red", linestyle=":", label=f"mean over groups ({np.mean(accuracy):.2f})")
+    if baseline is not None:
+        ax.axhline(baseline, color="tab:grey", linestyle="--", label=f"majority class ({baseline:.2f})")
+    ax.set_xticks(x, list(groups), rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("per-frame accuracy")
+    ax.set_ylim(0.0, 1.05)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_prediction_rates(rates: Sequence[dict[str, Any]], classes: Sequence[str], path: Path, *, title: str = "Annotated vs predicted class rates") -> Path:
+    """Per recording, two stacked bars: the annotated class mix (A) and the predicted one (P).
+
+    A model that learned the recording instead of the behaviour shows as a one-colour P bar next
+    to a mixed A bar (those recordings are marked with !).
+    """
+    n = len(rates)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * n + 2.5), 3.8))
+    colours = plt.get_cmap("tab10").colors
+    for i, r in enumerate(rates):
+        for j, key in enumerate(("annotated", "predicted")):
+            bottom = 0.0
+            for c_idx, c in enumerate(classes):
+                v = r[key][c]
+                ax.bar(i + (j - 0.5) * 0.4, v, width=0.38, bottom=bottom, color=colours[c_idx % 10], label=c if i == 0 and j == 0 else None)
+                bottom += v
+            ax.text(i + (j - 0.5) * 0.4, 1.01, "AP"[j] + ("!" if j == 1 and r["near_constant"] else ""), ha="center", fontsize=7)
+    ax.set_xticks(range(n), [r["recording"] for r in rates], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("fraction of clips")
+    ax.set_ylim(0.0, 1.1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
@@ -154,72 +216,118 @@ _CSS = (
 def write_report(out_dir: Path, summary: dict[str, Any], images: Sequence[Path]) -> tuple[Path, Path]:
     """Write ``report.html`` (images embedded) and ``report.md`` (images linked) from an evaluation summary.
 
-    ``summary`` is what ``export-evaluate`` writes to ``metrics.json``.
+    ``summary`` is what ``export-evaluate`` writes to ``metrics.json``: a cross-validation, or a
+    held-out test (``"heldout"``: per-group figures), both with per-recording prediction rates.
     """
     out_dir = Path(out_dir)
     classes = summary["classes"]
     best = summary["best_flow_weight"]
+    chosen = summary.get("flow_weight", best)
+    selection = summary.get("flow_weight_selection", {})
     baseline = summary["majority_baseline"]
     sweep = summary["accuracy_by_flow_weight"]
+    chosen_row = next(r for r in sweep if abs(r["flow_weight"] - chosen) < 1e-9)
     best_row = next(r for r in sweep if abs(r["flow_weight"] - best) < 1e-9)
+    heldout = summary.get("heldout")
+    spread_over = "held-out groups" if heldout else "folds"
 
-    title = f"Cross-validation report: {summary.get('name', 'model')}"
-    facts = [
-        ("data", summary.get("data", "")),
+    kind = "Held-out test report" if heldout else "Cross-validation report"
+    title = f"{kind}: {summary.get('name', 'model')}"
+    facts = [("data", summary.get("data", ""))]
+    if heldout:
+        facts += [("trained on", ", ".join(summary.get("train_videos", []))), ("tested on", ", ".join(summary.get("test_videos", []))),
+                  ("held-out groups", summary["folds"])]  # fmt: skip
+    else:
+        facts.append(("folds", f"{summary['folds']} ({summary['split_by']})"))
+    facts += [
         ("clips (held-out predictions)", summary["num_clips"]),
-        ("folds", f"{summary['folds']} ({summary['split_by']})"),
-        ("best flow weight", f"{best:.1f}"),
-        ("fused accuracy at best weight", f"{best_row['accuracy_mean']:.3f} +- {best_row['accuracy_std']:.3f}"),
+        ("flow weight (chosen on)", f"{chosen:.1f} ({selection.get('chosen_on', 'these predictions')})"),
+        (f"fused accuracy of that choice (mean +- std over {spread_over})", f"{selection.get('accuracy_mean', chosen_row['accuracy_mean']):.3f} +- {selection.get('accuracy_std', chosen_row['accuracy_std']):.3f}"),
+        ("best of the sweep on these predictions (optimistic)", f"w = {best:.1f}: {best_row['accuracy_mean']:.3f} +- {best_row['accuracy_std']:.3f}"),
         ("RGB only (w = 0) / flow only (w = 1)", f"{sweep[0]['accuracy_mean']:.3f} / {sweep[-1]['accuracy_mean']:.3f}"),
         ("majority-class baseline", f"{baseline['accuracy_mean']:.3f} +- {baseline['accuracy_std']:.3f}"),
     ]
+    if heldout:
+        sp = heldout["spread"]
+        facts.append(("accuracy across groups (min .. max)", f"{sp['accuracy_min']:.3f} .. {sp['accuracy_max']:.3f}"))
+        if sp["immobile_abs_error_pct_mean"] is not None:
+            facts.append(("immobile-time error, mean |%| over groups (worst)", f"{sp['immobile_abs_error_pct_mean']:.1f} % ({sp['immobile_abs_error_pct_max']:.1f} %)"))
     facts += [(k, v) for k, v in summary.get("facts", {}).items()]
-    facts_h, facts_md = _table(["", ""], facts)
-    sweep_h, sweep_md = _table(
+    if summary.get("near_constant_recordings"):
+        facts.append(("WARNING: near-constant predictions", ", ".join(summary["near_constant_recordings"])))
+    tables: list[tuple[str, tuple[str, str]]] = [("", _table(["", ""], facts))]
+
+    if "weight_per_fold" in selection:
+        tables.append(("Flow weight chosen inside each fold (on its validation split)", _table(
+            ["fold", "chosen weight", "test accuracy"], list(zip(selection["folds"], [f"{w:.1f}" for w in selection["weight_per_fold"]], selection["accuracy_per_fold"])))))  # fmt: skip
+    if heldout:
+        tables.append((f"Per held-out group at w = {chosen:.1f}", _table(
+            ["group", "recordings", "clips", "accuracy", "recording mean", "recording std", "immobile |error| %"],
+            [(g["group"], len(g["recordings"]), g["clips"], g["accuracy"], g["accuracy_recording_mean"], g["accuracy_recording_std"],
+              "-" if g["immobile_abs_error_pct_mean"] is None else f"{g['immobile_abs_error_pct_mean']:.1f}") for g in heldout["groups"]])))  # fmt: skip
+        for g in heldout["groups"]:
+            tables.append((f"Confusion matrix, group {g['group']} (rows annotated, columns predicted)", _table(
+                ["annotated", *classes], [(c, *g["confusion"][i]) for i, c in enumerate(classes)])))  # fmt: skip
+    tables.append(("Accuracy per flow weight (the full sweep)", _table(
         ["flow weight", "accuracy mean", "accuracy std", "macro F1"],
-        [(f"{r['flow_weight']:.1f}", r["accuracy_mean"], r["accuracy_std"], r["macro_f1"]) for r in sweep],
-    )
-    per_class = summary["per_class_at_best"]
-    cls_h, cls_md = _table(
+        [(f"{r['flow_weight']:.1f}", r["accuracy_mean"], r["accuracy_std"], r["macro_f1"]) for r in sweep])))  # fmt: skip
+    per_class = summary.get("per_class_at_chosen", summary["per_class_at_best"])
+    tables.append((f"Per class at w = {chosen:.1f}", _table(
         ["class", "precision", "recall", "F1", "annotated clips"],
-        [(c, per_class[c]["precision"], per_class[c]["recall"], per_class[c]["f1"], per_class[c]["support"]) for c in classes],
-    )
+        [(c, per_class[c]["precision"], per_class[c]["recall"], per_class[c]["f1"], per_class[c]["support"]) for c in classes])))  # fmt: skip
     imm = summary.get("immobility_per_video", [])
-    imm_h, imm_md = _table(
-        ["video", "annotated s", "predicted s", "annotated %", "predicted %", "error s"],
-        [(v["video"], v["annotated_s"], v["predicted_s"], v["annotated_pct"], v["predicted_pct"], v["predicted_s"] - v["annotated_s"]) for v in imm],
-    )
+    if imm:
+        tables.append((f"Immobility time per video at w = {chosen:.1f}", _table(
+            ["video", "annotated s", "predicted s", "annotated %", "predicted %", "error s", "error %"],
+            [(v["video"], v["annotated_s"], v["predicted_s"], v["annotated_pct"], v["predicted_pct"], v["predicted_s"] - v["annotated_s"],
+              "-" if v.get("error_pct") is None else f"{v['error_pct']:.1f}") for v in imm])))  # fmt: skip
+    rates = summary.get("prediction_rates", [])
+    if rates:
+        tables.append(("Per recording: predicted vs annotated class rates", _table(
+            ["recording", "clips", *[f"annotated {c}" for c in classes], *[f"predicted {c}" for c in classes], "accuracy", "flag"],
+            [(r["recording"], r["clips"], *(r["annotated"][c] for c in classes), *(r["predicted"][c] for c in classes), r["accuracy"],
+              "NEAR-CONSTANT" if r["near_constant"] else "") for r in rates])))  # fmt: skip
     note = html.escape(summary.get("note", ""))
+    if heldout:
+        closing = ("Every prediction comes from a model that never saw the held-out videos. Groups are the simulator families held out "
+                   "of training (from each video's .arenas.json); a video without that metadata is its own group. ")  # fmt: skip
+    else:
+        closing = "Every prediction comes from the fold model that did not see the clip in training. std is the sample standard deviation over folds. "
+    if selection.get("honest", False):
+        closing += f"The flow weight was chosen on {selection.get('chosen_on')}, never on the test clips; the sweep is shown for reference. "
+    else:
+        closing += "There was no validation split (--val-folds 0): the weight was chosen on the test predictions themselves, so its accuracy is slightly optimistic. "
+    closing += ("A recording flagged NEAR-CONSTANT got one class for nearly all its clips while its annotations are mixed: the model "
+                "recognises the recording (background, light), not the behaviour. Files: metrics.json, *.csv, predictions.npz.")  # fmt: skip
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"]
     parts.append(f"<h1>{html.escape(title)}</h1>")
     if note:
         parts.append(f"<p class='note'>{note}</p>")
-    parts.append(facts_h)
-    for img in images:
-        data = base64.b64encode(Path(img).read_bytes()).decode("ascii")
-        parts.append(f"<img alt='{html.escape(Path(img).stem)}' src='data:image/png;base64,{data}'>")
-    parts += ["<h2>Accuracy per flow weight</h2>", sweep_h, f"<h2>Per class at w = {best:.1f}</h2>", cls_h]
-    if imm:
-        parts += [f"<h2>Immobility time per video at w = {best:.1f}</h2>", imm_h]
-    parts.append(
-        "<p class='note'>Every prediction comes from the fold model that did not see the clip in training. "
-        "std is the sample standard deviation over folds. The best weight is picked on these same held-out "
-        "predictions, so its accuracy is slightly optimistic. Files: metrics.json, accuracy_by_flow_weight.csv, "
-        "per_class.csv, confusion_matrices.csv, immobility.csv, predictions.npz.</p></body></html>"
-    )
-    html_path = out_dir / REPORT_HTML
-    html_path.write_text("\n".join(parts))
-
     md = [f"# {title}\n"]
     if note:
         md.append(f"_{summary.get('note', '')}_\n")
-    md.append(facts_md)
+    heading, (first_h, first_md) = tables[0]
+    parts.append(first_h)
+    md.append(first_md)
+    for img in images:
+        data = base64.b64encode(Path(img).read_bytes()).decode("ascii")
+        parts.append(f"<img alt='{html.escape(Path(img).stem)}' src='data:image/png;base64,{data}'>")
     md += [f"![{Path(img).stem}]({Path(img).name})\n" for img in images]
-    md += ["## Accuracy per flow weight\n", sweep_md, f"## Per class at w = {best:.1f}\n", cls_md]
-    if imm:
-        md += [f"## Immobility time per video at w = {best:.1f}\n", imm_md]
+    for heading, (t_h, t_md) in tables[1:]:
+        parts += [f"<h2>{html.escape(heading)}</h2>", t_h]
+        md += [f"## {heading}\n", t_md]
+    parts.append(f"<p class='note'>{html.escape(closing)}</p></body></html>")
+    md.append(f"_{closing}_\n")
+    html_path = out_dir / REPORT_HTML
     md_path = out_dir / REPORT_MD
-    md_path.write_text("\n".join(md))
+    _atomic_write_text(html_path, "\n".join(parts))
+    _atomic_write_text(md_path, "\n".join(md))
     log.info("report written to %s and %s", html_path, md_path)
     return html_path, md_path
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

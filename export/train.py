@@ -622,7 +622,7 @@ class DataSpec:
     classes: list[str]  # class order = logit order
     size_px: int  # model input size
     fps: float  # model frame rate
-    stride: int  # video frames between clip frames (video fps / model fps)
+    stride: int  # model-rate frames between clip frames (1: videos are resampled to `fps` by timestamp)
     frame_step: int  # a clip is centred on every frame_step-th labelled frame
     synthetic: bool  # True when the videos come from export-synth
 
@@ -638,7 +638,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--classes", help="comma-separated class names in logit order (default: by --view; Jhuang: its 8 behaviours)")
     g.add_argument("--immobile-classes", help="comma-separated classes that count as immobility (default: float for side, immobile for top)")
     g.add_argument("--size-px", type=int, default=112, help="model input size in pixels (default: 112)")
-    g.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"model frame rate; videos are subsampled to it (default: {DEFAULT_FPS:g})")
+    g.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"model frame rate; every video is resampled to it by timestamp, as stream-run does live (default: {DEFAULT_FPS:g})")
     g.add_argument("--frame-step", type=int, default=1, help="centre a clip on every Nth labelled frame (default: 1)")
     g.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="decoded crops and TV-L1 flow cache (default: runs/cache)")
     g.add_argument("--flow-preset", choices=("default", "fast"), default="default", help="TV-L1 settings: OpenCV defaults or FlowConfig.fast() (default: default)")
@@ -779,22 +779,17 @@ def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progr
             arenas = arenas or _sibling(video, (ARENAS_SUFFIX,))
             sources += sources_from_files(video, labels, arenas_json=arenas, classes=classes)
             synthetic.append(arenas is not None and _made_by_synth(arenas))
-    video_fps = {round(_video_fps(s.video_path), 2) for s in sources}
-    if len(video_fps) != 1:
-        raise UserError(f"videos have different frame rates {sorted(video_fps)}; convert them to one rate first")
-    (fps,) = video_fps
-    if fps <= 0:
-        raise UserError(f"{sources[0].video_path}: frame rate unknown; re-encode the video with a frame rate")
-    stride = max(1, round(fps / args.fps))
-    if abs(fps / stride - args.fps) > 0.05 * args.fps:
-        raise UserError(f"videos at {fps:g} fps cannot be subsampled to --fps {args.fps:g} by an integer step; pick --fps {fps / max(1, stride):g}")
+    for video in sorted({s.video_path for s in sources}):
+        if _video_fps(video) <= 0:  # labels are per source frame, placed in time by the file's rate
+            raise UserError(f"{video}: frame rate unknown; re-encode the video with a frame rate")
+    # any camera rate: every video is resampled to --fps by timestamp, by the live rule (stream.capture)
     flow_config = FlowConfig.fast() if args.flow_preset == "fast" else FlowConfig()
     ds = ClipDataset(
         sources,
         classes,
         size_px=args.size_px,
         cache_dir=args.cache_dir,
-        stride=stride,
+        fps=args.fps,
         frame_step=args.frame_step,
         flow_config=flow_config,
         progress=sys.stderr.isatty() if progress is None else progress,
@@ -806,8 +801,8 @@ def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progr
         videos=sorted({str(s.video_path) for s in sources}),
         classes=list(classes),
         size_px=args.size_px,
-        fps=fps / stride,
-        stride=stride,
+        fps=args.fps,
+        stride=1,  # clips are consecutive model-rate frames (resampled by timestamp)
         frame_step=args.frame_step,
         synthetic=synthetic,
     )

@@ -165,6 +165,7 @@ class Frame:
     source_timestamp_s: float  # the source frame's own time (file position or wall clock since start)
     captured_monotonic_s: float  # time.monotonic() when the source frame was read (latency origin)
     image: np.ndarray  # (H, W, 3) uint8 BGR
+    source_index: int = -1  # which source frame (0-based read count) this tick shows; training maps labels by it
 
 
 @dataclass(frozen=True)
@@ -468,7 +469,7 @@ class Capture(ServiceThread):
                 except queue.Empty:
                     pass
 
-    def _emit(self, image: np.ndarray, source_s: float, captured_s: float, *, discontinuity: bool = False) -> bool:
+    def _emit(self, image: np.ndarray, source_s: float, captured_s: float, *, discontinuity: bool = False, source_index: int = -1) -> bool:
         """Resample and queue; returns False once max_frames is reached."""
         ticks, gap = self._resampler.push(source_s, discontinuity=discontinuity)
         if gap is not None:
@@ -478,7 +479,7 @@ class Capture(ServiceThread):
             if self.config.max_frames is not None and self.stats.frames >= self.config.max_frames:
                 return False
             self.stats.frames += 1
-            frame = Frame(k, self._resampler.tick_time(k), source_s, captured_s, image)
+            frame = Frame(k, self._resampler.tick_time(k), source_s, captured_s, image, source_index)
             # a frame dropped on a full queue shows up as an index jump: the consumer treats it as a gap
             self._put(frame, droppable=True)
         return True
@@ -501,7 +502,7 @@ class Capture(ServiceThread):
             self._t0 = self._clock() - source_s
         raw_index = 0
         self.stats.source_frames = 1
-        if not self._emit(image, source_s, captured_s):
+        if not self._emit(image, source_s, captured_s, source_index=0):
             self._finish(EndOfStream("max frames"))
             return
         expected_size = image.shape[:2]
@@ -535,7 +536,7 @@ class Capture(ServiceThread):
                 image = cv2.resize(image, (expected_size[1], expected_size[0]), interpolation=cv2.INTER_AREA)
             source_s = self._source_time(cap, raw_index, now)
             self._pace(source_s)
-            if not self._emit(image, source_s, now, discontinuity=reopened):
+            if not self._emit(image, source_s, now, discontinuity=reopened, source_index=raw_index):
                 self._finish(EndOfStream("max frames"))
                 return
             reopened = False

@@ -239,3 +239,89 @@ def test_video_folds_keep_groups_together():
     assert sum(len(f.test) for f in folds) == len(items)
     with pytest.raises(UserError, match="cannot make 5 folds"):
         video_folds(items, 5, groups=groups)
+
+
+# --------------------------------------------------------------------------------------------
+# any camera's frame rate: resampled by timestamp with the live rule
+
+
+def _live_clips(video: Path, rois, fps: float, centers):
+    """What stream-run builds: Capture (FrameResampler) -> crop_resize per arena -> ClipRing."""
+    from stream.capture import Capture, CaptureConfig, EndOfStream, Frame, SourceSpec
+    from stream.preprocess import FUTURE_FRAMES
+    from stream.ring import ClipRing
+
+    ring = ClipRing(len(rois), SIZE, TVL1(CHEAP_FLOW), warm_start=False)  # training computes each pair from scratch
+    capture = Capture(SourceSpec("file", str(video)), CaptureConfig(fps=fps, live=False))
+    capture.open()
+    capture.start()
+    clips, shown, last = {}, [], None
+    try:
+        for item in capture:
+            if isinstance(item, EndOfStream):
+                break
+            if not isinstance(item, Frame):
+                continue
+            ring.push(np.stack([crop_resize(item.image, roi, SIZE) for roi in rois]), item.index)
+            shown.append(item.source_index)
+            last = item.index
+            c = item.index - FUTURE_FRAMES
+            if c in centers:
+                clips[c] = ring.clip(c, item.index)
+    finally:
+        capture.close()
+    for c in centers:  # the last centres: edge-padded at the end of the stream, as Pipeline does
+        if c not in clips:
+            clips[c] = ring.clip(c, last)
+    return clips, shown
+
+
+@pytest.mark.parametrize("source_fps", [25.0, 30.0])
+def test_resampled_clips_equal_the_live_clips(tmp_path, source_fps):
+    r = render_video(SynthConfig(view="side", duration_s=2.0, fps=source_fps, arenas=2, arena_size_px=48, seed=4), tmp_path / "v")
+    n_source = r.num_frames
+    labels = np.arange(n_source) % 3  # a different label on neighbouring source frames: mapping errors show
+    labels[5] = -1
+    rois = [roi for _, roi in load_arenas(r.arenas_json)]
+    sources = [VideoSource(r.video_path, Annotation(SIDE_CLASSES, labels, Path("l.csv"), f"arena{i}", source_fps), roi) for i, roi in enumerate(rois)]
+    ds = ClipDataset(sources, SIDE_CLASSES, size_px=SIZE, cache_dir=tmp_path / "cache", flow_config=CHEAP_FLOW, progress=False, fps=15.0)
+    n = ds.num_frames(0)
+    assert n == 30  # 2 s at 15 fps
+    # the rule by hand: tick k shows the first source frame j with j/fps >= (k - 0.4)/15. At 25 fps every
+    # third tick ties exactly with a source frame ((k - 0.4) * 25/15 is an integer), and the decoder's
+    # timestamps decide by the last bit: either neighbour obeys the rule, the live path must decide the same.
+    expected_shown = ds.shown_source_frames(0).tolist()
+    for k, j in enumerate(expected_shown):
+        due = (k - 0.4) / 15.0
+        assert j / source_fps >= due - 1e-9 and (j == 0 or (j - 1) / source_fps < due + 1e-9), (k, j)
+    assert ds.source_labels(0).tolist() == labels[expected_shown].tolist()
+    assert not np.isin(ds.items[:, 1][ds.items[:, 0] == 0], [k for k in range(n) if expected_shown[k] == 5]).any()  # unlabelled source frame
+    centers = {0, 3, 12, n - 3, n - 1}
+    live, live_shown = _live_clips(r.video_path, rois, 15.0, centers)
+    assert live_shown == expected_shown
+    for c in sorted(centers):
+        live_rgb, live_flow = live[c]
+        for s in range(2):
+            item = np.flatnonzero((ds.items[:, 0] == s) & (ds.items[:, 1] == c))
+            if not item.size:
+                continue
+            rgb, flow, y = ds[int(item[0])]
+            assert int(y) == labels[expected_shown[c]]
+            assert torch.equal(rgb, live_rgb[s]), (c, s)
+            # the cache stores flow as one byte per value: within half a quantisation step of the live float flow
+            np.testing.assert_allclose(flow.numpy(), live_flow[s].numpy(), atol=0.0040, err_msg=f"centre {c} arena {s}")
+            assert np.any(flow.numpy() != 0)
+
+
+def test_train_data_arguments_accept_any_camera_rate(tmp_path):
+    """export-train used to refuse 25 fps video for a 15 fps model ('cannot be subsampled')."""
+    import argparse
+
+    from export import train as tr
+
+    vids = [render_video(SynthConfig(view="side", duration_s=2.0, fps=f, arenas=1, arena_size_px=48, seed=5), tmp_path / f"v{int(f)}").video_path for f in (25.0, 30.0)]
+    args = argparse.Namespace(videos=vids, labels=None, arenas=None, jhuang=None, size_px=32, fps=15.0, frame_step=1,
+                              cache_dir=tmp_path / "cache", flow_preset="fast")  # fmt: skip
+    ds, spec = tr.dataset_from_args(args, SIDE_CLASSES, progress=False)
+    assert (spec.fps, spec.stride) == (15.0, 1)
+    assert [ds.num_frames(s) for s in range(len(ds.sources))] == [30, 30]

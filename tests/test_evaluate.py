@@ -163,3 +163,186 @@ def test_export_evaluate_end_to_end_beats_majority_baseline(synth_side, tmp_path
     assert card.metrics["fused_accuracy_mean"] == pytest.approx(best)
     # a rerun finds every fold's held-out predictions and retrains nothing
     assert ev.main([*argv[:4], *argv[6:]]) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# held-out groups, per-recording rates, the honest flow-weight choice
+
+
+def test_heldout_group_from_simulator_metadata(tmp_path):
+    meta = tmp_path / "r1.arenas.json"
+    meta.write_text(json.dumps({"arenas": [], "randomized": True, "held_out": ["mouse", "background"], "families": {"mouse": {"colour": "white"}}}))
+    assert ev.read_heldout_group(meta, tmp_path / "r1.mp4") == "background+mouse"  # sorted: one name per set of families
+    meta.write_text(json.dumps({"arenas": [], "randomized": True, "held_out": []}))
+    assert ev.read_heldout_group(meta, tmp_path / "r1.mp4") == ev.NOTHING_HELD_OUT
+    meta.write_text(json.dumps({"arenas": []}))  # an arenas file without the metadata: the video is its own group
+    assert ev.read_heldout_group(meta, tmp_path / "lab_mouse7.mp4") == "lab_mouse7.mp4"
+    assert ev.read_heldout_group(None, tmp_path / "lab_mouse7.mp4") == "lab_mouse7.mp4"
+    meta.write_text(json.dumps({"arenas": [], "randomized": True, "held_out": "mouse"}))
+    with pytest.raises(ev.UserError, match="held_out"):
+        ev.read_heldout_group(meta, tmp_path / "r1.mp4")
+
+
+def test_prediction_rates_flag_a_model_that_learned_the_recording():
+    # recording 0: annotated half swim / half float, predicted float throughout -> flagged
+    # recording 1: annotated float throughout, predicted float throughout -> right, not flagged
+    # recording 2: mixed and mostly right -> not flagged
+    labels = np.array([0] * 10 + [2] * 10 + [2] * 20 + [0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    pred = np.array([2] * 20 + [2] * 20 + [0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
+    source = np.array([0] * 20 + [1] * 20 + [2] * 10)
+    held = held_out(one_hot(pred, 3), one_hot(pred, 3), labels, np.zeros(50, int), source)
+    rows = ev.prediction_rates(held, pred, ["swim", "struggle", "float"], ["a", "b", "c"])
+    assert [r["near_constant"] for r in rows] == [True, False, False]
+    assert rows[0]["annotated"] == {"swim": 0.5, "struggle": 0.0, "float": 0.5}
+    assert rows[0]["predicted"] == {"swim": 0.0, "struggle": 0.0, "float": 1.0}
+    assert rows[0]["rate_distance"] == pytest.approx(0.5) and rows[0]["accuracy"] == pytest.approx(0.5)
+    assert rows[2]["accuracy"] == pytest.approx(0.9)
+
+
+def test_heldout_groups_accuracy_confusion_immobility_and_spread():
+    # group 0 ("background"): videos a, b; group 1 ("mouse"): video c. Class 2 = float = immobile.
+    labels = np.array([2, 2, 2, 2, 0, 0, 2, 2, 0, 1, 2, 2])
+    pred = np.array([2, 2, 2, 0, 0, 0, 2, 2, 2, 1, 2, 0])
+    source = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    group = np.array([0] * 8 + [1] * 4)
+    held = held_out(one_hot(pred, 3), one_hot(pred, 3), labels, group, source)
+    out = ev.heldout_groups(held, 0.5, ["swim", "struggle", "float"], ["float"], ["a", "b", "c"], [0.5, 0.5, 0.5], ["background", "mouse"])
+    g0, g1 = out["groups"]
+    assert (g0["group"], g0["clips"], g0["accuracy"]) == ("background", 8, 7 / 8)
+    assert g0["accuracy_per_recording"] == {"a": 0.75, "b": 1.0}
+    assert g0["confusion"] == [[2, 0, 0], [0, 0, 0], [1, 0, 5]]
+    imm_a = g0["immobility"][0]
+    assert (imm_a["annotated_s"], imm_a["predicted_s"], imm_a["error_s"], imm_a["error_pct"]) == (2.0, 1.5, -0.5, -25.0)
+    assert g0["immobility"][1]["error_pct"] == 0.0
+    assert g0["immobile_abs_error_pct_mean"] == pytest.approx(12.5)
+    assert g1["accuracy"] == 0.5 and g1["immobility"][0]["error_pct"] == 0.0  # one float missed, one swim called float
+    sp = out["spread"]
+    assert sp["accuracy_mean"] == pytest.approx((7 / 8 + 0.5) / 2)
+    assert sp["accuracy_std"] == pytest.approx(np.std([7 / 8, 0.5], ddof=1))
+    assert (sp["accuracy_min"], sp["accuracy_max"]) == (0.5, 7 / 8)
+
+
+def test_flow_weight_is_chosen_inside_each_fold_on_validation_clips():
+    # fold 0's validation says trust RGB (w < 0.5), fold 1's says trust flow (w > 0.5). On the test clips
+    # RGB is right in fold 1 and flow in fold 0: the honest choice scores 0 where the sweep's
+    # best-on-test would score 0.5 -- and the summary must report the honest number.
+    n = 20
+    labels = np.arange(n) % 2
+    fold = np.repeat([0, 1], n // 2)
+    wrong = 1 - labels
+    rgb_val = one_hot(np.where(fold == 0, labels, wrong), 2, 0.9)
+    flow_val = one_hot(np.where(fold == 0, wrong, labels), 2, 0.9)
+    val = held_out(rgb_val, flow_val, labels, fold)
+    test = held_out(one_hot(np.where(fold == 0, wrong, labels), 2, 0.9), one_hot(np.where(fold == 0, labels, wrong), 2, 0.9), labels, fold)
+    sel = ev.choose_flow_weight_per_fold(val, test, 2)
+    assert sel["weight_per_fold"] == [0.4, 0.6]  # every w < 0.5 (> 0.5) is perfect on its validation; ties go nearer 0.5
+    assert sel["accuracy_per_fold"] == [0.0, 0.0] and sel["accuracy_mean"] == 0.0
+    summary = ev.summarize(test, ["a", "b"], [], ["v"], [1.0], split_by="videos", folds=2, selection=sel)
+    assert summary["flow_weight_selection"]["honest"] and summary["flow_weight_selection"]["accuracy_mean"] == 0.0
+    assert summary["accuracy_at_best"]["mean"] == pytest.approx(0.5)  # the optimistic sweep maximum, kept for the plot
+    no_val = ev.summarize(test, ["a", "b"], [], ["v"], [1.0], split_by="videos", folds=2)
+    assert not no_val["flow_weight_selection"]["honest"] and "test predictions" in no_val["flow_weight_selection"]["chosen_on"]
+    assert no_val["flow_weight"] == no_val["best_flow_weight"]
+
+
+def test_default_split_is_by_video_then_arena_then_segments_with_a_warning(caplog):
+    from types import SimpleNamespace
+
+    def ds(videos):
+        return SimpleNamespace(sources=[SimpleNamespace(video_path=v) for v in videos])
+
+    assert ev.resolve_split(ds(["a", "b", "c"]), 3, "auto") == "videos"
+    assert ev.resolve_split(ds(["a", "a", "b", "b"]), 3, "auto") == "arenas"
+    with caplog.at_level("WARNING"):
+        assert ev.resolve_split(ds(["a", "a"]), 3, "auto") == "segments"
+    assert "leak" in caplog.text
+    assert ev.resolve_split(ds(["a", "b", "c"]), 3, "segments") == "segments"
+
+
+def test_heldout_results_report_and_card_metrics(tmp_path):
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 90)
+    pred = np.where(rng.random(90) < 0.8, labels, 2)
+    source = np.arange(90) // 30
+    pred[source == 2] = 2  # recording 2 is predicted float throughout
+    group = np.array([0, 0, 1])[source]
+    held = held_out(one_hot(pred, 3), one_hot(labels, 3, 0.4), labels, group, source)
+    names = ["r0.mp4#arena0", "r1.mp4#arena0", "r2.mp4#arena0"]
+    summary = ev.summarize(held, ["swim", "struggle", "float"], ["float"], names, [1 / 15] * 3, split_by="held-out groups", folds=2,
+                           selection={"flow_weight": 0.3, "chosen_on": "the validation split of the training videos"})  # fmt: skip
+    summary["heldout"] = ev.heldout_groups(held, summary["flow_weight"], ["swim", "struggle", "float"], ["float"], names, [1 / 15] * 3, ["background", "background+mouse"])
+    summary.update(mode="held-out", name="toy", test_videos=["r0.mp4", "r1.mp4", "r2.mp4"], train_videos=["t.mp4"])
+    ev.write_results(tmp_path, summary, held)
+    for name in ("heldout_groups.csv", "prediction_rates.csv", "accuracy_by_heldout_group.png", "prediction_rates.png", "report.html", "report.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    page = (tmp_path / "report.md").read_text()
+    assert "background+mouse" in page and "NEAR-CONSTANT" in page and "Held-out test report" in page
+    assert summary["near_constant_recordings"] == ["r2.mp4#arena0"]
+    card = ev.card_metrics(json.loads((tmp_path / "metrics.json").read_text()))
+    assert set(card["heldout"]["groups"]) == {"background", "background+mouse"}
+    assert card["heldout"]["groups"]["background"]["confusion"] == summary["heldout"]["groups"][0]["confusion"]
+    assert card["fused_accuracy_mean"] == pytest.approx(summary["accuracy_by_flow_weight"][3]["accuracy_mean"])
+    assert card["flow_weight_chosen_on"].startswith("the validation split")
+
+
+@pytest.fixture(scope="module")
+def heldout_videos(tmp_path_factory):
+    """One training and two test simulator videos; one test video carries the randomized
+    simulator's metadata (held-out family "mouse"), the other none (its own group)."""
+    from export.synth import SynthConfig, render_video
+
+    out = tmp_path_factory.mktemp("heldout")
+    train = render_video(SynthConfig(view="side", duration_s=40.0, fps=15.0, arenas=2, arena_size_px=48, seed=11), out / "train")
+    tests = [render_video(SynthConfig(view="side", duration_s=20.0, fps=15.0, arenas=1, arena_size_px=48, seed=s), out / f"test{s}") for s in (12, 13)]
+    meta = json.loads(tests[0].arenas_json.read_text())
+    meta.update(randomized=True, held_out=["mouse"], families={"mouse": {"colour": "grey"}})
+    tests[0].arenas_json.write_text(json.dumps(meta))
+    return train, tests
+
+
+@pytest.mark.slow
+def test_export_evaluate_heldout_videos_end_to_end(heldout_videos, tmp_path):
+    from stream.modelfile import load_model
+
+    train, tests = heldout_videos
+    out, model_dir = tmp_path / "eval", tmp_path / "model"
+    argv = [
+        "--videos", str(train.video_path), "--test-videos", *[str(t.video_path) for t in tests], "--out", str(out),
+        "--export-model", str(model_dir), "--cache-dir", str(tmp_path / "cache"), "--size-px", "32", "--frame-step", "5",
+        "--flow-preset", "fast", "--epochs", "2", "--clips-per-epoch", "32", "--batch-size", "8", "--optimizer", "adam",
+        "--lr", "0.001", "--lr-floor", "0.00001", "--val-folds", "4", "--patience", "0", "--bn-recalibration-clips", "16",
+        "--device", "cpu", "--threads", "1",
+    ]  # fmt: skip
+    assert ev.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mode"] == "held-out"
+    groups = {g["group"]: g for g in metrics["heldout"]["groups"]}
+    assert set(groups) == {"mouse", tests[1].video_path.name}
+    n_test = sum(g["clips"] for g in groups.values())
+    assert n_test == metrics["num_clips"] == sum(r["clips"] for r in metrics["prediction_rates"])
+    assert metrics["flow_weight_selection"]["honest"] and "validation split of the training videos" in metrics["flow_weight_selection"]["chosen_on"]
+    for g in groups.values():
+        assert np.sum(g["confusion"]) == g["clips"] and len(g["immobility"]) == 1
+    for name in ("report.html", "accuracy_by_heldout_group.png", "prediction_rates.csv", "heldout_groups.csv", "immobility.csv"):
+        assert (out / name).stat().st_size > 0, name
+    model, card = load_model(model_dir)
+    assert card.flow_weight == metrics["flow_weight"] == model.flow_weight
+    assert set(card.metrics["heldout"]["groups"]) == set(groups)
+    assert card.metrics["heldout"]["spread"]["accuracy_min"] == min(g["accuracy"] for g in groups.values())
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_segment_folds_leave_no_shared_frame_at_any_stride(stride):
+    """A clip at stride s spans 16 * s source frames: no training clip may share a frame with a test clip."""
+    from types import SimpleNamespace
+
+    from stream.preprocess import clip_indices
+
+    frames = np.arange(0, 600)
+    items = np.stack([np.zeros(600, int), frames, (frames // 40) % 3], axis=1)
+    ds = SimpleNamespace(items=items, stride=stride, sources=[SimpleNamespace(video_path="v.mp4")])
+    for fold in ev.make_folds(ds, 4, "segments"):
+        test_frames = set(np.concatenate([clip_indices(int(t), 600, stride) for t in items[fold.test, 1]]).tolist())
+        shared = [t for t in items[fold.train, 1] if test_frames & set(clip_indices(int(t), 600, stride).tolist())]
+        assert not shared, (stride, shared[:5])
+        assert fold.train.size > 0 and fold.test.size > 0

@@ -284,5 +284,5 @@ def test_cli_step1_on_a_jhuang_clip_folder(tmp_path):
     assert tr.main(argv) == 0
     card = load_card(tmp_path / "step1")
     assert card.classes[:3] == ["drink", "eat", "groom"] and len(card.classes) == 8
-    assert card.fps == 15.0 and card.training["video_stride"] == 2  # 30 fps clips subsampled to 15 fps
+    assert card.fps == 15.0 and card.training["video_stride"] == 1  # 30 fps clips resampled to 15 fps by timestamp
     assert card.training["step"].startswith("source") and not card.training["synthetic"]
