@@ -206,7 +206,7 @@ def make_folds(ds, k: int, split_by: str):
     from export.folds import contiguous_folds, video_folds
 
     if split_by == "segments":
-        return contiguous_folds(ds.items, k)
+        return contiguous_folds(ds.items, k, step=ds.stride)
     if split_by == "videos":
         return video_folds(ds.items, k, groups=[str(src.video_path) for src in ds.sources])
     if split_by == "arenas":

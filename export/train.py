@@ -823,7 +823,7 @@ def split_validation(ds, indices: np.ndarray, val_folds: int) -> tuple[np.ndarra
         return indices, indices[:0]
     if val_folds < 2:
         raise UserError(f"--val-folds {val_folds}: use 0 (no validation) or at least 2")
-    fold = contiguous_folds(ds.items[indices], val_folds)[VAL_FOLD_INDEX]
+    fold = contiguous_folds(ds.items[indices], val_folds, step=getattr(ds, "stride", 1))[VAL_FOLD_INDEX]
     return indices[fold.train], indices[fold.test]
 
 
