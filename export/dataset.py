@@ -222,6 +222,61 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def flow_devices(device: str) -> list[str]:
+    """Where to compute cached flow: ``"cuda"`` means EVERY visible GPU (``cuda:0``, ``cuda:1``, ...);
+    ``"cpu"``, ``"cuda:N"`` or a list written ``"cpu,cpu"`` / ``"cuda:0,cuda:2"`` mean those."""
+    if device == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise UserError("flow on cuda: this machine has no CUDA device; use cpu")
+        return [f"cuda:{i}" for i in range(count)]
+    return [d.strip() for d in device.split(",") if d.strip()] or ["cpu"]
+
+
+def flow_codes(
+    grey: np.ndarray,
+    stride: int,
+    flow_config: FlowConfig,
+    devices: Sequence[str],
+    *,
+    batch_pairs: int = FLOW_BATCH_PAIRS,
+    on_batch=None,
+) -> np.ndarray:
+    """``(N, 2, S, S)`` uint8 flow codes of grey frames ``(N, S, S)``: frame ``i - stride`` -> ``i``.
+
+    The pairs are cut into batches of ``batch_pairs`` exactly as one device would run them, and the
+    batches are dealt out in contiguous runs, one run per device, each run in its own thread (the
+    GPU kernels release the GIL). Every batch is the batch a single device computes, so the
+    result does not depend on how many devices there are (bit-identical for devices of one kind).
+    Frames before ``stride`` have no predecessor: zero flow (code 128).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    n, s = grey.shape[0], grey.shape[-1]
+    codes = np.full((n, 2, s, s), 128, dtype=np.uint8)  # 128 = zero flow (first frame(s))
+    pairs = np.arange(stride, n)
+    batches = [pairs[i : i + batch_pairs] for i in range(0, pairs.size, batch_pairs)]
+    runs = np.array_split(np.arange(len(batches)), max(1, min(len(devices), len(batches))))
+
+    def run(device: str, batch_ids: np.ndarray) -> None:
+        tvl1 = TVL1(flow_config, device=device)
+        for b in batch_ids:
+            idx = batches[b]
+            flow = tvl1(grey[idx - stride], grey[idx])  # (B, 2, S, S) px on the device
+            codes[idx] = flow_to_uint8(flow).cpu().numpy()  # quantise on the device: 4x less to copy; disjoint rows per thread
+            if on_batch is not None:
+                on_batch(idx.size)
+
+    if len(runs) <= 1:
+        for ids in runs:
+            run(devices[0], ids)
+        return codes
+    with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="tvl1") as pool:
+        for future in [pool.submit(run, devices[d], ids) for d, ids in enumerate(runs)]:
+            future.result()  # re-raises a device's error here
+    return codes
+
+
 class ClipDataset(Dataset):
     """Clips centred on every labelled frame (every ``frame_step``-th) of every source.
 
@@ -401,25 +456,20 @@ class ClipDataset(Dataset):
                  video, len(shown), self.fps, capture.stats.source_frames, capture.stats.source_fps, len(rois))  # fmt: skip
 
     def _compute_flow(self, frames: np.ndarray, out: Path, name: str) -> None:
+        """TV-L1 of every frame pair of one source into ``out``; the pairs are split over ``flow_devices(self.device)``."""
         from tqdm import tqdm
 
         n, s = frames.shape[0], self.size_px
         grey = np.stack([to_grey(f) for f in frames])
-        codes = np.full((n, 2, s, s), 128, dtype=np.uint8)  # 128 = zero flow (first frame(s))
-        tvl1 = TVL1(self.flow_config, device=self.device)
-        pairs = np.arange(self.stride, n)
-        with tqdm(total=pairs.size, desc=f"TV-L1 {name}", unit="pair", disable=None if self.progress else True,
+        devices = flow_devices(self.device)
+        with tqdm(total=max(n - self.stride, 0), desc=f"TV-L1 {name}", unit="pair", disable=None if self.progress else True,
                   leave=False) as bar:  # fmt: skip
-            for start in range(0, pairs.size, self.flow_batch_pairs):
-                idx = pairs[start : start + self.flow_batch_pairs]
-                flow = tvl1(grey[idx - self.stride], grey[idx])  # (B, 2, S, S) px on self.device
-                codes[idx] = flow_to_uint8(flow).cpu().numpy()  # quantise on the device: 4x less to copy
-                bar.update(idx.size)
+            codes = flow_codes(grey, self.stride, self.flow_config, devices, batch_pairs=self.flow_batch_pairs, on_batch=bar.update)
         _atomic_save(out, codes)
         meta = {"flow_config": dataclasses.asdict(self.flow_config), "stride": self.stride, "size_px": s,
                 "frames": n, "format_version": CACHE_FORMAT_VERSION}  # fmt: skip
         out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-        log.info("%s: cached TV-L1 flow of %d frames", name, n)
+        log.info("%s: cached TV-L1 flow of %d frames on %s", name, n, ", ".join(devices))
 
     def _fit_labels(self, src: VideoSource, n: int) -> np.ndarray:
         ann = src.annotation

@@ -408,7 +408,7 @@ def make_folds(ds, k: int, split_by: str):
     from stream.preprocess import CLIP_FRAMES
 
     if split_by == "segments":
-        return contiguous_folds(ds.items, k, gap_frames=CLIP_FRAMES * int(getattr(ds, "stride", 1)))
+        return contiguous_folds(ds.items, k, step=ds.stride)
     if split_by == "videos":
         return video_folds(ds.items, k, groups=[str(src.video_path) for src in ds.sources])
     if split_by == "arenas":

@@ -5,6 +5,13 @@ split puts near-copies of every test clip in the training set and overstates acc
 fold's test set is made of contiguous stretches of video (or of whole videos), and training
 items closer than ``gap_frames`` to a test stretch are left out of that fold's training set.
 
+The gap is counted in VIDEO frames and scales with the subsampling step: a clip centred on frame
+``t`` at step ``s`` (video fps = ``s`` x model fps) reads frames ``t - 8s .. t + 7s``, and its
+first flow field also reads ``t - 9s``. Two clips whose centres are more than ``16 s`` frames apart
+therefore share no source frame; a gap of ``CLIP_FRAMES * s`` keeps every training centre at least
+``16 s + 1`` frames from every test centre. A fixed 16-frame gap at step 2 let training clips
+reuse test frames.
+
 Both splitters take the ``(M, 3)`` item table of ``ClipDataset.items`` (source index, centre
 frame, label) and return item indices, and both are stratified where the data allow it: the
 stretches (or videos) are assigned to folds so that every fold's class mix is as close as
@@ -24,9 +31,16 @@ import numpy as np
 from stream.errors import UserError
 from stream.preprocess import CLIP_FRAMES
 
-__all__ = ["Fold", "contiguous_folds", "video_folds"]
+__all__ = ["Fold", "contiguous_folds", "gap_for_step", "video_folds"]
 
-DEFAULT_GAP_FRAMES = CLIP_FRAMES  # a train clip this far from a test stretch shares no frame with it
+DEFAULT_GAP_FRAMES = CLIP_FRAMES  # at step 1, a train clip this far from a test stretch shares no frame with it
+
+
+def gap_for_step(step: int) -> int:
+    """Video frames to leave between test and training centres when clips span ``step`` frames per clip frame."""
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    return DEFAULT_GAP_FRAMES * step
 MAX_PERMUTATION_K = 6  # try all k! chunk-to-fold assignments up to 720; beyond that, rotations only
 
 
@@ -57,14 +71,18 @@ def _imbalance(fold_counts: np.ndarray, target: np.ndarray) -> float:
 
 
 def contiguous_folds(
-    items: np.ndarray, k: int, *, gap_frames: int = DEFAULT_GAP_FRAMES, chunks_per_fold: int = 1
+    items: np.ndarray, k: int, *, step: int = 1, gap_frames: int | None = None, chunks_per_fold: int = 1
 ) -> list[Fold]:
     """k folds of contiguous stretches: each source is cut into ``k * chunks_per_fold`` stretches
     of equal item count; each fold tests on ``chunks_per_fold`` stretches of every source.
 
+    ``step`` is the dataset's subsampling step (``ClipDataset.stride``: video frames between clip
+    frames); the gap defaults to ``gap_for_step(step)`` video frames. ``gap_frames`` overrides it.
     Which stretch of a source goes to which fold is chosen to balance the folds' class mix.
     """
     items = _check(items, k)
+    if gap_frames is None:
+        gap_frames = gap_for_step(step)
     if gap_frames < 0 or chunks_per_fold < 1:
         raise ValueError("gap_frames must be >= 0 and chunks_per_fold >= 1")
     num_classes = int(items[:, 2].max()) + 1 if items.size else 1

@@ -17,9 +17,17 @@ training them separately gives -- while every clip (and its cached flow) is read
 The fusion weight is not learned here; ``export-evaluate`` picks it by a sweep on held-out folds.
 
 Interruptions are expected (a CPU run takes hours): after every epoch the run directory gets an
-atomically written ``checkpoint.pt`` with the model, optimizer, scheduler, AMP scaler, epoch, RNG
-states, history and the configuration; ``--resume`` continues from it and ends bit-identical to an
-uninterrupted run on CPU.
+atomically written ``checkpoint.safetensors`` with the model, optimizer, scheduler, AMP scaler,
+epoch, RNG states (of every rank), history and the configuration; ``--resume`` continues from it
+and ends bit-identical to an uninterrupted run on CPU. Checkpoints hold tensors and JSON only
+(``export.checkpoint``): loading one never unpickles, so a handed checkpoint cannot run code.
+
+Data-parallel training (``torchrun --nproc_per_node N export-train ...``, see ``export.distributed``):
+``--batch-size`` stays the GLOBAL batch. Every rank draws the same epoch (the draw a single process
+makes), takes its share of each batch, and BatchNorm statistics are computed over the global
+batch, so N processes train what one process trains, up to floating-point summation order. Rank 0
+writes checkpoints, logs and models; losses and accuracies are summed over ranks; validation and
+``predict_streams`` are sharded and gathered.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 from tqdm import tqdm
 
+from export import checkpoint as ckpt_io
+from export import distributed
 from stream.errors import UserError, cli_main
 
 __all__ = [
@@ -65,12 +75,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"  # resumable state, rewritten after every epoch
-BEST_NAME = "best.pt"  # weights of the epoch with the lowest validation loss
+CHECKPOINT_NAME = "checkpoint.safetensors"  # resumable state (tensors + JSON, never a pickle), rewritten after every epoch
+BEST_NAME = "best.safetensors"  # weights of the epoch with the lowest validation loss
 LOG_JSONL_NAME = "log.jsonl"  # one JSON object per finished epoch
 LOG_CSV_NAME = "log.csv"  # the same rows as CSV, for a spreadsheet
-CHECKPOINT_FORMAT = 1  # bump when the checkpoint dict changes incompatibly
+CHECKPOINT_FORMAT = 2  # bump when the checkpoint state changes incompatibly (1 = the old pickle checkpoint.pt)
 SAMPLER_SEED_STRIDE = 1_000_003  # sampler seed = seed * stride + epoch: a fresh, reproducible draw per epoch
+RANK_SEED_STRIDE = 7_919  # rank r > 0 seeds its dropout/augmentation RNGs with seed + r * stride (rank 0 = a single process)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,8 +220,12 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The ``--device`` argument as a device; in a torchrun job, CUDA means this rank's ``cuda:LOCAL_RANK``."""
+    here = distributed.current()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if here.active and name == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", here.local_rank)
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -218,21 +233,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: this machine has no CUDA device; use --device cpu")
     return device
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,6 +276,47 @@ def _train_loader(dataset: Dataset, labels: np.ndarray, num_classes: int, config
     )
 
 
+def _epoch_batches(dataset: Dataset, labels: np.ndarray, num_classes: int, config: TrainConfig, epoch: int) -> list[np.ndarray]:
+    """The global batches (dataset indices) of one epoch: exactly what ``_train_loader`` yields.
+
+    Every rank of a job computes the same list from (seed, epoch) and takes its share of each
+    batch, so the job trains on the draw a single process makes. The DataLoader draws its worker
+    base seed from the generator before the sampler draws; the same order is kept here.
+    """
+    generator = torch.Generator().manual_seed(config.seed * SAMPLER_SEED_STRIDE + epoch)
+    num_samples = config.clips_per_epoch or len(dataset)
+    if config.balance == "sampler":
+        counts = _class_counts(labels, num_classes)
+        weights = 1.0 / counts[labels]
+        torch.empty((), dtype=torch.int64).random_(generator=generator)  # the DataLoader's base-seed draw
+        order = torch.multinomial(torch.as_tensor(weights, dtype=torch.float64), num_samples, True, generator=generator)
+    else:
+        perm = torch.randperm(len(dataset), generator=generator)
+        order = torch.cat([perm] * math.ceil(num_samples / len(dataset)))[:num_samples]
+    order = order.numpy().astype(np.int64)
+    drop_last = len(dataset) > config.batch_size
+    stop = (order.size // config.batch_size) * config.batch_size if drop_last else order.size
+    return [order[i : i + config.batch_size] for i in range(0, stop, config.batch_size)]
+
+
+def _rank_loader(dataset: Dataset, batches: list[np.ndarray], item_weights: np.ndarray, config: TrainConfig, epoch: int, here: distributed.Dist) -> tuple[DataLoader, list[float]]:
+    """This rank's share of every global batch, and per batch the factor that turns DDP's mean of
+    the ranks' (weighted) mean losses into the (weighted) mean loss of the global batch: the
+    rank's share of the batch's loss weight times the world size (1.0 for equal unweighted shares).
+    ``item_weights[i]`` is the cross-entropy weight of dataset item i (1 without class weights)."""
+    shares = [np.array_split(b, here.world_size) for b in batches]
+    if any(min(len(part) for part in parts) == 0 for parts in shares):
+        raise UserError(f"a batch of {min(len(b) for b in batches)} clips cannot be shared by {here.world_size} processes; "
+                        "use --batch-size (the global batch) >= the number of processes and enough clips")  # fmt: skip
+    mine = [parts[here.rank] for parts in shares]
+    factors = [float(item_weights[m].sum() * here.world_size / item_weights[b].sum()) if item_weights[b].sum() > 0 else 1.0
+               for m, b in zip(mine, batches)]  # fmt: skip
+    mine = [m.tolist() for m in mine]
+    generator = torch.Generator().manual_seed(config.seed * SAMPLER_SEED_STRIDE + epoch + here.rank * RANK_SEED_STRIDE)
+    loader = DataLoader(dataset, batch_sampler=mine, num_workers=config.num_workers, worker_init_fn=_seed_worker, generator=generator)
+    return loader, factors
+
+
 def _eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
@@ -310,14 +351,26 @@ class _Meter:
         self.sums = dict(rgb_loss=0.0, flow_loss=0.0, rgb_acc=0.0, flow_acc=0.0, fused_acc=0.0)
         self.clips = 0
 
-    def add(self, rgb_loss: torch.Tensor, flow_loss: torch.Tensor, fused: torch.Tensor, rgb_logits: torch.Tensor, flow_logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(self, rgb_loss: torch.Tensor, flow_loss: torch.Tensor, fused: torch.Tensor, rgb_logits: torch.Tensor, flow_logits: torch.Tensor, labels: torch.Tensor, loss_clips: float | None = None) -> None:
+        """``loss_clips``: how many clips the batch's mean loss counts for (default: the batch's clips;
+        in a job, this rank's part of the global batch, so that the sum over ranks is the global mean x clips)."""
         n = int(labels.numel())
-        self.sums["rgb_loss"] += float(rgb_loss) * n
-        self.sums["flow_loss"] += float(flow_loss) * n
+        w = n if loss_clips is None else loss_clips
+        self.sums["rgb_loss"] += float(rgb_loss) * w
+        self.sums["flow_loss"] += float(flow_loss) * w
         self.sums["rgb_acc"] += float((rgb_logits.argmax(1) == labels).sum())
         self.sums["flow_acc"] += float((flow_logits.argmax(1) == labels).sum())
         self.sums["fused_acc"] += float((fused.argmax(1) == labels).sum())
         self.clips += n
+
+    def reduce(self) -> "_Meter":
+        """Sums over all ranks of a job (this meter itself outside a job)."""
+        if distributed.current().active:
+            keys = list(self.sums)
+            total = distributed.all_reduce_sum(torch.tensor([*(self.sums[k] for k in keys), float(self.clips)], dtype=torch.float64))
+            self.sums = dict(zip(keys, total[:-1].tolist()))
+            self.clips = int(round(float(total[-1])))
+        return self
 
     def stats(self) -> EpochStats:
         n = max(self.clips, 1)
@@ -332,20 +385,27 @@ def _forward_losses(model: torch.nn.Module, rgb: torch.Tensor, flow: torch.Tenso
     return fused, rgb_logits, flow_logits, rgb_loss, flow_loss
 
 
-def _train_one_epoch(model, loader, optimizer, scheduler, scaler, class_weights, device, amp: bool, progress: bool, desc: str) -> EpochStats:
+def _train_one_epoch(model, loader, optimizer, scheduler, scaler, class_weights, device, amp: bool, progress: bool, desc: str, loss_factors: Sequence[float] | None = None, global_sizes: Sequence[int] = ()) -> EpochStats:
+    """One pass over ``loader``. In a job, ``loss_factors[b]`` scales this rank's loss of batch b
+    (see ``_rank_loader``) and ``global_sizes[b]`` is the global batch's clip count."""
+    world_size = distributed.current().world_size
     model.train()
     meter = _Meter()
-    for rgb, flow, labels in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+    for b, (rgb, flow, labels) in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")):
         rgb, flow, labels = rgb.to(device, non_blocking=True), flow.to(device, non_blocking=True), labels.to(device).long()
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
             fused, rgb_logits, flow_logits, rgb_loss, flow_loss = _forward_losses(model, rgb, flow, labels, class_weights)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(rgb_loss + flow_loss).backward()  # each stream gets the gradient of its own loss only
+        loss = rgb_loss + flow_loss
+        factor = 1.0 if loss_factors is None else loss_factors[b]
+        if factor != 1.0:
+            loss = loss * factor
+        scaler.scale(loss).backward()  # each stream gets the gradient of its own loss only
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        meter.add(rgb_loss.detach(), flow_loss.detach(), fused.detach(), rgb_logits.detach(), flow_logits.detach(), labels)
-    return meter.stats()
+        meter.add(rgb_loss.detach(), flow_loss.detach(), fused.detach(), rgb_logits.detach(), flow_logits.detach(), labels, None if loss_factors is None else factor * global_sizes[b] / world_size)
+    return meter.reduce().stats()
 
 
 @torch.no_grad()
@@ -357,7 +417,7 @@ def _validate(model, loader, class_weights, device, amp: bool, progress: bool) -
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
             fused, rgb_logits, flow_logits, rgb_loss, flow_loss = _forward_losses(model, rgb, flow, labels, class_weights)
         meter.add(rgb_loss, flow_loss, fused, rgb_logits, flow_logits, labels)
-    return meter.stats()
+    return meter.reduce().stats()
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,11 +449,14 @@ def train(
     """Train ``model`` (a ``FusedI3D``) in place; at the end it holds the best validation epoch's weights.
 
     Without a validation set every epoch runs and the last weights are kept. ``run_dir`` receives
-    the checkpoint, the best weights and the per-epoch log.
+    the checkpoint, the best weights and the per-epoch log (from rank 0 only, in a torchrun job;
+    every rank returns the same result and the same weights).
     """
+    here = distributed.current()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    progress = sys.stderr.isatty() if progress is None else progress
+    if here.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    progress = (sys.stderr.isatty() if progress is None else progress) and here.is_main
     if len(train_set) == 0:
         raise UserError("training set is empty: check the label files and the class names")
     device = resolve_device(config.device)
@@ -412,91 +475,118 @@ def train(
     if missing:
         log.warning("classes %s have no training clip", missing)
     class_weights = None
+    item_weights = np.ones(len(labels))
     if config.balance == "loss":
         w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 0.0)
         class_weights = torch.as_tensor(w, dtype=torch.float32, device=device)
+        item_weights = w[labels]
 
-    steps_per_epoch = len(_train_loader(train_set, labels, num_classes, config, 0))
+    if here.active:
+        steps_per_epoch = len(_epoch_batches(train_set, labels, num_classes, config, 0))
+    else:
+        steps_per_epoch = len(_train_loader(train_set, labels, num_classes, config, 0))
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs * steps_per_epoch, 1), eta_min=config.lr_floor)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    val_loader = _eval_loader(val_set, config.batch_size, config.num_workers) if val_set is not None and len(val_set) else None
+    val_shard = None
+    if val_set is not None and len(val_set):
+        val_shard = Subset(val_set, distributed.shard_batches(len(val_set), config.batch_size).tolist()) if here.active else val_set
+    val_loader = _eval_loader(val_shard, config.batch_size, config.num_workers) if val_shard is not None else None
 
     result = TrainResult()
     start_epoch = 0
     since_best = 0
     ckpt_path = run_dir / CHECKPOINT_NAME
+    if resume:
+        ckpt_io.refuse_legacy_checkpoints(run_dir)
     if resume and ckpt_path.is_file():
         ckpt = _load_checkpoint(ckpt_path, config)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
         start_epoch = ckpt["epoch"]
         since_best = ckpt["since_best"]
         result = TrainResult(**ckpt["result"])
+        rngs = ckpt["rng"]
+        if len(rngs) == here.world_size:
+            ckpt_io.set_rng_state(rngs[here.rank])
+        else:  # another process count: the weights resume exactly, dropout/augmentation draws do not
+            log.warning("%s was written by %d process(es), this run has %d: random draws restart from the seed", ckpt_path, len(rngs), here.world_size)
+            seed_everything(config.seed + start_epoch + here.rank * RANK_SEED_STRIDE)
         log.info("resumed %s after epoch %d of %d", ckpt_path, start_epoch, config.epochs)
-    elif resume:
-        log.info("no checkpoint in %s: starting from epoch 1", run_dir)
+    else:
+        if resume:
+            log.info("no checkpoint in %s: starting from epoch 1", run_dir)
+        if here.rank > 0:  # rank 0 draws what a single process draws; the others draw their own dropout/augmentation
+            seed_everything(config.seed + here.rank * RANK_SEED_STRIDE)
+
+    net: torch.nn.Module = model
+    if here.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # rank 0's weights and buffers go to every rank here
+        import inspect
+
+        # buffers need no per-forward broadcast: BatchNorm statistics are global, so every rank updates them alike
+        no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False}
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
 
     epochs = tqdm(range(start_epoch, config.epochs), desc="epochs", disable=not progress, unit="epoch", initial=start_epoch, total=config.epochs)
-    for epoch in epochs:
-        if result.stopped_early:
-            break
-        t0 = time.monotonic()
-        loader = _train_loader(train_set, labels, num_classes, config, epoch)
-        train_stats = _train_one_epoch(model, loader, optimizer, scheduler, scaler, class_weights, device, amp, progress, f"epoch {epoch + 1}")
-        val_stats = _validate(model, val_loader, class_weights, device, amp, progress) if val_loader else None
+    with distributed.synced_batchnorm(model):
+        for epoch in epochs:
+            if result.stopped_early:
+                break
+            t0 = time.monotonic()
+            if here.active:
+                batches = _epoch_batches(train_set, labels, num_classes, config, epoch)
+                loader, factors = _rank_loader(train_set, batches, item_weights, config, epoch, here)
+            else:
+                loader, factors = _train_loader(train_set, labels, num_classes, config, epoch), None
+            sizes = [len(b) for b in batches] if here.active else []
+            train_stats = _train_one_epoch(net, loader, optimizer, scheduler, scaler, class_weights, device, amp, progress, f"epoch {epoch + 1}", factors, sizes)
+            val_stats = _validate(model, val_loader, class_weights, device, amp, progress) if val_loader else None
 
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        row.update({f"train_{k}": v for k, v in asdict(train_stats).items()})
-        if val_stats is not None:
-            row.update({f"val_{k}": v for k, v in asdict(val_stats).items()})
-        row["time_s"] = round(time.monotonic() - t0, 3)
-        result.history.append(row)
-        result.epochs_run = epoch + 1
+            row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+            row.update({f"train_{k}": v for k, v in asdict(train_stats).items()})
+            if val_stats is not None:
+                row.update({f"val_{k}": v for k, v in asdict(val_stats).items()})
+            row["time_s"] = round(time.monotonic() - t0, 3)
+            result.history.append(row)
+            result.epochs_run = epoch + 1
 
-        improved = val_stats is None or result.best_val_loss is None or val_stats.loss < result.best_val_loss
-        if improved:
-            result.best_epoch = epoch + 1
-            result.best_val_loss = None if val_stats is None else val_stats.loss
-            since_best = 0
-            _atomic_torch_save({"model": model.state_dict(), "epoch": epoch + 1}, run_dir / BEST_NAME)
-        else:
-            since_best += 1
-        if val_stats is not None and config.patience_epochs and since_best >= config.patience_epochs:
-            result.stopped_early = True
-            log.info("early stop after epoch %d: no lower validation loss for %d epochs", epoch + 1, since_best)
+            improved = val_stats is None or result.best_val_loss is None or val_stats.loss < result.best_val_loss
+            if improved:
+                result.best_epoch = epoch + 1
+                result.best_val_loss = None if val_stats is None else val_stats.loss
+                since_best = 0
+                if here.is_main:
+                    ckpt_io.save_checkpoint(run_dir / BEST_NAME, _prefixed("model", model.state_dict()), {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1})
+            else:
+                since_best += 1
+            if val_stats is not None and config.patience_epochs and since_best >= config.patience_epochs:
+                result.stopped_early = True
+                log.info("early stop after epoch %d: no lower validation loss for %d epochs", epoch + 1, since_best)
 
-        _write_logs(run_dir, result.history)
-        _atomic_torch_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "config": asdict(config),
-                "num_classes": num_classes,
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": _rng_state(),
-                "since_best": since_best,
-                "result": asdict(result),
-            },
-            ckpt_path,
-        )
-        epochs.set_postfix(loss=f"{train_stats.loss:.3f}", val=("-" if val_stats is None else f"{val_stats.loss:.3f}"), acc=f"{train_stats.fused_acc:.2f}")
-        log.info("epoch %d: %s", epoch + 1, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+            rngs = distributed.all_gather_plain(ckpt_io.rng_state())  # every rank's generators, for an exact resume
+            if here.is_main:
+                _write_logs(run_dir, result.history)
+                _save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, config, num_classes, epoch + 1, since_best, result, rngs)
+            epochs.set_postfix(loss=f"{train_stats.loss:.3f}", val=("-" if val_stats is None else f"{val_stats.loss:.3f}"), acc=f"{train_stats.fused_acc:.2f}")
+            log.info("epoch %d: %s", epoch + 1, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
 
     if result.best_epoch and result.best_epoch != result.epochs_run:
-        best = torch.load(run_dir / BEST_NAME, map_location=device, weights_only=True)
-        model.load_state_dict(best["model"])
+        distributed.barrier()  # rank 0 wrote best.safetensors before the later epochs; every rank reads it
+        tensors, _ = _load_state_file(run_dir / BEST_NAME)
+        model.load_state_dict(_unprefixed("model", tensors))
     if config.bn_recalibration_clips:
-        recalibrate_batchnorm(model, train_set, config, device, progress)
+        if here.is_main:
+            recalibrate_batchnorm(model, train_set, config, device, progress)
+        buffers = [b for m in batch_norms for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+        distributed.broadcast_tensors(buffers)  # rank 0 recalibrated alone: exactly what a single process computes
     for m, momentum in zip(batch_norms, model_bn_momentum):
         m.momentum = momentum
     return result
@@ -529,31 +619,58 @@ def recalibrate_batchnorm(model: torch.nn.Module, dataset: Dataset, config: Trai
     model.eval()
 
 
+# --------------------------------------------------------------------------------------------
+# checkpoints: safetensors + JSON state (export.checkpoint), never a pickle
+
+
+def _prefixed(prefix: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}/{k}": v for k, v in state_dict.items()}
+
+
+def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, scaler, config: TrainConfig, num_classes: int, epoch: int, since_best: int, result: TrainResult, rngs: list[dict[str, Any]]) -> None:
+    tensors = _prefixed("model", model.state_dict())
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "config": asdict(config),
+        "num_classes": num_classes,
+        "epoch": epoch,
+        "optimizer": ckpt_io.to_plain(optimizer.state_dict(), "optimizer", tensors),
+        "scheduler": ckpt_io.to_plain(scheduler.state_dict(), "scheduler", tensors),
+        "scaler": ckpt_io.to_plain(scaler.state_dict(), "scaler", tensors),
+        "rng": rngs,  # one entry per rank
+        "since_best": since_best,
+        "result": asdict(result),
+    }
+    ckpt_io.save_checkpoint(path, tensors, state)
+
+
+def _load_state_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, state = ckpt_io.load_checkpoint(path)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}; delete it to start over")
+    return tensors, state
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint as the nested state the loop saved (model state dict under ``"model"``)."""
+    tensors, state = _load_state_file(path)
+    out = {k: ckpt_io.from_plain(v, tensors) for k, v in state.items()}
+    out["model"] = _unprefixed("model", tensors)
+    return out
+
+
 def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise UserError(f"{path}: cannot read the checkpoint ({exc.__class__.__name__}); delete it to start over") from None
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}; delete it to start over")
-    saved = dict(ckpt["config"])
+    ckpt = load_checkpoint(path)
+    saved = dict(ckpt.get("config") or {})
     now = asdict(config)
     differ = [k for k in now if k not in ("device", "num_workers") and saved.get(k) != now[k]]
     if differ:
         raise UserError(f"{path}: checkpoint was made with different settings ({', '.join(differ)}); use the same settings or a new --out directory")
     return ckpt
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same directory, then rename: a crash never leaves half a checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -590,16 +707,28 @@ class StreamPredictions:
 
 @torch.no_grad()
 def predict_streams(model: torch.nn.Module, dataset: Dataset, *, batch_size: int = 8, device: str = "auto", progress: bool | None = None) -> StreamPredictions:
-    progress = sys.stderr.isatty() if progress is None else progress
+    """Each stream's softmax on every clip of ``dataset``, in dataset order.
+
+    In a torchrun job every rank predicts a contiguous shard and all ranks receive the whole.
+    """
+    here = distributed.current()
+    progress = (sys.stderr.isatty() if progress is None else progress) and here.is_main
     dev = resolve_device(device)
     model.to(dev).eval()
+    part = Subset(dataset, distributed.shard(len(dataset)).tolist()) if here.active else dataset
     rgb_out, flow_out, label_out = [], [], []
-    for rgb, flow, labels in tqdm(_eval_loader(dataset, batch_size), desc="predict", leave=False, disable=not progress, unit="batch"):
+    for rgb, flow, labels in tqdm(_eval_loader(part, batch_size), desc="predict", leave=False, disable=not progress, unit="batch"):
         _, rgb_logits, flow_logits = model(rgb.to(dev), flow.to(dev))
         rgb_out.append(torch.softmax(rgb_logits.float(), 1).cpu().numpy())
         flow_out.append(torch.softmax(flow_logits.float(), 1).cpu().numpy())
         label_out.append(np.asarray(labels, dtype=np.int64))
-    if not label_out:
+    if here.active:
+        k = max(distributed.all_gather_plain(rgb_out[0].shape[1] if rgb_out else 0))  # a rank with no clip learns K from the others
+        empty = np.zeros((0, k), np.float32)
+        rgb_out = [distributed.gather_rows(np.concatenate(rgb_out) if rgb_out else empty)]
+        flow_out = [distributed.gather_rows(np.concatenate(flow_out) if flow_out else empty)]
+        label_out = [distributed.gather_rows(np.concatenate(label_out) if label_out else np.zeros(0, np.int64))]
+    if not label_out or not sum(len(x) for x in label_out):
         k = 0
         return StreamPredictions(np.zeros((0, k), np.float32), np.zeros((0, k), np.float32), np.zeros(0, np.int64))
     return StreamPredictions(np.concatenate(rgb_out), np.concatenate(flow_out), np.concatenate(label_out))
@@ -671,11 +800,16 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig the arguments describe (and the process-wide thread count, if asked for)."""
+    """The TrainConfig the arguments describe (and the process-wide thread count, if asked for).
+
+    Under ``torchrun`` this also joins the job (``export.distributed.init_from_env``): both
+    commands that train call it before anything else, so every rank is in the job from the start.
+    """
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)  # command-line choice, applied by the command only
+    distributed.init_from_env(args.device)
     return TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -784,16 +918,21 @@ def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progr
             raise UserError(f"{video}: frame rate unknown; re-encode the video with a frame rate")
     # any camera rate: every video is resampled to --fps by timestamp, by the live rule (stream.capture)
     flow_config = FlowConfig.fast() if args.flow_preset == "fast" else FlowConfig()
-    ds = ClipDataset(
-        sources,
-        classes,
-        size_px=args.size_px,
-        cache_dir=args.cache_dir,
-        fps=args.fps,
-        frame_step=args.frame_step,
-        flow_config=flow_config,
-        progress=sys.stderr.isatty() if progress is None else progress,
-    )
+    device = resolve_device(getattr(args, "device", "cpu"))
+    flow_device = "cpu" if device.type != "cuda" else ("cuda" if args.device in ("auto", "cuda") else str(device))  # "cuda": every visible GPU
+    # in a torchrun job rank 0 decodes and caches (on every GPU) while the others wait; then they only open the cache
+    with distributed.long_wait_barrier() as here:
+        ds = ClipDataset(
+            sources,
+            classes,
+            size_px=args.size_px,
+            cache_dir=args.cache_dir,
+            fps=args.fps,
+            frame_step=args.frame_step,
+            flow_config=flow_config,
+            device=flow_device,
+            progress=(sys.stderr.isatty() if progress is None else progress) and here.is_main,
+        )
     if len(ds) == 0:
         raise UserError("no labelled frame in the label files: nothing to train on")
     synthetic = not args.jhuang and all(synthetic)
@@ -818,7 +957,7 @@ def split_validation(ds, indices: np.ndarray, val_folds: int) -> tuple[np.ndarra
         return indices, indices[:0]
     if val_folds < 2:
         raise UserError(f"--val-folds {val_folds}: use 0 (no validation) or at least 2")
-    fold = contiguous_folds(ds.items[indices], val_folds)[VAL_FOLD_INDEX]
+    fold = contiguous_folds(ds.items[indices], val_folds, step=getattr(ds, "stride", 1))[VAL_FOLD_INDEX]
     return indices[fold.train], indices[fold.test]
 
 
@@ -898,8 +1037,10 @@ def main(argv: list[str] | None = None) -> int:
     train_idx, val_idx = split_validation(ds, np.arange(len(ds)), args.val_folds)
     train_set = Subset(ds.with_augment(not args.no_augment), train_idx)
     val_set = Subset(ds, val_idx) if val_idx.size else None
-    print(f"export-train: {len(train_set)} training clips, {0 if val_set is None else len(val_set)} validation clips, "
-          f"classes {classes}, {spec.size_px} px at {spec.fps:g} fps")  # fmt: skip
+    here = distributed.current()
+    if here.is_main:
+        print(f"export-train: {len(train_set)} training clips, {0 if val_set is None else len(val_set)} validation clips, "
+              f"classes {classes}, {spec.size_px} px at {spec.fps:g} fps" + (f", {here.world_size} processes" if here.active else ""))  # fmt: skip
 
     seed_everything(config.seed)  # model init draws from the seeded RNG
     model, init_text = build_model(args.init, num_classes=len(classes), dropout_keep_prob=config.dropout_keep_prob)
@@ -908,12 +1049,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     result = train(model, train_set, val_set, config, work_dir, num_classes=len(classes), resume=args.resume)
     elapsed = time.monotonic() - t0
+    if not here.is_main:
+        return 0  # rank 0 writes the model, the log and the plot
 
     step = "source (Jhuang clips)" if args.jhuang else "target (annotated videos)"
     card = make_card(
         name=args.name or args.out.name, view=args.view, spec=spec, immobile=immobile, flow_config=dataclasses.asdict(ds.flow_config),
         init_text=init_text, config=config, result=result, flow_weight=args.flow_weight, step=step,
-        extra={"train_clips": len(train_set), "val_clips": 0 if val_set is None else len(val_set), "train_time_s": round(elapsed, 1)},
+        extra={"train_clips": len(train_set), "val_clips": 0 if val_set is None else len(val_set), "train_time_s": round(elapsed, 1), "processes": here.world_size},
     )  # fmt: skip
     model.to("cpu")
     save_model(model, card, args.out, half=args.half)

@@ -125,7 +125,7 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path):
     data = InterruptAfter(ToyClips(16), n=16 + 6)  # dies 6 clips into epoch 2
     with pytest.raises(KeyboardInterrupt):
         tr.train(broken, data, ToyClips(8, seed=3), config, tmp_path / "run", num_classes=3, progress=False)
-    ckpt = torch.load(tmp_path / "run" / tr.CHECKPOINT_NAME, weights_only=False)
+    ckpt = tr.load_checkpoint(tmp_path / "run" / tr.CHECKPOINT_NAME)
     assert ckpt["epoch"] == 1
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "config"} <= ckpt.keys()
 
@@ -151,7 +151,7 @@ def test_early_stopping_keeps_best_validation_epoch(tmp_path):
     result = tr.train(model, train_set, val_set, cfg(epochs=20, patience_epochs=2, lr=0.1), tmp_path, num_classes=2, progress=False)
     assert result.stopped_early and result.epochs_run < 20
     assert result.epochs_run - result.best_epoch == 2
-    best = torch.load(tmp_path / tr.BEST_NAME, weights_only=True)
+    best = tr.load_checkpoint(tmp_path / tr.BEST_NAME)
     assert best["epoch"] == result.best_epoch
     params = dict(model.named_parameters())
     assert all(torch.equal(v, params[k]) for k, v in best["model"].items() if k in params)
