@@ -30,10 +30,8 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +44,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 from tqdm import tqdm
 
+from stream.atomic import atomic_path, atomic_write
 from stream.errors import UserError, cli_main
 
 __all__ = [
@@ -546,33 +545,25 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     """Write to a temporary file in the same directory, then rename: a crash never leaves half a checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite both logs from the history so a resumed run never shows an epoch twice."""
     _atomic_write_text(run_dir / LOG_JSONL_NAME, "".join(json.dumps(row) + "\n" for row in history))
     columns = list(dict.fromkeys(k for row in history for k in row))
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=LOG_CSV_NAME, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as fh:
+
+    def write_csv(fh) -> None:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, run_dir / LOG_CSV_NAME)
+
+    atomic_write(run_dir / LOG_CSV_NAME, write_csv)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
-import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +29,12 @@ from pathlib import Path
 from stream.arenas import Arena, check_arenas_fit, resolve_arenas
 from stream.capture import (DEFAULT_GIVE_UP_S, DEFAULT_INITIAL_BACKOFF_S, DEFAULT_MAX_BACKOFF_S, DEFAULT_QUEUE_FRAMES,
                             Capture, CaptureConfig, SourceSpec, parse_source, quiet_opencv_logging)
+from stream.atomic import atomic_write
+from stream.decisions import SMOOTHING_MODES
 from stream.errors import EXIT_INTERRUPTED, UserError, cli_main
+from stream.trials import Trial
+from stream.outputs.metrics import DEFAULT_METRICS_PORT
+from stream.outputs.publisher import DEFAULT_ENDPOINT as DEFAULT_ZMQ_ENDPOINT
 
 __all__ = ["main", "build_parser", "default_model_dir", "EXIT_OK", "EXIT_FAILED"]
 
@@ -40,8 +43,6 @@ log = logging.getLogger("stream.run")
 EXIT_OK = 0
 EXIT_FAILED = 1  # the source gave up or capture failed after the start (summary still written)
 DEFAULT_MODEL_NAME = "fst-side-64"  # the bundled side-view model (64 px, synthetic training data)
-DEFAULT_ZMQ_ENDPOINT = "tcp://127.0.0.1:5555"
-DEFAULT_METRICS_PORT = 9108
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg")
 
 
@@ -51,6 +52,8 @@ def default_model_dir() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from stream.engine import ENGINE_KINDS
+
     p = argparse.ArgumentParser(prog="stream-run", description=__doc__.splitlines()[0].replace("``", ""))
     src = p.add_argument_group("input (exactly one)")
     src.add_argument("--camera", type=int, metavar="N", help="camera index (/dev/videoN)")
@@ -63,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--model", type=Path, default=None, metavar="DIR",
                    help=f"model directory with card.json + model.safetensors (default: trained_models/{DEFAULT_MODEL_NAME})")
-    m.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+    m.add_argument("--engine", default="auto", choices=ENGINE_KINDS,
                    help="inference backend (default: auto, the fastest present)")
     m.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the best present)")
     m.add_argument("--no-flow-warm-start", action="store_true",
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: <video>.arenas.json next to a video, else the whole frame")
 
     d = p.add_argument_group("decisions")
-    d.add_argument("--smoothing", default="none", choices=("none", "average", "hysteresis"),
+    d.add_argument("--smoothing", default="none", choices=SMOOTHING_MODES,
                    help="smooth the probabilities before labelling (default: none)")
     d.add_argument("--smoothing-window", type=int, default=5, metavar="FRAMES", help="moving-average window (default: %(default)s)")
     d.add_argument("--min-bout-s", type=float, default=0.0, help="shorter immobility is counted as mobile (default: %(default)s)")
@@ -141,9 +144,8 @@ def _expand_videos(patterns: Sequence[str]) -> list[Path]:
 def _check_out_dir(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
+        atomic_write(out / ".write-test", "")  # the same create/fsync/rename every output file will need
+        (out / ".write-test").unlink()
     except OSError as exc:
         raise UserError(f"output folder {out}: not writable ({exc.strerror or exc}); choose another with --out") from exc
     return out
@@ -269,8 +271,14 @@ class _Run:
         self._decision_config(card)
         # ports
         self._open_outputs()
-        # sources open and deliver a first frame; arenas fit
-        sources = []
+        sources = self._open_sources(specs, out_dirs, card)
+        self._start_engine(sources, model_dir, card)
+        return sources, card, model_dir
+
+    def _open_sources(self, specs: list[SourceSpec], out_dirs: list[Path], card) -> list[_Source]:
+        """Every file source opens and delivers a first frame, and its arenas fit; live ones open later."""
+        a = self.args
+        sources: list[_Source] = []
         try:
             for spec, out_dir in zip(specs, out_dirs):
                 arenas = resolve_arenas(rois=a.roi, arena_file=a.arenas, video=spec.location if spec.kind == "file" else None)
@@ -295,12 +303,14 @@ class _Run:
                 if s.capture is not None:
                     s.capture.release()
             raise
-        # model weights (checksum) and engine
+        return sources
+
+    def _start_engine(self, sources: list[_Source], model_dir: Path, card) -> None:
+        """Model weights (checksum) and engine, warmed up for one batch of every arena."""
         n_arenas = max(len(s.arenas) for s in sources)
-        device = a.device
         batch = n_arenas  # CUDA graphs / TensorRT run one fixed batch: all arenas at once
         try:
-            self.engine = _build_engine(a.engine, model_dir, device, batch)
+            self.engine = _build_engine(self.args.engine, model_dir, self.args.device, batch)
             self.engine.warmup(n_arenas)
         except BaseException:
             for s in sources:
@@ -309,7 +319,6 @@ class _Run:
             raise
         log.info("engine %s on %s; model %s (%s, %d px, %.1f fps, classes %s)", self.engine.name, self.engine.device,
                  card.name, card.view, card.input_size_px, card.fps, ", ".join(card.classes))
-        return sources, card, model_dir
 
     def _decision_config(self, card):
         from stream.decisions import DecisionConfig
@@ -354,6 +363,9 @@ class _Run:
         engine = self.engine
         flow = TVL1(FlowConfig(**card.flow), device=engine.device)
         if self.metrics is not None:
+            self.metrics.frame_period_s = 1.0 / card.fps
+            if self.publisher is not None:
+                self.metrics.zmq_dropped_count = lambda: self.publisher.dropped
             self.metrics.engine_info.info({"engine": str(engine.name), "device": str(engine.device),
                                            "model": card.name, "input_size_px": str(card.input_size_px),
                                            "fps": str(card.fps), "stride": str(a.stride)})
@@ -376,70 +388,32 @@ class _Run:
         return exit_code
 
     def _run_one(self, source: _Source, card, flow, *, multi: bool) -> int:
+        """One source: its trials start, the pipeline runs, the trials end with their summaries."""
         from stream.decisions import ArenaDecisions
-        from stream.outputs.csv_log import ArenaCsvLog
-        from stream.pipeline import Pipeline, PipelineConfig, PreviewWriter, format_status, look_ahead_s
+        from stream.outputs.base import broadcast
+        from stream.outputs.console import summary_table
+        from stream.pipeline import Pipeline, PipelineConfig
 
         a = self.args
-        spec = source.spec
-        capture = source.capture
-        if capture is None:
-            capture = Capture(spec, self._capture_config(card, spec))
-            w, h = capture.open()
-            check_arenas_fit(source.arenas, w, h, str(spec))
-        w, h = capture.stats.frame_size
-        dconf = self._decision_config(card)
+        capture = self._open_capture(source, card)
         classes = list(card.classes)
+        dconf = self._decision_config(card)
         decisions = {ar.id: ArenaDecisions(ar.id, classes, dconf) for ar in source.arenas}
-        logs: dict[str, ArenaCsvLog] = {}
-        preview = None
-        bar = None
-        last_behaviour: dict[str, str] = {}
+        own = self._source_outputs(source, card, capture, multi=multi)  # closed at the end of this source
+        outputs = [own[0], *(o for o in (self.publisher, self.metrics) if o is not None), *own[1:]]
+        started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        trials = {ar.id: Trial(trial_id=ar.id, arena_id=ar.id, source=str(source.spec), start_utc=started_utc)
+                  for ar in source.arenas}
         try:
-            for ar in source.arenas:
-                logs[ar.id] = ArenaCsvLog(source.out_dir, ar.id, classes, resume=a.resume)
-            if a.preview is not None:
-                path = a.preview if not multi else a.preview.with_name(f"{a.preview.stem}-{source.out_dir.name}{a.preview.suffix}")
-                preview = PreviewWriter(path, card.fps, (w, h), source.arenas)
-            if spec.kind == "file" and not a.realtime and not a.quiet:
-                from tqdm import tqdm
-
-                total = capture.stats.frame_count_estimate(card.fps)
-                if a.max_frames:
-                    total = min(total, a.max_frames) if total else a.max_frames
-                bar = tqdm(total=total or None, unit="frame", desc=Path(spec.location).name, dynamic_ncols=True,
-                           disable=None, leave=False)
-            resume_after = {ar_id: log_.last_frame_index for ar_id, log_ in logs.items()}
-
-            def on_decision(arena_id: str, decision) -> None:
-                last_behaviour[arena_id] = decision.behaviour
-                done = resume_after.get(arena_id)
-                if done is not None and decision.frame_index <= done:
-                    return
-                logs[arena_id].write(decision)
-                if self.publisher is not None:
-                    self.publisher.publish(arena_id, decision)
-                    if self.metrics is not None:
-                        self._sync_zmq_drops()
-
-            def on_status(status: dict) -> None:
-                line = format_status(status, last_behaviour)
-                if self.notifier is not None:
-                    self.notifier.status(line)  # systemd's STATUS= even when the terminal is quiet
-                if a.quiet:
-                    return
-                if bar is not None:
-                    bar.write(line)
-                else:
-                    print(line, flush=True)
-
+            for trial in trials.values():
+                broadcast(outputs, "on_trial_start", trial)
+            if self.publisher is not None:
+                self.publisher.skip_through = own[0].resume_points()
             pipeline = Pipeline(
                 self.engine, flow, source.arenas, decisions,
                 PipelineConfig(fps=card.fps, size_px=self.engine.input_size_px, stride_frames=a.stride,
                                flow_warm_start=not a.no_flow_warm_start),
-                on_decision=on_decision, metrics=self.metrics, preview=preview,
-                on_frame=(lambda _i: bar.update(1)) if bar is not None else None,
-                on_status=on_status, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
+                outputs=outputs, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
                 capture_stats=capture.stats,
             )
             capture.start()
@@ -450,85 +424,87 @@ class _Run:
             if self.signal_name:
                 result.stopped = True
                 result.end_reason = f"stopped by {self.signal_name}"
+            info = self._run_info(source, card, capture, result)
+            summaries = {ar.id: {**decisions[ar.id].summary(), "run": info} for ar in source.arenas}
+            for ar in source.arenas:  # summaries: always, whatever ended the run
+                broadcast(outputs, "on_trial_end", trials[ar.id], summaries[ar.id])
         finally:
-            if bar is not None:
-                bar.close()
-            if preview is not None:
-                preview.close()
-        # summaries: always, whatever ended the run
-        run_info = {
-            "source": str(spec),
-            "source_kind": spec.kind,
-            "model": card.name,
-            "engine": str(self.engine.name),
-            "device": str(self.engine.device),
-            "model_fps": card.fps,
-            "input_size_px": self.engine.input_size_px,
-            "stride_frames": a.stride,
-            "look_ahead_s": round(look_ahead_s(card.fps), 4),
-            "frame_size": list(capture.stats.frame_size),
-            "capture": {
-                "source_fps": capture.stats.source_fps,
-                "source_frames": capture.stats.source_frames,
-                "frames_dropped_queue_full": capture.stats.dropped_queue_full,
-                "source_frames_skipped_resample": capture.stats.dropped_resample,
-                "frames_repeated_resample": capture.stats.repeated_resample,
-                "invalid_frames": capture.stats.invalid_frames,
-                "reconnect_attempts": capture.stats.reconnects,
-            },
-            "zmq_dropped": self.publisher.dropped if self.publisher is not None else None,
-            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **result.to_dict(),
-        }
-        summaries = {}
-        for ar in source.arenas:
-            summary = {**decisions[ar.id].summary(), "run": run_info}
-            summaries[ar.id] = summary
-            logs[ar.id].write_summary(summary)
-            logs[ar.id].close()
-            if self.publisher is not None:
-                self.publisher.publish_summary(ar.id, summary)
+            for out in own:
+                out.close()
         if not a.quiet:
-            print(summary_table(summaries, classes, str(spec), source.out_dir), flush=True)
+            print(summary_table(summaries, classes, str(source.spec), source.out_dir), flush=True)
         if result.gave_up or result.error:
             print(f"stream-run: error: {result.error or 'capture failed'}", file=sys.stderr, flush=True)
             return EXIT_FAILED
         return EXIT_OK
 
-    def _sync_zmq_drops(self) -> None:
-        dropped = self.publisher.dropped
-        seen = getattr(self, "_zmq_seen", 0)
-        if dropped > seen:
-            self.metrics.zmq_dropped.inc(dropped - seen)
-            self._zmq_seen = dropped
+    def _open_capture(self, source: _Source, card) -> Capture:
+        """The source's capture, opened now if it was not at the checks (a live source, or one of many)."""
+        if source.capture is not None:
+            return source.capture
+        capture = Capture(source.spec, self._capture_config(card, source.spec))
+        w, h = capture.open()
+        check_arenas_fit(source.arenas, w, h, str(source.spec))
+        return capture
 
+    def _source_outputs(self, source: _Source, card, capture: Capture, *, multi: bool) -> list:
+        """The outputs that belong to one source: its CSVs (first), its preview, the terminal."""
+        from stream.outputs.console import ConsoleOutput
+        from stream.outputs.csv_log import CsvOutput
+        from stream.outputs.preview import PreviewWriter
 
-def summary_table(summaries: dict[str, dict], classes: list[str], source: str, out_dir: Path) -> str:
-    """The end-of-run table printed to the terminal."""
-    head = ["arena", "frames", *[f"{c} s" for c in classes], "immobile s", "bouts", "1st bout s",
-            "window immobile s", "window bouts", "gaps"]
-    rows = []
-    for arena_id, s in summaries.items():
-        c = s["counters"]
-        w = c["scoring_window"]
-        first = c.get("latency_to_first_bout_s")
-        rows.append([arena_id, str(c["frames_classified"]), *[f"{c['behaviour_s'].get(k, 0.0):.1f}" for k in classes],
-                     f"{c['immobile_s']:.1f}", str(c["immobility_bouts"]), "-" if first is None else f"{first:.1f}",
-                     f"{w['immobile_s']:.1f}", str(w["immobility_bouts"]), str(c["gaps"]["count"])])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    fmt = "  ".join("{:<%d}" % w if i == 0 else "{:>%d}" % w for i, w in enumerate(widths))
-    run = next(iter(summaries.values()))["run"] if summaries else {}
-    lines = [f"summary of {source} -> {out_dir}",
-             f"  ended: {run.get('end_reason', '?')}; {run.get('frames_processed', 0)} frames at {run.get('fps', 0):.1f} fps; "
-             f"look-ahead {run.get('look_ahead_s', 0):.2f} s; capture-to-decision p50 "
-             f"{_fmt_s((run.get('capture_to_decision_s') or {}).get('p50'))}",
-             fmt.format(*head)]
-    lines += [fmt.format(*r) for r in rows]
-    return "\n".join(lines)
+        a = self.args
+        spec = source.spec
+        outputs: list = [CsvOutput(source.out_dir, list(card.classes), resume=a.resume)]
+        try:
+            if a.preview is not None:
+                path = a.preview if not multi else a.preview.with_name(
+                    f"{a.preview.stem}-{source.out_dir.name}{a.preview.suffix}")
+                outputs.append(PreviewWriter(path, card.fps, capture.stats.frame_size, source.arenas))
+            total = None
+            show_bar = spec.kind == "file" and not a.realtime
+            if show_bar:
+                total = capture.stats.frame_count_estimate(card.fps)
+                if a.max_frames:
+                    total = min(total, a.max_frames) if total else a.max_frames
+            outputs.append(ConsoleOutput(quiet=a.quiet, bar_total=total, bar_desc=Path(spec.location).name if show_bar
+                                         else "", show_bar=show_bar,
+                                         systemd_status=self.notifier.status if self.notifier is not None else None))
+        except BaseException:
+            for out in outputs:
+                out.close()
+            raise
+        return outputs
 
+    def _run_info(self, source: _Source, card, capture: Capture, result) -> dict:
+        """The ``run`` block of every summary: what ran, on what, and how it went."""
+        from stream.pipeline import look_ahead_s
 
-def _fmt_s(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f} s"
+        stats = capture.stats
+        return {
+            "source": str(source.spec),
+            "source_kind": source.spec.kind,
+            "model": card.name,
+            "engine": str(self.engine.name),
+            "device": str(self.engine.device),
+            "model_fps": card.fps,
+            "input_size_px": self.engine.input_size_px,
+            "stride_frames": self.args.stride,
+            "look_ahead_s": round(look_ahead_s(card.fps), 4),
+            "frame_size": list(stats.frame_size),
+            "capture": {
+                "source_fps": stats.source_fps,
+                "source_frames": stats.source_frames,
+                "frames_dropped_queue_full": stats.dropped_queue_full,
+                "source_frames_skipped_resample": stats.dropped_resample,
+                "frames_repeated_resample": stats.repeated_resample,
+                "invalid_frames": stats.invalid_frames,
+                "reconnect_attempts": stats.reconnects,
+            },
+            "zmq_dropped": self.publisher.dropped if self.publisher is not None else None,
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **result.to_dict(),
+        }
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ process loses nothing already written; ``os.fsync`` runs at most every ``flush_i
 power cut loses at most that much without paying a disk sync per frame. A ``kill -9`` or power cut
 can still leave a partial last line: ``read_frames_csv`` ignores it and ``resume=True`` cuts it off
 before appending. The summary is written to a temporary file in the same folder and renamed over
-the old one (``os.replace``), so a reader sees either the old or the new summary, never half of one.
+the old one (``stream.atomic.atomic_write``), so a reader sees either the old or the new summary,
+never half of one.
 
 Files: ``<out_dir>/<arena_id>.frames.csv`` with columns ``frame,timestamp_s,behaviour,immobile,
 p_<class>...`` (``immobile`` is 1 or 0) and ``<out_dir>/<arena_id>.summary.json``.
@@ -20,17 +21,18 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stream.atomic import atomic_write, fsync_dir
 from stream.decisions import ArenaDecisions, Decision
 from stream.errors import UserError
+from stream.outputs.base import Output
 
-__all__ = ["FLUSH_INTERVAL_S_DEFAULT", "ArenaCsvLog", "csv_columns", "json_default", "read_frames_csv", "replay_frames"]
+__all__ = ["FLUSH_INTERVAL_S_DEFAULT", "ArenaCsvLog", "CsvOutput", "csv_columns", "json_default", "read_frames_csv", "replay_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -206,19 +208,7 @@ class ArenaCsvLog:
 
     def write_summary(self, summary: dict) -> Path:
         """Write the summary JSON atomically (temp file in the same folder, fsync, ``os.replace``)."""
-        text = json.dumps(summary, indent=2, default=json_default) + "\n"
-        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{self.arena_id}.summary.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.summary_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self._sync_dir()
-        return self.summary_path
+        return atomic_write(self.summary_path, json.dumps(summary, indent=2, default=json_default) + "\n")
 
     def close(self) -> None:
         if self._closed:
@@ -247,17 +237,7 @@ class ArenaCsvLog:
         os.fsync(self._file.fileno())
 
     def _sync_dir(self) -> None:
-        """Make the rename itself durable; not every platform can open a directory."""
-        try:
-            fd = os.open(self.out_dir, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fsync_dir(self.out_dir)
 
     def _open_for_resume(self):
         """Cut a partial or damaged last line, check the header, and open for appending."""
@@ -297,3 +277,51 @@ class ArenaCsvLog:
         if keep > 1:
             self.last_frame_index = _parse_row(self.columns, next(csv.reader([lines[keep - 1]])))["frame"]
         return open(self.csv_path, "a", encoding="utf-8", newline="")
+
+
+class CsvOutput(Output):
+    """The per-frame CSV and summary JSON of every trial of one source: an ``Output``.
+
+    A trial's files are named by its ``file_stem`` (the arena id for a run that is one trial per
+    arena, as ``--video`` is by default), so ``<out_dir>/<stem>.frames.csv`` and ``<stem>.summary.json``.
+    ``resume=True`` appends to a CSV an interrupted run left (``--resume``).
+    """
+
+    def __init__(self, out_dir: Path, classes: list[str], *, resume: bool = False,
+                 flush_interval_s: float = FLUSH_INTERVAL_S_DEFAULT) -> None:
+        self.out_dir = Path(out_dir)
+        self.classes = list(classes)
+        self.resume = resume
+        self.flush_interval_s = flush_interval_s
+        self.logs: dict[str, ArenaCsvLog] = {}  # arena id -> the log of its current trial
+
+    def on_trial_start(self, trial) -> None:
+        old = self.logs.pop(trial.arena_id, None)
+        if old is not None:
+            old.close()
+        self.logs[trial.arena_id] = ArenaCsvLog(self.out_dir, trial.file_stem, self.classes, resume=self.resume,
+                                                flush_interval_s=self.flush_interval_s)
+
+    def on_decision(self, arena_id: str, decision: Decision, latency_s: float | None) -> None:
+        log_ = self.logs.get(arena_id)
+        if log_ is not None:
+            log_.write(decision)
+
+    def on_trial_end(self, trial, summary: dict) -> None:
+        log_ = self.logs.pop(trial.arena_id, None)
+        if log_ is None:  # ended before it started writing (e.g. a restart between start and first frame)
+            log_ = ArenaCsvLog(self.out_dir, trial.file_stem, self.classes, resume=True,
+                               flush_interval_s=self.flush_interval_s)
+        try:
+            log_.write_summary(summary)
+        finally:
+            log_.close()
+
+    def resume_points(self) -> dict[str, int]:
+        """Arena id -> last frame index already in its CSV (frames up to it are not written again)."""
+        return {a: lg.last_frame_index for a, lg in self.logs.items() if lg.last_frame_index is not None}
+
+    def close(self) -> None:
+        for log_ in self.logs.values():
+            log_.close()
+        self.logs.clear()

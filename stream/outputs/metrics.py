@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from stream.decisions import Decision
 from stream.errors import UserError
+from stream.outputs.base import FrameEvent, GapEvent, Output, Status
 
 __all__ = ["DEFAULT_METRICS_PORT", "Metrics"]
 
@@ -62,8 +63,13 @@ class _WithDefaults:
         return getattr(self.labels(), name)
 
 
-class Metrics:
-    """The recognizer's metrics; ``port=None`` keeps them in memory only (tests, offline runs)."""
+class Metrics(Output):
+    """The recognizer's metrics; ``port=None`` keeps them in memory only (tests, offline runs).
+
+    An ``Output``: frames, model calls, decisions, gaps and statuses update the metrics.
+    ``frame_period_s`` (1 / model fps) turns one decision into seconds of behaviour; ``zmq_dropped_count``
+    reads the publisher's drop count at each status.
+    """
 
     def __init__(self, port: int | None = DEFAULT_METRICS_PORT, *, addr: str = "127.0.0.1",
                  registry: CollectorRegistry | None = None) -> None:
@@ -107,6 +113,10 @@ class Metrics:
         self.capture_gaps = Counter(
             f"{PREFIX}_capture_gaps", "Camera outages (reconnections).", registry=r)
         self._behaviours: dict[str, set[str]] = {}
+        self.frame_period_s: float | None = None  # set by the run once the model's fps is known
+        self.zmq_dropped_count: Any = None  # () -> int, the publisher's dropped messages so far
+        self._reported_captured = 0
+        self._reported_zmq_dropped = 0
         self._server = None
         self._thread = None
         self.port: int | None = None
@@ -122,6 +132,39 @@ class Metrics:
             self.port = self._server.server_address[1]
             log.info("metrics on http://%s:%d/metrics", addr, self.port)
 
+    # -- Output ---------------------------------------------------------------------------------
+    def on_frame(self, frame: FrameEvent) -> None:
+        self.flow_seconds.observe(frame.flow_s)
+        self.frames_processed.inc()
+
+    def on_model(self, seconds: float) -> None:
+        self.model_seconds.observe(seconds)
+
+    def on_decision(self, arena_id: str, decision: Decision, latency_s: float | None) -> None:
+        if latency_s is not None:
+            self.latency_seconds.observe(latency_s)
+        if self.frame_period_s is not None:
+            self.observe_decision(arena_id, decision, self.frame_period_s)
+
+    def on_gap(self, gap: GapEvent) -> None:
+        self.capture_gaps.inc()
+        if gap.dropped:
+            self.frames_dropped.labels(reason="queue_full").inc(gap.frames_missing)
+
+    def on_status(self, status: Status) -> None:
+        """Sampled values: frames read from the source, fps, ZeroMQ drops."""
+        if status.frames_captured > self._reported_captured:
+            self.frames_captured.inc(status.frames_captured - self._reported_captured)
+            self._reported_captured = status.frames_captured
+        self.fps.set(status.fps)
+        if self.zmq_dropped_count is not None:
+            dropped = int(self.zmq_dropped_count())
+            if dropped > self._reported_zmq_dropped:
+                self.zmq_dropped.inc(dropped - self._reported_zmq_dropped)
+                self._reported_zmq_dropped = dropped
+        if status.final:
+            self._reported_captured = 0  # the next source counts its frames from 0 again
+
     def observe_decision(self, arena_id: str, decision: Decision, frame_period_s: float) -> None:
         """Account one decision: its frame's seconds, the current behaviour, the counters' gauges.
 
@@ -134,14 +177,11 @@ class Metrics:
         for behaviour in known:
             value = 1.0 if behaviour == decision.behaviour else 0.0
             self.current_behaviour.labels(arena=arena_id, behaviour=behaviour).set(value)
-        counters = decision.counters or {}
-        if "immobile_s" in counters:
-            self.immobile_seconds.labels(arena=arena_id).set(counters["immobile_s"])
-        if "immobility_bouts" in counters:
-            self.immobility_bouts.labels(arena=arena_id).set(counters["immobility_bouts"])
-        window = counters.get("scoring_window") or {}
-        if "immobile_s" in window:
-            self.scoring_window_immobile_seconds.labels(arena=arena_id).set(window["immobile_s"])
+        c = decision.counters
+        if c is not None:
+            self.immobile_seconds.labels(arena=arena_id).set(c.immobile_s)
+            self.immobility_bouts.labels(arena=arena_id).set(c.immobility_bouts)
+            self.scoring_window_immobile_seconds.labels(arena=arena_id).set(c.scoring_window.immobile_s)
 
     def close(self) -> None:
         if self._server is not None:

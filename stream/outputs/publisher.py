@@ -31,6 +31,7 @@ import zmq
 
 from stream.decisions import Decision
 from stream.errors import UserError
+from stream.outputs.base import Output
 from stream.outputs.csv_log import json_default
 
 __all__ = [
@@ -65,7 +66,7 @@ def decision_message(arena_id: str, decision: Decision) -> dict[str, Any]:
         "behaviour": decision.behaviour,
         "immobile": bool(decision.immobile),
         "probabilities": {k: float(v) for k, v in decision.probabilities.items()},
-        "counters": decision.counters,
+        "counters": decision.counters.to_json() if decision.counters is not None else {},
     }
 
 
@@ -82,8 +83,12 @@ def _bind(socket: zmq.Socket, endpoint: str, what: str) -> None:
         raise UserError(f"cannot bind {what} {endpoint}: {exc.strerror}; use e.g. tcp://127.0.0.1:5555") from exc
 
 
-class Publisher:
-    """Publishes decisions and summaries; ``publish`` never waits for a subscriber."""
+class Publisher(Output):
+    """Publishes decisions and summaries; ``publish`` never waits for a subscriber.
+
+    An ``Output``: every decision is published, and a trial's summary when it ends. ``skip_through``
+    (arena id -> frame index) leaves out frames an earlier run already published (``--resume``).
+    """
 
     def __init__(
         self,
@@ -122,6 +127,7 @@ class Publisher:
             self._close_sockets()
             raise
         # read before the state thread owns its socket: ZeroMQ sockets are not thread-safe
+        self.skip_through: dict[str, int] = {}
         self._bound_state = None if self._state is None else self._state.getsockopt_string(zmq.LAST_ENDPOINT)
         if self._state is not None:
             self._thread = threading.Thread(target=self._serve_state, name="zmq-state", daemon=True)
@@ -154,10 +160,22 @@ class Publisher:
         """The state endpoint actually bound, or None without one."""
         return self._bound_state
 
+    # -- Output ---------------------------------------------------------------------------------
+    def on_decision(self, arena_id: str, decision: Decision, latency_s: float | None) -> None:
+        done = self.skip_through.get(arena_id)
+        if done is not None and decision.frame_index <= done:
+            return
+        self.publish(arena_id, decision)
+
+    def on_trial_end(self, trial, summary: dict) -> None:
+        self.publish_summary(trial.arena_id, summary)
+
+    # -- publishing -------------------------------------------------------------------------------
     def publish(self, arena_id: str, decision: Decision) -> None:
+        message = decision_message(arena_id, decision)
         with self._lock:
-            self._latest[arena_id] = decision.counters
-        self._send(arena_id, decision_message(arena_id, decision))
+            self._latest[arena_id] = message["counters"]
+        self._send(arena_id, message)
 
     def publish_summary(self, arena_id: str, summary: dict) -> None:
         with self._lock:
