@@ -67,6 +67,9 @@ HYSTERESIS_START = 0.5  # first frame (or first after a gap): whichever of immob
 # Tolerance when converting min_bout_s to frames: 0.2 s at 15 fps is 3 frames, not 4 because
 # 0.2 * 15 = 3.0000000000000004 in floating point.
 _FRAME_ROUNDING_EPS = 1e-9
+# Test clocks are logged (and, in trials, decided on) to 1e-6 s, so the frame before the end of a
+# 4 s test at 15 fps sits at 3.933333 s, and 3.933333 + 1/15 falls 3e-7 s short of 4 s.
+_CLOCK_TOLERANCE_S = 1e-6
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,7 @@ class ArenaDecisions:
             latency_to_first_bout_s=whole.first_bout_s,
             last_timestamp_s=self._last_timestamp_s,
             test_complete=self._last_timestamp_s is not None
-            and self._last_timestamp_s + period >= cfg.test_duration_s - _FRAME_ROUNDING_EPS,
+            and self._last_timestamp_s + period >= cfg.test_duration_s - _CLOCK_TOLERANCE_S,
             scoring_window=WindowCounts(
                 start_s=cfg.scoring_window_start_s,
                 end_s=cfg.test_duration_s,
@@ -293,6 +296,11 @@ class ArenaDecisions:
             gaps=GapCounts(count=self._gaps, frames_missing=self._gap_frames, seconds_missing=self._gap_seconds),
             bins=bins,
         )
+
+    @property
+    def last_index(self) -> int | None:
+        """Index of the last frame given to ``update`` (None before the first)."""
+        return self._last_index
 
     def summary(self) -> dict:
         """End-of-test summary: what was counted, with what settings, for which classes and arena."""

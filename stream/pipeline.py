@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,6 +39,7 @@ from stream.decisions import ArenaDecisions, Decision
 from stream.outputs.base import FrameEvent, GapEvent, Output, Status, broadcast
 from stream.preprocess import FUTURE_FRAMES, crop_resize
 from stream.ring import ClipRing
+from stream.trials import ArenaTrial, TrialBook, TrialEnded, TrialStarted
 
 __all__ = ["Engine", "PipelineConfig", "RunResult", "Pipeline", "format_status", "look_ahead_s"]
 
@@ -148,10 +149,11 @@ class Pipeline:
         engine: Engine,
         flow: Callable[..., torch.Tensor],
         arenas: Sequence[Arena],
-        decisions: dict[str, ArenaDecisions],
+        decisions: Mapping[str, ArenaDecisions | ArenaTrial],
         config: PipelineConfig,
         *,
         outputs: Sequence[Output] = (),
+        trials: TrialBook | None = None,
         heartbeat: Callable[[], None] | None = None,
         stop_event: threading.Event | None = None,
         capture_stats: Any | None = None,
@@ -163,6 +165,7 @@ class Pipeline:
         self.ring = ClipRing(len(self.arenas), config.size_px, flow, device=engine.device,
                              warm_start=config.flow_warm_start)
         self.outputs = list(outputs)
+        self.trials = trials
         self.heartbeat = heartbeat
         self.stop_event = stop_event or threading.Event()
         self.capture_stats = capture_stats
@@ -233,6 +236,8 @@ class Pipeline:
             self._meta.pop(min(self._meta))
         if self._next_center is None:
             self._next_center = frame.index
+        if self.trials is not None:
+            self.trials.on_frame(frame.index, frame.timestamp_s, crops, self._next_center)
         self.result.frames_processed += 1
         self._fps_times.append(time.monotonic())
         broadcast(self.outputs, "on_frame", FrameEvent(frame.index, frame.timestamp_s, frame.image, dt))
@@ -261,7 +266,17 @@ class Pipeline:
             for d in self.decisions[arena.id].update(center, timestamp_s, probs[a]):
                 self._emit(arena.id, d, captured_s)
 
-    def _emit(self, arena_id: str, decision: Decision, captured_s: float | None) -> None:
+    def _emit(self, arena_id: str, decision: Decision | TrialStarted | TrialEnded, captured_s: float | None) -> None:
+        if isinstance(decision, TrialStarted):
+            broadcast(self.outputs, "on_trial_start", decision.trial)
+            return
+        if isinstance(decision, TrialEnded):
+            summary = {**decision.summary, "run": self.result.to_dict()} if "run" not in decision.summary \
+                else decision.summary
+            broadcast(self.outputs, "on_trial_end", decision.trial, summary)
+            if self.trials is not None:
+                self.trials.on_trial_ended(arena_id)
+            return
         self.result.decisions += 1
         if captured_s is None:
             meta = self._meta.get(decision.frame_index)
@@ -272,6 +287,15 @@ class Pipeline:
             if len(self.result.latencies_s) < LATENCY_SAMPLES_KEPT:
                 self.result.latencies_s.append(latency)
         broadcast(self.outputs, "on_decision", arena_id, decision, latency)
+
+    def end_trials(self, reason: str, run_info: dict) -> None:
+        """End every running trial (the input ended, or a stop): summaries carry ``run_info``."""
+        if self.trials is None:
+            return
+        for arena_id, item in self.trials.end_all(reason):
+            if isinstance(item, TrialEnded):
+                item = TrialEnded(item.trial, {**item.summary, "run": run_info})
+            self._emit(arena_id, item, None)
 
     def _end_segment(self) -> None:
         """Classify the segment's last (up to 7) frames with edge-padded clips, then restart the ring."""
@@ -326,6 +350,7 @@ class Pipeline:
             frames_dropped=int(getattr(stats, "dropped_queue_full", 0)) if stats is not None else 0,
             gaps=len(self.result.gaps),
             arenas={arena.id: self.decisions[arena.id].counters() for arena in self.arenas},
+            trials=self.trials.snapshot() if self.trials is not None else {},
             latency_p50_s=_median_recent(self.result.latencies_s),
             final=final,
         )

@@ -30,9 +30,12 @@ from stream.arenas import Arena, check_arenas_fit, resolve_arenas
 from stream.capture import (DEFAULT_GIVE_UP_S, DEFAULT_INITIAL_BACKOFF_S, DEFAULT_MAX_BACKOFF_S, DEFAULT_QUEUE_FRAMES,
                             Capture, CaptureConfig, SourceSpec, parse_source, quiet_opencv_logging)
 from stream.atomic import atomic_write
-from stream.decisions import SMOOTHING_MODES
+from stream.control import DEFAULT_CONTROL_ENDPOINT
+from stream.decisions import BIN_S_DEFAULT, SMOOTHING_MODES
 from stream.errors import EXIT_INTERRUPTED, UserError, cli_main
-from stream.trials import Trial
+from stream.outputs.base import Output
+from stream.trials import TRIAL_MODES, ScheduleEntry, read_schedule, schedule_for
+from stream.version import add_version_argument
 from stream.outputs.metrics import DEFAULT_METRICS_PORT
 from stream.outputs.publisher import DEFAULT_ENDPOINT as DEFAULT_ZMQ_ENDPOINT
 
@@ -43,6 +46,11 @@ log = logging.getLogger("stream.run")
 EXIT_OK = 0
 EXIT_FAILED = 1  # the source gave up or capture failed after the start (summary still written)
 DEFAULT_MODEL_NAME = "fst-side-64"  # the bundled side-view model (64 px, synthetic training data)
+# Issue 13: published scorers do not count short stops. DBscorer uses a 2 s minimum immobility bout
+# (1 s is typical in EthoVision set-ups); hysteresis keeps a 1-frame flicker from splitting a bout
+# in two, each then shorter than the minimum. The README ("Decision defaults") gives the reasons.
+MIN_BOUT_S_DEFAULT = 2.0
+SMOOTHING_DEFAULT = "hysteresis"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg")
 
 
@@ -55,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     from stream.engine import ENGINE_KINDS
 
     p = argparse.ArgumentParser(prog="stream-run", description=__doc__.splitlines()[0].replace("``", ""))
+    add_version_argument(p)
     src = p.add_argument_group("input (exactly one)")
     src.add_argument("--camera", type=int, metavar="N", help="camera index (/dev/videoN)")
     src.add_argument("--video", nargs="+", metavar="PATH_OR_GLOB", help="video file(s); globs are expanded")
@@ -83,22 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: <video>.arenas.json next to a video, else the whole frame")
 
     d = p.add_argument_group("decisions")
-    d.add_argument("--smoothing", default="none", choices=SMOOTHING_MODES,
-                   help="smooth the probabilities before labelling (default: none)")
+    d.add_argument("--smoothing", default=SMOOTHING_DEFAULT, choices=SMOOTHING_MODES,
+                   help="smooth the probabilities before labelling (default: %(default)s)")
     d.add_argument("--smoothing-window", type=int, default=5, metavar="FRAMES", help="moving-average window (default: %(default)s)")
-    d.add_argument("--min-bout-s", type=float, default=0.0, help="shorter immobility is counted as mobile (default: %(default)s)")
+    d.add_argument("--min-bout-s", type=float, default=MIN_BOUT_S_DEFAULT,
+                   help="shorter immobility is counted as mobile (default: %(default)s, as DBscorer)")
     d.add_argument("--test-duration-s", "--test-duration", type=float, default=360.0, dest="test_duration_s",
                    help="test length in seconds (default: %(default)s)")
     d.add_argument("--scoring-window-s", "--scoring-window", type=float, default=240.0, dest="scoring_window_s",
                    help="scored over the last this-many seconds of the test (default: %(default)s)")
     d.add_argument("--immobile-classes", default=None, metavar="A,B", help="default: the model card's")
+    d.add_argument("--bin-s", type=float, default=BIN_S_DEFAULT,
+                   help="time bins of each trial, s: per-bin seconds and bouts (default: %(default)s, per minute)")
+
+    t = p.add_argument_group("trials")
+    t.add_argument("--trials", choices=TRIAL_MODES, default=None,
+                   help="how trials start: now (every arena at the first frame; default), control (stream-ctl "
+                        "start/stop), auto (an animal appears in an empty arena / is taken out), schedule (--schedule)")
+    t.add_argument("--schedule", type=Path, metavar="CSV",
+                   help="recordings: CSV video,arena,animal,group,start_s; one trial per row (implies --trials schedule)")
+    t.add_argument("--control", default=None, metavar="ENDPOINT",
+                   help=f"control endpoint for stream-ctl (REP; default {DEFAULT_CONTROL_ENDPOINT} for live sources "
+                        "and --trials control, none for videos); 'none' disables")
 
     o = p.add_argument_group("outputs")
     o.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: runs/<UTC time>)")
     o.add_argument("--zmq", default=DEFAULT_ZMQ_ENDPOINT, metavar="ENDPOINT", help="ZeroMQ PUB endpoint (default: %(default)s)")
     o.add_argument("--no-zmq", action="store_true", help="do not publish on ZeroMQ")
     o.add_argument("--zmq-state", default=None, metavar="ENDPOINT",
-                   help="REP endpoint answering b'counters' with the latest counters (late joiners)")
+                   help="old name of --control (it still answers b'counters' with the latest counters)")
     o.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="Prometheus port; 0 disables (default: %(default)s)")
     o.add_argument("--metrics-addr", default="127.0.0.1", help="address the metrics server listens on (default: %(default)s)")
     o.add_argument("--no-metrics", action="store_true", help="no Prometheus endpoint")
@@ -199,7 +221,14 @@ class _Run:
         self.publisher = None
         self.engine = None
         self.notifier = None
-
+        self.control = None
+        self.results = None
+        self.book = None  # the current source's TrialBook (the control thread reads it)
+        self.out: Path = Path(".")
+        self.schedule: list[ScheduleEntry] = []
+        self.trial_mode = "now"
+        self.control_endpoint: str | None = None
+        self.model_sha256 = ""
     # -- signals --------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
@@ -226,7 +255,7 @@ class _Run:
         finally:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
-            for closer in (self.engine, self.publisher, self.metrics):
+            for closer in (self.control, self.engine, self.publisher, self.metrics):
                 if closer is not None:
                     try:
                         closer.close()
@@ -251,6 +280,7 @@ class _Run:
             raise UserError("give either --roi (repeatable) or --arenas FILE, not both")
         if a.resume and not a.video:
             raise UserError("--resume works with --video only: a live session cannot be replayed")
+        self._trial_settings()
         # sources
         if a.video:
             videos = _expand_videos(a.video)
@@ -261,6 +291,7 @@ class _Run:
         # output folder
         out = a.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         _check_out_dir(out)
+        self.out = out
         out_dirs = _unique_dirs(out, videos) if len(videos) > 1 else [out]
         # model card (cheap) then decision settings, so flag mistakes fail fast
         model_dir = a.model if a.model is not None else default_model_dir()
@@ -269,6 +300,7 @@ class _Run:
                             "model.safetensors)")
         card = load_card(model_dir)
         self._decision_config(card)
+        self.model_sha256 = card.weights_sha256
         # ports
         self._open_outputs()
         sources = self._open_sources(specs, out_dirs, card)
@@ -320,6 +352,24 @@ class _Run:
         log.info("engine %s on %s; model %s (%s, %d px, %.1f fps, classes %s)", self.engine.name, self.engine.device,
                  card.name, card.view, card.input_size_px, card.fps, ", ".join(card.classes))
 
+    def _trial_settings(self) -> None:
+        """--trials / --schedule / --control: resolved once, checked before anything opens."""
+        a = self.args
+        mode = a.trials or ("schedule" if a.schedule else "now")
+        if a.schedule is not None and mode != "schedule":
+            raise UserError(f"--schedule goes with --trials schedule, not --trials {mode}")
+        if mode == "schedule":
+            if a.schedule is None:
+                raise UserError("--trials schedule needs --schedule FILE.csv (video,arena,animal,group,start_s)")
+            if not a.video:
+                raise UserError("--schedule is for recordings (--video); on a live camera use --trials control or auto")
+            self.schedule = read_schedule(a.schedule)
+        self.trial_mode = mode
+        control = a.control or a.zmq_state
+        if control is None and (a.video is None or mode == "control"):
+            control = DEFAULT_CONTROL_ENDPOINT
+        self.control_endpoint = None if control in (None, "none") else control
+
     def _decision_config(self, card):
         from stream.decisions import DecisionConfig
 
@@ -331,7 +381,7 @@ class _Run:
             raise UserError(f"--immobile-classes {','.join(unknown)}: not classes of the model ({', '.join(card.classes)})")
         return DecisionConfig(fps=card.fps, smoothing=a.smoothing, smoothing_window_frames=a.smoothing_window,
                               min_bout_s=a.min_bout_s, immobile_classes=immobile, test_duration_s=a.test_duration_s,
-                              scoring_window_s=a.scoring_window_s)
+                              scoring_window_s=a.scoring_window_s, bin_s=a.bin_s)
 
     def _capture_config(self, card, spec: SourceSpec) -> CaptureConfig:
         a = self.args
@@ -351,8 +401,23 @@ class _Run:
                 raise UserError(f"--metrics-port {a.metrics_port}: must be 1..65535 (0 disables)")
             self.metrics = Metrics(a.metrics_port, addr=a.metrics_addr)
         if not a.no_zmq:
-            self.publisher = Publisher(a.zmq, state_endpoint=a.zmq_state)
+            self.publisher = Publisher(a.zmq)
+        if self.control_endpoint is not None:
+            from stream.control import ControlServer
+
+            self.control = ControlServer(self.control_endpoint, self._control,
+                                         legacy_state=self.publisher.state_reply if self.publisher else None)
+        from stream.outputs.results import ResultsTable
+
+        self.results = ResultsTable(self.out)
         self.notifier = notifier_from_env()
+
+    def _control(self, request: dict) -> dict:
+        """A stream-ctl request, answered from the control thread."""
+        book = self.book
+        if book is None:
+            return {"ok": False, "error": "no source is running yet (the model is loading); try again in a moment"}
+        return book.command(request)
 
     # -- running ------------------------------------------------------------------------------------
     def _run_sources(self, sources: list[_Source], card, model_dir: Path) -> int:
@@ -389,33 +454,42 @@ class _Run:
 
     def _run_one(self, source: _Source, card, flow, *, multi: bool) -> int:
         """One source: its trials start, the pipeline runs, the trials end with their summaries."""
-        from stream.decisions import ArenaDecisions
         from stream.outputs.base import broadcast
         from stream.outputs.console import summary_table
         from stream.pipeline import Pipeline, PipelineConfig
+        from stream.trials import TrialBook
 
         a = self.args
         capture = self._open_capture(source, card)
         classes = list(card.classes)
-        dconf = self._decision_config(card)
-        decisions = {ar.id: ArenaDecisions(ar.id, classes, dconf) for ar in source.arenas}
+        book = TrialBook([ar.id for ar in source.arenas], classes, self._decision_config(card), mode=self.trial_mode,
+                         out_dir=source.out_dir, source=str(source.spec),
+                         schedule=schedule_for(self.schedule, source.spec.location) if self.schedule else (),
+                         summary_extra=lambda trial: {"provenance": self._provenance(source, card, trial)})
+        book.resume_on_stop = source.spec.live and self.trial_mode != "now"
         own = self._source_outputs(source, card, capture, multi=multi)  # closed at the end of this source
-        outputs = [own[0], *(o for o in (self.publisher, self.metrics) if o is not None), *own[1:]]
-        started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        trials = {ar.id: Trial(trial_id=ar.id, arena_id=ar.id, source=str(source.spec), start_utc=started_utc)
-                  for ar in source.arenas}
+        outputs = [own[0], self.results, *(o for o in (self.publisher, self.metrics) if o is not None), *own[1:]]
+        ended: dict[str, dict] = {}
+
+        class _Ended(Output):  # the terminal table shows the trials this source ended
+            def on_trial_end(self, trial, summary: dict) -> None:
+                ended[trial.trial_id] = summary
+
+        outputs.append(_Ended())
         try:
-            for trial in trials.values():
-                broadcast(outputs, "on_trial_start", trial)
-            if self.publisher is not None:
-                self.publisher.skip_through = own[0].resume_points()
+            if source.spec.live:
+                for trial in book.resume_running():
+                    broadcast(outputs, "on_trial_start", trial)
             pipeline = Pipeline(
-                self.engine, flow, source.arenas, decisions,
+                self.engine, flow, source.arenas, book.arenas,
                 PipelineConfig(fps=card.fps, size_px=self.engine.input_size_px, stride_frames=a.stride,
                                flow_warm_start=not a.no_flow_warm_start),
-                outputs=outputs, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
+                outputs=outputs, trials=book, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
                 capture_stats=capture.stats,
             )
+            self.book = book
+            if self.publisher is not None:
+                self.publisher.skip_through = {}
             capture.start()
             try:
                 result = pipeline.run(capture)
@@ -425,18 +499,34 @@ class _Run:
                 result.stopped = True
                 result.end_reason = f"stopped by {self.signal_name}"
             info = self._run_info(source, card, capture, result)
-            summaries = {ar.id: {**decisions[ar.id].summary(), "run": info} for ar in source.arenas}
-            for ar in source.arenas:  # summaries: always, whatever ended the run
-                broadcast(outputs, "on_trial_end", trials[ar.id], summaries[ar.id])
+            if result.stopped and book.resume_on_stop:
+                log.warning("stopped with trials running: they resume when stream-run starts again with --out %s",
+                            source.out_dir)
+            else:  # summaries: always, whatever ended the run
+                pipeline.end_trials(result.end_reason, info)
         finally:
+            self.book = None
             for out in own:
                 out.close()
-        if not a.quiet:
-            print(summary_table(summaries, classes, str(source.spec), source.out_dir), flush=True)
+        if not a.quiet and ended:
+            print(summary_table({s["trial"]["trial_id"]: s for s in ended.values()}, classes, str(source.spec),
+                                source.out_dir, run=info), flush=True)
+        if ended and self.results is not None and not a.quiet:
+            print(f"results: {self.results.path} ({len(self.results.rows)} trials)", flush=True)
         if result.gave_up or result.error:
             print(f"stream-run: error: {result.error or 'capture failed'}", file=sys.stderr, flush=True)
             return EXIT_FAILED
         return EXIT_OK
+
+    def _provenance(self, source: _Source, card, trial) -> dict:
+        """What produced a trial's figures: model and checksum, package version, ROI, source, flow."""
+        from stream import __version__
+
+        arena = next(ar for ar in source.arenas if ar.id == trial.arena_id)
+        roi = f"{arena.roi.x},{arena.roi.y},{arena.roi.w},{arena.roi.h}" if arena.roi is not None else "full frame"
+        return {"model": card.name, "model_sha256": self.model_sha256, "swim_stream_version": __version__,
+                "roi": roi, "source": str(source.spec), "start_utc": trial.start_utc, "flow": dict(card.flow),
+                "flow_warm_start": not self.args.no_flow_warm_start, "stride_frames": self.args.stride}
 
     def _open_capture(self, source: _Source, card) -> Capture:
         """The source's capture, opened now if it was not at the checks (a live source, or one of many)."""

@@ -64,6 +64,7 @@ class Status:
     gaps: int
     arenas: dict[str, Any] = field(default_factory=dict)  # arena id -> Counters (None while it waits for a trial)
     latency_p50_s: float | None = None
+    trials: dict[str, Any] = field(default_factory=dict)  # arena id -> {"state", "trial", "elapsed_s"} (TrialBook)
     final: bool = False  # the last status of a source, sent after the flush
 
     def __getitem__(self, key: str) -> Any:

@@ -65,8 +65,9 @@ def _fmt_s(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f} s"
 
 
-def summary_table(summaries: dict[str, dict], classes: list[str], source: str, out_dir: Path) -> str:
-    """The end-of-run table printed to the terminal (one row per trial)."""
+def summary_table(summaries: dict[str, dict], classes: list[str], source: str, out_dir: Path,
+                  run: dict | None = None) -> str:
+    """The end-of-run table printed to the terminal (one row per trial); ``run``: the run's info."""
     head = ["arena", "frames", *[f"{c} s" for c in classes], "immobile s", "bouts", "1st bout s",
             "window immobile s", "window bouts", "gaps"]
     rows = []
@@ -79,7 +80,8 @@ def summary_table(summaries: dict[str, dict], classes: list[str], source: str, o
                      f"{w['immobile_s']:.1f}", str(w["immobility_bouts"]), str(c["gaps"]["count"])])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     fmt = "  ".join("{:<%d}" % w if i == 0 else "{:>%d}" % w for i, w in enumerate(widths))
-    run = next(iter(summaries.values()))["run"] if summaries else {}
+    if run is None:
+        run = next(iter(summaries.values())).get("run", {}) if summaries else {}
     lines = [f"summary of {source} -> {out_dir}",
              f"  ended: {run.get('end_reason', '?')}; {run.get('frames_processed', 0)} frames at {run.get('fps', 0):.1f} fps; "
              f"look-ahead {run.get('look_ahead_s', 0):.2f} s; capture-to-decision p50 "

@@ -130,15 +130,27 @@ def replay_frames(arena: ArenaDecisions, rows: list[dict[str, Any]]) -> list[Dec
     Re-scores a recorded run with other settings (smoothing, minimum bout, window), or restores the
     counters of an interrupted run before resuming it. Frame indices that jump are recorded as gaps;
     an outage the original run saw without a jump in indices is not visible in the CSV.
+
+    A trial resumed after a restart appends frames whose indices start again from 0: they are placed
+    after the earlier ones by their timestamps (the frames in between are a gap), exactly as
+    ``stream.trials.ArenaTrial`` placed them live.
     """
     columns = [f"p_{c}" for c in arena.classes]
     out: list[Decision] = []
+    offset = 0
+    raw_last: int | None = None
+    eff_last: int | None = None
+    t_last = 0.0
     for row in rows:
         try:
             probs = np.array([row[c] for c in columns], dtype=np.float64)
         except KeyError as exc:
             raise UserError(f"the frames CSV has no column {exc.args[0]}; it was written for other classes") from exc
-        out += arena.update(row["frame"], row["timestamp_s"], probs)
+        raw = int(row["frame"])
+        if raw_last is not None and eff_last is not None and raw <= raw_last:  # a restart: indices begin again
+            offset = eff_last + max(1, round((row["timestamp_s"] - t_last) * arena.config.fps)) - raw
+        out += arena.update(raw + offset, row["timestamp_s"], probs)
+        raw_last, eff_last, t_last = raw, raw + offset, row["timestamp_s"]
     return out
 
 
@@ -296,11 +308,18 @@ class CsvOutput(Output):
         self.logs: dict[str, ArenaCsvLog] = {}  # arena id -> the log of its current trial
 
     def on_trial_start(self, trial) -> None:
+        from stream.trials import write_trial_file
+
         old = self.logs.pop(trial.arena_id, None)
         if old is not None:
             old.close()
-        self.logs[trial.arena_id] = ArenaCsvLog(self.out_dir, trial.file_stem, self.classes, resume=self.resume,
-                                                flush_interval_s=self.flush_interval_s)
+        log_ = ArenaCsvLog(self.out_dir, trial.file_stem, self.classes, resume=self.resume or trial.resumed,
+                           flush_interval_s=self.flush_interval_s)
+        if trial.resumed:
+            log_.last_frame_index = None  # a restarted source counts frames from 0 again: append them all
+        else:
+            write_trial_file(self.out_dir, trial)
+        self.logs[trial.arena_id] = log_
 
     def on_decision(self, arena_id: str, decision: Decision, latency_s: float | None) -> None:
         log_ = self.logs.get(arena_id)

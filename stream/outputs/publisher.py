@@ -57,6 +57,7 @@ _SUMMARY_RETRY_STEP_S = 0.02
 
 
 def decision_message(arena_id: str, decision: Decision) -> dict[str, Any]:
+    current = decision.counters.current_bin() if decision.counters is not None else None
     return {
         "schema": SCHEMA_VERSION,
         "type": "frame",
@@ -67,6 +68,7 @@ def decision_message(arena_id: str, decision: Decision) -> dict[str, Any]:
         "immobile": bool(decision.immobile),
         "probabilities": {k: float(v) for k, v in decision.probabilities.items()},
         "counters": decision.counters.to_json() if decision.counters is not None else {},
+        "bin": current.to_json() if current is not None else None,  # the bin this frame lies in
     }
 
 
@@ -128,6 +130,7 @@ class Publisher(Output):
             raise
         # read before the state thread owns its socket: ZeroMQ sockets are not thread-safe
         self.skip_through: dict[str, int] = {}
+        self._trial_ids: dict[str, str] = {}
         self._bound_state = None if self._state is None else self._state.getsockopt_string(zmq.LAST_ENDPOINT)
         if self._state is not None:
             self._thread = threading.Thread(target=self._serve_state, name="zmq-state", daemon=True)
@@ -167,12 +170,26 @@ class Publisher(Output):
             return
         self.publish(arena_id, decision)
 
+    def on_trial_start(self, trial) -> None:
+        self._trial_ids[trial.arena_id] = trial.trial_id
+        with self._lock:
+            if trial.arena_id in self._finished:
+                self._finished.remove(trial.arena_id)
+
     def on_trial_end(self, trial, summary: dict) -> None:
         self.publish_summary(trial.arena_id, summary)
+
+    def state_reply(self) -> dict:
+        """The latest counters of every arena (the state request of late joiners)."""
+        with self._lock:
+            return {"schema": SCHEMA_VERSION, "type": "counters", "arenas": dict(self._latest),
+                    "finished": list(self._finished)}
 
     # -- publishing -------------------------------------------------------------------------------
     def publish(self, arena_id: str, decision: Decision) -> None:
         message = decision_message(arena_id, decision)
+        if arena_id in self._trial_ids:
+            message["trial_id"] = self._trial_ids[arena_id]
         with self._lock:
             self._latest[arena_id] = message["counters"]
         self._send(arena_id, message)
@@ -246,13 +263,7 @@ class Publisher(Output):
             except zmq.Again:
                 continue
             if request.strip() == STATE_REQUEST:
-                with self._lock:
-                    reply = {
-                        "schema": SCHEMA_VERSION,
-                        "type": "counters",
-                        "arenas": dict(self._latest),
-                        "finished": list(self._finished),
-                    }
+                reply = self.state_reply()
             else:
                 reply = {"schema": SCHEMA_VERSION, "type": "error",
                          "error": f"unknown request {request[:40]!r}; send {STATE_REQUEST!r}"}
