@@ -429,6 +429,7 @@ class _Run:
         flow = TVL1(FlowConfig(**card.flow), device=engine.device)
         if self.metrics is not None:
             self.metrics.frame_period_s = 1.0 / card.fps
+            self.metrics.model_fps.set(card.fps)
             if self.publisher is not None:
                 self.metrics.zmq_dropped_count = lambda: self.publisher.dropped
             self.metrics.engine_info.info({"engine": str(engine.name), "device": str(engine.device),
@@ -476,6 +477,11 @@ class _Run:
                 ended[trial.trial_id] = summary
 
         outputs.append(_Ended())
+        if self.metrics is not None:
+            from stream.outputs.metrics import camera_label
+
+            self.metrics.start_source(camera_label(source.spec.kind, str(source.spec.location)),
+                                      [ar.id for ar in source.arenas], classes)
         try:
             if source.spec.live:
                 for trial in book.resume_running():
