@@ -40,6 +40,7 @@ from torch.utils.data import Subset
 
 from export import train as tr
 from stream.errors import UserError, cli_main
+from stream.version import add_version_argument
 
 __all__ = [
     "FLOW_WEIGHTS",
@@ -350,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="k-fold cross-validation of the two-stream model, flow-weight sweep 0.0..1.0 on held-out predictions, report.",
         epilog="Example: export-evaluate --videos demo/synth_side.mp4 --folds 10 --out runs/eval --export-model models/my-side",
     )
+    add_version_argument(p)
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json, CSV tables, plots and report.html")
     p.add_argument("--work-dir", type=Path, help="per-fold checkpoints and held-out predictions (default: OUT/folds); rerunning resumes")
     p.add_argument("--folds", type=int, default=10, help="number of cross-validation folds (default: 10)")

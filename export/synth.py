@@ -51,6 +51,7 @@ import numpy as np
 from export.annotations import SIDE_CLASSES, TOP_CLASSES, Annotation, write_boris_tabular, write_frame_csv
 from stream.errors import UserError, cli_main
 from stream.preprocess import Roi
+from stream.version import add_version_argument
 
 __all__ = ["SynthConfig", "SynthResult", "generate_labels", "render_frames", "render_video", "main"]
 
@@ -600,6 +601,7 @@ def render_video(cfg: SynthConfig, out_dir: Path | str) -> SynthResult:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="export-synth", description="Render labelled synthetic forced-swim-test videos.")
+    add_version_argument(p)
     p.add_argument("--view", choices=VIEWS, default="side", help="side: swim/struggle/float; top: mobile/immobile")
     dur = p.add_mutually_exclusive_group()
     dur.add_argument("--minutes", type=float, help="duration in minutes (default 1)")

@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from stream.atomic import atomic_path, atomic_write
 from stream.errors import UserError, cli_main
+from stream.version import add_version_argument
 
 __all__ = [
     "TrainConfig",
@@ -866,6 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the RGB and flow I3D streams of a swim-stream model (step 1 on Jhuang clips, step 2 on annotated videos).",
         epilog="Example: export-train --videos demo/synth_side.mp4 --out models/my-side --init random --epochs 10",
     )
+    add_version_argument(p)
     p.add_argument("--out", type=Path, required=True, help="model directory to write (model.safetensors + card.json + training log)")
     p.add_argument("--work-dir", type=Path, help="checkpoints for --resume (default: runs/train-<out name>)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
