@@ -467,7 +467,9 @@ class _Run:
                          out_dir=source.out_dir, source=str(source.spec),
                          schedule=schedule_for(self.schedule, source.spec.location) if self.schedule else (),
                          summary_extra=lambda trial: {"provenance": self._provenance(source, card, trial)})
-        book.resume_on_stop = source.spec.live and self.trial_mode != "now"
+        # a camera, or a video paced like one: a restart continues the trial that was running
+        live_like = source.spec.live or a.realtime
+        book.resume_on_stop = live_like and self.trial_mode != "now"
         own = self._source_outputs(source, card, capture, multi=multi)  # closed at the end of this source
         outputs = [own[0], self.results, *(o for o in (self.publisher, self.metrics) if o is not None), *own[1:]]
         ended: dict[str, dict] = {}
@@ -483,7 +485,7 @@ class _Run:
             self.metrics.start_source(camera_label(source.spec.kind, str(source.spec.location)),
                                       [ar.id for ar in source.arenas], classes)
         try:
-            if source.spec.live:
+            if live_like:
                 for trial in book.resume_running():
                     broadcast(outputs, "on_trial_start", trial)
             pipeline = Pipeline(
