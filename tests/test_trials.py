@@ -52,7 +52,7 @@ class ScriptedEngine:
     def __init__(self) -> None:
         self.calls = 0
 
-    def warmup(self) -> None:
+    def warmup(self, *_batch) -> None:
         pass
 
     def predict(self, rgb: torch.Tensor, flow: torch.Tensor) -> np.ndarray:
