@@ -470,6 +470,7 @@ class _Run:
         # a camera, or a video paced like one: a restart continues the trial that was running
         live_like = source.spec.live or a.realtime
         book.resume_on_stop = live_like and self.trial_mode != "now"
+        book.numbered_ids = book.numbered_ids or live_like
         own = self._source_outputs(source, card, capture, multi=multi)  # closed at the end of this source
         outputs = [own[0], self.results, *(o for o in (self.publisher, self.metrics) if o is not None), *own[1:]]
         ended: dict[str, dict] = {}

@@ -353,11 +353,12 @@ class TrialBook:
         self._numbers: dict[str, int] = {}
         self._snapshot: dict[str, Any] = {}
         self.resume_on_stop = False  # live sources: a stop leaves trials running, resumed at the next start
+        self.numbered_ids = mode != "now"  # live sources number their trials even in "now" mode: never overwrite
 
     # -- trial ids and files ---------------------------------------------------------------------
     def _new_trial(self, arena: str, animal: str, group: str, frame_index: int, source_s: float) -> Trial:
-        if self.mode == "now":
-            trial_id = arena  # one trial per arena per source: the files keep the arena's name
+        if self.mode == "now" and not self.numbered_ids:
+            trial_id = arena  # one trial per arena per recording: the files keep the arena's name
         else:
             n = self._numbers.get(arena) or len(list(self.out_dir.glob(f"{arena}-t*{TRIAL_FILE_SUFFIX}")))
             n += 1
