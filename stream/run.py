@@ -497,8 +497,8 @@ class _Run:
                 capture_stats=capture.stats,
             )
             self.book = book
-            if self.publisher is not None:
-                self.publisher.skip_through = {}
+            if self.publisher is not None:  # --resume: what the interrupted run published is not sent again
+                self.publisher.skip_through = own[0].resumed_through
             capture.start()
             try:
                 result = pipeline.run(capture)

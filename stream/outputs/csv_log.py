@@ -306,6 +306,8 @@ class CsvOutput(Output):
         self.resume = resume
         self.flush_interval_s = flush_interval_s
         self.logs: dict[str, ArenaCsvLog] = {}  # arena id -> the log of its current trial
+        # arena id -> last frame an interrupted run had written (--resume): other outputs skip those too
+        self.resumed_through: dict[str, int] = {}
 
     def on_trial_start(self, trial) -> None:
         from stream.trials import write_trial_file
@@ -319,6 +321,8 @@ class CsvOutput(Output):
             log_.last_frame_index = None  # a restarted source counts frames from 0 again: append them all
         else:
             write_trial_file(self.out_dir, trial)
+            if log_.last_frame_index is not None:
+                self.resumed_through[trial.arena_id] = log_.last_frame_index
         self.logs[trial.arena_id] = log_
 
     def on_decision(self, arena_id: str, decision: Decision, latency_s: float | None) -> None:
@@ -335,10 +339,6 @@ class CsvOutput(Output):
             log_.write_summary(summary)
         finally:
             log_.close()
-
-    def resume_points(self) -> dict[str, int]:
-        """Arena id -> last frame index already in its CSV (frames up to it are not written again)."""
-        return {a: lg.last_frame_index for a, lg in self.logs.items() if lg.last_frame_index is not None}
 
     def close(self) -> None:
         for log_ in self.logs.values():
