@@ -221,8 +221,15 @@ def test_metrics_and_preview(tmp_path: Path) -> None:
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == n == preview.frames_written
     ok, first = cap.read()
     cap.release()
-    assert ok and first.shape == (40, 80, 3)
-    assert np.abs(first.astype(int) - image(0).astype(int)).max() > 50  # labels were drawn
+    # 40 px arenas are upscaled to the legible minimum (issue 13, item 9): 80x40 -> 400x200
+    assert ok and first.shape == (preview.size[1], preview.size[0], 3) == (200, 400, 3)
+    plain = cv2.resize(image(0), preview.size, interpolation=cv2.INTER_LINEAR)
+    assert np.abs(first.astype(int) - plain.astype(int)).max() > 50  # labels were drawn
+    import av
+
+    with av.open(str(tmp_path / "preview.mp4")) as container:  # what a browser needs: H.264, yuv420p
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
 
 
 def test_look_ahead_is_seven_frames() -> None:
