@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument_group("arenas")
     a.add_argument("--roi", action="append", default=[], metavar="x,y,w,h",
                    help="one arena's region of interest in pixels; repeat for several arenas")
+    a.add_argument("--check-arenas", action="store_true",
+                   help="draw the arenas in use on the first frame (<out>/arenas-<video>.png) and exit")
     a.add_argument("--arenas", type=Path, metavar="FILE",
                    help='arena file (JSON/YAML): {"arenas": [{"id": "A1", "roi": [x, y, w, h]}, ...]}; '
                         "default: <video>.arenas.json next to a video, else the whole frame")
@@ -249,6 +251,8 @@ class _Run:
 
     # -- the run --------------------------------------------------------------------------------
     def execute(self) -> int:
+        if self.args.check_arenas:
+            return self._check_arenas()
         old_handlers = self._install_signals()
         try:
             sources, card, model_dir = self._prepare()
@@ -352,6 +356,28 @@ class _Run:
             raise
         log.info("engine %s on %s; model %s (%s, %d px, %.1f fps, classes %s)", self.engine.name, self.engine.device,
                  card.name, card.view, card.input_size_px, card.fps, ", ".join(card.classes))
+
+    def _check_arenas(self) -> int:
+        """--check-arenas: a PNG of each source's first frame with the arenas in use; no model, no run."""
+        from stream.arena_finder import draw_arenas, grab_median_frame
+
+        a = self.args
+        if sum(x is not None for x in (a.camera, a.video, a.url)) != 1:
+            raise UserError("give exactly one of --camera N, --video PATH..., --url URL")
+        specs = [parse_source(video=v) for v in _expand_videos(a.video)] if a.video else \
+            [parse_source(camera=a.camera, url=a.url)]
+        out = a.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        _check_out_dir(out)
+        for spec in specs:
+            arenas = resolve_arenas(rois=a.roi, arena_file=a.arenas,
+                                    video=spec.location if spec.kind == "file" else None)
+            location = int(spec.location) if spec.kind == "camera" else str(spec.location)
+            image = grab_median_frame(location, 1)
+            check_arenas_fit(arenas, image.shape[1], image.shape[0], str(spec))
+            stem = Path(str(spec.location)).stem if spec.kind == "file" else spec.kind
+            png = draw_arenas(image, arenas, out / f"arenas-{stem}.png")
+            print(f"stream-run: {len(arenas)} arena(s) of {spec} drawn in {png}")
+        return EXIT_OK
 
     def _trial_settings(self) -> None:
         """--trials / --schedule / --control: resolved once, checked before anything opens."""
