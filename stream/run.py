@@ -33,7 +33,6 @@ from stream.atomic import atomic_write
 from stream.control import DEFAULT_CONTROL_ENDPOINT
 from stream.decisions import BIN_S_DEFAULT, SMOOTHING_MODES
 from stream.errors import EXIT_INTERRUPTED, UserError, cli_main
-from stream.outputs.base import Output
 from stream.trials import TRIAL_MODES, ScheduleEntry, read_schedule, schedule_for
 from stream.version import add_version_argument
 from stream.outputs.metrics import DEFAULT_METRICS_PORT
@@ -485,33 +484,17 @@ class _Run:
         from stream.outputs.base import broadcast
         from stream.outputs.console import summary_table
         from stream.pipeline import Pipeline, PipelineConfig
-        from stream.trials import TrialBook
 
         a = self.args
         capture = self._open_capture(source, card)
-        classes = list(card.classes)
-        book = TrialBook([ar.id for ar in source.arenas], classes, self._decision_config(card), mode=self.trial_mode,
-                         out_dir=source.out_dir, source=str(source.spec),
-                         schedule=schedule_for(self.schedule, source.spec.location) if self.schedule else (),
-                         summary_extra=lambda trial: {"provenance": self._provenance(source, card, trial)})
-        # a camera, or a video paced like one: a restart continues the trial that was running
-        live_like = source.spec.live or a.realtime
-        book.resume_on_stop = live_like and self.trial_mode != "now"
-        book.numbered_ids = book.numbered_ids or live_like
+        book, live_like = self._trial_book(source, card)
         own = self._source_outputs(source, card, capture, multi=multi)  # closed at the end of this source
         outputs = [own[0], self.results, *(o for o in (self.publisher, self.metrics) if o is not None), *own[1:]]
-        ended: dict[str, dict] = {}
-
-        class _Ended(Output):  # the terminal table shows the trials this source ended
-            def on_trial_end(self, trial, summary: dict) -> None:
-                ended[trial.trial_id] = summary
-
-        outputs.append(_Ended())
         if self.metrics is not None:
             from stream.outputs.metrics import camera_label
 
             self.metrics.start_source(camera_label(source.spec.kind, str(source.spec.location)),
-                                      [ar.id for ar in source.arenas], classes)
+                                      [ar.id for ar in source.arenas], list(card.classes))
         try:
             if live_like:
                 for trial in book.resume_running():
@@ -544,15 +527,27 @@ class _Run:
             self.book = None
             for out in own:
                 out.close()
+        ended = own[-1].ended  # the console output collected the trials this source ended
         if not a.quiet and ended:
-            print(summary_table({s["trial"]["trial_id"]: s for s in ended.values()}, classes, str(source.spec),
-                                source.out_dir, run=info), flush=True)
-        if ended and self.results is not None and not a.quiet:
+            print(summary_table(ended, list(card.classes), str(source.spec), source.out_dir, run=info), flush=True)
             print(f"results: {self.results.path} ({len(self.results.rows)} trials)", flush=True)
         if result.gave_up or result.error:
             print(f"stream-run: error: {result.error or 'capture failed'}", file=sys.stderr, flush=True)
             return EXIT_FAILED
         return EXIT_OK
+
+    def _trial_book(self, source: _Source, card):
+        """The source's trials: mode, schedule rows, provenance; (book, whether the source runs in real time)."""
+        from stream.trials import TrialBook
+
+        book = TrialBook([ar.id for ar in source.arenas], list(card.classes), self._decision_config(card),
+                         mode=self.trial_mode, out_dir=source.out_dir, source=str(source.spec),
+                         schedule=schedule_for(self.schedule, source.spec.location) if self.schedule else (),
+                         summary_extra=lambda trial: {"provenance": self._provenance(source, card, trial)})
+        # a camera, or a video paced like one: a restart continues the trial that was running
+        live_like = source.spec.live or self.args.realtime
+        book.resume_on_stop = live_like and self.trial_mode != "now"
+        return book, live_like
 
     def _provenance(self, source: _Source, card, trial) -> dict:
         """What produced a trial's figures: model and checksum, package version, ROI, source, flow."""

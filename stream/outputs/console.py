@@ -28,6 +28,7 @@ class ConsoleOutput(Output):
         self.quiet = quiet
         self.systemd_status = systemd_status
         self.last_behaviour: dict[str, str] = {}
+        self.ended: dict[str, dict] = {}  # trial id -> summary of the trials ended (for the summary table)
         self.bar: Any = None
         if show_bar and not quiet:
             from tqdm import tqdm
@@ -41,6 +42,9 @@ class ConsoleOutput(Output):
 
     def on_decision(self, arena_id: str, decision: Decision, latency_s: float | None) -> None:
         self.last_behaviour[arena_id] = decision.behaviour
+
+    def on_trial_end(self, trial, summary: dict) -> None:
+        self.ended[trial.trial_id] = summary
 
     def on_status(self, status: Status) -> None:
         if status.final:
