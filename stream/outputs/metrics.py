@@ -179,9 +179,8 @@ class Metrics(Output):
         self.frames_captured.labels(camera=camera).inc(0)
         self.frames_dropped.labels(reason="queue_full").inc(0)
         for arena in arenas:
-            for behaviour in classes:
+            for behaviour in classes:  # (current_behaviour stays absent until the first decision: one-hot or nothing)
                 self.behaviour_seconds.labels(arena=arena, behaviour=behaviour).inc(0)
-                self.current_behaviour.labels(arena=arena, behaviour=behaviour).set(0)
             for gauge in (self.immobile_seconds, self.immobility_bouts, self.scoring_window_immobile_seconds,
                           self.trial_active, self.trial_elapsed_seconds, self.trial_complete, self.bin_immobile_seconds,
                           self.bin_index):
