@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", type=Path, metavar="CSV",
                    help="recordings: CSV video,arena,animal,group,start_s; one trial per row (implies --trials schedule)")
     t.add_argument("--control", default=None, metavar="ENDPOINT",
-                   help=f"control endpoint for stream-ctl (REP; default {DEFAULT_CONTROL_ENDPOINT} for live sources "
-                        "and --trials control, none for videos); 'none' disables")
+                   help=f"control endpoint for stream-ctl (REP; default {DEFAULT_CONTROL_ENDPOINT} with --trials "
+                        "control, else none); give one to use stream-ctl in any mode; 'none' disables")
 
     o = p.add_argument_group("outputs")
     o.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: runs/<UTC time>)")
@@ -392,7 +392,8 @@ class _Run:
             self.schedule = read_schedule(a.schedule)
         self.trial_mode = mode
         control = a.control or a.zmq_state
-        if control is None and (a.video is None or mode == "control"):
+        if control is None and mode == "control":
+            # only where asked for: two camera services on one PC must not both claim the default port
             control = DEFAULT_CONTROL_ENDPOINT
         self.control_endpoint = None if control in (None, "none") else control
 
