@@ -50,7 +50,7 @@ import numpy as np
 
 from export.annotations import SIDE_CLASSES, TOP_CLASSES, Annotation, write_boris_tabular, write_frame_csv
 from stream.errors import UserError, cli_main
-from stream.preprocess import Roi
+from stream.preprocess import DEFAULT_MODEL_FPS, Roi
 from stream.version import add_version_argument
 
 __all__ = ["SynthConfig", "SynthResult", "generate_labels", "render_frames", "render_video", "main"]
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 VIEWS = ("side", "top")
 CLASSES = {"side": SIDE_CLASSES, "top": TOP_CLASSES}
 IMMOBILE = {"side": ["float"], "top": ["immobile"]}
-DEFAULT_FPS = 15.0  # the bundled model's frame rate
+DEFAULT_FPS = DEFAULT_MODEL_FPS  # the bundled model's frame rate
 DEFAULT_ARENA_SIZE_PX = 160  # one cylinder; the 112 px model crop keeps limbs a few px wide
 MIN_ARENA_SIDE_PX = 32
 # Probability that the next bout is immobile, at the start and at the end of the video. The

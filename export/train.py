@@ -47,6 +47,7 @@ from tqdm import tqdm
 from stream.atomic import atomic_path, atomic_write
 from stream.errors import UserError, cli_main
 from stream.version import add_version_argument
+from stream.preprocess import DEFAULT_MODEL_FPS
 
 __all__ = [
     "TrainConfig",
@@ -600,7 +601,7 @@ def predict_streams(model: torch.nn.Module, dataset: Dataset, *, batch_size: int
 # --------------------------------------------------------------------------------------------
 # data from the command line (shared with export-evaluate)
 
-DEFAULT_FPS = 15.0  # the bundled models' frame rate: enough for swim strokes, half the work of 30 fps
+DEFAULT_FPS = DEFAULT_MODEL_FPS  # the bundled models' frame rate
 VAL_FOLD_INDEX = 0  # which of the --val-folds contiguous folds is the validation set
 LABEL_SUFFIXES = (".labels.csv", ".boris.csv", ".csv")  # sibling label files looked for, in this order
 ARENAS_SUFFIX = ".arenas.json"  # sibling arenas file written by export-synth
