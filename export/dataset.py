@@ -51,7 +51,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +61,7 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from export.annotations import UNLABELLED, Annotation, AnnotationError, read_annotations
+from stream.atomic import atomic_path
 from stream.errors import UserError
 from stream.flow import TVL1, FlowConfig, encode_flow, flow_from_uint8, flow_to_uint8
 from stream.preprocess import Roi, clip_indices, crop_resize, rgb_clip, to_grey
@@ -217,9 +217,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npy") as tmp:  # np.save appends .npy to any other name
+        np.save(tmp, array)
 
 
 def flow_devices(device: str) -> list[str]:

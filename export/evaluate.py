@@ -54,6 +54,7 @@ from torch.utils.data import Subset
 
 from export import train as tr
 from stream.errors import UserError, cli_main
+from stream.version import add_version_argument
 
 __all__ = [
     "FLOW_WEIGHTS",
@@ -629,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples: export-evaluate --videos demo/synth_side.mp4 --folds 10 --out runs/eval --export-model models/my-side\n"
         "          export-evaluate --videos train/*.mp4 --test-videos heldout/*.mp4 --out runs/transfer",
     )
+    add_version_argument(p)
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json, CSV tables, plots and report.html")
     p.add_argument("--work-dir", type=Path, help="per-fold checkpoints and held-out predictions (default: OUT/folds); rerunning resumes")
     p.add_argument("--folds", type=int, help=f"number of cross-validation folds inside --videos (default: {DEFAULT_FOLDS}; with --test-videos: 0 = no CV, one model on all --videos)")

@@ -40,6 +40,7 @@ from stream.engine import (
 from stream.errors import UserError, cli_main
 from stream.model import FusedI3D
 from stream.modelfile import ModelCard, load_model
+from stream.version import add_version_argument
 
 __all__ = ["main", "verify_onnx", "VERIFY_CLIPS", "VERIFY_SEED"]
 
@@ -154,6 +155,7 @@ def _batches(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="export-model", description=__doc__.splitlines()[0])
+    add_version_argument(parser)
     parser.add_argument("model_dir", type=Path, help="trained model directory (card.json + model.safetensors)")
     parser.add_argument("--size", type=int, default=None, help="input size in px the graphs are built for (default: the card's)")
     parser.add_argument("--opset", type=int, default=ONNX_OPSET, help=f"ONNX opset (default {ONNX_OPSET})")

@@ -58,8 +58,9 @@ import numpy as np
 from export.annotations import SIDE_CLASSES, TOP_CLASSES, Annotation, write_boris_tabular, write_frame_csv
 from export.synth_families import FAMILIES, describe_families, draw_families, parse_family_list
 from stream.errors import UserError, cli_main
-from stream.modelfile import _atomic_write_text  # the one temp-file + rename helper
-from stream.preprocess import Roi
+from stream.atomic import atomic_write
+from stream.preprocess import DEFAULT_MODEL_FPS, Roi
+from stream.version import add_version_argument
 
 __all__ = ["SynthConfig", "SynthResult", "generate_labels", "render_frames", "render_video", "resolve", "main"]
 
@@ -68,7 +69,7 @@ log = logging.getLogger(__name__)
 VIEWS = ("side", "top")
 CLASSES = {"side": SIDE_CLASSES, "top": TOP_CLASSES}
 IMMOBILE = {"side": ["float"], "top": ["immobile"]}
-DEFAULT_FPS = 15.0  # the bundled model's frame rate
+DEFAULT_FPS = DEFAULT_MODEL_FPS  # the bundled model's frame rate
 DEFAULT_ARENA_SIZE_PX = 160  # one cylinder; the 112 px model crop keeps limbs a few px wide
 MIN_ARENA_SIDE_PX = 32
 # Probability that the next bout is immobile, at the start and at the end of the video. The
@@ -663,7 +664,7 @@ def render_video(cfg: SynthConfig, out_dir: Path | str) -> SynthResult:
     }
     if fam is not None:
         meta.update(randomized=True, held_out=sorted(cfg.held_out), families=fam)
-    _atomic_write_text(result.arenas_json, json.dumps(meta, indent=1) + "\n")
+    atomic_write(result.arenas_json, json.dumps(meta, indent=1) + "\n")
     result.render_s = time.perf_counter() - start
     log.info("%s: %d frames rendered in %.1f s", video, cfg.num_frames, result.render_s)
     return result
@@ -675,6 +676,7 @@ def render_video(cfg: SynthConfig, out_dir: Path | str) -> SynthResult:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="export-synth", description="Render labelled synthetic forced-swim-test videos.")
+    add_version_argument(p)
     p.add_argument("--view", choices=VIEWS, default="side", help="side: swim/struggle/float; top: mobile/immobile")
     dur = p.add_mutually_exclusive_group()
     dur.add_argument("--minutes", type=float, help="duration in minutes (default 1)")

@@ -38,10 +38,8 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,7 +54,10 @@ from tqdm import tqdm
 
 from export import checkpoint as ckpt_io
 from export import distributed
+from stream.atomic import atomic_write
 from stream.errors import UserError, cli_main
+from stream.version import add_version_argument
+from stream.preprocess import DEFAULT_MODEL_FPS
 
 __all__ = [
     "TrainConfig",
@@ -675,21 +676,15 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
 
 def _write_logs(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite both logs from the history so a resumed run never shows an epoch twice."""
-    _atomic_write_text(run_dir / LOG_JSONL_NAME, "".join(json.dumps(row) + "\n" for row in history))
+    atomic_write(run_dir / LOG_JSONL_NAME, "".join(json.dumps(row) + "\n" for row in history))
     columns = list(dict.fromkeys(k for row in history for k in row))
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=LOG_CSV_NAME, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as fh:
+
+    def write_csv(fh) -> None:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, run_dir / LOG_CSV_NAME)
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write(run_dir / LOG_CSV_NAME, write_csv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -737,7 +732,7 @@ def predict_streams(model: torch.nn.Module, dataset: Dataset, *, batch_size: int
 # --------------------------------------------------------------------------------------------
 # data from the command line (shared with export-evaluate)
 
-DEFAULT_FPS = 15.0  # the bundled models' frame rate: enough for swim strokes, half the work of 30 fps
+DEFAULT_FPS = DEFAULT_MODEL_FPS  # the bundled models' frame rate
 VAL_FOLD_INDEX = 0  # which of the --val-folds contiguous folds is the validation set
 LABEL_SUFFIXES = (".labels.csv", ".boris.csv", ".csv")  # sibling label files looked for, in this order
 ARENAS_SUFFIX = ".arenas.json"  # sibling arenas file written by export-synth
@@ -1009,6 +1004,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the RGB and flow I3D streams of a swim-stream model (step 1 on Jhuang clips, step 2 on annotated videos).",
         epilog="Example: export-train --videos demo/synth_side.mp4 --out models/my-side --init random --epochs 10",
     )
+    add_version_argument(p)
     p.add_argument("--out", type=Path, required=True, help="model directory to write (model.safetensors + card.json + training log)")
     p.add_argument("--work-dir", type=Path, help="checkpoints for --resume (default: runs/train-<out name>)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")

@@ -37,13 +37,15 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from stream.counters import BinCounts, Counters, GapCounts, WindowCounts
 from stream.errors import UserError
 
 __all__ = [
+    "BIN_S_DEFAULT",
     "IMMOBILE_CLASSES_DEFAULT",
     "SMOOTHING_MODES",
     "ArenaDecisions",
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 IMMOBILE_CLASSES_DEFAULT = ("float", "immobile")  # side-view "float", top-view "immobile" (CONTRACTS)
 SMOOTHING_MODES = ("none", "average", "hysteresis")
+BIN_S_DEFAULT = 60.0  # labs read immobility per minute (bins 0-1 ... 5-6 min of a 6-minute test)
 # Hysteresis on P(immobile) = sum of the immobile classes' probabilities: enter the immobile state only
 # when clearly immobile, leave it only when clearly mobile; the 0.2 dead band absorbs the frame-to-frame
 # jitter of a model hovering around 0.5, which is what makes raw argmax labels flicker.
@@ -64,6 +67,9 @@ HYSTERESIS_START = 0.5  # first frame (or first after a gap): whichever of immob
 # Tolerance when converting min_bout_s to frames: 0.2 s at 15 fps is 3 frames, not 4 because
 # 0.2 * 15 = 3.0000000000000004 in floating point.
 _FRAME_ROUNDING_EPS = 1e-9
+# Test clocks are logged (and, in trials, decided on) to 1e-6 s, so the frame before the end of a
+# 4 s test at 15 fps sits at 3.933333 s, and 3.933333 + 1/15 falls 3e-7 s short of 4 s.
+_CLOCK_TOLERANCE_S = 1e-6
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class DecisionConfig:
     scoring_window_s: float = 240.0  # scored over the LAST scoring_window_s of the test (Porsolt: last 4 min)
     hysteresis_enter: float = HYSTERESIS_ENTER_DEFAULT  # P(immobile) at or above which immobility starts
     hysteresis_exit: float = HYSTERESIS_EXIT_DEFAULT  # P(immobile) below which immobility ends
+    bin_s: float = BIN_S_DEFAULT  # time bins of the test: bin k covers (k-1)*bin_s to k*bin_s
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.fps) and self.fps > 0):
@@ -99,6 +106,8 @@ class DecisionConfig:
                 f"scoring window must be > 0 s and at most the test duration ({self.test_duration_s} s), "
                 f"got {self.scoring_window_s}"
             )
+        if not (math.isfinite(self.bin_s) and self.bin_s > 0):
+            raise UserError(f"time bin must be > 0 s, got {self.bin_s}")
         if not (0.0 <= self.hysteresis_exit <= self.hysteresis_enter <= 1.0):
             raise UserError(
                 f"hysteresis thresholds need 0 <= exit <= enter <= 1, got exit={self.hysteresis_exit} "
@@ -112,6 +121,11 @@ class DecisionConfig:
     @property
     def scoring_window_start_s(self) -> float:
         return self.test_duration_s - self.scoring_window_s
+
+    @property
+    def bin_count(self) -> int:
+        """Bins covering the test duration (the last one may be shorter)."""
+        return max(1, math.ceil(self.test_duration_s / self.bin_s - _FRAME_ROUNDING_EPS))
 
     @property
     def min_bout_frames(self) -> int:
@@ -128,7 +142,7 @@ class Decision:
     behaviour: str  # label after smoothing and the min-bout rule
     immobile: bool
     probabilities: dict[str, float]  # the model's raw per-class probabilities for this frame
-    counters: dict = field(default_factory=dict)  # ArenaDecisions.counters() after this frame (JSON-able)
+    counters: Counters | None = None  # ArenaDecisions.counters() right after this frame
 
 
 @dataclass
@@ -186,6 +200,8 @@ class ArenaDecisions:
         self._whole = _Tally(frames=np.zeros(k, dtype=np.int64))
         self._window = _Tally(frames=np.zeros(k, dtype=np.int64))
         self._window_latency_s: float | None = None
+        self._bin_frames = np.zeros((config.bin_count, k), dtype=np.int64)
+        self._bin_bouts = np.zeros(config.bin_count, dtype=np.int64)
         self._in_bout = False  # the last emitted frame was part of a bout (and no gap since)
         self._bout_counted_in_window = False
         self._frames_classified = 0
@@ -240,32 +256,51 @@ class ArenaDecisions:
         out.extend(self._drain())
         return out
 
-    def counters(self) -> dict:
-        """Live counters (JSON-able). Seconds are frames / fps; see the module doc for the definitions."""
+    def counters(self) -> Counters:
+        """Live counters. Seconds are frames / fps; see the module doc for the definitions."""
         period = self.config.frame_period_s
         whole, window = self._whole, self._window
-        return {
-            "frames_classified": self._frames_classified,
-            "behaviour_s": {c: float(n) * period for c, n in zip(self.classes, whole.frames.tolist())},
-            "immobile_s": float(whole.frames[self._immobile_mask].sum()) * period,
-            "mobile_s": float(whole.frames[~self._immobile_mask].sum()) * period,
-            "immobility_bouts": whole.bouts,
-            "latency_to_first_bout_s": whole.first_bout_s,
-            "last_timestamp_s": self._last_timestamp_s,
-            "test_complete": self._last_timestamp_s is not None
-            and self._last_timestamp_s + period >= self.config.test_duration_s - _FRAME_ROUNDING_EPS,
-            "scoring_window": {
-                "start_s": self.config.scoring_window_start_s,
-                "end_s": self.config.test_duration_s,
-                "frames": int(window.frames.sum()),
-                "behaviour_s": {c: float(n) * period for c, n in zip(self.classes, window.frames.tolist())},
-                "immobile_s": float(window.frames[self._immobile_mask].sum()) * period,
-                "mobile_s": float(window.frames[~self._immobile_mask].sum()) * period,
-                "immobility_bouts": window.bouts,
-                "latency_to_first_bout_s": self._window_latency_s,
-            },
-            "gaps": {"count": self._gaps, "frames_missing": self._gap_frames, "seconds_missing": self._gap_seconds},
-        }
+        imm = self._immobile_mask
+
+        def per_class(frames: np.ndarray) -> dict[str, float]:
+            return {c: float(n) * period for c, n in zip(self.classes, frames.tolist())}
+
+        cfg = self.config
+        bins = tuple(
+            BinCounts(start_s=b * cfg.bin_s, end_s=min((b + 1) * cfg.bin_s, cfg.test_duration_s),
+                      behaviour_s=per_class(self._bin_frames[b]),
+                      immobile_s=float(self._bin_frames[b][imm].sum()) * period,
+                      immobility_bouts=int(self._bin_bouts[b]))
+            for b in range(cfg.bin_count)
+        )
+        return Counters(
+            frames_classified=self._frames_classified,
+            behaviour_s=per_class(whole.frames),
+            immobile_s=float(whole.frames[imm].sum()) * period,
+            mobile_s=float(whole.frames[~imm].sum()) * period,
+            immobility_bouts=whole.bouts,
+            latency_to_first_bout_s=whole.first_bout_s,
+            last_timestamp_s=self._last_timestamp_s,
+            test_complete=self._last_timestamp_s is not None
+            and self._last_timestamp_s + period >= cfg.test_duration_s - _CLOCK_TOLERANCE_S,
+            scoring_window=WindowCounts(
+                start_s=cfg.scoring_window_start_s,
+                end_s=cfg.test_duration_s,
+                frames=int(window.frames.sum()),
+                behaviour_s=per_class(window.frames),
+                immobile_s=float(window.frames[imm].sum()) * period,
+                mobile_s=float(window.frames[~imm].sum()) * period,
+                immobility_bouts=window.bouts,
+                latency_to_first_bout_s=self._window_latency_s,
+            ),
+            gaps=GapCounts(count=self._gaps, frames_missing=self._gap_frames, seconds_missing=self._gap_seconds),
+            bins=bins,
+        )
+
+    @property
+    def last_index(self) -> int | None:
+        """Index of the last frame given to ``update`` (None before the first)."""
+        return self._last_index
 
     def summary(self) -> dict:
         """End-of-test summary: what was counted, with what settings, for which classes and arena."""
@@ -277,7 +312,7 @@ class ArenaDecisions:
             "immobile_classes": [self.classes[i] for i in self._immobile_idx],
             "config": config,
             "frames_held_back": len(self._pending) + len(self._avg_buffer) - self._avg_next,
-            "counters": self.counters(),
+            "counters": self.counters().to_json(),
         }
 
     # ------------------------------------------------------------------ smoothing
@@ -377,11 +412,16 @@ class ArenaDecisions:
         in_window = self.config.scoring_window_start_s <= f.timestamp_s < self.config.test_duration_s
         if in_window:
             self._window.frames[k] += 1
+        b = int(f.timestamp_s // self.config.bin_s) if 0.0 <= f.timestamp_s < self.config.test_duration_s else -1
+        if 0 <= b < self.config.bin_count:
+            self._bin_frames[b, k] += 1
         if immobile:
             if not self._in_bout:
                 self._in_bout = True
                 self._bout_counted_in_window = False
                 self._whole.bouts += 1
+                if 0 <= b < self.config.bin_count:
+                    self._bin_bouts[b] += 1
                 if self._whole.first_bout_s is None:
                     self._whole.first_bout_s = f.timestamp_s
             if in_window and not self._bout_counted_in_window:

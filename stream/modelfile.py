@@ -15,8 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 import torch
 
+from stream.atomic import atomic_path, atomic_write
 from stream.errors import UserError
 from stream.model import DROPOUT_KEEP_PROB, FusedI3D
 
@@ -120,18 +119,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+MODEL_FILE_MODE = 0o644  # a service user must read a model root installed (mkstemp makes 0600)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a service user must be able to read a model root installed
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # 0644: mkstemp makes 0600; a service user must be able to read a model root installed
+    atomic_write(path, text, mode=MODEL_FILE_MODE)
 
 
 def save_model(model: FusedI3D, card: ModelCard, directory: str | Path, *, half: bool = False) -> Path:
@@ -150,10 +143,8 @@ def save_model(model: FusedI3D, card: ModelCard, directory: str | Path, *, half:
     dtype = torch.float16 if half else torch.float32
     state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous() for k, v in model.state_dict().items()}
     weights = directory / card.weights_file
-    tmp = weights.with_name(f".{weights.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "swim_stream_card_format": str(CARD_FORMAT_VERSION)})
-    os.chmod(tmp, 0o644)  # readable by a service user, whatever the writer's umask
-    os.replace(tmp, weights)
+    with atomic_path(weights, mode=MODEL_FILE_MODE) as tmp:  # readable by a service user, whatever the umask
+        save_file(state, str(tmp), metadata={"format": "pt", "swim_stream_card_format": str(CARD_FORMAT_VERSION)})
     card.weights_sha256 = sha256_file(weights)
     card.weights_dtype = "float16" if half else "float32"
     card.flow_weight = float(model.flow_weight)

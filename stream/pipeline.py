@@ -6,8 +6,9 @@
                                │ crop_resize per arena (N, S, S, 3)
                                │ ClipRing.push: RGB + TV-L1 flow prev->current, batched over arenas
                                │ frame t+7 arrived -> clip(t) -> engine.predict (N arenas in one batch)
-                               │ ArenaDecisions.update per arena -> CSV, ZeroMQ, metrics, preview
+                               │ ArenaDecisions.update per arena
                                v
+                             outputs (stream.outputs.base.Output): CSV, results, ZeroMQ, metrics, preview
 
 Latency: frame ``t`` is classified when frame ``t + 7`` arrives (its clip needs 7 future frames), so
 every decision comes at least ``FUTURE_FRAMES / fps`` seconds (0.47 s at 15 fps) after its frame was
@@ -25,22 +26,22 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 import torch
 
 from stream.arenas import Arena
 from stream.capture import EndOfStream, Frame, Gap
 from stream.decisions import ArenaDecisions, Decision
+from stream.outputs.base import FrameEvent, GapEvent, Output, Status, broadcast
 from stream.preprocess import FUTURE_FRAMES, crop_resize
 from stream.ring import ClipRing
+from stream.trials import ArenaTrial, TrialBook, TrialEnded, TrialStarted
 
-__all__ = ["Engine", "PipelineConfig", "RunResult", "Pipeline", "PreviewWriter", "format_status", "look_ahead_s"]
+__all__ = ["Engine", "PipelineConfig", "RunResult", "Pipeline", "format_status", "look_ahead_s"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ LIVE_COUNTERS_INTERVAL_S = 1.0  # one status line a second: readable, and cheap
 FPS_WINDOW_FRAMES = 30  # frames in the moving fps estimate (2 s at 15 fps)
 LATENCY_SAMPLES_KEPT = 10_000  # for the end-of-run percentiles; bounded memory on a 6-minute test
 META_FRAMES_KEPT = 64  # capture times kept per frame index (> clip + smoothing look-ahead)
-PREVIEW_FRAMES_KEPT = 64  # frames waiting for their decisions in the preview (> 7 + smoothing window)
+DROPPED_REASON = "frames dropped"  # a gap we caused (full queue), as opposed to one the source had
 GAP_LOG_INTERVAL_S = 10.0  # an overloaded live run drops often: one warning per interval, all counted
 
 
@@ -135,71 +136,12 @@ class RunResult:
         }
 
 
-class PreviewWriter:
-    """Annotated preview video: ROI boxes, current label and immobile seconds drawn per arena."""
-
-    def __init__(self, path: str | Path, fps: float, frame_size: tuple[int, int], arenas: Sequence[Arena]) -> None:
-        from stream.errors import UserError
-
-        self.path = Path(path)
-        self.arenas = list(arenas)
-        self.frame_size = frame_size  # (width, height)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), fps, frame_size)
-        if not self._writer.isOpened():
-            raise UserError(f"--preview {self.path}: cannot write an mp4 video there")
-        self._frames: dict[int, np.ndarray] = {}
-        self._labels: dict[int, dict[str, Decision]] = {}
-        self.frames_written = 0
-
-    def add_frame(self, index: int, image: np.ndarray) -> None:
-        self._frames[index] = image
-        if len(self._frames) > PREVIEW_FRAMES_KEPT:
-            oldest = min(self._frames)
-            self._frames.pop(oldest)
-            self._labels.pop(oldest, None)
-
-    def add_decision(self, arena_id: str, decision: Decision) -> None:
-        i = decision.frame_index
-        if i not in self._frames:
-            return
-        got = self._labels.setdefault(i, {})
-        got[arena_id] = decision
-        if len(got) == len(self.arenas):
-            self._write(i)
-
-    def _write(self, index: int) -> None:
-        image = self._frames[index].copy()
-        decisions = self._labels.pop(index)
-        for k in [k for k in self._frames if k <= index]:
-            self._frames.pop(k)
-            self._labels.pop(k, None)
-        h, w = image.shape[:2]
-        scale = max(0.35, min(w, h) / 600)
-        for arena in self.arenas:
-            d = decisions[arena.id]
-            x, y, rw, rh = (arena.roi.x, arena.roi.y, arena.roi.w, arena.roi.h) if arena.roi else (0, 0, w, h)
-            colour = (0, 0, 255) if d.immobile else (0, 200, 0)
-            cv2.rectangle(image, (x, y), (x + rw - 1, y + rh - 1), colour, 2)
-            counters = d.counters or {}
-            lines = [f"{arena.id}: {d.behaviour}", f"immobile {counters.get('immobile_s', 0.0):.1f}s "
-                     f"bouts {counters.get('immobility_bouts', 0)}", f"t {d.timestamp_s:.1f}s"]
-            for j, text in enumerate(lines):
-                org = (x + 4, y + int((j + 1) * 22 * scale) + 2)
-                cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), 3, cv2.LINE_AA)
-                cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, colour, 1, cv2.LINE_AA)
-        self._writer.write(image)
-        self.frames_written += 1
-
-    def close(self) -> None:
-        self._writer.release()
-
-
 class Pipeline:
     """Runs one stream through the ring, the engine and the decisions of every arena.
 
-    Outputs are plain callables so the CLI can wire CSV, ZeroMQ, metrics and preview, and tests or
-    benchmarks can leave them out.
+    What happens to frames and decisions is up to ``outputs`` (``stream.outputs.base.Output``): the
+    CLI passes CSV, ZeroMQ, metrics and preview; tests and benchmarks pass what they check.
+    ``heartbeat`` (systemd's watchdog) is called for every item, even an empty one.
     """
 
     def __init__(
@@ -207,14 +149,11 @@ class Pipeline:
         engine: Engine,
         flow: Callable[..., torch.Tensor],
         arenas: Sequence[Arena],
-        decisions: dict[str, ArenaDecisions],
+        decisions: Mapping[str, ArenaDecisions | ArenaTrial],
         config: PipelineConfig,
         *,
-        on_decision: Callable[[str, Decision], None] | None = None,
-        metrics: Any | None = None,
-        preview: PreviewWriter | None = None,
-        on_frame: Callable[[int], None] | None = None,
-        on_status: Callable[[dict], None] | None = None,
+        outputs: Sequence[Output] = (),
+        trials: TrialBook | None = None,
         heartbeat: Callable[[], None] | None = None,
         stop_event: threading.Event | None = None,
         capture_stats: Any | None = None,
@@ -225,11 +164,8 @@ class Pipeline:
         self.config = config
         self.ring = ClipRing(len(self.arenas), config.size_px, flow, device=engine.device,
                              warm_start=config.flow_warm_start)
-        self.on_decision = on_decision
-        self.metrics = metrics
-        self.preview = preview
-        self.on_frame = on_frame
-        self.on_status = on_status
+        self.outputs = list(outputs)
+        self.trials = trials
         self.heartbeat = heartbeat
         self.stop_event = stop_event or threading.Event()
         self.capture_stats = capture_stats
@@ -242,8 +178,6 @@ class Pipeline:
         self._fps_times: deque[float] = deque(maxlen=FPS_WINDOW_FRAMES)
         self._last_status = time.monotonic()
         self._last_gap_log = -GAP_LOG_INTERVAL_S
-        self._reported_captured = 0
-        self._reported_dropped = 0
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, items: Iterable[Frame | Gap | EndOfStream | None]) -> RunResult:
@@ -280,14 +214,14 @@ class Pipeline:
                 for d in self.decisions[arena.id].flush():
                     self._emit(arena.id, d, None)
             result.wall_s = time.monotonic() - start
-            self._sync_capture_metrics()
+            broadcast(self.outputs, "on_status", self.status(final=True))
         return result
 
     def _frame(self, frame: Frame) -> None:
         if self._expected is not None and frame.index != self._expected:
             missing = frame.index - self._expected
             if missing > 0:
-                self._gap(missing, missing / self.config.fps, "frames dropped (pipeline too slow; try --stride)")
+                self._gap(missing, missing / self.config.fps, f"{DROPPED_REASON} (pipeline too slow; try --stride)")
             else:
                 log.warning("frame %d arrived after %d; ignored", frame.index, self._expected - 1)
                 return
@@ -297,20 +231,16 @@ class Pipeline:
         self.ring.push(crops, frame.index)
         dt = time.perf_counter() - t0
         self.result.flow_s += dt
-        if self.metrics is not None:
-            self.metrics.flow_seconds.observe(dt)
-            self.metrics.frames_processed.inc()
-        if self.preview is not None:
-            self.preview.add_frame(frame.index, frame.image)
         self._meta[frame.index] = (frame.timestamp_s, frame.captured_monotonic_s)
         if len(self._meta) > META_FRAMES_KEPT:
             self._meta.pop(min(self._meta))
         if self._next_center is None:
             self._next_center = frame.index
+        if self.trials is not None:
+            self.trials.on_frame(frame.index, frame.timestamp_s, crops, self._next_center)
         self.result.frames_processed += 1
         self._fps_times.append(time.monotonic())
-        if self.on_frame is not None:
-            self.on_frame(frame.index)
+        broadcast(self.outputs, "on_frame", FrameEvent(frame.index, frame.timestamp_s, frame.image, dt))
         center = frame.index - FUTURE_FRAMES
         while self._next_center is not None and self._next_center <= center:
             self._classify(self._next_center, frame.index)
@@ -326,8 +256,7 @@ class Pipeline:
             dt = time.perf_counter() - t0
             self.result.model_s += dt
             self.result.model_calls += 1
-            if self.metrics is not None:
-                self.metrics.model_seconds.observe(dt)
+            broadcast(self.outputs, "on_model", dt)
             self._last_probs = probs
         probs = self._last_probs
         assert probs is not None
@@ -337,23 +266,36 @@ class Pipeline:
             for d in self.decisions[arena.id].update(center, timestamp_s, probs[a]):
                 self._emit(arena.id, d, captured_s)
 
-    def _emit(self, arena_id: str, decision: Decision, captured_s: float | None) -> None:
+    def _emit(self, arena_id: str, decision: Decision | TrialStarted | TrialEnded, captured_s: float | None) -> None:
+        if isinstance(decision, TrialStarted):
+            broadcast(self.outputs, "on_trial_start", decision.trial)
+            return
+        if isinstance(decision, TrialEnded):
+            summary = {**decision.summary, "run": self.result.to_dict()} if "run" not in decision.summary \
+                else decision.summary
+            broadcast(self.outputs, "on_trial_end", decision.trial, summary)
+            if self.trials is not None:
+                self.trials.on_trial_ended(arena_id)
+            return
         self.result.decisions += 1
         if captured_s is None:
             meta = self._meta.get(decision.frame_index)
             captured_s = meta[1] if meta else None
+        latency = None
         if captured_s is not None:
             latency = time.monotonic() - captured_s
             if len(self.result.latencies_s) < LATENCY_SAMPLES_KEPT:
                 self.result.latencies_s.append(latency)
-            if self.metrics is not None:
-                self.metrics.latency_seconds.observe(latency)
-        if self.metrics is not None:
-            self.metrics.observe_decision(arena_id, decision, 1.0 / self.config.fps)
-        if self.preview is not None:
-            self.preview.add_decision(arena_id, decision)
-        if self.on_decision is not None:
-            self.on_decision(arena_id, decision)
+        broadcast(self.outputs, "on_decision", arena_id, decision, latency)
+
+    def end_trials(self, reason: str, run_info: dict) -> None:
+        """End every running trial (the input ended, or a stop): summaries carry ``run_info``."""
+        if self.trials is None:
+            return
+        for arena_id, item in self.trials.end_all(reason):
+            if isinstance(item, TrialEnded):
+                item = TrialEnded(item.trial, {**item.summary, "run": run_info})
+            self._emit(arena_id, item, None)
 
     def _end_segment(self) -> None:
         """Classify the segment's last (up to 7) frames with edge-padded clips, then restart the ring."""
@@ -381,10 +323,8 @@ class Pipeline:
             dec.gap(frames_missing, seconds_missing)
             for d in dec.flush():
                 self._emit(arena.id, d, None)
-        if self.metrics is not None:
-            self.metrics.capture_gaps.inc()
-            if "dropped" in reason:
-                self.metrics.frames_dropped.labels(reason="queue_full").inc(frames_missing)
+        broadcast(self.outputs, "on_gap", GapEvent(int(frames_missing), float(seconds_missing), reason,
+                                                   dropped=reason.startswith(DROPPED_REASON)))
 
     # -- live status ----------------------------------------------------------------------------
     def current_fps(self) -> float:
@@ -393,39 +333,27 @@ class Pipeline:
         span = self._fps_times[-1] - self._fps_times[0]
         return (len(self._fps_times) - 1) / span if span > 0 else 0.0
 
-    def _sync_capture_metrics(self) -> None:
-        if self.metrics is None or self.capture_stats is None:
-            return
-        captured = int(getattr(self.capture_stats, "source_frames", 0))
-        if captured > self._reported_captured:
-            self.metrics.frames_captured.inc(captured - self._reported_captured)
-            self._reported_captured = captured
-        self.metrics.fps.set(self.current_fps())
-
     def _maybe_status(self) -> None:
         now = time.monotonic()
         if now - self._last_status < self.config.live_counters_interval_s:
             return
         self._last_status = now
-        self._sync_capture_metrics()
-        if self.on_status is not None:
-            self.on_status(self.status())
+        broadcast(self.outputs, "on_status", self.status())
 
-    def status(self) -> dict:
-        """A snapshot for the live counters line."""
-        arenas = {}
-        for arena in self.arenas:
-            c = self.decisions[arena.id].counters()
-            arenas[arena.id] = c
-        dropped = int(getattr(self.capture_stats, "dropped_queue_full", 0)) if self.capture_stats else 0
-        return {
-            "frames_processed": self.result.frames_processed,
-            "fps": self.current_fps(),
-            "frames_dropped": dropped,
-            "gaps": len(self.result.gaps),
-            "arenas": arenas,
-            "latency_p50_s": _median_recent(self.result.latencies_s),
-        }
+    def status(self, *, final: bool = False) -> Status:
+        """A snapshot for the live counters line and the sampled metrics."""
+        stats = self.capture_stats
+        return Status(
+            frames_processed=self.result.frames_processed,
+            frames_captured=int(getattr(stats, "source_frames", 0)) if stats is not None else 0,
+            fps=self.current_fps(),
+            frames_dropped=int(getattr(stats, "dropped_queue_full", 0)) if stats is not None else 0,
+            gaps=len(self.result.gaps),
+            arenas={arena.id: self.decisions[arena.id].counters() for arena in self.arenas},
+            trials=self.trials.snapshot() if self.trials is not None else {},
+            latency_p50_s=_median_recent(self.result.latencies_s),
+            final=final,
+        )
 
 
 def _median_recent(values: list[float], n: int = 100) -> float | None:
@@ -434,18 +362,21 @@ def _median_recent(values: list[float], n: int = 100) -> float | None:
     return float(np.median(values[-n:]))
 
 
-def format_status(status: dict, last_behaviour: dict[str, str] | None = None) -> str:
+def format_status(status: Status, last_behaviour: dict[str, str] | None = None) -> str:
     """One line of live counters, e.g. ``t=12.3s 14.9 fps | A1 float imm 3.2s bouts 1 | ...``."""
     parts = []
-    ts = [c.get("last_timestamp_s") for c in status["arenas"].values() if c.get("last_timestamp_s") is not None]
+    ts = [c.last_timestamp_s for c in status.arenas.values() if c is not None and c.last_timestamp_s is not None]
     head = f"t={max(ts):.1f}s" if ts else "t=-"
-    head += f" {status['fps']:.1f} fps"
-    if status.get("frames_dropped"):
-        head += f" dropped {status['frames_dropped']}"
-    if status.get("gaps"):
-        head += f" gaps {status['gaps']}"
+    head += f" {status.fps:.1f} fps"
+    if status.frames_dropped:
+        head += f" dropped {status.frames_dropped}"
+    if status.gaps:
+        head += f" gaps {status.gaps}"
     parts.append(head)
-    for arena_id, c in status["arenas"].items():
+    for arena_id, c in status.arenas.items():
+        if c is None:
+            parts.append(f"{arena_id} waiting")
+            continue
         label = (last_behaviour or {}).get(arena_id, "-")
-        parts.append(f"{arena_id} {label} immobile {c.get('immobile_s', 0.0):.1f}s bouts {c.get('immobility_bouts', 0)}")
+        parts.append(f"{arena_id} {label} immobile {c.immobile_s:.1f}s bouts {c.immobility_bouts}")
     return " | ".join(parts)

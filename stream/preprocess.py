@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "CLIP_FRAMES",
+    "DEFAULT_MODEL_FPS",
     "PAST_FRAMES",
     "FUTURE_FRAMES",
     "CENTER_INDEX",
@@ -32,6 +33,7 @@ __all__ = [
     "clip_indices",
 ]
 
+DEFAULT_MODEL_FPS = 15.0  # the bundled models' frame rate: enough for swim strokes, half the work of 30 fps
 CLIP_FRAMES = 16
 PAST_FRAMES = 8
 FUTURE_FRAMES = 7

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
-import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +29,14 @@ from pathlib import Path
 from stream.arenas import Arena, check_arenas_fit, resolve_arenas
 from stream.capture import (DEFAULT_GIVE_UP_S, DEFAULT_INITIAL_BACKOFF_S, DEFAULT_MAX_BACKOFF_S, DEFAULT_QUEUE_FRAMES,
                             Capture, CaptureConfig, SourceSpec, parse_source, quiet_opencv_logging)
+from stream.atomic import atomic_write
+from stream.control import DEFAULT_CONTROL_ENDPOINT
+from stream.decisions import BIN_S_DEFAULT, SMOOTHING_MODES
 from stream.errors import EXIT_INTERRUPTED, UserError, cli_main
+from stream.trials import TRIAL_MODES, ScheduleEntry, read_schedule, schedule_for
+from stream.version import add_version_argument
+from stream.outputs.metrics import DEFAULT_METRICS_PORT
+from stream.outputs.publisher import DEFAULT_ENDPOINT as DEFAULT_ZMQ_ENDPOINT
 
 __all__ = ["main", "build_parser", "default_model_dir", "EXIT_OK", "EXIT_FAILED"]
 
@@ -40,8 +45,12 @@ log = logging.getLogger("stream.run")
 EXIT_OK = 0
 EXIT_FAILED = 1  # the source gave up or capture failed after the start (summary still written)
 DEFAULT_MODEL_NAME = "fst-side-64"  # the bundled side-view model (64 px, synthetic training data)
-DEFAULT_ZMQ_ENDPOINT = "tcp://127.0.0.1:5555"
-DEFAULT_METRICS_PORT = 9108
+# Issue 13: published scorers do not count short stops (DBscorer: 2 s minimum bout; EthoVision set-ups:
+# typically 1 s). 1 s scored the bundled demo closest to its ground truth (8 bouts for 7 true ones; 2 s
+# dropped to 4); a centred 5-frame average removes frame flicker without assuming a calibrated model
+# (hysteresis at 0.6 never fired on the demo model, whose P(float) peaks at 0.46). README: "Decision defaults".
+MIN_BOUT_S_DEFAULT = 1.0
+SMOOTHING_DEFAULT = "average"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg")
 
 
@@ -51,7 +60,10 @@ def default_model_dir() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from stream.engine import ENGINE_KINDS
+
     p = argparse.ArgumentParser(prog="stream-run", description=__doc__.splitlines()[0].replace("``", ""))
+    add_version_argument(p)
     src = p.add_argument_group("input (exactly one)")
     src.add_argument("--camera", type=int, metavar="N", help="camera index (/dev/videoN)")
     src.add_argument("--video", nargs="+", metavar="PATH_OR_GLOB", help="video file(s); globs are expanded")
@@ -63,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--model", type=Path, default=None, metavar="DIR",
                    help=f"model directory with card.json + model.safetensors (default: trained_models/{DEFAULT_MODEL_NAME})")
-    m.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+    m.add_argument("--engine", default="auto", choices=ENGINE_KINDS,
                    help="inference backend (default: auto, the fastest present)")
     m.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the best present)")
     m.add_argument("--no-flow-warm-start", action="store_true",
@@ -75,27 +87,42 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument_group("arenas")
     a.add_argument("--roi", action="append", default=[], metavar="x,y,w,h",
                    help="one arena's region of interest in pixels; repeat for several arenas")
+    a.add_argument("--check-arenas", action="store_true",
+                   help="draw the arenas in use on the first frame (<out>/arenas-<video>.png) and exit")
     a.add_argument("--arenas", type=Path, metavar="FILE",
                    help='arena file (JSON/YAML): {"arenas": [{"id": "A1", "roi": [x, y, w, h]}, ...]}; '
                         "default: <video>.arenas.json next to a video, else the whole frame")
 
     d = p.add_argument_group("decisions")
-    d.add_argument("--smoothing", default="none", choices=("none", "average", "hysteresis"),
-                   help="smooth the probabilities before labelling (default: none)")
+    d.add_argument("--smoothing", default=SMOOTHING_DEFAULT, choices=SMOOTHING_MODES,
+                   help="smooth the probabilities before labelling (default: %(default)s)")
     d.add_argument("--smoothing-window", type=int, default=5, metavar="FRAMES", help="moving-average window (default: %(default)s)")
-    d.add_argument("--min-bout-s", type=float, default=0.0, help="shorter immobility is counted as mobile (default: %(default)s)")
+    d.add_argument("--min-bout-s", type=float, default=MIN_BOUT_S_DEFAULT,
+                   help="shorter immobility is counted as mobile (default: %(default)s s; DBscorer uses 2)")
     d.add_argument("--test-duration-s", "--test-duration", type=float, default=360.0, dest="test_duration_s",
                    help="test length in seconds (default: %(default)s)")
     d.add_argument("--scoring-window-s", "--scoring-window", type=float, default=240.0, dest="scoring_window_s",
                    help="scored over the last this-many seconds of the test (default: %(default)s)")
     d.add_argument("--immobile-classes", default=None, metavar="A,B", help="default: the model card's")
+    d.add_argument("--bin-s", type=float, default=BIN_S_DEFAULT,
+                   help="time bins of each trial, s: per-bin seconds and bouts (default: %(default)s, per minute)")
+
+    t = p.add_argument_group("trials")
+    t.add_argument("--trials", choices=TRIAL_MODES, default=None,
+                   help="how trials start: now (every arena at the first frame; default), control (stream-ctl "
+                        "start/stop), auto (an animal appears in an empty arena / is taken out), schedule (--schedule)")
+    t.add_argument("--schedule", type=Path, metavar="CSV",
+                   help="recordings: CSV video,arena,animal,group,start_s; one trial per row (implies --trials schedule)")
+    t.add_argument("--control", default=None, metavar="ENDPOINT",
+                   help=f"control endpoint for stream-ctl (REP; default {DEFAULT_CONTROL_ENDPOINT} with --trials "
+                        "control, else none); give one to use stream-ctl in any mode; 'none' disables")
 
     o = p.add_argument_group("outputs")
     o.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: runs/<UTC time>)")
     o.add_argument("--zmq", default=DEFAULT_ZMQ_ENDPOINT, metavar="ENDPOINT", help="ZeroMQ PUB endpoint (default: %(default)s)")
     o.add_argument("--no-zmq", action="store_true", help="do not publish on ZeroMQ")
     o.add_argument("--zmq-state", default=None, metavar="ENDPOINT",
-                   help="REP endpoint answering b'counters' with the latest counters (late joiners)")
+                   help="old name of --control (it still answers b'counters' with the latest counters)")
     o.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="Prometheus port; 0 disables (default: %(default)s)")
     o.add_argument("--metrics-addr", default="127.0.0.1", help="address the metrics server listens on (default: %(default)s)")
     o.add_argument("--no-metrics", action="store_true", help="no Prometheus endpoint")
@@ -141,9 +168,8 @@ def _expand_videos(patterns: Sequence[str]) -> list[Path]:
 def _check_out_dir(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
+        atomic_write(out / ".write-test", "")  # the same create/fsync/rename every output file will need
+        (out / ".write-test").unlink()
     except OSError as exc:
         raise UserError(f"output folder {out}: not writable ({exc.strerror or exc}); choose another with --out") from exc
     return out
@@ -197,7 +223,14 @@ class _Run:
         self.publisher = None
         self.engine = None
         self.notifier = None
-
+        self.control = None
+        self.results = None
+        self.book = None  # the current source's TrialBook (the control thread reads it)
+        self.out: Path = Path(".")
+        self.schedule: list[ScheduleEntry] = []
+        self.trial_mode = "now"
+        self.control_endpoint: str | None = None
+        self.model_sha256 = ""
     # -- signals --------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
@@ -217,6 +250,8 @@ class _Run:
 
     # -- the run --------------------------------------------------------------------------------
     def execute(self) -> int:
+        if self.args.check_arenas:
+            return self._check_arenas()
         old_handlers = self._install_signals()
         try:
             sources, card, model_dir = self._prepare()
@@ -224,7 +259,7 @@ class _Run:
         finally:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
-            for closer in (self.engine, self.publisher, self.metrics):
+            for closer in (self.control, self.engine, self.publisher, self.metrics):
                 if closer is not None:
                     try:
                         closer.close()
@@ -249,6 +284,7 @@ class _Run:
             raise UserError("give either --roi (repeatable) or --arenas FILE, not both")
         if a.resume and not a.video:
             raise UserError("--resume works with --video only: a live session cannot be replayed")
+        self._trial_settings()
         # sources
         if a.video:
             videos = _expand_videos(a.video)
@@ -259,6 +295,7 @@ class _Run:
         # output folder
         out = a.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         _check_out_dir(out)
+        self.out = out
         out_dirs = _unique_dirs(out, videos) if len(videos) > 1 else [out]
         # model card (cheap) then decision settings, so flag mistakes fail fast
         model_dir = a.model if a.model is not None else default_model_dir()
@@ -267,10 +304,17 @@ class _Run:
                             "model.safetensors)")
         card = load_card(model_dir)
         self._decision_config(card)
+        self.model_sha256 = card.weights_sha256
         # ports
         self._open_outputs()
-        # sources open and deliver a first frame; arenas fit
-        sources = []
+        sources = self._open_sources(specs, out_dirs, card)
+        self._start_engine(sources, model_dir, card)
+        return sources, card, model_dir
+
+    def _open_sources(self, specs: list[SourceSpec], out_dirs: list[Path], card) -> list[_Source]:
+        """Every file source opens and delivers a first frame, and its arenas fit; live ones open later."""
+        a = self.args
+        sources: list[_Source] = []
         try:
             for spec, out_dir in zip(specs, out_dirs):
                 arenas = resolve_arenas(rois=a.roi, arena_file=a.arenas, video=spec.location if spec.kind == "file" else None)
@@ -295,12 +339,14 @@ class _Run:
                 if s.capture is not None:
                     s.capture.release()
             raise
-        # model weights (checksum) and engine
+        return sources
+
+    def _start_engine(self, sources: list[_Source], model_dir: Path, card) -> None:
+        """Model weights (checksum) and engine, warmed up for one batch of every arena."""
         n_arenas = max(len(s.arenas) for s in sources)
-        device = a.device
         batch = n_arenas  # CUDA graphs / TensorRT run one fixed batch: all arenas at once
         try:
-            self.engine = _build_engine(a.engine, model_dir, device, batch)
+            self.engine = _build_engine(self.args.engine, model_dir, self.args.device, batch)
             self.engine.warmup(n_arenas)
         except BaseException:
             for s in sources:
@@ -309,7 +355,47 @@ class _Run:
             raise
         log.info("engine %s on %s; model %s (%s, %d px, %.1f fps, classes %s)", self.engine.name, self.engine.device,
                  card.name, card.view, card.input_size_px, card.fps, ", ".join(card.classes))
-        return sources, card, model_dir
+
+    def _check_arenas(self) -> int:
+        """--check-arenas: a PNG of each source's first frame with the arenas in use; no model, no run."""
+        from stream.arena_finder import draw_arenas, grab_median_frame
+
+        a = self.args
+        if sum(x is not None for x in (a.camera, a.video, a.url)) != 1:
+            raise UserError("give exactly one of --camera N, --video PATH..., --url URL")
+        specs = [parse_source(video=v) for v in _expand_videos(a.video)] if a.video else \
+            [parse_source(camera=a.camera, url=a.url)]
+        out = a.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        _check_out_dir(out)
+        for spec in specs:
+            arenas = resolve_arenas(rois=a.roi, arena_file=a.arenas,
+                                    video=spec.location if spec.kind == "file" else None)
+            location = int(spec.location) if spec.kind == "camera" else str(spec.location)
+            image = grab_median_frame(location, 1)
+            check_arenas_fit(arenas, image.shape[1], image.shape[0], str(spec))
+            stem = Path(str(spec.location)).stem if spec.kind == "file" else spec.kind
+            png = draw_arenas(image, arenas, out / f"arenas-{stem}.png")
+            print(f"stream-run: {len(arenas)} arena(s) of {spec} drawn in {png}")
+        return EXIT_OK
+
+    def _trial_settings(self) -> None:
+        """--trials / --schedule / --control: resolved once, checked before anything opens."""
+        a = self.args
+        mode = a.trials or ("schedule" if a.schedule else "now")
+        if a.schedule is not None and mode != "schedule":
+            raise UserError(f"--schedule goes with --trials schedule, not --trials {mode}")
+        if mode == "schedule":
+            if a.schedule is None:
+                raise UserError("--trials schedule needs --schedule FILE.csv (video,arena,animal,group,start_s)")
+            if not a.video:
+                raise UserError("--schedule is for recordings (--video); on a live camera use --trials control or auto")
+            self.schedule = read_schedule(a.schedule)
+        self.trial_mode = mode
+        control = a.control or a.zmq_state
+        if control is None and mode == "control":
+            # only where asked for: two camera services on one PC must not both claim the default port
+            control = DEFAULT_CONTROL_ENDPOINT
+        self.control_endpoint = None if control in (None, "none") else control
 
     def _decision_config(self, card):
         from stream.decisions import DecisionConfig
@@ -322,7 +408,7 @@ class _Run:
             raise UserError(f"--immobile-classes {','.join(unknown)}: not classes of the model ({', '.join(card.classes)})")
         return DecisionConfig(fps=card.fps, smoothing=a.smoothing, smoothing_window_frames=a.smoothing_window,
                               min_bout_s=a.min_bout_s, immobile_classes=immobile, test_duration_s=a.test_duration_s,
-                              scoring_window_s=a.scoring_window_s)
+                              scoring_window_s=a.scoring_window_s, bin_s=a.bin_s)
 
     def _capture_config(self, card, spec: SourceSpec) -> CaptureConfig:
         a = self.args
@@ -342,8 +428,23 @@ class _Run:
                 raise UserError(f"--metrics-port {a.metrics_port}: must be 1..65535 (0 disables)")
             self.metrics = Metrics(a.metrics_port, addr=a.metrics_addr)
         if not a.no_zmq:
-            self.publisher = Publisher(a.zmq, state_endpoint=a.zmq_state)
+            self.publisher = Publisher(a.zmq)
+        if self.control_endpoint is not None:
+            from stream.control import ControlServer
+
+            self.control = ControlServer(self.control_endpoint, self._control,
+                                         legacy_state=self.publisher.state_reply if self.publisher else None)
+        from stream.outputs.results import ResultsTable
+
+        self.results = ResultsTable(self.out)
         self.notifier = notifier_from_env()
+
+    def _control(self, request: dict) -> dict:
+        """A stream-ctl request, answered from the control thread."""
+        book = self.book
+        if book is None:
+            return {"ok": False, "error": "no source is running yet (the model is loading); try again in a moment"}
+        return book.command(request)
 
     # -- running ------------------------------------------------------------------------------------
     def _run_sources(self, sources: list[_Source], card, model_dir: Path) -> int:
@@ -354,6 +455,10 @@ class _Run:
         engine = self.engine
         flow = TVL1(FlowConfig(**card.flow), device=engine.device)
         if self.metrics is not None:
+            self.metrics.frame_period_s = 1.0 / card.fps
+            self.metrics.model_fps.set(card.fps)
+            if self.publisher is not None:
+                self.metrics.zmq_dropped_count = lambda: self.publisher.dropped
             self.metrics.engine_info.info({"engine": str(engine.name), "device": str(engine.device),
                                            "model": card.name, "input_size_px": str(card.input_size_px),
                                            "fps": str(card.fps), "stride": str(a.stride)})
@@ -376,72 +481,35 @@ class _Run:
         return exit_code
 
     def _run_one(self, source: _Source, card, flow, *, multi: bool) -> int:
-        from stream.decisions import ArenaDecisions
-        from stream.outputs.csv_log import ArenaCsvLog
-        from stream.pipeline import Pipeline, PipelineConfig, PreviewWriter, format_status, look_ahead_s
+        """One source: its trials start, the pipeline runs, the trials end with their summaries."""
+        from stream.outputs.base import broadcast
+        from stream.outputs.console import summary_table
+        from stream.pipeline import Pipeline, PipelineConfig
 
         a = self.args
-        spec = source.spec
-        capture = source.capture
-        if capture is None:
-            capture = Capture(spec, self._capture_config(card, spec))
-            w, h = capture.open()
-            check_arenas_fit(source.arenas, w, h, str(spec))
-        w, h = capture.stats.frame_size
-        dconf = self._decision_config(card)
-        classes = list(card.classes)
-        decisions = {ar.id: ArenaDecisions(ar.id, classes, dconf) for ar in source.arenas}
-        logs: dict[str, ArenaCsvLog] = {}
-        preview = None
-        bar = None
-        last_behaviour: dict[str, str] = {}
+        capture = self._open_capture(source, card)
+        book, live_like = self._trial_book(source, card)
+        own = self._source_outputs(source, card, capture, multi=multi)  # closed at the end of this source
+        outputs = [own[0], self.results, *(o for o in (self.publisher, self.metrics) if o is not None), *own[1:]]
+        if self.metrics is not None:
+            from stream.outputs.metrics import camera_label
+
+            self.metrics.start_source(camera_label(source.spec.kind, str(source.spec.location)),
+                                      [ar.id for ar in source.arenas], list(card.classes))
         try:
-            for ar in source.arenas:
-                logs[ar.id] = ArenaCsvLog(source.out_dir, ar.id, classes, resume=a.resume)
-            if a.preview is not None:
-                path = a.preview if not multi else a.preview.with_name(f"{a.preview.stem}-{source.out_dir.name}{a.preview.suffix}")
-                preview = PreviewWriter(path, card.fps, (w, h), source.arenas)
-            if spec.kind == "file" and not a.realtime and not a.quiet:
-                from tqdm import tqdm
-
-                total = capture.stats.frame_count_estimate(card.fps)
-                if a.max_frames:
-                    total = min(total, a.max_frames) if total else a.max_frames
-                bar = tqdm(total=total or None, unit="frame", desc=Path(spec.location).name, dynamic_ncols=True,
-                           disable=None, leave=False)
-            resume_after = {ar_id: log_.last_frame_index for ar_id, log_ in logs.items()}
-
-            def on_decision(arena_id: str, decision) -> None:
-                last_behaviour[arena_id] = decision.behaviour
-                done = resume_after.get(arena_id)
-                if done is not None and decision.frame_index <= done:
-                    return
-                logs[arena_id].write(decision)
-                if self.publisher is not None:
-                    self.publisher.publish(arena_id, decision)
-                    if self.metrics is not None:
-                        self._sync_zmq_drops()
-
-            def on_status(status: dict) -> None:
-                line = format_status(status, last_behaviour)
-                if self.notifier is not None:
-                    self.notifier.status(line)  # systemd's STATUS= even when the terminal is quiet
-                if a.quiet:
-                    return
-                if bar is not None:
-                    bar.write(line)
-                else:
-                    print(line, flush=True)
-
+            if live_like:
+                for trial in book.resume_running():
+                    broadcast(outputs, "on_trial_start", trial)
             pipeline = Pipeline(
-                self.engine, flow, source.arenas, decisions,
+                self.engine, flow, source.arenas, book.arenas,
                 PipelineConfig(fps=card.fps, size_px=self.engine.input_size_px, stride_frames=a.stride,
                                flow_warm_start=not a.no_flow_warm_start),
-                on_decision=on_decision, metrics=self.metrics, preview=preview,
-                on_frame=(lambda _i: bar.update(1)) if bar is not None else None,
-                on_status=on_status, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
+                outputs=outputs, trials=book, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
                 capture_stats=capture.stats,
             )
+            self.book = book
+            if self.publisher is not None:  # --resume: what the interrupted run published is not sent again
+                self.publisher.skip_through = own[0].resumed_through
             capture.start()
             try:
                 result = pipeline.run(capture)
@@ -450,85 +518,115 @@ class _Run:
             if self.signal_name:
                 result.stopped = True
                 result.end_reason = f"stopped by {self.signal_name}"
+            info = self._run_info(source, card, capture, result)
+            if result.stopped and book.resume_on_stop:
+                log.warning("stopped with trials running: they resume when stream-run starts again with --out %s",
+                            source.out_dir)
+            else:  # summaries: always, whatever ended the run
+                pipeline.end_trials(result.end_reason, info)
         finally:
-            if bar is not None:
-                bar.close()
-            if preview is not None:
-                preview.close()
-        # summaries: always, whatever ended the run
-        run_info = {
-            "source": str(spec),
-            "source_kind": spec.kind,
-            "model": card.name,
-            "engine": str(self.engine.name),
-            "device": str(self.engine.device),
-            "model_fps": card.fps,
-            "input_size_px": self.engine.input_size_px,
-            "stride_frames": a.stride,
-            "look_ahead_s": round(look_ahead_s(card.fps), 4),
-            "frame_size": list(capture.stats.frame_size),
-            "capture": {
-                "source_fps": capture.stats.source_fps,
-                "source_frames": capture.stats.source_frames,
-                "frames_dropped_queue_full": capture.stats.dropped_queue_full,
-                "source_frames_skipped_resample": capture.stats.dropped_resample,
-                "frames_repeated_resample": capture.stats.repeated_resample,
-                "invalid_frames": capture.stats.invalid_frames,
-                "reconnect_attempts": capture.stats.reconnects,
-            },
-            "zmq_dropped": self.publisher.dropped if self.publisher is not None else None,
-            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **result.to_dict(),
-        }
-        summaries = {}
-        for ar in source.arenas:
-            summary = {**decisions[ar.id].summary(), "run": run_info}
-            summaries[ar.id] = summary
-            logs[ar.id].write_summary(summary)
-            logs[ar.id].close()
-            if self.publisher is not None:
-                self.publisher.publish_summary(ar.id, summary)
-        if not a.quiet:
-            print(summary_table(summaries, classes, str(spec), source.out_dir), flush=True)
+            self.book = None
+            for out in own:
+                out.close()
+        ended = own[-1].ended  # the console output collected the trials this source ended
+        if not a.quiet and ended:
+            print(summary_table(ended, list(card.classes), str(source.spec), source.out_dir, run=info), flush=True)
+            print(f"results: {self.results.path} ({len(self.results.rows)} trials)", flush=True)
         if result.gave_up or result.error:
             print(f"stream-run: error: {result.error or 'capture failed'}", file=sys.stderr, flush=True)
             return EXIT_FAILED
         return EXIT_OK
 
-    def _sync_zmq_drops(self) -> None:
-        dropped = self.publisher.dropped
-        seen = getattr(self, "_zmq_seen", 0)
-        if dropped > seen:
-            self.metrics.zmq_dropped.inc(dropped - seen)
-            self._zmq_seen = dropped
+    def _trial_book(self, source: _Source, card):
+        """The source's trials: mode, schedule rows, provenance; (book, whether the source runs in real time)."""
+        from stream.trials import TrialBook
 
+        book = TrialBook([ar.id for ar in source.arenas], list(card.classes), self._decision_config(card),
+                         mode=self.trial_mode, out_dir=source.out_dir, source=str(source.spec),
+                         schedule=schedule_for(self.schedule, source.spec.location) if self.schedule else (),
+                         summary_extra=lambda trial: {"provenance": self._provenance(source, card, trial)})
+        # a camera, or a video paced like one: a restart continues the trial that was running
+        live_like = source.spec.live or self.args.realtime
+        book.resume_on_stop = live_like and self.trial_mode != "now"
+        return book, live_like
 
-def summary_table(summaries: dict[str, dict], classes: list[str], source: str, out_dir: Path) -> str:
-    """The end-of-run table printed to the terminal."""
-    head = ["arena", "frames", *[f"{c} s" for c in classes], "immobile s", "bouts", "1st bout s",
-            "window immobile s", "window bouts", "gaps"]
-    rows = []
-    for arena_id, s in summaries.items():
-        c = s["counters"]
-        w = c["scoring_window"]
-        first = c.get("latency_to_first_bout_s")
-        rows.append([arena_id, str(c["frames_classified"]), *[f"{c['behaviour_s'].get(k, 0.0):.1f}" for k in classes],
-                     f"{c['immobile_s']:.1f}", str(c["immobility_bouts"]), "-" if first is None else f"{first:.1f}",
-                     f"{w['immobile_s']:.1f}", str(w["immobility_bouts"]), str(c["gaps"]["count"])])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    fmt = "  ".join("{:<%d}" % w if i == 0 else "{:>%d}" % w for i, w in enumerate(widths))
-    run = next(iter(summaries.values()))["run"] if summaries else {}
-    lines = [f"summary of {source} -> {out_dir}",
-             f"  ended: {run.get('end_reason', '?')}; {run.get('frames_processed', 0)} frames at {run.get('fps', 0):.1f} fps; "
-             f"look-ahead {run.get('look_ahead_s', 0):.2f} s; capture-to-decision p50 "
-             f"{_fmt_s((run.get('capture_to_decision_s') or {}).get('p50'))}",
-             fmt.format(*head)]
-    lines += [fmt.format(*r) for r in rows]
-    return "\n".join(lines)
+    def _provenance(self, source: _Source, card, trial) -> dict:
+        """What produced a trial's figures: model and checksum, package version, ROI, source, flow."""
+        from stream import __version__
 
+        arena = next(ar for ar in source.arenas if ar.id == trial.arena_id)
+        roi = f"{arena.roi.x},{arena.roi.y},{arena.roi.w},{arena.roi.h}" if arena.roi is not None else "full frame"
+        return {"model": card.name, "model_sha256": self.model_sha256, "swim_stream_version": __version__,
+                "roi": roi, "source": str(source.spec), "start_utc": trial.start_utc, "flow": dict(card.flow),
+                "flow_warm_start": not self.args.no_flow_warm_start, "stride_frames": self.args.stride}
 
-def _fmt_s(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f} s"
+    def _open_capture(self, source: _Source, card) -> Capture:
+        """The source's capture, opened now if it was not at the checks (a live source, or one of many)."""
+        if source.capture is not None:
+            return source.capture
+        capture = Capture(source.spec, self._capture_config(card, source.spec))
+        w, h = capture.open()
+        check_arenas_fit(source.arenas, w, h, str(source.spec))
+        return capture
+
+    def _source_outputs(self, source: _Source, card, capture: Capture, *, multi: bool) -> list:
+        """The outputs that belong to one source: its CSVs (first), its preview, the terminal."""
+        from stream.outputs.console import ConsoleOutput
+        from stream.outputs.csv_log import CsvOutput
+        from stream.outputs.preview import PreviewWriter
+
+        a = self.args
+        spec = source.spec
+        outputs: list = [CsvOutput(source.out_dir, list(card.classes), resume=a.resume)]
+        try:
+            if a.preview is not None:
+                path = a.preview if not multi else a.preview.with_name(
+                    f"{a.preview.stem}-{source.out_dir.name}{a.preview.suffix}")
+                outputs.append(PreviewWriter(path, card.fps, capture.stats.frame_size, source.arenas))
+            total = None
+            show_bar = spec.kind == "file" and not a.realtime
+            if show_bar:
+                total = capture.stats.frame_count_estimate(card.fps)
+                if a.max_frames:
+                    total = min(total, a.max_frames) if total else a.max_frames
+            outputs.append(ConsoleOutput(quiet=a.quiet, bar_total=total, bar_desc=Path(spec.location).name if show_bar
+                                         else "", show_bar=show_bar,
+                                         systemd_status=self.notifier.status if self.notifier is not None else None))
+        except BaseException:
+            for out in outputs:
+                out.close()
+            raise
+        return outputs
+
+    def _run_info(self, source: _Source, card, capture: Capture, result) -> dict:
+        """The ``run`` block of every summary: what ran, on what, and how it went."""
+        from stream.pipeline import look_ahead_s
+
+        stats = capture.stats
+        return {
+            "source": str(source.spec),
+            "source_kind": source.spec.kind,
+            "model": card.name,
+            "engine": str(self.engine.name),
+            "device": str(self.engine.device),
+            "model_fps": card.fps,
+            "input_size_px": self.engine.input_size_px,
+            "stride_frames": self.args.stride,
+            "look_ahead_s": round(look_ahead_s(card.fps), 4),
+            "frame_size": list(stats.frame_size),
+            "capture": {
+                "source_fps": stats.source_fps,
+                "source_frames": stats.source_frames,
+                "frames_dropped_queue_full": stats.dropped_queue_full,
+                "source_frames_skipped_resample": stats.dropped_resample,
+                "frames_repeated_resample": stats.repeated_resample,
+                "invalid_frames": stats.invalid_frames,
+                "reconnect_attempts": stats.reconnects,
+            },
+            "zmq_dropped": self.publisher.dropped if self.publisher is not None else None,
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **result.to_dict(),
+        }
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import zmq
 
 from stream.errors import UserError, cli_main
 from stream.outputs.publisher import DEFAULT_ENDPOINT, SCHEMA_VERSION, STATE_REQUEST
+from stream.version import add_version_argument
 
 __all__ = ["ArenaView", "fetch_state", "format_line", "format_summary", "format_table", "main"]
 
@@ -219,6 +220,7 @@ class _Watcher:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stream-watch", description=__doc__.splitlines()[0])
+    add_version_argument(p)
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"stream-run's ZeroMQ PUB endpoint ({DEFAULT_ENDPOINT})")
     p.add_argument("--state-endpoint", help="stream-run's state endpoint, asked for the current counters at start")
     p.add_argument("--arena", action="append", metavar="ID", help="follow only this arena (repeat for several)")

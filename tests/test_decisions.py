@@ -36,7 +36,7 @@ def run(pattern: str, config: DecisionConfig, *, start: int = 0) -> tuple[ArenaD
 
 def test_plain_counts_bouts_latency_and_seconds() -> None:
     arena, out = run("SSFFFTFFS", DecisionConfig(fps=2.0))
-    c = arena.counters()
+    c = arena.counters().to_json()
     assert [d.frame_index for d in out] == list(range(9))
     assert [d.behaviour for d in out] == [LETTER[ch] for ch in "SSFFFTFFS"]
     assert c["frames_classified"] == 9
@@ -45,15 +45,15 @@ def test_plain_counts_bouts_latency_and_seconds() -> None:
     assert c["immobility_bouts"] == 2
     assert c["latency_to_first_bout_s"] == 1.0  # frame 2 at 2 fps
     # every decision carries the counters right after its own frame
-    assert [d.counters["immobility_bouts"] for d in out] == [0, 0, 1, 1, 1, 1, 2, 2, 2]
-    assert out[0].counters["latency_to_first_bout_s"] is None
+    assert [d.counters.to_json()["immobility_bouts"] for d in out] == [0, 0, 1, 1, 1, 1, 2, 2, 2]
+    assert out[0].counters.to_json()["latency_to_first_bout_s"] is None
     json.dumps(arena.summary())  # JSON-able
 
 
 def test_latency_is_none_without_a_bout() -> None:
     arena, _ = run("SSTT", DecisionConfig(fps=1.0))
-    assert arena.counters()["latency_to_first_bout_s"] is None
-    assert arena.counters()["immobility_bouts"] == 0
+    assert arena.counters().to_json()["latency_to_first_bout_s"] is None
+    assert arena.counters().to_json()["immobility_bouts"] == 0
 
 
 def test_min_bout_holds_back_then_relabels_short_runs_mobile() -> None:
@@ -76,7 +76,7 @@ def test_min_bout_holds_back_then_relabels_short_runs_mobile() -> None:
     assert [d.behaviour for d in out][8:] == ["struggle", "struggle"]
     # raw probabilities are kept, so a CSV can be re-scored
     assert out[0].probabilities["float"] == pytest.approx(0.8)
-    c = arena.counters()
+    c = arena.counters().to_json()
     assert c["immobility_bouts"] == 1
     assert c["immobile_s"] == pytest.approx(0.4)
     assert c["latency_to_first_bout_s"] == pytest.approx(0.3)
@@ -89,14 +89,14 @@ def test_min_bout_rounds_frames_without_float_error() -> None:
     config = DecisionConfig(fps=15.0, min_bout_s=0.2)  # 0.2 * 15 = 3.0000000000000004
     assert config.min_bout_frames == 3
     arena, _ = run("SFFFS", config)
-    assert arena.counters()["immobility_bouts"] == 1
+    assert arena.counters().to_json()["immobility_bouts"] == 1
 
 
 def test_scoring_window_clips_seconds_and_counts_overlapping_bouts() -> None:
     # window [6, 10) at 1 fps; frames 10, 11 lie after the test
     config = DecisionConfig(fps=1.0, test_duration_s=10.0, scoring_window_s=4.0)
     arena, out = run("FFSSSFFFSFFF", config)
-    c = arena.counters()
+    c = arena.counters().to_json()
     assert c["immobility_bouts"] == 3
     assert c["immobile_s"] == 8.0  # 0,1,5,6,7,9,10,11: frames after the test still count in the whole run
     assert c["latency_to_first_bout_s"] == 0.0
@@ -108,13 +108,13 @@ def test_scoring_window_clips_seconds_and_counts_overlapping_bouts() -> None:
     assert w["immobility_bouts"] == 2  # the 5-7 bout (in progress when the window opens) and the 9-11 one
     assert w["latency_to_first_bout_s"] == 0.0
     assert c["test_complete"] is True
-    assert out[8].counters["test_complete"] is False
+    assert out[8].counters.to_json()["test_complete"] is False
 
 
 def test_scoring_window_latency_from_window_start() -> None:
     config = DecisionConfig(fps=1.0, test_duration_s=10.0, scoring_window_s=4.0)
     arena, _ = run("FSSSSSSSFF", config)
-    w = arena.counters()["scoring_window"]
+    w = arena.counters().to_json()["scoring_window"]
     assert w["latency_to_first_bout_s"] == 2.0  # bout at 8 s, window from 6 s
     assert w["immobility_bouts"] == 1 and w["immobile_s"] == 2.0
 
@@ -126,7 +126,7 @@ def test_default_window_is_last_four_minutes_of_six() -> None:
     p = probs_for("float")
     for i in range(0, 15 * 370):  # 370 s of immobility
         arena.update(i, i / 15.0, p)
-    c = arena.counters()
+    c = arena.counters().to_json()
     assert c["scoring_window"]["frames"] == 15 * 240
     assert c["scoring_window"]["immobile_s"] == pytest.approx(240.0)
     assert c["immobile_s"] == pytest.approx(370.0)
@@ -145,7 +145,7 @@ def test_gap_pauses_counters_and_ends_the_run() -> None:
     out += arena.flush()
     assert [d.frame_index for d in out] == [0, 1, 7, 8, 9]
     assert [d.immobile for d in out] == [False, False, True, True, True]
-    c = arena.counters()
+    c = arena.counters().to_json()
     assert c["gaps"] == {"count": 1, "frames_missing": 5, "seconds_missing": 5.0}
     assert c["immobility_bouts"] == 1 and c["immobile_s"] == 3.0
     assert c["latency_to_first_bout_s"] == 7.0
@@ -159,29 +159,29 @@ def test_gap_splits_a_bout_in_two() -> None:
     arena.gap(2, 2.0)
     for i in (4, 5):
         arena.update(i, float(i), probs_for("float"))
-    assert arena.counters()["immobility_bouts"] == 2
+    assert arena.counters().to_json()["immobility_bouts"] == 2
 
 
 def test_skipped_frames_without_gap_call_are_recorded_as_a_gap() -> None:
     arena = ArenaDecisions("A", SIDE, DecisionConfig(fps=10.0))
     arena.update(0, 0.0, probs_for("float"))
     arena.update(4, 0.4, probs_for("float"))
-    gaps = arena.counters()["gaps"]
+    gaps = arena.counters().to_json()["gaps"]
     assert gaps["count"] == 1 and gaps["frames_missing"] == 3
     assert gaps["seconds_missing"] == pytest.approx(0.3)
-    assert arena.counters()["immobility_bouts"] == 2
+    assert arena.counters().to_json()["immobility_bouts"] == 2
 
 
 def test_average_smoothing_removes_a_one_frame_spike() -> None:
     raw_arena, _ = run("SSFSS", DecisionConfig(fps=1.0))
-    assert raw_arena.counters()["immobility_bouts"] == 1
+    assert raw_arena.counters().to_json()["immobility_bouts"] == 1
     config = DecisionConfig(fps=1.0, smoothing="average", smoothing_window_frames=3)
     arena = ArenaDecisions("A", SIDE, config)
     lag = [len(arena.update(i, float(i), probs_for(LETTER[ch]))) for i, ch in enumerate("SSFSS")]
     assert lag == [0, 1, 1, 1, 1]  # centred window of 3: one frame of look-ahead
     rest = arena.flush()
     assert [d.frame_index for d in rest] == [4]
-    c = arena.counters()
+    c = arena.counters().to_json()
     assert c["immobility_bouts"] == 0 and c["frames_classified"] == 5
     assert c["behaviour_s"]["swim"] == 5.0
 
@@ -202,14 +202,14 @@ def test_hysteresis_needs_clear_evidence_to_switch() -> None:
         out += arena.update(i, float(i), np.array([rest * 0.7, rest * 0.3, p_float]))
     assert [d.immobile for d in out] == [False, False, True, True, False, False]
     assert [d.behaviour for d in out] == ["swim", "swim", "float", "float", "swim", "swim"]
-    assert arena.counters()["immobility_bouts"] == 1
+    assert arena.counters().to_json()["immobility_bouts"] == 1
 
 
 def test_top_view_classes() -> None:
     arena = ArenaDecisions("cam0-1", ["mobile", "immobile"], DecisionConfig(fps=1.0))
     for i, p in enumerate([0.9, 0.2, 0.1, 0.8]):
         arena.update(i, float(i), np.array([p, 1 - p]))
-    c = arena.counters()
+    c = arena.counters().to_json()
     assert c["immobile_s"] == 2.0 and c["immobility_bouts"] == 1 and c["latency_to_first_bout_s"] == 1.0
     s = arena.summary()
     assert s["arena_id"] == "cam0-1" and s["immobile_classes"] == ["immobile"]
@@ -299,7 +299,7 @@ def test_random_sequences_match_run_length_reference(seed: int) -> None:
         out += arena.update(i, i / fps, p)
     out += arena.flush()
     ref = _reference(labels, fps, 4, 30.0, 80.0)
-    c = arena.counters()
+    c = arena.counters().to_json()
     assert [d.frame_index for d in out] == list(range(400))
     assert c["immobility_bouts"] == ref["bouts"]
     assert c["latency_to_first_bout_s"] == ref["latency"]

@@ -98,3 +98,45 @@ def test_close_frees_the_port() -> None:
     again = Metrics(port=port)
     assert scrape(again.port)  # serving again on the same port
     again.close()
+
+
+def test_scrape_sees_zeroed_series_then_trial_gauges_and_the_source_as_camera() -> None:
+    from stream.outputs.metrics import camera_label
+    from stream.trials import Trial
+
+    fps = 10.0
+    arena = ArenaDecisions("A", CLASSES, DecisionConfig(fps=fps, test_duration_s=2.0, scoring_window_s=1.0, bin_s=1.0))
+    with Metrics(port=0) as m:
+        m.frame_period_s = 1 / fps
+        m.start_source(camera_label("url", "rtsp://user:secret@10.0.0.5:554/cam1"), ["A"], CLASSES)
+        before = scrape(m.port)
+        assert before[("swim_stream_frames_captured_total", (("camera", "10.0.0.5:554/cam1"),))] == 0
+        assert not any("secret" in str(k) for k in before)
+        for name in ("swim_stream_trial_active", "swim_stream_trial_elapsed_seconds", "swim_stream_immobile_seconds",
+                     "swim_stream_bin_immobile_seconds"):
+            assert before[(name, (("arena", "A"),))] == 0, name  # panels show 0, not "No data"
+        assert before[("swim_stream_behaviour_seconds_total", (("arena", "A"), ("behaviour", "float")))] == 0
+        trial = Trial("A-t001-M1", "A", animal="M1")
+        m.on_trial_start(trial)
+        for i in range(15):  # 1.5 s of float: the second bin is the current one
+            for d in arena.update(i, i / fps, np.array([0.1, 0.1, 0.8])):
+                m.on_decision("A", d, 0.5)
+        during = scrape(m.port)
+        assert during[("swim_stream_trial_active", (("arena", "A"),))] == 1
+        assert during[("swim_stream_trial_elapsed_seconds", (("arena", "A"),))] == pytest.approx(1.5)
+        assert during[("swim_stream_bin_index", (("arena", "A"),))] == 2
+        assert during[("swim_stream_bin_immobile_seconds", (("arena", "A"),))] == pytest.approx(0.5)
+        assert during[("swim_stream_last_decision_timestamp_seconds", (("arena", "A"),))] > 1.7e9
+        m.on_trial_end(trial, {"counters": {"test_complete": False}})
+        after = scrape(m.port)
+        assert after[("swim_stream_trial_active", (("arena", "A"),))] == 0
+        assert after[("swim_stream_trials_finished_total", (("arena", "A"),))] == 1
+        assert after[("swim_stream_trial_complete", (("arena", "A"),))] == 0
+
+
+def test_camera_label_names_the_source_without_credentials() -> None:
+    from stream.outputs.metrics import camera_label
+
+    assert camera_label("camera", "0") == "camera0"
+    assert camera_label("file", "/data/runs/mouse 3.mp4") == "mouse 3.mp4"
+    assert camera_label("url", "http://cam.lab:8080/video?x=1") == "cam.lab:8080/video"

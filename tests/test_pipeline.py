@@ -18,8 +18,10 @@ from stream.arenas import Arena
 from stream.capture import EndOfStream, Frame, Gap
 from stream.decisions import ArenaDecisions, DecisionConfig
 from stream.flow import TVL1, FlowConfig
+from stream.outputs.base import Output
 from stream.outputs.metrics import Metrics
-from stream.pipeline import Pipeline, PipelineConfig, PreviewWriter, format_status, look_ahead_s
+from stream.outputs.preview import PreviewWriter
+from stream.pipeline import Pipeline, PipelineConfig, format_status, look_ahead_s
 from stream.preprocess import Roi, crop_resize, rgb_clip
 
 S = 32
@@ -68,13 +70,31 @@ def items(n: int, start: int = 0) -> list:
     return [Frame(i, i / FPS, i / FPS, 0.0, image(i)) for i in range(start, start + n)]
 
 
-def make(stride: int = 1, **kw):
+class Recorder(Output):
+    """An output that records frames, decisions and statuses, as the real outputs would receive them."""
+
+    def __init__(self, arrived: list[int], out: list, statuses: list) -> None:
+        self.arrived, self.out, self.statuses = arrived, out, statuses
+
+    def on_frame(self, frame) -> None:
+        self.arrived.append(frame.index)
+
+    def on_decision(self, arena_id, decision, latency_s) -> None:
+        self.out.append((arena_id, decision))
+
+    def on_status(self, status) -> None:
+        if not status.final:
+            self.statuses.append(status)
+
+
+def make(stride: int = 1, outputs=(), statuses: list | None = None, **kw):
     arrived: list[int] = []
     engine = RecordingEngine(arrived)
     decisions = {a.id: ArenaDecisions(a.id, CLASSES, DecisionConfig(fps=FPS)) for a in ARENAS}
     out: list[tuple[str, object]] = []
+    recorder = Recorder(arrived, out, statuses if statuses is not None else [])
     pipe = Pipeline(engine, TVL1(CHEAP_FLOW), ARENAS, decisions, PipelineConfig(fps=FPS, size_px=S, stride_frames=stride),
-                    on_decision=lambda a, d: out.append((a, d)), on_frame=arrived.append, **kw)
+                    outputs=[recorder, *outputs], **kw)
     return pipe, engine, decisions, out
 
 
@@ -135,7 +155,7 @@ def test_gap_flushes_the_segment_and_restarts_flow() -> None:
     assert got == list(range(12)) + list(range(42, 54))
     assert result.gave_up and result.error == "lost"
     assert result.gaps == [{"frames_missing": 30, "seconds_missing": 2.0, "reason": "no frames"}]
-    counters = decisions["A1"].counters()
+    counters = decisions["A1"].counters().to_json()
     assert counters["gaps"]["count"] == 1 and counters["gaps"]["frames_missing"] == 30
     assert counters["frames_classified"] == 24
     # the first clip after the gap is padded with frame 42 (no frames from before the gap)
@@ -150,7 +170,7 @@ def test_index_jump_from_a_full_queue_is_recorded_as_a_gap() -> None:
     stream = items(10) + items(10, start=13) + [EndOfStream("end of file")]
     result = pipe.run(stream)
     assert result.frames_missing == 3 and "dropped" in result.gaps[0]["reason"]
-    assert decisions["A2"].counters()["gaps"]["frames_missing"] == 3
+    assert decisions["A2"].counters().to_json()["gaps"]["frames_missing"] == 3
     assert len(by_arena(out)["A2"]) == 20
 
 
@@ -172,7 +192,7 @@ def test_stop_event_flushes_what_arrived() -> None:
 def test_none_items_feed_the_heartbeat_and_status() -> None:
     beats = []
     statuses = []
-    pipe, _, _, _ = make(heartbeat=lambda: beats.append(1), on_status=statuses.append)
+    pipe, _, _, _ = make(heartbeat=lambda: beats.append(1), statuses=statuses)
     pipe.config = PipelineConfig(fps=FPS, size_px=S, live_counters_interval_s=0.0)
     pipe.run([None, None, *items(9), None, EndOfStream("end of file")])
     assert len(beats) == 13
@@ -184,7 +204,8 @@ def test_none_items_feed_the_heartbeat_and_status() -> None:
 def test_metrics_and_preview(tmp_path: Path) -> None:
     metrics = Metrics(port=None)
     preview = PreviewWriter(tmp_path / "preview.mp4", FPS, (80, 40), ARENAS)
-    pipe, engine, _, out = make(metrics=metrics, preview=preview)
+    metrics.frame_period_s = 1.0 / FPS
+    pipe, engine, _, out = make(outputs=[metrics, preview])
     n = 20
     pipe.run(items(n) + [EndOfStream("end of file")])
     preview.close()
@@ -200,8 +221,15 @@ def test_metrics_and_preview(tmp_path: Path) -> None:
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == n == preview.frames_written
     ok, first = cap.read()
     cap.release()
-    assert ok and first.shape == (40, 80, 3)
-    assert np.abs(first.astype(int) - image(0).astype(int)).max() > 50  # labels were drawn
+    # 40 px arenas are upscaled to the legible minimum (issue 13, item 9): 80x40 -> 400x200
+    assert ok and first.shape == (preview.size[1], preview.size[0], 3) == (200, 400, 3)
+    plain = cv2.resize(image(0), preview.size, interpolation=cv2.INTER_LINEAR)
+    assert np.abs(first.astype(int) - plain.astype(int)).max() > 50  # labels were drawn
+    import av
+
+    with av.open(str(tmp_path / "preview.mp4")) as container:  # what a browser needs: H.264, yuv420p
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
 
 
 def test_look_ahead_is_seven_frames() -> None:

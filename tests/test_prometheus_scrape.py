@@ -29,6 +29,7 @@ from stream.outputs.metrics import Metrics
 REPO = Path(__file__).parents[1]
 DASHBOARD = REPO / "monitoring" / "grafana-dashboard.json"
 PROMETHEUS_CONFIG_EXAMPLE = REPO / "monitoring" / "prometheus.yml"
+ALERT_RULES = REPO / "monitoring" / "alerts.yml"
 SCRAPE_INTERVAL_S = 1  # the shortest Prometheus takes comfortably; a test waits a few of these
 STARTUP_TIMEOUT_S = 30.0  # TSDB creation + config load, on a busy 2-core CI box
 SCRAPE_TIMEOUT_S = 30.0  # until a scraped value is queryable: first scrape + query staleness
@@ -239,6 +240,34 @@ def test_example_scrape_config_passes_promtool() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_alert_rules_pass_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package 'prometheus')")
+    done = subprocess.run([promtool, "check", "rules", str(ALERT_RULES)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alert_rules_cover_the_issue_and_name_only_exported_metrics() -> None:
+    import yaml
+
+    rules = [r for g in yaml.safe_load(ALERT_RULES.read_text())["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules} >= {"SwimStreamDown", "SwimStreamBelowRealTime", "SwimStreamStaleDecisions",
+                                           "SwimStreamCaptureGaps"}
+    exported = _exported_series_names(Metrics(port=None))
+    used = {n for r in rules for n in re.findall(r"\bswim_stream_\w+", r["expr"])}
+    assert used and not used - exported, sorted(used - exported)
+    for r in rules:
+        assert r["annotations"]["summary"] and r["labels"]["severity"] in ("warning", "critical")
+
+
+def test_dashboard_has_trial_and_bin_panels() -> None:
+    used = {name for expr in _dashboard_exprs() for name in re.findall(r"\bswim_stream_\w+", expr)}
+    for required in ("swim_stream_trial_active", "swim_stream_trial_elapsed_seconds",
+                     "swim_stream_last_decision_timestamp_seconds", "swim_stream_bin_immobile_seconds"):
+        assert required in used, f"dashboard lacks a panel on {required}"
+
+
 # ------------------------------------------------------------------- a running stream-run, end to end
 STREAM_RUN_START_TIMEOUT_S = 900.0  # engine build (TorchScript freeze) takes minutes on a busy box
 STREAM_RUN_STOP_TIMEOUT_S = 120.0
@@ -271,6 +300,10 @@ def test_prometheus_scrapes_a_running_stream_run(tmp_path: Path, tiny_model: Pat
                 "sum by (arena) (swim_stream_current_behaviour)", lambda r: True,
                 "no current behaviour", timeout_s=STREAM_RUN_START_TIMEOUT_S)
             assert all(_value(sample) == 1.0 for sample in current), current  # one-hot per arena
+            # zero-initialised when the source starts, 1 once the arena's trial (--video: now) has begun
+            server.wait_value("swim_stream_trial_active", lambda r: len(r) > 0 and all(_value(x) == 1.0 for x in r),
+                              "trial gauge never showed a running trial")
+            server.wait_value("swim_stream_trial_elapsed_seconds", lambda r: _value(r[0]) > 0, "trial clock stands")
             info = server.wait_value("swim_stream_engine_info", lambda r: True, "no engine info")
             assert info[0]["metric"].get("model") == "tiny-test", info
             assert process.poll() is None, "stream-run ended before the test stopped it"

@@ -74,7 +74,7 @@ def test_round_trip_frames_and_summary(ctx) -> None:
     assert first["behaviour"] == ds[0].behaviour and first["immobile"] == ds[0].immobile
     assert first["timestamp_s"] == pytest.approx(ds[0].timestamp_s)
     assert first["probabilities"] == pytest.approx(ds[0].probabilities)
-    assert first["counters"] == ds[0].counters
+    assert first["counters"] == ds[0].counters.to_json()
     summary = got[-1][1]
     assert summary["type"] == "summary" and summary["schema"] == SCHEMA_VERSION and summary["arena"] == "A"
     assert summary["counters"]["frames_classified"] == 5
@@ -138,7 +138,7 @@ def test_state_endpoint_answers_late_joiners(ctx) -> None:
         assert req.poll(int(WAIT_S * 1000))
         reply = json.loads(req.recv())
         assert reply["schema"] == SCHEMA_VERSION and reply["type"] == "counters"
-        assert reply["arenas"]["A"] == ds_a[-1].counters
+        assert reply["arenas"]["A"] == ds_a[-1].counters.to_json()
         assert reply["arenas"]["B"]["frames_classified"] == 6
         assert reply["finished"] == []
         pub.publish_summary("A", arena_a.summary())

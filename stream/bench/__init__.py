@@ -12,6 +12,7 @@ import importlib
 import logging
 
 from stream.errors import cli_main
+from stream.version import add_version_argument
 
 __all__ = ["main"]
 
@@ -25,6 +26,7 @@ SUBCOMMANDS = {
 @cli_main("stream-bench")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stream-bench", description=__doc__.splitlines()[0])
+    add_version_argument(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="what", required=True)
     modules = {}

@@ -31,7 +31,7 @@ import numpy as np
 
 from stream.arenas import Arena
 from stream.errors import UserError
-from stream.preprocess import Roi
+from stream.preprocess import DEFAULT_MODEL_FPS, Roi
 
 __all__ = ["add_arguments", "run"]
 
@@ -70,7 +70,7 @@ def _random_model(directory: Path, size_px: int) -> Path:
 
     torch.manual_seed(0)
     card = ModelCard(name=f"random-{size_px}", view="side", classes=["swim", "struggle", "float"],
-                     immobile_classes=["float"], input_size_px=size_px, fps=15.0, flow=asdict(FlowConfig.fast()),
+                     immobile_classes=["float"], input_size_px=size_px, fps=DEFAULT_MODEL_FPS, flow=asdict(FlowConfig.fast()),
                      flow_weight=0.5, init="random", training={"note": "random weights: for speed measurements only"})
     save_model(FusedI3D(num_classes=3), card, directory / card.name)
     return directory / card.name

@@ -5,7 +5,8 @@ process loses nothing already written; ``os.fsync`` runs at most every ``flush_i
 power cut loses at most that much without paying a disk sync per frame. A ``kill -9`` or power cut
 can still leave a partial last line: ``read_frames_csv`` ignores it and ``resume=True`` cuts it off
 before appending. The summary is written to a temporary file in the same folder and renamed over
-the old one (``os.replace``), so a reader sees either the old or the new summary, never half of one.
+the old one (``stream.atomic.atomic_write``), so a reader sees either the old or the new summary,
+never half of one.
 
 Files: ``<out_dir>/<arena_id>.frames.csv`` with columns ``frame,timestamp_s,behaviour,immobile,
 p_<class>...`` (``immobile`` is 1 or 0) and ``<out_dir>/<arena_id>.summary.json``.
@@ -20,17 +21,18 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stream.atomic import atomic_write, fsync_dir
 from stream.decisions import ArenaDecisions, Decision
 from stream.errors import UserError
+from stream.outputs.base import Output
 
-__all__ = ["FLUSH_INTERVAL_S_DEFAULT", "ArenaCsvLog", "csv_columns", "json_default", "read_frames_csv", "replay_frames"]
+__all__ = ["FLUSH_INTERVAL_S_DEFAULT", "ArenaCsvLog", "CsvOutput", "csv_columns", "json_default", "read_frames_csv", "replay_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +130,27 @@ def replay_frames(arena: ArenaDecisions, rows: list[dict[str, Any]]) -> list[Dec
     Re-scores a recorded run with other settings (smoothing, minimum bout, window), or restores the
     counters of an interrupted run before resuming it. Frame indices that jump are recorded as gaps;
     an outage the original run saw without a jump in indices is not visible in the CSV.
+
+    A trial resumed after a restart appends frames whose indices start again from 0: they are placed
+    after the earlier ones by their timestamps (the frames in between are a gap), exactly as
+    ``stream.trials.ArenaTrial`` placed them live.
     """
     columns = [f"p_{c}" for c in arena.classes]
     out: list[Decision] = []
+    offset = 0
+    raw_last: int | None = None
+    eff_last: int | None = None
+    t_last = 0.0
     for row in rows:
         try:
             probs = np.array([row[c] for c in columns], dtype=np.float64)
         except KeyError as exc:
             raise UserError(f"the frames CSV has no column {exc.args[0]}; it was written for other classes") from exc
-        out += arena.update(row["frame"], row["timestamp_s"], probs)
+        raw = int(row["frame"])
+        if raw_last is not None and eff_last is not None and raw <= raw_last:  # a restart: indices begin again
+            offset = eff_last + max(1, round((row["timestamp_s"] - t_last) * arena.config.fps)) - raw
+        out += arena.update(raw + offset, row["timestamp_s"], probs)
+        raw_last, eff_last, t_last = raw, raw + offset, row["timestamp_s"]
     return out
 
 
@@ -206,19 +220,7 @@ class ArenaCsvLog:
 
     def write_summary(self, summary: dict) -> Path:
         """Write the summary JSON atomically (temp file in the same folder, fsync, ``os.replace``)."""
-        text = json.dumps(summary, indent=2, default=json_default) + "\n"
-        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{self.arena_id}.summary.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.summary_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self._sync_dir()
-        return self.summary_path
+        return atomic_write(self.summary_path, json.dumps(summary, indent=2, default=json_default) + "\n")
 
     def close(self) -> None:
         if self._closed:
@@ -247,17 +249,7 @@ class ArenaCsvLog:
         os.fsync(self._file.fileno())
 
     def _sync_dir(self) -> None:
-        """Make the rename itself durable; not every platform can open a directory."""
-        try:
-            fd = os.open(self.out_dir, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fsync_dir(self.out_dir)
 
     def _open_for_resume(self):
         """Cut a partial or damaged last line, check the header, and open for appending."""
@@ -297,3 +289,58 @@ class ArenaCsvLog:
         if keep > 1:
             self.last_frame_index = _parse_row(self.columns, next(csv.reader([lines[keep - 1]])))["frame"]
         return open(self.csv_path, "a", encoding="utf-8", newline="")
+
+
+class CsvOutput(Output):
+    """The per-frame CSV and summary JSON of every trial of one source: an ``Output``.
+
+    A trial's files are named by its ``file_stem`` (the arena id for a run that is one trial per
+    arena, as ``--video`` is by default), so ``<out_dir>/<stem>.frames.csv`` and ``<stem>.summary.json``.
+    ``resume=True`` appends to a CSV an interrupted run left (``--resume``).
+    """
+
+    def __init__(self, out_dir: Path, classes: list[str], *, resume: bool = False,
+                 flush_interval_s: float = FLUSH_INTERVAL_S_DEFAULT) -> None:
+        self.out_dir = Path(out_dir)
+        self.classes = list(classes)
+        self.resume = resume
+        self.flush_interval_s = flush_interval_s
+        self.logs: dict[str, ArenaCsvLog] = {}  # arena id -> the log of its current trial
+        # arena id -> last frame an interrupted run had written (--resume): other outputs skip those too
+        self.resumed_through: dict[str, int] = {}
+
+    def on_trial_start(self, trial) -> None:
+        from stream.trials import write_trial_file
+
+        old = self.logs.pop(trial.arena_id, None)
+        if old is not None:
+            old.close()
+        log_ = ArenaCsvLog(self.out_dir, trial.file_stem, self.classes, resume=self.resume or trial.resumed,
+                           flush_interval_s=self.flush_interval_s)
+        if trial.resumed:
+            log_.last_frame_index = None  # a restarted source counts frames from 0 again: append them all
+        else:
+            write_trial_file(self.out_dir, trial)
+            if log_.last_frame_index is not None:
+                self.resumed_through[trial.arena_id] = log_.last_frame_index
+        self.logs[trial.arena_id] = log_
+
+    def on_decision(self, arena_id: str, decision: Decision, latency_s: float | None) -> None:
+        log_ = self.logs.get(arena_id)
+        if log_ is not None:
+            log_.write(decision)
+
+    def on_trial_end(self, trial, summary: dict) -> None:
+        log_ = self.logs.pop(trial.arena_id, None)
+        if log_ is None:  # ended before it started writing (e.g. a restart between start and first frame)
+            log_ = ArenaCsvLog(self.out_dir, trial.file_stem, self.classes, resume=True,
+                               flush_interval_s=self.flush_interval_s)
+        try:
+            log_.write_summary(summary)
+        finally:
+            log_.close()
+
+    def close(self) -> None:
+        for log_ in self.logs.values():
+            log_.close()
+        self.logs.clear()

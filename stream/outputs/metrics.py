@@ -11,6 +11,15 @@ on counters (added by ``prometheus_client``)::
     swim_stream_flow_seconds (histogram)               swim_stream_model_seconds (histogram)
     swim_stream_engine_info{...}                       swim_stream_zmq_dropped_messages_total
     swim_stream_capture_gaps_total
+    swim_stream_trial_active{arena} (1/0)              swim_stream_trial_elapsed_seconds{arena}
+    swim_stream_trial_complete{arena} (last trial, 1/0) swim_stream_trials_finished_total{arena}
+    swim_stream_bin_immobile_seconds{arena} (current bin) swim_stream_bin_index{arena} (1-based)
+    swim_stream_last_decision_timestamp_seconds{arena} (Unix time: alert on staleness)
+    swim_stream_model_fps (the rate the model must keep up with)
+
+The ``camera`` label is the source (``camera0``, a stream's host and path without credentials, a
+video's file name). Every labelled series a panel shows is created at 0 when a source starts
+(``start_source``), so a dashboard shows 0, not "No data", before the first event.
 
 Each ``Metrics`` has its own ``CollectorRegistry``: the global one would make a second instance in
 the same process (every test) fail with "duplicated timeseries".
@@ -24,14 +33,17 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from stream.decisions import Decision
 from stream.errors import UserError
+from stream.outputs.base import FrameEvent, GapEvent, Output, Status
 
-__all__ = ["DEFAULT_METRICS_PORT", "Metrics"]
+__all__ = ["DEFAULT_METRICS_PORT", "Metrics", "camera_label"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +56,18 @@ STAGE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 DEFAULT_CAMERA_LABEL = "main"  # one stream-run watches one camera; the label is for merged dashboards
 WHOLE_FRAME_ARENA_LABEL = "all"  # a frame dropped before the arenas are cut out is lost for all of them
 DEFAULT_DROP_REASON = "unspecified"
+
+
+def camera_label(kind: str, location: str) -> str:
+    """A source as a label value: never a URL's user name or password."""
+    if kind == "camera":
+        return f"camera{location}"
+    if kind == "url":
+        parts = urlsplit(location)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return f"{host}{port}{parts.path}" or location.split("@")[-1]
+    return location.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 class _WithDefaults:
@@ -62,8 +86,13 @@ class _WithDefaults:
         return getattr(self.labels(), name)
 
 
-class Metrics:
-    """The recognizer's metrics; ``port=None`` keeps them in memory only (tests, offline runs)."""
+class Metrics(Output):
+    """The recognizer's metrics; ``port=None`` keeps them in memory only (tests, offline runs).
+
+    An ``Output``: frames, model calls, decisions, gaps and statuses update the metrics.
+    ``frame_period_s`` (1 / model fps) turns one decision into seconds of behaviour; ``zmq_dropped_count``
+    reads the publisher's drop count at each status.
+    """
 
     def __init__(self, port: int | None = DEFAULT_METRICS_PORT, *, addr: str = "127.0.0.1",
                  registry: CollectorRegistry | None = None) -> None:
@@ -106,7 +135,28 @@ class Metrics:
             f"{PREFIX}_zmq_dropped_messages", "ZeroMQ messages dropped for a slow subscriber.", registry=r)
         self.capture_gaps = Counter(
             f"{PREFIX}_capture_gaps", "Camera outages (reconnections).", registry=r)
+        self.trial_active = Gauge(f"{PREFIX}_trial_active", "1 while the arena runs a trial.", ["arena"], registry=r)
+        self.trial_elapsed_seconds = Gauge(
+            f"{PREFIX}_trial_elapsed_seconds", "Seconds of the running trial decided so far.", ["arena"], registry=r)
+        self.trial_complete = Gauge(
+            f"{PREFIX}_trial_complete", "1 when the arena's last trial ran its full duration.", ["arena"], registry=r)
+        self.trials_finished = Counter(
+            f"{PREFIX}_trials_finished", "Trials ended (complete or not).", ["arena"], registry=r)
+        self.bin_immobile_seconds = Gauge(
+            f"{PREFIX}_bin_immobile_seconds", "Immobile seconds in the current time bin of the trial.", ["arena"],
+            registry=r)
+        self.bin_index = Gauge(f"{PREFIX}_bin_index", "The current time bin of the trial (1 = first minute).",
+                               ["arena"], registry=r)
+        self.last_decision_timestamp = Gauge(
+            f"{PREFIX}_last_decision_timestamp_seconds", "Unix time of the arena's last decision.", ["arena"],
+            registry=r)
+        self.model_fps = Gauge(f"{PREFIX}_model_fps", "Frame rate the model runs at (real time).", registry=r)
+        self.camera = DEFAULT_CAMERA_LABEL
         self._behaviours: dict[str, set[str]] = {}
+        self.frame_period_s: float | None = None  # set by the run once the model's fps is known
+        self.zmq_dropped_count: Any = None  # () -> int, the publisher's dropped messages so far
+        self._reported_captured = 0
+        self._reported_zmq_dropped = 0
         self._server = None
         self._thread = None
         self.port: int | None = None
@@ -122,6 +172,76 @@ class Metrics:
             self.port = self._server.server_address[1]
             log.info("metrics on http://%s:%d/metrics", addr, self.port)
 
+    def start_source(self, camera: str, arenas: list[str], classes: list[str]) -> None:
+        """A source starts: its camera label, and every series a panel shows, at 0."""
+        self.camera = camera
+        self._reported_captured = 0
+        self.frames_captured.labels(camera=camera).inc(0)
+        self.frames_dropped.labels(reason="queue_full").inc(0)
+        for arena in arenas:
+            for behaviour in classes:  # (current_behaviour stays absent until the first decision: one-hot or nothing)
+                self.behaviour_seconds.labels(arena=arena, behaviour=behaviour).inc(0)
+            for gauge in (self.immobile_seconds, self.immobility_bouts, self.scoring_window_immobile_seconds,
+                          self.trial_active, self.trial_elapsed_seconds, self.trial_complete, self.bin_immobile_seconds,
+                          self.bin_index):
+                gauge.labels(arena=arena).set(0)
+            self.trials_finished.labels(arena=arena).inc(0)
+
+    # -- Output ---------------------------------------------------------------------------------
+    def on_trial_start(self, trial) -> None:
+        a = trial.arena_id
+        self.trial_active.labels(arena=a).set(1)
+        self.trial_elapsed_seconds.labels(arena=a).set(0)
+        self.trial_complete.labels(arena=a).set(0)
+        for gauge in (self.immobile_seconds, self.immobility_bouts, self.scoring_window_immobile_seconds,
+                      self.bin_immobile_seconds):
+            gauge.labels(arena=a).set(0)
+        self.bin_index.labels(arena=a).set(1)
+
+    def on_trial_end(self, trial, summary: dict) -> None:
+        a = trial.arena_id
+        self.trial_active.labels(arena=a).set(0)
+        self.trial_complete.labels(arena=a).set(1 if summary.get("counters", {}).get("test_complete") else 0)
+        self.trials_finished.labels(arena=a).inc()
+
+    def on_frame(self, frame: FrameEvent) -> None:
+        self.flow_seconds.observe(frame.flow_s)
+        self.frames_processed.inc()
+
+    def on_model(self, seconds: float) -> None:
+        self.model_seconds.observe(seconds)
+
+    def on_decision(self, arena_id: str, decision: Decision, latency_s: float | None) -> None:
+        if latency_s is not None:
+            self.latency_seconds.observe(latency_s)
+        if self.frame_period_s is not None:
+            self.observe_decision(arena_id, decision, self.frame_period_s)
+            self.trial_elapsed_seconds.labels(arena=arena_id).set(decision.timestamp_s + self.frame_period_s)
+        self.last_decision_timestamp.labels(arena=arena_id).set(time.time())
+        current = decision.counters.current_bin() if decision.counters is not None else None
+        if current is not None:
+            self.bin_immobile_seconds.labels(arena=arena_id).set(current.immobile_s)
+            self.bin_index.labels(arena=arena_id).set(decision.counters.bins.index(current) + 1)
+
+    def on_gap(self, gap: GapEvent) -> None:
+        self.capture_gaps.inc()
+        if gap.dropped:
+            self.frames_dropped.labels(reason="queue_full").inc(gap.frames_missing)
+
+    def on_status(self, status: Status) -> None:
+        """Sampled values: frames read from the source, fps, ZeroMQ drops."""
+        if status.frames_captured > self._reported_captured:
+            self.frames_captured.labels(camera=self.camera).inc(status.frames_captured - self._reported_captured)
+            self._reported_captured = status.frames_captured
+        self.fps.set(status.fps)
+        if self.zmq_dropped_count is not None:
+            dropped = int(self.zmq_dropped_count())
+            if dropped > self._reported_zmq_dropped:
+                self.zmq_dropped.inc(dropped - self._reported_zmq_dropped)
+                self._reported_zmq_dropped = dropped
+        if status.final:
+            self._reported_captured = 0  # the next source counts its frames from 0 again
+
     def observe_decision(self, arena_id: str, decision: Decision, frame_period_s: float) -> None:
         """Account one decision: its frame's seconds, the current behaviour, the counters' gauges.
 
@@ -134,14 +254,11 @@ class Metrics:
         for behaviour in known:
             value = 1.0 if behaviour == decision.behaviour else 0.0
             self.current_behaviour.labels(arena=arena_id, behaviour=behaviour).set(value)
-        counters = decision.counters or {}
-        if "immobile_s" in counters:
-            self.immobile_seconds.labels(arena=arena_id).set(counters["immobile_s"])
-        if "immobility_bouts" in counters:
-            self.immobility_bouts.labels(arena=arena_id).set(counters["immobility_bouts"])
-        window = counters.get("scoring_window") or {}
-        if "immobile_s" in window:
-            self.scoring_window_immobile_seconds.labels(arena=arena_id).set(window["immobile_s"])
+        c = decision.counters
+        if c is not None:
+            self.immobile_seconds.labels(arena=arena_id).set(c.immobile_s)
+            self.immobility_bouts.labels(arena=arena_id).set(c.immobility_bouts)
+            self.scoring_window_immobile_seconds.labels(arena=arena_id).set(c.scoring_window.immobile_s)
 
     def close(self) -> None:
         if self._server is not None:

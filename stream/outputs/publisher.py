@@ -31,6 +31,7 @@ import zmq
 
 from stream.decisions import Decision
 from stream.errors import UserError
+from stream.outputs.base import Output
 from stream.outputs.csv_log import json_default
 
 __all__ = [
@@ -56,6 +57,7 @@ _SUMMARY_RETRY_STEP_S = 0.02
 
 
 def decision_message(arena_id: str, decision: Decision) -> dict[str, Any]:
+    current = decision.counters.current_bin() if decision.counters is not None else None
     return {
         "schema": SCHEMA_VERSION,
         "type": "frame",
@@ -65,7 +67,8 @@ def decision_message(arena_id: str, decision: Decision) -> dict[str, Any]:
         "behaviour": decision.behaviour,
         "immobile": bool(decision.immobile),
         "probabilities": {k: float(v) for k, v in decision.probabilities.items()},
-        "counters": decision.counters,
+        "counters": decision.counters.to_json() if decision.counters is not None else {},
+        "bin": current.to_json() if current is not None else None,  # the bin this frame lies in
     }
 
 
@@ -82,8 +85,12 @@ def _bind(socket: zmq.Socket, endpoint: str, what: str) -> None:
         raise UserError(f"cannot bind {what} {endpoint}: {exc.strerror}; use e.g. tcp://127.0.0.1:5555") from exc
 
 
-class Publisher:
-    """Publishes decisions and summaries; ``publish`` never waits for a subscriber."""
+class Publisher(Output):
+    """Publishes decisions and summaries; ``publish`` never waits for a subscriber.
+
+    An ``Output``: every decision is published, and a trial's summary when it ends. ``skip_through``
+    (arena id -> frame index) leaves out frames an earlier run already published (``--resume``).
+    """
 
     def __init__(
         self,
@@ -122,6 +129,8 @@ class Publisher:
             self._close_sockets()
             raise
         # read before the state thread owns its socket: ZeroMQ sockets are not thread-safe
+        self.skip_through: dict[str, int] = {}
+        self._trial_ids: dict[str, str] = {}
         self._bound_state = None if self._state is None else self._state.getsockopt_string(zmq.LAST_ENDPOINT)
         if self._state is not None:
             self._thread = threading.Thread(target=self._serve_state, name="zmq-state", daemon=True)
@@ -154,10 +163,36 @@ class Publisher:
         """The state endpoint actually bound, or None without one."""
         return self._bound_state
 
-    def publish(self, arena_id: str, decision: Decision) -> None:
+    # -- Output ---------------------------------------------------------------------------------
+    def on_decision(self, arena_id: str, decision: Decision, latency_s: float | None) -> None:
+        done = self.skip_through.get(arena_id)
+        if done is not None and decision.frame_index <= done:
+            return
+        self.publish(arena_id, decision)
+
+    def on_trial_start(self, trial) -> None:
+        self._trial_ids[trial.arena_id] = trial.trial_id
         with self._lock:
-            self._latest[arena_id] = decision.counters
-        self._send(arena_id, decision_message(arena_id, decision))
+            if trial.arena_id in self._finished:
+                self._finished.remove(trial.arena_id)
+
+    def on_trial_end(self, trial, summary: dict) -> None:
+        self.publish_summary(trial.arena_id, summary)
+
+    def state_reply(self) -> dict:
+        """The latest counters of every arena (the state request of late joiners)."""
+        with self._lock:
+            return {"schema": SCHEMA_VERSION, "type": "counters", "arenas": dict(self._latest),
+                    "finished": list(self._finished)}
+
+    # -- publishing -------------------------------------------------------------------------------
+    def publish(self, arena_id: str, decision: Decision) -> None:
+        message = decision_message(arena_id, decision)
+        if arena_id in self._trial_ids:
+            message["trial_id"] = self._trial_ids[arena_id]
+        with self._lock:
+            self._latest[arena_id] = message["counters"]
+        self._send(arena_id, message)
 
     def publish_summary(self, arena_id: str, summary: dict) -> None:
         with self._lock:
@@ -228,13 +263,7 @@ class Publisher:
             except zmq.Again:
                 continue
             if request.strip() == STATE_REQUEST:
-                with self._lock:
-                    reply = {
-                        "schema": SCHEMA_VERSION,
-                        "type": "counters",
-                        "arenas": dict(self._latest),
-                        "finished": list(self._finished),
-                    }
+                reply = self.state_reply()
             else:
                 reply = {"schema": SCHEMA_VERSION, "type": "error",
                          "error": f"unknown request {request[:40]!r}; send {STATE_REQUEST!r}"}

@@ -1,0 +1,153 @@
+"""``stream-report``: re-score finished runs from their per-frame CSVs, without the model.
+
+Every frame's probabilities are in ``<trial>.frames.csv``; the settings the live run used are in
+``<trial>.summary.json``. Re-scoring feeds the probabilities through the same decision code
+(``stream.decisions.ArenaDecisions`` via ``stream.outputs.csv_log.replay_frames``) with the same
+settings, or with the ones given here, and writes the results table with the same row function
+(``stream.outputs.results.results_row``). With the live settings the table is the live
+``results.csv``, to the character; change ``--min-bout-s`` and the bouts change.
+
+    stream-report runs/2026-06-01 --min-bout-s 1 --out rescored.csv [--summaries rescored/]
+
+What a re-scoring cannot see: a camera outage the live run recorded without a jump in frame
+indices (the CSV has no row for it, and no trace of it either); such trials differ in ``gaps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm import tqdm
+
+from stream.atomic import atomic_write
+from stream.decisions import SMOOTHING_MODES, ArenaDecisions, DecisionConfig
+from stream.errors import UserError, cli_main
+from stream.outputs.csv_log import json_default, read_frames_csv, replay_frames
+from stream.outputs.results import results_row, warn_incomplete, write_table
+from stream.trials import SUMMARY_FILE_SUFFIX
+from stream.version import add_version_argument
+
+__all__ = ["find_trials", "main", "rescore"]
+
+log = logging.getLogger("stream.report")
+
+FRAMES_FILE_SUFFIX = ".frames.csv"
+# command-line flag -> DecisionConfig field it overrides
+OVERRIDES = {"min_bout_s": "min_bout_s", "smoothing": "smoothing", "smoothing_window": "smoothing_window_frames",
+             "bin_s": "bin_s", "scoring_window_s": "scoring_window_s", "test_duration_s": "test_duration_s",
+             "immobile_classes": "immobile_classes"}
+
+
+def find_trials(run_dirs: list[Path]) -> list[tuple[Path, Path]]:
+    """(summary JSON, frames CSV) of every trial under the run folders, in a stable order."""
+    found = []
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: not a folder (give stream-run's --out folder)")
+        for summary in sorted(run_dir.rglob(f"*{SUMMARY_FILE_SUFFIX}")):
+            frames = summary.with_name(summary.name[: -len(SUMMARY_FILE_SUFFIX)] + FRAMES_FILE_SUFFIX)
+            if frames.exists():
+                found.append((summary, frames))
+            else:
+                log.warning("%s has no %s beside it; skipped", summary, frames.name)
+    if not found:
+        raise UserError(f"no trials (*{SUMMARY_FILE_SUFFIX} with *{FRAMES_FILE_SUFFIX}) under "
+                        f"{', '.join(map(str, run_dirs))}")
+    return found
+
+
+def _config(saved: dict, overrides: dict) -> DecisionConfig:
+    fields = {f.name for f in dataclasses.fields(DecisionConfig)}
+    kwargs = {k: v for k, v in saved.items() if k in fields}
+    kwargs["immobile_classes"] = tuple(kwargs.get("immobile_classes", ()))
+    kwargs.update(overrides)
+    return DecisionConfig(**kwargs)
+
+
+def rescore(summary_path: Path, frames_path: Path, overrides: dict) -> dict:
+    """A trial's summary rebuilt from its CSV with the saved settings, ``overrides`` applied."""
+    try:
+        saved = json.loads(summary_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {summary_path}: {exc}") from exc
+    if not isinstance(saved, dict) or "config" not in saved or "classes" not in saved:
+        raise UserError(f"{summary_path} is not a swim-stream summary (no config/classes)")
+    config = _config(saved["config"], overrides)
+    arena = ArenaDecisions(saved.get("arena_id", summary_path.stem), list(saved["classes"]), config)
+    replay_frames(arena, read_frames_csv(frames_path))
+    arena.flush()
+    out = {**arena.summary()}
+    for key in ("trial", "provenance", "run"):
+        if key in saved:
+            out[key] = saved[key]
+    if "trial" in out:
+        out["trial"] = {**out["trial"], "test_complete": out["counters"]["test_complete"]}
+    out["rescored"] = {"from": str(frames_path), "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}}
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stream-report", description="re-score finished runs from their per-frame CSVs")
+    add_version_argument(p)
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="stream-run --out folder(s)")
+    p.add_argument("--out", type=Path, required=True, metavar="TABLE.csv", help="the results table to write")
+    p.add_argument("--summaries", type=Path, default=None, metavar="DIR",
+                   help="also write each re-scored summary JSON here")
+    d = p.add_argument_group("settings (default: each trial's live settings)")
+    d.add_argument("--min-bout-s", type=float, default=None)
+    d.add_argument("--smoothing", choices=SMOOTHING_MODES, default=None)
+    d.add_argument("--smoothing-window", type=int, default=None, metavar="FRAMES")
+    d.add_argument("--bin-s", type=float, default=None)
+    d.add_argument("--scoring-window-s", type=float, default=None)
+    d.add_argument("--test-duration-s", type=float, default=None)
+    d.add_argument("--immobile-classes", default=None, metavar="A,B")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
+    return p
+
+
+@cli_main("stream-report")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    overrides = {}
+    for flag, field in OVERRIDES.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if flag == "immobile_classes":
+            value = tuple(c.strip() for c in value.split(",") if c.strip())
+        overrides[field] = value
+    trials = find_trials(args.run_dirs)
+    rows = []
+    if args.summaries is not None:
+        args.summaries.mkdir(parents=True, exist_ok=True)
+    for summary_path, frames_path in tqdm(trials, desc="re-scoring", unit="trial", disable=args.quiet or None):
+        summary = rescore(summary_path, frames_path, overrides)
+        row = results_row(summary)
+        rows.append(row)
+        warn_incomplete(row)
+        if args.summaries is not None:
+            atomic_write(args.summaries / summary_path.name, json.dumps(summary, indent=2, default=json_default) + "\n")
+    rows.sort(key=lambda r: (r["start_utc"], r["trial_id"]))
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_table(args.out, rows)
+    except OSError as exc:
+        raise UserError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+    if not args.quiet:
+        print(f"stream-report: {len(rows)} trials -> {args.out}")
+        for r in rows:
+            print(f"  {r['trial_id']:<24} {r['animal'] or '-':<8} immobile {r['immobile_s']:>8} s  bouts {r['bouts']:>3}  "
+                  f"window {r['window_immobile_s']:>8} s" + ("" if r["test_complete"] == "1" else "  INCOMPLETE"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

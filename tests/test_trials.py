@@ -1,0 +1,265 @@
+"""Trials through the real pipeline, flow, decisions and outputs: schedule, auto, control, resume, re-scoring.
+
+The engine is a scripted stand-in (the decisions need immobility of known lengths; the real
+engines have their own tests); the frames come from ``trial_video`` (empty lead-in, mouse,
+removal, next mouse, ripples, a light that dims and steps).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from stream.arenas import Arena
+from stream.capture import EndOfStream, Frame
+from stream.decisions import DecisionConfig
+from stream.errors import UserError
+from stream.flow import TVL1, FlowConfig
+from stream.outputs.base import Output
+from stream.outputs.csv_log import CsvOutput, read_frames_csv
+from stream.outputs.results import RESULTS_FILE, ResultsTable
+from stream.pipeline import Pipeline, PipelineConfig
+from stream.preprocess import Roi
+from stream.report import main as report_main
+from stream.trials import TrialBook, read_schedule, schedule_for
+from trial_video import ARENAS, FPS, TRUTH, write_schedule, write_trials_video
+
+S = 32
+CLASSES = ["swim", "struggle", "float"]
+CHEAP_FLOW = FlowConfig(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)
+# immobile runs of 0.5 s, 2.5 s and 1 s between swims: a 2 s minimum bout keeps one of them
+SCRIPT = "S" * 6 + "F" * 8 + "S" * 5 + "F" * 38 + "S" * 6 + "F" * 15
+CONFIG = DecisionConfig(fps=FPS, min_bout_s=0.0, test_duration_s=4.0, scoring_window_s=2.0, bin_s=1.0)
+
+
+class ScriptedEngine:
+    """Per model call, every arena gets the next letter of SCRIPT (S: swim, F: float), cycling."""
+
+    name = "scripted"
+    device = "cpu"
+    classes = CLASSES
+    input_size_px = S
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def warmup(self, *_batch) -> None:
+        pass
+
+    def predict(self, rgb: torch.Tensor, flow: torch.Tensor) -> np.ndarray:
+        ch = SCRIPT[self.calls % len(SCRIPT)]
+        self.calls += 1
+        p = [0.1, 0.1, 0.8] if ch == "F" else [0.8, 0.1, 0.1]
+        return np.array([p] * rgb.shape[0])
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
+    folder = tmp_path_factory.mktemp("session")
+    video = write_trials_video(folder)
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        frames.append(img)
+    cap.release()
+    return video, frames
+
+
+class Events(Output):
+    def __init__(self) -> None:
+        self.started: list = []
+        self.ended: list = []
+
+    def on_trial_start(self, trial) -> None:
+        self.started.append(trial)
+
+    def on_trial_end(self, trial, summary: dict) -> None:
+        self.ended.append((trial, summary))
+
+
+def run_pipeline(frames, out: Path, mode: str, *, schedule=(), first: int = 0, stop_after: int | None = None,
+                 config: DecisionConfig = CONFIG, between=None, resume: bool = False):
+    """Frames [first, stop_after) through a pipeline with a TrialBook; ``between(i, book)`` runs before frame i."""
+    arenas = [Arena(a, Roi(*r)) for a, r in ARENAS.items()]
+    book = TrialBook([a.id for a in arenas], CLASSES, config, mode=mode, out_dir=out, source="session.mp4",
+                     schedule=schedule, summary_extra=lambda t: {"provenance": {"model": "scripted", "roi": "x"}})
+    events = Events()
+    csv_out = CsvOutput(out, CLASSES)
+    results = ResultsTable(out)
+    outputs = [csv_out, results, events]
+    if resume:
+        for trial in book.resume_running():
+            for o in outputs:
+                o.on_trial_start(trial)
+    pipe = Pipeline(ScriptedEngine(), TVL1(CHEAP_FLOW), arenas, book.arenas, PipelineConfig(fps=FPS, size_px=S),
+                    outputs=outputs, trials=book)
+    end = len(frames) if stop_after is None else stop_after
+
+    def items():
+        for i in range(first, end):
+            if between is not None:
+                between(i, book)
+            yield Frame(i - first, (i - first) / FPS, (i - first) / FPS, time.monotonic(), frames[i])
+        if stop_after is None:
+            yield EndOfStream("end of file")
+
+    result = pipe.run(items())
+    if stop_after is None:
+        pipe.end_trials(result.end_reason, result.to_dict())
+    csv_out.close()
+    return book, events, results
+
+
+def test_schedule_runs_two_trials_per_arena_with_bins_adding_up(session, tmp_path) -> None:
+    video, frames = session
+    schedule = schedule_for(read_schedule(write_schedule(tmp_path / "s.csv", video)), video)
+    _, events, results = run_pipeline(frames, tmp_path / "out", "schedule", schedule=schedule)
+    animals = {(t.arena_id, t.animal) for t, _ in events.ended}
+    assert animals == {(a, m) for a, trials in TRUTH.items() for m, *_ in trials}
+    rows = list(csv.DictReader(open(tmp_path / "out" / RESULTS_FILE)))
+    assert len(rows) == 4 and {r["animal"] for r in rows} == {"M1", "M2", "M3", "M4"}
+    for r in rows:
+        assert r["test_complete"] == "1" and float(r["duration_s"]) == pytest.approx(4.0)
+        bins = [float(r[f"immobile_s_bin{k}"]) for k in range(1, 5)]
+        assert sum(bins) == pytest.approx(float(r["immobile_s"]), abs=2e-3)
+        assert float(r["swim_s"]) + float(r["float_s"]) + float(r["struggle_s"]) == pytest.approx(4.0, abs=2e-3)
+    # each trial's clock starts at its scheduled second of the video
+    for trial, summary in events.ended:
+        truth = next(t_in for m, _g, t_in, _o in TRUTH[trial.arena_id] if m == trial.animal)
+        assert trial.start_s == pytest.approx(truth, abs=1 / FPS)
+        assert summary["trial"]["end_reason"] == "test complete"
+        assert (tmp_path / "out" / f"{trial.trial_id}.frames.csv").exists()
+
+
+def test_auto_starts_within_a_frame_of_the_truth_despite_light_and_ripples(session, tmp_path) -> None:
+    _, frames = session
+    _, events, _ = run_pipeline(frames, tmp_path / "out", "auto")
+    starts = sorted((t.arena_id, t.start_s) for t in events.started)
+    truth = sorted((a, t_in) for a, trials in TRUTH.items() for _m, _g, t_in, _o in trials)
+    assert [a for a, _ in starts] == [a for a, _ in truth]
+    errors = [abs(s - t) for (_, s), (_, t) in zip(starts, truth)]
+    assert max(errors) <= 1.0 / FPS + 1e-9, errors  # the brief asks for 1 s; measured: within one frame
+    assert len(events.ended) == 4
+
+
+def test_control_commands_start_and_stop_trials_between_frames(session, tmp_path) -> None:
+    _, frames = session
+    replies = {}
+
+    def between(i: int, book: TrialBook) -> None:
+        if i == 20:
+            t = threading.Thread(target=lambda: replies.setdefault("start", book.command(
+                {"cmd": "start", "arena": "A1", "animal": "M9", "group": "saline"})))
+            t.start()
+            replies["thread"] = t
+        if i == 22:
+            replies["thread"].join()
+            replies["again"] = book.command({"cmd": "start", "arena": "A1"})
+            replies["bad"] = book.command({"cmd": "start", "arena": "Z9"})
+            replies["nothing"] = book.command({"cmd": "stop", "arena": "A2"})
+            replies["verb"] = book.command({"cmd": "dance"})
+        if i == 50:
+            replies["status"] = book.command({"cmd": "status"})
+            replies["stop"] = book.command({"cmd": "stop", "arena": "A1"})
+
+    _, events, results = run_pipeline(frames[:80], tmp_path / "out", "control", between=between)
+    assert replies["start"]["ok"] and replies["start"]["trial_id"] == "A1-t001-M9"
+    for key in ("again", "bad", "nothing", "verb"):
+        assert replies[key]["ok"] is False and replies[key]["error"], key
+    assert replies["status"]["arenas"]["A1"]["state"] == "running"
+    assert replies["status"]["arenas"]["A2"]["state"] == "waiting"
+    assert replies["stop"]["ok"]
+    (trial, summary), = events.ended
+    assert trial.animal == "M9" and summary["trial"]["end_reason"] == "stopped by command"
+    assert summary["trial"]["test_complete"] is False
+    assert results.rows[0]["test_complete"] == "0"
+
+
+def test_a_restarted_service_resumes_the_running_trial(session, tmp_path) -> None:
+    _, frames = session
+    out = tmp_path / "out"
+
+    def start(i: int, book: TrialBook) -> None:
+        if i == 1:
+            book.command({"cmd": "start", "arena": "A1", "animal": "M5"})
+
+    book, events, _ = run_pipeline(frames, out, "control", stop_after=40, between=start)  # then SIGKILL
+    (first,) = events.started
+    assert not events.ended
+    logged = read_frames_csv(out / f"{first.trial_id}.frames.csv")
+    assert logged  # decided frames were written before the "crash"
+    # a live camera's clock runs with the wall clock: the restart comes >= 1 s after the last logged frame
+    started = datetime.fromisoformat(first.start_utc)
+    while (datetime.now(timezone.utc) - started).total_seconds() < logged[-1]["timestamp_s"] + 1.0:
+        time.sleep(0.05)
+    _, events2, results = run_pipeline(frames, out, "control", first=40, stop_after=None, resume=True)
+    (resumed,) = events2.started
+    assert resumed.trial_id == first.trial_id and resumed.start_utc == first.start_utc and resumed.resumed
+    (trial, summary), = events2.ended
+    c = summary["counters"]
+    assert c["frames_classified"] > len(logged)
+    assert c["gaps"]["count"] >= 1  # the outage between the crash and the restart
+    assert summary["trial"]["start_utc"] == first.start_utc
+    # the whole trial's CSV re-scores to the same figures
+    report = tmp_path / "report.csv"
+    assert report_main([str(out), "--out", str(report), "-q"]) == 0
+    live = {r["trial_id"]: r for r in csv.DictReader(open(out / RESULTS_FILE))}
+    again = {r["trial_id"]: r for r in csv.DictReader(open(report))}
+    assert again == live
+
+
+def test_report_reproduces_the_live_table_and_min_bout_changes_the_bouts(session, tmp_path) -> None:
+    video, frames = session
+    schedule = schedule_for(read_schedule(write_schedule(tmp_path / "s.csv", video)), video)
+    run_pipeline(frames, tmp_path / "out", "schedule", schedule=schedule)
+    live_text = (tmp_path / "out" / RESULTS_FILE).read_text()
+    report = tmp_path / "report.csv"
+    assert report_main([str(tmp_path / "out"), "--out", str(report), "-q", "--summaries", str(tmp_path / "s")]) == 0
+    live = sorted(live_text.splitlines()[1:])
+    assert sorted(report.read_text().splitlines()[1:]) == live  # to the character
+    assert report.read_text().splitlines()[0] == live_text.splitlines()[0]
+    stricter = tmp_path / "strict.csv"
+    assert report_main([str(tmp_path / "out"), "--out", str(stricter), "-q", "--min-bout-s", "2"]) == 0
+    before = {r["trial_id"]: r for r in csv.DictReader(open(report))}
+    after = {r["trial_id"]: r for r in csv.DictReader(open(stricter))}
+    assert any(int(before[k]["bouts"]) > 0 for k in before)
+    for k in before:  # only the 2.5 s immobile runs survive a 2 s minimum
+        assert int(after[k]["bouts"]) < int(before[k]["bouts"]) or int(before[k]["bouts"]) == 0
+        assert float(after[k]["immobile_s"]) <= float(before[k]["immobile_s"])
+    rescored = json.loads(next((tmp_path / "s").glob("*.summary.json")).read_text())
+    assert rescored["rescored"]["overrides"] == {} and "provenance" in rescored
+
+
+def test_schedule_file_mistakes_are_one_line_errors(tmp_path) -> None:
+    bad = tmp_path / "s.csv"
+    bad.write_text("video,arena,animal\nx.mp4,A1,M1\n")
+    with pytest.raises(UserError, match="start_s"):
+        read_schedule(bad)
+    bad.write_text("video,arena,animal,group,start_s\nx.mp4,A1,M1,g,soon\n")
+    with pytest.raises(UserError, match="line 2"):
+        read_schedule(bad)
+    with pytest.raises(UserError, match="no such file|No such file"):
+        read_schedule(tmp_path / "missing.csv")
+    ok = tmp_path / "ok.csv"
+    ok.write_text("video,arena,animal,group,start_s\nx.mp4,Z9,M1,g,1\n")
+    with pytest.raises(UserError, match="Z9"):
+        TrialBook(["A1"], CLASSES, CONFIG, mode="schedule", out_dir=tmp_path, source="x.mp4",
+                  schedule=read_schedule(ok))
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,0 +1,142 @@
+"""Trials through the real ``stream-run``, ``stream-ctl`` and ``stream-report`` commands.
+
+The issue's checks: a 2-arena recording with two trials per arena (empty lead-in, mouse, removal,
+next mouse) scored with a schedule and with ``auto`` gives 4 rows with the right animals and bins
+that add up; the auto starts are within 1 s of the truth; ``stream-report`` reproduces the live
+``results.csv``; ``stream-ctl`` starts and stops trials of a ``--realtime`` run, and a SIGKILL and
+restart resumes the running trial with its start time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import stream.run as run_mod
+from stream.control import main as ctl_main
+from stream.control import request
+from stream.errors import UserError
+from stream.report import main as report_main
+from test_trials import ScriptedEngine
+from trial_video import FPS, TRUTH, write_schedule, write_trials_video
+
+SETTINGS = ["--test-duration-s", "4", "--scoring-window-s", "2", "--bin-s", "1", "--min-bout-s", "0", "--smoothing",
+            "none"]
+START_TIMEOUT_S = 600.0  # engine build on a busy 2-core box
+WAIT_S = 60.0
+
+
+@pytest.fixture()
+def scripted(monkeypatch):
+    monkeypatch.setattr(run_mod, "_build_engine", lambda *a, **k: ScriptedEngine())
+
+
+def rows_of(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_schedule_and_auto_score_four_trials_and_report_reproduces_them(tmp_path, tiny_model, scripted, capsys) -> None:
+    video = write_trials_video(tmp_path / "rec")
+    schedule = write_schedule(tmp_path / "schedule.csv", video)
+    base = ["--video", str(video), "--model", str(tiny_model), "--no-zmq", "--no-metrics", "-q", *SETTINGS]
+    assert run_mod.main([*base, "--out", str(tmp_path / "sched"), "--schedule", str(schedule)]) == 0
+    assert run_mod.main([*base, "--out", str(tmp_path / "auto"), "--trials", "auto"]) == 0
+    truth = {a: [t_in for *_x, t_in, _o in trials] for a, trials in TRUTH.items()}
+    errors = []
+    for name in ("sched", "auto"):
+        rows = rows_of(tmp_path / name / "results.csv")
+        assert len(rows) == 4, name
+        for r in rows:
+            bins = sum(float(r[f"immobile_s_bin{k}"]) for k in range(1, 5))
+            assert bins == pytest.approx(float(r["immobile_s"]), abs=2e-3)
+            assert r["test_complete"] == "1" and r["model"] == "tiny-test" and len(r["model_sha256"]) == 64
+        trials = [json.loads(p.read_text())["trial"] for p in (tmp_path / name).glob("*.summary.json")]
+        for a in truth:
+            starts = sorted(t["start_s"] for t in trials if t["arena_id"] == a)
+            errors += [abs(s - t) for s, t in zip(starts, truth[a])] if name == "auto" else []
+            assert len(starts) == 2
+    sched_rows = rows_of(tmp_path / "sched" / "results.csv")
+    assert {(r["arena"], r["animal"], r["group"]) for r in sched_rows} == {
+        (a, m, g) for a, trials in TRUTH.items() for m, g, *_ in trials}
+    print(f"auto-start error: max {max(errors):.3f} s over {len(errors)} trials")
+    assert max(errors) <= 1.0
+    # re-scoring with the live settings reproduces the live table; a 2 s minimum bout changes it
+    live = (tmp_path / "sched" / "results.csv").read_text().splitlines()
+    assert report_main([str(tmp_path / "sched"), "--out", str(tmp_path / "re.csv"), "-q"]) == 0
+    again = (tmp_path / "re.csv").read_text().splitlines()
+    assert again[0] == live[0] and sorted(again[1:]) == sorted(live[1:])
+    assert report_main([str(tmp_path / "sched"), "--out", str(tmp_path / "strict.csv"), "-q", "--min-bout-s", "2"]) == 0
+    bouts = {r["trial_id"]: int(r["bouts"]) for r in rows_of(tmp_path / "re.csv")}
+    strict = {r["trial_id"]: int(r["bouts"]) for r in rows_of(tmp_path / "strict.csv")}
+    assert sum(strict.values()) < sum(bouts.values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_status(endpoint: str, check, what: str, timeout_s: float = WAIT_S) -> dict:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = request(endpoint, {"cmd": "status"}, timeout_s=2.0)
+            if last.get("ok") and check(last):
+                return last
+        except UserError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{what}; last status {last}")
+
+
+@pytest.mark.slow
+def test_stream_ctl_against_a_realtime_run_and_a_sigkill_resumes_the_trial(tmp_path, tiny_model, capsys) -> None:
+    video = write_trials_video(tmp_path / "rec")
+    out = tmp_path / "out"
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    command = [sys.executable, "-c", "import sys; from stream.run import main; sys.exit(main())",
+               "--video", str(video), "--realtime", "--model", str(tiny_model), "--engine", "torch", "--device", "cpu",
+               "--out", str(out), "--no-zmq", "--no-metrics", "-q", "--trials", "control", "--control", endpoint,
+               "--test-duration-s", "60", "--scoring-window-s", "30"]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_status(endpoint, lambda s: True, "stream-run never answered", START_TIMEOUT_S)
+        assert ctl_main(["--endpoint", endpoint, "start", "--arena", "A1", "--animal", "M7", "--group", "saline"]) == 0
+        started = json.loads(capsys.readouterr().out)
+        assert started["ok"] and started["trial_id"].startswith("A1-t001")
+        assert ctl_main(["--endpoint", endpoint, "start", "--arena", "A1"]) == 1  # refused: already running
+        status = _wait_status(endpoint, lambda s: (s["arenas"]["A1"]["elapsed_s"] or 0) > 1.0, "trial clock stands")
+        assert status["arenas"]["A1"]["state"] == "running" and status["arenas"]["A2"]["state"] == "waiting"
+    finally:
+        first.send_signal(signal.SIGKILL)  # a crash in the middle of the trial
+        first.communicate(timeout=WAIT_S)
+    trial_file = out / f"{started['trial_id']}.trial.json"
+    assert trial_file.exists() and not (out / f"{started['trial_id']}.summary.json").exists()
+    second = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        status = _wait_status(endpoint, lambda s: s["arenas"]["A1"]["state"] == "running", "trial not resumed",
+                              START_TIMEOUT_S)
+        trial = status["arenas"]["A1"]["trial"]
+        assert trial["trial_id"] == started["trial_id"] and trial["start_utc"] == started["start_utc"]
+        assert ctl_main(["--endpoint", endpoint, "stop", "--arena", "A1"]) == 0
+        _wait_status(endpoint, lambda s: s["arenas"]["A1"]["state"] == "waiting", "trial not stopped")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, err = second.communicate(timeout=WAIT_S)
+    assert second.returncode == 0, err
+    (row,) = rows_of(out / "results.csv")
+    assert row["animal"] == "M7" and row["start_utc"] == started["start_utc"] and row["test_complete"] == "0"
+    summary = json.loads((out / f"{started['trial_id']}.summary.json").read_text())
+    assert summary["trial"]["resumed"] and summary["counters"]["gaps"]["count"] >= 1
+    assert summary["counters"]["last_timestamp_s"] > 1.0
