@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--smoothing", default="none", choices=("none", "average", "hysteresis"),
                    help="smooth the probabilities before labelling (default: none)")
     d.add_argument("--smoothing-window", type=int, default=5, metavar="FRAMES", help="moving-average window (default: %(default)s)")
-    d.add_argument("--min-bout-s", type=float, default=0.0, help="shorter immobility is counted as mobile (default: %(default)s)")
+    d.add_argument("--min-bout-s", type=float, default=None,
+                   help="shorter immobility is counted as mobile (default: the model card's fitted value, else 0)")
     d.add_argument("--test-duration-s", "--test-duration", type=float, default=360.0, dest="test_duration_s",
                    help="test length in seconds (default: %(default)s)")
     d.add_argument("--scoring-window-s", "--scoring-window", type=float, default=240.0, dest="scoring_window_s",
@@ -321,7 +322,8 @@ class _Run:
         if unknown:
             raise UserError(f"--immobile-classes {','.join(unknown)}: not classes of the model ({', '.join(card.classes)})")
         return DecisionConfig(fps=card.fps, smoothing=a.smoothing, smoothing_window_frames=a.smoothing_window,
-                              min_bout_s=a.min_bout_s, immobile_classes=immobile, test_duration_s=a.test_duration_s,
+                              min_bout_s=a.min_bout_s if a.min_bout_s is not None else float(card.decisions.get("min_bout_s", 0.0)),
+                              immobile_classes=immobile, test_duration_s=a.test_duration_s,
                               scoring_window_s=a.scoring_window_s)
 
     def _capture_config(self, card, spec: SourceSpec) -> CaptureConfig:
