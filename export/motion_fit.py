@@ -156,7 +156,9 @@ def fit_thresholds(features: np.ndarray, labels: np.ndarray, classes: list[str],
         raise UserError(f"no labelled frames of {', '.join(missing)}: a threshold for it cannot be fitted")
     medians = np.array([np.median(x[y == i]) for i in range(k)])
     order = np.argsort(medians, kind="stable")
-    candidates = np.unique(np.quantile(x, np.linspace(0, 1, grid + 1)))
+    # "x < t is the lower class": a data value as t separates exactly; more values than the grid -> quantiles
+    values = np.unique(x)
+    candidates = values if values.size <= grid else np.unique(np.quantile(x, np.linspace(0, 1, grid + 1)))
     sorted_by_class = [np.sort(x[y == i]) for i in range(k)]
     counts_below = np.stack([np.searchsorted(v, candidates, side="left") for v in sorted_by_class]).astype(np.float64)
     totals = np.array([v.size for v in sorted_by_class], np.float64)
