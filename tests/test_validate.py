@@ -104,3 +104,25 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["--videos", str(DEMO), "--labels", str(tmp_path / "nope.csv"), "--rater2", str(DEMO_BORIS),
                  "--out", str(tmp_path)]) == 2  # fmt: skip
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bundled_model_and_motion_baseline_on_the_demo(tmp_path, one_torch_thread):
+    """The full bundled model and the shipped motion baseline, side by side, at stride 4 (~3 min on 2 cores)."""
+    from stream.outputs.csv_log import read_frames_csv
+    from stream.run import main as stream_run
+
+    i3d, motion = REPO / "trained_models" / "fst-side-64", REPO / "trained_models" / "fst-side-motion"
+    opts = ["--stride", "4", *SHORT_TEST]
+    out = tmp_path / "val"
+    assert main(["--model", str(i3d), "--baseline", str(motion), "--videos", str(DEMO), "--labels", str(DEMO_LABELS),
+                 "--rater2", str(DEMO_BORIS), "--out", str(out), "--bin-s", "10", *opts]) == 0  # fmt: skip
+    scorers = {s["name"]: s for s in json.loads((out / "validation.json").read_text())["scorers"]}
+    assert set(scorers) == {"fst-side-64", "fst-side-motion", "human (rater 2)"}
+    labels = _demo_labels()
+    for name, model in (("fst-side-64", i3d), ("fst-side-motion", motion)):
+        assert stream_run(["--video", str(DEMO), "--model", str(model), "--out", str(tmp_path / name), "--no-zmq",
+                           "--no-metrics", "-q", *opts]) == 0  # fmt: skip
+        rows = read_frames_csv(tmp_path / name / "arena0.frames.csv")
+        expected = np.mean([CLASSES.index(r["behaviour"]) == labels[r["frame"]] for r in rows])
+        assert scorers[name]["frames"]["accuracy"] == pytest.approx(expected, abs=1e-12)
