@@ -32,6 +32,8 @@ __all__ = [
     "BlandAltman",
     "accuracy",
     "animal_agreement",
+    "AnimalAgreement",
+    "FrameAgreement",
     "bland_altman",
     "cohen_kappa",
     "confusion_matrix",
@@ -103,20 +105,39 @@ def per_class_scores(matrix: np.ndarray) -> dict[str, np.ndarray]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
 
 
-def frame_agreement(reference: np.ndarray, other: np.ndarray, classes: Sequence[str]) -> dict:
+@dataclass(frozen=True)
+class FrameAgreement:
+    """Per-frame agreement of two label arrays over the frames both scored."""
+
+    classes: tuple[str, ...]
+    frames: int
+    accuracy: float
+    kappa: float
+    macro_f1: float  # mean F1 over the classes where it is defined
+    confusion: tuple[tuple[int, ...], ...]  # rows: reference, columns: the other scorer
+    precision: tuple[float, ...]
+    recall: tuple[float, ...]
+    f1: tuple[float, ...]
+    support: tuple[int, ...]  # reference frames per class
+
+    def to_dict(self) -> dict:
+        return {"frames": self.frames, "accuracy": self.accuracy, "kappa": self.kappa, "macro_f1": self.macro_f1,
+                "confusion": [list(r) for r in self.confusion],
+                "per_class": {c: {"precision": self.precision[i], "recall": self.recall[i], "f1": self.f1[i],
+                                  "support": self.support[i]} for i, c in enumerate(self.classes)}}
+
+
+def frame_agreement(reference: np.ndarray, other: np.ndarray, classes: Sequence[str]) -> FrameAgreement:
     """All per-frame statistics of two label arrays (only frames both scored: pass those)."""
     m = confusion_matrix(reference, other, len(classes))
-    scores = per_class_scores(m)
-    f1 = scores["f1"]
-    return {
-        "frames": int(m.sum()),
-        "accuracy": accuracy(m),
-        "kappa": cohen_kappa(m),
-        "macro_f1": float(np.nanmean(f1)) if np.isfinite(f1).any() else math.nan,
-        "confusion": m.tolist(),
-        "per_class": {c: {k: (float(v[i]) if k != "support" else int(v[i])) for k, v in scores.items()}
-                      for i, c in enumerate(classes)},
-    }
+    s = per_class_scores(m)
+    f1 = s["f1"]
+    return FrameAgreement(
+        classes=tuple(classes), frames=int(m.sum()), accuracy=accuracy(m), kappa=cohen_kappa(m),
+        macro_f1=float(np.nanmean(f1)) if np.isfinite(f1).any() else math.nan,
+        confusion=tuple(tuple(int(v) for v in row) for row in m), precision=tuple(map(float, s["precision"])),
+        recall=tuple(map(float, s["recall"])), f1=tuple(map(float, f1)), support=tuple(map(int, s["support"])),
+    )  # fmt: skip
 
 
 def pearson_r(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
@@ -188,13 +209,22 @@ def bland_altman(reference: Sequence[float] | np.ndarray, other: Sequence[float]
     return BlandAltman(int(d.size), bias, sd, bias - LOA_Z * sd, bias + LOA_Z * sd)
 
 
-def animal_agreement(reference: Sequence[float] | np.ndarray, other: Sequence[float] | np.ndarray) -> dict:
+@dataclass(frozen=True)
+class AnimalAgreement:
+    """Agreement of one quantity (e.g. immobile seconds) measured on n animals by two scorers."""
+
+    n: int
+    pearson_r: float
+    icc_a1: float
+    ba: BlandAltman
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "pearson_r": self.pearson_r, "icc_a1": self.icc_a1,
+                **{f"ba_{k}": v for k, v in self.ba.to_dict().items() if k != "n"}}
+
+
+def animal_agreement(reference: Sequence[float] | np.ndarray, other: Sequence[float] | np.ndarray) -> AnimalAgreement:
     """Pearson r, ICC(A,1) and Bland-Altman of one quantity (e.g. immobile s) over animals."""
     a, b = _pair(np.asarray(reference, dtype=np.float64), np.asarray(other, dtype=np.float64))
-    return {
-        "n": int(a.size),
-        "pearson_r": pearson_r(a, b),
-        "icc_a1": icc_a1(np.stack([a, b], axis=1)) if a.size else math.nan,
-        **{f"ba_{k}": v for k, v in bland_altman(a, b).to_dict().items() if k != "n"},
-    }
-
+    return AnimalAgreement(int(a.size), pearson_r(a, b), icc_a1(np.stack([a, b], axis=1)) if a.size else math.nan,
+                           bland_altman(a, b))

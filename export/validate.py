@@ -36,14 +36,9 @@ resampler picked for it, found here by running the same resampler over the sourc
 from __future__ import annotations
 
 import argparse
-import csv
-import html
-import json
 import logging
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from export.agreement import animal_agreement, frame_agreement
+from export.agreement import AnimalAgreement, FrameAgreement, animal_agreement, frame_agreement
+from export.validation_report import REPORT_HTML, fmt, write_outputs
 from stream.errors import UserError, cli_main
 
 __all__ = ["Animal", "ScorerResult", "build_parser", "compare", "labels_at_ticks", "main", "match_annotations",
@@ -61,10 +57,8 @@ log = logging.getLogger("export.validate")
 
 DEFAULT_BIN_S = 60.0  # minute bins: what FST papers report (minutes 1-6)
 NEAR_CONSTANT_SHARE = 0.9  # one class >= 90 % of a recording's predictions, while the labels are mixed: flagged
-MOTION_KIND = "motion"  # card kind of the baseline (stream/motion.py); a string here so reports need no torch
-REPORT_HTML = "validation.html"
-METRICS_JSON = "validation.json"
 HUMAN = "human (rater 2)"  # scorer name of the inter-rater comparison
+HUMAN_KIND = "human"  # its kind, beside the card kinds "i3d" and "motion"
 
 
 # ----------------------------------------------------------------------------------------- labels
@@ -127,92 +121,133 @@ class Animal:
     fps: float  # frame rate of these frames (seconds = frames / fps)
 
 
+@dataclass(frozen=True)
+class AnimalResult:
+    """One animal: per-frame agreement, immobile seconds by both scorers, class shares."""
+
+    video: str
+    arena: str
+    frames_total: int  # frames the scorer under test classified
+    agreement: FrameAgreement  # over the frames the reference labelled
+    reference_immobile_s: float
+    other_immobile_s: float
+    window_reference_immobile_s: float
+    window_other_immobile_s: float
+    label_share: dict[str, float]  # share of each class in the reference labels
+    predicted_share: dict[str, float]  # ... in the other scorer's, on the same frames
+    near_constant: bool  # one predicted class >= NEAR_CONSTANT_SHARE while the labels are mixed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"video": self.video, "arena": self.arena, "frames_total": self.frames_total,
+                "frames_scored": self.agreement.frames, "accuracy": self.agreement.accuracy,
+                "kappa": self.agreement.kappa, "macro_f1": self.agreement.macro_f1,
+                "human_immobile_s": self.reference_immobile_s, "model_immobile_s": self.other_immobile_s,
+                "window_human_immobile_s": self.window_reference_immobile_s,
+                "window_model_immobile_s": self.window_other_immobile_s, "label_share": self.label_share,
+                "predicted_share": self.predicted_share, "near_constant_prediction": self.near_constant}
+
+
+@dataclass(frozen=True)
+class BinResult:
+    """Immobile seconds per animal in one time bin, over animals."""
+
+    index: int  # 1-based: minute 1, 2, ... with 60-s bins
+    start_s: float
+    end_s: float
+    reference_mean_s: float
+    other_mean_s: float
+    agreement: AnimalAgreement
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bin": self.index, "start_s": self.start_s, "end_s": self.end_s, "human_mean_s": self.reference_mean_s,
+                "model_mean_s": self.other_mean_s, **self.agreement.to_dict()}
+
+
 @dataclass
 class ScorerResult:
+    """One scorer (a model, or rater 2) against rater 1 on every animal."""
+
     name: str
     kind: str  # "i3d", "motion" or "human"
-    frames: dict[str, Any]  # pooled per-frame statistics
-    animals: list[dict[str, Any]]
-    immobility: dict[str, Any]  # whole run: animal_agreement of immobile seconds
-    window: dict[str, Any]  # the scoring window
-    bins: list[dict[str, Any]]  # per time bin
-    bins_pooled: dict[str, Any]  # all (animal, bin) pairs together
-    points: dict[str, list]  # per-animal (human, model) immobile s for the plots
+    frames: FrameAgreement  # pooled over all scored frames
+    animals: list[AnimalResult]
+    immobility: AnimalAgreement  # immobile seconds of the whole run, over animals
+    window_s: tuple[float, float]  # the scoring window [start, end)
+    window: AnimalAgreement  # immobile seconds inside the scoring window
+    bins: list[BinResult]
+    bins_pooled: AnimalAgreement  # every (animal, bin) pair together: a figure even with few animals
+    bin_points: tuple[tuple[float, float], ...]  # (rater 1, scorer) immobile s per (animal, bin), for the plots
     flags: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("name", "kind", "frames", "animals", "immobility", "window", "bins",
-                                              "bins_pooled", "points", "flags")}
+        return {"name": self.name, "kind": self.kind, "frames": self.frames.to_dict(),
+                "animals": [a.to_dict() for a in self.animals], "immobility": self.immobility.to_dict(),
+                "window": {"start_s": self.window_s[0], "end_s": self.window_s[1], **self.window.to_dict()},
+                "bins": [b.to_dict() for b in self.bins], "bins_pooled": self.bins_pooled.to_dict(),
+                "flags": list(self.flags)}
 
 
 def _immobile_s(labels: np.ndarray, immobile: np.ndarray, fps: float) -> float:
     return float(immobile[labels].sum() / fps) if labels.size else 0.0
 
 
+def _shares(labels: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    counts = np.bincount(labels, minlength=len(classes)) / max(1, labels.size)
+    return {c: float(counts[i]) for i, c in enumerate(classes)}
+
+
 def compare(animals: Sequence[Animal], classes: Sequence[str], immobile_classes: Sequence[str], *, name: str,
             kind: str, test_duration_s: float, scoring_window_s: float, bin_s: float = DEFAULT_BIN_S) -> ScorerResult:
     """Every statistic of one scorer against the reference over a set of animals."""
-    k = len(classes)
     imm = np.array([c in immobile_classes for c in classes])
     n_bins = max(1, math.ceil(test_duration_s / bin_s - 1e-9))
-    window_start = test_duration_s - scoring_window_s
-    all_ref, all_oth, rows = [], [], []
-    per_bin_h = np.full((len(animals), n_bins), np.nan)
-    per_bin_m = np.full((len(animals), n_bins), np.nan)
-    human_s, model_s, human_w, model_w = [], [], [], []
+    window = (test_duration_s - scoring_window_s, test_duration_s)
+    all_ref, all_oth, results = [], [], []
+    per_bin = np.full((2, len(animals), n_bins), np.nan)  # (reference / other, animal, bin) immobile s
     for a_i, a in enumerate(animals):
         scored = a.reference >= 0
         ref, oth, t = a.reference[scored], a.other[scored], a.timestamps_s[scored]
         all_ref.append(ref)
         all_oth.append(oth)
-        fa = frame_agreement(ref, oth, classes)
-        label_share = np.bincount(ref, minlength=k) / max(1, ref.size)
-        pred_share = np.bincount(oth, minlength=k) / max(1, oth.size)
-        h_s, m_s = _immobile_s(ref, imm, a.fps), _immobile_s(oth, imm, a.fps)
-        in_w = (t >= window_start) & (t < test_duration_s)
-        hw, mw = _immobile_s(ref[in_w], imm, a.fps), _immobile_s(oth[in_w], imm, a.fps)
-        human_s.append(h_s)
-        model_s.append(m_s)
-        if in_w.any():
-            human_w.append(hw)
-            model_w.append(mw)
+        in_w = (t >= window[0]) & (t < window[1])
         b = np.floor(t / bin_s).astype(np.int64)
         for j in range(n_bins):
-            sel = b == j
-            if sel.any():
-                per_bin_h[a_i, j] = _immobile_s(ref[sel], imm, a.fps)
-                per_bin_m[a_i, j] = _immobile_s(oth[sel], imm, a.fps)
-        near_constant = bool(pred_share.max() >= NEAR_CONSTANT_SHARE and label_share.max() < NEAR_CONSTANT_SHARE) \
-            if ref.size else False
-        rows.append({
-            "video": a.video, "arena": a.arena, "frames_scored": int(ref.size), "frames_total": int(a.reference.size),
-            "accuracy": fa["accuracy"], "kappa": fa["kappa"], "macro_f1": fa["macro_f1"],
-            "human_immobile_s": h_s, "model_immobile_s": m_s, "window_human_immobile_s": hw, "window_model_immobile_s": mw,
-            "label_share": {c: float(label_share[i]) for i, c in enumerate(classes)},
-            "predicted_share": {c: float(pred_share[i]) for i, c in enumerate(classes)},
-            "near_constant_prediction": near_constant,
-        })  # fmt: skip
-    ref = np.concatenate(all_ref) if all_ref else np.zeros(0, np.int64)
-    oth = np.concatenate(all_oth) if all_oth else np.zeros(0, np.int64)
+            if (b == j).any():
+                per_bin[:, a_i, j] = _immobile_s(ref[b == j], imm, a.fps), _immobile_s(oth[b == j], imm, a.fps)
+        label_share, predicted_share = _shares(ref, classes), _shares(oth, classes)
+        results.append(AnimalResult(
+            video=a.video, arena=a.arena, frames_total=int(a.reference.size), agreement=frame_agreement(ref, oth, classes),
+            reference_immobile_s=_immobile_s(ref, imm, a.fps), other_immobile_s=_immobile_s(oth, imm, a.fps),
+            window_reference_immobile_s=_immobile_s(ref[in_w], imm, a.fps) if in_w.any() else math.nan,
+            window_other_immobile_s=_immobile_s(oth[in_w], imm, a.fps) if in_w.any() else math.nan,
+            label_share=label_share, predicted_share=predicted_share,
+            near_constant=bool(ref.size) and max(predicted_share.values()) >= NEAR_CONSTANT_SHARE
+            and max(label_share.values()) < NEAR_CONSTANT_SHARE,
+        ))  # fmt: skip
     bins = []
     for j in range(n_bins):
-        have = ~np.isnan(per_bin_h[:, j])
-        agr = animal_agreement(per_bin_h[have, j], per_bin_m[have, j])
-        bins.append({"bin": j + 1, "start_s": j * bin_s, "end_s": min((j + 1) * bin_s, test_duration_s),
-                     "human_mean_s": float(per_bin_h[have, j].mean()) if have.any() else math.nan,
-                     "model_mean_s": float(per_bin_m[have, j].mean()) if have.any() else math.nan, **agr})
-    have = ~np.isnan(per_bin_h)
+        have = ~np.isnan(per_bin[0, :, j])
+        h, m = per_bin[0, have, j], per_bin[1, have, j]
+        bins.append(BinResult(j + 1, j * bin_s, min((j + 1) * bin_s, test_duration_s),
+                              float(h.mean()) if h.size else math.nan, float(m.mean()) if m.size else math.nan,
+                              animal_agreement(h, m)))
+    have = ~np.isnan(per_bin[0])
+    in_window = [r for r in results if not math.isnan(r.window_reference_immobile_s)]
     result = ScorerResult(
-        name=name, kind=kind, frames=frame_agreement(ref, oth, classes), animals=rows,
-        immobility=animal_agreement(human_s, model_s),
-        window={"start_s": window_start, "end_s": test_duration_s, **animal_agreement(human_w, model_w)},
-        bins=bins, bins_pooled={"bin_s": bin_s, **animal_agreement(per_bin_h[have], per_bin_m[have])},
-        points={"human_s": human_s, "model_s": model_s, "bin_human_s": per_bin_h[have].tolist(),
-                "bin_model_s": per_bin_m[have].tolist()},
+        name=name, kind=kind,
+        frames=frame_agreement(np.concatenate(all_ref) if all_ref else np.zeros(0, np.int64),
+                               np.concatenate(all_oth) if all_oth else np.zeros(0, np.int64), classes),
+        animals=results,
+        immobility=animal_agreement([r.reference_immobile_s for r in results], [r.other_immobile_s for r in results]),
+        window_s=window,
+        window=animal_agreement([r.window_reference_immobile_s for r in in_window],
+                                [r.window_other_immobile_s for r in in_window]),
+        bins=bins, bins_pooled=animal_agreement(per_bin[0][have], per_bin[1][have]),
+        bin_points=tuple(zip(per_bin[0][have].tolist(), per_bin[1][have].tolist())),
     )  # fmt: skip
-    result.flags += [f"{r['video']}/{r['arena']}: near-constant prediction (one class >= {NEAR_CONSTANT_SHARE:.0%} "
-                     "while the labels are mixed): the model may have learned the recording, not the behaviour"
-                     for r in rows if r["near_constant_prediction"]]
+    result.flags += [f"{r.video}/{r.arena}: near-constant prediction (one class >= {NEAR_CONSTANT_SHARE:.0%} while the "
+                     "labels are mixed): the model may have learned the recording, not the behaviour"
+                     for r in results if r.near_constant]
     return result
 
 
@@ -225,10 +260,12 @@ def run_stream(model_dir: Path, video: Path, out_dir: Path, arenas: Path | None,
     """
     from stream.run import _Run, build_parser as stream_parser
 
-    argv = ["--video", str(video), "--model", str(model_dir), "--out", str(out_dir), "--no-zmq", "--no-metrics", "-q",
+    argv = ["--video", str(video), "--model", str(model_dir), "--out", str(out_dir), "--no-zmq", "--no-metrics",
             "--engine", args.engine, "--stride", str(args.stride), "--smoothing", args.smoothing,
             "--smoothing-window", str(args.smoothing_window), "--test-duration-s", str(args.test_duration_s),
             "--scoring-window-s", str(args.scoring_window_s)]  # fmt: skip
+    if args.quiet:
+        argv += ["-q"]  # else stream-run's own progress bar and end-of-run table show how far it got
     if args.device:
         argv += ["--device", args.device]
     if args.min_bout_s is not None:
@@ -302,8 +339,8 @@ def _read_labels(path: Path, video: Path, classes: list[str], arena_ids: list[st
     return match_annotations(anns, arena_ids, str(path)), video_fps, n
 
 
-def validate(args: argparse.Namespace) -> dict[str, Any]:
-    """Score every model on every video, compare, write the report; returns the metrics dict."""
+def validate(args: argparse.Namespace) -> tuple[dict[str, Any], list[ScorerResult]]:
+    """Score every model on every video, compare, write the report; returns (validation.json's dict, results)."""
     from stream.arenas import resolve_arenas
     from stream.modelfile import load_card
 
@@ -344,7 +381,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
                 frames, times, pred = _predicted(run_dir, arena_id, classes)
                 ref = labels_at_ticks(ann.labels, frames, src_of_tick)
                 animals.append(Animal(item.video.name, arena_id, ref, pred, times, card.fps))
-        scorers.append(compare(animals, classes, immobile, name=name, kind=getattr(card, "kind", "i3d"), **stats))
+        scorers.append(compare(animals, classes, immobile, name=name, kind=card.kind, **stats))
     rater_pairs = [i for i in items if i.rater2 is not None]
     if rater_pairs:
         animals = []
@@ -360,7 +397,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
                 both = np.where((a[:n] >= 0) & (b[:n] >= 0), a[:n], -1)
                 animals.append(Animal(item.video.name, arena_id, both, np.where(both >= 0, b[:n], 0),
                                       np.arange(n) / video_fps, video_fps))
-        scorers.append(compare(animals, classes, immobile, name=HUMAN, kind="human", **stats))
+        scorers.append(compare(animals, classes, immobile, name=HUMAN, kind=HUMAN_KIND, **stats))
     _flag_baseline(scorers)
     metrics = {
         "classes": classes, "immobile_classes": immobile,
@@ -372,7 +409,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         "scorers": [s.to_dict() for s in scorers],
     }  # fmt: skip
     write_outputs(out, metrics, scorers, classes)
-    return metrics
+    return metrics, scorers
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -386,216 +423,22 @@ def _unique(names: list[str]) -> list[str]:
 
 def _flag_baseline(scorers: list[ScorerResult]) -> None:
     """A model that does not beat the motion baseline's pooled kappa is flagged (and says by how much)."""
+    from stream.motion import MOTION_KIND
+
     baselines = [s for s in scorers if s.kind == MOTION_KIND]
     if not baselines:
         return
-    best = max(baselines, key=lambda s: _num(s.frames["kappa"]))
+    best = max(baselines, key=lambda s: _num(s.frames.kappa))
     for s in scorers:
-        if s.kind in (MOTION_KIND, "human"):
+        if s.kind in (MOTION_KIND, HUMAN_KIND):
             continue
-        if not _num(s.frames["kappa"]) > _num(best.frames["kappa"]):
-            s.flags.insert(0, f"does NOT beat the motion baseline {best.name}: kappa {_fmt(s.frames['kappa'])} vs "
-                              f"{_fmt(best.frames['kappa'])}, accuracy {_fmt(s.frames['accuracy'])} vs {_fmt(best.frames['accuracy'])}")
+        if not _num(s.frames.kappa) > _num(best.frames.kappa):
+            s.flags.insert(0, f"does NOT beat the motion baseline {best.name}: kappa {fmt(s.frames.kappa)} vs "
+                              f"{fmt(best.frames.kappa)}, accuracy {fmt(s.frames.accuracy)} vs {fmt(best.frames.accuracy)}")
 
 
 def _num(x: float) -> float:
-    return -math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
-
-
-# -------------------------------------------------------------------------------------------- output
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for sharing
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    for row in rows:
-        w.writerow(["" if (isinstance(v, float) and math.isnan(v)) else (f"{v:.6g}" if isinstance(v, float) else v)
-                    for v in row])
-    return buf.getvalue()
-
-
-_AGR = ("n", "pearson_r", "icc_a1", "ba_bias", "ba_sd", "ba_loa_low", "ba_loa_high")
-
-
-def _tables(scorers: Sequence[ScorerResult], classes: Sequence[str]) -> dict[str, tuple[list[str], list[list[Any]]]]:
-    summary = (["scorer", "kind", "frames", "accuracy", "kappa", "macro_f1", *[f"immobile_{k}" for k in _AGR],
-                *[f"window_{k}" for k in _AGR], *[f"bins_{k}" for k in _AGR], "flags"],
-               [[s.name, s.kind, s.frames["frames"], s.frames["accuracy"], s.frames["kappa"], s.frames["macro_f1"],
-                 *[s.immobility[k] for k in _AGR], *[s.window[k] for k in _AGR], *[s.bins_pooled[k] for k in _AGR],
-                 " | ".join(s.flags)] for s in scorers])
-    animals = (["scorer", "video", "arena", "frames_scored", "frames_total", "accuracy", "kappa", "macro_f1",
-                "human_immobile_s", "model_immobile_s", "window_human_immobile_s", "window_model_immobile_s",
-                *[f"label_share_{c}" for c in classes], *[f"predicted_share_{c}" for c in classes], "near_constant_prediction"],
-               [[s.name, r["video"], r["arena"], r["frames_scored"], r["frames_total"], r["accuracy"], r["kappa"],
-                 r["macro_f1"], r["human_immobile_s"], r["model_immobile_s"], r["window_human_immobile_s"],
-                 r["window_model_immobile_s"], *[r["label_share"][c] for c in classes],
-                 *[r["predicted_share"][c] for c in classes], int(r["near_constant_prediction"])]
-                for s in scorers for r in s.animals])
-    bins = (["scorer", "bin", "start_s", "end_s", "human_mean_s", "model_mean_s", *_AGR],
-            [[s.name, b["bin"], b["start_s"], b["end_s"], b["human_mean_s"], b["model_mean_s"], *[b[k] for k in _AGR]]
-             for s in scorers for b in s.bins])
-    per_class = (["scorer", "class", "precision", "recall", "f1", "support"],
-                 [[s.name, c, s.frames["per_class"][c]["precision"], s.frames["per_class"][c]["recall"],
-                   s.frames["per_class"][c]["f1"], s.frames["per_class"][c]["support"]] for s in scorers for c in classes])
-    confusion = (["scorer", "annotated", *[f"predicted_{c}" for c in classes]],
-                 [[s.name, c, *s.frames["confusion"][i]] for s in scorers for i, c in enumerate(classes)])
-    return {"summary": summary, "per_animal": animals, "per_bin": bins, "per_class": per_class, "confusion": confusion}
-
-
-def _plots(out: Path, scorers: Sequence[ScorerResult], classes: Sequence[str]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from export.report import plot_confusion_matrix
-
-    images = []
-    for s in scorers:
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s.name)
-        images.append(plot_confusion_matrix(np.array(s.frames["confusion"]), list(classes), out / f"confusion_{safe}.png",
-                                            title=f"{s.name}: confusion (rows: rater 1)"))
-    # immobility: scatter with identity line, and Bland-Altman, every scorer in one figure
-    fig, (ax_s, ax_b) = plt.subplots(1, 2, figsize=(10, 4))
-    markers = "osD^v<>"
-    lim = 1.0
-    for i, s in enumerate(scorers):
-        h = np.array(s.points["human_s"] + s.points["bin_human_s"])
-        m = np.array(s.points["model_s"] + s.points["bin_model_s"])
-        n_animal = len(s.points["human_s"])
-        if h.size == 0:
-            continue
-        lim = max(lim, float(h.max()), float(m.max()))
-        mk = markers[i % len(markers)]
-        ax_s.scatter(h[:n_animal], m[:n_animal], marker=mk, s=40, label=f"{s.name}: per animal")
-        ax_s.scatter(h[n_animal:], m[n_animal:], marker=mk, s=12, alpha=0.5, label=f"{s.name}: per animal and bin")
-        mean, diff = (h + m) / 2, m - h
-        ax_b.scatter(mean, diff, marker=mk, s=14, alpha=0.7, label=s.name)
-        ba = s.bins_pooled
-        for key, style in (("ba_bias", "-"), ("ba_loa_low", "--"), ("ba_loa_high", "--")):
-            if ba[key] is not None and not math.isnan(ba[key]):
-                ax_b.axhline(ba[key], linestyle=style, color=f"C{i}", linewidth=1)
-    ax_s.plot([0, lim * 1.05], [0, lim * 1.05], color="grey", linewidth=1, label="identity")
-    ax_s.set_xlabel("rater 1: immobile s")
-    ax_s.set_ylabel("scorer: immobile s")
-    ax_s.set_title("Immobility, scorer vs rater 1", fontsize=10)
-    ax_b.axhline(0, color="grey", linewidth=0.8)
-    ax_b.set_xlabel("mean of the two (s)")
-    ax_b.set_ylabel("scorer - rater 1 (s)")
-    ax_b.set_title("Bland-Altman (per animal and bin; lines: bias, 95% limits)", fontsize=10)
-    for ax in (ax_s, ax_b):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "immobility_agreement.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    # per-recording prediction rates beside the label rates: for each recording a "labels" bar, then one bar
-    # per scorer; a scorer that learned the recording shows one colour where the labels show several
-    recordings = list(dict.fromkeys((r["video"], r["arena"]) for s in scorers for r in s.animals))
-    bars: list[tuple[str, dict[str, float]]] = []
-    for rec in recordings:
-        found = [(s, r) for s in scorers for r in s.animals if (r["video"], r["arena"]) == rec]
-        bars.append((f"labels\n{rec[0]}/{rec[1]}", found[0][1]["label_share"]))
-        bars += [(s.name, r["predicted_share"]) for s, r in found if s.kind != "human"]
-    if bars:
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(bars) + 3), 3.6))
-        xs = np.arange(len(bars))
-        bottom = np.zeros(len(bars))
-        for ci, c in enumerate(classes):
-            vals = np.array([b[1][c] for b in bars])
-            ax.bar(xs, vals, bottom=bottom, color=f"C{ci}", label=c)
-            bottom += vals
-        ax.set_xticks(xs, [b[0] for b in bars], rotation=60, ha="right", fontsize=6)
-        ax.set_ylabel("share of scored frames")
-        ax.set_title("Class shares per recording: labels, then each model", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
-        fig.tight_layout()
-        rates = out / "prediction_rates.png"
-        fig.savefig(rates, dpi=110)
-        plt.close(fig)
-        images.append(rates)
-    return [path, *images]
-
-
-_CSS = ("body{font-family:sans-serif;max-width:72em;margin:1em auto;color:#222}"
-        "table{border-collapse:collapse;margin:0.5em 0 1em}td,th{border:1px solid #bbb;padding:2px 6px;text-align:right}"
-        "th{background:#eee}img{max-width:100%}.flag{color:#b00;font-weight:bold}.note{color:#555;font-size:90%}")
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    h = "<table><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in header) + "</tr>"
-    return h + "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>" for r in rows) + "</table>"
-
-
-def write_outputs(out: Path, metrics: dict[str, Any], scorers: Sequence[ScorerResult], classes: Sequence[str]) -> Path:
-    """``validation.json``, the CSV tables, the plots and ``validation.html`` (plots embedded)."""
-    import base64
-
-    _atomic_text(out / METRICS_JSON, json.dumps(metrics, indent=1, default=float) + "\n")
-    tables = _tables(scorers, classes)
-    for name, (header, rows) in tables.items():
-        _atomic_text(out / f"{name}.csv", _csv_text(header, rows))
-    images = _plots(out, scorers, classes)
-    s = metrics["settings"]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Validation</title><style>{_CSS}</style></head><body>",
-             "<h1>Validation against annotations</h1>",
-             "<p class='note'>Every model was run by stream-run itself (capture, resampling, flow settings of its card, "
-             "engine and decision rules) with: " + html.escape(", ".join(f"{k}={v}" for k, v in s.items())) +
-             ". Only frames rater 1 labelled are scored. Videos: " + html.escape(", ".join(metrics["videos"])) + "</p>"]
-    flags = [(sc.name, f) for sc in scorers for f in sc.flags]
-    if flags:
-        parts.append("<h2>Flags</h2><ul>" + "".join(f"<li class='flag'>{html.escape(n)}: {html.escape(f)}</li>"
-                                                     for n, f in flags) + "</ul>")
-    parts.append("<h2>Side by side</h2>")
-    head = ["scorer", "kind", "frames", "accuracy", "kappa", "macro F1", "immobility r", "ICC(A,1)", "bias s",
-            "95% LoA s", "window ICC", "bins n", "bins r", "bins ICC(A,1)", "bins bias s", "bins 95% LoA s"]
-    rows = [[sc.name, sc.kind, sc.frames["frames"], sc.frames["accuracy"], sc.frames["kappa"], sc.frames["macro_f1"],
-             sc.immobility["pearson_r"], sc.immobility["icc_a1"], sc.immobility["ba_bias"],
-             f"{_fmt(sc.immobility['ba_loa_low'])} .. {_fmt(sc.immobility['ba_loa_high'])}", sc.window["icc_a1"],
-             sc.bins_pooled["n"], sc.bins_pooled["pearson_r"], sc.bins_pooled["icc_a1"], sc.bins_pooled["ba_bias"],
-             f"{_fmt(sc.bins_pooled['ba_loa_low'])} .. {_fmt(sc.bins_pooled['ba_loa_high'])}"] for sc in scorers]
-    parts.append(_html_table(head, rows))
-    parts.append("<p class='note'>Immobility r / ICC / Bland-Altman are over animals (video x arena); 'bins' pools every "
-                 f"(animal, {s['bin_s']:g}-s bin) pair, which still gives a figure with few animals. '-' = undefined "
-                 "(fewer than 2 animals, or constant values). ICC(A,1): two-way, absolute agreement, single measures "
-                 "(McGraw &amp; Wong 1996).</p>")
-    for img in images:
-        data = base64.b64encode(Path(img).read_bytes()).decode("ascii")
-        parts.append(f"<img alt='{html.escape(Path(img).stem)}' src='data:image/png;base64,{data}'>")
-    for title, key in (("Per recording: agreement and class shares (labels vs predictions)", "per_animal"),
-                       ("Per time bin", "per_bin"), ("Per class", "per_class"), ("Confusion matrices", "confusion")):
-        header, trs = tables[key]
-        parts += [f"<h2>{title}</h2>", _html_table(header, trs)]
-    parts.append("<h2>Scoring window</h2>")
-    parts.append(_html_table(["scorer", "start s", "end s", *_AGR],
-                             [[sc.name, sc.window["start_s"], sc.window["end_s"], *[sc.window[k] for k in _AGR]] for sc in scorers]))
-    parts.append("<p class='note'>Files: validation.json, summary.csv, per_animal.csv, per_bin.csv, per_class.csv, "
-                 "confusion.csv, runs/&lt;model&gt;/&lt;video&gt;/ (stream-run's own outputs).</p></body></html>")
-    path = out / REPORT_HTML
-    _atomic_text(path, "\n".join(parts))
-    return path
+    return -math.inf if math.isnan(x) else float(x)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -631,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a second person's annotation file per video: the inter-rater agreement (human ceiling)")
     p.add_argument("--bin-s", type=float, default=DEFAULT_BIN_S, help="time-bin length for the per-bin tables (default: 60)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="report folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-run tables from stream-run")
     p.add_argument("-v", "--verbose", action="count", default=0)
     add_decision_options(p)
     return p
@@ -645,12 +489,11 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--bin-s {args.bin_s}: must be > 0")
     if args.stride < 1:
         raise UserError(f"--stride {args.stride}: must be >= 1")
-    metrics = validate(args)
-    for s in metrics["scorers"]:
-        f, im = s["frames"], s["immobility"]
-        print(f"{s['name']:>24}: accuracy {_fmt(f['accuracy'])}  kappa {_fmt(f['kappa'])}  frames {f['frames']}  "
-              f"immobility ICC {_fmt(im['icc_a1'])} (n={im['n']})  bins ICC {_fmt(s['bins_pooled']['icc_a1'])} "
-              f"(n={s['bins_pooled']['n']})" + ("  FLAGGED" if s["flags"] else ""))
+    _, scorers = validate(args)
+    for s in scorers:
+        print(f"{s.name:>24}: accuracy {fmt(s.frames.accuracy)}  kappa {fmt(s.frames.kappa)}  frames {s.frames.frames}  "
+              f"immobility ICC {fmt(s.immobility.icc_a1)} (n={s.immobility.n})  bins ICC {fmt(s.bins_pooled.icc_a1)} "
+              f"(n={s.bins_pooled.n})" + ("  FLAGGED" if s.flags else ""))
     print(f"report: {Path(args.out) / REPORT_HTML}")
     return 0
 

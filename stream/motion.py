@@ -31,8 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,7 @@ import torch
 from stream.engine import Engine, EngineConfig
 from stream.errors import UserError
 from stream.flow import FLOW_CLIP_PX
-from stream.modelfile import CARD_FILE, ModelCard, ModelFileError, load_card, sha256_file, verify_weights
+from stream.modelfile import CARD_FILE, ModelCard, ModelFileError, _atomic_write_text, load_card, sha256_file, verify_weights
 
 __all__ = ["MOTION_FILE", "MOTION_KIND", "MOTION_FEATURE", "MotionEngine", "MotionParams", "classify",
            "motion_feature", "read_params", "save_motion_model"]
@@ -119,20 +117,6 @@ def read_params(directory: Path, card: ModelCard) -> MotionParams:
     return params
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_motion_model(directory: str | Path, card: ModelCard, params: MotionParams) -> Path:
     """Write ``motion.json`` then ``card.json`` (with the parameters' sha256), each atomically."""
     from datetime import datetime, timezone
@@ -145,10 +129,10 @@ def save_motion_model(directory: str | Path, card: ModelCard, params: MotionPara
     card.decisions = {**card.decisions, "min_bout_s": params.min_bout_s}
     card.validate(str(directory / CARD_FILE))
     params.validate(list(card.classes), str(directory / MOTION_FILE))
-    _atomic_write(directory / MOTION_FILE, json.dumps(params.to_dict(), indent=2) + "\n")
+    _atomic_write_text(directory / MOTION_FILE, json.dumps(params.to_dict(), indent=2) + "\n")
     card.weights_sha256 = sha256_file(directory / MOTION_FILE)
     card.created_utc = card.created_utc or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    _atomic_write(directory / CARD_FILE, card.to_json())
+    _atomic_write_text(directory / CARD_FILE, card.to_json())
     log.info("saved motion model %s to %s", card.name, directory)
     return directory
 

@@ -67,8 +67,8 @@ def test_kappa_from_labels_and_per_class_scores():
     assert s["recall"].tolist() == pytest.approx([2 / 3, 2 / 3, 3 / 4])
     assert s["support"].tolist() == [3, 3, 4]
     fa = frame_agreement(ref, oth, ["a", "b", "c"])
-    assert fa["frames"] == 10 and fa["accuracy"] == pytest.approx(0.7)
-    assert fa["per_class"]["c"]["f1"] == pytest.approx(0.75)
+    assert fa.frames == 10 and fa.accuracy == pytest.approx(0.7) and fa.confusion == ((2, 1, 0), (0, 2, 1), (1, 0, 3))
+    assert fa.to_dict()["per_class"]["c"]["f1"] == pytest.approx(0.75)
 
 
 def test_never_predicted_class_has_nan_precision():
@@ -93,4 +93,5 @@ def test_bland_altman_by_hand():
     assert ba.loa_low == pytest.approx(5.5 - LOA_Z * sd) and ba.loa_high == pytest.approx(5.5 + LOA_Z * sd)
     assert math.isnan(bland_altman([1.0], [2.0]).sd)
     a = animal_agreement(ref, oth)
-    assert a["n"] == 4 and a["ba_bias"] == pytest.approx(5.5) and -1 <= a["icc_a1"] <= 1
+    assert a.n == 4 and a.ba.bias == pytest.approx(5.5) and -1 <= a.icc_a1 <= 1
+    assert a.to_dict()["ba_loa_high"] == pytest.approx(5.5 + LOA_Z * sd)
