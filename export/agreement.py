@@ -91,7 +91,8 @@ def per_class_scores(matrix: np.ndarray) -> dict[str, np.ndarray]:
     """Precision, recall, F1 and support per class; the reference is the rows.
 
     A class the other scorer never predicted has precision nan (0/0), one the reference never used
-    recall nan; F1 is nan when either is.
+    recall nan. F1 = 2 TP / (2 TP + FP + FN), so a class that is labelled but never predicted has
+    F1 = 0 (it counts against the macro mean, as it should); nan only for a class neither used.
     """
     m = np.asarray(matrix, dtype=np.float64)
     tp = np.diag(m)
@@ -100,8 +101,8 @@ def per_class_scores(matrix: np.ndarray) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(predicted > 0, tp / predicted, np.nan)
         recall = np.where(support > 0, tp / support, np.nan)
-        f1 = np.where((precision + recall) > 0, 2 * precision * recall / (precision + recall), 0.0)
-    f1 = np.where(np.isnan(precision) | np.isnan(recall), np.nan, f1)
+        denom = predicted + support  # = 2 TP + FP + FN
+        f1 = np.where(denom > 0, 2 * tp / denom, np.nan)
     return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
 
 

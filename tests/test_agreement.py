@@ -71,9 +71,13 @@ def test_kappa_from_labels_and_per_class_scores():
     assert fa.to_dict()["per_class"]["c"]["f1"] == pytest.approx(0.75)
 
 
-def test_never_predicted_class_has_nan_precision():
+def test_never_predicted_class_has_nan_precision_and_zero_f1():
     s = per_class_scores(np.array([[3, 0], [2, 0]]))
-    assert math.isnan(s["precision"][1]) and s["recall"][1] == 0.0 and math.isnan(s["f1"][1])
+    assert math.isnan(s["precision"][1]) and s["recall"][1] == 0.0 and s["f1"][1] == 0.0
+    # class 0: 2*3 / (2*3 + 2 + 0) = 0.75; a class nobody used has nan F1 and is left out of the macro mean
+    assert s["f1"][0] == pytest.approx(0.75)
+    fa = frame_agreement(np.array([0, 0, 1]), np.array([0, 1, 1]), ["a", "b", "c"])
+    assert math.isnan(fa.f1[2]) and fa.macro_f1 == pytest.approx((2 / 3 + 2 / 3) / 2)
 
 
 def test_pearson_by_hand():
