@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
     import json
 
-    from export.validate import _items, _read_labels, labels_at_ticks, source_frame_of_tick
+    from export.validate import labels_at_ticks, read_labels, source_frame_of_tick, video_items
     from stream.arenas import resolve_arenas
     from stream.modelfile import ModelCard, load_card
     from stream.motion import MotionParams, save_motion_model
@@ -266,13 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     like = load_card(args.like)
     classes = list(like.classes)
     ns = argparse.Namespace(videos=args.videos, labels=args.labels, arenas=args.arenas, rater2=None)
-    items = _items(ns)
+    items = video_items(ns)
     recordings: list[Recording] = []
     from tqdm import tqdm
 
     for item in tqdm(items, desc="flow features", unit="video", disable=None):
         arenas = resolve_arenas(arena_file=item.arenas, video=item.video)
-        matched, video_fps, n_src = _read_labels(item.labels, item.video, classes, [a.id for a in arenas])
+        matched, video_fps, n_src = read_labels(item.labels, item.video, classes, [a.id for a in arenas])
         feats = live_features(item.video, arenas, like, device=args.device, max_frames=args.max_frames,
                               flow_warm_start=not args.no_flow_warm_start)
         src = source_frame_of_tick(n_src, video_fps, like.fps)

@@ -50,8 +50,8 @@ from export.agreement import AnimalAgreement, FrameAgreement, animal_agreement, 
 from export.validation_report import REPORT_HTML, fmt, write_outputs
 from stream.errors import UserError, cli_main
 
-__all__ = ["Animal", "ScorerResult", "build_parser", "compare", "labels_at_ticks", "main", "match_annotations",
-           "source_frame_of_tick", "validate"]
+__all__ = ["Animal", "AnimalResult", "BinResult", "Item", "ScorerResult", "build_parser", "compare", "labels_at_ticks",
+           "main", "match_annotations", "read_labels", "source_frame_of_tick", "validate", "video_items"]
 
 log = logging.getLogger("export.validate")
 
@@ -304,7 +304,8 @@ class Item:
     rater2: Path | None
 
 
-def _items(args: argparse.Namespace) -> list[Item]:
+def video_items(args: argparse.Namespace) -> list[Item]:
+    """(video, labels, arenas, rater 2) per video from ``--videos/--labels/--arenas/--rater2``; one line on a mismatch."""
     from stream.run import _expand_videos
 
     videos = _expand_videos(args.videos)
@@ -327,7 +328,8 @@ def _items(args: argparse.Namespace) -> list[Item]:
             zip(videos, per_video(labels, "--labels"), per_video(args.arenas, "--arenas"), per_video(args.rater2, "--rater2"))]
 
 
-def _read_labels(path: Path, video: Path, classes: list[str], arena_ids: list[str]) -> tuple[dict, float, int]:
+def read_labels(path: Path, video: Path, classes: list[str], arena_ids: list[str]) -> tuple[dict, float, int]:
+    """(arena id -> Annotation, the video's fps, its frame count) of one annotation file."""
     from export.annotations import read_annotations
     from export.dataset import probe_video
 
@@ -349,7 +351,7 @@ def validate(args: argparse.Namespace) -> tuple[dict[str, Any], list[ScorerResul
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create ({exc.strerror})") from exc
-    items = _items(args)
+    items = video_items(args)
     model_dirs = [Path(m) for m in (args.model or [])] + ([Path(args.baseline)] if args.baseline else [])
     if not model_dirs and not any(i.rater2 for i in items):
         raise UserError("nothing to compare: give --model DIR (repeatable), --baseline DIR, or --rater2 FILES")
@@ -371,7 +373,7 @@ def validate(args: argparse.Namespace) -> tuple[dict[str, Any], list[ScorerResul
         animals = []
         for item in items:
             arena_ids = [a.id for a in resolve_arenas(arena_file=item.arenas, video=item.video)]
-            matched, video_fps, n_src = _read_labels(item.labels, item.video, classes, arena_ids)
+            matched, video_fps, n_src = read_labels(item.labels, item.video, classes, arena_ids)
             run_dir = out / "runs" / name / item.video.stem
             code = run_stream(model_dir, item.video, run_dir, item.arenas, args)
             if code != 0:
@@ -387,8 +389,8 @@ def validate(args: argparse.Namespace) -> tuple[dict[str, Any], list[ScorerResul
         animals = []
         for item in rater_pairs:
             arena_ids = [a.id for a in resolve_arenas(arena_file=item.arenas, video=item.video)]
-            first, video_fps, n_src = _read_labels(item.labels, item.video, classes, arena_ids)
-            second, _, _ = _read_labels(item.rater2, item.video, classes, arena_ids)
+            first, video_fps, n_src = read_labels(item.labels, item.video, classes, arena_ids)
+            second, _, _ = read_labels(item.rater2, item.video, classes, arena_ids)
             for arena_id in first:
                 if arena_id not in second:
                     continue
