@@ -108,7 +108,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bundled_model_and_motion_baseline_on_the_demo(tmp_path, one_torch_thread):
-    """The full bundled model and the shipped motion baseline, side by side, at stride 4 (~3 min on 2 cores)."""
+    """The full bundled model and the shipped motion baseline, side by side, at stride 4 (5 min 20 s on 2 shared cores)."""
     from stream.outputs.csv_log import read_frames_csv
     from stream.run import main as stream_run
 
