@@ -46,6 +46,7 @@ CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FORMAT_VERSION = 1
 _HASH_CHUNK = 1 << 20
+MODEL_KINDS = ("i3d", "motion")  # what the engine factory can build from a card
 
 
 class ModelFileError(UserError):
@@ -74,6 +75,8 @@ class ModelCard:
     weights_dtype: str = "float32"  # storage dtype; loading always returns float32
     format_version: int = CARD_FORMAT_VERSION
     created_utc: str = ""
+    kind: str = "i3d"  # "i3d" (fused two-stream network) or "motion" (flow threshold baseline, stream/motion.py)
+    decisions: dict[str, Any] = field(default_factory=dict)  # stream-run defaults fitted with the model (min_bout_s)
 
     def validate(self, where: str = "card") -> None:
         problems = []
@@ -88,6 +91,8 @@ class ModelCard:
             problems.append(f"fps must be > 0, got {self.fps}")
         if not 0.0 <= self.flow_weight <= 1.0:
             problems.append(f"flow_weight must be in [0, 1], got {self.flow_weight}")
+        if self.kind not in MODEL_KINDS:
+            problems.append(f"kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
         if self.view not in ("side", "top"):
             problems.append(f"view must be 'side' or 'top', got {self.view!r}")
         if problems:

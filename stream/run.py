@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--smoothing", default=SMOOTHING_DEFAULT, choices=SMOOTHING_MODES,
                    help="smooth the probabilities before labelling (default: %(default)s)")
     d.add_argument("--smoothing-window", type=int, default=5, metavar="FRAMES", help="moving-average window (default: %(default)s)")
-    d.add_argument("--min-bout-s", type=float, default=MIN_BOUT_S_DEFAULT,
-                   help="shorter immobility is counted as mobile (default: %(default)s s; DBscorer uses 2)")
+    d.add_argument("--min-bout-s", type=float, default=None,
+                   help=f"shorter immobility is counted as mobile (default: the model card's fitted value, "
+                        f"else {MIN_BOUT_S_DEFAULT:g} s; DBscorer uses 2)")
     d.add_argument("--test-duration-s", "--test-duration", type=float, default=360.0, dest="test_duration_s",
                    help="test length in seconds (default: %(default)s)")
     d.add_argument("--scoring-window-s", "--scoring-window", type=float, default=240.0, dest="scoring_window_s",
@@ -407,7 +408,9 @@ class _Run:
         if unknown:
             raise UserError(f"--immobile-classes {','.join(unknown)}: not classes of the model ({', '.join(card.classes)})")
         return DecisionConfig(fps=card.fps, smoothing=a.smoothing, smoothing_window_frames=a.smoothing_window,
-                              min_bout_s=a.min_bout_s, immobile_classes=immobile, test_duration_s=a.test_duration_s,
+                              min_bout_s=a.min_bout_s if a.min_bout_s is not None
+                              else float(card.decisions.get("min_bout_s", MIN_BOUT_S_DEFAULT)),
+                              immobile_classes=immobile, test_duration_s=a.test_duration_s,
                               scoring_window_s=a.scoring_window_s, bin_s=a.bin_s)
 
     def _capture_config(self, card, spec: SourceSpec) -> CaptureConfig:
