@@ -675,7 +675,8 @@ def render_video(cfg: SynthConfig, out_dir: Path | str) -> SynthResult:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="export-synth", description="Render labelled synthetic forced-swim-test videos.")
-    p.add_argument("--view", choices=VIEWS, default="side", help="side: swim/struggle/float; top: mobile/immobile")
+    p.add_argument("--view", choices=VIEWS + ("both",), default=None,
+                   help="side: swim/struggle/float; top: mobile/immobile (default side; both: --contact-sheet only)")
     dur = p.add_mutually_exclusive_group()
     dur.add_argument("--minutes", type=float, help="duration in minutes (default 1)")
     dur.add_argument("--seconds", type=float, help="duration in seconds")
@@ -696,6 +697,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--held-out", metavar="FAMILY,...", help="draw these families from their HELD-OUT range (implies --randomize)")
     g.add_argument("--fix", metavar="FAMILY,...", help="pin these families to their nominal look (implies --randomize)")
     g.add_argument("--list-families", action="store_true", help="print every family's train / held-out ranges and exit")
+    g.add_argument("--contact-sheet", type=Path, metavar="PATH.png",
+                   help="write a grid of random frames of randomized renders (ROIs labelled with their class) "
+                        "instead of a video; --view side|top|both (default both), --seed, --held-out, --fix apply")  # fmt: skip
     return p
 
 
@@ -712,8 +716,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     randomize = bool(args.randomize or held_out or fixed)
+    if args.contact_sheet is not None:
+        from export.synth_sheet import contact_sheet
+
+        views = VIEWS if args.view in (None, "both") else (args.view,)
+        print(contact_sheet(args.contact_sheet, views, seed=args.seed, held_out=held_out, fixed=fixed))
+        return 0
+    if args.view == "both":
+        raise UserError("--view both: only with --contact-sheet; a video has one view")
     given = {"fps": args.fps, "arenas": args.arenas, "width_px": args.width, "height_px": args.height, "crf": args.crf}
-    cfg = SynthConfig(view=args.view, duration_s=duration, fps=DEFAULT_FPS if args.fps is None else args.fps,
+    cfg = SynthConfig(view=args.view or "side", duration_s=duration, fps=DEFAULT_FPS if args.fps is None else args.fps,
                       arenas=1 if args.arenas is None else args.arenas,
                       arena_size_px=args.arena_size_px, width_px=args.width, height_px=args.height,
                       seed=args.seed, name=args.name, crf=DEFAULT_CRF if args.crf is None else args.crf,

@@ -299,3 +299,23 @@ def test_cli_randomization_options(tmp_path, capsys):
     assert meta["randomized"] and meta["held_out"] == ["water"] and meta["fps"] == 25.0
     assert len(meta["arenas"]) == 2 and (meta["width"], meta["height"]) == (320, 240)
     assert meta["families"]["capture"]["fps"] == 25.0 and meta["families"]["geometry"]["cylinders"] == 2
+
+
+def test_contact_sheet_grid_of_labelled_frames(tmp_path, capsys):
+    from export.synth_sheet import CELL_PX, CLASS_BGR, contact_sheet
+
+    path = contact_sheet(tmp_path / "sheet.png", ("side", "top"), seed=1, columns=2, rows_per_view=1)
+    sheet = cv2.imread(str(path))
+    assert sheet.shape == (2 * CELL_PX[1], 2 * CELL_PX[0], 3)
+    assert path.stat().st_size < 1_000_000
+    # every cell has its ROIs outlined in a class colour (exact pixels: the boxes are not anti-aliased)
+    colours = {tuple(c) for c in CLASS_BGR.values()}
+    h, w = CELL_PX[1], CELL_PX[0]
+    for r in range(2):
+        for c in range(2):
+            cell = sheet[r * h : (r + 1) * h, c * w : (c + 1) * w].reshape(-1, 3)
+            assert any(np.all(cell == np.array(col), axis=1).sum() > 20 for col in colours), (r, c)
+    assert main(["--contact-sheet", str(tmp_path / "sheet.jpg")]) == 2
+    assert "PNG" in capsys.readouterr().err
+    assert main(["--view", "both", "--out", str(tmp_path)]) == 2
+    assert "--contact-sheet" in capsys.readouterr().err
