@@ -115,6 +115,7 @@ class SynthConfig:
     held_out: tuple[str, ...] = ()  # families drawn from their held-out part (randomized only)
     fixed: tuple[str, ...] = ()  # families pinned to their nominal values (randomized only)
     pinned: tuple[str, ...] = ()  # PINNABLE fields whose value here overrides the drawn one
+    trials: str = ""  # export.synth_trials SPEC: empty cylinders, insertions, removals, several animals
 
     def __post_init__(self) -> None:
         for option, names in (("--held-out", self.held_out), ("--fix", self.fixed)):
@@ -131,6 +132,13 @@ class SynthConfig:
             raise UserError(f"--arenas {self.arenas}: at most {MAX_RANDOMIZED_ARENAS} with --randomize")
         if self.view not in VIEWS:
             raise UserError(f"--view {self.view!r}: expected one of {', '.join(VIEWS)}")
+        if self.trials:
+            from export.synth_trials import parse_trials
+
+            try:
+                parse_trials(self.trials, len(self.trials.split(";")))
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
         if not (self.fps > 0 and self.duration_s > 0):
             raise UserError("--fps and the duration must be positive")
         if self.arenas < 1:
@@ -182,6 +190,7 @@ class SynthResult:
     num_frames: int
     render_s: float = 0.0
     extra: dict = field(default_factory=dict)
+    trials_json: Path | None = None  # the trials' truth of a --trials render
 
     def annotations(self) -> list[Annotation]:
         names = [f"arena{i}" for i in range(len(self.labels))] if len(self.labels) > 1 else [None]
@@ -199,9 +208,12 @@ def _rng(cfg: SynthConfig, *stream: int) -> np.random.Generator:
 
 def _arena_labels(cfg: SynthConfig, arena: int) -> np.ndarray:
     """Semi-Markov bout sequence; depends only on seed, view, arena, duration and fps."""
-    rng = _rng(cfg, arena, 0)
+    return _bout_labels(cfg, cfg.num_frames, _rng(cfg, arena, 0))
+
+
+def _bout_labels(cfg: SynthConfig, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` frames of bouts (one test, or one trial), immobility growing over them."""
     classes = cfg.classes
-    n = cfg.num_frames
     labels = np.empty(n, dtype=np.int64)
     t = 0
     current = classes[0]  # mice start the test swimming
@@ -226,8 +238,21 @@ def _arena_labels(cfg: SynthConfig, arena: int) -> np.ndarray:
 
 
 def generate_labels(cfg: SynthConfig) -> list[np.ndarray]:
-    """Per-arena label arrays, exactly what ``render_video`` writes."""
+    """Per-arena label arrays, exactly what ``render_video`` writes (for a ``--trials`` render,
+    pass the config ``resolve`` returns: its fps and arena count are the drawn ones)."""
+    if cfg.trials:
+        from export.synth_trials import trial_labels
+
+        plan = _trial_plan(cfg)
+        return [trial_labels(plan, a, lambda trial, n: _bout_labels(cfg, n, _rng(cfg, a, 0, 1 + trial.trial_index)))
+                for a in range(cfg.arenas)]  # fmt: skip
     return [_arena_labels(cfg, a) for a in range(cfg.arenas)]
+
+
+def _trial_plan(cfg: SynthConfig):
+    from export.synth_trials import parse_trials, plan_trials
+
+    return plan_trials(parse_trials(cfg.trials, cfg.arenas), cfg.fps, cfg.num_frames, cfg.arena_names())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -550,24 +575,37 @@ def resolve(cfg: SynthConfig) -> tuple[SynthConfig, dict[str, dict] | None]:
     A randomized render draws its frame size, cylinder count, fps and crf; the returned config
     carries them (so labels, frame counts and outputs follow), except where ``cfg.pinned`` keeps
     the caller's value, in which case the families record the pinned value instead."""
-    if not cfg.randomize:
+    if not cfg.randomize and not cfg.trials:
         return cfg, None
+    from export.synth_families import FAMILY_NAMES
     from export.synth_scene import _frame_size
 
-    fam = draw_families(cfg.seed, cfg.held_out, cfg.fixed)
+    # trials without --randomize: the scene renderer with every family at its nominal look
+    fam = draw_families(cfg.seed, cfg.held_out, cfg.fixed if cfg.randomize else FAMILY_NAMES)
     geo, cap = fam["geometry"], fam["capture"]
-    if "fps" in cfg.pinned:
+    pinned = set(cfg.pinned) | (set() if cfg.randomize else {"fps", "arenas", "crf"})
+    if cfg.trials and ";" in cfg.trials:  # one pattern per arena sets the number of arenas
+        patterns = cfg.trials.count(";") + 1
+        if "arenas" in cfg.pinned and cfg.arenas != patterns:
+            raise UserError(f"--trials has {patterns} patterns but --arenas is {cfg.arenas}")
+        cfg = replace(cfg, arenas=patterns)
+        pinned.add("arenas")
+    if "fps" in pinned:
         cap["fps"] = float(cfg.fps)
-    if "crf" in cfg.pinned:
+    if "crf" in pinned:
         cap["crf"] = int(cfg.crf)
-    if "arenas" in cfg.pinned:
+    if "arenas" in pinned:
         geo["cylinders"] = int(cfg.arenas)
-    if "width_px" in cfg.pinned and cfg.width_px:
+    if "width_px" in pinned and cfg.width_px:
         geo["width_px"] = int(cfg.width_px)
-    if "height_px" in cfg.pinned and cfg.height_px:
+    if "height_px" in pinned and cfg.height_px:
         geo["aspect"] = geo["width_px"] / int(cfg.height_px)
     w, h = _frame_size(geo)
     eff = replace(cfg, fps=float(cap["fps"]), crf=int(cap["crf"]), arenas=int(geo["cylinders"]), width_px=w, height_px=h)
+    if cfg.trials:
+        from export.synth_trials import parse_trials, total_s
+
+        eff = replace(eff, duration_s=total_s(parse_trials(cfg.trials, eff.arenas)))
     return eff, fam
 
 
@@ -581,12 +619,13 @@ def _rois(cfg: SynthConfig, fam: dict[str, dict] | None) -> list[Roi]:
 
 def render_frames(cfg: SynthConfig, labels: list[np.ndarray] | None = None) -> Iterator[np.ndarray]:
     """The BGR (H, W, 3) uint8 frames before compression, deterministic for ``cfg``."""
-    if cfg.randomize:
+    if cfg.randomize or cfg.trials:
         from export.synth_scene import render_scene
 
         eff, fam = resolve(cfg)
         labels = labels if labels is not None else generate_labels(eff)
-        yield from render_scene(eff.view, eff.classes, fam, labels, eff.fps, eff.num_frames, eff.seed)
+        plan = _trial_plan(eff) if eff.trials else None
+        yield from render_scene(eff.view, eff.classes, fam, labels, eff.fps, eff.num_frames, eff.seed, plan)
         return
     labels = labels if labels is not None else generate_labels(cfg)
     rois = cfg.rois()
@@ -662,7 +701,13 @@ def render_video(cfg: SynthConfig, out_dir: Path | str) -> SynthResult:
         "generator": {"program": "export-synth", "config": asdict(requested)},
     }
     if fam is not None:
-        meta.update(randomized=True, held_out=sorted(cfg.held_out), families=fam)
+        meta.update(randomized=cfg.randomize, held_out=sorted(cfg.held_out), families=fam)
+    if cfg.trials:
+        plan = _trial_plan(cfg)
+        result.trials_json = out_dir / f"{stem}.trials.json"
+        truth = {"video": video.name, "fps": cfg.fps, "num_frames": cfg.num_frames, "view": cfg.view,
+                 "spec": cfg.trials, "arenas": cfg.arena_names(), "trials": [t.to_json() for t in plan.trials]}  # fmt: skip
+        _atomic_write_text(result.trials_json, json.dumps(truth, indent=1) + "\n")
     _atomic_write_text(result.arenas_json, json.dumps(meta, indent=1) + "\n")
     result.render_s = time.perf_counter() - start
     log.info("%s: %d frames rendered in %.1f s", video, cfg.num_frames, result.render_s)
@@ -689,6 +734,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", type=int, help=f"x264 quality, lower = better (default {DEFAULT_CRF}; drawn with --randomize)")
     p.add_argument("--name", default="", help="output file stem (default synth_<view>)")
     p.add_argument("--out", type=Path, default=Path("."), help="output folder (default: current)")
+    p.add_argument("--trials", metavar="SPEC",
+                   help="trials instead of one test: segments empty:SECONDS / mouse:SECONDS, e.g. "
+                        "'empty:20,mouse:60,empty:10,mouse:60' for every arena, or one pattern per arena "
+                        "separated by ';'. Sets the duration; writes <name>.trials.json (the truth). "
+                        "Without --randomize the nominal look of every family")  # fmt: skip
     g = p.add_argument_group("domain randomization (see --list-families)")
     g.add_argument("--randomize", action="store_true",
                    help="draw every family (geometry, mouse, water, cylinder, background, lighting, dynamics, "
@@ -710,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
         print(describe_families())
         return 0
     duration = 60.0 * args.minutes if args.minutes is not None else (args.seconds if args.seconds is not None else 60.0)
+    if args.trials and (args.minutes is not None or args.seconds is not None):
+        raise UserError("--trials sets the duration; leave out --minutes / --seconds")
     try:
         held_out = parse_family_list(args.held_out, "--held-out")
         fixed = parse_family_list(args.fix, "--fix")
@@ -729,8 +781,8 @@ def main(argv: list[str] | None = None) -> int:
                       arenas=1 if args.arenas is None else args.arenas,
                       arena_size_px=args.arena_size_px, width_px=args.width, height_px=args.height,
                       seed=args.seed, name=args.name, crf=DEFAULT_CRF if args.crf is None else args.crf,
-                      randomize=randomize, held_out=held_out, fixed=fixed,
-                      pinned=tuple(k for k, v in given.items() if v is not None) if randomize else ())  # fmt: skip
+                      randomize=randomize, held_out=held_out, fixed=fixed, trials=args.trials or "",
+                      pinned=tuple(k for k, v in given.items() if v is not None) if randomize or args.trials else ())  # fmt: skip
     result = render_video(cfg, args.out)
     cfg, _ = resolve(cfg)
     w, h = cfg.frame_size
@@ -738,7 +790,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result.video_path}: {cfg.num_frames} frames {w}x{h} @ {cfg.fps:g} fps, {cfg.arenas} arena(s){look}, "
           f"{result.render_s:.1f} s")  # fmt: skip
     for name, lab in zip(cfg.arena_names(), result.labels):
-        counts = np.bincount(lab, minlength=len(cfg.classes)) / lab.size
-        print(f"  {name}: " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in zip(cfg.classes, counts)))
+        counts = np.bincount(lab[lab >= 0], minlength=len(cfg.classes)) / lab.size
+        unlabelled = f", no mouse {100 * np.mean(lab < 0):.0f}%" if np.any(lab < 0) else ""
+        print(f"  {name}: " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in zip(cfg.classes, counts)) + unlabelled)
     print(f"{result.labels_csv}\n{result.boris_csv}\n{result.arenas_json}")
+    if result.trials_json is not None:
+        print(result.trials_json)
     return 0
