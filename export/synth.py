@@ -61,7 +61,7 @@ from stream.errors import UserError, cli_main
 from stream.modelfile import _atomic_write_text  # the one temp-file + rename helper
 from stream.preprocess import Roi
 
-__all__ = ["SynthConfig", "SynthResult", "generate_labels", "render_frames", "render_video", "resolve", "main"]
+__all__ = ["SynthConfig", "SynthResult", "arena_rois", "generate_labels", "render_frames", "render_video", "resolve", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +238,9 @@ def _bout_labels(cfg: SynthConfig, n: int, rng: np.random.Generator) -> np.ndarr
 
 
 def generate_labels(cfg: SynthConfig) -> list[np.ndarray]:
-    """Per-arena label arrays, exactly what ``render_video`` writes (for a ``--trials`` render,
-    pass the config ``resolve`` returns: its fps and arena count are the drawn ones)."""
+    """Per-arena label arrays, exactly what ``render_video`` writes. The config is resolved
+    first: a randomized render draws its fps and number of arenas, a ``--trials`` one its length."""
+    cfg, _ = resolve(cfg)  # idempotent: a resolved config resolves to itself
     if cfg.trials:
         from export.synth_trials import trial_labels
 
@@ -578,7 +579,7 @@ def resolve(cfg: SynthConfig) -> tuple[SynthConfig, dict[str, dict] | None]:
     if not cfg.randomize and not cfg.trials:
         return cfg, None
     from export.synth_families import FAMILY_NAMES
-    from export.synth_scene import _frame_size
+    from export.synth_scene import frame_size_of
 
     # trials without --randomize: the scene renderer with every family at its nominal look
     fam = draw_families(cfg.seed, cfg.held_out, cfg.fixed if cfg.randomize else FAMILY_NAMES)
@@ -600,16 +601,23 @@ def resolve(cfg: SynthConfig) -> tuple[SynthConfig, dict[str, dict] | None]:
         geo["width_px"] = int(cfg.width_px)
     if "height_px" in pinned and cfg.height_px:
         geo["aspect"] = geo["width_px"] / int(cfg.height_px)
-    w, h = _frame_size(geo)
+    w, h = frame_size_of(geo)
     eff = replace(cfg, fps=float(cap["fps"]), crf=int(cap["crf"]), arenas=int(geo["cylinders"]), width_px=w, height_px=h)
     if cfg.trials:
         from export.synth_trials import parse_trials, total_s
 
         eff = replace(eff, duration_s=total_s(parse_trials(cfg.trials, eff.arenas)))
+    small = [r for r in arena_rois(eff, fam) if min(r.w, r.h) < MIN_ARENA_SIDE_PX]
+    if small:
+        raise UserError(f"{eff.arenas} cylinders in {w}x{h} px leave arenas of {small[0].w}x{small[0].h} px; "
+                        f"each needs >= {MIN_ARENA_SIDE_PX} px (fewer --arenas or a larger --width)")  # fmt: skip
     return eff, fam
 
 
-def _rois(cfg: SynthConfig, fam: dict[str, dict] | None) -> list[Roi]:
+def arena_rois(cfg: SynthConfig, fam: dict[str, dict] | None = None) -> list[Roi]:
+    """Each arena's ROI, as written to the arenas JSON (the drawn layout of a randomized render)."""
+    if fam is None and (cfg.randomize or cfg.trials):
+        cfg, fam = resolve(cfg)
     if fam is None:
         return cfg.rois()
     from export.synth_scene import layout
@@ -672,7 +680,7 @@ def render_video(cfg: SynthConfig, out_dir: Path | str) -> SynthResult:
     stem = cfg.stem
     video = out_dir / f"{stem}.mp4"
     _write_h264(video, render_frames(requested, labels), cfg)
-    rois = _rois(cfg, fam)
+    rois = arena_rois(cfg, fam)
     result = SynthResult(
         video_path=video,
         labels_csv=out_dir / f"{stem}.labels.csv",

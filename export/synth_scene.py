@@ -19,6 +19,11 @@ reflections in front; one perspective warp per frame (camera tilt, roll and shak
 homography), lighting gain, motion blur, sensor noise. Arena ROIs are the bounding boxes of each
 cylinder's outline after the warp: side view the cylinder from rim to base between its walls,
 top view the water circle.
+
+With a trial plan (:mod:`export.synth_trials`) each arena's mouse is absent, held by a gloved
+hand (lowered in / lifted out by its tail, paddling in the air) or in the water; an empty
+cylinder's water is bumped now and then and the room light steps up or down, from rng streams of
+their own so that renders without trials draw exactly what they drew before trials existed.
 """
 
 from __future__ import annotations
@@ -46,14 +51,15 @@ FLOOR_GREY = 205.0  # the cylinder's floor, seen through the water from above
 SURFACE_GLINT = 235.0  # grey level of the bright water line
 DROPLET_LIFE_S = 0.35  # a droplet flies for about this long
 DRIFT_PERIOD_S = 23.0  # period of the slow lighting drift
-TOP_WALL_SHARE = 0.35
+TOP_WALL_SHARE = 0.35  # share of top-view mobile bouts spent scrabbling at the wall
 # trials (export.synth_trials): what happens in an empty cylinder and around an insertion
 EMPTY_BUMP_HZ = 1 / 12  # the table is bumped / a neighbour splashes: ripples with no mouse
 LIGHT_STEP_HZ = 1 / 20  # someone moves in front of a lamp or opens a door
 LIGHT_STEP = (0.85, 1.15)  # gain after a lighting step
-LIGHT_STEP_TAU_S = 0.3
-GLOVES_BGR = ((200, 140, 60), (235, 235, 235), (170, 90, 120))  # blue nitrile, white latex, purple nitrile
-NOISE_FRAMES = 8  # pre-drawn sensor-noise frames (fresh Gaussian noise per frame dominates the cost)  # share of top-view mobile bouts spent scrabbling at the wall
+LIGHT_STEP_TAU_S = 0.3  # a lamp or a door changes the light over a few frames, not in one
+# glove colours: blue nitrile, white latex, purple nitrile
+GLOVES_BGR = ((200, 140, 60), (235, 235, 235), (170, 90, 120))
+NOISE_FRAMES = 8  # pre-drawn sensor-noise frames (fresh Gaussian noise per frame dominates the cost)
 
 # rng streams, apart from the label streams of export.synth and the family draws
 STATIC_STREAM, ARENA_STREAM, CAMERA_STREAM, TRIAL_STREAM = 30_000, 31_000, 32_000, 33_000
@@ -89,7 +95,7 @@ class Layout:
     rois: tuple[Roi, ...]
 
 
-def _frame_size(geo: dict[str, Any]) -> tuple[int, int]:
+def frame_size_of(geo: dict[str, Any]) -> tuple[int, int]:
     w = int(geo["width_px"]) // 2 * 2
     return w, int(round(w / float(geo["aspect"]))) // 2 * 2
 
@@ -117,7 +123,7 @@ def _grid(n: int, w: float, h: float) -> tuple[int, int]:
 
 def layout(view: str, geo: dict[str, Any]) -> Layout:
     """Place the cylinders and the camera; pure function of the geometry family's values."""
-    W, H = _frame_size(geo)
+    W, H = frame_size_of(geo)
     n = int(geo["cylinders"])
     mx, my = geo["margin"] * W, geo["margin"] * H
     uw, uh = W - 2 * mx, H - 2 * my

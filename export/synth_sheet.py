@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from export.synth import SynthConfig, _rois, render_frames, resolve
+from export.synth import SynthConfig, arena_rois, render_frames, resolve
 from stream.errors import UserError
 
 __all__ = ["contact_sheet"]
@@ -56,7 +56,7 @@ def _cell(view: str, seed: int, held_out: Sequence[str], fixed: Sequence[str], p
     cell = np.full((CELL_PX[1], CELL_PX[0], 3), 255, np.uint8)
     oy, ox = (CELL_PX[1] - small.shape[0]) // 2, (CELL_PX[0] - small.shape[1]) // 2
     cell[oy : oy + small.shape[0], ox : ox + small.shape[1]] = small
-    for roi, lab in zip(_rois(eff, fam), labels):
+    for roi, lab in zip(arena_rois(eff, fam), labels):
         name = eff.classes[int(lab[index])]
         colour = CLASS_BGR[name]
         x0, y0 = ox + int(roi.x * scale), oy + int(roi.y * scale)

@@ -9,8 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from export.annotations import read_annotations
-from export.synth import MIN_BOUT_S, SynthConfig, generate_labels, main, render_frames, render_video
+from export.annotations import UNLABELLED, read_annotations
+from export.synth import MIN_BOUT_S, SynthConfig, arena_rois, generate_labels, main, render_frames, render_video, resolve
+from export.synth_families import FAMILIES, FAMILY_NAMES, draw_families, draw_family, splits
+from export.synth_scene import layout
+from export.synth_sheet import CELL_PX, CLASS_BGR, contact_sheet
+from export.synth_trials import ABSENT, HELD, IN_WATER, parse_trials, plan_trials
 
 
 @pytest.fixture(autouse=True)
@@ -127,8 +131,6 @@ def test_one_minute_side_video_renders_in_seconds(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # domain randomization (export.synth_families, export.synth_scene)
 
-from export.synth import resolve  # noqa: E402
-from export.synth_families import FAMILIES, FAMILY_NAMES, draw_families, draw_family, splits  # noqa: E402
 
 SMALL_RIG = dict(width_px=320, height_px=240, fps=15.0, pinned=("width_px", "height_px", "fps"))
 
@@ -238,10 +240,8 @@ def test_roi_is_the_cylinder_the_camera_sees():
     cfg = _rand(view="top", seed=6, fixed=("background", "lighting", "capture"), arenas=1,
                 pinned=SMALL_RIG["pinned"] + ("arenas",))  # fmt: skip
     eff, fam = resolve(cfg)
-    from export.synth import _rois
-    from export.synth_scene import layout
 
-    roi = _rois(eff, fam)[0]
+    roi = arena_rois(eff, fam)[0]
     frame = next(iter(render_frames(cfg))).astype(np.float32).mean(-1)
     floor_grey = float(np.median(frame))  # the nominal room: flat grey
     inside = np.abs(frame - floor_grey) > 12
@@ -258,10 +258,9 @@ def _roi_motion(cfg: SynthConfig) -> dict[str, float]:
     crops (sensor noise averages out, motion does not) normalised to their mean (a lighting
     flicker is not motion)."""
     eff, fam = resolve(cfg)
-    from export.synth import _rois
 
     labels = generate_labels(eff)[0]
-    r = _rois(eff, fam)[0]
+    r = arena_rois(eff, fam)[0]
     size = (r.w // 4, r.h // 4)
     crops = [cv2.resize(f[r.y : r.y + r.h, r.x : r.x + r.w].astype(np.float32).mean(-1), size, interpolation=cv2.INTER_AREA)
              for f in render_frames(cfg)]  # fmt: skip
@@ -302,7 +301,6 @@ def test_cli_randomization_options(tmp_path, capsys):
 
 
 def test_contact_sheet_grid_of_labelled_frames(tmp_path, capsys):
-    from export.synth_sheet import CELL_PX, CLASS_BGR, contact_sheet
 
     path = contact_sheet(tmp_path / "sheet.png", ("side", "top"), seed=1, columns=2, rows_per_view=1)
     sheet = cv2.imread(str(path))
@@ -324,8 +322,6 @@ def test_contact_sheet_grid_of_labelled_frames(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------
 # trials (export.synth_trials)
 
-from export.annotations import UNLABELLED  # noqa: E402
-from export.synth_trials import ABSENT, HELD, IN_WATER, parse_trials, plan_trials  # noqa: E402
 
 
 def test_trial_spec_parses_and_rejects_mistakes():
@@ -387,9 +383,8 @@ def test_empty_cylinders_still_see_ripples_and_lighting_changes():
     cfg = SynthConfig(view="top", trials="empty:40", arenas=1, width_px=320, height_px=240, seed=1,
                       pinned=("width_px", "height_px"))  # fmt: skip
     eff, fam = resolve(cfg)
-    from export.synth import _rois
 
-    r = _rois(eff, fam)[0]
+    r = arena_rois(eff, fam)[0]
     crops = [f[r.y : r.y + r.h, r.x : r.x + r.w].astype(np.float32).mean(-1) for f in render_frames(cfg)]
     level = np.array([c.mean() for c in crops])
     assert level.max() / level.min() > 1.06  # a lighting step, beyond the nominal slow drift
@@ -409,9 +404,8 @@ def test_rigs_of_one_to_four_cylinders_have_exact_rois(view):
         cfg = SynthConfig(view=view, trials="empty:0.2", arenas=n, seed=n, randomize=True,
                           fixed=("background", "lighting", "capture", "cylinder"), pinned=("arenas",))  # fmt: skip
         eff, fam = resolve(cfg)
-        from export.synth import _rois
-
-        rois = _rois(eff, fam)
+    
+        rois = arena_rois(eff, fam)
         frame = next(iter(render_frames(cfg))).astype(np.float32).mean(-1)
         mask = (np.abs(frame - np.median(frame)) > 12).astype(np.uint8)
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask)
@@ -440,3 +434,5 @@ def test_cli_trials(tmp_path, capsys):
     assert "walk:2" in capsys.readouterr().err
     assert main(["--trials", "mouse:2;mouse:2", "--arenas", "3", "--out", str(tmp_path)]) == 2
     assert "2 patterns" in capsys.readouterr().err
+    assert main(["--randomize", "--arenas", "8", "--width", "320", "--height", "240", "--out", str(tmp_path)]) == 2
+    assert "each needs >= 32 px" in capsys.readouterr().err
