@@ -751,7 +751,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--randomize", action="store_true",
                    help="draw every family (geometry, mouse, water, cylinder, background, lighting, dynamics, "
                         "capture) from its TRAIN range; --fps/--arenas/--width/--height/--crf given explicitly "
-                        "still win")  # fmt: skip
+                        "still win. For export-train data pin --fps (it takes one frame rate per run)")  # fmt: skip
     g.add_argument("--held-out", metavar="FAMILY,...", help="draw these families from their HELD-OUT range (implies --randomize)")
     g.add_argument("--fix", metavar="FAMILY,...", help="pin these families to their nominal look (implies --randomize)")
     g.add_argument("--list-families", action="store_true", help="print every family's train / held-out ranges and exit")
