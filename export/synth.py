@@ -38,6 +38,10 @@ and rendered by :mod:`export.synth_scene`; the labels come from the same semi-Ma
 arenas JSON of such a render also holds ``"randomized": true``, ``"held_out": [...]`` and
 ``"families": {family: {drawn values}}``; its ROIs are the bounding boxes of the cylinders as the
 tilted camera sees them. Without ``--randomize`` the output is exactly what it always was.
+
+Trials (``--trials SPEC``, :mod:`export.synth_trials`): empty cylinders, a hand inserting and
+removing mice, several animals per arena; frames without a mouse in the water are unlabelled and
+``<name>.trials.json`` holds each trial's arena, animal, start and end.
 """
 
 from __future__ import annotations
@@ -735,7 +739,7 @@ def _parser() -> argparse.ArgumentParser:
     dur.add_argument("--seconds", type=float, help="duration in seconds")
     p.add_argument("--fps", type=float, help=f"frame rate (default {DEFAULT_FPS:g}; drawn with --randomize)")
     p.add_argument("--arenas", type=int, help="cylinders, each with its own mouse (default 1; drawn 1-4 with --randomize)")
-    p.add_argument("--arena-size-px", type=int, default=DEFAULT_ARENA_SIZE_PX, help="side of one arena (default %(default)s)")
+    p.add_argument("--arena-size-px", type=int, default=DEFAULT_ARENA_SIZE_PX, help="side of one arena, legacy look only (default %(default)s)")
     p.add_argument("--width", type=int, help="frame width in px (overrides --arena-size-px)")
     p.add_argument("--height", type=int, help="frame height in px (overrides --arena-size-px)")
     p.add_argument("--seed", type=int, default=0)
