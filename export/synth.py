@@ -38,6 +38,10 @@ and rendered by :mod:`export.synth_scene`; the labels come from the same semi-Ma
 arenas JSON of such a render also holds ``"randomized": true``, ``"held_out": [...]`` and
 ``"families": {family: {drawn values}}``; its ROIs are the bounding boxes of the cylinders as the
 tilted camera sees them. Without ``--randomize`` the output is exactly what it always was.
+
+Trials (``--trials SPEC``, :mod:`export.synth_trials`): empty cylinders, a hand inserting and
+removing mice, several animals per arena; frames without a mouse in the water are unlabelled and
+``<name>.trials.json`` holds each trial's arena, animal, start and end.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from stream.atomic import atomic_write
 from stream.preprocess import DEFAULT_MODEL_FPS, Roi
 from stream.version import add_version_argument
 
-__all__ = ["SynthConfig", "SynthResult", "generate_labels", "render_frames", "render_video", "resolve", "main"]
+__all__ = ["SynthConfig", "SynthResult", "arena_rois", "generate_labels", "render_frames", "render_video", "resolve", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,7 @@ class SynthConfig:
     held_out: tuple[str, ...] = ()  # families drawn from their held-out part (randomized only)
     fixed: tuple[str, ...] = ()  # families pinned to their nominal values (randomized only)
     pinned: tuple[str, ...] = ()  # PINNABLE fields whose value here overrides the drawn one
+    trials: str = ""  # export.synth_trials SPEC: empty cylinders, insertions, removals, several animals
 
     def __post_init__(self) -> None:
         for option, names in (("--held-out", self.held_out), ("--fix", self.fixed)):
@@ -132,6 +137,13 @@ class SynthConfig:
             raise UserError(f"--arenas {self.arenas}: at most {MAX_RANDOMIZED_ARENAS} with --randomize")
         if self.view not in VIEWS:
             raise UserError(f"--view {self.view!r}: expected one of {', '.join(VIEWS)}")
+        if self.trials:
+            from export.synth_trials import parse_trials
+
+            try:
+                parse_trials(self.trials, len(self.trials.split(";")))
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
         if not (self.fps > 0 and self.duration_s > 0):
             raise UserError("--fps and the duration must be positive")
         if self.arenas < 1:
@@ -183,6 +195,7 @@ class SynthResult:
     num_frames: int
     render_s: float = 0.0
     extra: dict = field(default_factory=dict)
+    trials_json: Path | None = None  # the trials' truth of a --trials render
 
     def annotations(self) -> list[Annotation]:
         names = [f"arena{i}" for i in range(len(self.labels))] if len(self.labels) > 1 else [None]
@@ -200,9 +213,12 @@ def _rng(cfg: SynthConfig, *stream: int) -> np.random.Generator:
 
 def _arena_labels(cfg: SynthConfig, arena: int) -> np.ndarray:
     """Semi-Markov bout sequence; depends only on seed, view, arena, duration and fps."""
-    rng = _rng(cfg, arena, 0)
+    return _bout_labels(cfg, cfg.num_frames, _rng(cfg, arena, 0))
+
+
+def _bout_labels(cfg: SynthConfig, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` frames of bouts (one test, or one trial), immobility growing over them."""
     classes = cfg.classes
-    n = cfg.num_frames
     labels = np.empty(n, dtype=np.int64)
     t = 0
     current = classes[0]  # mice start the test swimming
@@ -227,8 +243,22 @@ def _arena_labels(cfg: SynthConfig, arena: int) -> np.ndarray:
 
 
 def generate_labels(cfg: SynthConfig) -> list[np.ndarray]:
-    """Per-arena label arrays, exactly what ``render_video`` writes."""
+    """Per-arena label arrays, exactly what ``render_video`` writes. The config is resolved
+    first: a randomized render draws its fps and number of arenas, a ``--trials`` one its length."""
+    cfg, _ = resolve(cfg)  # idempotent: a resolved config resolves to itself
+    if cfg.trials:
+        from export.synth_trials import trial_labels
+
+        plan = _trial_plan(cfg)
+        return [trial_labels(plan, a, lambda trial, n: _bout_labels(cfg, n, _rng(cfg, a, 0, 1 + trial.trial_index)))
+                for a in range(cfg.arenas)]  # fmt: skip
     return [_arena_labels(cfg, a) for a in range(cfg.arenas)]
+
+
+def _trial_plan(cfg: SynthConfig):
+    from export.synth_trials import parse_trials, plan_trials
+
+    return plan_trials(parse_trials(cfg.trials, cfg.arenas), cfg.fps, cfg.num_frames, cfg.arena_names())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,28 +581,48 @@ def resolve(cfg: SynthConfig) -> tuple[SynthConfig, dict[str, dict] | None]:
     A randomized render draws its frame size, cylinder count, fps and crf; the returned config
     carries them (so labels, frame counts and outputs follow), except where ``cfg.pinned`` keeps
     the caller's value, in which case the families record the pinned value instead."""
-    if not cfg.randomize:
+    if not cfg.randomize and not cfg.trials:
         return cfg, None
-    from export.synth_scene import _frame_size
+    from export.synth_families import FAMILY_NAMES
+    from export.synth_scene import frame_size_of
 
-    fam = draw_families(cfg.seed, cfg.held_out, cfg.fixed)
+    # trials without --randomize: the scene renderer with every family at its nominal look
+    fam = draw_families(cfg.seed, cfg.held_out, cfg.fixed if cfg.randomize else FAMILY_NAMES)
     geo, cap = fam["geometry"], fam["capture"]
-    if "fps" in cfg.pinned:
+    pinned = set(cfg.pinned) | (set() if cfg.randomize else {"fps", "arenas", "crf"})
+    if cfg.trials and ";" in cfg.trials:  # one pattern per arena sets the number of arenas
+        patterns = cfg.trials.count(";") + 1
+        if "arenas" in cfg.pinned and cfg.arenas != patterns:
+            raise UserError(f"--trials has {patterns} patterns but --arenas is {cfg.arenas}")
+        cfg = replace(cfg, arenas=patterns)
+        pinned.add("arenas")
+    if "fps" in pinned:
         cap["fps"] = float(cfg.fps)
-    if "crf" in cfg.pinned:
+    if "crf" in pinned:
         cap["crf"] = int(cfg.crf)
-    if "arenas" in cfg.pinned:
+    if "arenas" in pinned:
         geo["cylinders"] = int(cfg.arenas)
-    if "width_px" in cfg.pinned and cfg.width_px:
+    if "width_px" in pinned and cfg.width_px:
         geo["width_px"] = int(cfg.width_px)
-    if "height_px" in cfg.pinned and cfg.height_px:
+    if "height_px" in pinned and cfg.height_px:
         geo["aspect"] = geo["width_px"] / int(cfg.height_px)
-    w, h = _frame_size(geo)
+    w, h = frame_size_of(geo)
     eff = replace(cfg, fps=float(cap["fps"]), crf=int(cap["crf"]), arenas=int(geo["cylinders"]), width_px=w, height_px=h)
+    if cfg.trials:
+        from export.synth_trials import parse_trials, total_s
+
+        eff = replace(eff, duration_s=total_s(parse_trials(cfg.trials, eff.arenas)))
+    small = [r for r in arena_rois(eff, fam) if min(r.w, r.h) < MIN_ARENA_SIDE_PX]
+    if small:
+        raise UserError(f"{eff.arenas} cylinders in {w}x{h} px leave arenas of {small[0].w}x{small[0].h} px; "
+                        f"each needs >= {MIN_ARENA_SIDE_PX} px (fewer --arenas or a larger --width)")  # fmt: skip
     return eff, fam
 
 
-def _rois(cfg: SynthConfig, fam: dict[str, dict] | None) -> list[Roi]:
+def arena_rois(cfg: SynthConfig, fam: dict[str, dict] | None = None) -> list[Roi]:
+    """Each arena's ROI, as written to the arenas JSON (the drawn layout of a randomized render)."""
+    if fam is None and (cfg.randomize or cfg.trials):
+        cfg, fam = resolve(cfg)
     if fam is None:
         return cfg.rois()
     from export.synth_scene import layout
@@ -582,12 +632,13 @@ def _rois(cfg: SynthConfig, fam: dict[str, dict] | None) -> list[Roi]:
 
 def render_frames(cfg: SynthConfig, labels: list[np.ndarray] | None = None) -> Iterator[np.ndarray]:
     """The BGR (H, W, 3) uint8 frames before compression, deterministic for ``cfg``."""
-    if cfg.randomize:
+    if cfg.randomize or cfg.trials:
         from export.synth_scene import render_scene
 
         eff, fam = resolve(cfg)
         labels = labels if labels is not None else generate_labels(eff)
-        yield from render_scene(eff.view, eff.classes, fam, labels, eff.fps, eff.num_frames, eff.seed)
+        plan = _trial_plan(eff) if eff.trials else None
+        yield from render_scene(eff.view, eff.classes, fam, labels, eff.fps, eff.num_frames, eff.seed, plan)
         return
     labels = labels if labels is not None else generate_labels(cfg)
     rois = cfg.rois()
@@ -634,7 +685,7 @@ def render_video(cfg: SynthConfig, out_dir: Path | str) -> SynthResult:
     stem = cfg.stem
     video = out_dir / f"{stem}.mp4"
     _write_h264(video, render_frames(requested, labels), cfg)
-    rois = _rois(cfg, fam)
+    rois = arena_rois(cfg, fam)
     result = SynthResult(
         video_path=video,
         labels_csv=out_dir / f"{stem}.labels.csv",
@@ -663,7 +714,13 @@ def render_video(cfg: SynthConfig, out_dir: Path | str) -> SynthResult:
         "generator": {"program": "export-synth", "config": asdict(requested)},
     }
     if fam is not None:
-        meta.update(randomized=True, held_out=sorted(cfg.held_out), families=fam)
+        meta.update(randomized=cfg.randomize, held_out=sorted(cfg.held_out), families=fam)
+    if cfg.trials:
+        plan = _trial_plan(cfg)
+        result.trials_json = out_dir / f"{stem}.trials.json"
+        truth = {"video": video.name, "fps": cfg.fps, "num_frames": cfg.num_frames, "view": cfg.view,
+                 "spec": cfg.trials, "arenas": cfg.arena_names(), "trials": [t.to_json() for t in plan.trials]}  # fmt: skip
+        atomic_write(result.trials_json, json.dumps(truth, indent=1) + "\n")
     atomic_write(result.arenas_json, json.dumps(meta, indent=1) + "\n")
     result.render_s = time.perf_counter() - start
     log.info("%s: %d frames rendered in %.1f s", video, cfg.num_frames, result.render_s)
@@ -677,27 +734,36 @@ def render_video(cfg: SynthConfig, out_dir: Path | str) -> SynthResult:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="export-synth", description="Render labelled synthetic forced-swim-test videos.")
     add_version_argument(p)
-    p.add_argument("--view", choices=VIEWS, default="side", help="side: swim/struggle/float; top: mobile/immobile")
+    p.add_argument("--view", choices=VIEWS + ("both",), default=None,
+                   help="side: swim/struggle/float; top: mobile/immobile (default side; both: --contact-sheet only)")
     dur = p.add_mutually_exclusive_group()
     dur.add_argument("--minutes", type=float, help="duration in minutes (default 1)")
     dur.add_argument("--seconds", type=float, help="duration in seconds")
     p.add_argument("--fps", type=float, help=f"frame rate (default {DEFAULT_FPS:g}; drawn with --randomize)")
     p.add_argument("--arenas", type=int, help="cylinders, each with its own mouse (default 1; drawn 1-4 with --randomize)")
-    p.add_argument("--arena-size-px", type=int, default=DEFAULT_ARENA_SIZE_PX, help="side of one arena (default %(default)s)")
+    p.add_argument("--arena-size-px", type=int, default=DEFAULT_ARENA_SIZE_PX, help="side of one arena, legacy look only (default %(default)s)")
     p.add_argument("--width", type=int, help="frame width in px (overrides --arena-size-px)")
     p.add_argument("--height", type=int, help="frame height in px (overrides --arena-size-px)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crf", type=int, help=f"x264 quality, lower = better (default {DEFAULT_CRF}; drawn with --randomize)")
     p.add_argument("--name", default="", help="output file stem (default synth_<view>)")
     p.add_argument("--out", type=Path, default=Path("."), help="output folder (default: current)")
+    p.add_argument("--trials", metavar="SPEC",
+                   help="trials instead of one test: segments empty:SECONDS / mouse:SECONDS, e.g. "
+                        "'empty:20,mouse:60,empty:10,mouse:60' for every arena, or one pattern per arena "
+                        "separated by ';'. Sets the duration; writes <name>.trials.json (the truth). "
+                        "Without --randomize the nominal look of every family")  # fmt: skip
     g = p.add_argument_group("domain randomization (see --list-families)")
     g.add_argument("--randomize", action="store_true",
                    help="draw every family (geometry, mouse, water, cylinder, background, lighting, dynamics, "
                         "capture) from its TRAIN range; --fps/--arenas/--width/--height/--crf given explicitly "
-                        "still win")  # fmt: skip
+                        "still win. For export-train data pin --fps (it takes one frame rate per run)")  # fmt: skip
     g.add_argument("--held-out", metavar="FAMILY,...", help="draw these families from their HELD-OUT range (implies --randomize)")
     g.add_argument("--fix", metavar="FAMILY,...", help="pin these families to their nominal look (implies --randomize)")
     g.add_argument("--list-families", action="store_true", help="print every family's train / held-out ranges and exit")
+    g.add_argument("--contact-sheet", type=Path, metavar="PATH.png",
+                   help="write a grid of random frames of randomized renders (ROIs labelled with their class) "
+                        "instead of a video; --view side|top|both (default both), --seed, --held-out, --fix apply")  # fmt: skip
     return p
 
 
@@ -708,19 +774,29 @@ def main(argv: list[str] | None = None) -> int:
         print(describe_families())
         return 0
     duration = 60.0 * args.minutes if args.minutes is not None else (args.seconds if args.seconds is not None else 60.0)
+    if args.trials and (args.minutes is not None or args.seconds is not None):
+        raise UserError("--trials sets the duration; leave out --minutes / --seconds")
     try:
         held_out = parse_family_list(args.held_out, "--held-out")
         fixed = parse_family_list(args.fix, "--fix")
     except ValueError as exc:
         raise UserError(str(exc)) from None
     randomize = bool(args.randomize or held_out or fixed)
+    if args.contact_sheet is not None:
+        from export.synth_sheet import contact_sheet
+
+        views = VIEWS if args.view in (None, "both") else (args.view,)
+        print(contact_sheet(args.contact_sheet, views, seed=args.seed, held_out=held_out, fixed=fixed))
+        return 0
+    if args.view == "both":
+        raise UserError("--view both: only with --contact-sheet; a video has one view")
     given = {"fps": args.fps, "arenas": args.arenas, "width_px": args.width, "height_px": args.height, "crf": args.crf}
-    cfg = SynthConfig(view=args.view, duration_s=duration, fps=DEFAULT_FPS if args.fps is None else args.fps,
+    cfg = SynthConfig(view=args.view or "side", duration_s=duration, fps=DEFAULT_FPS if args.fps is None else args.fps,
                       arenas=1 if args.arenas is None else args.arenas,
                       arena_size_px=args.arena_size_px, width_px=args.width, height_px=args.height,
                       seed=args.seed, name=args.name, crf=DEFAULT_CRF if args.crf is None else args.crf,
-                      randomize=randomize, held_out=held_out, fixed=fixed,
-                      pinned=tuple(k for k, v in given.items() if v is not None) if randomize else ())  # fmt: skip
+                      randomize=randomize, held_out=held_out, fixed=fixed, trials=args.trials or "",
+                      pinned=tuple(k for k, v in given.items() if v is not None) if randomize or args.trials else ())  # fmt: skip
     result = render_video(cfg, args.out)
     cfg, _ = resolve(cfg)
     w, h = cfg.frame_size
@@ -728,7 +804,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result.video_path}: {cfg.num_frames} frames {w}x{h} @ {cfg.fps:g} fps, {cfg.arenas} arena(s){look}, "
           f"{result.render_s:.1f} s")  # fmt: skip
     for name, lab in zip(cfg.arena_names(), result.labels):
-        counts = np.bincount(lab, minlength=len(cfg.classes)) / lab.size
-        print(f"  {name}: " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in zip(cfg.classes, counts)))
+        counts = np.bincount(lab[lab >= 0], minlength=len(cfg.classes)) / lab.size
+        unlabelled = f", no mouse {100 * np.mean(lab < 0):.0f}%" if np.any(lab < 0) else ""
+        print(f"  {name}: " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in zip(cfg.classes, counts)) + unlabelled)
     print(f"{result.labels_csv}\n{result.boris_csv}\n{result.arenas_json}")
+    if result.trials_json is not None:
+        print(result.trials_json)
     return 0

@@ -19,6 +19,11 @@ reflections in front; one perspective warp per frame (camera tilt, roll and shak
 homography), lighting gain, motion blur, sensor noise. Arena ROIs are the bounding boxes of each
 cylinder's outline after the warp: side view the cylinder from rim to base between its walls,
 top view the water circle.
+
+With a trial plan (:mod:`export.synth_trials`) each arena's mouse is absent, held by a gloved
+hand (lowered in / lifted out by its tail, paddling in the air) or in the water; an empty
+cylinder's water is bumped now and then and the room light steps up or down, from rng streams of
+their own so that renders without trials draw exactly what they drew before trials existed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 
 from export.synth import POSE_TAU_S, RIPPLE_RISE_S, _ellipse, _line, _rot
 from export.synth_families import MOUSE_COLOURS_BGR, WATER_COLOURS_BGR
+from export.synth_trials import ABSENT, HELD, IN_WATER, TrialPlan
 from stream.preprocess import Roi
 
 __all__ = ["Layout", "layout", "render_scene"]
@@ -45,11 +51,18 @@ FLOOR_GREY = 205.0  # the cylinder's floor, seen through the water from above
 SURFACE_GLINT = 235.0  # grey level of the bright water line
 DROPLET_LIFE_S = 0.35  # a droplet flies for about this long
 DRIFT_PERIOD_S = 23.0  # period of the slow lighting drift
-TOP_WALL_SHARE = 0.35
-NOISE_FRAMES = 8  # pre-drawn sensor-noise frames (fresh Gaussian noise per frame dominates the cost)  # share of top-view mobile bouts spent scrabbling at the wall
+TOP_WALL_SHARE = 0.35  # share of top-view mobile bouts spent scrabbling at the wall
+# trials (export.synth_trials): what happens in an empty cylinder and around an insertion
+EMPTY_BUMP_HZ = 1 / 12  # the table is bumped / a neighbour splashes: ripples with no mouse
+LIGHT_STEP_HZ = 1 / 20  # someone moves in front of a lamp or opens a door
+LIGHT_STEP = (0.85, 1.15)  # gain after a lighting step
+LIGHT_STEP_TAU_S = 0.3  # a lamp or a door changes the light over a few frames, not in one
+# glove colours: blue nitrile, white latex, purple nitrile
+GLOVES_BGR = ((200, 140, 60), (235, 235, 235), (170, 90, 120))
+NOISE_FRAMES = 8  # pre-drawn sensor-noise frames (fresh Gaussian noise per frame dominates the cost)
 
 # rng streams, apart from the label streams of export.synth and the family draws
-STATIC_STREAM, ARENA_STREAM, CAMERA_STREAM = 30_000, 31_000, 32_000
+STATIC_STREAM, ARENA_STREAM, CAMERA_STREAM, TRIAL_STREAM = 30_000, 31_000, 32_000, 33_000
 
 
 @dataclass(frozen=True)
@@ -82,7 +95,7 @@ class Layout:
     rois: tuple[Roi, ...]
 
 
-def _frame_size(geo: dict[str, Any]) -> tuple[int, int]:
+def frame_size_of(geo: dict[str, Any]) -> tuple[int, int]:
     w = int(geo["width_px"]) // 2 * 2
     return w, int(round(w / float(geo["aspect"]))) // 2 * 2
 
@@ -110,7 +123,7 @@ def _grid(n: int, w: float, h: float) -> tuple[int, int]:
 
 def layout(view: str, geo: dict[str, Any]) -> Layout:
     """Place the cylinders and the camera; pure function of the geometry family's values."""
-    W, H = _frame_size(geo)
+    W, H = frame_size_of(geo)
     n = int(geo["cylinders"])
     mx, my = geo["margin"] * W, geo["margin"] * H
     uw, uh = W - 2 * mx, H - 2 * my
@@ -284,8 +297,15 @@ class _Mouse:
     """One arena: its mouse's motion (from the labels and the dynamics family) and its drawing."""
 
     def __init__(self, view: str, classes: Sequence[str], c: Cylinder, fam: dict[str, dict[str, Any]],
-                 labels: np.ndarray, fps: float, rng: np.random.Generator, refl: tuple[Any, np.ndarray]) -> None:  # fmt: skip
+                 labels: np.ndarray, fps: float, rng: np.random.Generator, refl: tuple[Any, np.ndarray],
+                 trial: tuple[np.ndarray, np.ndarray, np.random.Generator] | None = None) -> None:  # fmt: skip
         self.view, self.classes, self.c, self.labels, self.rng = view, list(classes), c, labels, rng
+        # trials: per-frame mouse state and hand depth, and an rng of their own (so that a render
+        # without trials draws exactly what it always drew)
+        self.states, self.hands, self.trial_rng = trial if trial is not None else (None, None, None)
+        self.presence, self.hand_depth = (IN_WATER if trial is None else ABSENT), -1.0
+        if self.trial_rng is not None:
+            self.glove = tuple(float(v) for v in GLOVES_BGR[int(self.trial_rng.integers(len(GLOVES_BGR)))])
         self.dyn, self.water, self.refl = fam["dynamics"], fam["water"], refl
         mouse = fam["mouse"]
         base = np.array(MOUSE_COLOURS_BGR[mouse["colour"]], np.float32) + float(mouse["tint"])
@@ -332,6 +352,8 @@ class _Mouse:
     # -- motion --------------------------------------------------------------------------------
 
     def step(self, frame_index: int) -> None:
+        if self.states is not None and self._step_trial(frame_index):
+            return
         label = self.classes[int(self.labels[frame_index])]
         new_bout = label != self.label
         self.label = label
@@ -347,6 +369,86 @@ class _Mouse:
         else:
             self._step_top(label, new_bout)
         self._step_drops()
+
+    def _step_trial(self, t: int) -> bool:
+        """Presence and hand of a ``--trials`` render; True when the mouse is not in the water
+        (absent or held), which this method then handles entirely."""
+        rng, state = self.trial_rng, int(self.states[t])
+        before, self.presence, self.hand_depth = self.presence, state, float(self.hands[t])
+        if state != IN_WATER and before == IN_WATER:  # lifted out: water streams off
+            self._burst()
+        if state != ABSENT and before == ABSENT:
+            self._new_animal()
+        if state == IN_WATER:
+            if before != IN_WATER and t > 0:  # dropped in
+                self._burst()
+            return False
+        self.label = self.classes[0]  # a held mouse paddles in the air
+        self.t += self.dt
+        self.phase += 2 * math.pi * float(self.dyn["stroke_hz"]) * self.dt
+        self.energy *= math.exp(-self.dt / float(self.dyn["ripple_decay_s"]))
+        if state == ABSENT and rng.random() < EMPTY_BUMP_HZ * self.dt:  # ripples with no mouse
+            self.energy = max(self.energy, float(rng.uniform(0.3, 0.6)))
+            if self.view == "side":
+                self.x = float(rng.uniform(self.c.x, self.c.x + self.c.w))
+            else:
+                a, r = rng.uniform(0, 2 * math.pi), rng.uniform(0, 0.7 * self.R)
+                cx, cy = self.c.centre
+                self.x, self.y = cx + r * math.cos(a), cy + r * math.sin(a)
+        self._step_drops()
+        return True
+
+    def _new_animal(self) -> None:
+        rng = self.trial_rng
+        if self.view == "side":
+            self.x = float(rng.uniform(self.lo, self.hi)) if self.hi > self.lo else self.c.x + self.c.w / 2
+            self.dir = 1.0 if rng.random() < 0.5 else -1.0
+            self.angle, self.y_off, self.drift = 0.3, 0.06, 0.0
+        else:
+            cx, cy = self.c.centre
+            a = rng.uniform(0, 2 * math.pi)
+            self.x, self.y = cx + 0.3 * self.R * math.cos(a), cy + 0.3 * self.R * math.sin(a)
+            self.heading = float(rng.uniform(-math.pi, math.pi))
+        self.label = ""
+
+    def _burst(self) -> None:
+        """A splash where the mouse enters or leaves the water."""
+        self.energy = 1.0
+        y = self.water_y if self.view == "side" else self.y
+        for _ in range(int(self.trial_rng.integers(4, 9))):
+            vx = self.trial_rng.normal(0, 1.2) * self.L
+            vy = -self.trial_rng.uniform(1.0, 3.0) * self.L if self.view == "side" else self.trial_rng.normal(0, 1.2) * self.L
+            self.drops.append([self.x, y, vx, vy, 0.0])
+
+    def _hand_at(self) -> tuple[float, float]:
+        """Where the hand is: above the frame at depth 0, at the water / the mouse at depth 1."""
+        depth, L = self.hand_depth, self.L
+        if self.view == "side":
+            low = self.water_y - 1.25 * L * (0.9 + 0.3 * self.tail_len)
+            return self.x, (-2.0 * L) + (low + 2.0 * L) * depth
+        start_y = -2.0 * L
+        tail = np.array([math.cos(self.heading), math.sin(self.heading)]) * -0.8 * L
+        return self.x + tail[0] * depth, start_y + (self.y + tail[1] - start_y) * depth
+
+    def _draw_hand(self, img: np.ndarray) -> None:
+        L = self.L
+        hx, hy = self._hand_at()
+        sleeve = tuple(0.8 * v for v in self.glove)
+        _line(img, (hx, hy), (hx + 0.4 * L, hy - 6.0 * L), sleeve, max(2.0, 0.45 * L))
+        _ellipse(img, (hx, hy), (0.32 * L, 0.24 * L), 80, self.glove)
+        for k in range(3):  # fingers pinching the tail
+            _ellipse(img, (hx - 0.12 * L + 0.12 * L * k, hy + 0.2 * L), (0.05 * L, 0.12 * L), 90, self.glove)
+
+    def _draw_held(self, img: np.ndarray) -> None:
+        """The mouse hanging by its tail from the hand, paddling in the air."""
+        hx, hy = self._hand_at()
+        L = self.L
+        if self.view == "side":
+            self.angle, self.y_off = -math.pi / 2 + 0.15 * math.sin(0.5 * self.phase), 0.0
+            self._draw_side(img, centre=(hx, hy + (0.3 * self.tail_len + 0.6) * L))
+            return
+        scale = 1.0 + 0.3 * (1.0 - max(self.hand_depth, 0.0))  # nearer the camera while lifted
+        self._draw_top(img, centre=(hx + 0.8 * L * math.cos(self.heading), hy + 0.8 * L * math.sin(self.heading)), scale=scale)
 
     def _step_side(self, label: str) -> None:
         rng, L, c = self.rng, self.L, self.c
@@ -433,10 +535,23 @@ class _Mouse:
         return [0.0, 0.0, bal, 0.3 * bal]
 
     def draw(self, img: np.ndarray) -> None:
-        if self.view == "side":
+        if self.presence == ABSENT:
+            if self.view == "side":
+                self._draw_water(img)
+            else:
+                self._draw_ripples(img)
+        elif self.presence == HELD:
+            if self.view == "top":
+                self._draw_ripples(img)
+            self._draw_held(img)
+            if self.view == "side":
+                self._draw_water(img)
+        elif self.view == "side":
             self._draw_side(img)
         else:
             self._draw_top(img)
+        if self.hand_depth >= 0:
+            self._draw_hand(img)
         for x, y, _, _, age in self.drops:
             grey = SURFACE_GLINT * (1 - 0.5 * age / DROPLET_LIFE_S)
             _ellipse(img, (x, y), (0.035 * self.L + 0.4, 0.035 * self.L + 0.4), 0, (grey, grey, grey))
@@ -444,16 +559,18 @@ class _Mouse:
         if alpha.size:
             img[idx] = (img[idx] * (1 - alpha) + 245.0 * alpha).astype(np.uint8)
 
-    def _draw_side(self, img: np.ndarray) -> None:
+    def _draw_side(self, img: np.ndarray, centre: tuple[float, float] | None = None) -> None:
         L, d, th, c = self.L, self.dir, self.angle, self.c
         wave = 0.004 * c.h + 0.02 * c.h * self.energy
         cy = self.water_y + self.y_off * L + 0.3 * wave * math.sin(2 * math.pi * 0.8 * self.t)
+        if centre is not None:  # held by the hand: no water under it
+            cy = centre[1]
         if self.label == "swim":
             cy += 0.03 * L * math.sin(self.phase)
         elif self.label == "struggle":  # each forepaw stroke heaves the upright body against the wall
             cy += 0.07 * L * math.sin(self.phase)
             th += 0.08 * math.sin(self.phase + 1.0)
-        ctr = np.array([self.x, cy])
+        ctr = np.array([self.x if centre is None else centre[0], cy])
         f = np.array([d * math.cos(th), -math.sin(th)])  # nose direction
         n = np.array([d * math.sin(th), math.cos(th)])  # belly direction
         ang = math.degrees(math.atan2(f[1], f[0]))
@@ -489,6 +606,8 @@ class _Mouse:
         _ellipse(img, ctr + f * 0.56 * L - n * 0.04 * L, (0.025 * L, 0.025 * L), 0, self.eye)
         leg(0, self.limb)
         leg(2, self.limb)
+        if centre is not None:
+            return
         self._draw_water(img)
         if self.label == "struggle":  # forepaws breaking the surface throw droplets up
             for tip in (tips[0], tips[2]):  # the far and the near fore leg (drawn in that order)
@@ -520,16 +639,20 @@ class _Mouse:
         band = np.where(glint, band * np.float32(0.4) + np.float32(0.6 * SURFACE_GLINT), band)
         img[top:band_end, x0:x1] = band.astype(np.uint8)
 
-    def _draw_top(self, img: np.ndarray) -> None:
-        L = self.L
-        box = img[self.box]
+    def _draw_ripples(self, img: np.ndarray) -> None:
         if self.energy > 0.01:  # rings spreading from the mouse, fading after a mobile bout
+            box = img[self.box]
             xx, yy = self.grid
             r = np.hypot(xx - self.x, yy - self.y)
-            ripple = (14.0 * self.energy) * np.sin(2 * math.pi * (r / (0.45 * L) - 1.5 * self.t)) * np.exp(-r / (0.9 * self.R))
+            ripple = (14.0 * self.energy) * np.sin(2 * math.pi * (r / (0.45 * self.L) - 1.5 * self.t)) * np.exp(-r / (0.9 * self.R))
             m = self.water_mask
             box[m] = np.clip(box[m].astype(np.float32) + ripple[m][:, None], 0, 255).astype(np.uint8)
-        ctr = np.array([self.x, self.y])
+
+    def _draw_top(self, img: np.ndarray, centre: tuple[float, float] | None = None, scale: float = 1.0) -> None:
+        L = self.L * scale
+        if centre is None:
+            self._draw_ripples(img)
+        ctr = np.array([self.x, self.y] if centre is None else centre)
         f = np.array([math.cos(self.heading), math.sin(self.heading)])
         s = np.array([-f[1], f[0]])
         ang = math.degrees(self.heading)
@@ -580,6 +703,8 @@ class _Camera:
         self.drift_phase = rng.uniform(0, 2 * math.pi)
         self.shake = np.zeros(2)
         self.prev: np.ndarray | None = None
+        self.light_steps: np.random.Generator | None = None  # trials: sudden lighting changes
+        self.step_gain, self.step_target = 1.0, 1.0
 
     def apply(self, canvas: np.ndarray, index: int) -> np.ndarray:
         rng, lay, shake_px = self.rng, self.lay, float(self.cap["shake_px"])
@@ -591,6 +716,11 @@ class _Camera:
         t = index / self.fps
         g = 1.0 + float(self.light["drift"]) * math.sin(2 * math.pi * t / DRIFT_PERIOD_S + self.drift_phase)
         g += float(self.light["flicker"]) * rng.normal()
+        if self.light_steps is not None:
+            if self.light_steps.random() < LIGHT_STEP_HZ / self.fps:
+                self.step_target = float(self.light_steps.uniform(*LIGHT_STEP))
+            self.step_gain += (self.step_target - self.step_gain) * (1 - math.exp(-1 / (self.fps * LIGHT_STEP_TAU_S)))
+            g *= self.step_gain
         out = cv2.multiply(frame, self.gain, scale=g, dtype=cv2.CV_32F)
         blur = float(self.cap["motion_blur"])
         if blur > 0 and self.prev is not None:  # the exposure still integrates the last frame's light
@@ -604,17 +734,22 @@ class _Camera:
 
 
 def render_scene(view: str, classes: Sequence[str], fam: dict[str, dict[str, Any]], labels: Sequence[np.ndarray],
-                 fps: float, num_frames: int, seed: int) -> Iterator[np.ndarray]:  # fmt: skip
-    """BGR (H, W, 3) uint8 frames before compression, deterministic for the arguments."""
+                 fps: float, num_frames: int, seed: int, plan: TrialPlan | None = None) -> Iterator[np.ndarray]:  # fmt: skip
+    """BGR (H, W, 3) uint8 frames before compression, deterministic for the arguments. With a
+    trial plan, mice come and go and the empty water and the light have events of their own."""
     lay = layout(view, fam["geometry"])
     if len(labels) != len(lay.cylinders):
         raise ValueError(f"{len(labels)} label tracks for {len(lay.cylinders)} cylinders")
     static_rng = np.random.default_rng([seed, STATIC_STREAM])
     static = _static_layer(static_rng, lay, fam)
+    trials = [None] * len(labels) if plan is None else [
+        (plan.state[i], plan.hand[i], np.random.default_rng([seed, TRIAL_STREAM, i])) for i in range(len(labels))]
     mice = [_Mouse(view, classes, c, fam, lab, fps, np.random.default_rng([seed, ARENA_STREAM, i]),
-                   _reflections(static_rng, lay, c, fam["cylinder"]))
-            for i, (c, lab) in enumerate(zip(lay.cylinders, labels))]  # fmt: skip
+                   _reflections(static_rng, lay, c, fam["cylinder"]), trial)
+            for i, (c, lab, trial) in enumerate(zip(lay.cylinders, labels, trials))]  # fmt: skip
     camera = _Camera(np.random.default_rng([seed, CAMERA_STREAM]), lay, fam, fps)
+    if plan is not None:
+        camera.light_steps = np.random.default_rng([seed, TRIAL_STREAM, 1000])
     for t in range(num_frames):
         canvas = static.copy()
         for m in mice:

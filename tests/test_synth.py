@@ -9,8 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from export.annotations import read_annotations
-from export.synth import MIN_BOUT_S, SynthConfig, generate_labels, main, render_frames, render_video
+from export.annotations import UNLABELLED, read_annotations
+from export.synth import MIN_BOUT_S, SynthConfig, arena_rois, generate_labels, main, render_frames, render_video, resolve
+from export.synth_families import FAMILIES, FAMILY_NAMES, draw_families, draw_family, splits
+from export.synth_scene import layout
+from export.synth_sheet import CELL_PX, CLASS_BGR, contact_sheet
+from export.synth_trials import ABSENT, HELD, IN_WATER, parse_trials, plan_trials
 
 
 @pytest.fixture(autouse=True)
@@ -127,8 +131,6 @@ def test_one_minute_side_video_renders_in_seconds(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # domain randomization (export.synth_families, export.synth_scene)
 
-from export.synth import resolve  # noqa: E402
-from export.synth_families import FAMILIES, FAMILY_NAMES, draw_families, draw_family, splits  # noqa: E402
 
 SMALL_RIG = dict(width_px=320, height_px=240, fps=15.0, pinned=("width_px", "height_px", "fps"))
 
@@ -238,10 +240,8 @@ def test_roi_is_the_cylinder_the_camera_sees():
     cfg = _rand(view="top", seed=6, fixed=("background", "lighting", "capture"), arenas=1,
                 pinned=SMALL_RIG["pinned"] + ("arenas",))  # fmt: skip
     eff, fam = resolve(cfg)
-    from export.synth import _rois
-    from export.synth_scene import layout
 
-    roi = _rois(eff, fam)[0]
+    roi = arena_rois(eff, fam)[0]
     frame = next(iter(render_frames(cfg))).astype(np.float32).mean(-1)
     floor_grey = float(np.median(frame))  # the nominal room: flat grey
     inside = np.abs(frame - floor_grey) > 12
@@ -258,10 +258,9 @@ def _roi_motion(cfg: SynthConfig) -> dict[str, float]:
     crops (sensor noise averages out, motion does not) normalised to their mean (a lighting
     flicker is not motion)."""
     eff, fam = resolve(cfg)
-    from export.synth import _rois
 
     labels = generate_labels(eff)[0]
-    r = _rois(eff, fam)[0]
+    r = arena_rois(eff, fam)[0]
     size = (r.w // 4, r.h // 4)
     crops = [cv2.resize(f[r.y : r.y + r.h, r.x : r.x + r.w].astype(np.float32).mean(-1), size, interpolation=cv2.INTER_AREA)
              for f in render_frames(cfg)]  # fmt: skip
@@ -299,3 +298,141 @@ def test_cli_randomization_options(tmp_path, capsys):
     assert meta["randomized"] and meta["held_out"] == ["water"] and meta["fps"] == 25.0
     assert len(meta["arenas"]) == 2 and (meta["width"], meta["height"]) == (320, 240)
     assert meta["families"]["capture"]["fps"] == 25.0 and meta["families"]["geometry"]["cylinders"] == 2
+
+
+def test_contact_sheet_grid_of_labelled_frames(tmp_path, capsys):
+
+    path = contact_sheet(tmp_path / "sheet.png", ("side", "top"), seed=1, columns=2, rows_per_view=1)
+    sheet = cv2.imread(str(path))
+    assert sheet.shape == (2 * CELL_PX[1], 2 * CELL_PX[0], 3)
+    assert path.stat().st_size < 1_000_000
+    # every cell has its ROIs outlined in a class colour (exact pixels: the boxes are not anti-aliased)
+    colours = {tuple(c) for c in CLASS_BGR.values()}
+    h, w = CELL_PX[1], CELL_PX[0]
+    for r in range(2):
+        for c in range(2):
+            cell = sheet[r * h : (r + 1) * h, c * w : (c + 1) * w].reshape(-1, 3)
+            assert any(np.all(cell == np.array(col), axis=1).sum() > 20 for col in colours), (r, c)
+    assert main(["--contact-sheet", str(tmp_path / "sheet.jpg")]) == 2
+    assert "PNG" in capsys.readouterr().err
+    assert main(["--view", "both", "--out", str(tmp_path)]) == 2
+    assert "--contact-sheet" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# trials (export.synth_trials)
+
+
+
+def test_trial_spec_parses_and_rejects_mistakes():
+    segs = parse_trials("empty:20,mouse:60,empty:10,mouse:60", 2)
+    assert len(segs) == 2 and segs[0] == segs[1] and [s.kind for s in segs[0]] == ["empty", "mouse", "empty", "mouse"]
+    assert [s.duration_s for s in parse_trials("empty:5,empty:5,mouse:30;mouse:30", 2)[0]] == [10.0, 30.0]
+    for bad in ("empty:20,mouse", "nap:3", "mouse:-1", "mouse:1", "mouse:10,mouse:10", "empty:x"):
+        with pytest.raises(ValueError, match="--trials"):
+            parse_trials(bad, 1)
+    with pytest.raises(ValueError, match="3 patterns for 2 arenas"):
+        parse_trials("mouse:5;mouse:5;mouse:5", 2)
+
+
+def test_trial_plan_states_hands_and_truth():
+    fps = 10.0
+    plan = plan_trials(parse_trials("empty:2,mouse:3,empty:0.5,mouse:3;mouse:4", 2), fps, 90, ["arena0", "arena1"])
+    s0, h0 = plan.state[0], plan.hand[0]
+    # arena0: absent, 8 frames lowered by the hand, in water 20-50, a 5-frame gap shared by the
+    # removal and the next insertion, in water 55-85, lifted out after
+    assert np.all(s0[:12] == ABSENT) and np.all(s0[12:20] == HELD) and np.all(s0[20:50] == IN_WATER)
+    assert np.all(s0[50:55] == HELD) and np.all(s0[55:85] == IN_WATER) and np.all(s0[85:] == HELD)
+    assert np.all(np.diff(h0[12:20]) > 0) and h0[19] == 1.0 and np.all(h0[:12] == -1)
+    # arena1: a trial from frame 0 (no insertion), lifted out at 40, empty after
+    s1 = plan.state[1]
+    assert np.all(s1[:40] == IN_WATER) and np.all(s1[40:48] == HELD) and np.all(s1[48:] == ABSENT)
+    got = [(t.arena, t.animal, t.trial_index, t.start_s, t.end_s) for t in plan.trials]
+    assert got == [("arena1", "M1", 0, 0.0, 4.0), ("arena0", "M2", 0, 2.0, 5.0), ("arena0", "M3", 1, 5.5, 8.5)]
+
+
+def test_trial_render_labels_truth_and_visible_mouse(tmp_path):
+    cfg = SynthConfig(view="side", trials="empty:2,mouse:4,empty:1.6,mouse:3", arenas=2, width_px=320, height_px=240,
+                      seed=5, name="tr", pinned=("width_px", "height_px"))  # fmt: skip
+    r = render_video(cfg, tmp_path)
+    truth = json.loads(r.trials_json.read_text())
+    assert truth["num_frames"] == 159 and truth["fps"] == 15.0 and truth["arenas"] == ["arena0", "arena1"]
+    assert [(t["arena"], t["animal"], t["start_s"], t["end_s"]) for t in truth["trials"]] == [
+        ("arena0", "M1", 2.0, 6.0), ("arena1", "M2", 2.0, 6.0), ("arena0", "M3", 7.6, 10.6), ("arena1", "M4", 7.6, 10.6)]
+    got = read_annotations(r.labels_csv)
+    for a, lab in enumerate(r.labels):
+        assert np.array_equal(got[a].labels, lab)
+        inside = np.zeros(lab.size, bool)
+        for t in truth["trials"]:
+            if t["arena_index"] == a:
+                inside[t["start_frame"] : t["end_frame"]] = True
+        assert np.all(lab[inside] >= 0) and np.all(lab[~inside] == UNLABELLED)
+    meta = json.loads(r.arenas_json.read_text())
+    assert meta["randomized"] is False and meta["num_frames"] == 159
+    # the mouse is visible: inside a trial the ROI differs from the empty cylinder far more than
+    # the empty cylinder differs from itself
+    roi = meta["arenas"][0]["roi"]
+    frames = [cv2.resize(f[roi[1] : roi[1] + roi[3], roi[0] : roi[0] + roi[2]].astype(np.float32).mean(-1),
+                         (roi[2] // 4, roi[3] // 4), interpolation=cv2.INTER_AREA) for f in render_frames(cfg)]  # fmt: skip
+    empty = np.median(np.stack(frames[:10]), axis=0)
+    change = np.array([np.abs(f - empty).mean() for f in frames])
+    assert change[40:80].min() > 3 * change[:15].max()
+
+
+def test_empty_cylinders_still_see_ripples_and_lighting_changes():
+    cfg = SynthConfig(view="top", trials="empty:40", arenas=1, width_px=320, height_px=240, seed=1,
+                      pinned=("width_px", "height_px"))  # fmt: skip
+    eff, fam = resolve(cfg)
+
+    r = arena_rois(eff, fam)[0]
+    crops = [f[r.y : r.y + r.h, r.x : r.x + r.w].astype(np.float32).mean(-1) for f in render_frames(cfg)]
+    level = np.array([c.mean() for c in crops])
+    assert level.max() / level.min() > 1.06  # a lighting step, beyond the nominal slow drift
+    # ripples from bumps, then calm water: frame-to-frame change of 4x-downsampled crops (sensor
+    # noise averages out) normalised to their mean (a lighting change is not a ripple)
+    small = [cv2.resize(c, (r.w // 4, r.h // 4), interpolation=cv2.INTER_AREA) for c in crops]
+    small = np.stack([100 * c / c.mean() for c in small])
+    change = np.abs(np.diff(small, axis=0)).mean(axis=(1, 2))
+    assert change.max() > 2 * np.median(change)
+    assert all(np.all(lab == UNLABELLED) for lab in generate_labels(eff))
+
+
+@pytest.mark.parametrize("view", ["side", "top"])
+def test_rigs_of_one_to_four_cylinders_have_exact_rois(view):
+    """Empty rigs (for the arena detector's tests): the rendered cylinders' bounding boxes are the ROIs."""
+    for n in (1, 2, 3, 4):
+        cfg = SynthConfig(view=view, trials="empty:0.2", arenas=n, seed=n, randomize=True,
+                          fixed=("background", "lighting", "capture", "cylinder"), pinned=("arenas",))  # fmt: skip
+        eff, fam = resolve(cfg)
+    
+        rois = arena_rois(eff, fam)
+        frame = next(iter(render_frames(cfg))).astype(np.float32).mean(-1)
+        mask = (np.abs(frame - np.median(frame)) > 12).astype(np.uint8)
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+        boxes = [tuple(s[:4]) for s in stats[1:] if s[4] > 200]
+        assert len(rois) == n and len(boxes) == n, (view, n, boxes, rois)
+        for roi in rois:
+            ious = []
+            for x, y, w, h in boxes:
+                ix = max(0, min(roi.x + roi.w, x + w) - max(roi.x, x))
+                iy = max(0, min(roi.y + roi.h, y + h) - max(roi.y, y))
+                ious.append(ix * iy / (roi.w * roi.h + w * h - ix * iy))
+            assert max(ious) > 0.9, (view, n, roi, boxes)
+
+
+def test_cli_trials(tmp_path, capsys):
+    args = ["--view", "top", "--trials", "empty:1,mouse:2;mouse:2,empty:1", "--width", "320", "--height", "240",
+            "--out", str(tmp_path), "--name", "c"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "c.trials.json" in out and "no mouse" in out
+    truth = json.loads((tmp_path / "c.trials.json").read_text())
+    assert [(t["arena"], t["start_s"], t["end_s"]) for t in truth["trials"]] == [("arena1", 0.0, 2.0), ("arena0", 1.0, 3.0)]
+    assert main(["--trials", "empty:1,mouse:2", "--seconds", "3", "--out", str(tmp_path)]) == 2
+    assert "sets the duration" in capsys.readouterr().err
+    assert main(["--trials", "empty:1,walk:2", "--out", str(tmp_path)]) == 2
+    assert "walk:2" in capsys.readouterr().err
+    assert main(["--trials", "mouse:2;mouse:2", "--arenas", "3", "--out", str(tmp_path)]) == 2
+    assert "2 patterns" in capsys.readouterr().err
+    assert main(["--randomize", "--arenas", "8", "--width", "320", "--height", "240", "--out", str(tmp_path)]) == 2
+    assert "each needs >= 32 px" in capsys.readouterr().err
