@@ -245,7 +245,8 @@ def cross_validate(
         train_idx, val_idx = tr.split_validation(ds, fold.train, val_folds)
         train_set = Subset(ds.with_augment(augment), train_idx)
         val_set = Subset(ds, val_idx) if val_idx.size else None
-        print(f"export-evaluate: fold {j + 1}/{len(folds)}: {len(train_idx)} train, {len(val_idx)} validation, {len(fold.test)} test clips", file=sys.stderr)
+        if tr.distributed.current().is_main:  # under torchrun every rank trains and predicts, rank 0 reports and writes
+            print(f"export-evaluate: fold {j + 1}/{len(folds)}: {len(train_idx)} train, {len(val_idx)} validation, {len(fold.test)} test clips", file=sys.stderr)
         fold_config = dataclasses.replace(config, seed=config.seed + j)
         tr.seed_everything(fold_config.seed)
         model, _ = tr.build_model(init, num_classes=num_classes, dropout_keep_prob=config.dropout_keep_prob)
@@ -264,11 +265,12 @@ def cross_validate(
             "stopped_early": result.stopped_early,
             "train_time_s": round(time.monotonic() - t0, 1),
         }
-        part.save(done)
-        info_path.write_text(json.dumps(info, indent=1))
-        if not keep_checkpoints:  # ~300 MB per fold at full I3D size; the held-out predictions are what counts
-            for name in (tr.CHECKPOINT_NAME, tr.BEST_NAME):
-                (fold_dir / name).unlink(missing_ok=True)
+        if tr.distributed.current().is_main:
+            part.save(done)
+            info_path.write_text(json.dumps(info, indent=1))
+            if not keep_checkpoints:  # ~300 MB per fold at full I3D size; the held-out predictions are what counts
+                for name in (tr.CHECKPOINT_NAME, tr.BEST_NAME):
+                    (fold_dir / name).unlink(missing_ok=True)
         parts.append(part)
         fold_info.append(info)
     return HeldOut.concatenate(parts), fold_info
@@ -357,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-model", type=Path, metavar="DIR", help="then train on all data and write the model with the best flow weight in its card")
     p.add_argument("--name", help="model name for the card and report (default: --export-model folder name)")
     p.add_argument("--half", action="store_true", help="exported model stores float16 weights (half the size)")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep each fold's checkpoint.pt/best.pt after its predictions are saved")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each fold's checkpoint.safetensors/best.safetensors after its predictions are saved")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     tr.add_data_arguments(p)
     tr.add_training_arguments(p)
@@ -403,15 +405,17 @@ def main(argv: list[str] | None = None) -> int:
             "cv_time_s": round(cv_time, 1),
         }
     )
-    written = write_results(args.out, summary, held, title=f"{name}: fused accuracy vs flow weight ({args.folds}-fold CV)")
+    is_main = tr.distributed.current().is_main  # every rank holds the same held-out predictions; rank 0 writes
+    written = write_results(args.out, summary, held, title=f"{name}: fused accuracy vs flow weight ({args.folds}-fold CV)") if is_main else []
     best = summary["best_flow_weight"]
     rows = {r["flow_weight"]: r for r in summary["accuracy_by_flow_weight"]}
     base = summary["majority_baseline"]
-    print("flow_weight  accuracy (mean +- std over folds)")
-    for w, r in rows.items():
-        print(f"   {w:.1f}      {r['accuracy_mean']:.3f} +- {r['accuracy_std']:.3f}{'   <- best' if w == best else ''}")
-    print(f"majority-class baseline {base['accuracy_mean']:.3f} +- {base['accuracy_std']:.3f}")
-    print(f"export-evaluate: wrote {', '.join(str(p) for p in written[:2])} and more in {args.out}")
+    if is_main:
+        print("flow_weight  accuracy (mean +- std over folds)")
+        for w, r in rows.items():
+            print(f"   {w:.1f}      {r['accuracy_mean']:.3f} +- {r['accuracy_std']:.3f}{'   <- best' if w == best else ''}")
+        print(f"majority-class baseline {base['accuracy_mean']:.3f} +- {base['accuracy_std']:.3f}")
+        print(f"export-evaluate: wrote {', '.join(str(p) for p in written[:2])} and more in {args.out}")
 
     if args.export_model:
         train_idx, val_idx = tr.split_validation(ds, np.arange(len(ds)), args.val_folds)
@@ -421,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         final_dir = work_dir / "final"
         result = tr.train(model, Subset(ds.with_augment(not args.no_augment), train_idx), Subset(ds, val_idx) if val_idx.size else None, config, final_dir, num_classes=len(classes), resume=True)
+        if not is_main:
+            return 0
         metrics = {
             "cv": f"{args.folds}-fold by {args.split_by}, held-out clips {summary['num_clips']}",
             "fused_accuracy_mean": rows[best]["accuracy_mean"],

@@ -472,7 +472,7 @@ def train(
     labels = dataset_labels(train_set)
     counts = _class_counts(labels, num_classes)
     missing = [k for k in range(num_classes) if counts[k] == 0]
-    if missing:
+    if missing and here.is_main:
         log.warning("classes %s have no training clip", missing)
     class_weights = None
     item_weights = np.ones(len(labels))
@@ -526,12 +526,13 @@ def train(
 
     net: torch.nn.Module = model
     if here.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # rank 0's weights and buffers go to every rank here
         import inspect
 
-        # buffers need no per-forward broadcast: BatchNorm statistics are global, so every rank updates them alike
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Wrapping sends rank 0's weights and buffers to every rank. After that, buffers need no
+        # per-forward broadcast: BatchNorm statistics are global, so every rank updates them alike
+        # (newer PyTorch names the switch forward_sync_buffers, older broadcast_buffers).
         no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False}
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
 
@@ -548,7 +549,7 @@ def train(
                 loader, factors = _train_loader(train_set, labels, num_classes, config, epoch), None
             sizes = [len(b) for b in batches] if here.active else []
             train_stats = _train_one_epoch(net, loader, optimizer, scheduler, scaler, class_weights, device, amp, progress, f"epoch {epoch + 1}", factors, sizes)
-            val_stats = _validate(model, val_loader, class_weights, device, amp, progress) if val_loader else None
+            val_stats = _validate(model, val_loader, class_weights, device, amp, progress) if val_loader is not None else None  # "is not None": a rank may hold no validation clip, yet must join the sums
 
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             row.update({f"train_{k}": v for k, v in asdict(train_stats).items()})
