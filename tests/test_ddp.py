@@ -83,7 +83,7 @@ def _max_difference(a: dict, b: dict) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
 
 
-@pytest.mark.parametrize("balance", ["sampler", "loss"])
+@pytest.mark.parametrize("balance", ["sampler", pytest.param("loss", marks=pytest.mark.slow)])
 def test_two_processes_train_what_one_process_trains(tmp_path, balance):
     config = _config(balance=balance)
     state1, history1, pred1 = _single(tmp_path / "one", config)
@@ -109,6 +109,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path, balance):
     assert not list(run.glob("*.tmp"))
 
 
+@pytest.mark.slow  # three 2-process jobs
 def test_resumed_two_process_run_equals_an_uninterrupted_one(tmp_path):
     config = _config(batch_size=4, bn_recalibration_clips=0, dropout_keep_prob=0.5)  # dropout on: per-rank RNG states matter
     assert _spawn(tmp_path / "whole", config) == ["done", "done"]
