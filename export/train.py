@@ -1015,7 +1015,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the RGB and flow I3D streams of a swim-stream model (step 1 on Jhuang clips, step 2 on annotated videos).",
         epilog="Example: export-train --videos demo/synth_side.mp4 --out models/my-side --init random --epochs 10",
     )
-    p.add_argument("--out", type=Path, required=True, help="model directory to write (model.safetensors + card.json + training log)")
+    p.add_argument("--out", type=Path, help="model directory to write (model.safetensors + card.json + training log); required unless --cache-only")
+    p.add_argument("--cache-only", action="store_true", help="decode the videos and cache their TV-L1 flow in --cache-dir (on every GPU with --device cuda), then stop")
     p.add_argument("--work-dir", type=Path, help="checkpoints for --resume (default: runs/train-<out name>)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
     p.add_argument("--name", help="model name in the card (default: --out folder name)")
@@ -1037,9 +1038,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not 0.0 <= args.flow_weight <= 1.0:
         raise UserError(f"--flow-weight {args.flow_weight}: must be in [0, 1]")
+    if args.out is None and not args.cache_only:
+        raise UserError("--out: required (the model directory to write), unless --cache-only")
     config = config_from_args(args)
     classes, immobile = classes_from_args(args)
+    t_cache = time.monotonic()
     ds, spec = dataset_from_args(args, classes)
+    if args.cache_only:
+        if distributed.current().is_main:
+            print(f"export-train: cached {len(ds.sources)} source(s), {len(ds)} clips at {spec.size_px} px in {args.cache_dir} ({time.monotonic() - t_cache:.0f} s)")
+        return 0
     train_idx, val_idx = split_validation(ds, np.arange(len(ds)), args.val_folds)
     train_set = Subset(ds.with_augment(not args.no_augment), train_idx)
     val_set = Subset(ds, val_idx) if val_idx.size else None

@@ -290,3 +290,19 @@ def test_torchrun_export_evaluate_on_two_cpu_processes(tmp_path):
     assert metrics["num_clips"] == sum(f["test_clips"] for f in metrics["fold_runs"]) > 0
     assert load_card(tmp_path / "model").training["config"]["epochs"] == 1
     assert sorted(p.name for p in (tmp_path / "report" / "folds").iterdir()) == ["final", "fold00", "fold01"]
+
+
+def test_cache_only_fills_the_cache_and_writes_no_model(tmp_path, capsys):
+    """The step a reproducible script runs before training: decode + TV-L1 into --cache-dir, nothing else."""
+    from test_checkpoint import _jhuang_folder
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    _jhuang_folder(clips)
+    argv = ["--jhuang", str(clips), "--cache-only", "--cache-dir", str(tmp_path / "cache"), "--size-px", "32", "--fps", "15",
+            "--flow-preset", "fast", "--device", "cpu"]  # fmt: skip
+    assert tr.main(argv) == 0
+    assert "export-train: cached 4 source(s)" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").glob("*.flow.npy"))) == 4 and len(list((tmp_path / "cache").glob("*.frames.npy"))) == 4
+    assert tr.main(argv[:2] + argv[3:]) == 2  # without --cache-only, --out is required
+    assert "--out: required" in capsys.readouterr().err
