@@ -226,11 +226,12 @@ def flow_codes(
     """``(N, 2, S, S)`` uint8 flow codes of grey frames ``(N, S, S)``: frame ``i - stride`` -> ``i``.
 
     The pairs are cut into batches of ``batch_pairs`` exactly as one device would run them, and the
-    batches are dealt out in contiguous runs, one run per device, each run in its own thread (the
-    GPU kernels release the GIL). Every batch is the batch a single device computes, so the
+    batches are dealt out in contiguous runs, one run per device, each run in its own thread (while
+    one thread holds the GIL to launch kernels, the other GPUs keep computing). Every batch is the batch a single device computes, so the
     result does not depend on how many devices there are (bit-identical for devices of one kind).
     Frames before ``stride`` have no predecessor: zero flow (code 128).
     """
+    import contextlib
     from concurrent.futures import ThreadPoolExecutor
 
     n, s = grey.shape[0], grey.shape[-1]
@@ -240,8 +241,6 @@ def flow_codes(
     runs = np.array_split(np.arange(len(batches)), max(1, min(len(devices), len(batches))))
 
     def run(device: str, batch_ids: np.ndarray) -> None:
-        import contextlib
-
         # the current CUDA device is per thread: streams and CUDA graphs of this run live on its own GPU
         with torch.cuda.device(device) if device.startswith("cuda") else contextlib.nullcontext():
             tvl1 = TVL1(flow_config, device=device)
