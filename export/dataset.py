@@ -244,11 +244,12 @@ def flow_codes(
     """``(N, 2, S, S)`` uint8 flow codes of grey frames ``(N, S, S)``: frame ``i - stride`` -> ``i``.
 
     The pairs are cut into batches of ``batch_pairs`` exactly as one device would run them, and the
-    batches are dealt out in contiguous runs, one run per device, each run in its own thread (the
-    GPU kernels release the GIL). Every batch is the batch a single device computes, so the
+    batches are dealt out in contiguous runs, one run per device, each run in its own thread (while
+    one thread holds the GIL to launch kernels, the other GPUs keep computing). Every batch is the batch a single device computes, so the
     result does not depend on how many devices there are (bit-identical for devices of one kind).
     Frames before ``stride`` have no predecessor: zero flow (code 128).
     """
+    import contextlib
     from concurrent.futures import ThreadPoolExecutor
 
     n, s = grey.shape[0], grey.shape[-1]
@@ -258,21 +259,28 @@ def flow_codes(
     runs = np.array_split(np.arange(len(batches)), max(1, min(len(devices), len(batches))))
 
     def run(device: str, batch_ids: np.ndarray) -> None:
-        tvl1 = TVL1(flow_config, device=device)
-        for b in batch_ids:
-            idx = batches[b]
-            flow = tvl1(grey[idx - stride], grey[idx])  # (B, 2, S, S) px on the device
-            codes[idx] = flow_to_uint8(flow).cpu().numpy()  # quantise on the device: 4x less to copy; disjoint rows per thread
-            if on_batch is not None:
-                on_batch(idx.size)
+        # the current CUDA device is per thread: streams and CUDA graphs of this run live on its own GPU
+        with torch.cuda.device(device) if device.startswith("cuda") else contextlib.nullcontext():
+            tvl1 = TVL1(flow_config, device=device)
+            for b in batch_ids:
+                idx = batches[b]
+                flow = tvl1(grey[idx - stride], grey[idx])  # (B, 2, S, S) px on the device
+                codes[idx] = flow_to_uint8(flow).cpu().numpy()  # quantise on the device: 4x less to copy; disjoint rows per thread
+                if on_batch is not None:
+                    on_batch(idx.size)
 
-    if len(runs) <= 1:
-        for ids in runs:
-            run(devices[0], ids)
-        return codes
-    with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="tvl1") as pool:
-        for future in [pool.submit(run, devices[d], ids) for d, ids in enumerate(runs)]:
-            future.result()  # re-raises a device's error here
+    try:
+        if len(runs) <= 1:
+            for ids in runs:
+                run(devices[0], ids)
+        else:
+            with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="tvl1") as pool:
+                for future in [pool.submit(run, devices[d], ids) for d, ids in enumerate(runs)]:
+                    future.result()  # re-raises a device's error here
+    finally:
+        for device in {d for d in devices if d.startswith("cuda")}:
+            with torch.cuda.device(device):
+                torch.cuda.empty_cache()  # under torchrun, rank 0 must not keep memory on the other ranks' GPUs
     return codes
 
 

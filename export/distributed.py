@@ -135,7 +135,8 @@ def shard_batches(n: int, batch_size: int, here: Dist | None = None) -> np.ndarr
     single process makes, so per-batch means (a class-weighted loss) sum to the same total."""
     here = here or current()
     starts = range(here.rank * batch_size, n, here.world_size * batch_size)
-    return np.concatenate([np.arange(s, min(s + batch_size, n)) for s in starts]) if n else np.arange(0)
+    parts = [np.arange(s, min(s + batch_size, n)) for s in starts]
+    return np.concatenate(parts) if parts else np.arange(0)  # fewer batches than ranks: some ranks get none
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

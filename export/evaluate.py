@@ -448,7 +448,8 @@ def cross_validate(
         train_idx, val_idx = tr.split_validation(ds, fold.train, val_folds)
         train_set = Subset(ds.with_augment(augment), train_idx)
         val_set = Subset(ds, val_idx) if val_idx.size else None
-        print(f"export-evaluate: fold {j + 1}/{len(folds)}: {len(train_idx)} train, {len(val_idx)} validation, {len(fold.test)} test clips", file=sys.stderr)
+        if tr.distributed.current().is_main:  # under torchrun every rank trains and predicts, rank 0 reports and writes
+            print(f"export-evaluate: fold {j + 1}/{len(folds)}: {len(train_idx)} train, {len(val_idx)} validation, {len(fold.test)} test clips", file=sys.stderr)
         fold_config = dataclasses.replace(config, seed=config.seed + j)
         tr.seed_everything(fold_config.seed)
         model, _ = tr.build_model(init, num_classes=num_classes, dropout_keep_prob=config.dropout_keep_prob)
@@ -469,11 +470,12 @@ def cross_validate(
             "stopped_early": result.stopped_early,
             "train_time_s": round(time.monotonic() - t0, 1),
         }
-        part.save(done)
-        info_path.write_text(json.dumps(info, indent=1))
-        if not keep_checkpoints:  # ~300 MB per fold at full I3D size; the held-out predictions are what counts
-            for name in (tr.CHECKPOINT_NAME, tr.BEST_NAME):
-                (fold_dir / name).unlink(missing_ok=True)
+        if tr.distributed.current().is_main:
+            part.save(done)
+            info_path.write_text(json.dumps(info, indent=1))
+            if not keep_checkpoints:  # ~300 MB per fold at full I3D size; the held-out predictions are what counts
+                for name in (tr.CHECKPOINT_NAME, tr.BEST_NAME):
+                    (fold_dir / name).unlink(missing_ok=True)
         parts.append(part)
         fold_info.append(info)
     return HeldOut.concatenate(parts), fold_info
@@ -644,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(CV: trained on all --videos; with --test-videos: the very model that was tested)")  # fmt: skip
     p.add_argument("--name", help="model name for the card and report (default: --export-model folder name)")
     p.add_argument("--half", action="store_true", help="exported model stores float16 weights (half the size)")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep each fold's checkpoint.pt/best.pt after its predictions are saved")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each fold's checkpoint.safetensors/best.safetensors after its predictions are saved")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     tr.add_data_arguments(p)
     tr.add_training_arguments(p)
@@ -757,7 +759,8 @@ def main(argv: list[str] | None = None) -> int:
         pred = tr.predict_streams(model, test_ds, batch_size=config.batch_size, device=config.device)
         items = test_ds.items
         test_held = _held_out_of(pred, items, group_of_source[items[:, 0]])
-        test_held.save(work_dir / TEST_PREDICTIONS_NAME)
+        if tr.distributed.current().is_main:
+            test_held.save(work_dir / TEST_PREDICTIONS_NAME)
         names = _source_names(test_ds)
         seconds_per_item = [args.frame_step / (test_spec.fps * test_spec.stride)] * len(test_ds.sources)
         summary = summarize(test_held, classes, immobile, names, seconds_per_item, split_by="held-out groups", folds=len(group_names), selection=selection)
@@ -787,13 +790,17 @@ def main(argv: list[str] | None = None) -> int:
             "cv_time_s": round(cv_time, 1),
         }
     )
-    written = write_results(args.out, summary, test_held if held_out_mode else held, title=title)
-    _print_summary(summary)
-    print(f"export-evaluate: wrote {', '.join(str(p) for p in written[:2])} and more in {args.out}")
+    is_main = tr.distributed.current().is_main  # every rank holds the same predictions; rank 0 writes
+    written = write_results(args.out, summary, test_held if held_out_mode else held, title=title) if is_main else []
+    if is_main:
+        _print_summary(summary)
+        print(f"export-evaluate: wrote {', '.join(str(p) for p in written[:2])} and more in {args.out}")
 
     if args.export_model:
         if final is None:
             final = _train_on_all(ds, args, config, k, work_dir / "final")
+        if not is_main:
+            return 0
         model, init_text, result, train_idx, val_idx, train_s = final
         weight = summary["flow_weight"]
         model.flow_weight = weight

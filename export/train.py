@@ -473,7 +473,7 @@ def train(
     labels = dataset_labels(train_set)
     counts = _class_counts(labels, num_classes)
     missing = [k for k in range(num_classes) if counts[k] == 0]
-    if missing:
+    if missing and here.is_main:
         log.warning("classes %s have no training clip", missing)
     class_weights = None
     item_weights = np.ones(len(labels))
@@ -527,12 +527,13 @@ def train(
 
     net: torch.nn.Module = model
     if here.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # rank 0's weights and buffers go to every rank here
         import inspect
 
-        # buffers need no per-forward broadcast: BatchNorm statistics are global, so every rank updates them alike
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Wrapping sends rank 0's weights and buffers to every rank. After that, buffers need no
+        # per-forward broadcast: BatchNorm statistics are global, so every rank updates them alike
+        # (newer PyTorch names the switch forward_sync_buffers, older broadcast_buffers).
         no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False}
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
 
@@ -549,7 +550,7 @@ def train(
                 loader, factors = _train_loader(train_set, labels, num_classes, config, epoch), None
             sizes = [len(b) for b in batches] if here.active else []
             train_stats = _train_one_epoch(net, loader, optimizer, scheduler, scaler, class_weights, device, amp, progress, f"epoch {epoch + 1}", factors, sizes)
-            val_stats = _validate(model, val_loader, class_weights, device, amp, progress) if val_loader else None
+            val_stats = _validate(model, val_loader, class_weights, device, amp, progress) if val_loader is not None else None  # "is not None": a rank may hold no validation clip, yet must join the sums
 
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             row.update({f"train_{k}": v for k, v in asdict(train_stats).items()})
@@ -1005,7 +1006,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: export-train --videos demo/synth_side.mp4 --out models/my-side --init random --epochs 10",
     )
     add_version_argument(p)
-    p.add_argument("--out", type=Path, required=True, help="model directory to write (model.safetensors + card.json + training log)")
+    p.add_argument("--out", type=Path, help="model directory to write (model.safetensors + card.json + training log); required unless --cache-only")
+    p.add_argument("--cache-only", action="store_true", help="decode the videos and cache their TV-L1 flow in --cache-dir (on every GPU with --device cuda), then stop")
     p.add_argument("--work-dir", type=Path, help="checkpoints for --resume (default: runs/train-<out name>)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
     p.add_argument("--name", help="model name in the card (default: --out folder name)")
@@ -1027,9 +1029,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not 0.0 <= args.flow_weight <= 1.0:
         raise UserError(f"--flow-weight {args.flow_weight}: must be in [0, 1]")
+    if args.out is None and not args.cache_only:
+        raise UserError("--out: required (the model directory to write), unless --cache-only")
     config = config_from_args(args)
     classes, immobile = classes_from_args(args)
+    t_cache = time.monotonic()
     ds, spec = dataset_from_args(args, classes)
+    if args.cache_only:
+        if distributed.current().is_main:
+            print(f"export-train: cached {len(ds.sources)} source(s), {len(ds)} clips at {spec.size_px} px in {args.cache_dir} ({time.monotonic() - t_cache:.0f} s)")
+        return 0
     train_idx, val_idx = split_validation(ds, np.arange(len(ds)), args.val_folds)
     train_set = Subset(ds.with_augment(not args.no_augment), train_idx)
     val_set = Subset(ds, val_idx) if val_idx.size else None

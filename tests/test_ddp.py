@@ -83,7 +83,7 @@ def _max_difference(a: dict, b: dict) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
 
 
-@pytest.mark.parametrize("balance", ["sampler", "loss"])
+@pytest.mark.parametrize("balance", ["sampler", pytest.param("loss", marks=pytest.mark.slow)])
 def test_two_processes_train_what_one_process_trains(tmp_path, balance):
     config = _config(balance=balance)
     state1, history1, pred1 = _single(tmp_path / "one", config)
@@ -109,6 +109,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path, balance):
     assert not list(run.glob("*.tmp"))
 
 
+@pytest.mark.slow  # three 2-process jobs
 def test_resumed_two_process_run_equals_an_uninterrupted_one(tmp_path):
     config = _config(batch_size=4, bn_recalibration_clips=0, dropout_keep_prob=0.5)  # dropout on: per-rank RNG states matter
     assert _spawn(tmp_path / "whole", config) == ["done", "done"]
@@ -163,6 +164,7 @@ def test_outside_torchrun_nothing_is_initialised(monkeypatch):
     assert distributed.shard(5, distributed.Dist(rank=1, world_size=2)).tolist() == [3, 4]
     assert distributed.shard_batches(7, 2, distributed.Dist(rank=0, world_size=2)).tolist() == [0, 1, 4, 5]
     assert distributed.shard_batches(7, 2, distributed.Dist(rank=1, world_size=2)).tolist() == [2, 3, 6]
+    assert distributed.shard_batches(3, 4, distributed.Dist(rank=1, world_size=2)).tolist() == []
     with pytest.raises(tr.UserError, match="cuda:LOCAL_RANK"):
         monkeypatch.setenv("WORLD_SIZE", "2")
         distributed.init_from_env("cuda:1")
@@ -174,17 +176,18 @@ def test_torchrun_export_train_on_two_cpu_processes(tmp_path):
     from export.synth import SynthConfig, render_video
     from stream.modelfile import load_model
 
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    exe = shutil.which("export-train", path=str(Path(sys.executable).parent))
-    if torchrun is None or exe is None:
-        pytest.skip("torchrun / export-train are not installed in this environment")
+    bin_dir = str(Path(sys.executable).parent)
+    torchrun = shutil.which("torchrun", path=bin_dir)
+    if torchrun is None or shutil.which("export-train", path=bin_dir) is None:
+        pytest.skip("torchrun / export-train are not installed beside this Python")
     synth = render_video(SynthConfig(view="side", duration_s=8.0, fps=15.0, arenas=1, arena_size_px=64, seed=1), tmp_path / "data")
-    argv = [torchrun, "--standalone", "--nproc_per_node", "2", exe, "--videos", str(synth.video_path), "--out", str(tmp_path / "model"),
+    argv = [torchrun, "--standalone", "--nproc_per_node", "2", "--no-python", "export-train", "--videos", str(synth.video_path), "--out", str(tmp_path / "model"),
             "--work-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--size-px", "32", "--frame-step", "10",
             "--flow-preset", "fast", "--epochs", "2", "--batch-size", "4", "--val-folds", "3", "--bn-recalibration-clips", "4",
             "--device", "cpu", "--threads", "1", "--workers", "1"]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[:3000]  # the first lines hold the failing rank's traceback
     assert done.stdout.count("export-train: wrote") == 1 and "2 processes" in done.stdout  # rank 0 alone reports
     _, card = load_model(tmp_path / "model")
     assert card.training["processes"] == 2 and card.training["epochs_run"] == 2
@@ -192,3 +195,114 @@ def test_torchrun_export_train_on_two_cpu_processes(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / tr.LOG_JSONL_NAME).read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert len(list((tmp_path / "cache").glob("*.flow.npy"))) == 1  # cached once, by rank 0
+
+
+# ---------------------------------------------------------------- rank 0 prepares, the others wait
+
+
+def _prepare_job(rank: int, world: int, port: int, out: str) -> None:
+    import time
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    distributed.init_from_env("cpu")
+    log = Path(out) / f"rank{rank}.log"
+    with distributed.long_wait_barrier():
+        log.write_text(f"{time.monotonic()}\n")
+        if rank == 0:
+            time.sleep(1.0)  # caching takes a while
+            (Path(out) / "cache.npy").write_text("x")
+        assert (Path(out) / "cache.npy").exists()  # the others find the cache in place
+        with log.open("a") as fh:
+            fh.write(f"{time.monotonic()}\n")
+    torch.distributed.destroy_process_group()
+
+
+def test_rank_zero_prepares_the_cache_while_the_others_wait(tmp_path):
+    mp.spawn(_prepare_job, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    start0, end0 = map(float, (tmp_path / "rank0.log").read_text().split())
+    start1, _ = map(float, (tmp_path / "rank1.log").read_text().split())
+    assert start1 >= end0 > start0  # CLOCK_MONOTONIC is one clock for every process of the machine
+
+
+# ---------------------------------------------------------------- flow cache over several devices
+
+
+def _grey_frames(n: int = 23, size: int = 24) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (size, size), dtype=np.uint8)
+    return np.stack([np.roll(base, i, axis=1) for i in range(n)])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_flow_split_over_devices_equals_one_device(monkeypatch, stride):
+    from export import dataset as dsm
+    from stream.flow import TVL1, FlowConfig
+
+    used: list[str] = []
+
+    class Recording(TVL1):
+        def __init__(self, config, device="cpu"):
+            used.append(device)
+            super().__init__(config, device=device)
+
+    monkeypatch.setattr(dsm, "TVL1", Recording)
+    grey, config = _grey_frames(), FlowConfig(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)
+    one = dsm.flow_codes(grey, stride, config, ["cpu"], batch_pairs=4)
+    pairs_done: list[int] = []
+    two = dsm.flow_codes(grey, stride, config, ["cpu", "cpu"], batch_pairs=4, on_batch=pairs_done.append)
+    assert used == ["cpu", "cpu", "cpu"]  # one TVL1 per device (threads)
+    np.testing.assert_array_equal(one, two)
+    assert sum(pairs_done) == len(grey) - stride
+    assert (two[:stride] == 128).all() and (two[stride:] != 128).any()  # no predecessor: zero flow
+
+
+def test_flow_devices(monkeypatch):
+    from export.dataset import flow_devices
+
+    assert flow_devices("cpu") == ["cpu"] and flow_devices("cuda:1") == ["cuda:1"] and flow_devices("cpu,cpu") == ["cpu", "cpu"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert flow_devices("cuda") == ["cuda:0", "cuda:1", "cuda:2"]  # "cuda" = every visible GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(tr.UserError, match="no CUDA device"):
+        flow_devices("cuda")
+
+
+@pytest.mark.slow
+def test_torchrun_export_evaluate_on_two_cpu_processes(tmp_path):
+    """Cross-validation + the final model under torchrun: every fold trains on both ranks, rank 0 writes."""
+    from export.synth import SynthConfig, render_video
+    from stream.modelfile import load_card
+
+    bin_dir = str(Path(sys.executable).parent)
+    torchrun = shutil.which("torchrun", path=bin_dir)
+    if torchrun is None or shutil.which("export-evaluate", path=bin_dir) is None:
+        pytest.skip("torchrun / export-evaluate are not installed beside this Python")
+    synth = render_video(SynthConfig(view="side", duration_s=8.0, fps=15.0, arenas=1, arena_size_px=64, seed=1), tmp_path / "data")
+    argv = [torchrun, "--standalone", "--nproc_per_node", "2", "--no-python", "export-evaluate", "--videos", str(synth.video_path),
+            "--out", str(tmp_path / "report"), "--export-model", str(tmp_path / "model"), "--folds", "2", "--cache-dir", str(tmp_path / "cache"),
+            "--size-px", "32", "--frame-step", "10", "--flow-preset", "fast", "--epochs", "1", "--batch-size", "4", "--val-folds", "0",
+            "--bn-recalibration-clips", "4", "--device", "cpu", "--threads", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[:3000]
+    assert done.stdout.count("export-evaluate: wrote model") == 1 and done.stdout.count("<- best") == 1  # rank 0 alone reports
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["num_clips"] == sum(f["test_clips"] for f in metrics["fold_runs"]) > 0
+    assert load_card(tmp_path / "model").training["config"]["epochs"] == 1
+    assert sorted(p.name for p in (tmp_path / "report" / "folds").iterdir()) == ["final", "fold00", "fold01"]
+
+
+def test_cache_only_fills_the_cache_and_writes_no_model(tmp_path, capsys):
+    """The step a reproducible script runs before training: decode + TV-L1 into --cache-dir, nothing else."""
+    from test_checkpoint import _jhuang_folder
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    _jhuang_folder(clips)
+    argv = ["--jhuang", str(clips), "--cache-only", "--cache-dir", str(tmp_path / "cache"), "--size-px", "32", "--fps", "15",
+            "--flow-preset", "fast", "--device", "cpu"]  # fmt: skip
+    assert tr.main(argv) == 0
+    assert "export-train: cached 4 source(s)" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").glob("*.flow.npy"))) == 4 and len(list((tmp_path / "cache").glob("*.frames.npy"))) == 4
+    assert tr.main(argv[:2] + argv[3:]) == 2  # without --cache-only, --out is required
+    assert "--out: required" in capsys.readouterr().err
