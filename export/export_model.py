@@ -29,6 +29,8 @@ import torch
 from stream.engine import (
     FP32_ATOL,
     HALF_ATOL,
+    KIND_ONNXRUNTIME,
+    KIND_TENSORRT,
     ONNX_FILENAME,
     ONNX_OPSET,
     EngineConfig,
@@ -79,7 +81,7 @@ def verify_onnx(model: FusedI3D, card: ModelCard, model_dir: Path, size_px: int,
     """
     rgb, flow = _random_clips(card, size_px, VERIFY_CLIPS)
     want = _reference(model, rgb, flow)
-    with OnnxRuntimeEngine(model_dir, EngineConfig(kind="onnxruntime", device="cpu", input_size_px=size_px)) as engine:
+    with OnnxRuntimeEngine(model_dir, EngineConfig(kind=KIND_ONNXRUNTIME, device="cpu", input_size_px=size_px)) as engine:
         got = engine.predict_all(rgb.numpy(), flow.numpy())
     diffs = _max_diffs((got.fused, got.rgb, got.flow), want)
     print(f"onnxruntime vs PyTorch on {VERIFY_CLIPS} random clips: max abs diff fused {diffs[0]:.2e}, rgb {diffs[1]:.2e}, flow {diffs[2]:.2e} (limit {atol:.0e})")
@@ -119,7 +121,7 @@ def export_tensorrt(model: FusedI3D, card: ModelCard, model_dir: Path, size_px: 
     """Build (or find cached) TensorRT engines and compare them with PyTorch. UNVERIFIED: no TensorRT here."""
     paths = []
     for batch in batches:
-        config = EngineConfig(kind="tensorrt", half=not fp32, batch_size=batch, input_size_px=size_px)
+        config = EngineConfig(kind=KIND_TENSORRT, half=not fp32, batch_size=batch, input_size_px=size_px)
         with TensorRTEngine(model_dir, config) as engine:
             rgb, flow = _random_clips(card, size_px, batch)
             got = engine.predict_all(rgb.numpy(), flow.numpy())

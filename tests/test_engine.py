@@ -8,6 +8,7 @@ batch, after which the outputs depend on the clip and a wrong backend shows.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-import stream.engine as engine_mod
+import stream.engine.factory as factory_mod
 from stream.engine import (
     FP32_ATOL,
     HALF_ATOL,
@@ -214,8 +215,8 @@ def test_engine_config_refuses_bad_values_in_one_line(kwargs, message) -> None:
 def _fake_cuda(monkeypatch, *, tensorrt: bool) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
-    real = engine_mod._has_module
-    monkeypatch.setattr(engine_mod, "_has_module", lambda name: tensorrt if name == "torch_tensorrt" else real(name))
+    real = factory_mod._has_module
+    monkeypatch.setattr(factory_mod, "_has_module", lambda name: tensorrt if name == "torch_tensorrt" else real(name))
 
 
 def test_auto_order_tensorrt_then_torch_cuda(monkeypatch, model_dir) -> None:
@@ -246,7 +247,7 @@ def test_auto_on_cpu_prefers_onnxruntime_and_says_why(monkeypatch, model_dir, tm
     assert (kind, device) == ("onnxruntime", "cpu") and "exporting the model once" in reason
     kind, _, reason = choose_backend(model_dir)
     assert kind == "onnxruntime" and f"{model_dir / ONNX_FILENAME} present" in reason
-    monkeypatch.setattr(engine_mod, "_has_module", lambda name: False)
+    monkeypatch.setattr(factory_mod, "_has_module", lambda name: False)
     kind, _, reason = choose_backend(model_dir)
     assert kind == "torch" and "onnxruntime not installed" in reason
     with pytest.raises(UserError, match="device cuda: no CUDA GPU"):
@@ -303,14 +304,14 @@ def test_missing_onnx_and_missing_model_dir(tmp_path) -> None:
 
 
 def test_onnxruntime_not_installed_names_the_extra(monkeypatch, model_dir) -> None:
-    real = engine_mod.importlib.import_module
+    real = importlib.import_module
 
     def fake_import(name, *a, **k):
         if name == "onnxruntime":
             raise ImportError(name)
         return real(name, *a, **k)
 
-    monkeypatch.setattr(engine_mod.importlib, "import_module", fake_import)
+    monkeypatch.setattr(importlib, "import_module", fake_import)
     with pytest.raises(UserError, match=r"pip install onnxruntime"):
         build_engine("onnxruntime", model_dir)
 
