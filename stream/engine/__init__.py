@@ -47,6 +47,7 @@ from stream.engine.base import (
     FusedProbs,
     Prediction,
 )
+from stream.engine.cache import cache_root, load_or_build_cached, manifest_path, manifest_problem, write_manifest
 from stream.engine.factory import build_engine, choose_backend, open_engine
 from stream.engine.onnx_cache import cached_onnx_path, export_to_cache, onnx_cache_dir, onnx_path
 from stream.engine.onnx_export import ONNX_FILENAME, ONNX_INPUT_NAMES, ONNX_OPSET, ONNX_OUTPUT_NAMES, write_onnx
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
         TENSORRT_DIRNAME,
         TensorRTCacheKey,
         TensorRTEngine,
-        load_or_build_cached,
         tensorrt_cache_path,
     )
     from stream.engine.torch_backend import TorchEngine
@@ -88,14 +88,18 @@ __all__ = [
     "TensorRTEngine",
     "TorchEngine",
     "build_engine",
+    "cache_root",
     "cached_onnx_path",
     "choose_backend",
     "export_to_cache",
     "load_or_build_cached",
+    "manifest_path",
+    "manifest_problem",
     "onnx_cache_dir",
     "onnx_path",
     "open_engine",
     "tensorrt_cache_path",
+    "write_manifest",
     "write_onnx",
 ]
 
@@ -106,7 +110,6 @@ _LAZY: dict[str, str] = {
     "TensorRTEngine": "stream.engine.tensorrt_backend",
     "TensorRTCacheKey": "stream.engine.tensorrt_backend",
     "TENSORRT_DIRNAME": "stream.engine.tensorrt_backend",
-    "load_or_build_cached": "stream.engine.tensorrt_backend",
     "tensorrt_cache_path": "stream.engine.tensorrt_backend",
 }
 

@@ -3,13 +3,15 @@
 2 cores (``stream-bench model``), ready in under a second.
 
 The graph comes from ``<model_dir>/model.onnx`` (written and verified by ``export-model``) or from
-the user's cache, where the first start exports and verifies it (``stream.engine.onnx_cache``).
+the user's cache, where the first start exports it, verifies it against PyTorch and signs its
+manifest; a corrupt cached graph is exported again (``stream.engine.onnx_cache``).
 onnxruntime itself is imported only when this backend is built.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from pathlib import Path
 
@@ -18,11 +20,13 @@ import torch
 
 from stream.engine.base import KIND_ONNXRUNTIME, ONNXRUNTIME_INSTALL_HINT, Engine, EngineConfig, first_line, to_numpy
 from stream.engine.onnx_export import ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES
-from stream.engine.onnx_cache import export_to_cache, onnx_path
+from stream.engine.onnx_cache import discard_cached, export_to_cache, onnx_for_engine
 from stream.errors import UserError
 from stream.modelfile import load_card, verify_weights
 
 __all__ = ["OnnxRuntimeEngine"]
+
+log = logging.getLogger("stream.engine")
 
 
 class OnnxRuntimeEngine(Engine):
@@ -38,9 +42,7 @@ class OnnxRuntimeEngine(Engine):
         except ImportError:
             raise UserError(f"onnxruntime is not installed: {ONNXRUNTIME_INSTALL_HINT}") from None
         verify_weights(model_dir, card)  # the ONNX graph may be cached: still refuse damaged weights
-        path = onnx_path(model_dir, card, self.input_size_px)
-        if path is None:
-            path = export_to_cache(model_dir, card, self.input_size_px)
+        path, cached = onnx_for_engine(model_dir, card, self.input_size_px)
         available = ort.get_available_providers()
         want_cuda = (config.device or "").startswith("cuda") or (
             config.device is None and "CUDAExecutionProvider" in available and torch.cuda.is_available()
@@ -63,9 +65,19 @@ class OnnxRuntimeEngine(Engine):
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/RuntimeException types
-            raise UserError(
-                f"{path}: not a valid ONNX model ({first_line(exc)}); re-write it with `export-model {model_dir}`"
-            ) from None
+            if not cached:
+                raise UserError(
+                    f"{path}: not a valid ONNX model ({first_line(exc)}); re-write it with `export-model {model_dir}`"
+                ) from None
+            # the cache is ours to repair: a graph onnxruntime cannot read (an onnxruntime
+            # downgrade, say, although the manifest vouched for the bytes) is exported again, once
+            log.warning("%s: cached ONNX graph does not load (%s); exporting it again", path, first_line(exc))
+            discard_cached(path)
+            path = export_to_cache(model_dir, card, self.input_size_px)
+            try:
+                self._session = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as exc2:
+                raise UserError(f"{path}: a fresh ONNX export does not load ({first_line(exc2)}); use --engine torch") from None
         self._check_metadata(path, self._session.get_modelmeta().custom_metadata_map)
 
     def _check_metadata(self, path: Path, meta: dict[str, str]) -> None:

@@ -3,17 +3,17 @@ GPU, batch and input size. UNVERIFIED on the development machine (no GPU, no Ten
 
 Engines are cached next to the model under ``tensorrt/``, keyed by GPU name, TensorRT version,
 input shape, precision and weights, so a changed GPU, driver stack or model rebuilds instead of
-loading a stale engine. torch-tensorrt is imported only when this backend is built.
+loading a stale engine. An engine file is read with ``torch.export.load``, which may unpickle, so
+it is opened only when its signed manifest (``stream.engine.cache``) vouches that this user's
+swim-stream built it; any other file (copied in with a model folder, truncated, replaced) is
+rebuilt without being opened. torch-tensorrt is imported only when this backend is built.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import logging
-import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from stream.engine.base import KIND_TENSORRT, TENSORRT_INSTALL_HINT, Engine, EngineConfig, FusedProbs, first_line
+from stream.engine.base import KIND_TENSORRT, TENSORRT_INSTALL_HINT, Engine, EngineConfig, FusedProbs
+from stream.engine.cache import load_or_build_cached
 from stream.errors import UserError
 from stream.modelfile import load_card, load_model, verify_weights
 
 __all__ = ["TENSORRT_DIRNAME", "TensorRTCacheKey", "TensorRTEngine", "load_or_build_cached", "tensorrt_cache_path"]
 
-log = logging.getLogger("stream.engine")
 
 TENSORRT_DIRNAME = "tensorrt"  # engines are cached here, inside the model directory
+
 
 @dataclass(frozen=True)
 class TensorRTCacheKey:
@@ -40,6 +41,12 @@ class TensorRTCacheKey:
     input_shape: tuple[int, int, int]  # (batch, clip frames, size px)
     precision: str  # "fp16" | "fp32"
     weights_sha256: str
+
+    def facts(self) -> dict[str, str | int]:
+        """What the cache manifest records and checks (JSON scalars only: they round-trip exactly)."""
+        b, t, s = self.input_shape
+        return {"gpu_name": self.gpu_name, "tensorrt_version": self.tensorrt_version, "batch": b, "clip_frames": t,
+                "input_size_px": s, "precision": self.precision, "weights_sha256": self.weights_sha256}
 
     def filename(self) -> str:
         gpu = re.sub(r"[^a-z0-9]+", "-", self.gpu_name.lower()).strip("-") or "gpu"
@@ -65,30 +72,6 @@ def _tensorrt_version(torch_tensorrt: Any) -> str:
         return str(importlib.import_module("tensorrt").__version__)
     except ImportError:
         return str(getattr(torch_tensorrt, "__version__", "unknown"))
-
-
-def load_or_build_cached(
-    path: Path,
-    build: Callable[[Path], None],
-    load: Callable[[Path], Any],
-    *,
-    what: str = "TensorRT engine",
-) -> Any:
-    """Load ``path``, building it first (atomically: temp file + rename) when it is missing.
-
-    A file that exists but does not load is reported, not silently rebuilt: it may be a
-    half-copied file from a deployment script, and the user should know.
-    """
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".partial" + path.suffix)
-        log.info("building %s %s (first start on this GPU / TensorRT / input shape; minutes)", what, path)
-        build(tmp)
-        os.replace(tmp, path)
-    try:
-        return load(path)
-    except Exception as exc:
-        raise UserError(f"{path}: corrupt {what} ({first_line(exc)}); delete the file and it is rebuilt on the next start") from None
 
 
 class TensorRTEngine(Engine):
@@ -129,9 +112,10 @@ class TensorRTEngine(Engine):
             trt.save(compiled, str(tmp), inputs=list(example))
 
         def load(path: Path) -> Any:
+            # torch.export.load may unpickle: only reached once the signed manifest vouched for the file
             return torch.export.load(str(path)).module()
 
-        self._module = load_or_build_cached(self.cache_path, build, load)
+        self._module = load_or_build_cached(self.cache_path, build, load, facts=self.key.facts())
 
     def _example(self) -> tuple[torch.Tensor, torch.Tensor]:
         t, s = self.card.clip_frames, self.input_size_px
