@@ -79,7 +79,7 @@ def verify_onnx(model: FusedI3D, card: ModelCard, model_dir: Path, size_px: int,
     want = _reference(model, rgb, flow)
     weak = degenerate_streams(want)
     if weak:
-        print(f"warning: PyTorch's {', '.join(weak)} output(s) are the same for every probe clip; the check says little about them", file=sys.stderr)
+        print(f"note: PyTorch's {', '.join(weak)} output(s) are the same for every probe clip; the check says little about them")
     with OnnxRuntimeEngine(model_dir, EngineConfig(kind=KIND_ONNXRUNTIME, device="cpu", input_size_px=size_px)) as engine:
         got = engine.predict_all(rgb.numpy(), flow.numpy())
     diffs = _max_diffs((got.fused, got.rgb, got.flow), want)
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"{onnx_path}: not a valid ONNX model ({first[:160]}); run `export-model {model_dir}` to re-write it") from None
         verify_onnx(model, card, model_dir, size_px, atol=args.atol)
+        if not manifest_path(onnx_path).is_file():
+            print(f"note: {manifest_path(onnx_path).name} is missing, so the file's sha256 is not recorded; `export-model {model_dir}` writes it")
         print(f"{onnx_path}: OK")
         return 0
 

@@ -81,11 +81,11 @@ def beside_onnx_problem(path: Path) -> str | None:
     """For ``model.onnx`` from export-model: why it must not be used, or None.
 
     Its manifest is unsigned (it travels with the model); a missing one (an export made before
-    manifests existed) is allowed with a warning, since the graph's metadata is still checked.
+    manifests existed) is allowed, since the graph's metadata is still checked against the card
+    (``export-model --check`` says when the manifest is missing).
     """
     if not manifest_path(path).is_file():
-        log.warning("%s: no manifest beside it (an older export-model?); its sha256 is not checked; "
-                    "`export-model %s` writes both", path, path.parent)
+        log.debug("%s: no manifest beside it (an older export-model?); its sha256 is not checked", path)
         return None
     return manifest_problem(path, signed=False)
 
