@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from stream.model import FusedI3D
-from stream.modelfile import CARD_FILE, ModelCard, ModelFileError, load_card, load_model, save_model
+from stream.errors import UserError
+from stream.modelfile import CARD_FILE, ModelCard, ModelFileError, bundled_models, load_card, load_model, save_model
 
 FLOW = {"tau": 0.25, "lambda_": 0.15, "theta": 0.3}
 
@@ -195,3 +196,76 @@ def test_bad_cards_are_refused_when_saving_too(tiny_model, tmp_path):
         save_model(tiny_model, make_card(flow={"nscales": 0}), tmp_path / "m")
     with pytest.raises(ModelFileError, match='input_size_px must be an integer, got "32"'):
         save_model(tiny_model, make_card(input_size_px="32"), tmp_path / "m2")
+
+
+# ------------------------------------------------------------------------------ --view side|top
+
+
+def _fake_bundle(root: Path, models: dict[str, str]) -> Path:
+    for name, view in models.items():
+        (root / name).mkdir(parents=True)
+        (root / name / CARD_FILE).write_text(json.dumps({"name": name, "view": view}))
+    return root
+
+
+def test_bundled_model_for_a_view_prefers_the_named_one(tmp_path):
+    from stream.modelfile import PREFERRED_BUNDLED, bundled_model_dir
+
+    root = _fake_bundle(tmp_path / "tm", {"a-side-old": "side", PREFERRED_BUNDLED["side"]: "side", "z-top": "top"})
+    (root / "broken").mkdir()
+    (root / "broken" / CARD_FILE).write_text("{not json")  # skipped, not fatal
+    assert bundled_model_dir("side", root) == root / PREFERRED_BUNDLED["side"]
+    assert bundled_model_dir("top", root) == root / "z-top"  # the preferred name is absent: the one that has the view
+
+
+def test_bundled_model_for_a_view_missing_names_what_there_is(tmp_path):
+    from stream.modelfile import bundled_model_dir
+
+    root = _fake_bundle(tmp_path / "tm", {"fst-side-64": "side"})
+    with pytest.raises(UserError) as info:
+        bundled_model_dir("top", root)
+    assert str(info.value) == "--view top: no bundled model for the top view (bundled: fst-side-64 (side)); pass --model DIR"
+
+
+@pytest.fixture
+def engine_dirs(monkeypatch):
+    """stream-run's engine hook: records the model directory, then stops the start (exit 2)."""
+    import stream.run as run_mod
+
+    dirs: list[Path] = []
+
+    def build(kind, model_dir, *args, **kwargs):
+        dirs.append(Path(model_dir))
+        raise UserError("stopped by the test after choosing the model")
+
+    monkeypatch.setattr(run_mod, "_build_engine", build)
+    return dirs
+
+
+def test_stream_run_view_picks_the_bundled_model_and_model_wins(run_model, moving_square_video, tmp_path, capsys, engine_dirs, caplog):
+    import logging
+
+    import stream.run as run_mod
+    from stream.modelfile import BUNDLED_MODELS_DIR
+
+    video = moving_square_video(tmp_path / "v.mp4", 20)
+    base = ["--video", str(video), "--no-zmq", "--no-metrics", "-q"]
+    if "side" in bundled_models().values():
+        assert run_mod.main([*base, "--out", str(tmp_path / "o1"), "--view", "side"]) == 2
+        assert engine_dirs[-1].parent == BUNDLED_MODELS_DIR and bundled_models()[engine_dirs[-1].name] == "side"
+    caplog.set_level(logging.WARNING, logger="stream.run")
+    assert run_mod.main([*base, "--out", str(tmp_path / "o2"), "--view", "top", "--model", str(run_model)]) == 2
+    assert engine_dirs[-1] == run_model  # --model wins, with a warning that the views differ
+    assert any("--view top" in r.getMessage() and "side-view" in r.getMessage() for r in caplog.records)
+    capsys.readouterr()
+
+
+@pytest.mark.skipif("top" in bundled_models().values(), reason="a top-view model is bundled now")
+def test_stream_run_view_without_a_bundled_model_is_one_line(moving_square_video, tmp_path, capsys, engine_dirs):
+    import stream.run as run_mod
+
+    video = moving_square_video(tmp_path / "v.mp4", 20)
+    code = run_mod.main(["--video", str(video), "--view", "top", "--out", str(tmp_path / "o"), "--no-zmq", "--no-metrics", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--view top: no bundled model for the top view" in err[0] and "--model DIR" in err[0]
+    assert not engine_dirs
