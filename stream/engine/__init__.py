@@ -12,10 +12,14 @@ One module per idea:
   ``Engine`` base class (warmup / predict / predict_all / close) and the engine kinds.
 * ``torch_backend``: PyTorch eager, TorchScript-frozen (CPU), ``torch.compile``, CUDA graphs.
 * ``onnxruntime_backend``: the ONNX graph on onnxruntime (CPU, or CUDA with onnxruntime-gpu).
-* ``tensorrt_backend``: torch-tensorrt engines cached beside the model (UNVERIFIED here: no GPU).
+* ``tensorrt_backend``: torch-tensorrt engines cached beside the model (UNVERIFIED on the
+  development machine: no GPU or TensorRT there).
 * ``onnx_export``: the one ONNX writer (``export-model`` and the cache use it).
 * ``onnx_cache``: on a model without ``model.onnx``, ``auto`` and ``onnxruntime`` export the graph
-  once into the user's cache on first start and reuse it afterwards.
+  once into the user's cache on first start, verify it against PyTorch, and reuse it afterwards.
+* ``cache``: the signed sha256 manifest beside every cached file (ONNX, TensorRT); a file whose
+  manifest does not vouch for it is rebuilt without being opened (TensorRT files unpickle).
+* ``verify``: probe clips that exercise both streams, for checking a graph against PyTorch.
 * ``factory``: ``build_engine(kind, ...)`` / ``open_engine``; ``auto`` picks tensorrt >
   torch-cuda > onnxruntime-cpu > torch-cpu and logs why. Backend modules, and their heavy
   packages (onnxruntime, torch-tensorrt), are imported only when that kind is built.
