@@ -138,11 +138,11 @@ def export_to_cache(model_dir: str | Path, card: ModelCard, input_size_px: int, 
         got = _run_onnx_cpu(tmp, rgb.numpy(), flow.numpy())
         diffs = max_diffs(got, want)
         weak = degenerate_streams(want)
-        if weak:
-            log.warning("ONNX check: PyTorch's %s output(s) are the same for every probe clip; the check says little about them",
-                        ", ".join(weak))
-        log.info("ONNX check against PyTorch on %d probe clips: max abs diff %s (limit %.0e)", rgb.shape[0],
-                 ", ".join(f"{name} {d:.1e}" for name, d in zip(STREAMS, diffs)), atol)
+        # info, not a warning: an untrained or collapsed model gives such outputs for any clip,
+        # which is the model's property, not a fault of the export; the log still says so
+        log.info("ONNX check against PyTorch on %d probe clips: max abs diff %s (limit %.0e)%s", rgb.shape[0],
+                 ", ".join(f"{name} {d:.1e}" for name, d in zip(STREAMS, diffs)), atol,
+                 f"; PyTorch's {', '.join(weak)} output(s) are the same for every probe clip, so the check says little about them" if weak else "")
         if not max(diffs) <= atol:  # also catches NaN
             raise UserError(f"{model_dir}: the ONNX export differs from PyTorch by {max(diffs):.2e} > {atol:.0e}; "
                             "use --engine torch, and report it with the model card")
