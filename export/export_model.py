@@ -9,8 +9,11 @@
                                             and a CUDA GPU are present; keyed by GPU, TensorRT
                                             version, input shape, precision and weights
 
-The ONNX file is written next to the weights only after it passed both checks, so the
-``auto`` engine never picks up an unverified graph. ``--check`` re-verifies the artefacts that
+The ONNX file is written next to the weights only after it passed both checks (the comparison uses
+probe clips that exercise both streams, ``stream.engine.verify``), with a manifest holding its
+sha256 (``model.onnx.manifest.json``), so the ``auto`` engine never picks up an unverified or
+altered graph. Without ``model.onnx``, ``auto`` exports and verifies one into the user's cache on
+first start instead (``stream.engine.onnx_cache``). ``--check`` re-verifies the artefacts that
 are already there (after copying a model to another machine, say) without writing anything.
 """
 
@@ -29,61 +32,59 @@ import torch
 from stream.engine import (
     FP32_ATOL,
     HALF_ATOL,
+    KIND_ONNXRUNTIME,
+    KIND_TENSORRT,
     ONNX_FILENAME,
     ONNX_OPSET,
     EngineConfig,
-    FusedProbs,
     OnnxRuntimeEngine,
     TensorRTEngine,
     write_onnx,
 )
+from stream.engine.cache import manifest_path, write_manifest
+from stream.engine.onnx_cache import beside_onnx_problem
+from stream.engine.verify import PROBE_CLIPS, degenerate_streams, max_diffs, probe_clips, reference_probs
 from stream.errors import UserError, cli_main
 from stream.model import FusedI3D
 from stream.modelfile import ModelCard, load_model
 from stream.version import add_version_argument
 
-__all__ = ["main", "verify_onnx", "VERIFY_CLIPS", "VERIFY_SEED"]
+__all__ = ["main", "verify_onnx", "VERIFY_CLIPS"]
 
 log = logging.getLogger("export-model")
 
-VERIFY_CLIPS = 3  # random clips compared per check: a batch > 1 also exercises the dynamic batch axis
-VERIFY_SEED = 0  # fixed so a failing verification reproduces
+VERIFY_CLIPS = PROBE_CLIPS  # probe clips compared per check: a batch > 1 also exercises the dynamic batch axis
 
 
-def _random_clips(card: ModelCard, size_px: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clips in [-1, 1] (the range of real RGB and encoded flow) with a different mean per clip.
-
-    Plain uniform noise averages out to nearly the same features for every clip, which would
-    make a broken graph look right; a per-clip brightness offset makes the outputs differ.
-    """
-    gen = torch.Generator().manual_seed(VERIFY_SEED)
-    t = card.clip_frames
-    offset = torch.linspace(-0.6, 0.6, n).view(n, 1, 1, 1, 1) if n > 1 else torch.zeros(1, 1, 1, 1, 1)
-    rgb = (torch.rand(n, 3, t, size_px, size_px, generator=gen) * 0.8 - 0.4 + offset).clamp(-1, 1)
-    flow = (torch.rand(n, 2, t, size_px, size_px, generator=gen) * 0.8 - 0.4 - offset).clamp(-1, 1)
-    return rgb, flow
+def _probe_clips(card: ModelCard, size_px: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips that exercise both streams (see ``stream.engine.verify``: uniform noise saturated the
+    trained model's flow stream, so a check on it compared nothing)."""
+    return probe_clips(card.clip_frames, size_px, n)
 
 
 def _reference(model: FusedI3D, rgb: torch.Tensor, flow: torch.Tensor) -> tuple[np.ndarray, ...]:
-    with torch.inference_mode():
-        return tuple(o.numpy() for o in FusedProbs(model.float().eval())(rgb, flow))
+    return reference_probs(model, rgb, flow)
 
 
-def _max_diffs(got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...]) -> tuple[float, float, float]:
-    return tuple(float(np.abs(g - w).max()) for g, w in zip(got, want))  # type: ignore[return-value]
+def _max_diffs(got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...]) -> tuple[float, ...]:
+    return max_diffs(got, want)
 
 
 def verify_onnx(model: FusedI3D, card: ModelCard, model_dir: Path, size_px: int, *, atol: float = FP32_ATOL) -> float:
-    """Run ``model_dir/model.onnx`` and PyTorch on the same random clips; return the max abs diff.
+    """Run ``model_dir/model.onnx`` and PyTorch on the same probe clips; return the max abs diff.
 
-    Raises ``UserError`` when the graph disagrees by more than ``atol`` on any output.
+    Raises ``UserError`` when the graph disagrees by more than ``atol`` on any output. Warns when
+    PyTorch's output of a stream is the same for every probe clip (the check says little there).
     """
-    rgb, flow = _random_clips(card, size_px, VERIFY_CLIPS)
+    rgb, flow = _probe_clips(card, size_px, VERIFY_CLIPS)
     want = _reference(model, rgb, flow)
-    with OnnxRuntimeEngine(model_dir, EngineConfig(kind="onnxruntime", device="cpu", input_size_px=size_px)) as engine:
+    weak = degenerate_streams(want)
+    if weak:
+        print(f"note: PyTorch's {', '.join(weak)} output(s) are the same for every probe clip; the check says little about them")
+    with OnnxRuntimeEngine(model_dir, EngineConfig(kind=KIND_ONNXRUNTIME, device="cpu", input_size_px=size_px)) as engine:
         got = engine.predict_all(rgb.numpy(), flow.numpy())
     diffs = _max_diffs((got.fused, got.rgb, got.flow), want)
-    print(f"onnxruntime vs PyTorch on {VERIFY_CLIPS} random clips: max abs diff fused {diffs[0]:.2e}, rgb {diffs[1]:.2e}, flow {diffs[2]:.2e} (limit {atol:.0e})")
+    print(f"onnxruntime vs PyTorch on {VERIFY_CLIPS} probe clips: max abs diff fused {diffs[0]:.2e}, rgb {diffs[1]:.2e}, flow {diffs[2]:.2e} (limit {atol:.0e})")
     worst = max(diffs)
     if not worst <= atol:  # also catches NaN
         raise UserError(
@@ -112,7 +113,11 @@ def export_onnx(model: FusedI3D, card: ModelCard, model_dir: Path, size_px: int,
         verify_onnx(model, card, model_dir, size_px, atol=atol)
     except BaseException:
         final.unlink(missing_ok=True)  # never leave a graph that failed verification where auto finds it
+        manifest_path(final).unlink(missing_ok=True)
         raise
+    # unsigned: model.onnx travels with the model; the sha256 catches a truncated or altered copy
+    write_manifest(final, {"weights_sha256": card.weights_sha256, "input_size_px": size_px, "batch": "dynamic", "precision": "fp32"}, signed=False)
+    print(f"wrote {manifest_path(final)} (sha256 of the verified graph)")
     return final
 
 
@@ -120,9 +125,9 @@ def export_tensorrt(model: FusedI3D, card: ModelCard, model_dir: Path, size_px: 
     """Build (or find cached) TensorRT engines and compare them with PyTorch. UNVERIFIED: no TensorRT here."""
     paths = []
     for batch in batches:
-        config = EngineConfig(kind="tensorrt", half=not fp32, batch_size=batch, input_size_px=size_px)
+        config = EngineConfig(kind=KIND_TENSORRT, half=not fp32, batch_size=batch, input_size_px=size_px)
         with TensorRTEngine(model_dir, config) as engine:
-            rgb, flow = _random_clips(card, size_px, batch)
+            rgb, flow = _probe_clips(card, size_px, batch)
             got = engine.predict_all(rgb.numpy(), flow.numpy())
             diffs = _max_diffs((got.fused, got.rgb, got.flow), _reference(model, rgb, flow))
             limit = FP32_ATOL * 10 if fp32 else HALF_ATOL  # TF32 tactics may be chosen even for FP32
@@ -192,12 +197,17 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{onnx_path}: not found; run `export-model {model_dir}` to write it")
         import onnx
 
+        problem = beside_onnx_problem(onnx_path)
+        if problem is not None:
+            raise UserError(f"{onnx_path}: {problem}; run `export-model {model_dir}` to re-write it")
         try:
             onnx.checker.check_model(str(onnx_path), full_check=True)
         except Exception as exc:  # onnx raises ValidationError, DecodeError, ...
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"{onnx_path}: not a valid ONNX model ({first[:160]}); run `export-model {model_dir}` to re-write it") from None
         verify_onnx(model, card, model_dir, size_px, atol=args.atol)
+        if not manifest_path(onnx_path).is_file():
+            print(f"note: {manifest_path(onnx_path).name} is missing, so the file's sha256 is not recorded; `export-model {model_dir}` writes it")
         print(f"{onnx_path}: OK")
         return 0
 

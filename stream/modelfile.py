@@ -12,9 +12,15 @@ card records their sha256; loading refuses a truncated, corrupted or swapped wei
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
+import math
+import numbers
+import re
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +31,7 @@ import torch
 from stream.atomic import atomic_path, atomic_write
 from stream.errors import UserError
 from stream.model import DROPOUT_KEEP_PROB, FusedI3D
+from stream.preprocess import CLIP_FRAMES
 
 __all__ = [
     "ModelCard",
@@ -38,6 +45,12 @@ __all__ = [
     "CARD_FILE",
     "WEIGHTS_FILE",
     "CARD_FORMAT_VERSION",
+    "VIEWS",
+    "BUNDLED_MODELS_DIR",
+    "PREFERRED_BUNDLED",
+    "bundled_model_dir",
+    "bundled_models",
+    "flow_config_problems",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,6 +60,10 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FORMAT_VERSION = 1
 _HASH_CHUNK = 1 << 20
 MODEL_KINDS = ("i3d", "motion")  # what the engine factory can build from a card
+VIEWS = ("side", "top")  # camera placements: side = swim/struggle/float, top = mobile/immobile
+WEIGHTS_DTYPES = ("float32", "float16")  # what save_model writes
+MIN_INPUT_SIZE_PX = 32  # below 32 px the stride-32 I3D body has nothing left to pool
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class ModelFileError(UserError):
@@ -79,24 +96,52 @@ class ModelCard:
     decisions: dict[str, Any] = field(default_factory=dict)  # stream-run defaults fitted with the model (min_bout_s)
 
     def validate(self, where: str = "card") -> None:
+        """Types, ranges, classes and the flow settings, all at once: one line naming every bad field.
+
+        Run when a card is read (``load_card``) and before one is written (``save_model``), so a bad
+        card stops a start before any weights, engine or video is opened.
+        """
+        problems = _type_problems(self, _card_hints())
+        if not problems:  # range checks assume the types are right
+            problems = self._range_problems()
+        if problems:
+            raise ModelFileError(f"{where}: " + "; ".join(problems))
+
+    def _range_problems(self) -> list[str]:
         problems = []
-        if not self.classes or len(set(self.classes)) != len(self.classes):
-            problems.append("classes must be a non-empty list of distinct names")
+        if not self.name.strip():
+            problems.append("name must not be empty")
+        if not self.classes or len(set(self.classes)) != len(self.classes) or not all(c.strip() for c in self.classes):
+            problems.append("classes must be a non-empty list of distinct, non-empty names")
         unknown = [c for c in self.immobile_classes if c not in self.classes]
         if unknown:
             problems.append(f"immobile_classes {unknown} are not among classes {self.classes}")
-        if self.input_size_px < 32:
-            problems.append(f"input_size_px {self.input_size_px} < 32 (I3D downsamples by 32)")
-        if self.fps <= 0:
+        elif len(set(self.immobile_classes)) != len(self.immobile_classes):
+            problems.append(f"immobile_classes {self.immobile_classes} lists a class twice")
+        if self.input_size_px < MIN_INPUT_SIZE_PX:
+            problems.append(f"input_size_px {self.input_size_px} < {MIN_INPUT_SIZE_PX} (I3D downsamples by 32)")
+        if not self.fps > 0:
             problems.append(f"fps must be > 0, got {self.fps}")
         if not 0.0 <= self.flow_weight <= 1.0:
             problems.append(f"flow_weight must be in [0, 1], got {self.flow_weight}")
+        if not 0.0 < self.dropout_keep_prob <= 1.0:
+            problems.append(f"dropout_keep_prob must be in (0, 1], got {self.dropout_keep_prob}")
+        if self.clip_frames != CLIP_FRAMES:
+            problems.append(f"clip_frames must be {CLIP_FRAMES} (8 previous + centre + 7 next), got {self.clip_frames}")
+        if self.view not in VIEWS:
+            problems.append(f"view must be one of {', '.join(repr(v) for v in VIEWS)}, got {self.view!r}")
+        if Path(self.weights_file).name != self.weights_file or self.weights_file in ("", ".", ".."):
+            problems.append(f"weights_file must be a file name inside the model directory, got {self.weights_file!r}")
+        if self.weights_sha256 and not _SHA256.fullmatch(self.weights_sha256):
+            problems.append(f"weights_sha256 must be 64 lowercase hex digits, got {self.weights_sha256[:20]!r}")
+        if self.weights_dtype not in WEIGHTS_DTYPES:
+            problems.append(f"weights_dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {self.weights_dtype!r}")
+        if not 1 <= self.format_version <= CARD_FORMAT_VERSION:
+            problems.append(f"format_version {self.format_version} is not one this swim-stream understands (1..{CARD_FORMAT_VERSION}); upgrade swim-stream")
         if self.kind not in MODEL_KINDS:
             problems.append(f"kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
-        if self.view not in ("side", "top"):
-            problems.append(f"view must be 'side' or 'top', got {self.view!r}")
-        if problems:
-            raise ModelFileError(f"{where}: " + "; ".join(problems))
+        problems.extend(flow_config_problems(self.flow))
+        return problems
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
@@ -108,12 +153,87 @@ class ModelCard:
         missing = sorted(required - data.keys())
         if missing:
             raise ModelFileError(f"{where}: missing field(s) {', '.join(missing)}")
-        if data.get("format_version", CARD_FORMAT_VERSION) > CARD_FORMAT_VERSION:
+        version = data.get("format_version", CARD_FORMAT_VERSION)
+        if isinstance(version, int) and not isinstance(version, bool) and version > CARD_FORMAT_VERSION:
             raise ModelFileError(f"{where}: card format {data['format_version']} is newer than this swim-stream understands ({CARD_FORMAT_VERSION}); upgrade swim-stream")
         extra = sorted(data.keys() - names)
         if extra:
             log.warning("%s: ignoring unknown card field(s) %s", where, ", ".join(extra))
-        return cls(**{k: v for k, v in data.items() if k in names})
+        known = {k: v for k, v in data.items() if k in names}
+        problems = _type_problems(known, _card_hints())
+        if problems:  # before the constructor: a string where a number belongs must not get further
+            raise ModelFileError(f"{where}: " + "; ".join(problems))
+        hints = _card_hints()
+        known = {k: float(v) if hints[k] is float else v for k, v in known.items()}  # JSON 15 -> 15.0
+        return cls(**known)
+
+
+@functools.cache
+def _card_hints() -> dict[str, Any]:
+    return typing.get_type_hints(ModelCard)
+
+
+_JSON_TYPES = ((bool, "true/false"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"), (dict, "object"))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), type(value).__name__)
+
+
+def _expected(hint: Any) -> tuple[Callable[[Any], bool], str]:
+    """A check and a description for a field's type hint (the card and FlowConfig use these few)."""
+    if hint is bool:
+        return (lambda v: isinstance(v, bool)), "true or false"
+    if hint is int:
+        return (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)), "an integer"
+    if hint is float:
+        return (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)), "a finite number"
+    if hint is str:
+        return (lambda v: isinstance(v, str)), "a string"
+    if typing.get_origin(hint) is list:
+        return (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)), "a list of strings"
+    if typing.get_origin(hint) is dict:
+        return (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v)), "an object"
+    return (lambda v: True), "anything"
+
+
+def _type_problems(values: Any, hints: dict[str, Any], prefix: str = "") -> list[str]:
+    """One phrase per field of ``values`` (a dict or dataclass) whose JSON type does not fit its hint."""
+    items = values.items() if isinstance(values, dict) else ((f.name, getattr(values, f.name)) for f in dataclasses.fields(values))
+    problems = []
+    for name, value in items:
+        if name not in hints:
+            continue
+        check, wanted = _expected(hints[name])
+        if not check(value):
+            shown = json.dumps(value) if _json_type(value) in ("null", "true/false", "integer", "number", "string") else _json_type(value)
+            kind = _json_type(value)
+            problems.append(f"{prefix}{name} must be {wanted}, got {shown[:40]}" + ("" if kind in ("null", "true/false") else f" ({kind})"))
+    return problems
+
+
+def flow_config_problems(flow: dict[str, Any]) -> list[str]:
+    """Why the card's ``flow`` is not a valid ``stream.flow.FlowConfig`` (empty when it is).
+
+    Live flow computed with other TV-L1 settings than training flow degrades the flow stream, so
+    unknown keys are errors (a typo would silently fall back to a default), not warnings.
+    """
+    from stream.flow import FlowConfig  # torch + OpenCV: imported by everything that loads a model anyway
+
+    hints = typing.get_type_hints(FlowConfig)
+    unknown = sorted(flow.keys() - hints.keys())
+    if unknown:
+        return [f"flow has unknown key(s) {', '.join(unknown)} (known: {', '.join(hints)})"]
+    problems = _type_problems(flow, hints, prefix="flow.")
+    if problems:
+        return problems
+    try:
+        FlowConfig(**flow)
+    except ValueError as exc:
+        return ["flow: " + str(exc).removeprefix("FlowConfig: ")]
+    return []
 
 
 def sha256_file(path: Path) -> str:
@@ -240,3 +360,45 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu", ver
             f"(missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})"
         )
     return model.to(device).eval(), card
+
+
+# ------------------------------------------------------------------------------- bundled models
+
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "trained_models"  # shipped in the repository
+# the bundled model preferred for each camera view when several have it (stream-run --view)
+PREFERRED_BUNDLED = {"side": "fst-side-64", "top": "fst-top-64"}
+
+
+def bundled_models(root: Path = BUNDLED_MODELS_DIR) -> dict[str, str]:
+    """``{model directory name: view}`` of every bundled model, read from each ``card.json``.
+
+    Only the ``view`` is read here; the chosen model's whole card is checked when it is loaded,
+    so one broken card elsewhere does not stop a start with a good one (it is logged).
+    """
+    found = {}
+    for card_path in sorted(root.glob(f"*/{CARD_FILE}")):
+        try:
+            view = json.loads(card_path.read_text()).get("view")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+            log.warning("%s: skipped while looking for bundled models (%s)", card_path, exc)
+            continue
+        if isinstance(view, str):
+            found[card_path.parent.name] = view
+    return found
+
+
+def bundled_model_dir(view: str, root: Path = BUNDLED_MODELS_DIR) -> Path:
+    """The bundled model for camera ``view``: ``PREFERRED_BUNDLED[view]`` if its card says that
+    view, else the only (or alphabetically first) bundled model whose card does."""
+    if view not in VIEWS:
+        raise UserError(f"--view {view!r}: choose one of {', '.join(VIEWS)}")
+    models = bundled_models(root)
+    matching = sorted(name for name, v in models.items() if v == view)
+    if not matching:
+        have = ", ".join(f"{name} ({v})" for name, v in sorted(models.items())) or f"none in {root}"
+        raise UserError(f"--view {view}: no bundled model for the {view} view (bundled: {have}); pass --model DIR")
+    preferred = PREFERRED_BUNDLED.get(view)
+    name = preferred if preferred in matching else matching[0]
+    if len(matching) > 1:
+        log.info("--view %s: bundled models %s; using %s", view, ", ".join(matching), name)
+    return root / name

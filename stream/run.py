@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--model", type=Path, default=None, metavar="DIR",
                    help=f"model directory with card.json + model.safetensors (default: trained_models/{DEFAULT_MODEL_NAME})")
+    m.add_argument("--view", choices=("side", "top"), default=None,
+                   help="camera view: picks the bundled model whose card has that view (--model wins; default: "
+                        f"trained_models/{DEFAULT_MODEL_NAME})")
     m.add_argument("--engine", default="auto", choices=ENGINE_KINDS,
                    help="inference backend (default: auto, the fastest present)")
     m.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the best present)")
@@ -299,11 +302,20 @@ class _Run:
         self.out = out
         out_dirs = _unique_dirs(out, videos) if len(videos) > 1 else [out]
         # model card (cheap) then decision settings, so flag mistakes fail fast
-        model_dir = a.model if a.model is not None else default_model_dir()
+        if a.model is not None:
+            model_dir = a.model
+        elif a.view is not None:
+            from stream.modelfile import bundled_model_dir
+
+            model_dir = bundled_model_dir(a.view)
+        else:
+            model_dir = default_model_dir()
         if a.model is None and not model_dir.is_dir():
             raise UserError(f"bundled model {model_dir} not found; pass --model DIR (a folder with card.json and "
                             "model.safetensors)")
         card = load_card(model_dir)
+        if a.view is not None and card.view != a.view:
+            log.warning("--view %s but --model %s is a %s-view model; using --model", a.view, model_dir, card.view)
         self._decision_config(card)
         self.model_sha256 = card.weights_sha256
         # ports

@@ -8,6 +8,7 @@ batch, after which the outputs depend on the clip and a wrong backend shows.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -18,7 +19,10 @@ import pytest
 import torch
 from torch import nn
 
-import stream.engine as engine_mod
+import stream.engine.cache as engine_cache
+import stream.engine.factory as factory_mod
+import stream.engine.onnx_cache as engine_onnx_cache
+import stream.engine.verify as verify
 from stream.engine import (
     FP32_ATOL,
     HALF_ATOL,
@@ -65,6 +69,13 @@ def clips(n: int, size_px: int = SIZE_PX, seed: int = 0) -> tuple[torch.Tensor, 
     rgb = (torch.rand(n, 3, 16, size_px, size_px, generator=gen) * 0.8 - 0.4 + offset).clamp(-1, 1)
     flow = (torch.rand(n, 2, 16, size_px, size_px, generator=gen) * 0.8 - 0.4 - offset).clamp(-1, 1)
     return rgb, flow
+
+
+@pytest.fixture(autouse=True)
+def own_cache(monkeypatch, tmp_path) -> Path:
+    """Each test's own cache folder: exported graphs and the manifest key never leak between tests."""
+    monkeypatch.setenv("SWIM_STREAM_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +225,8 @@ def test_engine_config_refuses_bad_values_in_one_line(kwargs, message) -> None:
 def _fake_cuda(monkeypatch, *, tensorrt: bool) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
-    real = engine_mod._has_module
-    monkeypatch.setattr(engine_mod, "_has_module", lambda name: tensorrt if name == "torch_tensorrt" else real(name))
+    real = factory_mod._has_module
+    monkeypatch.setattr(factory_mod, "_has_module", lambda name: tensorrt if name == "torch_tensorrt" else real(name))
 
 
 def test_auto_order_tensorrt_then_torch_cuda(monkeypatch, model_dir) -> None:
@@ -246,7 +257,7 @@ def test_auto_on_cpu_prefers_onnxruntime_and_says_why(monkeypatch, model_dir, tm
     assert (kind, device) == ("onnxruntime", "cpu") and "exporting the model once" in reason
     kind, _, reason = choose_backend(model_dir)
     assert kind == "onnxruntime" and f"{model_dir / ONNX_FILENAME} present" in reason
-    monkeypatch.setattr(engine_mod, "_has_module", lambda name: False)
+    monkeypatch.setattr(factory_mod, "_has_module", lambda name: False)
     kind, _, reason = choose_backend(model_dir)
     assert kind == "torch" and "onnxruntime not installed" in reason
     with pytest.raises(UserError, match="device cuda: no CUDA GPU"):
@@ -303,14 +314,14 @@ def test_missing_onnx_and_missing_model_dir(tmp_path) -> None:
 
 
 def test_onnxruntime_not_installed_names_the_extra(monkeypatch, model_dir) -> None:
-    real = engine_mod.importlib.import_module
+    real = importlib.import_module
 
     def fake_import(name, *a, **k):
         if name == "onnxruntime":
             raise ImportError(name)
         return real(name, *a, **k)
 
-    monkeypatch.setattr(engine_mod.importlib, "import_module", fake_import)
+    monkeypatch.setattr(importlib, "import_module", fake_import)
     with pytest.raises(UserError, match=r"pip install onnxruntime"):
         build_engine("onnxruntime", model_dir)
 
@@ -364,9 +375,14 @@ def test_cached_engine_is_built_once_then_loaded_and_rebuilt_for_a_new_key(tmp_p
     other = tensorrt_cache_path(tmp_path, TensorRTCacheKey("GPU B", "10.3.0", (1, 16, 112), "fp16", "ab" * 32))
     load_or_build_cached(other, build, load)
     assert len(built) == 2 and other.is_file()  # another GPU: rebuilt
-    path.write_bytes(b"\x00" * 10)  # truncated / corrupt
-    with pytest.raises(UserError) as info:
-        load_or_build_cached(path, build, load)
+    path.write_bytes(b"\x00" * 10)  # truncated / corrupt: its manifest no longer vouches for it
+    assert load_or_build_cached(path, build, load).startswith(b"engine:") and len(built) == 3  # rebuilt
+
+    def never_loads(path: Path) -> bytes:
+        raise RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory")
+
+    with pytest.raises(UserError) as info:  # a fresh build that does not load either: say so, once
+        load_or_build_cached(path, build, never_loads)
     assert str(path) in str(info.value) and "delete the file" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -397,3 +413,240 @@ def test_cached_onnx_does_not_hide_damaged_weights(monkeypatch, model_dir, tmp_p
     (broken / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(UserError, match="model.safetensors: checksum mismatch"):
         build_engine("onnxruntime", broken)
+
+
+# ------------------------------------------------------------------- cache manifests (nothing unpickled)
+
+
+class _Payload:
+    """Unpickling this runs code: it writes the marker file named at pickling time."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def _crafted_pickle(path: Path, marker: Path) -> None:
+    import pickle
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(_Payload(marker)))
+
+
+def _forged_manifest(artifact: Path, facts: dict) -> None:
+    """What someone handing over a folder can write: a manifest with the right sha256 and a made-up key."""
+    import hashlib
+    import hmac
+    import json
+
+    body = {"format": 1, "file": artifact.name, "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
+            "size_bytes": artifact.stat().st_size, **facts, "created_utc": "2026-01-01T00:00:00Z"}
+    body["hmac"] = hmac.new(b"k" * 32, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), "sha256").hexdigest()
+    engine_cache.manifest_path(artifact).write_text(json.dumps(body))
+
+
+def test_a_crafted_pickle_in_a_cache_is_refused_without_running_it(tmp_path, caplog) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model" / "tensorrt" / "fused-x.ep"
+    facts = {"weights_sha256": "ab" * 32, "input_size_px": 112, "batch": 1, "precision": "fp16"}
+    built: list[Path] = []
+
+    def build(tmp: Path) -> None:
+        built.append(tmp)
+        tmp.write_bytes(pickle.dumps({"engine": 1}))
+
+    def load(p: Path):
+        return pickle.loads(p.read_bytes())  # as torch.export.load may: the danger the manifest guards
+
+    caplog.set_level(logging.WARNING, logger="stream.engine")
+    for manifest in ("none", "forged", "ours, file swapped after"):
+        _crafted_pickle(path, marker)  # on the last round it replaces a file our own manifest describes
+        if manifest == "forged":
+            _forged_manifest(path, facts)
+        caplog.clear()
+        assert load_or_build_cached(path, build, load, facts=facts) == {"engine": 1}, manifest
+        assert not marker.exists(), f"crafted pickle ran with manifest: {manifest}"
+        assert any("refused, not loaded" in r.getMessage() and "rebuilding" in r.getMessage() for r in caplog.records), manifest
+    assert len(built) == 3
+    # our own build with our own manifest is loaded without rebuilding; other facts are refused
+    assert load_or_build_cached(path, build, load, facts=facts) == {"engine": 1} and len(built) == 3
+    load_or_build_cached(path, build, load, facts={**facts, "batch": 4})
+    assert len(built) == 4
+
+
+def test_manifest_refuses_forged_changed_and_mismatched_files(tmp_path) -> None:
+    artifact = tmp_path / "g.onnx"
+    artifact.write_bytes(b"graph")
+    facts = {"weights_sha256": "ab" * 32, "input_size_px": 64}
+    assert "no manifest" in engine_cache.manifest_problem(artifact, facts)
+    engine_cache.write_manifest(artifact, facts)
+    assert engine_cache.manifest_problem(artifact, facts) is None
+    assert "input_size_px 64" in engine_cache.manifest_problem(artifact, {**facts, "input_size_px": 112})
+    artifact.write_bytes(b"grapH")
+    assert "sha256 differs" in engine_cache.manifest_problem(artifact, facts)
+    _forged_manifest(artifact, facts)
+    assert "signature does not verify" in engine_cache.manifest_problem(artifact, facts)
+    assert engine_cache.manifest_problem(artifact, facts, signed=False) is None  # export-model's kind: sha256 only
+    key = tmp_path / "cache" / "manifest.key"
+    assert key.stat().st_mode & 0o077 == 0  # the secret is the user's alone
+
+
+def test_tensorrt_engine_never_opens_a_handed_over_engine_file(monkeypatch, model_dir, tmp_path) -> None:
+    """TensorRTEngine with a stand-in torch-tensorrt on the CPU: what ``torch.export.load`` is given."""
+    import hashlib
+    import types
+
+    bare = _bare_copy(model_dir, tmp_path)
+    fake_trt = types.ModuleType("torch_tensorrt")
+    fake_trt.__version__ = "10.0.0-test"
+    fake_trt.compile = lambda module, **kw: module
+    fake_trt.save = lambda compiled, path, inputs: Path(path).write_bytes(b"engine built here")
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", fake_trt)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    opened: list[str] = []
+
+    def spy_load(path, *a, **k):
+        opened.append(hashlib.sha256(Path(path).read_bytes()).hexdigest())
+        return types.SimpleNamespace(module=lambda: (lambda rgb, flow: (rgb, rgb, rgb)))
+
+    monkeypatch.setattr(torch.export, "load", spy_load)
+    config = EngineConfig(kind="tensorrt", device="cpu", half=False)
+    from stream.engine.tensorrt_backend import TensorRTEngine
+
+    first = TensorRTEngine(bare, config)  # builds, signs, loads
+    path = first.cache_path
+    assert opened == [hashlib.sha256(b"engine built here").hexdigest()]
+    marker = tmp_path / "pwned"
+    _crafted_pickle(path, marker)
+    crafted = hashlib.sha256(path.read_bytes()).hexdigest()
+    _forged_manifest(path, first.key.facts())
+    TensorRTEngine(bare, config)
+    assert crafted not in opened and len(opened) == 2 and not marker.exists()
+    assert path.read_bytes() == b"engine built here"  # rebuilt over the crafted file
+
+
+@pytest.fixture(scope="module")
+def exported_cache(model_dir, tmp_path_factory) -> Path:
+    """One verified export into a cache folder (key included); tests copy it instead of re-exporting."""
+    cache = tmp_path_factory.mktemp("cache") / "cache"
+    bare = _bare_copy(model_dir, cache.parent)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SWIM_STREAM_CACHE", str(cache))
+        build_engine("onnxruntime", bare).close()
+    return cache
+
+
+@pytest.fixture
+def fast_export(monkeypatch, exported_cache) -> list[Path]:
+    """Re-exports copy the graph exported once (an export costs ~15 s here); what follows it, the
+    check against PyTorch, the rename and the signed manifest, runs for real. Returns the paths written."""
+    import shutil
+
+    (good,) = (exported_cache / "onnx").glob("*.onnx")
+    written: list[Path] = []
+
+    def copy(model, path, **kw):
+        written.append(Path(path))
+        shutil.copy(good, path)
+
+    monkeypatch.setattr(engine_onnx_cache, "write_onnx", copy)
+    return written
+
+
+def _with_cache(exported_cache: Path, own_cache: Path, model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    shutil.copytree(exported_cache, own_cache)
+    (graph,) = (own_cache / "onnx").glob("*.onnx")
+    return graph, _bare_copy(model_dir, tmp_path)
+
+
+def test_first_export_into_the_cache_is_verified_and_signed(exported_cache, model_dir, monkeypatch) -> None:
+    monkeypatch.setenv("SWIM_STREAM_CACHE", str(exported_cache))  # its manifest is signed with that folder's key
+    (graph,) = (exported_cache / "onnx").glob("*.onnx")
+    card = load_model(model_dir)[1]
+    assert engine_cache.manifest_problem(graph, engine_onnx_cache.cached_onnx_facts(card, SIZE_PX)) is None
+    assert not list((exported_cache / "onnx").glob("*.partial*"))
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "no manifest", "forged manifest", "garbage that ours vouches for"])
+def test_a_damaged_cached_graph_is_rebuilt_with_a_log_line(exported_cache, own_cache, model_dir, reference, tmp_path, caplog, damage, fast_export) -> None:
+    (rgb, flow), want = reference
+    graph, bare = _with_cache(exported_cache, own_cache, model_dir, tmp_path)
+    card = load_model(model_dir)[1]
+    facts = engine_onnx_cache.cached_onnx_facts(card, SIZE_PX)
+    if damage == "flipped byte":
+        data = bytearray(graph.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        graph.write_bytes(bytes(data))
+    elif damage == "no manifest":
+        engine_cache.manifest_path(graph).unlink()
+    elif damage == "forged manifest":
+        graph.write_bytes(graph.read_bytes()[:1000])
+        _forged_manifest(graph, facts)
+    else:
+        graph.write_bytes(b"not a protobuf at all")
+        engine_cache.write_manifest(graph, facts)  # as if the bytes had been ours: onnxruntime still fails
+    caplog.set_level(logging.INFO, logger="stream.engine")
+    with build_engine("onnxruntime", bare) as engine:
+        assert_close(engine.predict_all(rgb, flow), want, FP32_ATOL)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(str(graph) in m and ("refused" in m or "does not load" in m) and "exporting it again" in m for m in messages), messages
+    assert any("ONNX check against PyTorch" in m for m in messages)
+    assert engine_cache.manifest_problem(graph, facts) is None and len(fast_export) == 1  # exported again, once
+
+
+def test_a_first_export_that_disagrees_with_pytorch_is_refused_and_not_kept(monkeypatch, model_dir, own_cache, tmp_path, fast_export) -> None:
+    bare = _bare_copy(model_dir, tmp_path)
+    real = engine_onnx_cache.reference_probs
+    monkeypatch.setattr(engine_onnx_cache, "reference_probs", lambda *a: tuple(p + 1e-3 for p in real(*a)))
+    with pytest.raises(UserError, match=r"ONNX export differs from PyTorch by 1\.00e-03") as info:
+        build_engine("onnxruntime", bare)
+    assert "--engine torch" in str(info.value) and "\n" not in str(info.value)
+    assert not list((own_cache / "onnx").glob("*"))  # neither the graph nor a manifest left behind
+
+
+def test_beside_onnx_with_a_manifest_that_no_longer_matches_is_refused(model_dir, tmp_path) -> None:
+    import shutil
+
+    copy = tmp_path / "m"
+    copy.mkdir()
+    for name in ("card.json", "model.safetensors", ONNX_FILENAME):
+        shutil.copy(model_dir / name, copy / name)
+    engine_cache.write_manifest(copy / ONNX_FILENAME, signed=False)
+    build_engine("onnxruntime", copy).close()  # matches: used
+    with open(copy / ONNX_FILENAME, "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(UserError, match="sha256 differs from its manifest") as info:
+        build_engine("onnxruntime", copy)
+    assert str(copy / ONNX_FILENAME) in str(info.value) and "export-model" in str(info.value)
+
+
+def test_degenerate_streams_names_saturated_or_constant_outputs() -> None:
+    varied = np.array([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]], np.float32)
+    one_hot = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)  # saturated, though it differs
+    same = np.array([[0.2, 0.5, 0.3], [0.2, 0.5, 0.3]], np.float32)
+    assert verify.degenerate_streams((varied, varied, varied)) == []
+    assert verify.degenerate_streams((varied, one_hot, same)) == ["rgb", "flow"]
+
+
+BUNDLED = Path(__file__).resolve().parents[1] / "trained_models" / "fst-side-64"
+
+
+@pytest.mark.skipif(not (BUNDLED / "card.json").is_file(), reason="bundled model not in this checkout")
+def test_probe_clips_exercise_both_streams_of_the_bundled_model(one_torch_thread) -> None:
+    """Uniform noise pushed the trained flow stream to exactly [1, 0, 0]; the probe clips do not."""
+    model, card = load_model(BUNDLED)
+    size = card.input_size_px
+    gen = torch.Generator().manual_seed(0)
+    noise = (torch.rand(3, 3, 16, size, size, generator=gen) * 2 - 1, torch.rand(3, 2, 16, size, size, generator=gen) * 2 - 1)
+    assert "flow" in verify.degenerate_streams(verify.reference_probs(model, *noise))
+    probs = verify.reference_probs(model, *verify.probe_clips(card.clip_frames, size))
+    assert verify.degenerate_streams(probs) == []
+    assert len({int(row.argmax()) for row in probs[2]}) >= 2  # the flow stream tells the clips apart

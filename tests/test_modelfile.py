@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from stream.model import FusedI3D
-from stream.modelfile import CARD_FILE, ModelCard, ModelFileError, load_card, load_model, save_model
+from stream.errors import UserError
+from stream.modelfile import CARD_FILE, ModelCard, ModelFileError, bundled_models, load_card, load_model, save_model
 
 FLOW = {"tau": 0.25, "lambda_": 0.15, "theta": 0.3}
 
@@ -80,3 +82,190 @@ def test_bad_cards(tmp_path, tiny_model):
         load_card(d)
     with pytest.raises(ModelFileError, match="immobile_classes"):
         make_card(immobile_classes=["rest"]).validate()
+
+
+# ------------------------------------------------------------------ strict cards, through stream-run
+
+BAD_CARDS = [
+    # (what to change in card.json, the field the one-line error must name)
+    ({"input_size_px": "64"}, 'input_size_px must be an integer, got "64"'),
+    ({"fps": None}, "fps must be a finite number, got null"),
+    ({"fps": 0}, "fps must be > 0"),
+    ({"flow_weight": "0.5"}, "flow_weight must be a finite number"),
+    ({"classes": "swim,float"}, "classes must be a list of strings"),
+    ({"classes": ["swim", "swim", "float"]}, "classes must be a non-empty list of distinct"),
+    ({"immobile_classes": ["rest"]}, "immobile_classes ['rest'] are not among classes"),
+    ({"view": "front"}, "view must be one of 'side', 'top'"),
+    ({"weights_file": "../elsewhere.safetensors"}, "weights_file must be a file name inside the model directory"),
+    ({"flow": {"nscales": 0}}, "flow: nscales=0 must be an integer >= 1"),
+    ({"flow": {"nscale": 3}}, "flow has unknown key(s) nscale"),
+    ({"flow": {"warps": "1"}}, 'flow.warps must be an integer, got "1"'),
+    ({"flow": {"tau": 0.5}}, "flow: tau=0.5 must be in (0, 0.25]"),
+    ({"flow": "tvl1"}, "flow must be an object"),
+]
+
+
+def _bad_model(src: Path, dst: Path, change: dict) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    card = json.loads((dst / CARD_FILE).read_text())
+    for key, value in change.items():
+        if key == "flow" and isinstance(value, dict):
+            card["flow"] = {**card["flow"], **value}
+        else:
+            card[key] = value
+    (dst / CARD_FILE).write_text(json.dumps(card))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def run_model(tiny_model, tmp_path_factory) -> Path:
+    """A saved model directory for stream-run (this module's ``tiny_model`` is the network itself)."""
+    return save_model(tiny_model, make_card(), tmp_path_factory.mktemp("run") / "model")
+
+
+@pytest.fixture
+def no_engine(monkeypatch):
+    """stream-run's engine hook, recording calls: a bad card must stop the start before it."""
+    import stream.run as run_mod
+
+    calls = []
+
+    def build(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("engine built despite a bad card")
+
+    monkeypatch.setattr(run_mod, "_build_engine", build)
+    return calls
+
+
+@pytest.mark.parametrize("change, needle", BAD_CARDS, ids=[next(iter(c)) + "=" + json.dumps(next(iter(c.values())))[:20] for c, _ in BAD_CARDS])
+def test_bad_card_is_one_line_naming_file_and_field_before_anything_loads(change, needle, run_model, moving_square_video, tmp_path, capsys, no_engine):
+    import stream.run as run_mod
+
+    model = _bad_model(run_model, tmp_path / "model", change)
+    video = moving_square_video(tmp_path / "v.mp4", 20)
+    code = run_mod.main(["--video", str(video), "--model", str(model), "--out", str(tmp_path / "out"), "--no-zmq", "--no-metrics", "-q"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("stream-run: error: ") and str(model / CARD_FILE) in err[0] and needle in err[0], err[0]
+    assert not no_engine
+
+
+def test_bad_flow_in_card_stops_a_camera_start_before_the_camera_or_engine(run_model, tmp_path, capsys, no_engine):
+    """Before, the flow settings were checked after the engine warmed up (after READY=1 for a camera)."""
+    import stream.run as run_mod
+
+    model = _bad_model(run_model, tmp_path / "model", {"flow": {"nscales": 0}})
+    code = run_mod.main(["--camera", "97", "--model", str(model), "--out", str(tmp_path / "out"), "--no-zmq", "--no-metrics", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "nscales=0" in err[0] and "camera" not in err[0]
+    assert not no_engine
+
+
+def test_bad_card_through_the_installed_console_script(run_model, moving_square_video, tmp_path):
+    """The real ``stream-run`` process: exit status 2, one line on stderr, no traceback."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("stream-run") or str(Path(sys.executable).with_name("stream-run"))
+    if not Path(exe).is_file():
+        pytest.skip("stream-run console script not installed (pip install -e .)")
+    model = _bad_model(run_model, tmp_path / "model", {"fps": None})
+    video = moving_square_video(tmp_path / "v.mp4", 20)
+    proc = subprocess.run([exe, "--video", str(video), "--model", str(model), "--out", str(tmp_path / "out"), "--no-zmq",
+                           "--no-metrics", "-q"], capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{model / CARD_FILE}: fps must be a finite number, got null" in lines[0]
+
+
+def test_a_valid_card_round_trips_and_json_integers_become_floats(tmp_path, tiny_model):
+    d = save_model(tiny_model, make_card(), tmp_path / "m")
+    card = json.loads((d / CARD_FILE).read_text())
+    card["fps"] = 15  # JSON has one number type: 15 is a fine fps
+    (d / CARD_FILE).write_text(json.dumps(card))
+    loaded = load_card(d)
+    assert loaded.fps == 15.0 and isinstance(loaded.fps, float)
+
+
+def test_bad_cards_are_refused_when_saving_too(tiny_model, tmp_path):
+    with pytest.raises(ModelFileError, match="flow: nscales=0"):
+        save_model(tiny_model, make_card(flow={"nscales": 0}), tmp_path / "m")
+    with pytest.raises(ModelFileError, match='input_size_px must be an integer, got "32"'):
+        save_model(tiny_model, make_card(input_size_px="32"), tmp_path / "m2")
+
+
+# ------------------------------------------------------------------------------ --view side|top
+
+
+def _fake_bundle(root: Path, models: dict[str, str]) -> Path:
+    for name, view in models.items():
+        (root / name).mkdir(parents=True)
+        (root / name / CARD_FILE).write_text(json.dumps({"name": name, "view": view}))
+    return root
+
+
+def test_bundled_model_for_a_view_prefers_the_named_one(tmp_path):
+    from stream.modelfile import PREFERRED_BUNDLED, bundled_model_dir
+
+    root = _fake_bundle(tmp_path / "tm", {"a-side-old": "side", PREFERRED_BUNDLED["side"]: "side", "z-top": "top"})
+    (root / "broken").mkdir()
+    (root / "broken" / CARD_FILE).write_text("{not json")  # skipped, not fatal
+    assert bundled_model_dir("side", root) == root / PREFERRED_BUNDLED["side"]
+    assert bundled_model_dir("top", root) == root / "z-top"  # the preferred name is absent: the one that has the view
+
+
+def test_bundled_model_for_a_view_missing_names_what_there_is(tmp_path):
+    from stream.modelfile import bundled_model_dir
+
+    root = _fake_bundle(tmp_path / "tm", {"fst-side-64": "side"})
+    with pytest.raises(UserError) as info:
+        bundled_model_dir("top", root)
+    assert str(info.value) == "--view top: no bundled model for the top view (bundled: fst-side-64 (side)); pass --model DIR"
+
+
+@pytest.fixture
+def engine_dirs(monkeypatch):
+    """stream-run's engine hook: records the model directory, then stops the start (exit 2)."""
+    import stream.run as run_mod
+
+    dirs: list[Path] = []
+
+    def build(kind, model_dir, *args, **kwargs):
+        dirs.append(Path(model_dir))
+        raise UserError("stopped by the test after choosing the model")
+
+    monkeypatch.setattr(run_mod, "_build_engine", build)
+    return dirs
+
+
+def test_stream_run_view_picks_the_bundled_model_and_model_wins(run_model, moving_square_video, tmp_path, capsys, engine_dirs, caplog):
+    import logging
+
+    import stream.run as run_mod
+    from stream.modelfile import BUNDLED_MODELS_DIR
+
+    video = moving_square_video(tmp_path / "v.mp4", 20)
+    base = ["--video", str(video), "--no-zmq", "--no-metrics", "-q"]
+    if "side" in bundled_models().values():
+        assert run_mod.main([*base, "--out", str(tmp_path / "o1"), "--view", "side"]) == 2
+        assert engine_dirs[-1].parent == BUNDLED_MODELS_DIR and bundled_models()[engine_dirs[-1].name] == "side"
+    caplog.set_level(logging.WARNING, logger="stream.run")
+    assert run_mod.main([*base, "--out", str(tmp_path / "o2"), "--view", "top", "--model", str(run_model)]) == 2
+    assert engine_dirs[-1] == run_model  # --model wins, with a warning that the views differ
+    assert any("--view top" in r.getMessage() and "side-view" in r.getMessage() for r in caplog.records)
+    capsys.readouterr()
+
+
+@pytest.mark.skipif("top" in bundled_models().values(), reason="a top-view model is bundled now")
+def test_stream_run_view_without_a_bundled_model_is_one_line(moving_square_video, tmp_path, capsys, engine_dirs):
+    import stream.run as run_mod
+
+    video = moving_square_video(tmp_path / "v.mp4", 20)
+    code = run_mod.main(["--video", str(video), "--view", "top", "--out", str(tmp_path / "o"), "--no-zmq", "--no-metrics", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--view top: no bundled model for the top view" in err[0] and "--model DIR" in err[0]
+    assert not engine_dirs

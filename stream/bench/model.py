@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stream.engine import Engine, EngineConfig, open_engine, write_onnx
+from stream.engine import KIND_ONNXRUNTIME, KIND_TENSORRT, KIND_TORCH, Engine, EngineConfig, open_engine, write_onnx
 from stream.errors import UserError
 from stream.model import FusedI3D
 from stream.modelfile import ModelCard, load_model, save_model
@@ -40,11 +40,11 @@ REFERENCE = "torch-eager"
 # name -> (EngineConfig fields, when it is available by default). Eager is plain FP32 PyTorch:
 # no freezing, no half precision, no CUDA graphs; every ratio is against it.
 VARIANTS: dict[str, dict[str, object]] = {
-    "torch-eager": {"kind": "torch", "optimize": False, "half": False, "cuda_graphs": False, "channels_last": False},
-    "torch": {"kind": "torch"},  # CPU: TorchScript-frozen FP32; CUDA: FP16, channels-last, CUDA graphs
-    "torch-compile": {"kind": "torch", "compile": True},
-    "onnxruntime": {"kind": "onnxruntime"},
-    "tensorrt": {"kind": "tensorrt"},
+    "torch-eager": {"kind": KIND_TORCH, "optimize": False, "half": False, "cuda_graphs": False, "channels_last": False},
+    "torch": {"kind": KIND_TORCH},  # CPU: TorchScript-frozen FP32; CUDA: FP16, channels-last, CUDA graphs
+    "torch-compile": {"kind": KIND_TORCH, "compile": True},
+    "onnxruntime": {"kind": KIND_ONNXRUNTIME},
+    "tensorrt": {"kind": KIND_TENSORRT},
 }
 # torch.compile takes minutes per shape on 2 CPU cores, so it only runs by default on a GPU.
 DEFAULT_CPU = ("torch-eager", "torch", "onnxruntime")
@@ -144,7 +144,7 @@ def _clips(card: ModelCard, batch: int, size_px: int) -> tuple[np.ndarray, np.nd
 
 def _open(name: str, model_dir: Path, device: str, threads: int | None, batch: int) -> Engine | None:
     fields = dict(VARIANTS[name])
-    fixed = fields.get("kind") == "tensorrt" or (device == "cuda" and fields.get("cuda_graphs", True))
+    fixed = fields.get("kind") == KIND_TENSORRT or (device == "cuda" and fields.get("cuda_graphs", True))
     config = EngineConfig(device=device, threads=threads, batch_size=batch if fixed else None, **fields)  # type: ignore[arg-type]
     try:
         return open_engine(model_dir, config)
