@@ -55,6 +55,10 @@ __all__ = [
     "StreamPredictions",
     "INIT_HELP",
     "build_model",
+    "freeze_blocks",
+    "FREEZABLE_BLOCKS",
+    "FINETUNE_RECIPE",
+    "parse_with_recipe",
     "seed_everything",
     "resolve_device",
     "dataset_labels",
@@ -71,6 +75,32 @@ LOG_JSONL_NAME = "log.jsonl"  # one JSON object per finished epoch
 LOG_CSV_NAME = "log.csv"  # the same rows as CSV, for a spreadsheet
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint dict changes incompatibly
 SAMPLER_SEED_STRIDE = 1_000_003  # sampler seed = seed * stride + epoch: a fresh, reproducible draw per epoch
+# I3D blocks in forward order (stream.model.I3D's children before dropout/logits); --freeze-until names one
+FREEZABLE_BLOCKS = (
+    "Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
+    "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
+    "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c",
+)  # fmt: skip
+# `export-train --recipe finetune`: defaults for adapting a trained model (--init model:DIR) to a new
+# setup from a few labelled minutes. Why each value:
+#  * adam at lr 1e-4: a tenth of the from-scratch rate the bundled model was trained with; the
+#    weights are already good, a large step on a few hundred clips would wash them out;
+#  * 3 epochs, no validation split (val_folds 0, so no early stopping): with 1-2 labelled minutes
+#    every labelled second is needed for training, and a fixed short schedule overfits less than
+#    early stopping on a 20 % split of a few hundred correlated clips would reveal;
+#  * the stem and Mixed_3b/3c frozen (weights, and their BatchNorm statistics kept in eval mode):
+#    edges, blobs and short motion patterns transfer between setups; freezing them removes ~10 %
+#    of the weights from the fit and keeps the early BatchNorm statistics of a large training set;
+#  * class balancing stays "sampler" (the default): a few minutes of FST are mostly one class.
+# Options given on the command line win over the recipe.
+FINETUNE_RECIPE: dict[str, Any] = {
+    "optimizer": "adam",
+    "lr": 1e-4,
+    "lr_floor": 1e-6,
+    "epochs": 3,
+    "val_folds": 0,
+    "freeze_until": "Mixed_3c",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,6 +128,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # float16 autocast + gradient scaling on CUDA; ignored on CPU
     num_workers: int = 0  # DataLoader worker processes; 0 reads clips in the training process
+    freeze_until: str = ""  # freeze both streams' blocks up to and including this one (FREEZABLE_BLOCKS); "" = train all
 
     def __post_init__(self) -> None:
         problems = []
@@ -121,6 +152,8 @@ class TrainConfig:
             problems.append("BatchNorm momentum must be in (0, 1]")
         if self.clips_per_epoch < 0 or self.patience_epochs < 0 or self.num_workers < 0 or self.bn_recalibration_clips < 0:
             problems.append("clips per epoch, patience and workers must be >= 0")
+        if self.freeze_until and self.freeze_until not in FREEZABLE_BLOCKS:
+            problems.append(f"freeze-until {self.freeze_until!r} is not an I3D block ({', '.join(FREEZABLE_BLOCKS)})")
         if problems:
             raise UserError("training configuration: " + "; ".join(problems))
 
@@ -181,6 +214,27 @@ def build_model(init: str, *, num_classes: int, dropout_keep_prob: float = 0.36)
         _set_dropout(model, dropout_keep_prob)
         return model, f"model {card.name!r} ({card.init}; classes {card.classes}), classifiers replaced"
     raise UserError(f"--init {init!r}: expected {INIT_HELP}")
+
+
+def freeze_blocks(model: torch.nn.Module, until: str) -> list[torch.nn.Module]:
+    """Stop training both streams' blocks from the input up to and including ``until``; the frozen blocks.
+
+    Their parameters get ``requires_grad=False`` (the optimizer never sees them) and the caller
+    keeps the returned modules in eval mode, so their BatchNorm layers normalise with the running
+    statistics the source model learnt on much more data than a few labelled minutes.
+    """
+    if not until:
+        return []
+    frozen = []
+    for stream in (model.rgb, model.flow):
+        for name, block in stream.named_children():
+            if name not in FREEZABLE_BLOCKS:
+                break
+            block.requires_grad_(False)
+            frozen.append(block)
+            if name == until:
+                break
+    return frozen
 
 
 def _set_dropout(model: torch.nn.Module, keep_prob: float) -> None:
@@ -332,8 +386,10 @@ def _forward_losses(model: torch.nn.Module, rgb: torch.Tensor, flow: torch.Tenso
     return fused, rgb_logits, flow_logits, rgb_loss, flow_loss
 
 
-def _train_one_epoch(model, loader, optimizer, scheduler, scaler, class_weights, device, amp: bool, progress: bool, desc: str) -> EpochStats:
+def _train_one_epoch(model, loader, optimizer, scheduler, scaler, class_weights, device, amp: bool, progress: bool, desc: str, frozen: Sequence[torch.nn.Module] = ()) -> EpochStats:
     model.train()
+    for block in frozen:  # frozen blocks keep their BatchNorm running statistics (see freeze_blocks)
+        block.eval()
     meter = _Meter()
     for rgb, flow, labels in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         rgb, flow, labels = rgb.to(device, non_blocking=True), flow.to(device, non_blocking=True), labels.to(device).long()
@@ -401,6 +457,7 @@ def train(
     seed_everything(config.seed)
     model.to(device)
     _set_dropout(model, config.dropout_keep_prob)
+    frozen = freeze_blocks(model, config.freeze_until)
     batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     model_bn_momentum = [m.momentum for m in batch_norms]
     for m in batch_norms:
@@ -417,10 +474,11 @@ def train(
         class_weights = torch.as_tensor(w, dtype=torch.float32, device=device)
 
     steps_per_epoch = len(_train_loader(train_set, labels, num_classes, config, 0))
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
+        optimizer = torch.optim.Adam(trainable, lr=config.lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs * steps_per_epoch, 1), eta_min=config.lr_floor)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     val_loader = _eval_loader(val_set, config.batch_size, config.num_workers) if val_set is not None and len(val_set) else None
@@ -449,7 +507,7 @@ def train(
             break
         t0 = time.monotonic()
         loader = _train_loader(train_set, labels, num_classes, config, epoch)
-        train_stats = _train_one_epoch(model, loader, optimizer, scheduler, scaler, class_weights, device, amp, progress, f"epoch {epoch + 1}")
+        train_stats = _train_one_epoch(model, loader, optimizer, scheduler, scaler, class_weights, device, amp, progress, f"epoch {epoch + 1}", frozen)
         val_stats = _validate(model, val_loader, class_weights, device, amp, progress) if val_loader else None
 
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
@@ -499,6 +557,8 @@ def train(
         recalibrate_batchnorm(model, train_set, config, device, progress)
     for m, momentum in zip(batch_norms, model_bn_momentum):
         m.momentum = momentum
+    for block in frozen:
+        block.requires_grad_(True)
     return result
 
 
@@ -509,8 +569,10 @@ def recalibrate_batchnorm(model: torch.nn.Module, dataset: Dataset, config: Trai
     During training the running averages trail weights that keep changing; evaluation uses them,
     so a short run evaluates with statistics of weights it no longer has. Only the BatchNorm
     layers run in training mode here (dropout stays off), and the clips are a fixed, seeded draw.
+    BatchNorm layers of frozen blocks (``requires_grad`` off) keep the statistics they came with.
     """
-    batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                   and (m.weight is None or m.weight.requires_grad)]  # fmt: skip
     if not batch_norms or len(dataset) == 0:
         return
     generator = torch.Generator().manual_seed(config.seed)
@@ -668,6 +730,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); 1 avoids thrashing on a busy shared machine")
     g.add_argument("--workers", type=int, default=d.num_workers, help=f"DataLoader workers (default: {d.num_workers})")
+    g.add_argument("--freeze-until", default=d.freeze_until, metavar="BLOCK",
+                   help="fine-tuning: freeze both streams from the input up to and including this I3D block, e.g. Mixed_3c (default: train all)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -694,7 +758,33 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device,
         amp=not args.no_amp,
         num_workers=args.workers,
+        freeze_until=args.freeze_until,
     )
+
+
+def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; with ``--recipe finetune`` the recipe's values replace defaults the user did not set.
+
+    Which options were set is found by parsing again with every default suppressed, so an explicit
+    ``--lr 0.001`` wins even when it equals the plain default.
+    """
+    args = parser.parse_args(argv)
+    if getattr(args, "recipe", "none") != "finetune":
+        return args
+    saved = [(action, action.default) for action in parser._actions]  # argparse has no public "was it given?"
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        set_by_user = vars(parser.parse_args(argv))
+    finally:
+        for action, default in saved:
+            action.default = default
+    for key, value in FINETUNE_RECIPE.items():
+        if key not in set_by_user:
+            setattr(args, key, value)
+    if not str(args.init).startswith("model:"):
+        log.warning("--recipe finetune is meant for --init model:DIR (fine-tuning a trained model); got --init %s", args.init)
+    return args
 
 
 def _split_names(text: str | None) -> list[str] | None:
@@ -881,6 +971,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name in the card (default: --out folder name)")
     p.add_argument("--flow-weight", type=float, default=0.5, help="fusion weight stored in the card (export-evaluate finds the best; default: 0.5)")
     p.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
+    p.add_argument("--recipe", choices=("none", "finetune"), default="none",
+                   help="finetune: defaults for adapting a trained model (--init model:DIR) from a few labelled minutes: "
+                        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in FINETUNE_RECIPE.items())
+                        + "; options you give win (default: none)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     add_data_arguments(p)
     add_training_arguments(p)
@@ -893,7 +987,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from export.report import TRAINING_PLOT, plot_training_curves
 
-    args = build_parser().parse_args(argv)
+    args = parse_with_recipe(build_parser(), argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not 0.0 <= args.flow_weight <= 1.0:
         raise UserError(f"--flow-weight {args.flow_weight}: must be in [0, 1]")
