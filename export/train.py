@@ -92,7 +92,8 @@ FREEZABLE_BLOCKS = (
 #    edges, blobs and short motion patterns transfer between setups; freezing them removes ~10 %
 #    of the weights from the fit and keeps the early BatchNorm statistics of a large training set;
 #  * class balancing stays "sampler" (the default): a few minutes of FST are mostly one class.
-# Options given on the command line win over the recipe.
+# With --init model:DIR the data options (size, fps, TV-L1 preset, view, classes) come from that
+# model's card, so fine-tuning sees clips as the model saw them. Options given on the command line win.
 FINETUNE_RECIPE: dict[str, Any] = {
     "optimizer": "adam",
     "lr": 1e-4,
@@ -782,9 +783,31 @@ def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None) -
     for key, value in FINETUNE_RECIPE.items():
         if key not in set_by_user:
             setattr(args, key, value)
-    if not str(args.init).startswith("model:"):
+    kind, _, model_dir = str(args.init).partition(":")
+    if kind != "model":
         log.warning("--recipe finetune is meant for --init model:DIR (fine-tuning a trained model); got --init %s", args.init)
+        return args
+    _data_defaults_from_card(args, Path(model_dir), set_by_user)
     return args
+
+
+def _data_defaults_from_card(args: argparse.Namespace, model_dir: Path, set_by_user: dict[str, Any]) -> None:
+    """Fine-tuning sees clips as the model saw them: its input size, frame rate, TV-L1 settings,
+    view and classes, unless the command line says otherwise."""
+    from stream.flow import FlowConfig
+    from stream.modelfile import load_card
+
+    card = load_card(model_dir)
+    wanted = {"size_px": card.input_size_px, "fps": card.fps, "view": card.view, "classes": ",".join(card.classes),
+              "immobile_classes": ",".join(card.immobile_classes)}  # fmt: skip
+    for preset, config in (("default", FlowConfig()), ("fast", FlowConfig.fast())):
+        if card.flow == dataclasses.asdict(config):
+            wanted["flow_preset"] = preset
+    if "flow_preset" not in wanted and "flow_preset" not in set_by_user:
+        log.warning("%s: its TV-L1 settings are neither --flow-preset default nor fast; training uses %s", model_dir, args.flow_preset)
+    for key, value in wanted.items():
+        if key not in set_by_user and hasattr(args, key):
+            setattr(args, key, value)
 
 
 def _split_names(text: str | None) -> list[str] | None:
@@ -974,7 +997,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=("none", "finetune"), default="none",
                    help="finetune: defaults for adapting a trained model (--init model:DIR) from a few labelled minutes: "
                         + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in FINETUNE_RECIPE.items())
-                        + "; options you give win (default: none)")
+                        + "; with --init model:DIR also that model's size, fps, TV-L1 preset and classes; options you give win (default: none)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     add_data_arguments(p)
     add_training_arguments(p)

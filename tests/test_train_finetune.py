@@ -73,4 +73,6 @@ def test_recipe_fills_defaults_and_explicit_options_win():
     mine = tr.parse_with_recipe(parser, [*base, "--recipe", "finetune", "--lr", "0.001", "--freeze-until", "", "--val-folds=5"])
     assert (mine.lr, mine.freeze_until, mine.val_folds, mine.epochs) == (1e-3, "", 5, tr.FINETUNE_RECIPE["epochs"])
     assert tr.config_from_args(tuned).freeze_until == "Mixed_3c"
+    assert (tuned.size_px, tuned.fps, tuned.flow_preset, tuned.classes) == (64, 15.0, "fast", "swim,struggle,float")  # the card's
+    assert tr.parse_with_recipe(parser, [*base, "--recipe", "finetune", "--size-px", "112"]).size_px == 112
     assert parser.parse_args(base).lr == 1e-3  # the parser's defaults are restored after the second parse
