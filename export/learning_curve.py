@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                 config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=FINETUNE_RECIPE["optimizer"], lr=FINETUNE_RECIPE["lr"],
                                      lr_floor=FINETUNE_RECIPE["lr_floor"], freeze_until=FINETUNE_RECIPE["freeze_until"],
                                      bn_recalibration_clips=args.bn_recalibration_clips, seed=args.seed, device=args.device)  # fmt: skip
-                model, _ = build_model(args.init, num_classes=len(classes), dropout_keep_prob=config.dropout_keep_prob)
+                model, _ = build_model(args.init, num_classes=len(classes), dropout_keep_prob=config.dropout_keep_prob, classes=classes)
             else:
                 config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="adam", lr=SCRATCH_LR, lr_floor=SCRATCH_LR_FLOOR,
                                      bn_recalibration_clips=args.bn_recalibration_clips, seed=args.seed, device=args.device)  # fmt: skip

@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pick the stretches of video whose labels would help the model most, as a BORIS project and label templates.",
         epilog="Example: export-select --videos new/*.mp4 --model trained_models/fst-side-64 --stride 4 --count 15 --out to-label/",
     )
-    p.add_argument("--videos", nargs="+", type=Path, required=True, metavar="VIDEO", help="the videos to choose from")
+    p.add_argument("--videos", nargs="+", type=Path, required=True, metavar="VIDEO", help="the videos to choose from (arenas: <video>.arenas.json next to each, as stream-run reads them)")
     p.add_argument("--runs", nargs="+", type=Path, metavar="DIR",
                    help="stream-run output folder of each video, same order (default: score the videos now with stream-run)")
     p.add_argument("--model", type=Path, help="model to score with when --runs is not given (default: stream-run's)")

@@ -169,11 +169,13 @@ INIT_HELP = (
 )
 
 
-def build_model(init: str, *, num_classes: int, dropout_keep_prob: float = 0.36) -> tuple[torch.nn.Module, str]:
+def build_model(init: str, *, num_classes: int, dropout_keep_prob: float = 0.36, classes: Sequence[str] | None = None) -> tuple[torch.nn.Module, str]:
     """A ``FusedI3D`` for ``num_classes`` initialised as ``init`` says, and a sentence for the model card.
 
-    Whatever the source, the classifiers are new (``num_classes`` outputs): the source's classes
-    are never ours.
+    The classifiers are new (``num_classes`` outputs): the source's classes are not ours -- except
+    when ``init`` is a model of ours whose card lists exactly ``classes`` (fine-tuning a model on
+    its own task), whose trained classifiers and flow weight are kept: a fresh classifier would
+    have to be learnt again from the few labelled minutes fine-tuning has.
     """
     from stream.model import FusedI3D, inflate_from_2d, load_i3d_checkpoint
 
@@ -210,9 +212,11 @@ def build_model(init: str, *, num_classes: int, dropout_keep_prob: float = 0.36)
 
         del model  # the previous model's own architecture carries its weights
         model, card = load_model(Path(arg), device="cpu")
+        _set_dropout(model, dropout_keep_prob)
+        if classes is not None and list(classes) == list(card.classes):
+            return model, f"model {card.name!r} ({card.init}; classes {card.classes}), classifiers kept (same classes)"
         model.replace_classifier(num_classes)
         model.flow_weight = 0.5
-        _set_dropout(model, dropout_keep_prob)
         return model, f"model {card.name!r} ({card.init}; classes {card.classes}), classifiers replaced"
     raise UserError(f"--init {init!r}: expected {INIT_HELP}")
 
@@ -793,13 +797,13 @@ def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None) -
 
 def _data_defaults_from_card(args: argparse.Namespace, model_dir: Path, set_by_user: dict[str, Any]) -> None:
     """Fine-tuning sees clips as the model saw them: its input size, frame rate, TV-L1 settings,
-    view and classes, unless the command line says otherwise."""
+    view and classes (and keeps its flow weight), unless the command line says otherwise."""
     from stream.flow import FlowConfig
     from stream.modelfile import load_card
 
     card = load_card(model_dir)
     wanted = {"size_px": card.input_size_px, "fps": card.fps, "view": card.view, "classes": ",".join(card.classes),
-              "immobile_classes": ",".join(card.immobile_classes)}  # fmt: skip
+              "immobile_classes": ",".join(card.immobile_classes), "flow_weight": card.flow_weight}  # fmt: skip
     for preset, config in (("default", FlowConfig()), ("fast", FlowConfig.fast())):
         if card.flow == dataclasses.asdict(config):
             wanted["flow_preset"] = preset
@@ -1024,7 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
           f"classes {classes}, {spec.size_px} px at {spec.fps:g} fps")  # fmt: skip
 
     seed_everything(config.seed)  # model init draws from the seeded RNG
-    model, init_text = build_model(args.init, num_classes=len(classes), dropout_keep_prob=config.dropout_keep_prob)
+    model, init_text = build_model(args.init, num_classes=len(classes), dropout_keep_prob=config.dropout_keep_prob, classes=classes)
     model.flow_weight = args.flow_weight
     work_dir = args.work_dir or Path("runs") / f"train-{args.out.name}"
     t0 = time.monotonic()

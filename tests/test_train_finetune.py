@@ -76,3 +76,17 @@ def test_recipe_fills_defaults_and_explicit_options_win():
     assert (tuned.size_px, tuned.fps, tuned.flow_preset, tuned.classes) == (64, 15.0, "fast", "swim,struggle,float")  # the card's
     assert tr.parse_with_recipe(parser, [*base, "--recipe", "finetune", "--size-px", "112"]).size_px == 112
     assert parser.parse_args(base).lr == 1e-3  # the parser's defaults are restored after the second parse
+
+
+def test_fine_tuning_on_the_same_classes_keeps_the_trained_classifiers(tiny_model):
+    from stream.modelfile import load_model
+
+    source, card = load_model(tiny_model)
+    kept, text = tr.build_model(f"model:{tiny_model}", num_classes=3, classes=card.classes)
+    assert "kept" in text and kept.flow_weight == card.flow_weight
+    assert torch.equal(kept.rgb.logits.conv3d.weight, source.rgb.logits.conv3d.weight)
+    other, text = tr.build_model(f"model:{tiny_model}", num_classes=2, classes=["mobile", "immobile"])
+    assert "replaced" in text and other.num_classes == 2 and other.flow_weight == 0.5
+    reordered, _ = tr.build_model(f"model:{tiny_model}", num_classes=3, classes=list(reversed(card.classes)))
+    assert not torch.equal(reordered.rgb.logits.conv3d.weight, source.rgb.logits.conv3d.weight)  # logit order matters
+    assert torch.equal(reordered.rgb.Mixed_5c.b0.conv3d.weight, source.rgb.Mixed_5c.b0.conv3d.weight)  # the backbone is kept
