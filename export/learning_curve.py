@@ -54,6 +54,7 @@ TARGET_AGREEMENT = 0.90  # the issue's goal: 90 % per-frame agreement from <= 2 
 DEFAULT_EVAL_FRAME_STEP = 4  # every 4th test frame: neighbouring frames are nearly the same clip
 SCRATCH_LR = 1e-3  # random init: the bundled model's from-scratch Adam rate
 SCRATCH_LR_FLOOR = 1e-5
+SCRATCH_BN_RECALIBRATION_CLIPS = 64  # export-train's default: from scratch the running statistics trail far behind
 NO_SELECTION = "none"  # the 0-minute point: the model as it comes, nothing picked
 POINTS_DIR = "points"
 TABLE_CSV = "learning_curve.csv"
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-frame-step", type=int, default=DEFAULT_EVAL_FRAME_STEP, help=f"measure on every Nth test frame (default: {DEFAULT_EVAL_FRAME_STEP})")
     p.add_argument("--epochs", type=int, default=FINETUNE_RECIPE["epochs"], help="epochs per point, both starts (default: the recipe's %(default)s)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--bn-recalibration-clips", type=int, default=64)
+    p.add_argument("--bn-recalibration-clips", type=int, help="BatchNorm recalibration clips (default: the recipe's for the model start, 64 from random)")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="clip and flow cache (default: runs/cache)")
     p.add_argument("--seed", type=int, default=0, help="seeds random picks and training (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
@@ -318,11 +319,13 @@ def main(argv: list[str] | None = None) -> int:
             if start == "model":
                 config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=FINETUNE_RECIPE["optimizer"], lr=FINETUNE_RECIPE["lr"],
                                      lr_floor=FINETUNE_RECIPE["lr_floor"], freeze_until=FINETUNE_RECIPE["freeze_until"],
-                                     bn_recalibration_clips=args.bn_recalibration_clips, seed=args.seed, device=args.device)  # fmt: skip
+                                     bn_recalibration_clips=FINETUNE_RECIPE["bn_recalibration_clips"] if args.bn_recalibration_clips is None else args.bn_recalibration_clips,
+                                     seed=args.seed, device=args.device)  # fmt: skip
                 model, _ = build_model(args.init, num_classes=len(classes), dropout_keep_prob=config.dropout_keep_prob, classes=classes)
             else:
                 config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="adam", lr=SCRATCH_LR, lr_floor=SCRATCH_LR_FLOOR,
-                                     bn_recalibration_clips=args.bn_recalibration_clips, seed=args.seed, device=args.device)  # fmt: skip
+                                     bn_recalibration_clips=SCRATCH_BN_RECALIBRATION_CLIPS if args.bn_recalibration_clips is None else args.bn_recalibration_clips,
+                                     seed=args.seed, device=args.device)  # fmt: skip
                 model, _ = build_model("random", num_classes=len(classes), dropout_keep_prob=config.dropout_keep_prob)
             train(model, train_ds, None, config, out / "work" / name, num_classes=len(classes), resume=True, progress=sys.stderr.isatty())
             point = {"labelled_minutes": round(sum(s.stop_s - s.start_s for s in chosen) / 60.0, 3), "train_clips": len(train_ds),
