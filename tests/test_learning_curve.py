@@ -1,0 +1,84 @@
+"""Tests of export/learning_curve.py: kappa by hand, the table, and the whole command end to end on a
+tiny model and tiny simulator videos (resumable: a second run recomputes nothing)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from export import learning_curve as lc
+
+
+def test_cohen_kappa_by_hand():
+    # 2x2 table [[20, 5], [10, 15]]: p_o = 35/50 = 0.7, p_e = (25*30 + 25*20)/50^2 = 0.5, kappa = 0.4
+    labels = np.array([0] * 25 + [1] * 25)
+    predicted = np.array([0] * 20 + [1] * 5 + [0] * 10 + [1] * 15)
+    assert lc.cohen_kappa(labels, predicted, 2) == pytest.approx(0.4)
+    assert lc.cohen_kappa(labels, labels, 2) == pytest.approx(1.0)
+
+
+def test_table_puts_the_zero_minute_point_in_every_series_of_its_start(tmp_path):
+    points = [
+        {"start": "model", "select": "none", "minutes": 0.0, "accuracy": 0.5, "kappa": 0.1},
+        {"start": "model", "select": "uncertainty", "minutes": 1.0, "accuracy": 0.8, "kappa": 0.6},
+        {"start": "model", "select": "random", "minutes": 1.0, "accuracy": 0.7, "kappa": 0.5},
+        {"start": "random", "select": "random", "minutes": 1.0, "accuracy": 0.4, "kappa": 0.0},
+    ]
+    _, md = lc.write_table(tmp_path, points)
+    text = md.read_text()
+    assert "| labelled minutes | model+random | model+uncertainty | random+random |" in text
+    assert "| 0 | 50.0 % (kappa 0.10) | 50.0 % (kappa 0.10) |  |" in text
+    assert "| 1 | 70.0 % (kappa 0.50) | 80.0 % (kappa 0.60) | 40.0 % (kappa 0.00) |" in text
+    assert lc.plot_curve(tmp_path / "c.png", points).stat().st_size > 1000
+
+
+def _curve(tmp_path, tiny_model, *extra):
+    from export.synth import SynthConfig, render_video
+
+    data = tmp_path / "data"
+    train = render_video(SynthConfig(view="side", duration_s=6.0, fps=15.0, arenas=1, arena_size_px=48, seed=11, name="train"), data)
+    test = render_video(SynthConfig(view="side", duration_s=4.0, fps=15.0, arenas=1, arena_size_px=48, seed=12, name="test"), data)
+    out = tmp_path / "curve"
+    argv = ["--init", f"model:{tiny_model}", "--train-videos", str(train.video_path), "--test-videos", str(test.video_path),
+            "--minutes", "0,0.05", "--stretch-s", "1.5", "--out", str(out), "--epochs", "1", "--batch-size", "4",
+            "--frame-step", "5", "--eval-frame-step", "6", "--bn-recalibration-clips", "4", "--cache-dir", str(tmp_path / "cache"), *extra]  # fmt: skip
+    assert lc.main(argv) == 0
+    names = sorted(p.stem for p in (out / lc.POINTS_DIR).glob("*.json"))
+    points = {n: json.loads((out / lc.POINTS_DIR / f"{n}.json").read_text()) for n in names}
+    for p in points.values():
+        assert 0.0 <= p["accuracy"] <= 1.0 and p["test_clips"] == 10  # 60 test frames, every 6th
+    for f in (lc.TABLE_CSV, lc.TABLE_MD, lc.PLOT_PNG):
+        assert (out / f).is_file()
+    return out, argv, points
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_learning_curve_end_to_end_and_resumable(tmp_path, tiny_model, capsys):
+    """One fine-tuned point (the model, export-select minutes) and the untouched model; a rerun recomputes nothing."""
+    out, argv, points = _curve(tmp_path, tiny_model, "--starts", "model", "--select", "uncertainty")
+    assert sorted(points) == ["model-0min", "model-uncertainty-0.05min"]
+    tuned = points["model-uncertainty-0.05min"]
+    # 0.05 min = two stretches of 1.5 s, each 22 whole frames at 15 fps (round(22.5) = 22)
+    assert tuned["labelled_minutes"] == pytest.approx(2 * 22 / 15 / 60, abs=1e-3) and 8 <= tuned["train_clips"] <= 10
+    assert tuned["config"]["freeze_until"] == "Mixed_3c" and tuned["config"]["lr"] == 1e-4
+    labels = (out / "labels" / "uncertainty-0.05min" / "train.labels.csv").read_text().splitlines()
+    assert len(labels) == 1 + 44 and all(line.split(",")[2] for line in labels[1:])  # every picked frame labelled
+    capsys.readouterr()
+    files = sorted((out / lc.POINTS_DIR).glob("*.json"))
+    before = [f.stat().st_mtime_ns for f in files]
+    assert lc.main(argv) == 0  # resumed: every point is read back, none recomputed
+    assert before == [f.stat().st_mtime_ns for f in files]
+    assert "training clips" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_learning_curve_compares_starts_and_selections(tmp_path, tiny_model):
+    """All four series: model vs random init, export-select vs random minutes, on the same labelled frames."""
+    _, _, points = _curve(tmp_path, tiny_model)
+    assert sorted(points) == ["model-0min", "model-random-0.05min", "model-uncertainty-0.05min", "random-random-0.05min", "random-uncertainty-0.05min"]
+    assert points["random-uncertainty-0.05min"]["config"]["freeze_until"] == ""
+    assert points["random-uncertainty-0.05min"]["train_clips"] == points["model-uncertainty-0.05min"]["train_clips"]
+    assert points["random-random-0.05min"]["train_clips"] == points["model-random-0.05min"]["train_clips"]

@@ -1,0 +1,92 @@
+"""Tests of the fine-tuning options of export/train.py: --freeze-until and --recipe finetune."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from export import train as tr
+from stream.errors import UserError
+from stream.model import I3D, FusedI3D
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class TwoClips(Dataset):
+    """Two random 32 px clips of different classes: enough for one optimizer step of the real I3D."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.labels = np.array([0, 1])
+        self.rgb = torch.randn(2, 3, 16, 32, 32, generator=g)
+        self.flow = torch.randn(2, 2, 16, 32, 32, generator=g)
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i):
+        return self.rgb[i], self.flow[i], torch.tensor(self.labels[i])
+
+
+def test_freezable_blocks_are_the_i3d_blocks_in_forward_order():
+    names = [n for n, _ in I3D(num_classes=2).named_children()]
+    assert tuple(names[: len(tr.FREEZABLE_BLOCKS)]) == tr.FREEZABLE_BLOCKS
+    assert names[len(tr.FREEZABLE_BLOCKS) :] == ["dropout", "logits"]
+
+
+def test_frozen_blocks_keep_weights_and_batchnorm_statistics(tmp_path):
+    torch.manual_seed(0)
+    model = FusedI3D(num_classes=2)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    config = tr.TrainConfig(epochs=1, batch_size=2, lr=1e-2, lr_floor=1e-4, optimizer="adam", device="cpu",
+                            freeze_until="Mixed_3b", bn_recalibration_clips=2, patience_epochs=0)  # fmt: skip
+    tr.train(model, TwoClips(), None, config, tmp_path, num_classes=2, progress=False)
+    after = model.state_dict()
+    frozen = ("Conv3d_1a_7x7.", "Conv3d_2b_1x1.", "Conv3d_2c_3x3.", "Mixed_3b.")
+    for stream in ("rgb", "flow"):
+        for key in before:
+            if not key.startswith(stream + ".") or key.endswith("num_batches_tracked"):
+                continue
+            block = key.split(".", 1)[1]
+            if block.startswith(frozen):  # weights and running statistics untouched, also by the BN recalibration
+                assert torch.equal(before[key], after[key]), key
+        assert not torch.equal(before[f"{stream}.Mixed_3c.b0.conv3d.weight"], after[f"{stream}.Mixed_3c.b0.conv3d.weight"])
+        assert not torch.equal(before[f"{stream}.Mixed_3c.b0.bn.running_mean"], after[f"{stream}.Mixed_3c.b0.bn.running_mean"])
+    assert all(p.requires_grad for p in model.parameters())  # the model leaves train() trainable again
+
+
+def test_unknown_freeze_block_is_a_user_error():
+    with pytest.raises(UserError, match="freeze-until 'Mixed_9z'"):
+        tr.TrainConfig(freeze_until="Mixed_9z")
+
+
+def test_recipe_fills_defaults_and_explicit_options_win():
+    parser = tr.build_parser()
+    base = ["--videos", "v.mp4", "--out", "m", "--init", "model:trained_models/fst-side-64"]
+    plain = tr.parse_with_recipe(parser, base)
+    assert (plain.lr, plain.epochs, plain.freeze_until, plain.val_folds) == (1e-3, 20, "", 5)
+    tuned = tr.parse_with_recipe(parser, [*base, "--recipe", "finetune"])
+    for key, value in tr.FINETUNE_RECIPE.items():
+        assert getattr(tuned, key) == value
+    mine = tr.parse_with_recipe(parser, [*base, "--recipe", "finetune", "--lr", "0.001", "--freeze-until", "", "--val-folds=5"])
+    assert (mine.lr, mine.freeze_until, mine.val_folds, mine.epochs) == (1e-3, "", 5, tr.FINETUNE_RECIPE["epochs"])
+    assert tr.config_from_args(tuned).freeze_until == "Mixed_3c"
+    assert (tuned.size_px, tuned.fps, tuned.flow_preset, tuned.classes) == (64, 15.0, "fast", "swim,struggle,float")  # the card's
+    assert tr.parse_with_recipe(parser, [*base, "--recipe", "finetune", "--size-px", "112"]).size_px == 112
+    assert parser.parse_args(base).lr == 1e-3  # the parser's defaults are restored after the second parse
+
+
+def test_fine_tuning_on_the_same_classes_keeps_the_trained_classifiers(tiny_model):
+    from stream.modelfile import load_model
+
+    source, card = load_model(tiny_model)
+    kept, text = tr.build_model(f"model:{tiny_model}", num_classes=3, classes=card.classes)
+    assert "kept" in text and kept.flow_weight == card.flow_weight
+    assert torch.equal(kept.rgb.logits.conv3d.weight, source.rgb.logits.conv3d.weight)
+    other, text = tr.build_model(f"model:{tiny_model}", num_classes=2, classes=["mobile", "immobile"])
+    assert "replaced" in text and other.num_classes == 2 and other.flow_weight == 0.5
+    reordered, _ = tr.build_model(f"model:{tiny_model}", num_classes=3, classes=list(reversed(card.classes)))
+    assert not torch.equal(reordered.rgb.logits.conv3d.weight, source.rgb.logits.conv3d.weight)  # logit order matters
+    assert torch.equal(reordered.rgb.Mixed_5c.b0.conv3d.weight, source.rgb.Mixed_5c.b0.conv3d.weight)  # the backbone is kept
