@@ -3,13 +3,16 @@
 Everything a run needs is checked before the first frame is processed: the output folder is
 writable, the ZeroMQ and metrics ports are free, every video opens and has a frame, the arenas fit
 the frame, the model's checksum matches its card. A camera or stream is opened last, once the
-engine is warm, so its first frames are fresh; systemd's READY=1 is sent just before that. Then one loop per source runs
-``stream.pipeline.Pipeline``; its outputs are per-arena CSVs and summary JSONs under ``--out``,
+engine is warm, so its first frames are fresh; systemd's READY=1 is sent just before that. A camera
+or stream that is not there yet (an IP camera booting after a power cut) is retried with back-off
+for up to ``--give-up-s`` (0: until stopped), with systemd's STATUS saying so and its watchdog fed.
+Then one loop per source runs ``stream.pipeline.Pipeline``; its outputs are per-arena CSVs and summary JSONs under ``--out``,
 ZeroMQ messages, Prometheus metrics and an optional annotated preview.
 
 Exit status: 0 at the end of the input or after SIGTERM (a requested stop: systemd's
 ``Restart=on-failure`` must not restart us); 130 after SIGINT (Ctrl-C, so batch scripts notice);
-1 when a live source gave up reconnecting or capture failed; 2 for a user error before the start.
+1 when a live source gave up (reconnecting, or waiting for it at start) or capture failed; 2 for a
+user error before the start.
 Every exit after the start flushes the CSVs and writes the summaries first.
 """
 
@@ -28,7 +31,8 @@ from pathlib import Path
 
 from stream.arenas import Arena, check_arenas_fit, resolve_arenas
 from stream.capture import (DEFAULT_GIVE_UP_S, DEFAULT_INITIAL_BACKOFF_S, DEFAULT_MAX_BACKOFF_S, DEFAULT_QUEUE_FRAMES,
-                            Capture, CaptureConfig, SourceSpec, parse_source, quiet_opencv_logging)
+                            Capture, CaptureConfig, SourceSpec, SourceUnavailable, parse_source,
+                            quiet_opencv_logging)
 from stream.atomic import atomic_write
 from stream.decisions import SMOOTHING_MODES
 from stream.errors import EXIT_INTERRUPTED, UserError, cli_main
@@ -115,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"longest wait between reconnect attempts, s (first: {DEFAULT_INITIAL_BACKOFF_S} s, doubling; "
                         "default: %(default)s)")
     r.add_argument("--give-up-s", type=float, default=DEFAULT_GIVE_UP_S,
-                   help="exit non-zero after this many seconds without frames (default: %(default)s)")
+                   help="exit 1 after this many seconds without frames, also while waiting for a camera or stream "
+                        "that is not there at start; 0: never give up, wait until stopped (default: %(default)s)")
     r.add_argument("--queue-frames", type=int, default=DEFAULT_QUEUE_FRAMES,
                    help="capture queue in frames; live sources drop (and count) frames when it is full "
                         "(default: %(default)s)")
@@ -141,14 +146,27 @@ def _expand_videos(patterns: Sequence[str]) -> list[Path]:
     return unique
 
 
-def _check_out_dir(out: Path) -> Path:
+def _check_out_dir(out: Path) -> list[Path]:
+    """Create ``out`` if needed and check it is writable; returns the folders created, deepest first,
+    so that a start refused later can remove them again (no empty run folders left behind)."""
+    created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / ".write-test", "")  # the same create/fsync/rename every output file will need
         (out / ".write-test").unlink()
     except OSError as exc:
+        _remove_if_empty(created)
         raise UserError(f"output folder {out}: not writable ({exc.strerror or exc}); choose another with --out") from exc
-    return out
+    return created
+
+
+def _remove_if_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders we created (deepest first) that hold nothing; stop at the first that does."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _unique_dirs(out: Path, videos: Sequence[Path]) -> list[Path]:
@@ -199,6 +217,7 @@ class _Run:
         self.publisher = None
         self.engine = None
         self.notifier = None
+        self.created_dirs: list[Path] = []  # output folders this run created: removed again if left empty
 
     # -- signals --------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -234,6 +253,7 @@ class _Run:
                         log.debug("close failed", exc_info=True)
             if self.notifier is not None:
                 self.notifier.close()
+            _remove_if_empty(self.created_dirs)  # a refused start leaves no empty run folder behind
 
     def _prepare(self) -> tuple[list[_Source], object, Path]:
         """Every check that can fail before the first frame."""
@@ -260,7 +280,7 @@ class _Run:
             videos = []
         # output folder
         out = a.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        _check_out_dir(out)
+        self.created_dirs = _check_out_dir(out)
         out_dirs = _unique_dirs(out, videos) if len(videos) > 1 else [out]
         # model card (cheap) then decision settings, so flag mistakes fail fast
         model_dir = a.model if a.model is not None else default_model_dir()
@@ -396,6 +416,8 @@ class _Run:
 
         a = self.args
         capture = self._open_capture(source, card)
+        if isinstance(capture, int):
+            return capture  # a live source that never came: nothing was written
         classes = list(card.classes)
         dconf = self._decision_config(card)
         decisions = {ar.id: ArenaDecisions(ar.id, classes, dconf) for ar in source.arenas}
@@ -438,14 +460,35 @@ class _Run:
             return EXIT_FAILED
         return EXIT_OK
 
-    def _open_capture(self, source: _Source, card) -> Capture:
-        """The source's capture, opened now if it was not at the checks (a live source, or one of many)."""
+    def _open_capture(self, source: _Source, card) -> Capture | int:
+        """The source's capture, opened now if it was not at the checks (a live source, or one of many).
+
+        A live source that is not there is waited for (``Capture.open_waiting``); if it never comes
+        the exit status is returned instead: 1 after --give-up-s, 0 when a signal stopped the wait.
+        """
         if source.capture is not None:
             return source.capture
         capture = Capture(source.spec, self._capture_config(card, source.spec))
-        w, h = capture.open()
+        if source.spec.live:
+            try:
+                w, h = capture.open_waiting(self._waiting_for_source, stop_event=self.stop_event)
+            except SourceUnavailable as exc:
+                if self.stop_event.is_set():
+                    return EXIT_OK  # stopped (SIGTERM/Ctrl-C) before the camera came: nothing to write
+                print(f"stream-run: error: {exc}", file=sys.stderr, flush=True)
+                return EXIT_FAILED  # like a camera lost mid-run: systemd restarts us and we wait again
+        else:
+            w, h = capture.open()
         check_arenas_fit(source.arenas, w, h, str(source.spec))
         return capture
+
+    def _waiting_for_source(self, status: str) -> None:
+        """A live source is not there yet: tell systemd (STATUS, watchdog) and, once, the terminal."""
+        self.notifier.status(status)
+        self.notifier.watchdog()
+        if not self.args.quiet and not getattr(self, "_said_waiting", False):
+            self._said_waiting = True
+            print(f"stream-run: {status}; retrying with back-off (--give-up-s {self.args.give_up_s:g})", flush=True)
 
     def _source_outputs(self, source: _Source, card, capture: Capture, *, multi: bool) -> list:
         """The outputs that belong to one source: its CSVs (first), its preview, the terminal."""
@@ -495,12 +538,15 @@ class _Run:
             "capture": {
                 "source_fps": stats.source_fps,
                 "source_frames": stats.source_frames,
+                "source_frames_declared": stats.source_frame_count or None,
                 "frames_dropped_queue_full": stats.dropped_queue_full,
                 "source_frames_skipped_resample": stats.dropped_resample,
                 "frames_repeated_resample": stats.repeated_resample,
                 "invalid_frames": stats.invalid_frames,
                 "reconnect_attempts": stats.reconnects,
             },
+            # the file ended well short of its declared frame count: results cover part of the test
+            "truncated_recording": stats.truncated,
             "zmq_dropped": self.publisher.dropped if self.publisher is not None else None,
             "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **result.to_dict(),

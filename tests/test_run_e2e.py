@@ -308,10 +308,12 @@ def test_refusals_are_one_line_and_come_before_any_frame(video, model_dir, tmp_p
     finally:
         blocker.close()
     assert not fast_engine  # every refusal came before the engine was even built
-    # a camera is opened last (after the engine is warm, so its frames are fresh), still before any frame
-    assert run_mod.main(["--camera", "97", "--model", str(model_dir), *quiet(out)]) == 2
+    # a camera is opened last (after the engine is warm, so its frames are fresh), still before any frame;
+    # one that is not there is waited for up to --give-up-s, then exit 1 as for a camera lost mid-run
+    assert run_mod.main(["--camera", "97", "--model", str(model_dir), *quiet(out), "--give-up-s", "1",
+                         "--reconnect-max-backoff-s", "0.5"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "camera 97" in err[0] and _no_csv(out)
+    assert len(err) == 1 and "camera 97" in err[0] and "gave up" in err[0] and _no_csv(out)
 
 
 def test_model_failing_its_checksum_is_refused(video, model_dir, tmp_path, capsys) -> None:
