@@ -393,6 +393,11 @@ class Capture(ServiceThread):
             raise UserError(problem)
         return self.stats.frame_size
 
+    @property
+    def first_frame(self) -> np.ndarray | None:
+        """The first frame ``open`` read (None before, or once the capture started or was released)."""
+        return None if self._first is None else self._first[0]
+
     def open_waiting(self, on_wait: Callable[[str], None] | None = None, *,
                      stop_event: threading.Event | None = None) -> tuple[int, int]:
         """``open`` for a live source that may not be there yet: retry with back-off.

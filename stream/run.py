@@ -12,8 +12,11 @@ ZeroMQ messages, Prometheus metrics and an optional annotated preview.
 Exit status: 0 at the end of the input or after SIGTERM (a requested stop: systemd's
 ``Restart=on-failure`` must not restart us); 130 after SIGINT (Ctrl-C, so batch scripts notice);
 1 when a live source gave up (reconnecting, or waiting for it at start) or capture failed; 2 for a
-user error before the start.
-Every exit after the start flushes the CSVs and writes the summaries first.
+user error before the start; 3 when results could not be written (disk full, quota, I/O error: one
+line naming the file and the OS error; the unit's ``RestartPreventExitStatus=3`` stops systemd from
+restarting into the same full disk). Every exit after the start flushes the CSVs and writes the
+summaries first (after a write error: if the disk still allows it). A start refused before any
+result was written removes the output folder it created.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from stream.capture import (DEFAULT_GIVE_UP_S, DEFAULT_INITIAL_BACKOFF_S, DEFAUL
                             quiet_opencv_logging)
 from stream.atomic import atomic_write
 from stream.decisions import SMOOTHING_MODES
-from stream.errors import EXIT_INTERRUPTED, UserError, cli_main
+from stream.errors import EXIT_INTERRUPTED, OutputWriteError, UserError, cli_main, output_error
+from stream.run_folder import check_no_results, check_same_source, source_identity, write_source_identity
 from stream.trials import Trial
 from stream.outputs.metrics import DEFAULT_METRICS_PORT
 from stream.outputs.publisher import DEFAULT_ENDPOINT as DEFAULT_ZMQ_ENDPOINT
@@ -156,6 +160,8 @@ def _check_out_dir(out: Path) -> list[Path]:
         (out / ".write-test").unlink()
     except OSError as exc:
         _remove_if_empty(created)
+        if isinstance(output_error(out, exc), OutputWriteError):  # disk full or failing: exit 3, not 2
+            raise OutputWriteError(out, exc) from exc
         raise UserError(f"output folder {out}: not writable ({exc.strerror or exc}); choose another with --out") from exc
     return created
 
@@ -186,6 +192,7 @@ class _Source:
     out_dir: Path
     arenas: list[Arena]
     capture: Capture | None = None
+    identity: dict | None = None  # a file's path, size and first-frame sha256 (stream.run_folder)
 
 
 def _build_engine(kind: str, model_dir: Path, device: str | None, batch_size: int | None):
@@ -311,13 +318,19 @@ class _Run:
                 w, h = capture.open()
                 try:
                     check_arenas_fit(arenas, w, h, str(spec))
-                except UserError:
+                    identity = source_identity(spec.location, capture.first_frame)
+                except (UserError, OSError):
                     capture.release()
                     raise
                 if len(specs) > 1:
                     capture.release()  # reopened when its turn comes; keeps file handles few
                     capture = None
-                sources.append(_Source(spec, out_dir, arenas, capture))
+                sources.append(_Source(spec, out_dir, arenas, capture, identity))
+            for source in sources:  # earlier results are never overwritten; --resume continues the same video
+                check_no_results(source.out_dir, [ar.id for ar in source.arenas], resume=a.resume,
+                                 live=source.spec.live)
+                if a.resume and source.identity is not None:
+                    check_same_source(source.out_dir, source.identity)
         except BaseException:
             for s in sources:
                 if s.capture is not None:
@@ -426,9 +439,12 @@ class _Run:
         started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
         trials = {ar.id: Trial(trial_id=ar.id, arena_id=ar.id, source=str(source.spec), start_utc=started_utc)
                   for ar in source.arenas}
+        write_error: OutputWriteError | None = None
         try:
             for trial in trials.values():
                 broadcast(outputs, "on_trial_start", trial)
+            if source.identity is not None:
+                write_source_identity(source.out_dir, source.identity)  # what --resume will check
             if self.publisher is not None:
                 self.publisher.skip_through = own[0].resume_points()
             pipeline = Pipeline(
@@ -441,6 +457,10 @@ class _Run:
             capture.start()
             try:
                 result = pipeline.run(capture)
+            except OutputWriteError as exc:  # disk full mid-run: stop here, keep what is on disk
+                write_error = exc
+                result = pipeline.result
+                result.error, result.end_reason = str(exc), "output error"
             finally:
                 capture.close()
             if self.signal_name:
@@ -448,17 +468,43 @@ class _Run:
                 result.end_reason = f"stopped by {self.signal_name}"
             info = self._run_info(source, card, capture, result)
             summaries = {ar.id: {**decisions[ar.id].summary(), "run": info} for ar in source.arenas}
-            for ar in source.arenas:  # summaries: always, whatever ended the run
-                broadcast(outputs, "on_trial_end", trials[ar.id], summaries[ar.id])
+            if write_error is None:
+                for ar in source.arenas:  # summaries: always, whatever ended the run
+                    broadcast(outputs, "on_trial_end", trials[ar.id], summaries[ar.id])
+            else:
+                self._end_trials_despite(write_error, outputs, [(trials[ar.id], summaries[ar.id])
+                                                                for ar in source.arenas])
         finally:
             for out in own:
-                out.close()
+                try:
+                    out.close()
+                except (UserError, OSError):
+                    if write_error is None:
+                        raise
+                    log.debug("closing %s after the write error failed too", out, exc_info=True)
         if not a.quiet:
             print(summary_table(summaries, classes, str(source.spec), source.out_dir), flush=True)
         if result.gave_up or result.error:
             print(f"stream-run: error: {result.error or 'capture failed'}", file=sys.stderr, flush=True)
             return EXIT_FAILED
         return EXIT_OK
+
+    @staticmethod
+    def _end_trials_despite(error: OutputWriteError, outputs: list, ended: list[tuple]) -> None:
+        """After a write error: end every trial in every output that still can (the summaries, if the
+        disk allows), then raise the one error, saying whether the summaries were written."""
+        failed = 0
+        for trial, summary in ended:
+            for out in outputs:
+                try:
+                    out.on_trial_end(trial, summary)
+                except (UserError, OSError):
+                    failed += 1
+                    log.debug("%s could not end trial %s", out, trial, exc_info=True)
+        note = ("; the summaries were written" if not failed else
+                "; the summaries could not be written either" if failed >= len(ended) else
+                "; some summaries could not be written")
+        raise OutputWriteError(error.path, error.os_error, note) from error
 
     def _open_capture(self, source: _Source, card) -> Capture | int:
         """The source's capture, opened now if it was not at the checks (a live source, or one of many).

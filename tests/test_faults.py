@@ -722,3 +722,35 @@ def test_truncated_recording_is_flagged_in_the_summary(tiny_model: Path, tmp_pat
     capture = summaries[0]["run"]["capture"]
     assert capture["source_frames_declared"] == 3 * SHORT_VIDEO_FRAMES
     assert capture["source_frames"] < capture["source_frames_declared"]
+
+
+# ------------------------------------------------------------------------- disk full mid-run
+FULL_DISK_FILE_BYTES = 6000  # RLIMIT_FSIZE: the per-frame CSV fills up after ~90 rows
+
+
+def _limit_file_size() -> None:
+    """In the child: files may not grow past FULL_DISK_FILE_BYTES (a full disk, without root or a tmpfs).
+    SIGXFSZ ignored (kept across exec) makes the kernel fail the write with EFBIG instead of killing."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FULL_DISK_FILE_BYTES, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+@pytest.mark.slow
+def test_disk_full_mid_run_is_one_line_exit_3_and_the_summary_if_it_fits(tiny_model: Path, long_video: Path,
+                                                                           tmp_path: Path) -> None:
+    """Issue 14.2: the ENOSPC was masked by a ValueError from _end_segment, no summary, rc 1."""
+    out = tmp_path / "out"
+    done = subprocess.run([*stream_run_command(), "--video", str(long_video), "--model", str(tiny_model),
+                           *map(str, quiet_args(out)), "--engine", "torch", "--max-frames", "300", "-q"],
+                          capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S, stdin=subprocess.DEVNULL,
+                          preexec_fn=_limit_file_size)
+    line = assert_one_line_error(done, "arena0.frames.csv", "File too large")
+    assert done.returncode == 3, line  # the unit's RestartPreventExitStatus=3
+    assert "the summaries were written" in line
+    rows, cut = strict_csv(out / "arena0.frames.csv")
+    assert rows and not cut, "the CSV must end with a complete row"
+    summary = json.loads((out / "arena0.summary.json").read_text())
+    assert summary["run"]["error"].startswith("cannot write") and summary["run"]["end_reason"] == "output error"
+    assert summary["counters"]["frames_classified"] >= len(rows)

@@ -346,3 +346,59 @@ def test_resume_after_a_crash_appends_only_missing_frames(video, model_dir, tmp_
     assert run_mod.main([*argv, "--resume"]) == 0
     assert [r["frame"] for r in csv_rows(out, "A1")] == list(range(FRAMES))
     assert json.loads((out / "A1.summary.json").read_text())["counters"]["frames_classified"] == FRAMES
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_the_results_kept(video, model_dir, tmp_path, fast_engine,
+                                                                           capsys) -> None:
+    """Issue 14.1: it truncated the first run's CSVs with one WARNING and exited 0."""
+    out = tmp_path / "run"
+    argv = ["--video", str(video), "--model", str(model_dir), *quiet(out), "--stride", "8"]
+    assert run_mod.main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert run_mod.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "never overwritten" in err[0] and "--out" in err[0] and "--resume" in err[0], err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_refuses_another_video(video, model_dir, tmp_path, fast_engine, capsys) -> None:
+    """Issue 14.1: --resume with another video appended its rows to the first video's CSVs."""
+    out = tmp_path / "resume"
+    args = ["--model", str(model_dir), *quiet(out), "--stride", "8", "--arenas", str(tmp_path / "two.arenas.json")]
+    assert run_mod.main(["--video", str(video), *args]) == 0
+    csv_path = out / "A1.frames.csv"
+    lines = csv_path.read_text().splitlines(keepends=True)
+    csv_path.write_text("".join(lines[:11]))  # a crashed run: 10 rows
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    longer = write_video(other_dir / "two.mp4", frames=FRAMES + 5)  # another recording
+    moved = other_dir / "moved.mp4"
+    moved.write_bytes(video.read_bytes())  # the same bytes under another path
+    capsys.readouterr()
+    for candidate, differs in ((longer, "size"), (moved, "path")):
+        assert run_mod.main(["--video", str(candidate), *args, "--resume"]) == 2, candidate
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not the video" in err[0] and differs in err[0], err
+    (out / "source.json").unlink()  # a folder whose source nobody recorded cannot be continued either
+    assert run_mod.main(["--video", str(video), *args, "--resume"]) == 2
+    assert "source.json" in capsys.readouterr().err
+    before.pop("source.json")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing was appended anywhere
+
+
+@pytest.mark.parametrize("umask", [0o027, 0o022], ids=["umask0027", "umask0022"])
+def test_every_output_file_follows_the_process_umask(video, model_dir, tmp_path, fast_engine, umask) -> None:
+    """Issue 14.3: summaries were 0600 (mkstemp) while the CSVs followed the umask, so under the
+    unit's UMask=0027 the lab group could read the CSVs but not the summaries."""
+    out = tmp_path / "run"
+    old = os.umask(umask)
+    try:
+        assert run_mod.main(["--video", str(video), "--model", str(model_dir), *quiet(out), "--stride", "8",
+                             "--preview", str(out / "preview.mp4")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert {"A1.frames.csv", "A1.summary.json", "preview.mp4", "source.json"} <= set(modes)
+    assert set(modes.values()) == {0o666 & ~umask}, modes
