@@ -39,7 +39,8 @@ from stream.capture import (DEFAULT_GIVE_UP_S, DEFAULT_INITIAL_BACKOFF_S, DEFAUL
 from stream.atomic import atomic_write
 from stream.decisions import SMOOTHING_MODES
 from stream.errors import EXIT_INTERRUPTED, OutputWriteError, UserError, cli_main, output_error
-from stream.run_folder import check_no_results, check_same_source, source_identity, write_source_identity
+from stream.run_folder import (SOURCE_FILE, check_no_results, check_same_source, source_identity,
+                               write_source_identity)
 from stream.trials import Trial
 from stream.outputs.metrics import DEFAULT_METRICS_PORT
 from stream.outputs.publisher import DEFAULT_ENDPOINT as DEFAULT_ZMQ_ENDPOINT
@@ -166,6 +167,40 @@ def _check_out_dir(out: Path) -> list[Path]:
     return created
 
 
+def _holds_no_results(folder: Path) -> list[Path] | None:
+    """The files of ``folder`` when none of them is a result (only ``source.json`` and per-frame CSVs
+    without a row, left by a start that failed); None when it holds anything else."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.name == SOURCE_FILE and entry.is_file():
+            continue
+        if entry.name.endswith(".frames.csv") and entry.is_file():
+            try:
+                if entry.read_bytes().count(b"\n") <= 1:  # the header at most
+                    continue
+            except OSError:
+                pass
+        return None
+    return entries
+
+
+def _remove_start_debris(folders: Sequence[Path]) -> None:
+    """After a start that wrote no result: remove what it left in the folders it created, and them."""
+    for folder in folders:
+        debris = _holds_no_results(folder)
+        if debris is None:
+            return
+        for entry in debris:
+            entry.unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def _remove_if_empty(folders: Sequence[Path]) -> None:
     """Remove the folders we created (deepest first) that hold nothing; stop at the first that does."""
     for folder in folders:
@@ -260,7 +295,7 @@ class _Run:
                         log.debug("close failed", exc_info=True)
             if self.notifier is not None:
                 self.notifier.close()
-            _remove_if_empty(self.created_dirs)  # a refused start leaves no empty run folder behind
+            _remove_start_debris(self.created_dirs)  # a refused or failed start leaves no empty run folder
 
     def _prepare(self) -> tuple[list[_Source], object, Path]:
         """Every check that can fail before the first frame."""

@@ -402,3 +402,18 @@ def test_every_output_file_follows_the_process_umask(video, model_dir, tmp_path,
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert {"A1.frames.csv", "A1.summary.json", "preview.mp4", "source.json"} <= set(modes)
     assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_a_failed_start_leaves_no_folder_but_a_result_is_never_removed(tmp_path) -> None:
+    """Issue 14.2: under systemd a start that failed on a full disk left an empty folder per restart."""
+    failed = tmp_path / "runs" / "failed"
+    failed.mkdir(parents=True)
+    (failed / "source.json").write_text("{}")
+    (failed / "A1.frames.csv").write_text("frame,timestamp_s,behaviour,immobile,p_swim\n")  # header only
+    run_mod._remove_start_debris([failed, failed.parent])
+    assert not failed.parent.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "A1.frames.csv").write_text("frame,timestamp_s,behaviour,immobile,p_swim\n0,0.0,swim,0,1.0\n")
+    run_mod._remove_start_debris([kept])
+    assert (kept / "A1.frames.csv").exists()
