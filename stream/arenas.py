@@ -16,6 +16,7 @@ the whole frame is one arena, ``arena0``.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,6 +67,13 @@ def arenas_from_rois(rois: Sequence[str]) -> list[Arena]:
     return _check_unique(arenas, "--roi")
 
 
+def _is_whole_number(value: object) -> bool:
+    """4 and 4.0 are pixels; ``true`` is not (JSON and YAML booleans are ints in Python)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and float(value) == int(value)
+
+
 def load_arena_file(path: str | Path) -> list[Arena]:
     """Read a JSON (or YAML, by extension) arena file; one-line UserError on any problem."""
     path = Path(path)
@@ -94,7 +102,7 @@ def load_arena_file(path: str | Path) -> list[Arena]:
         try:
             if isinstance(raw, str):
                 roi = Roi.parse(raw)
-            elif isinstance(raw, (list, tuple)) and len(raw) == 4 and all(float(v) == int(v) for v in raw):
+            elif isinstance(raw, (list, tuple)) and len(raw) == 4 and all(_is_whole_number(v) for v in raw):
                 roi = Roi(*(int(v) for v in raw))
             else:
                 raise ValueError(f"roi {raw!r}: expected four integers [x, y, w, h]")

@@ -4,12 +4,16 @@ Write a temporary file in the same folder (a rename is only atomic within one fi
 and ``fsync`` it, ``os.replace`` it over the target, then ``fsync`` the folder so the rename itself
 survives a power cut. On any error the temporary file is removed and the old file is untouched.
 Every summary, results table, card, checkpoint and log that is rewritten whole goes through here.
+
+Permissions follow the process umask, like any file ``open(..., "w")`` creates: the temporary
+file is created with mode 0666 and the kernel applies the umask (``tempfile.mkstemp`` would make
+it 0600, so a lab group could not read summaries under the service's ``UMask=0027``).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,12 +41,11 @@ def atomic_path(path: str | Path, *, suffix: str = "", mode: int | None = None) 
     """Yield a temporary path beside ``path``; on a clean exit it replaces ``path`` atomically.
 
     For writers that want a file name (``np.save``, ``torch.save``, ``safetensors``). ``suffix``
-    keeps an extension some writers insist on; ``mode`` sets the permissions (``mkstemp`` makes 0600).
+    keeps an extension some writers insist on; ``mode`` sets the permissions (default: 0666 less the
+    process umask, as for any new file).
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temporary(path, suffix)
     try:
         yield tmp
         if mode is not None:
@@ -54,6 +57,23 @@ def atomic_path(path: str | Path, *, suffix: str = "", mode: int | None = None) 
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+_CREATE_ATTEMPTS = 100  # name clashes among 48 random bits: never in practice; bounded all the same
+NEW_FILE_MODE = 0o666  # what open() asks for; the kernel takes the umask off
+
+
+def _create_temporary(path: Path, suffix: str) -> Path:
+    """An empty, new file beside ``path``, created exclusively (like mkstemp) but with the umask's mode."""
+    for _ in range(_CREATE_ATTEMPTS):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp{suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), NEW_FILE_MODE)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def atomic_write(path: str | Path, data: str | bytes | Callable[[IO], None], *, encoding: str = "utf-8",

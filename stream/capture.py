@@ -13,7 +13,9 @@ Frame-rate conversion (source fps -> model fps), one stated rule:
 
 Live sources that stop delivering frames are reopened with exponential back-off; the time spent
 without frames becomes a ``Gap``. After ``give_up_s`` without a frame the stream ends with
-``EndOfStream(gave_up=True)``. Files end at their last readable frame (a truncated file simply
+``EndOfStream(gave_up=True)``; ``give_up_s=0`` never gives up. A live source that cannot be opened
+at start (an IP camera still booting after a power cut) is retried the same way by
+``open_waiting``, which reports each wait so that systemd's STATUS and watchdog stay truthful. Files end at their last readable frame (a truncated file simply
 ends early).
 """
 
@@ -41,6 +43,7 @@ __all__ = [
     "Frame",
     "Gap",
     "EndOfStream",
+    "SourceUnavailable",
     "FrameResampler",
     "Capture",
     "ServiceThread",
@@ -60,8 +63,17 @@ DEFAULT_READ_TIMEOUT_S = 5.0  # a stalled network stream counts as a disconnect 
 DEFAULT_INITIAL_BACKOFF_S = 0.5  # first reconnect try: quick, a USB camera often re-enumerates in < 1 s
 DEFAULT_MAX_BACKOFF_S = 10.0  # cap: a returning camera is picked up within 10 s
 DEFAULT_GIVE_UP_S = 300.0  # 5 min without frames: the test is lost, exit non-zero so systemd restarts us
+NEVER_GIVE_UP_S = 0.0  # --give-up-s 0: keep reconnecting (or waiting for the camera at start) until stopped
+# While waiting for a source, report (STATUS, watchdog) at least this often: well inside half of
+# any sane WatchdogSec (>= 2 s), so a service waiting for its camera is never killed as hung.
+WAIT_REPORT_S = 0.5
 QUEUE_POLL_S = 0.1  # how often a blocked put/get re-checks the stop event (shutdown latency)
 UINT16_TO_UINT8_SHIFT = 8  # 16-bit depth/IR cameras: keep the 8 most significant bits
+# A file that ends more than this short of the frame count its container declares is called
+# truncated (a copy cut off, a recorder that crashed). Containers round their count from the
+# duration, so a frame or two (or 1 % of a long file) short is normal and not flagged.
+TRUNCATED_SLACK_FRAMES = 2
+TRUNCATED_SLACK_FRACTION = 0.01
 
 SourceKind = Literal["camera", "file", "url"]
 FFMPEG_LOG_FATAL = "8"  # AV_LOG_FATAL: FFmpeg's own stderr lines would break our one-line error contract
@@ -238,6 +250,10 @@ class FrameResampler:
         return ticks, gap
 
 
+class SourceUnavailable(Exception):
+    """A live source stayed unopenable for ``give_up_s`` (or the wait was stopped); one line."""
+
+
 @dataclass(frozen=True)
 class CaptureConfig:
     """How the capture thread behaves; times in seconds."""
@@ -257,11 +273,13 @@ class CaptureConfig:
             raise UserError(f"model fps must be > 0, got {self.fps}")
         if self.queue_frames < 1:
             raise UserError(f"capture queue must hold >= 1 frame, got {self.queue_frames}")
-        if self.initial_backoff_s <= 0 or self.max_backoff_s < self.initial_backoff_s:
-            raise UserError("--reconnect-max-backoff-s must be >= the initial back-off "
-                            f"({self.initial_backoff_s} s)")
-        if self.give_up_s < 0:
-            raise UserError(f"--give-up-s must be >= 0, got {self.give_up_s}")
+        if not (self.max_backoff_s > 0 and math.isfinite(self.max_backoff_s)):
+            raise UserError(f"--reconnect-max-backoff-s must be > 0 s, got {self.max_backoff_s:g}")
+        if not 0 < self.initial_backoff_s <= self.max_backoff_s:
+            raise UserError(f"the first reconnect back-off ({self.initial_backoff_s:g} s) must be > 0 and <= "
+                            f"--reconnect-max-backoff-s ({self.max_backoff_s:g} s)")
+        if not (self.give_up_s >= 0 and math.isfinite(self.give_up_s)):
+            raise UserError(f"--give-up-s must be >= 0 s (0: never give up), got {self.give_up_s:g}")
         if self.max_frames is not None and self.max_frames < 1:
             raise UserError(f"--max-frames must be >= 1, got {self.max_frames}")
 
@@ -311,6 +329,14 @@ class CaptureStats:
     source_fps: float = 0.0
     source_frame_count: int = 0  # as the container reports it (0: unknown, e.g. live)
     frame_size: tuple[int, int] = (0, 0)  # (width, height)
+    truncated: bool = False  # a file ended well before the frame count its container declares
+
+    @property
+    def frames_short(self) -> int:
+        """Frames the container declares that were never read (0 when the count is unknown)."""
+        if self.source_frame_count <= 0:
+            return 0
+        return max(0, self.source_frame_count - self.source_frames)
 
     def frame_count_estimate(self, fps: float) -> int:
         """Model-rate frames a file will give (for a progress bar); 0 when unknown."""
@@ -363,26 +389,70 @@ class Capture(ServiceThread):
 
     def open(self) -> tuple[int, int]:
         """Open the source and read its first frame; returns (width, height)."""
+        problem = self._try_open()
+        if problem is not None:
+            raise UserError(problem)
+        return self.stats.frame_size
+
+    @property
+    def first_frame(self) -> np.ndarray | None:
+        """The first frame ``open`` read (None before, or once the capture started or was released)."""
+        return None if self._first is None else self._first[0]
+
+    def open_waiting(self, on_wait: Callable[[str], None] | None = None, *,
+                     stop_event: threading.Event | None = None) -> tuple[int, int]:
+        """``open`` for a live source that may not be there yet: retry with back-off.
+
+        Waits ``initial_backoff_s`` doubling to ``max_backoff_s`` between attempts, for up to
+        ``give_up_s`` (0: until stopped). ``on_wait(status)`` is called at least every
+        ``WAIT_REPORT_S`` while waiting (systemd's STATUS and watchdog). Raises
+        ``SourceUnavailable`` on giving up or when ``stop_event`` (default: the capture's own) is set.
+        """
+        stop = stop_event or self.stop_event
+        start = self._clock()
+        backoff = self.config.initial_backoff_s
+        attempts = 0
+        while True:
+            attempts += 1
+            problem = self._try_open()
+            if problem is None:
+                if attempts > 1:
+                    log.warning("%s: opened after %.1f s (%d attempts)", self.spec, self._clock() - start, attempts)
+                return self.stats.frame_size
+            waited = self._clock() - start
+            give_up = self.config.give_up_s
+            if give_up != NEVER_GIVE_UP_S and waited >= give_up:
+                raise SourceUnavailable(f"{problem}; gave up after {waited:.0f} s and {attempts} attempts (--give-up-s)")
+            next_try = self._clock() + (backoff if give_up == NEVER_GIVE_UP_S else min(backoff, give_up - waited))
+            while (left := next_try - self._clock()) > 0:
+                if on_wait is not None:
+                    limit = "" if give_up == NEVER_GIVE_UP_S else f", giving up in {give_up - (self._clock() - start):.0f} s"
+                    on_wait(f"waiting for {self.spec}: not available ({attempts} attempts, next in {left:.0f} s{limit})")
+                if stop.wait(min(left, WAIT_REPORT_S)):
+                    raise SourceUnavailable(f"{self.spec}: stopped while waiting for it to become available")
+            backoff = min(backoff * 2.0, self.config.max_backoff_s)
+
+    def _try_open(self) -> str | None:
+        """One attempt to open the source and read its first frame; the problem in one line, or None."""
         cap = self._open_once()
         if cap is None:
             if self.spec.kind == "camera":
-                raise UserError(f"camera {self.spec.location} could not be opened: check the index "
-                                "(ls /dev/video*) and that no other program holds it")
+                return (f"camera {self.spec.location} could not be opened: check the index "
+                        "(ls /dev/video*) and that no other program holds it")
             if self.spec.kind == "url":
-                raise UserError(f"stream {self.spec.location} could not be opened: check the URL and the network")
-            raise UserError(f"video {self.spec.location}: cannot be decoded (corrupt or not a video file)")
-        self._cap = cap
+                return f"stream {self.spec.location} could not be opened: check the URL and the network"
+            return f"video {self.spec.location}: cannot be decoded (corrupt or not a video file)"
         ok, image = cap.read()
         if not ok or image is None:
             cap.release()
-            self._cap = None
             what = f"video {self.spec.location}" if self.spec.kind == "file" else str(self.spec)
-            raise UserError(f"{what}: no readable frames (empty, truncated or unsupported)")
+            return f"{what}: no readable frames (empty, truncated or unsupported)"
         try:
             image = normalize_frame(image)
         except ValueError as exc:
             cap.release()
-            raise UserError(f"{self.spec}: unusable first frame ({exc})") from exc
+            return f"{self.spec}: unusable first frame ({exc})"
+        self._cap = cap
         now = self._clock()
         self._t0 = now
         source_s = self._source_time(cap, 0, now)
@@ -394,7 +464,7 @@ class Capture(ServiceThread):
         h, w = image.shape[:2]
         self.stats.frame_size = (w, h)
         log.info("opened %s: %dx%d at %.2f fps (model fps %.2f)", self.spec, w, h, self.stats.source_fps, self.config.fps)
-        return w, h
+        return None
 
     def _source_time(self, cap: cv2.VideoCapture, raw_index: int, now: float) -> float:
         """Files: the decoder's timestamp (variable frame rate safe); live: wall clock since start."""
@@ -513,6 +583,7 @@ class Capture(ServiceThread):
             now = self._clock()
             if not ok or raw is None:
                 if not self.spec.live:
+                    self._check_complete()
                     self._finish(EndOfStream("end of file"))
                     return
                 cap = self._reconnect(cap)
@@ -542,6 +613,16 @@ class Capture(ServiceThread):
             reopened = False
         self._finish(EndOfStream("stopped"))
 
+    def _check_complete(self) -> None:
+        """At the end of a file: did we read the frames its container declares? Warn if not."""
+        stats = self.stats
+        slack = max(TRUNCATED_SLACK_FRAMES, int(TRUNCATED_SLACK_FRACTION * stats.source_frame_count))
+        if stats.frames_short > slack:
+            stats.truncated = True
+            self.log.warning("%s: ended after %d of the %d frames its container declares: the recording looks "
+                             "truncated, its results cover only the first %.0f %%", self.spec, stats.source_frames,
+                             stats.source_frame_count, 100.0 * stats.source_frames / stats.source_frame_count)
+
     def _reconnect(self, cap: cv2.VideoCapture) -> cv2.VideoCapture | None:
         """Reopen a live source with exponential back-off until it delivers a frame or we give up.
 
@@ -553,17 +634,20 @@ class Capture(ServiceThread):
         if self._lost_at is None:
             self._lost_at = self._clock()
             self._backoff_s = self.config.initial_backoff_s
-            self.log.warning("%s: no frame; reconnecting (back-off %.1f..%.1f s, give up after %.0f s)",
-                             self.spec, self._backoff_s, self.config.max_backoff_s, self.config.give_up_s)
+            give_up = ("never give up" if self.config.give_up_s == NEVER_GIVE_UP_S
+                       else f"give up after {self.config.give_up_s:.0f} s")
+            self.log.warning("%s: no frame; reconnecting (back-off %.1f..%.1f s, %s)",
+                             self.spec, self._backoff_s, self.config.max_backoff_s, give_up)
         lost_at = self._lost_at
         while not self.stop_event.is_set():
             waited = self._clock() - lost_at
-            if waited >= self.config.give_up_s:
+            if self.config.give_up_s != NEVER_GIVE_UP_S and waited >= self.config.give_up_s:
                 msg = (f"{self.spec}: no frames for {waited:.1f} s; gave up after {self.stats.reconnects} "
                        "reconnect attempts (--give-up-s)")
                 self._finish(EndOfStream("gave up", gave_up=True, error=msg))
                 return None
-            self.stop_event.wait(min(self._backoff_s, max(0.0, self.config.give_up_s - waited)))
+            left_s = float("inf") if self.config.give_up_s == NEVER_GIVE_UP_S else self.config.give_up_s - waited
+            self.stop_event.wait(min(self._backoff_s, max(0.0, left_s)))
             if self.stop_event.is_set():
                 break
             self.stats.reconnects += 1

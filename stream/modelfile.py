@@ -61,7 +61,7 @@ CARD_FORMAT_VERSION = 1
 _HASH_CHUNK = 1 << 20
 MODEL_KINDS = ("i3d", "motion")  # what the engine factory can build from a card
 VIEWS = ("side", "top")  # camera placements: side = swim/struggle/float, top = mobile/immobile
-WEIGHTS_DTYPES = ("float32", "float16")  # what save_model writes
+WEIGHTS_DTYPES = {"i3d": ("float32", "float16"), "motion": ("json",)}  # per kind: what save_model / save_motion_model write
 MIN_INPUT_SIZE_PX = 32  # below 32 px the stride-32 I3D body has nothing left to pool
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -134,8 +134,9 @@ class ModelCard:
             problems.append(f"weights_file must be a file name inside the model directory, got {self.weights_file!r}")
         if self.weights_sha256 and not _SHA256.fullmatch(self.weights_sha256):
             problems.append(f"weights_sha256 must be 64 lowercase hex digits, got {self.weights_sha256[:20]!r}")
-        if self.weights_dtype not in WEIGHTS_DTYPES:
-            problems.append(f"weights_dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {self.weights_dtype!r}")
+        dtypes = WEIGHTS_DTYPES.get(self.kind, ())
+        if dtypes and self.weights_dtype not in dtypes:
+            problems.append(f"weights_dtype of a {self.kind} model must be one of {', '.join(dtypes)}, got {self.weights_dtype!r}")
         if not 1 <= self.format_version <= CARD_FORMAT_VERSION:
             problems.append(f"format_version {self.format_version} is not one this swim-stream understands (1..{CARD_FORMAT_VERSION}); upgrade swim-stream")
         if self.kind not in MODEL_KINDS:

@@ -184,6 +184,7 @@ class Pipeline:
         """Consume capture items until the end of the stream or the stop event; always flushes."""
         start = time.monotonic()
         result = self.result
+        failed = True  # an exception (an output that cannot write, a failed engine) is not an end of stream
         try:
             for item in items:
                 if self.heartbeat is not None:
@@ -208,13 +209,16 @@ class Pipeline:
                 self._maybe_status()
             else:
                 result.end_reason = result.end_reason or "end of stream"
+            failed = False
         finally:
-            self._end_segment()
-            for arena in self.arenas:
-                for d in self.decisions[arena.id].flush():
-                    self._emit(arena.id, d, None)
             result.wall_s = time.monotonic() - start
-            broadcast(self.outputs, "on_status", self.status(final=True))
+            if not failed:  # after a failure the outputs or the engine are broken: let its error through alone
+                self._end_segment()
+                for arena in self.arenas:
+                    for d in self.decisions[arena.id].flush():
+                        self._emit(arena.id, d, None)
+                result.wall_s = time.monotonic() - start
+                broadcast(self.outputs, "on_status", self.status(final=True))
         return result
 
     def _frame(self, frame: Frame) -> None:
@@ -243,8 +247,8 @@ class Pipeline:
         broadcast(self.outputs, "on_frame", FrameEvent(frame.index, frame.timestamp_s, frame.image, dt))
         center = frame.index - FUTURE_FRAMES
         while self._next_center is not None and self._next_center <= center:
-            self._classify(self._next_center, frame.index)
-            self._next_center += 1
+            self._next_center += 1  # first: a failure inside must not have this frame classified twice
+            self._classify(self._next_center - 1, frame.index)
 
     def _classify(self, center: int, last: int) -> None:
         assert self.ring.segment_start is not None
@@ -302,8 +306,8 @@ class Pipeline:
         last = self.ring.last_index
         if last is not None and self._next_center is not None:
             while self._next_center <= last:
-                self._classify(self._next_center, last)
                 self._next_center += 1
+                self._classify(self._next_center - 1, last)
         self.ring.reset()
         self._next_center = None
         self._last_probs = None

@@ -3,14 +3,20 @@
 Everything a run needs is checked before the first frame is processed: the output folder is
 writable, the ZeroMQ and metrics ports are free, every video opens and has a frame, the arenas fit
 the frame, the model's checksum matches its card. A camera or stream is opened last, once the
-engine is warm, so its first frames are fresh; systemd's READY=1 is sent just before that. Then one loop per source runs
-``stream.pipeline.Pipeline``; its outputs are per-arena CSVs and summary JSONs under ``--out``,
+engine is warm, so its first frames are fresh; systemd's READY=1 is sent just before that. A camera
+or stream that is not there yet (an IP camera booting after a power cut) is retried with back-off
+for up to ``--give-up-s`` (0: until stopped), with systemd's STATUS saying so and its watchdog fed.
+Then one loop per source runs ``stream.pipeline.Pipeline``; its outputs are per-arena CSVs and summary JSONs under ``--out``,
 ZeroMQ messages, Prometheus metrics and an optional annotated preview.
 
 Exit status: 0 at the end of the input or after SIGTERM (a requested stop: systemd's
 ``Restart=on-failure`` must not restart us); 130 after SIGINT (Ctrl-C, so batch scripts notice);
-1 when a live source gave up reconnecting or capture failed; 2 for a user error before the start.
-Every exit after the start flushes the CSVs and writes the summaries first.
+1 when a live source gave up (reconnecting, or waiting for it at start) or capture failed; 2 for a
+user error before the start; 3 when results could not be written (disk full, quota, I/O error: one
+line naming the file and the OS error; the unit's ``RestartPreventExitStatus=3`` stops systemd from
+restarting into the same full disk). Every exit after the start flushes the CSVs and writes the
+summaries first (after a write error: if the disk still allows it). A start refused before any
+result was written removes the output folder it created.
 """
 
 from __future__ import annotations
@@ -28,13 +34,17 @@ from pathlib import Path
 
 from stream.arenas import Arena, check_arenas_fit, resolve_arenas
 from stream.capture import (DEFAULT_GIVE_UP_S, DEFAULT_INITIAL_BACKOFF_S, DEFAULT_MAX_BACKOFF_S, DEFAULT_QUEUE_FRAMES,
-                            Capture, CaptureConfig, SourceSpec, parse_source, quiet_opencv_logging)
+                            Capture, CaptureConfig, SourceSpec, SourceUnavailable, parse_source,
+                            quiet_opencv_logging)
 from stream.atomic import atomic_write
 from stream.control import DEFAULT_CONTROL_ENDPOINT
 from stream.decisions import BIN_S_DEFAULT, SMOOTHING_MODES
 from stream.errors import EXIT_INTERRUPTED, UserError, cli_main
-from stream.trials import TRIAL_MODES, ScheduleEntry, read_schedule, schedule_for
+from stream.trials import TRIAL_MODES, ScheduleEntry, TrialEnded, read_schedule, schedule_for
 from stream.version import add_version_argument
+from stream.errors import OutputWriteError, output_error
+from stream.run_folder import (SOURCE_FILE, check_no_results, check_same_source, source_identity,
+                               write_source_identity)
 from stream.outputs.metrics import DEFAULT_METRICS_PORT
 from stream.outputs.publisher import DEFAULT_ENDPOINT as DEFAULT_ZMQ_ENDPOINT
 
@@ -143,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"longest wait between reconnect attempts, s (first: {DEFAULT_INITIAL_BACKOFF_S} s, doubling; "
                         "default: %(default)s)")
     r.add_argument("--give-up-s", type=float, default=DEFAULT_GIVE_UP_S,
-                   help="exit non-zero after this many seconds without frames (default: %(default)s)")
+                   help="exit 1 after this many seconds without frames, also while waiting for a camera or stream "
+                        "that is not there at start; 0: never give up, wait until stopped (default: %(default)s)")
     r.add_argument("--queue-frames", type=int, default=DEFAULT_QUEUE_FRAMES,
                    help="capture queue in frames; live sources drop (and count) frames when it is full "
                         "(default: %(default)s)")
@@ -169,14 +180,63 @@ def _expand_videos(patterns: Sequence[str]) -> list[Path]:
     return unique
 
 
-def _check_out_dir(out: Path) -> Path:
+def _check_out_dir(out: Path) -> list[Path]:
+    """Create ``out`` if needed and check it is writable; returns the folders created, deepest first,
+    so that a start refused later can remove them again (no empty run folders left behind)."""
+    created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / ".write-test", "")  # the same create/fsync/rename every output file will need
         (out / ".write-test").unlink()
     except OSError as exc:
+        _remove_if_empty(created)
+        if isinstance(output_error(out, exc), OutputWriteError):  # disk full or failing: exit 3, not 2
+            raise OutputWriteError(out, exc) from exc
         raise UserError(f"output folder {out}: not writable ({exc.strerror or exc}); choose another with --out") from exc
-    return out
+    return created
+
+
+def _holds_no_results(folder: Path) -> list[Path] | None:
+    """The files of ``folder`` when none of them is a result (only ``source.json`` and per-frame CSVs
+    without a row, left by a start that failed); None when it holds anything else."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.name == SOURCE_FILE and entry.is_file():
+            continue
+        if entry.name.endswith(".frames.csv") and entry.is_file():
+            try:
+                if entry.read_bytes().count(b"\n") <= 1:  # the header at most
+                    continue
+            except OSError:
+                pass
+        return None
+    return entries
+
+
+def _remove_start_debris(folders: Sequence[Path]) -> None:
+    """After a start that wrote no result: remove what it left in the folders it created, and them."""
+    for folder in folders:
+        debris = _holds_no_results(folder)
+        if debris is None:
+            return
+        for entry in debris:
+            entry.unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _remove_if_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders we created (deepest first) that hold nothing; stop at the first that does."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _unique_dirs(out: Path, videos: Sequence[Path]) -> list[Path]:
@@ -196,6 +256,7 @@ class _Source:
     out_dir: Path
     arenas: list[Arena]
     capture: Capture | None = None
+    identity: dict | None = None  # a file's path, size and first-frame sha256 (stream.run_folder)
 
 
 def _build_engine(kind: str, model_dir: Path, device: str | None, batch_size: int | None):
@@ -235,6 +296,8 @@ class _Run:
         self.trial_mode = "now"
         self.control_endpoint: str | None = None
         self.model_sha256 = ""
+        self.created_dirs: list[Path] = []  # output folders this run created: removed again if left empty
+
     # -- signals --------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
@@ -271,6 +334,7 @@ class _Run:
                         log.debug("close failed", exc_info=True)
             if self.notifier is not None:
                 self.notifier.close()
+            _remove_start_debris(self.created_dirs)  # a refused or failed start leaves no empty run folder
 
     def _prepare(self) -> tuple[list[_Source], object, Path]:
         """Every check that can fail before the first frame."""
@@ -298,7 +362,7 @@ class _Run:
             videos = []
         # output folder
         out = a.out or Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        _check_out_dir(out)
+        self.created_dirs = _check_out_dir(out)
         self.out = out
         out_dirs = _unique_dirs(out, videos) if len(videos) > 1 else [out]
         # model card (cheap) then decision settings, so flag mistakes fail fast
@@ -340,13 +404,19 @@ class _Run:
                 w, h = capture.open()
                 try:
                     check_arenas_fit(arenas, w, h, str(spec))
-                except UserError:
+                    identity = source_identity(spec.location, capture.first_frame)
+                except (UserError, OSError):
                     capture.release()
                     raise
                 if len(specs) > 1:
                     capture.release()  # reopened when its turn comes; keeps file handles few
                     capture = None
-                sources.append(_Source(spec, out_dir, arenas, capture))
+                sources.append(_Source(spec, out_dir, arenas, capture, identity))
+            for source in sources:  # earlier results are never overwritten; --resume continues the same video
+                check_no_results(source.out_dir, [ar.id for ar in source.arenas], resume=a.resume,
+                                 live=source.spec.live)
+                if a.resume and source.identity is not None:
+                    check_same_source(source.out_dir, source.identity)
         except BaseException:
             for s in sources:
                 if s.capture is not None:
@@ -503,6 +573,8 @@ class _Run:
 
         a = self.args
         capture = self._open_capture(source, card)
+        if isinstance(capture, int):
+            return capture  # a live source that never came: nothing was written
         book, live_like = self._trial_book(source, card)
         own = self._source_outputs(source, card, capture, multi=multi)  # closed at the end of this source
         outputs = [own[0], self.results, *(o for o in (self.publisher, self.metrics) if o is not None), *own[1:]]
@@ -511,10 +583,14 @@ class _Run:
 
             self.metrics.start_source(camera_label(source.spec.kind, str(source.spec.location)),
                                       [ar.id for ar in source.arenas], list(card.classes))
+        write_error: OutputWriteError | None = None
+        info: dict = {}
         try:
             if live_like:
                 for trial in book.resume_running():
                     broadcast(outputs, "on_trial_start", trial)
+            if source.identity is not None:
+                write_source_identity(source.out_dir, source.identity)  # what --resume will check
             pipeline = Pipeline(
                 self.engine, flow, source.arenas, book.arenas,
                 PipelineConfig(fps=card.fps, size_px=self.engine.input_size_px, stride_frames=a.stride,
@@ -528,13 +604,21 @@ class _Run:
             capture.start()
             try:
                 result = pipeline.run(capture)
+            except OutputWriteError as exc:  # disk full mid-run: stop here, keep what is on disk
+                write_error = exc
+                result = pipeline.result
+                result.error, result.end_reason = str(exc), "output error"
             finally:
                 capture.close()
             if self.signal_name:
                 result.stopped = True
                 result.end_reason = f"stopped by {self.signal_name}"
             info = self._run_info(source, card, capture, result)
-            if result.stopped and book.resume_on_stop:
+            if write_error is not None:  # end the trials in every output that still can, then the one error
+                ended = [(item.trial, {**item.summary, "run": info}) for _, item in book.end_all(result.end_reason)
+                         if isinstance(item, TrialEnded)]
+                self._end_trials_despite(write_error, outputs, ended)
+            elif result.stopped and book.resume_on_stop:
                 log.warning("stopped with trials running: they resume when stream-run starts again with --out %s",
                             source.out_dir)
             else:  # summaries: always, whatever ended the run
@@ -542,7 +626,12 @@ class _Run:
         finally:
             self.book = None
             for out in own:
-                out.close()
+                try:
+                    out.close()
+                except (UserError, OSError):
+                    if write_error is None:
+                        raise
+                    log.debug("closing %s after the write error failed too", out, exc_info=True)
         ended = own[-1].ended  # the console output collected the trials this source ended
         if not a.quiet and ended:
             print(summary_table(ended, list(card.classes), str(source.spec), source.out_dir, run=info), flush=True)
@@ -575,14 +664,52 @@ class _Run:
                 "roi": roi, "source": str(source.spec), "start_utc": trial.start_utc, "flow": dict(card.flow),
                 "flow_warm_start": not self.args.no_flow_warm_start, "stride_frames": self.args.stride}
 
-    def _open_capture(self, source: _Source, card) -> Capture:
-        """The source's capture, opened now if it was not at the checks (a live source, or one of many)."""
+    @staticmethod
+    def _end_trials_despite(error: OutputWriteError, outputs: list, ended: list[tuple]) -> None:
+        """After a write error: end every trial in every output that still can (the summaries, if the
+        disk allows), then raise the one error, saying whether the summaries were written."""
+        failed = 0
+        for trial, summary in ended:
+            for out in outputs:
+                try:
+                    out.on_trial_end(trial, summary)
+                except (UserError, OSError):
+                    failed += 1
+                    log.debug("%s could not end trial %s", out, trial, exc_info=True)
+        note = ("; the summaries were written" if not failed else
+                "; the summaries could not be written either" if failed >= len(ended) else
+                "; some summaries could not be written")
+        raise OutputWriteError(error.path, error.os_error, note) from error
+
+    def _open_capture(self, source: _Source, card) -> Capture | int:
+        """The source's capture, opened now if it was not at the checks (a live source, or one of many).
+
+        A live source that is not there is waited for (``Capture.open_waiting``); if it never comes
+        the exit status is returned instead: 1 after --give-up-s, 0 when a signal stopped the wait.
+        """
         if source.capture is not None:
             return source.capture
         capture = Capture(source.spec, self._capture_config(card, source.spec))
-        w, h = capture.open()
+        if source.spec.live:
+            try:
+                w, h = capture.open_waiting(self._waiting_for_source, stop_event=self.stop_event)
+            except SourceUnavailable as exc:
+                if self.stop_event.is_set():
+                    return EXIT_OK  # stopped (SIGTERM/Ctrl-C) before the camera came: nothing to write
+                print(f"stream-run: error: {exc}", file=sys.stderr, flush=True)
+                return EXIT_FAILED  # like a camera lost mid-run: systemd restarts us and we wait again
+        else:
+            w, h = capture.open()
         check_arenas_fit(source.arenas, w, h, str(source.spec))
         return capture
+
+    def _waiting_for_source(self, status: str) -> None:
+        """A live source is not there yet: tell systemd (STATUS, watchdog) and, once, the terminal."""
+        self.notifier.status(status)
+        self.notifier.watchdog()
+        if not self.args.quiet and not getattr(self, "_said_waiting", False):
+            self._said_waiting = True
+            print(f"stream-run: {status}; retrying with back-off (--give-up-s {self.args.give_up_s:g})", flush=True)
 
     def _source_outputs(self, source: _Source, card, capture: Capture, *, multi: bool) -> list:
         """The outputs that belong to one source: its CSVs (first), its preview, the terminal."""
@@ -632,12 +759,15 @@ class _Run:
             "capture": {
                 "source_fps": stats.source_fps,
                 "source_frames": stats.source_frames,
+                "source_frames_declared": stats.source_frame_count or None,
                 "frames_dropped_queue_full": stats.dropped_queue_full,
                 "source_frames_skipped_resample": stats.dropped_resample,
                 "frames_repeated_resample": stats.repeated_resample,
                 "invalid_frames": stats.invalid_frames,
                 "reconnect_attempts": stats.reconnects,
             },
+            # the file ended well short of its declared frame count: results cover part of the test
+            "truncated_recording": stats.truncated,
             "zmq_dropped": self.publisher.dropped if self.publisher is not None else None,
             "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **result.to_dict(),

@@ -6,6 +6,10 @@ per ``--interval-s``, and every summary. With ``--state-endpoint`` it first asks
 the current counters, so a watcher started mid-test shows them at once. It exits when every arena it
 follows has sent its end-of-test summary, after ``--count`` messages, on Ctrl-C, or (status 1) when
 nothing arrives for ``--timeout-s``.
+
+A watcher that cannot keep up (a slow terminal, a suspended ``stream-watch``) loses messages of its
+own, never anybody else's: it counts them from the messages' ``seq`` and shows them in the LOST
+column (plain lines: ``lost=N``) and once more on exit.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any, TextIO
 import zmq
 
 from stream.errors import UserError, cli_main
-from stream.outputs.publisher import DEFAULT_ENDPOINT, SCHEMA_VERSION, STATE_REQUEST
+from stream.outputs.publisher import DEFAULT_ENDPOINT, MAX_MESSAGE_BYTES, SCHEMA_VERSION, STATE_REQUEST, SequenceGaps
 from stream.version import add_version_argument
 
 __all__ = ["ArenaView", "fetch_state", "format_line", "format_summary", "format_table", "main"]
@@ -46,6 +50,7 @@ class ArenaView:
     counters: dict = field(default_factory=dict)
     finished: bool = False
     last_printed_s: float = float("-inf")
+    lost: int = 0  # messages this watcher missed (gaps in seq): it was too slow or suspended
 
 
 def _fmt_s(value: Any) -> str:
@@ -63,6 +68,7 @@ def format_line(view: ArenaView) -> str:
         f"latency={_fmt_s(c.get('latency_to_first_bout_s'))}s | "
         f"window immobile={_fmt_s(w.get('immobile_s'))}s bouts={w.get('immobility_bouts', '-')} "
         f"latency={_fmt_s(w.get('latency_to_first_bout_s'))}s | gaps={g.get('count', 0)}"
+        + (f" lost={view.lost}" if view.lost else "")
     )
 
 
@@ -81,7 +87,7 @@ def format_summary(view: ArenaView) -> str:
 
 
 _COLUMNS = ("ARENA", "FRAME", "TIME_S", "BEHAVIOUR", "IMMOBILE_S", "BOUTS", "LATENCY_S",
-            "WIN_IMMOBILE_S", "WIN_BOUTS", "WIN_LATENCY_S", "GAPS", "STATE")
+            "WIN_IMMOBILE_S", "WIN_BOUTS", "WIN_LATENCY_S", "GAPS", "LOST", "STATE")
 
 
 def format_table(views: dict[str, ArenaView]) -> list[str]:
@@ -101,6 +107,7 @@ def format_table(views: dict[str, ArenaView]) -> list[str]:
             str(w.get("immobility_bouts", "-")),
             _fmt_s(w.get("latency_to_first_bout_s")),
             str((c.get("gaps") or {}).get("count", 0)),
+            str(view.lost),
             "done" if view.finished else "live",
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
@@ -111,6 +118,7 @@ def fetch_state(ctx: zmq.Context, endpoint: str, timeout_s: float = STATE_TIMEOU
     """Ask the recognizer's state endpoint for the current counters; None when it does not answer."""
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     try:
         try:
             sock.connect(endpoint)
@@ -144,6 +152,7 @@ class _Watcher:
         self.received = 0
         self._last_draw = float("-inf")
         self._warned_schema = False
+        self.gaps = SequenceGaps()
 
     def wanted(self, arena: str) -> bool:
         return not self.only or arena in self.only
@@ -186,6 +195,8 @@ class _Watcher:
             log.warning("messages have schema %r, this stream-watch reads schema %d", body.get("schema"),
                         SCHEMA_VERSION)
         v = self.view(topic)
+        if self.gaps.update(topic, body.get("seq")):
+            v.lost = self.gaps.lost[topic]
         v.counters = body.get("counters") or v.counters
         if body.get("type") == "summary":
             v.finished = True
@@ -250,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     try:
         try:
             sub.connect(args.endpoint)
@@ -286,5 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             watcher.emit(force=True)
             return 0
     finally:
+        if watcher.gaps.total:
+            print(f"stream-watch: lost {watcher.gaps.total} messages (this watcher read too slowly or was "
+                  "suspended; other subscribers were not affected)", file=sys.stderr)
         sub.close(linger=0)
         ctx.term()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -15,6 +17,26 @@ def _private_onnx_cache(tmp_path_factory):
     mp.setenv("SWIM_STREAM_CACHE", str(tmp_path_factory.mktemp("swim-stream-cache")))
     yield
     mp.undo()
+
+
+# The project's real top-view recording, in the folder beside a developer's checkout. A user's
+# clone has none: tests that need it take the ``real_video`` fixture, which skips without it, and
+# are marked ``real_video`` (``.ci/run`` runs them once in the checkout after the suite ran in a
+# bare clone).
+REAL_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "openfield_m3v1.mp4"
+
+
+@pytest.fixture
+def real_video() -> Path:
+    if not REAL_VIDEO.is_file():
+        pytest.skip(f"real video not present ({REAL_VIDEO})")
+    return REAL_VIDEO
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if "real_video" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_video)
 
 
 TINY_CLASSES = ["swim", "struggle", "float"]

@@ -51,6 +51,9 @@ def test_yaml_file(tmp_path: Path) -> None:
         (json.dumps({"cylinders": []}), "expected"),
         (json.dumps({"arenas": [{"id": "A1"}]}), "roi"),
         (json.dumps({"arenas": [{"id": "A1", "roi": [0, 0, 10]}]}), "four integers"),
+        # issue 14.10: JSON true is not the pixel 1
+        (json.dumps({"arenas": [{"id": "A1", "roi": [True, 0, 10, 10]}]}), "four integers"),
+        (json.dumps({"arenas": [{"id": "A1", "roi": [0, 0, 10, "10"]}]}), "four integers"),
         (json.dumps({"arenas": [{"id": "A", "roi": [0, 0, 10, 10]}, {"id": "A", "roi": [10, 0, 10, 10]}]}), "duplicate"),
         (json.dumps({"arenas": [{"id": "../etc", "roi": [0, 0, 10, 10]}]}), "arena id"),
     ],

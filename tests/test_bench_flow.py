@@ -33,7 +33,6 @@ def test_reports_ours_and_opencv_on_the_same_frames(capsys):
         assert epe_vs_cv < 0.15, "same setting, same frames: our flow should match OpenCV's"
 
 
-@pytest.mark.skipif(not bench_flow.DEFAULT_VIDEO.exists(), reason="real video not present")
 def test_without_opencv_optflow_reports_ours_alone(capsys, monkeypatch):
     import cv2
 
@@ -46,11 +45,33 @@ def test_without_opencv_optflow_reports_ours_alone(capsys, monkeypatch):
     assert [r[2] for r in rows] == ["ours-cpu"] and rows[0][6:9] == ["-", "-", "-"]
 
 
-def test_reads_pairs_from_the_real_video(capsys):
+def test_reads_pairs_from_the_real_video(capsys, real_video):
+    assert bench_flow.run(_args("--sizes", "24", "--batches", "1", "--repeats", "1", "--settings", "fast",
+                                "--devices", "cpu", "--threads", "1", "--video", str(real_video))) == 0
+    out = capsys.readouterr().out
+    assert real_video.name in out and "ours-cpu" in out
+
+
+def test_without_video_or_environment_variable_falls_back_to_synthetic_frames_and_says_so(capsys, monkeypatch):
+    """Issue 14.11: the default video was a path outside the package (``parents[3]/shared/...``)."""
+    monkeypatch.delenv(bench_flow.VIDEO_ENV, raising=False)
     assert bench_flow.run(_args("--sizes", "24", "--batches", "1", "--repeats", "1", "--settings", "fast",
                                 "--devices", "cpu", "--threads", "1")) == 0
-    out = capsys.readouterr().out
-    assert bench_flow.DEFAULT_VIDEO.name in out and "ours-cpu" in out
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "synthetic" in header and bench_flow.VIDEO_ENV in header and "openfield" not in header
+
+
+def test_environment_variable_names_the_video(capsys, monkeypatch, tmp_path, moving_square_video):
+    video = moving_square_video(tmp_path / "lab.mp4", bench_flow.VIDEO_START_FRAME + 3, size_px=32)
+    monkeypatch.setenv(bench_flow.VIDEO_ENV, str(video))
+    assert bench_flow.run(_args("--sizes", "24", "--batches", "1,2", "--repeats", "1", "--settings", "fast",
+                                "--devices", "cpu", "--threads", "1")) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "lab.mp4" in header and bench_flow.VIDEO_ENV in header
+    monkeypatch.setenv(bench_flow.VIDEO_ENV, str(tmp_path / "gone.mp4"))
+    with pytest.raises(UserError, match="gone.mp4"):
+        bench_flow.run(_args("--sizes", "24", "--batches", "1", "--repeats", "1", "--settings", "fast",
+                             "--devices", "cpu"))
 
 
 @pytest.mark.parametrize("argv", [("--sizes", "abc"), ("--sizes", "8"), ("--batches", "0"), ("--settings", "slowest"),

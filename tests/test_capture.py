@@ -12,7 +12,7 @@ import pytest
 
 from stream import capture as cap_mod
 from stream.capture import (Capture, CaptureConfig, EndOfStream, Frame, FrameResampler, Gap, SourceSpec,
-                            normalize_frame, parse_source)
+                            SourceUnavailable, normalize_frame, parse_source)
 from stream.errors import UserError
 
 WAIT_S = 10.0  # generous on a loaded 2-core machine
@@ -220,7 +220,7 @@ def test_file_at_twice_the_model_rate_is_halved(tmp_path: Path) -> None:
 
 def test_live_source_drops_and_counts_when_the_queue_is_full() -> None:
     fake = FakeCapture(100, delay_s=0.002)
-    config = CaptureConfig(fps=1000.0, live=True, queue_frames=4, give_up_s=0.0)
+    config = CaptureConfig(fps=1000.0, live=True, queue_frames=4, give_up_s=0.05)  # 0 would mean "never give up"
     capture = Capture(SourceSpec("camera", "0"), config, factory=lambda spec, **kw: fake)
     capture.open()
     capture.start()
@@ -302,6 +302,50 @@ def test_open_refuses_missing_camera_corrupt_and_empty_files(tmp_path: Path) -> 
         Capture(parse_source(video=empty), CaptureConfig(fps=15.0, live=False)).open()
 
 
+def write_avi(path: Path, frames: int) -> Path:
+    """MJPG in AVI: the header declares the frame count, and a cut copy still decodes up to the cut."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (48, 32))
+    for i in range(frames):
+        writer.write(np.full((32, 48, 3), (7 * i) % 250, np.uint8))
+    writer.release()
+    return path
+
+
+def test_truncated_recording_is_flagged_and_warned(tmp_path: Path, caplog) -> None:
+    """Issue 14.8: a file cut at 30 % was scored silently as a short test."""
+    cap_mod.quiet_opencv_logging()
+    whole = write_avi(tmp_path / "whole.avi", 90)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 3 // 10])
+    results = {}
+    for video in (whole, cut):
+        capture = Capture(parse_source(video=video), CaptureConfig(fps=15.0, live=False))
+        capture.open()
+        capture.start()
+        with caplog.at_level("WARNING"):
+            frames = sum(isinstance(i, Frame) for i in drain(capture))
+        capture.close()
+        results[video.name] = (frames, capture.stats)
+    frames, stats = results["whole.avi"]
+    assert frames == 90 and not stats.truncated and stats.frames_short == 0
+    frames, stats = results["cut.avi"]
+    assert 0 < frames < 45 and stats.truncated and stats.source_frame_count == 90
+    assert stats.frames_short == 90 - stats.source_frames
+    warnings = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(warnings) == 1 and "cut.avi" in warnings[0] and "of the 90 frames" in warnings[0]
+
+
+def test_max_frames_is_not_a_truncation(tmp_path: Path) -> None:
+    capture = Capture(parse_source(video=write_avi(tmp_path / "v.avi", 40)),
+                      CaptureConfig(fps=15.0, live=False, max_frames=5))
+    capture.open()
+    capture.start()
+    drain(capture)
+    capture.close()
+    assert not capture.stats.truncated
+
+
 def test_max_frames_ends_the_stream(tmp_path: Path) -> None:
     video = write_video(tmp_path / "v.mp4", 30)
     capture = Capture(parse_source(video=video), CaptureConfig(fps=15.0, live=False, max_frames=7))
@@ -320,6 +364,80 @@ def test_config_validation() -> None:
         CaptureConfig(fps=15.0, live=True, initial_backoff_s=2.0, max_backoff_s=1.0)
     with pytest.raises(UserError):
         CaptureConfig(fps=15.0, live=True, queue_frames=0)
+
+
+@pytest.mark.parametrize("max_backoff_s", [0.0, -1.0, float("nan")])
+def test_zero_max_backoff_names_the_flag_and_the_value(max_backoff_s: float) -> None:
+    """Issue 14.10: it read "must be >= the initial back-off (0.0 s)"."""
+    with pytest.raises(UserError, match=r"--reconnect-max-backoff-s must be > 0 s, got") as err:
+        CaptureConfig(fps=15.0, live=True, initial_backoff_s=min(0.5, max_backoff_s), max_backoff_s=max_backoff_s)
+    assert "initial" not in str(err.value)
+
+
+@pytest.mark.parametrize("give_up_s", [-1.0, float("nan"), float("inf")])
+def test_give_up_must_be_a_finite_number_of_seconds(give_up_s: float) -> None:
+    with pytest.raises(UserError, match="--give-up-s must be >= 0 s"):
+        CaptureConfig(fps=15.0, live=True, give_up_s=give_up_s)
+
+
+def test_give_up_zero_never_gives_up_reconnecting() -> None:
+    """Issue 14.10: --give-up-s 0 means "keep trying until stopped" (it gave up at once)."""
+    config = CaptureConfig(fps=15.0, live=True, initial_backoff_s=0.05, max_backoff_s=0.1, give_up_s=0.0)
+    fakes = iter([FakeCapture(2)] + [FakeCapture(0, opened=False)] * 10_000)
+    capture = Capture(SourceSpec("camera", "0"), config, factory=lambda spec, **kw: next(fakes))
+    capture.open()
+    capture.start()
+    deadline = time.monotonic() + 1.5
+    items = []
+    while time.monotonic() < deadline:
+        item = capture.get(0.05)
+        if item is not None:
+            items.append(item)
+    assert not any(isinstance(i, EndOfStream) for i in items), items
+    assert capture.is_alive() and capture.stats.reconnects >= 5
+    capture.close(timeout_s=WAIT_S)
+    assert not capture.is_alive()
+
+
+def test_live_source_missing_at_start_is_waited_for_with_status_reports() -> None:
+    """Issue 14.9: an IP camera still booting must not end the service; every wait is reported."""
+    attempts: list[FakeCapture] = []
+
+    def factory(spec, **kw):
+        attempts.append(FakeCapture(5) if len(attempts) >= 3 else FakeCapture(0, opened=False))
+        return attempts[-1]
+
+    config = CaptureConfig(fps=15.0, live=True, initial_backoff_s=0.2, max_backoff_s=0.4, give_up_s=30.0)
+    capture = Capture(SourceSpec("url", "rtsp://cam/1"), config, factory=factory)
+    reports: list[tuple[float, str]] = []
+    started = time.monotonic()
+    assert capture.open_waiting(lambda status: reports.append((time.monotonic(), status))) == (32, 24)
+    assert len(attempts) == 4 and time.monotonic() - started >= 0.2 + 0.4 + 0.4
+    assert reports and all("waiting for rtsp://cam/1" in text and "giving up in" in text for _, text in reports)
+    moments = [started] + [t for t, _ in reports] + [time.monotonic()]
+    assert max(b - a for a, b in zip(moments, moments[1:])) < cap_mod.WAIT_REPORT_S + 0.5  # + scheduling slack
+    capture.start()
+    first = capture.get(WAIT_S)
+    capture.close()
+    assert isinstance(first, Frame) and first.index == 0
+
+
+def test_live_source_missing_at_start_gives_up_or_stops() -> None:
+    config = CaptureConfig(fps=15.0, live=True, initial_backoff_s=0.1, max_backoff_s=0.2, give_up_s=0.7)
+    capture = Capture(SourceSpec("camera", "3"), config, factory=lambda spec, **kw: FakeCapture(0, opened=False))
+    started = time.monotonic()
+    with pytest.raises(SourceUnavailable, match=r"camera 3 could not be opened.*gave up after .* attempts"):
+        capture.open_waiting()
+    assert 0.7 <= time.monotonic() - started < 3.0
+    stop = threading.Event()
+    forever = CaptureConfig(fps=15.0, live=True, initial_backoff_s=0.1, max_backoff_s=5.0, give_up_s=0.0)
+    capture = Capture(SourceSpec("camera", "3"), forever, stop_event=stop,
+                      factory=lambda spec, **kw: FakeCapture(0, opened=False))
+    threading.Timer(0.8, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(SourceUnavailable, match="stopped"):
+        capture.open_waiting()
+    assert time.monotonic() - started < 3.0
 
 
 def test_capture_thread_base_reports_errors() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from stream.decisions import ArenaDecisions, Decision, DecisionConfig
-from stream.errors import UserError
+from stream.errors import OutputWriteError, UserError
 from stream.outputs import csv_log
 from stream.outputs.csv_log import ArenaCsvLog, read_frames_csv, replay_frames
 
@@ -148,10 +149,10 @@ def test_summary_is_written_atomically(tmp_path: Path, monkeypatch) -> None:
     assert json.loads(first.read_text())["n"] == 1
 
     def crash(src, dst):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(csv_log.os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputWriteError, match="A.summary.json: No space left on device"):
         log.write_summary({"n": 2})
     assert json.loads(first.read_text())["n"] == 1  # the old summary is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A.frames.csv", "A.summary.json"]  # no temp left
@@ -208,3 +209,54 @@ def test_rescore_from_csv_reproduces_the_live_counters(tmp_path: Path) -> None:
     replay_frames(stricter, rows)
     stricter.flush()
     assert stricter.counters().to_json()["immobility_bouts"] == 0  # 10-frame runs are 0.67 s: no bout at 1 s
+
+
+def test_an_existing_csv_is_never_overwritten(tmp_path: Path) -> None:
+    """Issue 14.1: a second run into the same folder truncated the first one's CSV with a warning."""
+    with ArenaCsvLog(tmp_path, "A", CLASSES) as log:
+        for d in decisions(3):
+            log.write(d)
+    before = (tmp_path / "A.frames.csv").read_bytes()
+    with pytest.raises(UserError, match="never overwritten"):
+        ArenaCsvLog(tmp_path, "A", CLASSES)
+    assert (tmp_path / "A.frames.csv").read_bytes() == before
+
+
+_FULL_DISK_CHILD = r"""
+import json, os, resource, signal, sys
+from stream.errors import OutputWriteError
+from stream.decisions import Decision
+from stream.outputs.csv_log import ArenaCsvLog
+folder = sys.argv[1]
+log = ArenaCsvLog(folder, "A", ["swim", "struggle", "float"], flush_interval_s=0)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the kernel then fails the write with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+errors = []
+for i in range(100):
+    try:
+        log.write(Decision(i, i / 15, "swim", False, {"swim": 0.8, "struggle": 0.1, "float": 0.1}))
+    except OutputWriteError as exc:
+        errors.append(str(exc))
+        if len(errors) == 2:
+            break
+log.close()  # no second exception from a close after the failure
+log.write_summary({"rows": log.rows_written})  # a small new file still fits
+print(json.dumps({"errors": errors, "rows": log.rows_written}))
+"""
+
+
+def test_a_full_disk_is_one_error_naming_the_file_and_leaves_no_half_row(tmp_path: Path) -> None:
+    """Issue 14.2: the write error names the file and the OS error; the CSV ends with a whole row;
+    closing does not raise again; a summary that still fits is written."""
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK_CHILD, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    first, second = report["errors"]
+    assert first == second  # the same error again, nothing written after it
+    assert str(tmp_path / "A.frames.csv") in first and "File too large (EFBIG)" in first
+    data = (tmp_path / "A.frames.csv").read_bytes()
+    assert 0 < len(data) <= 1000 and data.endswith(b"\n")
+    rows = read_frames_csv(tmp_path / "A.frames.csv")
+    assert [r["frame"] for r in rows] == list(range(report["rows"])) and report["rows"] > 3
+    assert json.loads((tmp_path / "A.summary.json").read_text()) == {"rows": report["rows"]}

@@ -268,14 +268,35 @@ def test_missing_model_directory(videos: dict[str, Path], tmp_path: Path) -> Non
     assert_no_frame_processed(out)
 
 
+WATCHDOG_WAIT_USEC = 2_000_000  # while stream-run waits for a camera, pings must come every <= 1 s
+
+
 def test_camera_index_that_does_not_exist(tiny_model: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
+    """Issue 14.9: a live source missing at start is waited for (STATUS says so, the watchdog is
+    fed) up to --give-up-s; then one line, exit 1 like a camera lost mid-run, no empty folder."""
+    out = tmp_path / "runs" / "out"
+    notify = NotifyListener()
+    env = {**os.environ, "NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": str(WATCHDOG_WAIT_USEC)}
     started = time.monotonic()
-    done = run_cli(["--camera", "97", "--model", tiny_model, *quiet_args(out),
-                    "--give-up-s", "2", "--reconnect-max-backoff-s", "0.5"])
-    assert_one_line_error(done, "camera")
-    assert_no_frame_processed(out)
+    try:
+        done = subprocess.run([*stream_run_command(), "--camera", "97", "--model", str(tiny_model),
+                               *map(str, quiet_args(out)), "--give-up-s", str(GIVE_UP_WAIT_S),
+                               "--reconnect-max-backoff-s", "0.5"], capture_output=True, text=True,
+                              timeout=REFUSE_TIMEOUT_S, stdin=subprocess.DEVNULL, env=env)
+    finally:
+        notify.close()
+    line = assert_one_line_error(done, "camera 97", "gave up", "--give-up-s")
+    assert done.returncode == 1, line  # systemd's Restart=on-failure starts it again, to wait again
+    assert "waiting for camera 97" in done.stdout
+    assert not out.exists() and not out.parent.exists(), "a refused start left its output folder"
     assert time.monotonic() - started < REFUSE_TIMEOUT_S
+    ready = [t for t, m in notify.messages if m.startswith("READY=1")]
+    waiting = [t for t, m in notify.messages if "STATUS=waiting for camera 97" in m]
+    assert ready and waiting and waiting[0] > ready[0], notify.messages
+    pings = [t for t, m in notify.messages if m.startswith(("READY=1", "WATCHDOG=1"))]
+    stopping = [t for t, m in notify.messages if m.startswith("STOPPING=1")] or [max(t for t, _ in notify.messages)]
+    gaps = [b - a for a, b in zip(pings, [*pings[1:], stopping[0]])]
+    assert len(pings) >= GIVE_UP_WAIT_S and max(gaps) < WATCHDOG_WAIT_USEC / 1e6, f"watchdog pings {gaps} s apart"
 
 
 @pytest.mark.slow
@@ -572,6 +593,7 @@ class NotifyListener:
 
 
 WATCHDOG_FAULT_USEC = 4_000_000  # shorter than each outage below: pings must go on during them
+GIVE_UP_WAIT_S = 3  # a camera missing at start: waited for this long
 OUTAGE_S = 3.0  # camera unplugged, then back
 GIVE_UP_S = 6.0  # the second, final outage
 
@@ -638,3 +660,97 @@ def test_camera_unplugged_reconnects_records_the_gap_then_gives_up(tiny_model: P
     assert stopping, notify.messages
     gaps = [b - a for a, b in zip(pings, [*pings[1:], stopping[0]])]
     assert max(gaps) < WATCHDOG_FAULT_USEC / 1e6, f"watchdog pings {gaps} s apart: systemd kills it"
+
+
+@pytest.mark.slow
+def test_camera_that_comes_up_late_is_waited_for_then_recorded(tiny_model: Path, tmp_path: Path) -> None:
+    """Issue 14.9: an IP camera booting slowly after a power cut: READY=1, STATUS says we wait,
+    the watchdog is fed, and once the camera answers the test is recorded as usual."""
+    camera = FlakyMjpegCamera(session_s=4.0)
+    camera.allowed = 0  # still booting: every connection gets a 503
+    notify = NotifyListener()
+    out = tmp_path / "out"
+    env = {**os.environ, "NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": str(WATCHDOG_WAIT_USEC)}
+    log = tmp_path / "stderr.txt"
+    process = _start(["--url", camera.url, "--model", tiny_model, *quiet_args(out), "--give-up-s", "120",
+                      "--reconnect-max-backoff-s", "0.5", "--max-frames", MAX_FRAMES, "-q"], log, env)
+    try:
+        deadline = time.monotonic() + PROCESS_TIMEOUT_S
+        while not any("STATUS=waiting for" in m for _, m in notify.messages):
+            assert process.poll() is None, f"stream-run exited while the camera was booting: {log.read_text()}"
+            assert time.monotonic() < deadline, "stream-run never said it was waiting"
+            time.sleep(POLL_S)
+        time.sleep(2 * WATCHDOG_WAIT_USEC / 1e6)  # longer than the watchdog: pings must go on
+        camera.plug_in()
+        camera.streaming.set()
+        process.wait(timeout=PROCESS_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        camera.close()
+        notify.close()
+    err = log.read_text()
+    assert process.returncode == 0 and "Traceback" not in err, err
+    assert any(frame_rows(out).values()), "nothing recorded once the camera came up"
+    pings = [t for t, m in notify.messages if m.startswith(("READY=1", "WATCHDOG=1"))]
+    opened = next(t for t, m in notify.messages if "STATUS=waiting for" in m)
+    waiting_pings = [t for t in pings if t >= opened]
+    gaps = [b - a for a, b in zip(waiting_pings, waiting_pings[1:])]
+    assert gaps and max(gaps) < WATCHDOG_WAIT_USEC / 1e6, f"watchdog pings {gaps} s apart while waiting"
+
+
+@pytest.mark.slow
+def test_truncated_recording_is_flagged_in_the_summary(tiny_model: Path, tmp_path: Path) -> None:
+    """Issue 14.8: a file cut at 30 % was scored as a short test, exit 0, without a word."""
+    import cv2
+
+    whole = tmp_path / "whole.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), MODEL_FPS, (VIDEO_SIZE_PX, VIDEO_SIZE_PX))
+    for i in range(3 * SHORT_VIDEO_FRAMES):
+        writer.write(_square_frame(i, VIDEO_SIZE_PX, VIDEO_SIZE_PX))
+    writer.release()
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 4 // 10])  # the header still declares 120 frames
+    out = tmp_path / "out"
+    done = run_cli(["--video", cut, "--model", tiny_model, *quiet_args(out)], timeout_s=PROCESS_TIMEOUT_S)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "truncated" in done.stderr and "cut.avi" in done.stderr  # the warning
+    assert "TRUNCATED" in done.stdout  # the summary table
+    summaries = [json.loads(p.read_text()) for p in out.glob(SUMMARY_GLOB)]
+    assert summaries and all(s["run"]["truncated_recording"] is True for s in summaries)
+    capture = summaries[0]["run"]["capture"]
+    assert capture["source_frames_declared"] == 3 * SHORT_VIDEO_FRAMES
+    assert capture["source_frames"] < capture["source_frames_declared"]
+
+
+# ------------------------------------------------------------------------- disk full mid-run
+FULL_DISK_FILE_BYTES = 6000  # RLIMIT_FSIZE: the per-frame CSV fills up after ~90 rows
+
+
+def _limit_file_size() -> None:
+    """In the child: files may not grow past FULL_DISK_FILE_BYTES (a full disk, without root or a tmpfs).
+    SIGXFSZ ignored (kept across exec) makes the kernel fail the write with EFBIG instead of killing."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FULL_DISK_FILE_BYTES, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+@pytest.mark.slow
+def test_disk_full_mid_run_is_one_line_exit_3_and_the_summary_if_it_fits(tiny_model: Path, long_video: Path,
+                                                                           tmp_path: Path) -> None:
+    """Issue 14.2: the ENOSPC was masked by a ValueError from _end_segment, no summary, rc 1."""
+    out = tmp_path / "out"
+    done = subprocess.run([*stream_run_command(), "--video", str(long_video), "--model", str(tiny_model),
+                           *map(str, quiet_args(out)), "--engine", "torch", "--max-frames", "300", "-q"],
+                          capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S, stdin=subprocess.DEVNULL,
+                          preexec_fn=_limit_file_size)
+    line = assert_one_line_error(done, "arena0.frames.csv", "File too large")
+    assert done.returncode == 3, line  # the unit's RestartPreventExitStatus=3
+    assert "the summaries were written" in line
+    rows, cut = strict_csv(out / "arena0.frames.csv")
+    assert rows and not cut, "the CSV must end with a complete row"
+    summary = json.loads((out / "arena0.summary.json").read_text())
+    assert summary["run"]["error"].startswith("cannot write") and summary["run"]["end_reason"] == "output error"
+    assert summary["counters"]["frames_classified"] >= len(rows)

@@ -35,7 +35,6 @@ MARGIN_PX = 5  # EPE is measured away from the border, where flow leaving the im
 # 10 % is 0.0007 px, the size of float rounding differences between devices (measured on the CPU:
 # ours/OpenCV EPE ratios 1.064, 1.063, 0.996, 1.007, 1.001 for the five cases)
 EPE_FLOOR_PX = 0.003
-VIDEO = Path(__file__).parents[1].parent / "shared/data/openfield_m3v1.mp4"
 # OpenCV's flows for the pairs the device-parametrised tests use, for machines whose OpenCV has no
 # contrib ``optflow`` module (the GPU image): written and checked against live OpenCV by
 # test_stored_opencv_references_are_current (SWIM_STREAM_WRITE_TVL1_REFERENCES=1 rewrites it).
@@ -241,9 +240,8 @@ def test_bilinear_warping_close_to_bicubic():
         FlowConfig(interpolation="bilinear").to_opencv()
 
 
-@pytest.mark.skipif(not VIDEO.exists(), reason="real video not present")
-def test_matches_opencv_on_real_frames():
-    cap = cv2.VideoCapture(str(VIDEO))
+def test_matches_opencv_on_real_frames(real_video):
+    cap = cv2.VideoCapture(str(real_video))
     cap.set(cv2.CAP_PROP_POS_FRAMES, 400)
     frames = []
     for _ in range(2):

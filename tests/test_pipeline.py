@@ -237,3 +237,28 @@ def test_look_ahead_is_seven_frames() -> None:
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_an_output_that_cannot_write_stops_the_run_with_its_own_error_alone() -> None:
+    """Issue 14.2: a full disk mid-run was masked by ``ValueError: frames must arrive in order``
+    from the end-of-stream flush in ``Pipeline.run``'s ``finally``."""
+    import errno
+
+    from stream.errors import OutputWriteError
+
+    class FullDisk(Output):
+        def __init__(self) -> None:
+            self.decisions = 0
+
+        def on_decision(self, arena_id, decision, latency_s) -> None:
+            self.decisions += 1
+            if self.decisions > 9:  # mid-run, and in the middle of a frame's arenas
+                raise OutputWriteError("/x/A2.frames.csv", OSError(errno.ENOSPC, "No space left on device"))
+
+    full = FullDisk()
+    pipe, engine, _, _ = make(outputs=[full])
+    with pytest.raises(OutputWriteError, match="No space left on device") as err:
+        pipe.run(items(30) + [EndOfStream("end of file")])
+    assert err.value.__context__ is None  # nothing else was raised while it propagated
+    assert full.decisions == 10  # nothing was written after the failure
+    assert len(engine.calls) == 5  # and nothing classified twice or flushed after it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ import zmq
 
 from stream.decisions import ArenaDecisions, Decision, DecisionConfig
 from stream.errors import UserError
-from stream.outputs.publisher import SCHEMA_VERSION, Publisher
+from stream.outputs.publisher import MAX_REQUEST_BYTES, SCHEMA_VERSION, Publisher, SequenceGaps
 
 CLASSES = ["swim", "struggle", "float"]
 ANY_PORT = "tcp://127.0.0.1:*"
@@ -71,6 +72,7 @@ def test_round_trip_frames_and_summary(ctx) -> None:
     assert [b["frame_index"] for b in frames] == [d.frame_index for d in ds]
     first = frames[0]
     assert first["schema"] == SCHEMA_VERSION and first["type"] == "frame" and first["arena"] == "A"
+    assert [b["seq"] for _, b in got] == list(range(len(ds) + 1))  # per arena, summary included
     assert first["behaviour"] == ds[0].behaviour and first["immobile"] == ds[0].immobile
     assert first["timestamp_s"] == pytest.approx(ds[0].timestamp_s)
     assert first["probabilities"] == pytest.approx(ds[0].probabilities)
@@ -102,7 +104,7 @@ def test_absent_subscriber_never_blocks_and_drops_nothing() -> None:
         assert pub.dropped == 0
 
 
-def test_slow_subscriber_never_blocks_and_drops_are_counted(ctx) -> None:
+def test_slow_subscriber_never_blocks_and_counts_its_own_losses(ctx) -> None:
     _, ds = decisions(1)
     n = 20000
     with Publisher(ANY_PORT, hwm=2) as pub:
@@ -113,14 +115,91 @@ def test_slow_subscriber_never_blocks_and_drops_are_counted(ctx) -> None:
             pub.publish("A", ds[0])
         elapsed = time.perf_counter() - start
         assert elapsed < 10.0  # a blocking send would hang here forever
-        assert pub.dropped > 0
-        assert pub.sent + pub.dropped == n
-        # what the subscriber gets is exactly what was not dropped
+        assert pub.sent == n and pub.dropped == 0
+        gaps = SequenceGaps()
         received = 0
         while sub.poll(500):
-            sub.recv_multipart()
+            gaps.update("A", json.loads(sub.recv_multipart()[1])["seq"])
             received += 1
-    assert received == pub.sent
+        pub.publish("A", ds[0])
+        assert sub.poll(int(WAIT_S * 1000))
+        gaps.update("A", json.loads(sub.recv_multipart()[1])["seq"])
+    assert 0 < received < n
+    assert gaps.total == n - received  # what it missed, it knows
+
+
+def test_stalled_subscriber_does_not_starve_a_reading_one(ctx) -> None:
+    """Issue 14.6: with XPUB_NODROP one suspended stream-watch stopped delivery to everybody."""
+    _, ds = decisions(1)
+    n = 30000  # far more than a stalled subscriber's queues and TCP buffers hold (~8,500 in the issue)
+    got: list[int] = []
+    with Publisher(ANY_PORT) as pub:
+        stalled = subscriber(ctx, pub.bound_endpoint, rcvhwm=50)  # never reads until the end
+        reader = subscriber(ctx, pub.bound_endpoint, rcvhwm=0)  # 0: no limit, it reads everything
+        wait_for_subscribers(pub, 2)
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set() or reader.poll(0):
+                if reader.poll(100):
+                    got.append(json.loads(reader.recv_multipart()[1])["seq"])
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        try:
+            for i in range(n):
+                pub.publish("A", ds[0])
+                if i % 100 == 0:
+                    time.sleep(0.002)  # a few thousand messages/s, like a busy station; lets the reader run
+            deadline = time.monotonic() + 4 * WAIT_S
+            while len(got) < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            thread.join()
+        gaps = SequenceGaps()
+        stalled_received = 0
+        while stalled.poll(500):  # Ctrl-Z, then fg: what was queued for it ...
+            gaps.update("A", json.loads(stalled.recv_multipart()[1])["seq"])
+            stalled_received += 1
+        pub.publish("A", ds[0])  # ... then the next live message shows what it missed
+        assert stalled.poll(int(WAIT_S * 1000))
+        gaps.update("A", json.loads(stalled.recv_multipart()[1])["seq"])
+    assert got == list(range(n))  # the reading subscriber got every message, in order
+    assert stalled_received < n  # the stalled one lost messages of its own ...
+    assert gaps.total == n - stalled_received  # ... and counted every one of them
+
+
+def test_sequence_gaps_count_per_arena_and_restart_after_a_restart() -> None:
+    gaps = SequenceGaps()
+    assert gaps.update("A", 7) == 0  # a late joiner has lost nothing
+    assert gaps.update("A", 8) == 0
+    assert gaps.update("B", 0) == 0
+    assert gaps.update("A", 12) == 3
+    assert gaps.update("B", 2) == 1
+    assert gaps.update("A", 0) == 0  # the recognizer restarted
+    assert gaps.update("A", 2) == 1
+    assert gaps.update("A", None) == 0 and gaps.update("A", True) == 0  # no seq: nothing to count
+    assert gaps.lost == {"A": 4, "B": 1} and gaps.total == 5
+
+
+def test_every_receiving_socket_caps_the_message_size(ctx) -> None:
+    """A peer sending a huge request is disconnected; the state endpoint keeps answering others."""
+    with Publisher(ANY_PORT, state_endpoint=ANY_PORT) as pub:
+        assert pub._pub.getsockopt(zmq.MAXMSGSIZE) == MAX_REQUEST_BYTES
+        big = ctx.socket(zmq.REQ)
+        big.setsockopt(zmq.LINGER, 0)
+        big.connect(pub.bound_state_endpoint)
+        big.send(b"x" * (MAX_REQUEST_BYTES + 1))
+        assert not big.poll(500), "an oversized request was answered"
+        req = ctx.socket(zmq.REQ)
+        req.setsockopt(zmq.LINGER, 0)
+        req.connect(pub.bound_state_endpoint)
+        req.send(b"counters")
+        assert req.poll(int(WAIT_S * 1000))
+        assert json.loads(req.recv())["type"] == "counters"
+        big.close(linger=0)
+        req.close(linger=0)
 
 
 def test_state_endpoint_answers_late_joiners(ctx) -> None:

@@ -308,10 +308,12 @@ def test_refusals_are_one_line_and_come_before_any_frame(video, model_dir, tmp_p
     finally:
         blocker.close()
     assert not fast_engine  # every refusal came before the engine was even built
-    # a camera is opened last (after the engine is warm, so its frames are fresh), still before any frame
-    assert run_mod.main(["--camera", "97", "--model", str(model_dir), *quiet(out)]) == 2
+    # a camera is opened last (after the engine is warm, so its frames are fresh), still before any frame;
+    # one that is not there is waited for up to --give-up-s, then exit 1 as for a camera lost mid-run
+    assert run_mod.main(["--camera", "97", "--model", str(model_dir), *quiet(out), "--give-up-s", "1",
+                         "--reconnect-max-backoff-s", "0.5"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "camera 97" in err[0] and _no_csv(out)
+    assert len(err) == 1 and "camera 97" in err[0] and "gave up" in err[0] and _no_csv(out)
 
 
 def test_model_failing_its_checksum_is_refused(video, model_dir, tmp_path, capsys) -> None:
@@ -344,3 +346,74 @@ def test_resume_after_a_crash_appends_only_missing_frames(video, model_dir, tmp_
     assert run_mod.main([*argv, "--resume"]) == 0
     assert [r["frame"] for r in csv_rows(out, "A1")] == list(range(FRAMES))
     assert json.loads((out / "A1.summary.json").read_text())["counters"]["frames_classified"] == FRAMES
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_the_results_kept(video, model_dir, tmp_path, fast_engine,
+                                                                           capsys) -> None:
+    """Issue 14.1: it truncated the first run's CSVs with one WARNING and exited 0."""
+    out = tmp_path / "run"
+    argv = ["--video", str(video), "--model", str(model_dir), *quiet(out), "--stride", "8"]
+    assert run_mod.main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert run_mod.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "never overwritten" in err[0] and "--out" in err[0] and "--resume" in err[0], err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_refuses_another_video(video, model_dir, tmp_path, fast_engine, capsys) -> None:
+    """Issue 14.1: --resume with another video appended its rows to the first video's CSVs."""
+    out = tmp_path / "resume"
+    args = ["--model", str(model_dir), *quiet(out), "--stride", "8", "--arenas", str(tmp_path / "two.arenas.json")]
+    assert run_mod.main(["--video", str(video), *args]) == 0
+    csv_path = out / "A1.frames.csv"
+    lines = csv_path.read_text().splitlines(keepends=True)
+    csv_path.write_text("".join(lines[:11]))  # a crashed run: 10 rows
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    longer = write_video(other_dir / "two.mp4", frames=FRAMES + 5)  # another recording
+    moved = other_dir / "moved.mp4"
+    moved.write_bytes(video.read_bytes())  # the same bytes under another path
+    capsys.readouterr()
+    for candidate, differs in ((longer, "size"), (moved, "path")):
+        assert run_mod.main(["--video", str(candidate), *args, "--resume"]) == 2, candidate
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not the video" in err[0] and differs in err[0], err
+    (out / "source.json").unlink()  # a folder whose source nobody recorded cannot be continued either
+    assert run_mod.main(["--video", str(video), *args, "--resume"]) == 2
+    assert "source.json" in capsys.readouterr().err
+    before.pop("source.json")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing was appended anywhere
+
+
+@pytest.mark.parametrize("umask", [0o027, 0o022], ids=["umask0027", "umask0022"])
+def test_every_output_file_follows_the_process_umask(video, model_dir, tmp_path, fast_engine, umask) -> None:
+    """Issue 14.3: summaries were 0600 (mkstemp) while the CSVs followed the umask, so under the
+    unit's UMask=0027 the lab group could read the CSVs but not the summaries."""
+    out = tmp_path / "run"
+    old = os.umask(umask)
+    try:
+        assert run_mod.main(["--video", str(video), "--model", str(model_dir), *quiet(out), "--stride", "8",
+                             "--preview", str(out / "preview.mp4")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert {"A1.frames.csv", "A1.summary.json", "preview.mp4", "source.json"} <= set(modes)
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_a_failed_start_leaves_no_folder_but_a_result_is_never_removed(tmp_path) -> None:
+    """Issue 14.2: under systemd a start that failed on a full disk left an empty folder per restart."""
+    failed = tmp_path / "runs" / "failed"
+    failed.mkdir(parents=True)
+    (failed / "source.json").write_text("{}")
+    (failed / "A1.frames.csv").write_text("frame,timestamp_s,behaviour,immobile,p_swim\n")  # header only
+    run_mod._remove_start_debris([failed, failed.parent])
+    assert not failed.parent.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "A1.frames.csv").write_text("frame,timestamp_s,behaviour,immobile,p_swim\n0,0.0,swim,0,1.0\n")
+    run_mod._remove_start_debris([kept])
+    assert (kept / "A1.frames.csv").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import threading
@@ -134,7 +135,7 @@ def test_table_columns() -> None:
              "B": ArenaView("B")}
     header, row_a, row_b = format_table(views)
     assert header.split()[:4] == ["ARENA", "FRAME", "TIME_S", "BEHAVIOUR"]
-    assert row_a.split() == ["A", "2", "2.0", "float", "3.0", "1", "0.0", "0.0", "0", "-", "0", "live"]
+    assert row_a.split() == ["A", "2", "2.0", "float", "3.0", "1", "0.0", "0.0", "0", "-", "0", "0", "live"]
     assert row_b.split()[:4] == ["B", "-", "-", "-"]
 
 
@@ -181,3 +182,28 @@ def test_terminal_gets_a_refreshing_table(monkeypatch) -> None:
     last = frames[-1].splitlines()
     assert last[0].startswith("ARENA") and last[1].split()[0] == "A" and last[1].split()[-1] == "done"
     assert "arena A frame" not in screen.getvalue()  # no plain lines on a terminal
+
+
+def test_a_watcher_counts_the_messages_it_missed(capsys) -> None:
+    """Issue 14.6: a slow watcher loses its own messages; it says how many (from ``seq``)."""
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(ANY_PORT)
+    try:
+        watch = Background(["--endpoint", pub.getsockopt_string(zmq.LAST_ENDPOINT), "--interval-s", "0",
+                            "--timeout-s", "5"])
+        assert pub.poll(int(WAIT_S * 1000)) and pub.recv()[:1] == b"\x01"  # subscribed
+        for seq in (0, 1, 5):  # 2, 3 and 4 never reached this watcher
+            body = {"schema": 1, "type": "frame", "arena": "A", "seq": seq, "frame_index": seq, "timestamp_s": seq,
+                    "behaviour": "swim", "counters": {}}
+            pub.send_multipart([b"A", json.dumps(body).encode()])
+        pub.send_multipart([b"A", json.dumps({"schema": 1, "type": "summary", "arena": "A", "seq": 6,
+                                              "counters": {}}).encode()])
+        assert watch.join() == 0
+    finally:
+        pub.close(linger=0)
+        ctx.term()
+    out, err = capsys.readouterr()
+    assert "arena A frame 5" in out and "lost=3" in out
+    assert "lost 3 messages" in err

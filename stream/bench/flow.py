@@ -13,8 +13,11 @@ endpoint errors in pixels over the pairs:
 Threads: OpenCV runs on its own thread count; ours on ``TVL1``'s ``cpu_threads`` (1 by default,
 why: ``stream.flow``). ``--threads N`` sets both to N. Both are printed in the header.
 
-Frames: consecutive pairs from the real top-view video (centre square crop, grey, resized) when
-it is available, else a synthetic textured image shifted by a sub-pixel amount.
+Frames: consecutive pairs (centre square crop, grey, resized) from ``--video``, else from the
+video named by the environment variable ``SWIM_STREAM_BENCH_VIDEO`` (the project's measurements
+used the real top-view recording ``openfield_m3v1.mp4``), else a synthetic textured image shifted by
+a sub-pixel amount; the header line says which. Nothing is looked up outside the package: an
+installed copy or a fresh clone has no video beside it.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ import torch
 from stream.errors import UserError
 from stream.flow import TVL1, FlowConfig
 
-__all__ = ["add_arguments", "run", "SETTINGS"]
+__all__ = ["add_arguments", "run", "SETTINGS", "VIDEO_ENV"]
 
-DEFAULT_VIDEO = Path(__file__).resolve().parents[3] / "shared" / "data" / "openfield_m3v1.mp4"
+VIDEO_ENV = "SWIM_STREAM_BENCH_VIDEO"  # a video to benchmark on when --video is not given
 VIDEO_START_FRAME = 300  # skip the first seconds: the mouse is placed in the arena then
 SYNTHETIC_SHIFT_PX = (0.6, -0.35)  # sub-pixel, like most frame-to-frame motion at 15-30 fps
 
@@ -54,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for OpenCV and for our TV-L1 (default: OpenCV as is, ours 1)")
     parser.add_argument("--video", type=Path, default=None,
-                        help="video to take frame pairs from (default: the project's real top-view video when present)")
-    parser.add_argument("--synthetic", action="store_true", help="use synthetic frames even if the video exists")
+                        help=f"video to take frame pairs from (default: ${VIDEO_ENV} when set, else synthetic frames)")
+    parser.add_argument("--synthetic", action="store_true", help=f"use synthetic frames even if ${VIDEO_ENV} is set")
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -185,15 +188,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _frame_source(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The video to read (None: synthetic frames) and how the header names the frames' source."""
+    synthetic = "synthetic shifted texture"
+    if args.synthetic:
+        return None, f"{synthetic} (--synthetic)"
+    if args.video is not None:
+        return args.video, f"{args.video.name} frames {VIDEO_START_FRAME}.."
+    from_env = os.environ.get(VIDEO_ENV, "").strip()
+    if from_env:
+        return Path(from_env), f"{Path(from_env).name} frames {VIDEO_START_FRAME}.. (${VIDEO_ENV})"
+    return None, f"{synthetic} (no --video and ${VIDEO_ENV} unset: the figures are not from a real recording)"
+
+
 def _measure(args: argparse.Namespace, sizes: list[int], batches: list[int], settings: list[str],
              devices: list[str]) -> None:
     import cv2
 
     pairs = max(batches)
     ours_threads = args.threads if args.threads > 0 else 1
-    video = args.video if args.video is not None else DEFAULT_VIDEO
-    use_video = not args.synthetic and (args.video is not None or DEFAULT_VIDEO.exists())
-    source = f"{video.name} frames {VIDEO_START_FRAME}.." if use_video else "synthetic shifted texture"
+    video, source = _frame_source(args)
     print(f"stream-bench flow: {pairs} frame pairs from {source}; torch {torch.__version__} "
           f"(ours on the CPU: {ours_threads} thread{'s' if ours_threads > 1 else ''}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
@@ -206,7 +220,7 @@ def _measure(args: argparse.Namespace, sizes: list[int], batches: list[int], set
               f"{'epe_vs_cv':>10}{'epe_vs_cv_default':>18}{'iters':>7}")
     print(header)
     for size in sizes:
-        prev, nxt = _video_pairs(video, pairs, size) if use_video else _synthetic_pairs(pairs, size)
+        prev, nxt = _video_pairs(video, pairs, size) if video is not None else _synthetic_pairs(pairs, size)
         reference = None
         for name in settings:
             config = SETTINGS[name]

@@ -86,8 +86,11 @@ def summary_table(summaries: dict[str, dict], classes: list[str], source: str, o
     fmt = "  ".join("{:<%d}" % w if i == 0 else "{:>%d}" % w for i, w in enumerate(widths))
     if run is None:
         run = next(iter(summaries.values())).get("run", {}) if summaries else {}
+    capture = run.get("capture") or {}
+    truncated = (f" (TRUNCATED recording: {capture.get('source_frames')} of the {capture.get('source_frames_declared')} "
+                 "frames its container declares)") if run.get("truncated_recording") else ""
     lines = [f"summary of {source} -> {out_dir}",
-             f"  ended: {run.get('end_reason', '?')}; {run.get('frames_processed', 0)} frames at {run.get('fps', 0):.1f} fps; "
+             f"  ended: {run.get('end_reason', '?')}{truncated}; {run.get('frames_processed', 0)} frames at {run.get('fps', 0):.1f} fps; "
              f"look-ahead {run.get('look_ahead_s', 0):.2f} s; capture-to-decision p50 "
              f"{_fmt_s((run.get('capture_to_decision_s') or {}).get('p50'))}",
              fmt.format(*head)]

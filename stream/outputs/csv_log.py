@@ -4,7 +4,9 @@ Each decision is appended as one line and handed to the OS at once (``flush``), 
 process loses nothing already written; ``os.fsync`` runs at most every ``flush_interval_s`` so a
 power cut loses at most that much without paying a disk sync per frame. A ``kill -9`` or power cut
 can still leave a partial last line: ``read_frames_csv`` ignores it and ``resume=True`` cuts it off
-before appending. The summary is written to a temporary file in the same folder and renamed over
+before appending. A write that fails (disk full) is cut back to the last complete row and raised
+as one ``OutputWriteError`` naming the file; the file is unbuffered, so closing it never retries
+the failed write. The summary is written to a temporary file in the same folder and renamed over
 the old one (``stream.atomic.atomic_write``), so a reader sees either the old or the new summary,
 never half of one.
 
@@ -15,6 +17,7 @@ p_<class>...`` (``immobile`` is 1 or 0) and ``<out_dir>/<arena_id>.summary.json`
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
@@ -29,7 +32,7 @@ import numpy as np
 
 from stream.atomic import atomic_write, fsync_dir
 from stream.decisions import ArenaDecisions, Decision
-from stream.errors import UserError
+from stream.errors import OutputWriteError, UserError, output_error
 from stream.outputs.base import Output
 
 __all__ = ["FLUSH_INTERVAL_S_DEFAULT", "ArenaCsvLog", "CsvOutput", "csv_columns", "json_default", "read_frames_csv", "replay_frames"]
@@ -177,20 +180,27 @@ class ArenaCsvLog:
         self.summary_path = self.out_dir / f"{arena_id}.summary.json"
         self.last_frame_index: int | None = None  # after resume: frames up to here are already in the file
         self.rows_written = 0
+        self._failed: OutputWriteError | None = None  # set once a write failed: no row is written after it
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if resume and self.csv_path.exists():
                 self._file = self._open_for_resume()
             else:
-                if self.csv_path.exists():
-                    log.warning("overwriting %s (pass resume to append instead)", self.csv_path)
-                self._file = open(self.csv_path, "w", encoding="utf-8", newline="")
-                self._file.write(self._format(self.columns))
+                # "x": created, never truncated; an earlier run's rows are results (issue 14.1)
+                self._file = open(self.csv_path, "xb", buffering=0)
+                self._good_bytes = 0
+                self._append(self._format(self.columns))
                 self._sync()
+        except FileExistsError as exc:
+            raise UserError(f"{self.csv_path} already exists: earlier results are never overwritten; give a new "
+                            "output folder, or resume to append") from exc
+        except OutputWriteError:
+            self._file.close()
+            if not resume:
+                self.csv_path.unlink(missing_ok=True)  # no row in it: leave no empty file behind
+            raise
         except OSError as exc:
-            raise UserError(
-                f"cannot write {self.csv_path}: {exc.strerror or exc}; choose a writable output folder"
-            ) from exc
+            raise output_error(self.csv_path, exc) from exc
         self._last_sync = time.monotonic()
         self._closed = False
 
@@ -209,25 +219,34 @@ class ArenaCsvLog:
             "1" if decision.immobile else "0",
             *(f"{float(decision.probabilities.get(c, float('nan'))):.{_PROB_DECIMALS}f}" for c in self.classes),
         ]
-        self._file.write(self._format(fields))
-        self._file.flush()
+        self._append(self._format(fields))
         self.rows_written += 1
         self.last_frame_index = int(decision.frame_index)
         now = time.monotonic()
         if now - self._last_sync >= self.flush_interval_s:
-            os.fsync(self._file.fileno())
+            try:
+                os.fsync(self._file.fileno())
+            except OSError as exc:
+                raise self._fail(exc) from exc
             self._last_sync = now
 
     def write_summary(self, summary: dict) -> Path:
         """Write the summary JSON atomically (temp file in the same folder, fsync, ``os.replace``)."""
-        return atomic_write(self.summary_path, json.dumps(summary, indent=2, default=json_default) + "\n")
+        try:
+            return atomic_write(self.summary_path, json.dumps(summary, indent=2, default=json_default) + "\n")
+        except OSError as exc:
+            raise output_error(self.summary_path, exc) from exc
 
     def close(self) -> None:
+        """Sync and close. After a failed write only closes: the error was raised already, once."""
         if self._closed:
             return
         self._closed = True
         try:
-            self._sync()
+            if self._failed is None:
+                self._sync()
+        except OSError as exc:
+            raise output_error(self.csv_path, exc) from exc
         finally:
             self._file.close()
 
@@ -245,8 +264,31 @@ class ArenaCsvLog:
         return buf.getvalue()
 
     def _sync(self) -> None:
-        self._file.flush()
         os.fsync(self._file.fileno())
+
+    def _append(self, line: str) -> None:
+        """Write one whole line, or none of it: a failed write is cut back to the last complete row."""
+        if self._failed is not None:
+            raise self._failed
+        data = line.encode("utf-8")
+        try:
+            written = 0
+            while written < len(data):  # an unbuffered write may be partial (the disk just filled up)
+                n = self._file.write(data[written:])
+                if not n:  # a regular file that takes nothing is full
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written += n
+        except OSError as exc:
+            raise self._fail(exc) from exc
+        self._good_bytes += len(data)
+
+    def _fail(self, exc: OSError) -> OutputWriteError:
+        try:
+            os.ftruncate(self._file.fileno(), self._good_bytes)  # no half row left behind
+        except OSError:
+            log.debug("could not cut %s back to %d bytes", self.csv_path, self._good_bytes, exc_info=True)
+        self._failed = OutputWriteError(self.csv_path, exc)
+        return self._failed
 
     def _sync_dir(self) -> None:
         fsync_dir(self.out_dir)
@@ -262,10 +304,11 @@ class ArenaCsvLog:
         header_ok = bool(lines) and (len(lines) > 1 or complete)
         if not header_ok:
             log.warning("%s: header incomplete, starting the file again", self.csv_path)
-            f = open(self.csv_path, "w", encoding="utf-8", newline="")
-            f.write(self._format(self.columns))
-            f.flush()
+            f = open(self.csv_path, "wb", buffering=0)
+            header = self._format(self.columns).encode("utf-8")
+            f.write(header)
             os.fsync(f.fileno())
+            self._good_bytes = len(header)
             return f
         columns = next(csv.reader([lines[0]]))
         if columns != self.columns:
@@ -288,7 +331,9 @@ class ArenaCsvLog:
                 os.fsync(f.fileno())
         if keep > 1:
             self.last_frame_index = _parse_row(self.columns, next(csv.reader([lines[keep - 1]])))["frame"]
-        return open(self.csv_path, "a", encoding="utf-8", newline="")
+        f = open(self.csv_path, "ab", buffering=0)
+        self._good_bytes = os.fstat(f.fileno()).st_size
+        return f
 
 
 class CsvOutput(Output):

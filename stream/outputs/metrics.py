@@ -132,7 +132,9 @@ class Metrics(Output):
             f"{PREFIX}_model_seconds", "Model inference time per batch.", buckets=STAGE_BUCKETS_S, registry=r)
         self.engine_info = Info(f"{PREFIX}_engine", "Inference engine, device and model.", registry=r)
         self.zmq_dropped = Counter(
-            f"{PREFIX}_zmq_dropped_messages", "ZeroMQ messages dropped for a slow subscriber.", registry=r)
+            f"{PREFIX}_zmq_dropped_messages",
+            "ZeroMQ messages refused for every subscriber (a slow subscriber's own losses it counts from seq).",
+            registry=r)
         self.capture_gaps = Counter(
             f"{PREFIX}_capture_gaps", "Camera outages (reconnections).", registry=r)
         self.trial_active = Gauge(f"{PREFIX}_trial_active", "1 while the arena runs a trial.", ["arena"], registry=r)

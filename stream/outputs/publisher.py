@@ -3,15 +3,22 @@
 One multipart message per decision: ``[topic = arena id, body = JSON]``; the body is versioned
 (``"schema": SCHEMA_VERSION``) so a subscriber can refuse what it does not understand::
 
-    {"schema": 1, "type": "frame", "arena": "A", "frame_index": 42, "timestamp_s": 2.8,
+    {"schema": 1, "type": "frame", "arena": "A", "seq": 42, "frame_index": 42, "timestamp_s": 2.8,
      "behaviour": "float", "immobile": true, "probabilities": {...}, "counters": {...}}
-    {"schema": 1, "type": "summary", "arena": "A", "arena_id": "A", "counters": {...}, "config": {...}, ...}
+    {"schema": 1, "type": "summary", "arena": "A", "seq": 901, "arena_id": "A", "counters": {...}, ...}
 
-Why an XPUB socket with ``XPUB_NODROP``: a plain PUB socket silently discards a message a slow
-subscriber's queue cannot take, so nobody could count drops. With ``XPUB_NODROP`` and ``NOBLOCK``
-the send fails at once with ``EAGAIN`` instead; we count it and go on. The price: when one
-subscriber's queue (``hwm`` messages on each side) is full, the message is dropped for every
-subscriber. A subscriber that reads keeps up easily (a message is < 1 kB, a few hundred per second).
+Why each subscriber loses only its own messages: the socket is an XPUB *without* ``XPUB_NODROP``.
+ZeroMQ keeps one queue per subscriber (``hwm`` messages on each side); when a subscriber stops
+reading (``stream-watch`` suspended with Ctrl-Z, a frozen dashboard), its queue fills and further
+messages are discarded for that subscriber alone, while everyone else keeps getting everything.
+(With ``XPUB_NODROP`` one stalled subscriber made every send fail, which starved all the others.)
+The publisher cannot see those per-subscriber drops, so every message carries ``seq``, a counter
+per arena that goes up by one with each message of that arena: a subscriber counts its own losses
+from the gaps (``SequenceGaps``; ``stream-watch`` shows them). ``Publisher.dropped`` counts only
+messages ZeroMQ refused outright, which does not happen with a plain XPUB.
+
+Every socket that receives caps the size of what it accepts (``ZMQ_MAXMSGSIZE``): a peer on the
+network that sends a gigabyte is disconnected instead of filling our memory.
 
 Late joiners miss what was published before they connected (ZeroMQ's "slow joiner"); they can ask
 the optional state endpoint (REP socket, served by a small thread) for the latest counters of every
@@ -24,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from typing import Any
 
 import zmq
@@ -37,8 +43,11 @@ from stream.outputs.csv_log import json_default
 __all__ = [
     "DEFAULT_ENDPOINT",
     "SCHEMA_VERSION",
+    "MAX_MESSAGE_BYTES",
+    "MAX_REQUEST_BYTES",
     "STATE_REQUEST",
     "Publisher",
+    "SequenceGaps",
     "decision_message",
     "summary_message",
 ]
@@ -49,11 +58,14 @@ SCHEMA_VERSION = 1
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"  # loopback only: the lab network gets it through a deliberate flag
 DEFAULT_HWM = 1000  # ~1 min of one arena at 15 fps, a few seconds at full speed: enough to ride out a hiccup
 STATE_REQUEST = b"counters"
+# What our receiving sockets accept (ZMQ_MAXMSGSIZE); a larger message disconnects its sender.
+# Subscription notices and state requests are a topic or b"counters": a few bytes; 1 KiB is ample.
+MAX_REQUEST_BYTES = 1024
+# Messages a subscriber receives: a frame is < 1 kB, a summary with per-minute bins a few kB, the
+# state reply one counters dict per arena; 1 MiB leaves room for hundreds of arenas.
+MAX_MESSAGE_BYTES = 1 << 20
 # The state thread wakes this often to notice close(); shorter only burns CPU for nothing.
 _STATE_POLL_MS = 100
-# The summary is the message a watcher waits for to exit: worth retrying briefly at the end of a test.
-_SUMMARY_RETRY_S = 1.0
-_SUMMARY_RETRY_STEP_S = 0.02
 
 
 def decision_message(arena_id: str, decision: Decision) -> dict[str, Any]:
@@ -74,6 +86,36 @@ def decision_message(arena_id: str, decision: Decision) -> dict[str, Any]:
 
 def summary_message(arena_id: str, summary: dict) -> dict[str, Any]:
     return {**summary, "schema": SCHEMA_VERSION, "type": "summary", "arena": arena_id}
+
+
+class SequenceGaps:
+    """A subscriber's count of the messages it lost, from the per-arena ``seq`` of each message.
+
+    The first message of an arena sets the start (a late joiner has lost nothing); after that every
+    skipped ``seq`` is one message this subscriber did not get. A ``seq`` that goes backwards means
+    the recognizer restarted: counting starts again from there.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+        self.lost: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.lost.values())
+
+    def update(self, arena_id: str, seq: object) -> int:
+        """Take one message's ``seq``; returns how many messages of this arena were lost before it."""
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            return 0  # an older publisher without seq: nothing can be counted
+        last = self._last.get(arena_id)
+        self._last[arena_id] = seq
+        if last is None or seq <= last:
+            return 0
+        missed = seq - last - 1
+        if missed:
+            self.lost[arena_id] = self.lost.get(arena_id, 0) + missed
+        return missed
 
 
 def _bind(socket: zmq.Socket, endpoint: str, what: str) -> None:
@@ -106,6 +148,7 @@ class Publisher(Output):
         self._dropped = 0
         self._sent = 0
         self._subscriptions = 0
+        self._seq: dict[str, int] = {}  # next seq per arena; only the pipeline thread sends
         self._lock = threading.Lock()  # guards the latest counters shared with the state thread
         self._latest: dict[str, dict] = {}
         self._finished: list[str] = []
@@ -115,8 +158,8 @@ class Publisher(Output):
         self._closed = False
         self._ctx = zmq.Context()
         self._pub = self._ctx.socket(zmq.XPUB)
-        self._pub.setsockopt(zmq.SNDHWM, hwm)
-        self._pub.setsockopt(zmq.XPUB_NODROP, 1)
+        self._pub.setsockopt(zmq.SNDHWM, hwm)  # per subscriber; beyond it that subscriber loses messages
+        self._pub.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)  # it receives subscription notices
         self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscriber's subscription, not only the first
         self._pub.setsockopt(zmq.LINGER, 0)
         try:
@@ -124,6 +167,7 @@ class Publisher(Output):
             if state_endpoint is not None:
                 self._state = self._ctx.socket(zmq.REP)
                 self._state.setsockopt(zmq.LINGER, 0)
+                self._state.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
                 _bind(self._state, state_endpoint, "ZeroMQ state endpoint")
         except BaseException:
             self._close_sockets()
@@ -139,7 +183,10 @@ class Publisher(Output):
 
     @property
     def dropped(self) -> int:
-        """Messages a full subscriber queue could not take (dropped, not retried)."""
+        """Messages ZeroMQ refused for every subscriber at once (not expected with a plain XPUB).
+
+        A slow subscriber's own losses are not visible here: it counts them from ``seq``.
+        """
         return self._dropped
 
     @property
@@ -199,14 +246,8 @@ class Publisher(Output):
             self._latest[arena_id] = summary.get("counters", self._latest.get(arena_id, {}))
             if arena_id not in self._finished:
                 self._finished.append(arena_id)
-        deadline = time.monotonic() + _SUMMARY_RETRY_S
-        body = summary_message(arena_id, summary)
-        while not self._send(arena_id, body, count_drop=False):
-            if time.monotonic() >= deadline:
-                self._dropped += 1
-                log.warning("summary of arena %s dropped: a subscriber is not reading", arena_id)
-                return
-            time.sleep(_SUMMARY_RETRY_STEP_S)
+        if not self._send(arena_id, summary_message(arena_id, summary)):
+            log.warning("summary of arena %s could not be published", arena_id)
 
     def close(self) -> None:
         if self._closed:
@@ -226,16 +267,17 @@ class Publisher(Output):
         self.close()
 
     # ------------------------------------------------------------------ internals
-    def _send(self, arena_id: str, body: dict, *, count_drop: bool = True) -> bool:
+    def _send(self, arena_id: str, body: dict) -> bool:
         if self._closed:
             raise ValueError("publisher is closed")
         self._drain_subscriptions()
-        payload = json.dumps(body, default=json_default, separators=(",", ":")).encode()
+        seq = self._seq.get(arena_id, 0)
+        self._seq[arena_id] = seq + 1  # a refused message leaves a gap too: subscribers count it
+        payload = json.dumps({**body, "seq": seq}, default=json_default, separators=(",", ":")).encode()
         try:
             self._pub.send_multipart([arena_id.encode(), payload], flags=zmq.NOBLOCK)
         except zmq.Again:
-            if count_drop:
-                self._dropped += 1
+            self._dropped += 1
             return False
         self._sent += 1
         return True
