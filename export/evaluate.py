@@ -865,7 +865,9 @@ def card_metrics(summary: dict[str, Any]) -> dict[str, Any]:
         }  # fmt: skip
         if "cross_validation" in summary:
             cv = summary["cross_validation"]
-            metrics["cv"] = f"{cv['folds']}-fold by {cv['split_by']} inside the training videos: {cv['flow_weight_selection']['accuracy_mean']:.4f} at w {cv['flow_weight']:.1f}"
+            sel_cv = cv["flow_weight_selection"]
+            how = "each fold's weight chosen on its validation split" if "weight_per_fold" in sel_cv else f"w {cv['flow_weight']:.1f}, {sel_cv['chosen_on']}"
+            metrics["cv"] = f"{cv['folds']}-fold by {cv['split_by']} inside the training videos: accuracy {sel_cv['accuracy_mean']:.4f} ({how})"
     return metrics
 
 
