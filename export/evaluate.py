@@ -406,7 +406,6 @@ def make_folds(ds, k: int, split_by: str):
     ``stride``-th frame (``export-train`` resamples to the model rate, so its stride is 1).
     """
     from export.folds import contiguous_folds, video_folds
-    from stream.preprocess import CLIP_FRAMES
 
     if split_by == "segments":
         return contiguous_folds(ds.items, k, step=ds.stride)
@@ -430,6 +429,9 @@ def cross_validate(
     progress: bool | None = None,
 ) -> tuple[HeldOut, list[dict[str, Any]]]:
     """Train one model per fold and collect each stream's softmax on that fold's test clips.
+
+    Each fold's predictions on its validation split go to ``foldNN/validation.npz``: the fold
+    chooses its flow weight there (``collect_validation``, ``choose_flow_weight_per_fold``).
 
     A fold whose ``heldout.npz`` exists is not retrained (an interrupted CV run resumes; a fold
     interrupted mid-training resumes from its epoch checkpoint).
@@ -459,7 +461,8 @@ def cross_validate(
         part = _held_out_of(pred, ds.items[fold.test], j)
         if val_idx.size:  # the fold's own choice of flow weight is made on these (honest model selection)
             val_pred = tr.predict_streams(model, Subset(ds, val_idx), batch_size=config.batch_size, device=config.device, progress=progress)
-            _held_out_of(val_pred, ds.items[val_idx], j).save(fold_dir / VALIDATION_NAME)
+            if tr.distributed.current().is_main:
+                _held_out_of(val_pred, ds.items[val_idx], j).save(fold_dir / VALIDATION_NAME)
         info = {
             "fold": j,
             "train_clips": int(len(train_idx)),
@@ -745,35 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         facts["cross-validation time"] = f"{cv_time / 60:.1f} min"
     final = None
     if held_out_mode:
-        model, init_text, result, train_idx, val_idx, train_s = _train_on_all(ds, args, config, k, work_dir / "final")
-        final = (model, init_text, result, train_idx, val_idx, train_s)
-        if val_idx.size:
-            val = _held_out_of(tr.predict_streams(model, Subset(ds, val_idx), batch_size=config.batch_size, device=config.device), ds.items[val_idx], 0)
-            selection = {"flow_weight": best_flow_weight(sweep_flow_weight(val, k)), "chosen_on": "the validation split of the training videos"}
-        elif cv_summary is not None and cv_summary["flow_weight_selection"]["honest"]:
-            selection = {"flow_weight": cv_summary["flow_weight"], "chosen_on": "the validation splits of the cross-validation inside the training videos"}
-        else:
-            selection = None  # chosen on the test predictions; summarize says so
-        group_names, group_of_source = _test_groups(args, test_ds)
-        t0 = time.monotonic()
-        pred = tr.predict_streams(model, test_ds, batch_size=config.batch_size, device=config.device)
-        items = test_ds.items
-        test_held = _held_out_of(pred, items, group_of_source[items[:, 0]])
-        if tr.distributed.current().is_main:
-            test_held.save(work_dir / TEST_PREDICTIONS_NAME)
-        names = _source_names(test_ds)
-        seconds_per_item = [args.frame_step / (test_spec.fps * test_spec.stride)] * len(test_ds.sources)
-        summary = summarize(test_held, classes, immobile, names, seconds_per_item, split_by="held-out groups", folds=len(group_names), selection=selection)
-        summary["heldout"] = heldout_groups(test_held, summary["flow_weight"], classes, immobile, names, seconds_per_item, group_names)
-        summary["majority_baseline"] = _training_majority(ds.labels, test_held, k)
-        summary["mode"] = "held-out"
-        summary["train_videos"] = [Path(v).name for v in spec.videos]
-        summary["test_videos"] = [Path(v).name for v in test_spec.videos]
-        summary["train_clips"], summary["val_clips"] = int(len(train_idx)), int(len(val_idx))
-        if cv_summary is not None:
-            summary["cross_validation"] = {key: cv_summary[key] for key in ("folds", "split_by", "num_clips", "best_flow_weight", "accuracy_at_best", "flow_weight", "flow_weight_selection", "majority_baseline")}
-        facts["training on all --videos"] = f"{train_s / 60:.1f} min, {len(train_idx)} train / {len(val_idx)} validation clips; test {time.monotonic() - t0:.0f} s"
-        title = f"{name}: fused accuracy on held-out videos vs flow weight (spread over {len(group_names)} groups)"
+        summary, held, final, title = _held_out_test(args, ds, spec, test_ds, test_spec, config, classes, immobile, cv_summary, work_dir, name, facts)
     else:
         summary = cv_summary
         summary["mode"] = "cross-validation"
@@ -791,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     is_main = tr.distributed.current().is_main  # every rank holds the same predictions; rank 0 writes
-    written = write_results(args.out, summary, test_held if held_out_mode else held, title=title) if is_main else []
+    written = write_results(args.out, summary, held, title=title) if is_main else []
     if is_main:
         _print_summary(summary)
         print(f"export-evaluate: wrote {', '.join(str(p) for p in written[:2])} and more in {args.out}")
@@ -816,6 +791,44 @@ def main(argv: list[str] | None = None) -> int:
         size_mb = (args.export_model / card.weights_file).stat().st_size / 1e6
         print(f"export-evaluate: wrote model {args.export_model} (flow_weight {weight:.1f}, {size_mb:.1f} MB)")
     return 0
+
+
+def _held_out_test(args, ds, spec, test_ds, test_spec, config: tr.TrainConfig, classes: Sequence[str], immobile: Sequence[str],
+                   cv_summary: dict[str, Any] | None, work_dir: Path, name: str, facts: dict[str, str]):  # fmt: skip
+    """One model on all --videos, tested on --test-videos: (summary, test predictions, the trained model's parts, plot title).
+
+    The flow weight is chosen on the training videos' validation split, else on the CV inside
+    them, else (nothing else to choose on) on the test predictions, which the summary then says.
+    """
+    k = len(classes)
+    final = _train_on_all(ds, args, config, k, work_dir / "final")
+    model, _, _, train_idx, val_idx, train_s = final
+    if val_idx.size:
+        val = _held_out_of(tr.predict_streams(model, Subset(ds, val_idx), batch_size=config.batch_size, device=config.device), ds.items[val_idx], 0)
+        selection = {"flow_weight": best_flow_weight(sweep_flow_weight(val, k)), "chosen_on": "the validation split of the training videos"}
+    elif cv_summary is not None and cv_summary["flow_weight_selection"]["honest"]:
+        selection = {"flow_weight": cv_summary["flow_weight"], "chosen_on": "the validation splits of the cross-validation inside the training videos"}
+    else:
+        selection = None  # chosen on the test predictions; summarize says so
+    group_names, group_of_source = _test_groups(args, test_ds)
+    t0 = time.monotonic()
+    pred = tr.predict_streams(model, test_ds, batch_size=config.batch_size, device=config.device)
+    test_held = _held_out_of(pred, test_ds.items, group_of_source[test_ds.items[:, 0]])
+    if tr.distributed.current().is_main:
+        test_held.save(work_dir / TEST_PREDICTIONS_NAME)
+    names = _source_names(test_ds)
+    seconds_per_item = [args.frame_step / (test_spec.fps * test_spec.stride)] * len(test_ds.sources)
+    summary = summarize(test_held, classes, immobile, names, seconds_per_item, split_by="held-out groups", folds=len(group_names), selection=selection)
+    summary["heldout"] = heldout_groups(test_held, summary["flow_weight"], classes, immobile, names, seconds_per_item, group_names)
+    summary["majority_baseline"] = _training_majority(ds.labels, test_held, k)
+    summary.update(mode="held-out", train_videos=[Path(v).name for v in spec.videos], test_videos=[Path(v).name for v in test_spec.videos],
+                   train_clips=int(len(train_idx)), val_clips=int(len(val_idx)))  # fmt: skip
+    if cv_summary is not None:
+        keep = ("folds", "split_by", "num_clips", "best_flow_weight", "accuracy_at_best", "flow_weight", "flow_weight_selection", "majority_baseline")
+        summary["cross_validation"] = {key: cv_summary[key] for key in keep}
+    facts["training on all --videos"] = f"{train_s / 60:.1f} min, {len(train_idx)} train / {len(val_idx)} validation clips; test {time.monotonic() - t0:.0f} s"
+    title = f"{name}: fused accuracy on held-out videos vs flow weight (spread over {len(group_names)} groups)"
+    return summary, test_held, final, title
 
 
 def _training_majority(train_labels: np.ndarray, test: HeldOut, num_classes: int) -> dict[str, Any]:
@@ -861,7 +874,9 @@ def card_metrics(summary: dict[str, Any]) -> dict[str, Any]:
         }  # fmt: skip
         if "cross_validation" in summary:
             cv = summary["cross_validation"]
-            metrics["cv"] = f"{cv['folds']}-fold by {cv['split_by']} inside the training videos: {cv['flow_weight_selection']['accuracy_mean']:.4f} at w {cv['flow_weight']:.1f}"
+            sel_cv = cv["flow_weight_selection"]
+            how = "each fold's weight chosen on its validation split" if "weight_per_fold" in sel_cv else f"w {cv['flow_weight']:.1f}, {sel_cv['chosen_on']}"
+            metrics["cv"] = f"{cv['folds']}-fold by {cv['split_by']} inside the training videos: accuracy {sel_cv['accuracy_mean']:.4f} ({how})"
     return metrics
 
 

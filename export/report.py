@@ -195,9 +195,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, s
     cells = [[_fmt(v) for v in row] for row in rows]
     h = "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"
     h += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells) + "</table>"
-    md = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-    md += "".join("| " + " | ".join(row) + " |\n" for row in cells)
+    md = "| " + " | ".join(_md_cell(c) for c in header) + " |\n|" + "---|" * len(header) + "\n"
+    md += "".join("| " + " | ".join(_md_cell(c) for c in row) + " |\n" for row in cells)
     return h, md
+
+
+def _md_cell(text: str) -> str:
+    """A ``|`` inside a Markdown cell would end it (group names, file names): escape it."""
+    return str(text).replace("|", "\\|")
 
 
 def _fmt(value: Any) -> str:
@@ -251,7 +256,7 @@ def write_report(out_dir: Path, summary: dict[str, Any], images: Sequence[Path])
         sp = heldout["spread"]
         facts.append(("accuracy across groups (min .. max)", f"{sp['accuracy_min']:.3f} .. {sp['accuracy_max']:.3f}"))
         if sp["immobile_abs_error_pct_mean"] is not None:
-            facts.append(("immobile-time error, mean |%| over groups (worst)", f"{sp['immobile_abs_error_pct_mean']:.1f} % ({sp['immobile_abs_error_pct_max']:.1f} %)"))
+            facts.append(("immobile-time error, mean absolute % over groups (worst)", f"{sp['immobile_abs_error_pct_mean']:.1f} % ({sp['immobile_abs_error_pct_max']:.1f} %)"))
     facts += [(k, v) for k, v in summary.get("facts", {}).items()]
     if summary.get("near_constant_recordings"):
         facts.append(("WARNING: near-constant predictions", ", ".join(summary["near_constant_recordings"])))
@@ -262,7 +267,7 @@ def write_report(out_dir: Path, summary: dict[str, Any], images: Sequence[Path])
             ["fold", "chosen weight", "test accuracy"], list(zip(selection["folds"], [f"{w:.1f}" for w in selection["weight_per_fold"]], selection["accuracy_per_fold"])))))  # fmt: skip
     if heldout:
         tables.append((f"Per held-out group at w = {chosen:.1f}", _table(
-            ["group", "recordings", "clips", "accuracy", "recording mean", "recording std", "immobile |error| %"],
+            ["group", "recordings", "clips", "accuracy", "recording mean", "recording std", "immobile-time abs. error %"],
             [(g["group"], len(g["recordings"]), g["clips"], g["accuracy"], g["accuracy_recording_mean"], g["accuracy_recording_std"],
               "-" if g["immobile_abs_error_pct_mean"] is None else f"{g['immobile_abs_error_pct_mean']:.1f}") for g in heldout["groups"]])))  # fmt: skip
         for g in heldout["groups"]:

@@ -277,6 +277,9 @@ def test_heldout_results_report_and_card_metrics(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     page = (tmp_path / "report.md").read_text()
     assert "background+mouse" in page and "NEAR-CONSTANT" in page and "Held-out test report" in page
+    for table in [b for b in page.split("\n\n") if b.startswith("|")]:  # every Markdown row has its header's columns
+        lines = table.strip().splitlines()
+        assert {ln.replace("\\|", "").count("|") for ln in lines} == {lines[0].count("|")}, lines
     assert summary["near_constant_recordings"] == ["r2.mp4#arena0"]
     card = ev.card_metrics(json.loads((tmp_path / "metrics.json").read_text()))
     assert set(card["heldout"]["groups"]) == {"background", "background+mouse"}
@@ -311,11 +314,15 @@ def test_export_evaluate_heldout_videos_end_to_end(heldout_videos, tmp_path):
         "--export-model", str(model_dir), "--cache-dir", str(tmp_path / "cache"), "--size-px", "32", "--frame-step", "5",
         "--flow-preset", "fast", "--epochs", "2", "--clips-per-epoch", "32", "--batch-size", "8", "--optimizer", "adam",
         "--lr", "0.001", "--lr-floor", "0.00001", "--val-folds", "4", "--patience", "0", "--bn-recalibration-clips", "16",
-        "--device", "cpu", "--threads", "1",
+        "--device", "cpu", "--threads", "1", "--folds", "2",
     ]  # fmt: skip
     assert ev.main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mode"] == "held-out"
+    # the CV inside the training video: one video with two arenas -> auto splits by arena; each fold
+    # chose its weight on its own validation clips
+    cv = metrics["cross_validation"]
+    assert cv["split_by"] == "arenas" and len(cv["flow_weight_selection"]["weight_per_fold"]) == 2
     groups = {g["group"]: g for g in metrics["heldout"]["groups"]}
     assert set(groups) == {"mouse", tests[1].video_path.name}
     n_test = sum(g["clips"] for g in groups.values())
@@ -329,6 +336,7 @@ def test_export_evaluate_heldout_videos_end_to_end(heldout_videos, tmp_path):
     assert card.flow_weight == metrics["flow_weight"] == model.flow_weight
     assert set(card.metrics["heldout"]["groups"]) == set(groups)
     assert card.metrics["heldout"]["spread"]["accuracy_min"] == min(g["accuracy"] for g in groups.values())
+    assert card.metrics["cv"].startswith("2-fold by arenas")
 
 
 @pytest.mark.parametrize("stride", [1, 2, 3])
