@@ -21,9 +21,7 @@ and tuples become lists. ``from_plain`` reverses it.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 
 from stream.errors import UserError
+from stream.atomic import atomic_path
 
 __all__ = [
     "STATE_KEY",
@@ -93,21 +92,8 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], state: dict[st
 
     path = Path(path)
     text = json.dumps(state, allow_nan=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata={STATE_KEY: text})
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint follows the umask like every other output
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_path(path) as tmp:  # follows the umask like every other output
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata={STATE_KEY: text})
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

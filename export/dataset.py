@@ -61,7 +61,7 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from export.annotations import UNLABELLED, Annotation, AnnotationError, read_annotations
-from stream.atomic import atomic_path
+from stream.atomic import atomic_path, atomic_write
 from stream.errors import UserError
 from stream.flow import TVL1, FlowConfig, encode_flow, flow_from_uint8, flow_to_uint8
 from stream.preprocess import Roi, clip_indices, crop_resize, rgb_clip, to_grey
@@ -208,12 +208,6 @@ def _flow_key(cfg: FlowConfig) -> str:
 def _ticks_path(frames_path: Path) -> Path:
     """Beside a model-rate frames cache: which source frame each model-rate frame shows."""
     return frames_path.with_name(frames_path.name.replace(".frames.npy", ".ticks.json"))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -458,7 +452,7 @@ class ClipDataset(Dataset):
                  "source_index": shown, "format_version": CACHE_FORMAT_VERSION}  # fmt: skip
         for k, out in enumerate(outputs):
             _atomic_save(out, np.stack(crops[k]))
-            _atomic_write_text(_ticks_path(out), json.dumps(ticks))
+            atomic_write(_ticks_path(out), json.dumps(ticks))
         log.info("%s: cached %d model-rate frames (%.2f fps from %d source frames at %.2f fps) of %d arena(s)",
                  video, len(shown), self.fps, capture.stats.source_frames, capture.stats.source_fps, len(rois))  # fmt: skip
 

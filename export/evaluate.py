@@ -41,7 +41,6 @@ import csv
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -55,6 +54,7 @@ from torch.utils.data import Subset
 from export import train as tr
 from stream.errors import UserError, cli_main
 from stream.version import add_version_argument
+from stream.atomic import atomic_write
 
 __all__ = [
     "FLOW_WEIGHTS",
@@ -565,7 +565,7 @@ def write_results(out: Path, summary: dict[str, Any], held: HeldOut, *, title: s
     out.mkdir(parents=True, exist_ok=True)
     classes = summary["classes"]
     rows = summary["accuracy_by_flow_weight"]
-    _atomic_write_text(out / METRICS_NAME, json.dumps(summary, indent=1) + "\n")
+    atomic_write(out / METRICS_NAME, json.dumps(summary, indent=1) + "\n")
     held.save(out / PREDICTIONS_NAME)
     _write_csv(out / "accuracy_by_flow_weight.csv", ["flow_weight", "accuracy_mean", "accuracy_std", "accuracy_pooled", "macro_f1"], [[r[c] for c in ("flow_weight", "accuracy_mean", "accuracy_std", "accuracy_pooled", "macro_f1")] for r in rows])
     _write_csv(out / "per_class.csv", ["flow_weight", "class", "precision", "recall", "f1", "support"], [[r["flow_weight"], c, r["precision"][i], r["recall"][i], r["f1"][i], r["support"][i]] for r in rows for i, c in enumerate(classes)])
@@ -606,21 +606,14 @@ def write_results(out: Path, summary: dict[str, Any], held: HeldOut, *, title: s
     return [out / METRICS_NAME, html_path, md_path, *images]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Readers never see half a file (a crash mid-write leaves the previous version)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", newline="") as fh:
+    def write(fh) -> None:
         w = csv.writer(fh)
         w.writerow(header)
         for row in rows:
             w.writerow(["" if v is None else f"{v:.6g}" if isinstance(v, float) else v for v in row])
-    os.replace(tmp, path)
+
+    atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import html
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never try to open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from stream.atomic import atomic_write
 
 __all__ = [
     "ACCURACY_PLOT",
@@ -326,13 +326,9 @@ def write_report(out_dir: Path, summary: dict[str, Any], images: Sequence[Path])
     md.append(f"_{closing}_\n")
     html_path = out_dir / REPORT_HTML
     md_path = out_dir / REPORT_MD
-    _atomic_write_text(html_path, "\n".join(parts))
-    _atomic_write_text(md_path, "\n".join(md))
+    atomic_write(html_path, "\n".join(parts))
+    atomic_write(md_path, "\n".join(md))
     log.info("report written to %s and %s", html_path, md_path)
     return html_path, md_path
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

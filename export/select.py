@@ -46,7 +46,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from stream.errors import UserError, cli_main
+from stream.atomic import atomic_write
 
 __all__ = [
     "ScoredArena",
@@ -287,11 +287,7 @@ def score_videos(videos: Sequence[Path], out_dir: Path, *, model: Path | None = 
 
 def _atomic_write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, text)
 
 
 def _video_frames(stretch: Stretch, fps: float, num_frames: int) -> range:

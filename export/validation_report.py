@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stream.modelfile import _atomic_write_text as atomic_write_text
+from stream.atomic import atomic_write
 
 if TYPE_CHECKING:
     from export.validate import ScorerResult
@@ -174,10 +174,10 @@ def _loa(a: Any) -> str:
 
 def write_outputs(out: Path, metrics: dict[str, Any], scorers: Sequence[ScorerResult], classes: Sequence[str]) -> Path:
     """``validation.json``, the CSV tables, the plots and ``validation.html``; returns the page's path."""
-    atomic_write_text(out / METRICS_JSON, json.dumps(metrics, indent=1, default=float) + "\n")
+    atomic_write(out / METRICS_JSON, json.dumps(metrics, indent=1, default=float) + "\n")
     tables = _tables(scorers, classes)
     for name, (header, rows) in tables.items():
-        atomic_write_text(out / f"{name}.csv", _csv_text(header, rows))
+        atomic_write(out / f"{name}.csv", _csv_text(header, rows))
     images = _plots(out, scorers, classes)
     settings = metrics["settings"]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Validation</title><style>{_CSS}</style></head><body>",
@@ -213,5 +213,5 @@ def write_outputs(out: Path, metrics: dict[str, Any], scorers: Sequence[ScorerRe
               "<p class='note'>Files: validation.json, summary.csv, per_animal.csv, per_bin.csv, per_class.csv, "
               "confusion.csv, runs/&lt;model&gt;/&lt;video&gt;/ (stream-run's own outputs).</p></body></html>"]
     path = out / REPORT_HTML
-    atomic_write_text(path, "\n".join(parts))
+    atomic_write(path, "\n".join(parts))
     return path

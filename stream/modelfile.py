@@ -248,7 +248,7 @@ def sha256_file(path: Path) -> str:
 MODEL_FILE_MODE = 0o644  # a service user must read a model root installed (mkstemp makes 0600)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def write_model_text(path: Path, text: str) -> None:
     # 0644: mkstemp makes 0600; a service user must be able to read a model root installed
     atomic_write(path, text, mode=MODEL_FILE_MODE)
 
@@ -275,7 +275,7 @@ def save_model(model: FusedI3D, card: ModelCard, directory: str | Path, *, half:
     card.weights_dtype = "float16" if half else "float32"
     card.flow_weight = float(model.flow_weight)
     card.created_utc = card.created_utc or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    _atomic_write_text(directory / CARD_FILE, card.to_json())
+    write_model_text(directory / CARD_FILE, card.to_json())
     log.info("saved model %s to %s (%.1f MB)", card.name, directory, weights.stat().st_size / 1e6)
     return directory
 

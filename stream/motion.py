@@ -41,7 +41,7 @@ import torch
 from stream.engine import Engine, EngineConfig
 from stream.errors import UserError
 from stream.flow import FLOW_CLIP_PX
-from stream.modelfile import CARD_FILE, ModelCard, ModelFileError, _atomic_write_text, load_card, sha256_file, verify_weights
+from stream.modelfile import CARD_FILE, ModelCard, ModelFileError, load_card, sha256_file, verify_weights, write_model_text
 
 __all__ = ["MOTION_FILE", "MOTION_KIND", "MOTION_FEATURE", "MotionEngine", "MotionParams", "classify",
            "motion_feature", "read_params", "save_motion_model"]
@@ -129,10 +129,10 @@ def save_motion_model(directory: str | Path, card: ModelCard, params: MotionPara
     card.decisions = {**card.decisions, "min_bout_s": params.min_bout_s}
     card.validate(str(directory / CARD_FILE))
     params.validate(list(card.classes), str(directory / MOTION_FILE))
-    _atomic_write_text(directory / MOTION_FILE, json.dumps(params.to_dict(), indent=2) + "\n")
+    write_model_text(directory / MOTION_FILE, json.dumps(params.to_dict(), indent=2) + "\n")
     card.weights_sha256 = sha256_file(directory / MOTION_FILE)
     card.created_utc = card.created_utc or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    _atomic_write_text(directory / CARD_FILE, card.to_json())
+    write_model_text(directory / CARD_FILE, card.to_json())
     log.info("saved motion model %s to %s", card.name, directory)
     return directory
 

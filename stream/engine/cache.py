@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 from stream.engine.base import first_line
 from stream.errors import UserError
 from stream.modelfile import sha256_file
+from stream.atomic import atomic_write
 
 __all__ = [
     "CACHE_ENV",
@@ -101,24 +101,6 @@ def _signature(body: Mapping[str, Any]) -> str:
     return hmac.new(_local_key(), canonical, hashlib.sha256).hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_manifest(artifact: Path, facts: Mapping[str, Any] | None = None, *, signed: bool = True) -> Path:
@@ -134,7 +116,7 @@ def write_manifest(artifact: Path, facts: Mapping[str, Any] | None = None, *, si
     if signed:
         body["hmac"] = _signature(body)
     path = manifest_path(artifact)
-    _atomic_write_text(path, json.dumps(body, indent=2) + "\n")
+    atomic_write(path, json.dumps(body, indent=2) + "\n")
     return path
 
 
