@@ -21,6 +21,7 @@ and tuples become lists. ``from_plain`` reverses it.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stream.errors import UserError
 from stream.atomic import atomic_path
+from stream.errors import UserError
 
 __all__ = [
     "STATE_KEY",
@@ -92,8 +93,15 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], state: dict[st
 
     path = Path(path)
     text = json.dumps(state, allow_nan=True)
-    with atomic_path(path) as tmp:  # follows the umask like every other output
+    # safetensors recreates the file it writes (mode 0600): set what any new file would get
+    with atomic_path(path, mode=0o666 & ~_umask()) as tmp:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata={STATE_KEY: text})
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from stream.errors import UserError, cli_main
+from stream.version import add_version_argument
 
 __all__ = ["cohen_kappa", "point_name", "write_table", "plot_curve", "main"]
 
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: export-learning-curve --init model:trained_models/fst-side-64 --train-videos new/train*.mp4 "
         "--test-videos new/test*.mp4 --minutes 0,1,2,5,10 --out runs/curve",
     )
+    add_version_argument(p)
     p.add_argument("--init", required=True, metavar="model:DIR", help="the model to start from (and to pick minutes with)")
     p.add_argument("--train-videos", nargs="+", type=Path, required=True, metavar="VIDEO", help="videos the minutes are picked from")
     p.add_argument("--train-labels", nargs="+", type=Path, metavar="FILE", help="their complete labels, same order (default: sibling .labels.csv)")

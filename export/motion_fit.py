@@ -38,6 +38,8 @@ import numpy as np
 
 from export.agreement import cohen_kappa, confusion_matrix
 from stream.errors import UserError, cli_main
+from stream.outputs.base import Output
+from stream.version import add_version_argument
 
 __all__ = ["MIN_BOUT_CANDIDATES_S", "THRESHOLD_GRID", "fit_min_bout", "fit_thresholds", "live_features", "main"]
 
@@ -84,6 +86,16 @@ class Recording:
     labels: np.ndarray  # annotation per frame, -1 = unlabelled
 
 
+class _DecisionTimes(Output):
+    """Records (frame, timestamp) of every decision per arena: the feature rows' frame clock."""
+
+    def __init__(self, got: dict[str, list[tuple[int, float]]]) -> None:
+        self.got = got
+
+    def on_decision(self, arena_id: str, decision, latency_s: float | None) -> None:
+        self.got[arena_id].append((decision.frame_index, decision.timestamp_s))
+
+
 def live_features(video: Path, arenas: list, card: Any, *, device: str = "cpu", max_frames: int | None = None,
                   flow_warm_start: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Arena id -> (frames, timestamps_s, features) of one video, through the live pipeline."""
@@ -103,7 +115,7 @@ def live_features(video: Path, arenas: list, card: Any, *, device: str = "cpu", 
     got: dict[str, list[tuple[int, float]]] = {a.id: [] for a in arenas}
     pipeline = Pipeline(engine, TVL1(FlowConfig(**card.flow), device=device), arenas, decisions,
                         PipelineConfig(fps=card.fps, size_px=card.input_size_px, flow_warm_start=flow_warm_start),
-                        on_decision=lambda arena_id, d: got[arena_id].append((d.frame_index, d.timestamp_s)))
+                        outputs=[_DecisionTimes(got)])
     capture.start()
     try:
         result = pipeline.run(capture)
@@ -234,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     from stream.run import default_model_dir
 
     p = argparse.ArgumentParser(prog="export-fit-motion", description=__doc__.splitlines()[0].replace("``", ""))
+    add_version_argument(p)
     p.add_argument("--videos", nargs="+", required=True, metavar="VIDEO", help="annotated videos (globs expanded)")
     p.add_argument("--labels", nargs="+", required=True, type=Path, metavar="FILE",
                    help="one annotation file per video, same order (per-frame CSV, BORIS, DeepEthogram)")

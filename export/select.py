@@ -54,6 +54,7 @@ import numpy as np
 
 from stream.errors import UserError, cli_main
 from stream.atomic import atomic_write
+from stream.version import add_version_argument
 
 __all__ = [
     "ScoredArena",
@@ -434,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pick the stretches of video whose labels would help the model most, as a BORIS project and label templates.",
         epilog="Example: export-select --videos new/*.mp4 --model trained_models/fst-side-64 --stride 4 --count 15 --out to-label/",
     )
+    add_version_argument(p)
     p.add_argument("--videos", nargs="+", type=Path, required=True, metavar="VIDEO", help="the videos to choose from (arenas: <video>.arenas.json next to each, as stream-run reads them)")
     p.add_argument("--runs", nargs="+", type=Path, metavar="DIR",
                    help="stream-run output folder of each video, same order (default: score the videos now with stream-run)")

@@ -49,6 +49,7 @@ import numpy as np
 from export.agreement import AnimalAgreement, FrameAgreement, animal_agreement, frame_agreement
 from export.validation_report import REPORT_HTML, fmt, write_outputs
 from stream.errors import UserError, cli_main
+from stream.version import add_version_argument
 
 __all__ = ["Animal", "AnimalResult", "BinResult", "Item", "ScorerResult", "build_parser", "compare", "labels_at_ticks",
            "main", "match_annotations", "read_labels", "source_frame_of_tick", "validate", "video_items"]
@@ -462,6 +463,7 @@ def add_decision_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="export-validate", description=__doc__.splitlines()[0].replace("``", ""))
+    add_version_argument(p)
     p.add_argument("--model", action="append", type=Path, metavar="DIR",
                    help="model folder to validate; repeat to compare several side by side")
     p.add_argument("--baseline", type=Path, metavar="DIR",
