@@ -72,14 +72,15 @@ def _fmt_s(x: float | None) -> str:
 def summary_table(summaries: dict[str, dict], classes: list[str], source: str, out_dir: Path,
                   run: dict | None = None) -> str:
     """The end-of-run table printed to the terminal (one row per trial); ``run``: the run's info."""
-    head = ["arena", "frames", *[f"{c} s" for c in classes], "immobile s", "bouts", "1st bout s",
+    shown = [c for c in classes if c != "immobile"]  # the top view's class is the immobile s column already
+    head = ["arena", "frames", *[f"{c} s" for c in shown], "immobile s", "bouts", "1st bout s",
             "window immobile s", "window bouts", "gaps"]
     rows = []
     for arena_id, s in summaries.items():
         c = s["counters"]
         w = c["scoring_window"]
         first = c.get("latency_to_first_bout_s")
-        rows.append([arena_id, str(c["frames_classified"]), *[f"{c['behaviour_s'].get(k, 0.0):.1f}" for k in classes],
+        rows.append([arena_id, str(c["frames_classified"]), *[f"{c['behaviour_s'].get(k, 0.0):.1f}" for k in shown],
                      f"{c['immobile_s']:.1f}", str(c["immobility_bouts"]), "-" if first is None else f"{first:.1f}",
                      f"{w['immobile_s']:.1f}", str(w["immobility_bouts"]), str(c["gaps"]["count"])])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
