@@ -7,6 +7,9 @@ then measures per-frame agreement with the labels of held-out test videos. It co
 * **start**: the given model (``--init model:DIR``, fine-tuned with ``--recipe finetune``'s
   settings) against random initialisation (same data and epochs; Adam at 1e-3, nothing frozen: the
   settings the bundled model was trained from scratch with);
+* **the motion baseline** (``--starts ...,motion``): flow-magnitude thresholds fitted on the same
+  labelled frames (``export.motion_fit.fit_thresholds``, what ``export-fit-motion`` fits), no
+  training; a fine-tuned point below it is flagged in the table;
 * **select**: the minutes ``export-select`` picks from the given model's uncertainty against
   minutes picked at random (non-overlapping stretches, seeded).
 
@@ -50,7 +53,7 @@ __all__ = ["cohen_kappa", "point_name", "write_table", "plot_curve", "main"]
 log = logging.getLogger(__name__)
 
 DEFAULT_MINUTES = (0.0, 1.0, 2.0, 5.0, 10.0)  # the issue's steps
-STARTS = ("model", "random")
+STARTS = ("model", "random", "motion")  # motion: the threshold baseline fitted on the same labelled frames
 TARGET_AGREEMENT = 0.90  # the issue's goal: 90 % per-frame agreement from <= 2 labelled minutes
 DEFAULT_EVAL_FRAME_STEP = 4  # every 4th test frame: neighbouring frames are nearly the same clip
 SCRATCH_LR = 1e-3  # random init: the bundled model's from-scratch Adam rate
@@ -107,7 +110,8 @@ def _series(points: Sequence[dict[str, Any]]) -> dict[str, dict[float, dict[str,
 
 def write_table(out: Path, points: Sequence[dict[str, Any]], *, note: str = "") -> tuple[Path, Path]:
     """CSV (one row per point) and a markdown table (minutes x start+select, accuracy / kappa)."""
-    columns = ["start", "select", "minutes", "labelled_minutes", "train_clips", "accuracy", "kappa", "train_time_s"]
+    columns = ["start", "select", "minutes", "labelled_minutes", "train_clips", "accuracy", "kappa", "flow_weight", "rgb_accuracy",
+               "flow_accuracy", "train_time_s"]  # fmt: skip
     rows = sorted(points, key=lambda p: (p["start"], p["select"], p["minutes"]))
     csv_lines = [",".join(columns)] + [",".join(str(p.get(c, "")) for c in columns) for p in rows]
     csv_path = out / TABLE_CSV
@@ -122,6 +126,23 @@ def write_table(out: Path, points: Sequence[dict[str, Any]], *, note: str = "") 
             p = series[name].get(m)
             cells.append("" if p is None else f"{100 * p['accuracy']:.1f} % (kappa {p['kappa']:.2f})")
         md.append(f"| {m:g} | " + " | ".join(cells) + " |")
+    streams = [p for p in rows if "rgb_accuracy" in p]
+    if streams:  # why a point lands where it does: each stream alone, and the best weight in hindsight (not a result)
+        md += ["", "Each stream alone, and the fused agreement at the flow weight that would have been best on these test "
+               "clips (hindsight, shown to explain the curve, never used as a result)", "",
+               "| start+select | minutes | fused (flow weight) | RGB alone | flow alone | best weight in hindsight |", "|---|---|---|---|---|---|"]
+        for p in streams:
+            sweep = p.get("accuracy_by_flow_weight") or {}
+            best = max(sweep.items(), key=lambda kv: kv[1]) if sweep else None
+            md.append(f"| {p['start']}+{p['select']} | {p['minutes']:g} | {100 * p['accuracy']:.1f} % ({p.get('flow_weight', float('nan')):g}) | "
+                      f"{100 * p['rgb_accuracy']:.1f} % | {100 * p['flow_accuracy']:.1f} % | "
+                      + (f"{100 * best[1]:.1f} % ({best[0]})" if best else "") + " |")  # fmt: skip
+    below = [f"{p['select']} {p['minutes']:g} min ({100 * p['accuracy']:.1f} % vs {100 * m['accuracy']:.1f} %)" for p in rows
+             for m in rows if p["start"] == "model" and m["start"] == "motion" and m["select"] == p["select"] and m["minutes"] == p["minutes"]
+             and m["accuracy"] > p["accuracy"]]  # fmt: skip
+    if below:
+        md += ["", "**Below the motion baseline** (the fine-tuned model agrees less than thresholds fitted on the same "
+               "labelled frames): " + "; ".join(below) + "."]
     md_path = out / TABLE_MD
     md_path.write_text("Per-frame agreement with the held-out labels (start+select)\n\n" + "\n".join(md) + "\n" + (f"\n{note}\n" if note else ""))
     return csv_path, md_path
@@ -134,13 +155,13 @@ def plot_curve(path: Path, points: Sequence[dict[str, Any]], *, title: str = "Le
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    styles = {"model": "-", "random": "--"}
+    styles = {"model": "-", "random": "--", "motion": ":"}
     markers = {"uncertainty": "o", "random": "s"}
     for name, by_min in sorted(_series(points).items()):
         start, select = name.split("+")
         xs = sorted(by_min)
         ax.plot(xs, [100 * by_min[x]["accuracy"] for x in xs], styles.get(start, "-"), marker=markers.get(select, "o"),
-                label=f"from {start} init, {select} minutes")  # fmt: skip
+                label=("motion baseline" if start == "motion" else f"from {start} init") + f", {select} minutes")  # fmt: skip
     ax.axhline(100 * TARGET_AGREEMENT, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("labelled minutes of the new setup")
     ax.set_ylabel("per-frame agreement on held-out videos (%)")
@@ -168,15 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-videos new/test*.mp4 --minutes 0,1,2,5,10 --out runs/curve",
     )
     add_version_argument(p)
-    p.add_argument("--init", required=True, metavar="model:DIR", help="the model to start from (and to pick minutes with)")
-    p.add_argument("--train-videos", nargs="+", type=Path, required=True, metavar="VIDEO", help="videos the minutes are picked from")
+    p.add_argument("--init", metavar="model:DIR", help="the model to start from (and to pick minutes with); required unless --report-only")
+    p.add_argument("--train-videos", nargs="+", type=Path, metavar="VIDEO", help="videos the minutes are picked from; required unless --report-only")
     p.add_argument("--train-labels", nargs="+", type=Path, metavar="FILE", help="their complete labels, same order (default: sibling .labels.csv)")
-    p.add_argument("--test-videos", nargs="+", type=Path, required=True, metavar="VIDEO", help="held-out videos agreement is measured on")
+    p.add_argument("--test-videos", nargs="+", type=Path, metavar="VIDEO", help="held-out videos agreement is measured on; required unless --report-only")
     p.add_argument("--test-labels", nargs="+", type=Path, metavar="FILE", help="their labels, same order (default: sibling .labels.csv)")
     p.add_argument("--minutes", default=",".join(f"{m:g}" for m in DEFAULT_MINUTES), help="labelled minutes per point (default: %(default)s)")
     p.add_argument("--select", default="uncertainty,random", help="how minutes are picked: uncertainty, random or both (default: %(default)s)")
-    p.add_argument("--starts", default="model,random", help="initialisations to compare: model, random or both (default: %(default)s)")
+    p.add_argument("--starts", default="model,random,motion",
+                   help="what learns from the minutes: model (fine-tuned), random (I3D from random init), motion (the threshold "
+                        "baseline fitted on the same frames; no training); a comma list (default: %(default)s)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="results folder (points/, table, plot; resumable)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the table and plot from every finished point in OUT/points (e.g. points of "
+                        "several runs copied into one folder, or a look at a run still going)")  # fmt: skip
     p.add_argument("--stretch-s", type=float, default=4.0, help="length of a picked stretch (default: 4)")
     p.add_argument("--score-stride", type=int, default=1, help="stream-run --stride when scoring the training videos (default: 1)")
     p.add_argument("--frame-step", type=int, default=1, help="train on every Nth labelled frame (default: 1)")
@@ -240,8 +266,16 @@ def _evaluate(model, test_ds, flow_weight: float, num_classes: int, batch_size: 
     pred = predict_streams(model, test_ds, batch_size=batch_size, device=device, progress=False)
     fused = fuse(np.log(np.clip(pred.rgb_probs, 1e-12, None)), np.log(np.clip(pred.flow_probs, 1e-12, None)), flow_weight)
     predicted = fused.argmax(1)
+    log_rgb, log_flow = np.log(np.clip(pred.rgb_probs, 1e-12, None)), np.log(np.clip(pred.flow_probs, 1e-12, None))
+    # Not used to choose anything: the sweep shows which stream carried the result and what another
+    # weight would have given, so a curve that falls can be read (a stream that got worse, or a
+    # weight that no longer fits the fine-tuned streams).
+    sweep = {f"{w:.1f}": round(float((fuse(log_rgb, log_flow, w).argmax(1) == pred.labels).mean()), 4) for w in np.round(np.arange(0.0, 1.01, 0.1), 1)}
     return {"accuracy": float((predicted == pred.labels).mean()), "kappa": cohen_kappa(pred.labels, predicted, num_classes),
-            "test_clips": int(pred.labels.size)}  # fmt: skip
+            "test_clips": int(pred.labels.size), "flow_weight": float(flow_weight),
+            "rgb_accuracy": float((pred.rgb_probs.argmax(1) == pred.labels).mean()),
+            "flow_accuracy": float((pred.flow_probs.argmax(1) == pred.labels).mean()),
+            "accuracy_by_flow_weight": sweep}  # fmt: skip
 
 
 @cli_main("export-learning-curve")
@@ -256,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.report_only:
+        return _report_only(args.out)
+    missing = [o for o, v in (("--init", args.init), ("--train-videos", args.train_videos), ("--test-videos", args.test_videos)) if not v]
+    if missing:
+        raise UserError(f"{', '.join(missing)} required (or --report-only to tabulate finished points)")
     kind, _, model_arg = args.init.partition(":")
     if kind != "model" or not model_arg:
         raise UserError(f"--init {args.init!r}: expected model:DIR (the model to fine-tune and to pick minutes with)")
@@ -293,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     video_info = {v: probe_video(v) for v in args.train_videos}
 
     points: list[dict[str, Any]] = []
+    test_motion: tuple[np.ndarray, np.ndarray] | None = None  # the test clips' motion features, computed once
     plan = [(st, se, m) for m in minutes if m > 0 for se in selects for st in starts]
     if 0 in minutes and "model" in starts:
         plan.insert(0, ("model", NO_SELECTION, 0.0))
@@ -318,6 +358,16 @@ def main(argv: list[str] | None = None) -> int:
                 label_files.append((video, sel.fill_template(template, truth[video], label_dir / f"{video.stem}.labels.csv",
                                                              fps=vfps, num_frames=n, classes=classes)))  # fmt: skip
             train_ds = dataset(_sources([v for v, _ in label_files], [f for _, f in label_files], classes), args.frame_step).with_augment(True)
+            if start == "motion":  # nothing trained: thresholds fitted on the labelled frames, as export-fit-motion fits them
+                if test_motion is None:
+                    test_motion = _motion_features(test_ds)
+                point = _motion_point(_motion_features(train_ds.with_augment(False)), test_motion, classes)
+                point.update({"labelled_minutes": round(sum(s.stop_s - s.start_s for s in chosen) / 60.0, 3), "train_clips": len(train_ds),
+                              "train_time_s": round(time.monotonic() - t0, 1), "start": start, "select": select, "minutes": m})  # fmt: skip
+                _atomic_json(result_path, point)
+                points.append(point)
+                print(f"  {name}: {100 * point['accuracy']:.1f} % agreement (kappa {point['kappa']:.2f}), thresholds fitted on {point['train_clips']} clips")
+                continue
             if start == "model":
                 config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=FINETUNE_RECIPE["optimizer"], lr=FINETUNE_RECIPE["lr"],
                                      lr_floor=FINETUNE_RECIPE["lr_floor"], freeze_until=FINETUNE_RECIPE["freeze_until"],
@@ -344,6 +394,58 @@ def main(argv: list[str] | None = None) -> int:
     write_table(out, points, note=note)
     plot_curve(out / PLOT_PNG, points, title=f"{card.name}: learning curve on held-out videos")
     print(f"export-learning-curve: wrote {out / TABLE_MD}, {out / TABLE_CSV}, {out / PLOT_PNG}")
+    print((out / TABLE_MD).read_text())
+    return 0
+
+
+def _motion_features(ds) -> tuple[np.ndarray, np.ndarray]:
+    """(motion feature, label) of every clip: the mean TV-L1 magnitude the motion engine thresholds live."""
+    from stream.motion import motion_feature
+
+    features, labels = np.empty(len(ds)), np.empty(len(ds), np.int64)
+    for i in range(len(ds)):
+        _, flow, y = ds[i]
+        features[i] = motion_feature(flow[None])[0]
+        labels[i] = int(y)
+    return features, labels
+
+
+def _motion_point(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], classes: list[str]) -> dict[str, Any]:
+    """The motion baseline on the same labelled frames: thresholds fitted by kappa, measured per frame on the test clips.
+
+    Per frame and without the minimum-bout rule, like the I3D points beside it (the clip path, no
+    decision rules). A class absent from the labelled frames leaves no threshold to fit: the point
+    is recorded as not fitted rather than guessed.
+    """
+    from export.motion_fit import fit_thresholds
+    from stream.motion import MotionParams, classify
+
+    try:
+        order, thresholds, fit_kappa = fit_thresholds(train[0], train[1], classes)
+    except UserError as e:
+        log.warning("motion baseline not fitted: %s", e)
+        return {"accuracy": float("nan"), "kappa": float("nan"), "test_clips": int(test[1].size), "note": str(e)}
+    predicted = classify(test[0], MotionParams(classes_low_to_high=tuple(order), thresholds_px=tuple(thresholds), min_bout_s=0.0), classes)
+    return {"accuracy": float((predicted == test[1]).mean()), "kappa": cohen_kappa(test[1], predicted, len(classes)),
+            "test_clips": int(test[1].size), "thresholds_px": thresholds, "classes_low_to_high": order, "fit_kappa": fit_kappa}  # fmt: skip
+
+
+def _report_only(out: Path) -> int:
+    files = sorted((out / POINTS_DIR).glob("*.json"))
+    if not files:
+        raise UserError(f"{out / POINTS_DIR}: no finished points to tabulate; run without --report-only first")
+    points = []
+    for f in files:
+        try:
+            point = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"{f}: not a learning-curve point ({e})") from None
+        if not isinstance(point, dict) or not {"start", "select", "minutes", "accuracy", "kappa"} <= point.keys():
+            raise UserError(f"{f}: not a learning-curve point (needs start, select, minutes, accuracy, kappa)")
+        points.append(point)
+    write_table(out, points, note=f"Tabulated from {len(points)} finished points in {out / POINTS_DIR} (--report-only).")
+    plot_curve(out / PLOT_PNG, points)
+    print(f"export-learning-curve: wrote {out / TABLE_MD}, {out / TABLE_CSV}, {out / PLOT_PNG} from {len(points)} points")
     print((out / TABLE_MD).read_text())
     return 0
 

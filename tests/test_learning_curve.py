@@ -48,7 +48,15 @@ def _curve(tmp_path, tiny_model, *extra):
     names = sorted(p.stem for p in (out / lc.POINTS_DIR).glob("*.json"))
     points = {n: json.loads((out / lc.POINTS_DIR / f"{n}.json").read_text()) for n in names}
     for p in points.values():
-        assert 0.0 <= p["accuracy"] <= 1.0 and p["test_clips"] == 10  # 60 test frames, every 6th
+        assert p["test_clips"] == 10  # 60 test frames, every 6th
+        if p["start"] == "motion":
+            continue
+        assert 0.0 <= p["accuracy"] <= 1.0
+        sweep = p["accuracy_by_flow_weight"]
+        assert sorted(sweep) == [f"{w / 10:.1f}" for w in range(11)]
+        # the reported accuracy is the sweep's entry at the weight it was fused with; the ends are the streams alone
+        assert sweep[f"{p['flow_weight']:.1f}"] == pytest.approx(p["accuracy"], abs=1e-4)
+        assert sweep["0.0"] == pytest.approx(p["rgb_accuracy"], abs=1e-4) and sweep["1.0"] == pytest.approx(p["flow_accuracy"], abs=1e-4)
     for f in (lc.TABLE_CSV, lc.TABLE_MD, lc.PLOT_PNG):
         assert (out / f).is_file()
     return out, argv, points
@@ -78,7 +86,67 @@ def test_learning_curve_end_to_end_and_resumable(tmp_path, tiny_model, capsys):
 def test_learning_curve_compares_starts_and_selections(tmp_path, tiny_model):
     """All four series: model vs random init, export-select vs random minutes, on the same labelled frames."""
     _, _, points = _curve(tmp_path, tiny_model)
-    assert sorted(points) == ["model-0min", "model-random-0.05min", "model-uncertainty-0.05min", "random-random-0.05min", "random-uncertainty-0.05min"]
+    assert sorted(points) == ["model-0min", "model-random-0.05min", "model-uncertainty-0.05min", "motion-random-0.05min", "motion-uncertainty-0.05min",
+                              "random-random-0.05min", "random-uncertainty-0.05min"]  # fmt: skip
+    assert points["motion-uncertainty-0.05min"]["train_clips"] == points["model-uncertainty-0.05min"]["train_clips"]
     assert points["random-uncertainty-0.05min"]["config"]["freeze_until"] == ""
     assert points["random-uncertainty-0.05min"]["train_clips"] == points["model-uncertainty-0.05min"]["train_clips"]
     assert points["random-random-0.05min"]["train_clips"] == points["model-random-0.05min"]["train_clips"]
+
+
+def test_report_only_tabulates_points_of_several_runs(tmp_path, capsys):
+    """--report-only reads every finished point (here from two runs copied together) and trains nothing."""
+    points_dir = tmp_path / lc.POINTS_DIR
+    points_dir.mkdir()
+    sweep = {f"{w / 10:.1f}": 0.5 for w in range(11)} | {"0.7": 0.75}
+    for p in [
+        {"start": "model", "select": "none", "minutes": 0.0, "accuracy": 0.6, "kappa": 0.3, "flow_weight": 0.4, "rgb_accuracy": 0.4,
+         "flow_accuracy": 0.55, "accuracy_by_flow_weight": sweep},
+        {"start": "random", "select": "uncertainty", "minutes": 1.0, "accuracy": 0.45, "kappa": 0.1},
+    ]:  # fmt: skip
+        (points_dir / f"{p['start']}-{p['minutes']:g}.json").write_text(json.dumps(p))
+    assert lc.main(["--out", str(tmp_path), "--report-only"]) == 0
+    text = (tmp_path / lc.TABLE_MD).read_text()
+    assert "| 0 | 60.0 % (kappa 0.30) |" in text and "| 1 |  | 45.0 % (kappa 0.10) |" in text
+    assert "| model+none | 0 | 60.0 % (0.4) | 40.0 % | 55.0 % | 75.0 % (0.7) |" in text
+    assert (tmp_path / lc.PLOT_PNG).stat().st_size > 1000
+    assert "from 2 points" in capsys.readouterr().out
+
+
+def test_report_only_refuses_an_empty_folder_and_a_missing_model(tmp_path, capsys):
+    assert lc.main(["--out", str(tmp_path), "--report-only"]) == 2
+    assert "no finished points" in capsys.readouterr().err
+    assert lc.main(["--out", str(tmp_path)]) == 2
+    assert "--init, --train-videos, --test-videos required" in capsys.readouterr().err
+
+
+def test_motion_baseline_point_fits_thresholds_on_the_labelled_frames():
+    """Three classes separated by motion: thresholds from the labelled frames classify the test frames."""
+    classes = ["swim", "struggle", "float"]
+    rng = np.random.default_rng(0)
+    level = {0: 3.0, 1: 1.5, 2: 0.2}  # swim moves most, float least (the order is fitted, not assumed)
+    y_train = np.repeat([0, 1, 2], 30)
+    y_test = np.array([2, 0, 1, 1, 2, 0, 2, 2])
+    train = (np.array([level[c] for c in y_train]) + rng.uniform(-0.3, 0.3, y_train.size), y_train)
+    test = (np.array([level[c] for c in y_test]), y_test)
+    point = lc._motion_point(train, test, classes)
+    assert point["classes_low_to_high"] == ["float", "struggle", "swim"]
+    assert point["accuracy"] == 1.0 and point["kappa"] == pytest.approx(1.0) and point["test_clips"] == 8
+    x, y = train
+    t_low, t_high = point["thresholds_px"]  # "x < t is the lower class": each threshold lies between two classes' values
+    assert x[y == 2].max() < t_low <= x[y == 1].min() and x[y == 1].max() < t_high <= x[y == 0].min()
+    # one class never labelled: no threshold for it, so no result rather than a guess
+    missing = lc._motion_point((train[0][:60], train[1][:60]), test, classes)
+    assert np.isnan(missing["accuracy"]) and "float" in missing["note"]
+
+
+def test_table_flags_a_fine_tuned_model_below_the_motion_baseline(tmp_path):
+    points = [
+        {"start": "model", "select": "uncertainty", "minutes": 1.0, "accuracy": 0.6, "kappa": 0.3},
+        {"start": "motion", "select": "uncertainty", "minutes": 1.0, "accuracy": 0.7, "kappa": 0.5},
+        {"start": "model", "select": "uncertainty", "minutes": 2.0, "accuracy": 0.8, "kappa": 0.6},
+        {"start": "motion", "select": "uncertainty", "minutes": 2.0, "accuracy": 0.7, "kappa": 0.5},
+    ]
+    text = lc.write_table(tmp_path, points)[1].read_text()
+    assert "**Below the motion baseline**" in text and "uncertainty 1 min (60.0 % vs 70.0 %)" in text
+    assert "2 min (" not in text
