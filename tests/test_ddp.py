@@ -285,7 +285,7 @@ def test_torchrun_export_evaluate_on_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[:3000]
-    assert done.stdout.count("export-evaluate: wrote model") == 1 and done.stdout.count("<- best") == 1  # rank 0 alone reports
+    assert done.stdout.count("export-evaluate: wrote model") == 1 and done.stdout.count("<- chosen") == 1  # rank 0 alone reports
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["num_clips"] == sum(f["test_clips"] for f in metrics["fold_runs"]) > 0
     assert load_card(tmp_path / "model").training["config"]["epochs"] == 1
