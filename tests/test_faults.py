@@ -746,6 +746,12 @@ def test_disk_full_mid_run_is_one_line_exit_3_and_the_summary_if_it_fits(tiny_mo
                            *map(str, quiet_args(out)), "--engine", "torch", "--max-frames", "300", "-q"],
                           capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S, stdin=subprocess.DEVNULL,
                           preexec_fn=_limit_file_size)
+    # the results table (added after this test) also says, once, that the cut trial is incomplete: true and
+    # wanted (its seconds are not a result); beside it the error stays one line
+    incomplete = [x for x in done.stderr.splitlines() if "WARNING" in x and "is INCOMPLETE" in x]
+    assert len(incomplete) <= 1, done.stderr
+    done = subprocess.CompletedProcess(done.args, done.returncode, done.stdout,
+                                       "\n".join(x for x in done.stderr.splitlines() if x not in incomplete))
     line = assert_one_line_error(done, "arena0.frames.csv", "File too large")
     assert done.returncode == 3, line  # the unit's RestartPreventExitStatus=3
     assert "the summaries were written" in line
