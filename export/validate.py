@@ -452,7 +452,10 @@ def add_decision_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the best present)")
     g.add_argument("--stride", type=int, default=1, metavar="K", help="model on every K-th frame (default: 1)")
     g.add_argument("--no-flow-warm-start", action="store_true", help="flow of each frame from scratch, as in training")
-    g.add_argument("--smoothing", default="none", choices=("none", "average", "hysteresis"))
+    from stream.decisions import SMOOTHING_MODES
+    from stream.run import SMOOTHING_DEFAULT  # stream-run's own default, so "as stream-run" cannot drift again
+
+    g.add_argument("--smoothing", default=SMOOTHING_DEFAULT, choices=SMOOTHING_MODES, help="default: %(default)s")
     g.add_argument("--smoothing-window", type=int, default=5, metavar="FRAMES")
     g.add_argument("--min-bout-s", type=float, default=None, help="default: each model card's fitted value, else 0")
     g.add_argument("--test-duration-s", type=float, default=360.0, help="default: %(default)s")
