@@ -264,9 +264,8 @@ def _evaluate(model, test_ds, flow_weight: float, num_classes: int, batch_size: 
     from stream.model import fuse
 
     pred = predict_streams(model, test_ds, batch_size=batch_size, device=device, progress=False)
-    fused = fuse(np.log(np.clip(pred.rgb_probs, 1e-12, None)), np.log(np.clip(pred.flow_probs, 1e-12, None)), flow_weight)
-    predicted = fused.argmax(1)
     log_rgb, log_flow = np.log(np.clip(pred.rgb_probs, 1e-12, None)), np.log(np.clip(pred.flow_probs, 1e-12, None))
+    predicted = fuse(log_rgb, log_flow, flow_weight).argmax(1)
     # Not used to choose anything: the sweep shows which stream carried the result and what another
     # weight would have given, so a curve that falls can be read (a stream that got worse, or a
     # weight that no longer fits the fine-tuned streams).
@@ -358,16 +357,13 @@ def main(argv: list[str] | None = None) -> int:
                 label_files.append((video, sel.fill_template(template, truth[video], label_dir / f"{video.stem}.labels.csv",
                                                              fps=vfps, num_frames=n, classes=classes)))  # fmt: skip
             train_ds = dataset(_sources([v for v, _ in label_files], [f for _, f in label_files], classes), args.frame_step).with_augment(True)
-            if start == "motion":  # nothing trained: thresholds fitted on the labelled frames, as export-fit-motion fits them
-                if test_motion is None:
-                    test_motion = _motion_features(test_ds)
-                point = _motion_point(_motion_features(train_ds.with_augment(False)), test_motion, classes)
-                point.update({"labelled_minutes": round(sum(s.stop_s - s.start_s for s in chosen) / 60.0, 3), "train_clips": len(train_ds),
-                              "train_time_s": round(time.monotonic() - t0, 1), "start": start, "select": select, "minutes": m})  # fmt: skip
-                _atomic_json(result_path, point)
-                points.append(point)
-                print(f"  {name}: {100 * point['accuracy']:.1f} % agreement (kappa {point['kappa']:.2f}), thresholds fitted on {point['train_clips']} clips")
-                continue
+            labelled = {"labelled_minutes": round(sum(s.stop_s - s.start_s for s in chosen) / 60.0, 3), "train_clips": len(train_ds)}
+        if start == "motion":  # nothing trained: thresholds fitted on the labelled frames, as export-fit-motion fits them
+            if test_motion is None:
+                test_motion = _motion_features(test_ds)
+            point = {**labelled, **_motion_point(_motion_features(train_ds.with_augment(False)), test_motion, classes),
+                     "train_time_s": round(time.monotonic() - t0, 1)}  # fmt: skip
+        elif m > 0:
             if start == "model":
                 config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=FINETUNE_RECIPE["optimizer"], lr=FINETUNE_RECIPE["lr"],
                                      lr_floor=FINETUNE_RECIPE["lr_floor"], freeze_until=FINETUNE_RECIPE["freeze_until"],
@@ -380,13 +376,14 @@ def main(argv: list[str] | None = None) -> int:
                                      seed=args.seed, device=args.device)  # fmt: skip
                 model, _ = build_model("random", num_classes=len(classes), dropout_keep_prob=config.dropout_keep_prob)
             train(model, train_ds, None, config, out / "work" / name, num_classes=len(classes), resume=True, progress=sys.stderr.isatty())
-            point = {"labelled_minutes": round(sum(s.stop_s - s.start_s for s in chosen) / 60.0, 3), "train_clips": len(train_ds),
-                     "train_time_s": round(time.monotonic() - t0, 1), "config": asdict(config)}  # fmt: skip
+            point = {**labelled, "train_time_s": round(time.monotonic() - t0, 1), "config": asdict(config)}
         point.update({"start": start, "select": select if m > 0 else NO_SELECTION, "minutes": m})
-        point.update(_evaluate(model, test_ds, card.flow_weight, len(classes), args.batch_size, args.device))
+        if start != "motion":
+            point.update(_evaluate(model, test_ds, card.flow_weight, len(classes), args.batch_size, args.device))
         _atomic_json(result_path, point)
         points.append(point)
-        print(f"  {name}: {100 * point['accuracy']:.1f} % agreement (kappa {point['kappa']:.2f}), {point['train_clips']} training clips, {point['train_time_s']:.0f} s")
+        how = f"thresholds fitted on {point['train_clips']} clips" if start == "motion" else f"{point['train_clips']} training clips, {point['train_time_s']:.0f} s"
+        print(f"  {name}: {100 * point['accuracy']:.1f} % agreement (kappa {point['kappa']:.2f}), {how}")
 
     note = (f"Model {card.name} ({model_dir}); training videos {', '.join(v.name for v in args.train_videos)}; test videos "
             f"{', '.join(v.name for v in args.test_videos)}; {args.epochs} epochs per point, stretches of {args.stretch_s:g} s; "

@@ -446,22 +446,30 @@ def _num(x: float) -> float:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_decision_options(p: argparse.ArgumentParser) -> None:
-    """stream-run's engine and decision options, with stream-run's defaults."""
-    g = p.add_argument_group("as stream-run (same meaning and defaults)")
-    g.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
-    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the best present)")
-    g.add_argument("--stride", type=int, default=1, metavar="K", help="model on every K-th frame (default: 1)")
-    g.add_argument("--no-flow-warm-start", action="store_true", help="flow of each frame from scratch, as in training")
-    from stream.decisions import SMOOTHING_MODES
-    from stream.run import SMOOTHING_DEFAULT  # stream-run's own default, so "as stream-run" cannot drift again
+    """stream-run's engine and decision options, with stream-run's defaults.
 
-    g.add_argument("--smoothing", default=SMOOTHING_DEFAULT, choices=SMOOTHING_MODES, help="default: %(default)s")
-    g.add_argument("--smoothing-window", type=int, default=5, metavar="FRAMES")
-    g.add_argument("--min-bout-s", type=float, default=None, help="default: each model card's fitted value, else 0")
-    g.add_argument("--test-duration-s", type=float, default=360.0, help="default: %(default)s")
-    g.add_argument("--scoring-window-s", type=float, default=240.0, help="the last this-many seconds (default: %(default)s)")
-    g.add_argument("--immobile-classes", default=None, metavar="A,B", help="default: the model card's")
-    g.add_argument("--max-frames", type=int, default=None, metavar="N", help="only the first N model-rate frames per video")
+    The defaults are read from stream-run's own parser, not repeated here: a copied default drifted
+    once (smoothing stayed "none" after stream-run moved to "average"), and a validation with default
+    options then scored differently from a default stream-run.
+    """
+    from stream.decisions import SMOOTHING_MODES
+    from stream.engine import ENGINE_KINDS
+    from stream.run import build_parser as stream_parser
+
+    live = stream_parser()
+    g = p.add_argument_group("as stream-run (same meaning and defaults)")
+    g.add_argument("--engine", default=live.get_default("engine"), choices=ENGINE_KINDS)
+    g.add_argument("--device", default=live.get_default("device"), help="cpu, cuda or cuda:N (default: the best present)")
+    g.add_argument("--stride", type=int, default=live.get_default("stride"), metavar="K", help="model on every K-th frame (default: %(default)s)")
+    g.add_argument("--no-flow-warm-start", action="store_true", help="flow of each frame from scratch, as in training")
+    g.add_argument("--smoothing", default=live.get_default("smoothing"), choices=SMOOTHING_MODES, help="default: %(default)s")
+    g.add_argument("--smoothing-window", type=int, default=live.get_default("smoothing_window"), metavar="FRAMES", help="default: %(default)s")
+    g.add_argument("--min-bout-s", type=float, default=live.get_default("min_bout_s"), help="default: each model card's fitted value, else 0")
+    g.add_argument("--test-duration-s", type=float, default=live.get_default("test_duration_s"), help="default: %(default)s")
+    g.add_argument("--scoring-window-s", type=float, default=live.get_default("scoring_window_s"),
+                   help="the last this-many seconds (default: %(default)s)")  # fmt: skip
+    g.add_argument("--immobile-classes", default=live.get_default("immobile_classes"), metavar="A,B", help="default: the model card's")
+    g.add_argument("--max-frames", type=int, default=live.get_default("max_frames"), metavar="N", help="only the first N model-rate frames per video")
 
 
 def build_parser() -> argparse.ArgumentParser:
