@@ -65,3 +65,24 @@ def test_a_loopback_bind_warns_nothing(caplog) -> None:
     finally:
         sock.close()
         ctx.term()
+
+
+def test_publisher_control_and_metrics_binds_go_through_the_warning(monkeypatch, caplog) -> None:
+    """The wiring, on loopback: each bind asks the classification, and warns when told 'beyond'."""
+    import stream.network as network
+    import stream.outputs.metrics as metrics_mod
+    from stream.control import ControlServer
+    from stream.outputs.metrics import Metrics
+    from stream.outputs.publisher import Publisher
+
+    monkeypatch.setattr(network, "is_loopback_endpoint", lambda _endpoint: False)
+    monkeypatch.setattr(metrics_mod, "is_loopback_host", lambda _host: False)
+    with caplog.at_level(logging.WARNING, logger="stream.network"):
+        pub = Publisher("tcp://127.0.0.1:*", state_endpoint="tcp://127.0.0.1:*")
+        ctl = ControlServer("tcp://127.0.0.1:*", lambda req: {"ok": True})
+        met = Metrics(0, addr="127.0.0.1")
+        for closer in (pub, ctl, met):
+            closer.close()
+    text = [r.getMessage() for r in caplog.records]
+    for what in ("ZeroMQ endpoint", "ZeroMQ state endpoint", "control endpoint", "metrics server"):
+        assert sum(line.startswith(what + " listens beyond") for line in text) == 1, (what, text)
