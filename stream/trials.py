@@ -459,8 +459,12 @@ class TrialBook:
                 request, done, box = self._commands.get_nowait()
             except queue.Empty:
                 break
-            box["reply"] = self._apply(request, frame_index, source_s, start_at)
-            done.set()
+            try:
+                box["reply"] = self._apply(request, frame_index, source_s, start_at)
+            except UserError as exc:  # refused here, at the frame: the reply says why, the pipeline runs on
+                box["reply"] = {"ok": False, "error": str(exc)}
+            finally:
+                done.set()
         self._update_snapshot()
 
     def _source_s(self, event_frame: int, now_s: float, now_frame: int) -> float:

@@ -179,3 +179,40 @@ def test_stream_ctl_sends_the_token_of_its_token_file(tmp_path, capsys) -> None:
         assert "readable by others" in capsys.readouterr().err
     finally:
         srv.close()
+
+
+def test_a_start_refused_at_the_frame_answers_ok_false_and_frames_go_on(tmp_path, monkeypatch) -> None:
+    import threading
+
+    book = _trial_book(tmp_path)
+
+    def refuse(*_args, **_kwargs):
+        raise UserError("trial number taken")
+
+    monkeypatch.setattr(book, "_new_trial", refuse)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def frames() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                book.on_frame(i, i / 15.0, None, i)
+            except BaseException as exc:  # noqa: BLE001 - the test reports it
+                errors.append(exc)
+                return
+            i += 1
+            time.sleep(0.01)
+
+    pump = threading.Thread(target=frames, daemon=True)
+    pump.start()
+    srv = ControlServer("tcp://127.0.0.1:*", book.command)
+    try:
+        reply = request(srv.bound_endpoint, {"cmd": "start", "arena": "A1", "animal": "M1"})
+        assert reply["ok"] is False and "trial number taken" in reply["error"]
+        assert request(srv.bound_endpoint, {"cmd": "status"})["arenas"]["A1"]["state"] == "waiting"
+    finally:
+        stop.set()
+        pump.join()
+        srv.close()
+    assert errors == []
