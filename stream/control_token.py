@@ -13,6 +13,7 @@ Copy the file to the machine that runs ``stream-ctl`` over a channel you trust (
 
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
 import os
@@ -52,7 +53,9 @@ def read_token(path: str | Path) -> str:
     except FileNotFoundError:
         raise UserError(f"control token file {path}: no such file") from None
     except OSError as exc:
-        raise UserError(f"control token file {path}: {exc.strerror or exc} (a symlink is not accepted)") from None
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"control token file {path} is a symlink; give the file itself") from None
+        raise UserError(f"control token file {path}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as fh:
         _check_private(path, os.fstat(fh.fileno()))
         data = fh.read(4096)
