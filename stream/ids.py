@@ -20,8 +20,8 @@ from stream.errors import UserError
 __all__ = ["ID_PUNCTUATION", "MAX_ARENA_ID_CHARS", "MAX_ID_CHARS", "MAX_TRIAL_ID_CHARS", "check_arena_id_length",
            "check_id", "check_trial_id", "safe_token"]
 
-# Lab IDs are short ("M17", "C57BL6-cage12-m3", "saline 10 mg/kg"); 64 characters is three times the
-# longest we have seen, and keeps a trial's file name (arena + "-t001-" + animal + ".summary.json")
+# Lab IDs are short ("M17", "C57BL6-cage12-m3", "saline 10 mg/kg"); 64 characters is four times a
+# typical one, and keeps a trial's file name (arena + "-t001-" + animal + ".summary.json")
 # far below the 255-byte name limit of every common filesystem.
 MAX_ID_CHARS = 64
 # Arena ids name files and ZeroMQ topics; with the trial number and the animal they make a trial id.
@@ -29,8 +29,9 @@ MAX_ARENA_ID_CHARS = 64
 # arena (64) + "-t" + a trial number + "-" + animal token (64), with room for 6-digit trial numbers;
 # plus the longest suffix (".summary.json", 13) it stays below 255 bytes.
 MAX_TRIAL_ID_CHARS = 140
-# Besides letters and digits (any script): what IDs, genotypes and doses are written with. No quotes,
-# backslashes, shell or path metacharacters, and no control characters (tab, CR, LF, NUL).
+# Besides letters and digits (any script): what IDs, genotypes and doses are written with ("/" for
+# "mg/kg": file names take the ID through safe_token). No quotes, backslashes, shell metacharacters
+# or control characters (tab, CR, LF, NUL).
 ID_PUNCTUATION = frozenset(" _-.+=@#/:,()")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")  # what a file-name token may not hold
 
