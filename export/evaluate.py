@@ -55,6 +55,7 @@ from export import train as tr
 from stream.errors import UserError, cli_main
 from stream.version import add_version_argument
 from stream.atomic import atomic_write
+from stream.spreadsheet import spreadsheet_cells
 
 __all__ = [
     "FLOW_WEIGHTS",
@@ -609,9 +610,9 @@ def write_results(out: Path, summary: dict[str, Any], held: HeldOut, *, title: s
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     def write(fh) -> None:
         w = csv.writer(fh)
-        w.writerow(header)
-        for row in rows:
-            w.writerow(["" if v is None else f"{v:.6g}" if isinstance(v, float) else v for v in row])
+        w.writerow(spreadsheet_cells(header))
+        for row in rows:  # text cells (recording names) escaped for spreadsheets; numbers as numbers
+            w.writerow(["" if v is None else f"{v:.6g}" if isinstance(v, float) else v for v in spreadsheet_cells(row)])
 
     atomic_write(path, write)
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stream.atomic import atomic_write
+from stream.spreadsheet import spreadsheet_cells
 
 if TYPE_CHECKING:
     from export.validate import ScorerResult
@@ -48,10 +49,10 @@ def fmt(v: Any) -> str:
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(header)
-    for row in rows:
+    w.writerow(spreadsheet_cells(header))
+    for row in rows:  # text cells (animal IDs, scorer names) escaped for spreadsheets; numbers as numbers
         w.writerow(["" if (isinstance(v, float) and math.isnan(v)) else (f"{v:.6g}" if isinstance(v, float) else v)
-                    for v in row])
+                    for v in spreadsheet_cells(row)])
     return buf.getvalue()
 
 

@@ -58,6 +58,13 @@ log = logging.getLogger(__name__)
 IMMOBILE_CLASSES_DEFAULT = ("float", "immobile")  # side-view "float", top-view "immobile" (CONTRACTS)
 SMOOTHING_MODES = ("none", "average", "hysteresis")
 BIN_S_DEFAULT = 60.0  # labs read immobility per minute (bins 0-1 ... 5-6 min of a 6-minute test)
+# No bin shorter than 1 s: a bin holds whole frames (15 at 15 fps) and a bout (>= the 1 s minimum) is
+# counted in the bin where it begins, so shorter bins say nothing more; 0.0001 s bins once took
+# minutes and gigabytes (3.6 million bins per 6-minute trial).
+MIN_BIN_S = 1.0
+# One results.csv column and one summary entry per bin: 1000 stays inside every spreadsheet's column
+# limit (LibreOffice before 7.4: 1024) and keeps a summary small; a 6-minute test at 1 s needs 360.
+MAX_BINS = 1000
 # Hysteresis on P(immobile) = sum of the immobile classes' probabilities: enter the immobile state only
 # when clearly immobile, leave it only when clearly mobile; the 0.2 dead band absorbs the frame-to-frame
 # jitter of a model hovering around 0.5, which is what makes raw argmax labels flicker.
@@ -106,8 +113,11 @@ class DecisionConfig:
                 f"scoring window must be > 0 s and at most the test duration ({self.test_duration_s} s), "
                 f"got {self.scoring_window_s}"
             )
-        if not (math.isfinite(self.bin_s) and self.bin_s > 0):
-            raise UserError(f"time bin must be > 0 s, got {self.bin_s}")
+        if not (math.isfinite(self.bin_s) and self.bin_s >= MIN_BIN_S):
+            raise UserError(f"time bin (--bin-s) must be at least {MIN_BIN_S:g} s, got {self.bin_s:g}")
+        if self.bin_count > MAX_BINS:
+            raise UserError(f"--bin-s {self.bin_s:g} over a {self.test_duration_s:g} s test makes {self.bin_count} bins; "
+                            f"at most {MAX_BINS}: choose a longer bin")
         if not (0.0 <= self.hysteresis_exit <= self.hysteresis_enter <= 1.0):
             raise UserError(
                 f"hysteresis thresholds need 0 <= exit <= enter <= 1, got exit={self.hysteresis_exit} "

@@ -9,6 +9,10 @@ settings, or with the ones given here, and writes the results table with the sam
 
     stream-report runs/2026-06-01 --min-bout-s 1 --out rescored.csv [--summaries rescored/]
 
+It never writes into a run: an ``--out`` or ``--summaries`` inside a run folder it reads, or inside
+any folder that holds live results (``*.frames.csv``, ``*.trial.json``, a live summary) is refused,
+paths and symlinks resolved first, so the live table and summaries a lab relies on stay as written.
+
 What a re-scoring cannot see: a camera outage the live run recorded without a jump in frame
 indices (the CSV has no row for it, and no trace of it either); such trials differ in ``gaps``.
 """
@@ -30,10 +34,10 @@ from stream.decisions import SMOOTHING_MODES, ArenaDecisions, DecisionConfig
 from stream.errors import UserError, cli_main
 from stream.outputs.csv_log import json_default, read_frames_csv, replay_frames
 from stream.outputs.results import results_row, warn_incomplete, write_table
-from stream.trials import SUMMARY_FILE_SUFFIX
+from stream.trials import SUMMARY_FILE_SUFFIX, TRIAL_FILE_SUFFIX
 from stream.version import add_version_argument
 
-__all__ = ["find_trials", "main", "rescore"]
+__all__ = ["check_outputs_outside_runs", "find_trials", "main", "rescore"]
 
 log = logging.getLogger("stream.report")
 
@@ -60,6 +64,41 @@ def find_trials(run_dirs: list[Path]) -> list[tuple[Path, Path]]:
         raise UserError(f"no trials (*{SUMMARY_FILE_SUFFIX} with *{FRAMES_FILE_SUFFIX}) under "
                         f"{', '.join(map(str, run_dirs))}")
     return found
+
+
+def _is_live_summary(path: Path) -> bool:
+    """A summary ``stream-run`` wrote (a re-scored one carries ``"rescored"``)."""
+    try:
+        return "rescored" not in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return True  # unreadable: not ours to overwrite
+
+
+def _holds_live_results(folder: Path) -> bool:
+    """Whether ``folder`` holds what only ``stream-run`` writes: frames CSVs, trial files, live summaries.
+
+    (Not ``results.csv`` alone: that may be an earlier ``stream-report --out``, which may be rewritten.)
+    """
+    try:
+        return (any(folder.glob(f"*{FRAMES_FILE_SUFFIX}")) or any(folder.glob(f"*{TRIAL_FILE_SUFFIX}"))
+                or any(_is_live_summary(p) for p in folder.glob(f"*{SUMMARY_FILE_SUFFIX}")))
+    except OSError:
+        return False  # a folder we cannot list holds nothing we could overwrite either
+
+
+def check_outputs_outside_runs(run_dirs: list[Path], out: Path, summaries: Path | None) -> None:
+    """Refuse an output inside a run folder: re-scoring must never overwrite a run's live results."""
+    runs = [d.resolve() for d in run_dirs]
+    for flag, path, folder_itself in (("--out", out, False), ("--summaries", summaries, True)):
+        if path is None:
+            continue
+        target = path.resolve()  # every symlink on the way followed, the last one too
+        folder = target if folder_itself else target.parent
+        inside = [run for run in runs if folder == run or run in folder.parents]
+        inside += [a for a in (folder, *folder.parents) if a.is_dir() and _holds_live_results(a)]
+        if inside:
+            raise UserError(f"{flag} {path} is inside the run folder {inside[0]}: stream-report never writes over a "
+                            "run's live results; give a path outside it")
 
 
 def _config(saved: dict, overrides: dict) -> DecisionConfig:
@@ -124,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if flag == "immobile_classes":
             value = tuple(c.strip() for c in value.split(",") if c.strip())
         overrides[field] = value
+    check_outputs_outside_runs(args.run_dirs, args.out, args.summaries)
     trials = find_trials(args.run_dirs)
     rows = []
     if args.summaries is not None:

@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--control", default=None, metavar="ENDPOINT",
                    help=f"control endpoint for stream-ctl (REP; default {DEFAULT_CONTROL_ENDPOINT} with --trials "
                         "control, else none); give one to use stream-ctl in any mode; 'none' disables")
+    t.add_argument("--control-token-file", type=Path, default=None, metavar="FILE",
+                   help="every control request must carry the token in FILE (created, mode 0600, if missing; "
+                        "refused if others can read it); required beyond loopback unless --allow-remote-control")
+    t.add_argument("--allow-remote-control", action="store_true",
+                   help="let a control endpoint beyond loopback take commands without a token (trusted network only)")
 
     o = p.add_argument_group("outputs")
     o.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: runs/<UTC time>)")
@@ -295,6 +300,7 @@ class _Run:
         self.schedule: list[ScheduleEntry] = []
         self.trial_mode = "now"
         self.control_endpoint: str | None = None
+        self.control_token: str | None = None  # every control request must carry it (None: none required)
         self.model_sha256 = ""
         self.created_dirs: list[Path] = []  # output folders this run created: removed again if left empty
 
@@ -479,6 +485,13 @@ class _Run:
             # only where asked for: two camera services on one PC must not both claim the default port
             control = DEFAULT_CONTROL_ENDPOINT
         self.control_endpoint = None if control in (None, "none") else control
+        if self.control_endpoint is None:
+            if a.control_token_file is not None:
+                raise UserError("--control-token-file needs a control endpoint (--control ENDPOINT or --trials control)")
+            return
+        from stream.control_token import control_token_for
+
+        self.control_token = control_token_for(self.control_endpoint, a.control_token_file, a.allow_remote_control)
 
     def _decision_config(self, card):
         from stream.decisions import DecisionConfig
@@ -518,7 +531,8 @@ class _Run:
             from stream.control import ControlServer
 
             self.control = ControlServer(self.control_endpoint, self._control,
-                                         legacy_state=self.publisher.state_reply if self.publisher else None)
+                                         legacy_state=self.publisher.state_reply if self.publisher else None,
+                                         token=self.control_token)
         from stream.outputs.results import ResultsTable
 
         self.results = ResultsTable(self.out)

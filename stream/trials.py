@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import queue
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -48,6 +47,7 @@ from stream.atomic import atomic_write
 from stream.counters import Counters
 from stream.decisions import ArenaDecisions, Decision, DecisionConfig
 from stream.errors import UserError
+from stream.ids import check_arena_id_length, check_id, check_trial_id, safe_token
 from stream.presence import PresenceConfig, PresenceDetector
 
 __all__ = [
@@ -84,13 +84,6 @@ def _logged(x: float) -> float:
     """``x`` as the CSV will store it: deciding on this value makes a re-scoring exact."""
     return float(f"{x:.{LOGGED_DECIMALS}f}")
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def safe_token(text: str) -> str:
-    """``text`` as a file-name token: runs of other characters become ``_``."""
-    return _UNSAFE.sub("_", text).strip("_.") or "x"
-
 
 @dataclass(frozen=True)
 class Trial:
@@ -107,8 +100,7 @@ class Trial:
     resumed: bool = False  # continued after a restart (its CSV is appended to, its clock continues)
 
     def __post_init__(self) -> None:
-        if not self.trial_id or safe_token(self.trial_id) != self.trial_id:
-            raise UserError(f"trial id {self.trial_id!r}: use letters, digits, '_', '.', '-'")
+        check_trial_id(self.trial_id)
 
     @property
     def file_stem(self) -> str:
@@ -166,6 +158,11 @@ def read_schedule(path: str | Path) -> list[ScheduleEntry]:
             raise UserError(f"schedule {path} line {line}: start_s must be >= 0, got {start_s}")
         if not (row["video"] or "").strip() or not (row["arena"] or "").strip():
             raise UserError(f"schedule {path} line {line}: video and arena must not be empty")
+        for key in ("animal", "group"):
+            try:
+                check_id(key, (row[key] or "").strip())
+            except UserError as exc:
+                raise UserError(f"schedule {path} line {line}: {exc}") from None
         entries.append(ScheduleEntry(row["video"].strip(), row["arena"].strip(), (row["animal"] or "").strip(),
                                      (row["group"] or "").strip(), start_s))
     if not entries:
@@ -339,6 +336,8 @@ class TrialBook:
         if unknown:
             raise UserError(f"schedule: arena(s) {', '.join(unknown)} not among this source's arenas "
                             f"({', '.join(arenas)})")
+        for a in arenas:
+            check_arena_id_length(a)
         self.mode = mode
         self.config = config
         self.out_dir = Path(out_dir)
@@ -402,11 +401,13 @@ class TrialBook:
         if cmd not in ("start", "stop"):
             return {"ok": False, "error": f"unknown command {cmd!r}; use start, stop or status"}
         arena = request.get("arena")
-        if arena not in self.arenas:
+        if not isinstance(arena, str) or arena not in self.arenas:
             return {"ok": False, "error": f"unknown arena {arena!r}; arenas: {', '.join(self.arenas)}"}
-        for key in ("animal", "group"):
-            if not isinstance(request.get(key, ""), str):
-                return {"ok": False, "error": f"{key} must be a string"}
+        try:  # checked before the reply: a start that is accepted must be able to name its files
+            for key in ("animal", "group"):
+                check_id(key, request.get(key, ""))
+        except UserError as exc:
+            return {"ok": False, "error": str(exc)}
         with self._lock:
             state = (self._snapshot.get(arena) or {}).get("state")
         if cmd == "start" and state in ("running", "starting"):
@@ -458,8 +459,12 @@ class TrialBook:
                 request, done, box = self._commands.get_nowait()
             except queue.Empty:
                 break
-            box["reply"] = self._apply(request, frame_index, source_s, start_at)
-            done.set()
+            try:
+                box["reply"] = self._apply(request, frame_index, source_s, start_at)
+            except UserError as exc:  # refused here, at the frame: the reply says why, the pipeline runs on
+                box["reply"] = {"ok": False, "error": str(exc)}
+            finally:
+                done.set()
         self._update_snapshot()
 
     def _source_s(self, event_frame: int, now_s: float, now_frame: int) -> float:

@@ -260,3 +260,15 @@ def test_a_full_disk_is_one_error_naming_the_file_and_leaves_no_half_row(tmp_pat
     rows = read_frames_csv(tmp_path / "A.frames.csv")
     assert [r["frame"] for r in rows] == list(range(report["rows"])) and report["rows"] > 3
     assert json.loads((tmp_path / "A.summary.json").read_text()) == {"rows": report["rows"]}
+
+
+def test_a_class_name_a_spreadsheet_would_run_is_escaped_and_read_back(tmp_path: Path) -> None:
+    classes = ["swim", "=cmd"]
+    arena = ArenaDecisions("A", classes, DecisionConfig(fps=15.0, immobile_classes=("=cmd",)))
+    ds = arena.update(0, 0.0, np.array([0.1, 0.9])) + arena.flush()
+    with ArenaCsvLog(tmp_path, "A", classes) as log:
+        for d in ds:
+            log.write(d)
+    text = (tmp_path / "A.frames.csv").read_text()
+    assert text.splitlines()[1].split(",")[2] == "'=cmd"  # the behaviour cell
+    assert [r["behaviour"] for r in read_frames_csv(tmp_path / "A.frames.csv")] == ["=cmd"]

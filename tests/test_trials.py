@@ -245,6 +245,55 @@ def test_report_reproduces_the_live_table_and_min_bout_changes_the_bouts(session
     assert rescored["rescored"]["overrides"] == {} and "provenance" in rescored
 
 
+HOSTILE = {"M1": ("=2+5", "@SUM(1)"), "M2": ("+M2", "-saline"), "M3": ("-3", "=cmd"), "M4": ("@M4", "=g")}
+
+
+def _raw_cells(path: Path, column: str) -> list[str]:
+    rows = list(csv.reader(open(path, newline="")))
+    k = rows[0].index(column)
+    return [r[k] for r in rows[1:]]
+
+
+def test_formula_ids_from_a_schedule_are_escaped_and_re_scoring_stays_byte_for_byte(session, tmp_path) -> None:
+    video, frames = session
+    text = write_schedule(tmp_path / "s.csv", video).read_text()
+    for animal, (new_animal, new_group) in HOSTILE.items():
+        text = text.replace(f",{animal},", f",{new_animal},{new_group}-")  # group column follows the animal
+    (tmp_path / "s.csv").write_text(text)
+    schedule = schedule_for(read_schedule(tmp_path / "s.csv"), video)
+    assert {e.animal for e in schedule} == {a for a, _ in HOSTILE.values()}
+    run_pipeline(frames, tmp_path / "out", "schedule", schedule=schedule)
+    live = tmp_path / "out" / RESULTS_FILE
+    assert sorted(_raw_cells(live, "animal")) == sorted(f"'{a}" for a, _ in HOSTILE.values())
+    assert all(g.startswith("'") for g in _raw_cells(live, "group"))
+    report = tmp_path / "report.csv"
+    assert report_main([str(tmp_path / "out"), "--out", str(report), "-q"]) == 0
+    live_lines, report_lines = live.read_bytes().splitlines(), report.read_bytes().splitlines()
+    assert report_lines[0] == live_lines[0] and sorted(report_lines[1:]) == sorted(live_lines[1:])
+
+
+def test_formula_ids_from_stream_ctl_are_escaped_in_results(session, tmp_path) -> None:
+    _, frames = session
+    replies = {}
+
+    def between(i: int, book: TrialBook) -> None:
+        if i == 20:
+            t = threading.Thread(target=lambda: replies.setdefault("start", book.command(
+                {"cmd": "start", "arena": "A1", "animal": "=2+5", "group": "@SUM(1)"})))
+            t.start()
+            replies["thread"] = t
+        if i == 40:
+            replies["thread"].join()
+            book.command({"cmd": "stop", "arena": "A1"})
+
+    run_pipeline(frames[:60], tmp_path / "out", "control", between=between)
+    assert replies["start"]["ok"]
+    live = tmp_path / "out" / RESULTS_FILE
+    assert _raw_cells(live, "animal") == ["'=2+5"] and _raw_cells(live, "group") == ["'@SUM(1)"]
+    summary = json.loads(next((tmp_path / "out").glob("*.summary.json")).read_text())
+    assert summary["trial"]["animal"] == "=2+5"  # the JSON keeps the ID as typed
+
+
 def test_schedule_file_mistakes_are_one_line_errors(tmp_path) -> None:
     bad = tmp_path / "s.csv"
     bad.write_text("video,arena,animal\nx.mp4,A1,M1\n")

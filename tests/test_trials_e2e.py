@@ -140,3 +140,48 @@ def test_stream_ctl_against_a_realtime_run_and_a_sigkill_resumes_the_trial(tmp_p
     summary = json.loads((out / f"{started['trial_id']}.summary.json").read_text())
     assert summary["trial"]["resumed"] and summary["counters"]["gaps"]["count"] >= 1
     assert summary["counters"]["last_timestamp_s"] > 1.0
+
+
+def test_hostile_control_requests_are_refused_and_the_running_trial_still_gets_its_summary(
+        tmp_path, tiny_model, scripted, capsys) -> None:
+    """Issue 24 items 2 and 3 on the real stream-run: a token file, then a 300-character animal ID
+    and 3,000 bytes of nested JSON while A1's trial runs; A1 still ends with its summary."""
+    import threading
+
+    video = write_trials_video(tmp_path / "rec")
+    out, token_file = tmp_path / "out", tmp_path / "control.token"
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    result: dict = {}
+    argv = ["--video", str(video), "--realtime", "--model", str(tiny_model), "--out", str(out), "--no-zmq",
+            "--no-metrics", "-q", "--trials", "control", "--control", endpoint, "--control-token-file",
+            str(token_file), *SETTINGS]
+    runner = threading.Thread(target=lambda: result.setdefault("rc", run_mod.main(argv)), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not token_file.exists() and time.monotonic() < deadline and runner.is_alive():
+        time.sleep(0.05)
+    ctl = ["--endpoint", endpoint, "--timeout-s", "10"]
+    with_token = [*ctl, "--control-token-file", str(token_file)]
+    while time.monotonic() < deadline and runner.is_alive():
+        if ctl_main([*with_token, "status"]) == 0:
+            break
+        time.sleep(0.2)
+    capsys.readouterr()
+    assert ctl_main([*ctl, "start", "--arena", "A1", "--animal", "M7"]) == 1  # no token: refused
+    assert "token" in capsys.readouterr().err
+    assert ctl_main([*with_token, "start", "--arena", "A1", "--animal", "M7"]) == 0
+    started = json.loads(capsys.readouterr().out)
+    assert ctl_main([*with_token, "start", "--arena", "A2", "--animal", "M" * 300]) == 1
+    assert "at most 64" in capsys.readouterr().err
+    token = token_file.read_text().strip()
+    reply = request(endpoint, b'{"cmd": ' + b"[" * 1500 + b"]" * 1500 + b"}", timeout_s=10)
+    assert reply["ok"] is False and "nested" in reply["error"]
+    status = request(endpoint, {"cmd": "status"}, token=token, timeout_s=10)
+    assert status["ok"] and status["arenas"]["A2"]["state"] == "waiting"
+    runner.join(START_TIMEOUT_S)
+    assert result.get("rc") == 0
+    summary = json.loads((out / f"{started['trial_id']}.summary.json").read_text())
+    assert summary["trial"]["animal"] == "M7"
+    (row,) = rows_of(out / "results.csv")
+    assert row["trial_id"] == started["trial_id"]
+    assert not list(out.glob("A2-*"))  # the refused start left nothing behind

@@ -34,6 +34,7 @@ from stream.atomic import atomic_write, fsync_dir
 from stream.decisions import ArenaDecisions, Decision
 from stream.errors import OutputWriteError, UserError, output_error
 from stream.outputs.base import Output
+from stream.spreadsheet import spreadsheet_cell, spreadsheet_cells, unescape_cell
 
 __all__ = ["FLUSH_INTERVAL_S_DEFAULT", "ArenaCsvLog", "CsvOutput", "csv_columns", "json_default", "read_frames_csv", "replay_frames"]
 
@@ -78,7 +79,7 @@ def _parse_row(columns: list[str], fields: list[str]) -> dict[str, Any]:
         if name == "frame":
             row[name] = int(value)
         elif name == "behaviour":
-            row[name] = value
+            row[name] = unescape_cell(value)  # a class name, escaped for spreadsheets when written
         elif name == "immobile":
             if value not in ("0", "1"):
                 raise ValueError(f"immobile must be 0 or 1, got {value!r}")
@@ -189,7 +190,7 @@ class ArenaCsvLog:
                 # "x": created, never truncated; an earlier run's rows are results (issue 14.1)
                 self._file = open(self.csv_path, "xb", buffering=0)
                 self._good_bytes = 0
-                self._append(self._format(self.columns))
+                self._append(self._format(spreadsheet_cells(self.columns)))
                 self._sync()
         except FileExistsError as exc:
             raise UserError(f"{self.csv_path} already exists: earlier results are never overwritten; give a new "
@@ -215,7 +216,7 @@ class ArenaCsvLog:
         fields = [
             str(int(decision.frame_index)),
             f"{decision.timestamp_s:.6f}",
-            decision.behaviour,
+            spreadsheet_cell(decision.behaviour),
             "1" if decision.immobile else "0",
             *(f"{float(decision.probabilities.get(c, float('nan'))):.{_PROB_DECIMALS}f}" for c in self.classes),
         ]
@@ -305,7 +306,7 @@ class ArenaCsvLog:
         if not header_ok:
             log.warning("%s: header incomplete, starting the file again", self.csv_path)
             f = open(self.csv_path, "wb", buffering=0)
-            header = self._format(self.columns).encode("utf-8")
+            header = self._format(spreadsheet_cells(self.columns)).encode("utf-8")
             f.write(header)
             os.fsync(f.fileno())
             self._good_bytes = len(header)

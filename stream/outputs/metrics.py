@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from stream.decisions import Decision
 from stream.errors import UserError
+from stream.network import is_loopback_host, warn_if_exposed
 from stream.outputs.base import FrameEvent, GapEvent, Output, Status
 
 __all__ = ["DEFAULT_METRICS_PORT", "Metrics", "camera_label"]
@@ -173,6 +174,7 @@ class Metrics(Output):
                 raise UserError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") from exc
             self.port = self._server.server_address[1]
             log.info("metrics on http://%s:%d/metrics", addr, self.port)
+            warn_if_exposed("metrics server", f"{addr}:{self.port}", is_loopback_host(addr))
 
     def start_source(self, camera: str, arenas: list[str], classes: list[str]) -> None:
         """A source starts: its camera label, and every series a panel shows, at 0."""

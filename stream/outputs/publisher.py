@@ -37,6 +37,7 @@ import zmq
 
 from stream.decisions import Decision
 from stream.errors import UserError
+from stream.network import bind_zmq
 from stream.outputs.base import Output
 from stream.outputs.csv_log import json_default
 
@@ -119,12 +120,7 @@ class SequenceGaps:
 
 
 def _bind(socket: zmq.Socket, endpoint: str, what: str) -> None:
-    try:
-        socket.bind(endpoint)
-    except zmq.ZMQError as exc:
-        if exc.errno == zmq.EADDRINUSE:
-            raise UserError(f"{what} {endpoint} is already in use; stop the other program or choose another") from exc
-        raise UserError(f"cannot bind {what} {endpoint}: {exc.strerror}; use e.g. tcp://127.0.0.1:5555") from exc
+    bind_zmq(socket, endpoint, what, DEFAULT_ENDPOINT)
 
 
 class Publisher(Output):

@@ -10,7 +10,9 @@ The columns are fixed (README, "Results table") so that scripts can rely on them
 ``duration_s`` is how much of the trial was scored (seconds of frames, outages included), so an
 incomplete trial shows how far it got; ``test_complete`` is 1 only when it ran its full test
 duration, and an incomplete trial is also warned about: a partial window is not a result.
-Bin k covers seconds (k-1)*bin_s to k*bin_s of the trial. The table is rewritten whole and atomically
+Bin k covers seconds (k-1)*bin_s to k*bin_s of the trial. Text cells that a spreadsheet would take
+for a formula (an animal ID ``=1+2``, ``@x``, ``-M1``) are written with a leading ``'``
+(``stream.spreadsheet``), live and re-scored alike. The table is rewritten whole and atomically
 each time a trial ends, so a crash never leaves half a row; rows already in the file (an earlier
 run into the same folder, a restarted service) are kept, a trial with the same id replaced.
 
@@ -29,6 +31,7 @@ from typing import Any
 from stream.atomic import atomic_write
 from stream.errors import UserError
 from stream.outputs.base import Output
+from stream.spreadsheet import spreadsheet_cell
 
 __all__ = ["RESULTS_FILE", "ResultsTable", "fixed_columns", "results_row", "table_columns", "write_table"]
 
@@ -39,6 +42,10 @@ _HEAD = ("trial_id", "animal", "group", "arena", "source", "start_utc", "duratio
          "model", "model_sha256", "swim_stream_version", "roi",
          "immobile_s", "bouts", "latency_s", "window_immobile_s", "window_bouts")
 _TAIL = ("frames_missing",)
+# Cells that hold text (IDs typed by people, paths, names): escaped for spreadsheets (stream.spreadsheet);
+# the others are numbers this module formats.
+TEXT_COLUMNS = frozenset({"trial_id", "animal", "group", "arena", "source", "start_utc", "model", "model_sha256",
+                          "swim_stream_version", "roi"})
 SECONDS_DECIMALS = 3  # 1 ms: far below one frame (67 ms at 15 fps), and the same text live and re-scored
 
 
@@ -82,7 +89,7 @@ def results_row(summary: dict[str, Any]) -> dict[str, str]:
     for k, b in enumerate(c.get("bins", []), start=1):
         row[f"immobile_s_bin{k}"] = _s(b["immobile_s"])
     row["frames_missing"] = str(c["gaps"]["frames_missing"])
-    return row
+    return {k: spreadsheet_cell(v) if k in TEXT_COLUMNS else v for k, v in row.items()}
 
 
 def table_columns(rows: list[dict[str, str]]) -> list[str]:
