@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from export.agreement import AnimalAgreement, FrameAgreement, animal_agreement, frame_agreement
-from export.validation_report import REPORT_HTML, fmt, write_outputs
+from export.validation_report import REPORT_HTML, agreement_text, fmt, write_outputs
 from stream.errors import UserError, cli_main
 from stream.version import add_version_argument
 
@@ -507,8 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     _, scorers = validate(args)
     for s in scorers:
         print(f"{s.name:>24}: accuracy {fmt(s.frames.accuracy)}  kappa {fmt(s.frames.kappa)}  frames {s.frames.frames}  "
-              f"immobility ICC {fmt(s.immobility.icc_a1)} (n={s.immobility.n})  bins ICC {fmt(s.bins_pooled.icc_a1)} "
-              f"(n={s.bins_pooled.n})" + ("  FLAGGED" if s.flags else ""))
+              f"immobility r {agreement_text(s.immobility, 'pearson_r')}, ICC {agreement_text(s.immobility, 'icc_a1')} "
+              f"(n={s.immobility.n})  bins ICC {agreement_text(s.bins_pooled, 'icc_a1')} (n={s.bins_pooled.n})" + ("  FLAGGED" if s.flags else ""))
     print(f"report: {Path(args.out) / REPORT_HTML}")
     return 0
 

@@ -126,3 +126,32 @@ def test_bundled_model_and_motion_baseline_on_the_demo(tmp_path, one_torch_threa
         rows = read_frames_csv(tmp_path / name / "arena0.frames.csv")
         expected = np.mean([CLASSES.index(r["behaviour"]) == labels[r["frame"]] for r in rows])
         assert scorers[name]["frames"]["accuracy"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_r_and_icc_of_fewer_than_five_animals_are_reported_as_not_meaningful(tmp_path, capsys):
+    """Two animals always give r = +-1: the report and the console say so instead of printing it."""
+    import csv
+    import html
+
+    from export.agreement import MIN_ANIMALS_FOR_AGREEMENT
+
+    second = tmp_path / "second.mp4"
+    shutil.copyfile(DEMO, second)
+    labels = _demo_labels()
+    other = labels.copy()
+    other[:150] = 2  # rater 2 disagrees on the first 10 s of the second recording
+    r2 = tmp_path / "r2.csv"
+    r2.write_text("\n".join(["frame,label"] + [f"{i},{CLASSES[v]}" for i, v in enumerate(other)]) + "\n")
+    out = tmp_path / "two"
+    assert main(["--videos", str(DEMO), str(second), "--labels", str(DEMO_LABELS), str(DEMO_LABELS), "--rater2",
+                 str(DEMO_BORIS), str(r2), "--out", str(out), "--bin-s", "10", *SHORT_TEST]) == 0  # fmt: skip
+    console = capsys.readouterr().out
+    note = f"not meaningful (n=2 < {MIN_ANIMALS_FOR_AGREEMENT})"
+    assert f"immobility r {note}, ICC {note}" in console, console
+    (summary,) = list(csv.DictReader(open(out / "summary.csv")))
+    assert summary["immobile_n"] == "2"
+    assert summary["immobile_pearson_r"] == note and summary["immobile_icc_a1"] == note
+    assert summary["bins_n"] == "12" and summary["bins_pearson_r"] != note  # 2 animals x 6 bins
+    assert html.escape(note) in (out / "validation.html").read_text()
+    human = json.loads((out / "validation.json").read_text())["scorers"][0]
+    assert human["immobility"]["meaningful"] is False and human["bins_pooled"]["meaningful"] is True
