@@ -77,11 +77,11 @@ def _tables(scorers: Sequence[ScorerResult], classes: Sequence[str]) -> dict[str
                [[s.name, s.kind, s.frames.frames, s.frames.accuracy, s.frames.kappa, s.frames.macro_f1,
                  *[_stat(s.immobility, k) for k in cols], *[_stat(s.window, k) for k in cols],
                  *[_stat(s.bins_pooled, k) for k in cols], " | ".join(s.flags)] for s in scorers])
-    animals = (["scorer", "video", "arena", "frames_scored", "frames_total", "accuracy", "kappa", "macro_f1",
+    animals = (["scorer", "video", "arena", "animal", "frames_scored", "frames_total", "accuracy", "kappa", "macro_f1",
                 "human_immobile_s", "model_immobile_s", "window_human_immobile_s", "window_model_immobile_s",
                 *[f"label_share_{c}" for c in classes], *[f"predicted_share_{c}" for c in classes],
                 "near_constant_prediction"],
-               [[s.name, r.video, r.arena, r.agreement.frames, r.frames_total, r.agreement.accuracy, r.agreement.kappa,
+               [[s.name, r.video, r.arena, r.animal, r.agreement.frames, r.frames_total, r.agreement.accuracy, r.agreement.kappa,
                  r.agreement.macro_f1, r.reference_immobile_s, r.other_immobile_s, r.window_reference_immobile_s,
                  r.window_other_immobile_s, *[r.label_share[c] for c in classes],
                  *[r.predicted_share[c] for c in classes], int(r.near_constant)] for s in scorers for r in s.animals])
@@ -138,11 +138,11 @@ def _plots(out: Path, scorers: Sequence[ScorerResult], classes: Sequence[str]) -
     images = [_save(fig, out / "immobility_agreement.png")]
     # class shares per recording: a "labels" bar, then one bar per model; a model that learned the
     # recording shows one colour where the labels show several
-    recordings = list(dict.fromkeys((r.video, r.arena) for s in scorers for r in s.animals))
+    recordings = list(dict.fromkeys(r.name for s in scorers for r in s.animals))
     bars: list[tuple[str, dict[str, float]]] = []
     for rec in recordings:
-        found = [(s, r) for s in scorers for r in s.animals if (r.video, r.arena) == rec]
-        bars.append((f"labels\n{rec[0]}/{rec[1]}", found[0][1].label_share))
+        found = [(s, r) for s in scorers for r in s.animals if r.name == rec]
+        bars.append((f"labels\n{rec}", found[0][1].label_share))
         bars += [(s.name, r.predicted_share) for s, r in found if s.kind != "human"]
     if bars:
         fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(bars) + 3), 3.6))
