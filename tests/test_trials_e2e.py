@@ -140,6 +140,11 @@ def test_stream_ctl_against_a_realtime_run_and_a_sigkill_resumes_the_trial(tmp_p
     summary = json.loads((out / f"{started['trial_id']}.summary.json").read_text())
     assert summary["trial"]["resumed"] and summary["counters"]["gaps"]["count"] >= 1
     assert summary["counters"]["last_timestamp_s"] > 1.0
+    # stream-run's default smoothing holds frames back at the crash: re-scored, the trial is the live row
+    assert summary["config"]["smoothing"] == run_mod.build_parser().get_default("smoothing") != "none"
+    assert report_main([str(out), "--out", str(tmp_path / "re.csv"), "-q"]) == 0
+    (again,) = rows_of(tmp_path / "re.csv")
+    assert again == row
 
 
 def test_schedule_rows_in_another_case_are_scored_and_unmatched_or_late_rows_are_warned(tmp_path, tiny_model, scripted,
