@@ -76,6 +76,10 @@ SUMMARY_FILE_SUFFIX = ".summary.json"
 LOGGED_DECIMALS = 6  # what the frames CSV keeps of probabilities and timestamps (stream.outputs.csv_log)
 END_TEST_COMPLETE = "test complete"
 TRIAL_END_TOLERANCE_S = 1e-6  # trial clocks are rounded to 1e-6 s (LOGGED_DECIMALS)
+# a schedule's arena / animal / group: the animal names the trial's files (255-byte file names, with
+# the arena, the trial number and the suffixes beside it), so a longer one would stop the run at that
+# trial's start instead of at the schedule's reading. Schedules only: the control path has its own check.
+SCHEDULE_ID_MAX_CHARS = 64
 
 
 def utc_now() -> str:
@@ -177,6 +181,10 @@ def read_schedule(path: str | Path) -> list[ScheduleEntry]:
             raise UserError(f"schedule {path} line {line}: start_s must be >= 0, got {start_s}")
         if not (row["video"] or "").strip() or not (row["arena"] or "").strip():
             raise UserError(f"schedule {path} line {line}: video and arena must not be empty")
+        for column in ("arena", "animal", "group"):
+            if len((row[column] or "").strip()) > SCHEDULE_ID_MAX_CHARS:
+                raise UserError(f"schedule {path} line {line}: {column} is {len(row[column].strip())} characters; "
+                                f"at most {SCHEDULE_ID_MAX_CHARS}")
         entries.append(ScheduleEntry(row["video"].strip(), row["arena"].strip(), (row["animal"] or "").strip(),
                                      (row["group"] or "").strip(), start_s, line))
     if not entries:

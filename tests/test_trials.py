@@ -357,6 +357,10 @@ def test_schedule_file_mistakes_are_one_line_errors(tmp_path) -> None:
         read_schedule(bad)
     with pytest.raises(UserError, match="no such file|No such file"):
         read_schedule(tmp_path / "missing.csv")
+    long_id = tmp_path / "long.csv"
+    long_id.write_text("video,arena,animal,group,start_s\nx.mp4,A1," + "M" * 300 + ",g,1\n")
+    with pytest.raises(UserError, match=r"line 2: animal is 300 characters"):
+        read_schedule(long_id)
     latin = tmp_path / "latin1.csv"
     latin.write_bytes("video,arena,animal,group,start_s\nx.mp4,A1,Mäus,g,1\n".encode("cp1252"))
     with pytest.raises(UserError, match=r"line 2: not UTF-8"):
