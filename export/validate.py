@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from export.agreement import AnimalAgreement, FrameAgreement, animal_agreement, frame_agreement
+from export.trial_spans import annotations_by_subject, labels_of_trial, trials_of_run, trials_of_schedule
 from export.validation_report import REPORT_HTML, agreement_text, fmt, write_outputs
 from stream.errors import UserError, cli_main
 from stream.version import add_version_argument
@@ -315,65 +316,6 @@ def _predicted(run_dir: Path, stem: str, classes: list[str]) -> tuple[np.ndarray
 
 
 @dataclass(frozen=True)
-class TrialSpan:
-    """One trial of a video (``--trials`` / ``--schedule``): one animal in one arena, from ``start_s``."""
-
-    arena: str
-    animal: str  # the schedule's animal, else the trial id (every trial is its own animal)
-    start_s: float  # on the video's clock
-    stem: str = ""  # its files in a stream-run folder (<stem>.frames.csv); "" when read from the schedule
-
-
-def trials_of_run(run_dir: Path) -> list[TrialSpan]:
-    """The trials stream-run ran on one video, from its ``<trial>.trial.json`` files."""
-    import json
-
-    from stream.trials import TRIAL_FILE_SUFFIX, Trial
-
-    spans = []
-    for path in sorted(Path(run_dir).glob(f"*{TRIAL_FILE_SUFFIX}")):
-        try:
-            trial = Trial.from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise UserError(f"{path}: not a stream-run trial file ({exc})") from exc
-        spans.append(TrialSpan(trial.arena_id, trial.animal or trial.trial_id, trial.start_s, trial.file_stem))
-    return sorted(spans, key=lambda t: (t.start_s, t.arena))
-
-
-def trials_of_schedule(schedule: Path, video: Path) -> list[TrialSpan]:
-    """The trials a schedule gives one video (matched as stream-run matches them)."""
-    from stream.trials import match_schedule, read_schedule
-
-    matched, _ = match_schedule(read_schedule(schedule), [video], base_dir=Path(schedule).parent)
-    return [TrialSpan(e.arena, e.animal or f"{e.arena}@{e.start_s:g}s", e.start_s) for e in matched[str(video)]]
-
-
-def labels_of_trial(annotations: dict[str, Any], trial: TrialSpan, where: str) -> Any | None:
-    """A trial's annotation: the one named like its animal (BORIS subject / arena column), else its arena's."""
-    ann = annotations.get(trial.animal) or annotations.get(trial.arena)
-    if ann is None:
-        log.warning("%s: no labels for animal %s (arena %s); it is not scored", where, trial.animal, trial.arena)
-    return ann
-
-
-def _annotations_by_subject(path: Path, video: Path, classes: list[str], arena_ids: list[str],
-                            ) -> tuple[dict[str, Any], float, int]:
-    """(subject -> Annotation, video fps, frame count): subjects are arenas or animals (trial runs)."""
-    from export.annotations import read_annotations
-    from export.dataset import probe_video
-
-    n, video_fps, _, _ = probe_video(video)
-    if not video_fps or video_fps <= 0:
-        raise UserError(f"{video}: the container gives no frame rate; cannot align labels to frames")
-    anns = [a.remap(classes) for a in read_annotations(path, fps=video_fps, classes=classes)]
-    if len(anns) == 1 and anns[0].subject is None:
-        if len(arena_ids) != 1:
-            raise UserError(f"{path}: one unnamed set of labels but {len(arena_ids)} arenas; label each arena or animal")
-        return {arena_ids[0]: anns[0]}, video_fps, n
-    return {a.subject: a for a in anns}, video_fps, n
-
-
-@dataclass(frozen=True)
 class Item:
     video: Path
     labels: Path
@@ -454,7 +396,7 @@ def validate(args: argparse.Namespace) -> tuple[dict[str, Any], list[ScorerResul
         for item in items:
             arena_ids = [a.id for a in resolve_arenas(arena_file=item.arenas, video=item.video)]
             if trial_mode:
-                matched, video_fps, n_src = {}, *_annotations_by_subject(item.labels, item.video, classes, arena_ids)[1:]
+                matched, video_fps, n_src = {}, *annotations_by_subject(item.labels, item.video, classes, arena_ids)[1:]
             else:
                 matched, video_fps, n_src = read_labels(item.labels, item.video, classes, arena_ids)
             run_dir = out / "runs" / name / item.video.stem
@@ -463,7 +405,7 @@ def validate(args: argparse.Namespace) -> tuple[dict[str, Any], list[ScorerResul
                 raise UserError(f"stream-run of {model_dir} on {item.video} ended with status {code}; see above")
             src_of_tick = source_frame_of_tick(n_src, video_fps, card.fps)
             if trial_mode:  # one animal per trial: its frames CSV, its labels (named like the animal, or the arena)
-                by_subject, _, _ = _annotations_by_subject(item.labels, item.video, classes, arena_ids)
+                by_subject, _, _ = annotations_by_subject(item.labels, item.video, classes, arena_ids)
                 for trial in trials_of_run(run_dir):
                     ann = labels_of_trial(by_subject, trial, str(item.labels))
                     if ann is None:
@@ -517,8 +459,8 @@ def _rater_trials(item: Item, classes: list[str], arena_ids: list[str], args: ar
     """Rater 1 against rater 2, one animal per trial: each trial's ``test_duration_s`` of video frames
     from its start (the schedule's rows, else the trials the first model's stream-run found)."""
     assert item.rater2 is not None
-    first, video_fps, n_src = _annotations_by_subject(item.labels, item.video, classes, arena_ids)
-    second, _, _ = _annotations_by_subject(item.rater2, item.video, classes, arena_ids)
+    first, video_fps, n_src = annotations_by_subject(item.labels, item.video, classes, arena_ids)
+    second, _, _ = annotations_by_subject(item.rater2, item.video, classes, arena_ids)
     trials = trials_of_schedule(args.schedule, item.video) if args.schedule is not None else trials_of_run(run_dir)
     out = []
     for trial in trials:
