@@ -104,12 +104,7 @@ class ScoredArena:
     classes: list[str]
     timestamps_s: np.ndarray  # (N,) video clock of each model-rate frame (a trial's offset added)
     probs: np.ndarray  # (N, K) fused probabilities, rows sum to 1
-    animal: str = ""  # the trial's animal, when the run had trials that named one
-
-    @property
-    def subject(self) -> str:
-        """Who was scored: the animal, else the arena (picks spread over these)."""
-        return self.animal or self.arena
+    animal: str = ""  # the trial's animal, when the run had trials that named one (picks spread over animals)
 
 
 @dataclass(frozen=True)
