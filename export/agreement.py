@@ -29,6 +29,7 @@ import numpy as np
 
 __all__ = [
     "LOA_Z",
+    "MIN_ANIMALS_FOR_AGREEMENT",
     "BlandAltman",
     "accuracy",
     "animal_agreement",
@@ -44,6 +45,10 @@ __all__ = [
 ]
 
 LOA_Z = 1.959964  # two-sided 95 % normal quantile: limits of agreement = bias +- LOA_Z * sd
+# r and ICC of fewer animals than this are not reported as figures: with 2 animals r is always
+# +-1, and with 3-4 the 95 % interval of an ICC of 0.9 still reaches below 0 (Shrout & Fleiss 1979),
+# so a number would read as agreement that the data cannot show
+MIN_ANIMALS_FOR_AGREEMENT = 5
 
 
 def _pair(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,8 +224,17 @@ class AnimalAgreement:
     icc_a1: float
     ba: BlandAltman
 
+    @property
+    def meaningful(self) -> bool:
+        """Enough animals for r and ICC to be a figure (``MIN_ANIMALS_FOR_AGREEMENT``)."""
+        return self.n >= MIN_ANIMALS_FOR_AGREEMENT
+
+    def not_meaningful_note(self) -> str:
+        """What a report prints instead of r / ICC when there are too few animals ("" when there are enough)."""
+        return "" if self.meaningful else f"not meaningful (n={self.n} < {MIN_ANIMALS_FOR_AGREEMENT})"
+
     def to_dict(self) -> dict:
-        return {"n": self.n, "pearson_r": self.pearson_r, "icc_a1": self.icc_a1,
+        return {"n": self.n, "pearson_r": self.pearson_r, "icc_a1": self.icc_a1, "meaningful": self.meaningful,
                 **{f"ba_{k}": v for k, v in self.ba.to_dict().items() if k != "n"}}
 
 

@@ -18,8 +18,8 @@ How a stretch is scored (every number in [0, 1], so the weights are comparable):
   its frames of ``uncertainty + rarity_weight * rarity``.
 
 Picking is greedy, for spread: each round takes the candidate with the highest score times
-``spread ** (stretches already picked in its arena) * spread ** (stretches already picked in its
-video)`` that overlaps no picked stretch. With ``--spread 1`` the K most uncertain stretches win
+``spread ** (stretches already picked in its arena -- its animal, in a run with trials) * spread **
+(stretches already picked in its video)`` that overlaps no picked stretch. With ``--spread 1`` the K most uncertain stretches win
 wherever they are; lower values spread the K stretches over videos and animals, which a lab wants
 (a model adapted to one animal is not adapted to the setup). ``--strategy random`` picks
 non-overlapping stretches uniformly at random instead: the baseline of the learning curve.
@@ -28,7 +28,8 @@ Outputs, ready to label (see the README's round trip):
 
 * ``selection.boris``: a BORIS project (format 7.0) with the model's classes as state events,
   the arenas as subjects and one observation per stretch, limited to the stretch's time interval
-  on the original video. A person opens it, codes each observation, and exports the events of one
+  on the original video (a run with trials: the trial's offset in the video plus its clock, and the
+  observation names the animal). A person opens it, codes each observation, and exports the events of one
   video's observations (Observations -> Export events -> aggregated or tabular events);
 * ``<video stem>.template.csv``: ``frame,arena,label`` rows with blank labels for every video
   frame of the selected stretches (frames of the original video, so training clips get their 8
@@ -99,10 +100,11 @@ class ScoredArena:
     """The model's per-frame probabilities for one arena of one video (one ``stream-run`` CSV)."""
 
     video: Path
-    arena: str
+    arena: str  # the arena id (its ROI in <video>.arenas.json): what the label template names
     classes: list[str]
-    timestamps_s: np.ndarray  # (N,) test clock of each model-rate frame
+    timestamps_s: np.ndarray  # (N,) video clock of each model-rate frame (a trial's offset added)
     probs: np.ndarray  # (N, K) fused probabilities, rows sum to 1
+    animal: str = ""  # the trial's animal, when the run had trials that named one (picks spread over animals)
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class Stretch:
     uncertainty: float
     rarity: float
     predicted: str  # the class the model predicts most often in the stretch
+    animal: str = ""  # the animal in the arena then (trial runs), "" when the run named none
 
     def overlaps(self, other: "Stretch") -> bool:
         return self.video == other.video and self.arena == other.arena and self.start_s < other.stop_s and other.start_s < self.stop_s
@@ -174,7 +177,8 @@ def candidate_stretches(run: ScoredArena, *, stretch_s: float, rarity: np.ndarra
         unc, rar = float(u[i:j].mean()), float(r[i:j].mean())
         predicted = run.classes[int(np.bincount(run.probs[i:j].argmax(axis=1), minlength=len(run.classes)).argmax())]
         start = round(float(run.timestamps_s[i]), 6)  # microseconds: no 13.999999 s from the summed period
-        out.append(Stretch(run.video, run.arena, start, round(start + width * period, 6), unc + rarity_weight * rar, unc, rar, predicted))
+        out.append(Stretch(run.video, run.arena, start, round(start + width * period, 6), unc + rarity_weight * rar, unc, rar, predicted,
+                           run.animal))  # fmt: skip
     return out
 
 
@@ -216,13 +220,13 @@ def select_stretches(
                 picked.append(candidates[i])
         return picked
     picked = []
-    per_arena: dict[tuple[Path, str], int] = {}
+    per_arena: dict[tuple[Path, str, str], int] = {}  # per animal where a trial run named them
     per_video: dict[Path, int] = {}
     remaining = sorted(candidates, key=lambda c: (-c.score, str(c.video), c.arena, c.start_s))
     while remaining and len(picked) < count:
-        best = max(remaining, key=lambda c: c.score * spread ** per_arena.get((c.video, c.arena), 0) * spread ** per_video.get(c.video, 0))
+        best = max(remaining, key=lambda c: c.score * spread ** per_arena.get((c.video, c.arena, c.animal), 0) * spread ** per_video.get(c.video, 0))
         picked.append(best)
-        per_arena[(best.video, best.arena)] = per_arena.get((best.video, best.arena), 0) + 1
+        per_arena[(best.video, best.arena, best.animal)] = per_arena.get((best.video, best.arena, best.animal), 0) + 1
         per_video[best.video] = per_video.get(best.video, 0) + 1
         remaining = [c for c in remaining if not c.overlaps(best)]
     if len(picked) < count:
@@ -235,8 +239,15 @@ def select_stretches(
 
 
 def read_scored_run(video: Path, run_dir: Path) -> list[ScoredArena]:
-    """The arenas of one ``stream-run --video VIDEO --out RUN_DIR`` (its ``<arena>.frames.csv`` files)."""
+    """The arenas (trials) of one ``stream-run --video VIDEO --out RUN_DIR`` (its ``*.frames.csv`` files).
+
+    A frames CSV keeps the trial's clock (0 at the trial's first frame). Its ``<trial>.trial.json``
+    says where the trial starts in the video (``start_s``), which arena it ran in and which animal
+    it tested: the stretches are placed on the video's clock and named by the arena, so the template
+    and the BORIS project point at the moments labelled, and export-train finds the arena's ROI.
+    """
     from stream.outputs.csv_log import read_frames_csv
+    from stream.trials import TRIAL_FILE_SUFFIX, Trial
 
     files = sorted(Path(run_dir).glob("*" + FRAMES_CSV_SUFFIX))
     if not files:
@@ -252,8 +263,17 @@ def read_scored_run(video: Path, run_dir: Path) -> list[ScoredArena]:
             raise UserError(f"{path}: no probability columns p_<class>; it was written by an older stream-run")
         probs = np.array([[row["p_" + c] for c in classes] for row in rows], dtype=np.float64)
         times = np.array([row["timestamp_s"] for row in rows], dtype=np.float64)
-        arena = path.name[: -len(FRAMES_CSV_SUFFIX)]
-        out.append(ScoredArena(Path(video), arena, classes, times, probs))
+        stem = path.name[: -len(FRAMES_CSV_SUFFIX)]
+        arena, animal = stem, ""
+        trial_file = path.with_name(stem + TRIAL_FILE_SUFFIX)
+        if trial_file.is_file():
+            try:
+                trial = Trial.from_json(json.loads(trial_file.read_text()))
+            except (OSError, ValueError, TypeError) as exc:
+                raise UserError(f"{trial_file}: not a stream-run trial file ({exc})") from exc
+            arena, animal = trial.arena_id, trial.animal
+            times = times + trial.start_s  # trial clock -> video clock
+        out.append(ScoredArena(Path(video), arena, classes, times, probs, animal))
     return out
 
 
@@ -345,21 +365,26 @@ def write_boris_project(path: Path, stretches: Sequence[Stretch], *, classes: Se
                  "excluded": "", "coding map": ""}
         for i, name in enumerate(classes)
     }  # fmt: skip
+    # subjects are the arenas: what a BORIS export must name for export-train / export-fit-motion to find
+    # the ROI; in a trial run each observation says which animal was in the arena then
     arenas = sorted({s.arena for s in stretches})
-    subjects = {str(i): {"key": keys[-1 - i] if i < len(keys) else "", "name": a, "description": "arena (animal) of the video"}
+    animals = {a: sorted({s.animal for s in stretches if s.arena == a and s.animal}) for a in arenas}
+    subjects = {str(i): {"key": keys[-1 - i] if i < len(keys) else "", "name": a,
+                         "description": "arena of the video" + (f" (animals {', '.join(animals[a])})" if animals[a] else "")}
                 for i, a in enumerate(arenas)}  # fmt: skip
     observations = {}
     for rank, s in enumerate(stretches, start=1):
         fps, duration_s = media[s.video]
         rel = os.path.relpath(Path(s.video).resolve(), path.parent.resolve())
-        obs_id = f"{rank:03d} {Path(s.video).stem} {s.arena} {s.start_s:.1f}-{s.stop_s:.1f}s"
+        who = f"{s.arena} ({s.animal})" if s.animal else s.arena
+        obs_id = f"{rank:03d} {Path(s.video).stem} {who} {s.start_s:.1f}-{s.stop_s:.1f}s"
         files = {str(p): [] for p in range(1, BORIS_PLAYERS + 1)}
         files["1"] = [rel]
         observations[obs_id] = {
             "file": files,
             "type": "MEDIA",
             "date": "2026-01-01T00:00:00",
-            "description": (f"Label subject {s.arena} from {s.start_s:.2f} s to {s.stop_s:.2f} s "
+            "description": (f"Label subject {s.arena}" + (f" (animal {s.animal})" if s.animal else "") + f" from {s.start_s:.2f} s to {s.stop_s:.2f} s "
                             f"(model predicts mostly {s.predicted}; uncertainty {s.uncertainty:.2f}, rarity {s.rarity:.2f})"),
             "time offset": 0.0,
             "events": [],
@@ -397,13 +422,13 @@ def write_boris_project(path: Path, stretches: Sequence[Stretch], *, classes: Se
     return _atomic_write(path, json.dumps(project, indent=1) + "\n")
 
 
-SELECTION_COLUMNS = ("rank", "video", "arena", "start_s", "stop_s", "score", "uncertainty", "rarity", "predicted")
+SELECTION_COLUMNS = ("rank", "video", "arena", "start_s", "stop_s", "score", "uncertainty", "rarity", "predicted", "animal")
 
 
 def write_selection_csv(path: Path, stretches: Sequence[Stretch]) -> Path:
     lines = [",".join(SELECTION_COLUMNS)]
     for rank, s in enumerate(stretches, start=1):
-        lines.append(f"{rank},{s.video},{s.arena},{s.start_s:.3f},{s.stop_s:.3f},{s.score:.4f},{s.uncertainty:.4f},{s.rarity:.4f},{s.predicted}")
+        lines.append(f"{rank},{s.video},{s.arena},{s.start_s:.3f},{s.stop_s:.3f},{s.score:.4f},{s.uncertainty:.4f},{s.rarity:.4f},{s.predicted},{s.animal}")
     return _atomic_write(Path(path), "\n".join(lines) + "\n")
 
 

@@ -21,6 +21,12 @@ Compared with the annotations, per video and arena (animal):
 Only frames a person labelled are scored; the model's seconds are counted on those frames too, so
 both sides of every comparison cover the same moments.
 
+Recordings with trials (several animals per cylinder, one after another): ``--schedule`` (or
+``--trials auto`` etc.) is handed to stream-run, and every trial is one animal: its own frames CSV,
+its own clock for bins and window, labels named like its animal (BORIS subject / ``arena`` column)
+or else like its arena. The second rater is split the same way (each trial's ``--test-duration-s``
+from its start: the schedule's rows, else the trials the first model's run found).
+
 Several models (``--model A --model B``) are scored on the same videos and shown side by side; a
 motion-threshold model (card kind ``motion``, ``export-fit-motion``) is the baseline, and any other
 model whose pooled kappa does not beat it is flagged. ``--rater2`` gives a second person's labels
@@ -47,7 +53,8 @@ from typing import Any
 import numpy as np
 
 from export.agreement import AnimalAgreement, FrameAgreement, animal_agreement, frame_agreement
-from export.validation_report import REPORT_HTML, fmt, write_outputs
+from export.trial_spans import annotations_by_subject, labels_of_trial, trials_of_run, trials_of_schedule
+from export.validation_report import REPORT_HTML, agreement_text, fmt, write_outputs
 from stream.errors import UserError, cli_main
 from stream.version import add_version_argument
 
@@ -60,6 +67,7 @@ DEFAULT_BIN_S = 60.0  # minute bins: what FST papers report (minutes 1-6)
 NEAR_CONSTANT_SHARE = 0.9  # one class >= 90 % of a recording's predictions, while the labels are mixed: flagged
 HUMAN = "human (rater 2)"  # scorer name of the inter-rater comparison
 HUMAN_KIND = "human"  # its kind, beside the card kinds "i3d" and "motion"
+TRIAL_START_TOLERANCE_FRAMES = 1e-6  # a start a rounding error past a frame's time still starts at that frame
 
 
 # ----------------------------------------------------------------------------------------- labels
@@ -120,6 +128,7 @@ class Animal:
     other: np.ndarray  # class index per frame by the scorer under test
     timestamps_s: np.ndarray  # test clock of each frame
     fps: float  # frame rate of these frames (seconds = frames / fps)
+    animal: str = ""  # the trial's animal (--trials / --schedule), "" when the arena is the animal
 
 
 @dataclass(frozen=True)
@@ -137,9 +146,14 @@ class AnimalResult:
     label_share: dict[str, float]  # share of each class in the reference labels
     predicted_share: dict[str, float]  # ... in the other scorer's, on the same frames
     near_constant: bool  # one predicted class >= NEAR_CONSTANT_SHARE while the labels are mixed
+    animal: str = ""  # the trial's animal (--trials / --schedule)
+
+    @property
+    def name(self) -> str:
+        return f"{self.video}/{self.arena}" + (f"/{self.animal}" if self.animal else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"video": self.video, "arena": self.arena, "frames_total": self.frames_total,
+        return {"video": self.video, "arena": self.arena, "animal": self.animal, "frames_total": self.frames_total,
                 "frames_scored": self.agreement.frames, "accuracy": self.agreement.accuracy,
                 "kappa": self.agreement.kappa, "macro_f1": self.agreement.macro_f1,
                 "human_immobile_s": self.reference_immobile_s, "model_immobile_s": self.other_immobile_s,
@@ -223,7 +237,7 @@ def compare(animals: Sequence[Animal], classes: Sequence[str], immobile_classes:
             window_other_immobile_s=_immobile_s(oth[in_w], imm, a.fps) if in_w.any() else math.nan,
             label_share=label_share, predicted_share=predicted_share,
             near_constant=bool(ref.size) and max(predicted_share.values()) >= NEAR_CONSTANT_SHARE
-            and max(label_share.values()) < NEAR_CONSTANT_SHARE,
+            and max(label_share.values()) < NEAR_CONSTANT_SHARE, animal=a.animal,
         ))  # fmt: skip
     bins = []
     for j in range(n_bins):
@@ -246,7 +260,7 @@ def compare(animals: Sequence[Animal], classes: Sequence[str], immobile_classes:
         bins=bins, bins_pooled=animal_agreement(per_bin[0][have], per_bin[1][have]),
         bin_points=tuple(zip(per_bin[0][have].tolist(), per_bin[1][have].tolist())),
     )  # fmt: skip
-    result.flags += [f"{r.video}/{r.arena}: near-constant prediction (one class >= {NEAR_CONSTANT_SHARE:.0%} while the "
+    result.flags += [f"{r.name}: near-constant prediction (one class >= {NEAR_CONSTANT_SHARE:.0%} while the "
                      "labels are mixed): the model may have learned the recording, not the behaviour"
                      for r in results if r.near_constant]
     return result
@@ -279,17 +293,21 @@ def run_stream(model_dir: Path, video: Path, out_dir: Path, arenas: Path | None,
         argv += ["--max-frames", str(args.max_frames)]
     if arenas is not None:
         argv += ["--arenas", str(arenas)]
+    if args.trials:
+        argv += ["--trials", args.trials]
+    if args.schedule is not None:
+        argv += ["--schedule", str(args.schedule)]
     log.info("stream-run %s", " ".join(argv))
     return _Run(stream_parser().parse_args(argv)).execute()
 
 
-def _predicted(run_dir: Path, arena_id: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(model-rate frame, timestamp_s, class index) of a stream-run frames CSV."""
+def _predicted(run_dir: Path, stem: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(model-rate frame, timestamp_s, class index) of a stream-run frames CSV (an arena's, or a trial's)."""
     from stream.outputs.csv_log import read_frames_csv
 
-    path = run_dir / f"{arena_id}.frames.csv"
+    path = run_dir / f"{stem}.frames.csv"
     if not path.is_file():
-        raise UserError(f"{path}: stream-run wrote no frames for arena {arena_id}")
+        raise UserError(f"{path}: stream-run wrote no frames for {stem}")
     rows = read_frames_csv(path)
     frames = np.array([r["frame"] for r in rows], dtype=np.int64)
     times = np.array([r["timestamp_s"] for r in rows], dtype=np.float64)
@@ -368,18 +386,34 @@ def validate(args: argparse.Namespace) -> tuple[dict[str, Any], list[ScorerResul
         classes = list(read_annotations(items[0].labels)[0].classes)
     immobile = ([c.strip() for c in args.immobile_classes.split(",")] if args.immobile_classes
                 else list(cards[0].immobile_classes) if cards else [c for c in classes if c in ("float", "immobile")])
+    trial_mode = bool(args.trials or args.schedule)
+    if trial_mode and args.trials not in (None, "schedule") and not model_dirs:
+        raise UserError(f"--trials {args.trials}: the trials are found by stream-run; give --model (or --schedule)")
     scorers: list[ScorerResult] = []
     stats = dict(test_duration_s=args.test_duration_s, scoring_window_s=args.scoring_window_s, bin_s=args.bin_s)
     for model_dir, card, name in zip(model_dirs, cards, names):
         animals = []
         for item in items:
             arena_ids = [a.id for a in resolve_arenas(arena_file=item.arenas, video=item.video)]
-            matched, video_fps, n_src = read_labels(item.labels, item.video, classes, arena_ids)
+            if trial_mode:
+                matched, video_fps, n_src = {}, *annotations_by_subject(item.labels, item.video, classes, arena_ids)[1:]
+            else:
+                matched, video_fps, n_src = read_labels(item.labels, item.video, classes, arena_ids)
             run_dir = out / "runs" / name / item.video.stem
             code = run_stream(model_dir, item.video, run_dir, item.arenas, args)
             if code != 0:
                 raise UserError(f"stream-run of {model_dir} on {item.video} ended with status {code}; see above")
             src_of_tick = source_frame_of_tick(n_src, video_fps, card.fps)
+            if trial_mode:  # one animal per trial: its frames CSV, its labels (named like the animal, or the arena)
+                by_subject, _, _ = annotations_by_subject(item.labels, item.video, classes, arena_ids)
+                for trial in trials_of_run(run_dir):
+                    ann = labels_of_trial(by_subject, trial, str(item.labels))
+                    if ann is None:
+                        continue
+                    frames, times, pred = _predicted(run_dir, trial.stem, classes)
+                    ref = labels_at_ticks(ann.labels, frames, src_of_tick)
+                    animals.append(Animal(item.video.name, trial.arena, ref, pred, times, card.fps, trial.animal))
+                continue
             for arena_id, ann in matched.items():
                 frames, times, pred = _predicted(run_dir, arena_id, classes)
                 ref = labels_at_ticks(ann.labels, frames, src_of_tick)
@@ -390,6 +424,10 @@ def validate(args: argparse.Namespace) -> tuple[dict[str, Any], list[ScorerResul
         animals = []
         for item in rater_pairs:
             arena_ids = [a.id for a in resolve_arenas(arena_file=item.arenas, video=item.video)]
+            if trial_mode:
+                animals += _rater_trials(item, classes, arena_ids, args,
+                                         out / "runs" / names[0] / item.video.stem if names else None)
+                continue
             first, video_fps, n_src = read_labels(item.labels, item.video, classes, arena_ids)
             second, _, _ = read_labels(item.rater2, item.video, classes, arena_ids)
             for arena_id in first:
@@ -406,13 +444,36 @@ def validate(args: argparse.Namespace) -> tuple[dict[str, Any], list[ScorerResul
         "classes": classes, "immobile_classes": immobile,
         "videos": [str(i.video) for i in items], "labels": [str(i.labels) for i in items],
         "models": {n: str(m) for n, m in zip(names, model_dirs)},
-        "settings": {k: getattr(args, k) for k in ("engine", "device", "stride", "smoothing", "smoothing_window",
-                                                    "min_bout_s", "test_duration_s", "scoring_window_s", "bin_s",
-                                                    "no_flow_warm_start", "max_frames")},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in
+                     ((k, getattr(args, k)) for k in ("engine", "device", "stride", "smoothing", "smoothing_window",
+                                                      "min_bout_s", "test_duration_s", "scoring_window_s", "bin_s",
+                                                      "no_flow_warm_start", "max_frames", "trials", "schedule"))},
         "scorers": [s.to_dict() for s in scorers],
     }  # fmt: skip
     write_outputs(out, metrics, scorers, classes)
     return metrics, scorers
+
+
+def _rater_trials(item: Item, classes: list[str], arena_ids: list[str], args: argparse.Namespace,
+                  run_dir: Path | None) -> list[Animal]:
+    """Rater 1 against rater 2, one animal per trial: each trial's ``test_duration_s`` of video frames
+    from its start (the schedule's rows, else the trials the first model's stream-run found)."""
+    assert item.rater2 is not None
+    first, video_fps, n_src = annotations_by_subject(item.labels, item.video, classes, arena_ids)
+    second, _, _ = annotations_by_subject(item.rater2, item.video, classes, arena_ids)
+    trials = trials_of_schedule(args.schedule, item.video) if args.schedule is not None else trials_of_run(run_dir)
+    out = []
+    for trial in trials:
+        a, b = labels_of_trial(first, trial, str(item.labels)), labels_of_trial(second, trial, str(item.rater2))
+        if a is None or b is None:
+            continue
+        lo = math.ceil(trial.start_s * video_fps - TRIAL_START_TOLERANCE_FRAMES)  # stream-run: first frame at or after it
+        hi = min(n_src, lo + int(round(args.test_duration_s * video_fps)), a.labels.size, b.labels.size)
+        x, y = a.labels[lo:hi], b.labels[lo:hi]
+        both = np.where((x >= 0) & (y >= 0), x, -1)
+        out.append(Animal(item.video.name, trial.arena, both, np.where(both >= 0, y, 0),
+                          np.arange(both.size) / video_fps, video_fps, trial.animal))
+    return out
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -455,6 +516,7 @@ def add_decision_options(p: argparse.ArgumentParser) -> None:
     from stream.decisions import SMOOTHING_MODES
     from stream.engine import ENGINE_KINDS
     from stream.run import build_parser as stream_parser
+    from stream.trials import TRIAL_MODES
 
     live = stream_parser()
     g = p.add_argument_group("as stream-run (same meaning and defaults)")
@@ -470,6 +532,12 @@ def add_decision_options(p: argparse.ArgumentParser) -> None:
                    help="the last this-many seconds (default: %(default)s)")  # fmt: skip
     g.add_argument("--immobile-classes", default=live.get_default("immobile_classes"), metavar="A,B", help="default: the model card's")
     g.add_argument("--max-frames", type=int, default=live.get_default("max_frames"), metavar="N", help="only the first N model-rate frames per video")
+    g.add_argument("--trials", default=live.get_default("trials"), choices=TRIAL_MODES,
+                   help="recordings with several animals per arena, one after another: each trial is an animal, "
+                        "scored and compared on its own (schedule: --schedule; auto: found by stream-run)")
+    g.add_argument("--schedule", type=Path, default=live.get_default("schedule"), metavar="CSV",
+                   help="stream-run's schedule (video,arena,animal,group,start_s): one trial per row; labels named "
+                        "like the animal or the arena (implies --trials schedule)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -507,8 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     _, scorers = validate(args)
     for s in scorers:
         print(f"{s.name:>24}: accuracy {fmt(s.frames.accuracy)}  kappa {fmt(s.frames.kappa)}  frames {s.frames.frames}  "
-              f"immobility ICC {fmt(s.immobility.icc_a1)} (n={s.immobility.n})  bins ICC {fmt(s.bins_pooled.icc_a1)} "
-              f"(n={s.bins_pooled.n})" + ("  FLAGGED" if s.flags else ""))
+              f"immobility r {agreement_text(s.immobility, 'pearson_r')}, ICC {agreement_text(s.immobility, 'icc_a1')} "
+              f"(n={s.immobility.n})  bins ICC {agreement_text(s.bins_pooled, 'icc_a1')} (n={s.bins_pooled.n})" + ("  FLAGGED" if s.flags else ""))
     print(f"report: {Path(args.out) / REPORT_HTML}")
     return 0
 

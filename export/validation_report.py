@@ -23,18 +23,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from export.agreement import MIN_ANIMALS_FOR_AGREEMENT
 from stream.atomic import atomic_write
 from stream.spreadsheet import spreadsheet_cells
 
 if TYPE_CHECKING:
     from export.validate import ScorerResult
 
-__all__ = ["METRICS_JSON", "REPORT_HTML", "fmt", "write_outputs"]
+__all__ = ["METRICS_JSON", "REPORT_HTML", "agreement_text", "fmt", "write_outputs"]
 
 REPORT_HTML = "validation.html"
 METRICS_JSON = "validation.json"
 FIGURE_DPI = 110  # as export/report.py: readable on a laptop, small files
 _AGREEMENT_COLUMNS = ("n", "pearson_r", "icc_a1", "ba_bias", "ba_sd", "ba_loa_low", "ba_loa_high")
+_FEW_ANIMALS_HIDDEN = ("pearson_r", "icc_a1")  # below MIN_ANIMALS_FOR_AGREEMENT animals: words, not a figure
 
 
 def fmt(v: Any) -> str:
@@ -44,6 +46,19 @@ def fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
     return str(v)
+
+
+def _stat(agreement: Any, key: str) -> Any:
+    """``agreement.to_dict()[key]``, but r and ICC of too few animals are the words that say so."""
+    value = agreement.to_dict()[key]
+    if key in _FEW_ANIMALS_HIDDEN and not agreement.meaningful:
+        return agreement.not_meaningful_note()
+    return value
+
+
+def agreement_text(agreement: Any, key: str) -> str:
+    """r or ICC for the console: the figure, or why there is none."""
+    return agreement.not_meaningful_note() or fmt(agreement.to_dict()[key])
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -61,18 +76,18 @@ def _tables(scorers: Sequence[ScorerResult], classes: Sequence[str]) -> dict[str
     summary = (["scorer", "kind", "frames", "accuracy", "kappa", "macro_f1", *[f"immobile_{k}" for k in cols],
                 *[f"window_{k}" for k in cols], *[f"bins_{k}" for k in cols], "flags"],
                [[s.name, s.kind, s.frames.frames, s.frames.accuracy, s.frames.kappa, s.frames.macro_f1,
-                 *[s.immobility.to_dict()[k] for k in cols], *[s.window.to_dict()[k] for k in cols],
-                 *[s.bins_pooled.to_dict()[k] for k in cols], " | ".join(s.flags)] for s in scorers])
-    animals = (["scorer", "video", "arena", "frames_scored", "frames_total", "accuracy", "kappa", "macro_f1",
+                 *[_stat(s.immobility, k) for k in cols], *[_stat(s.window, k) for k in cols],
+                 *[_stat(s.bins_pooled, k) for k in cols], " | ".join(s.flags)] for s in scorers])
+    animals = (["scorer", "video", "arena", "animal", "frames_scored", "frames_total", "accuracy", "kappa", "macro_f1",
                 "human_immobile_s", "model_immobile_s", "window_human_immobile_s", "window_model_immobile_s",
                 *[f"label_share_{c}" for c in classes], *[f"predicted_share_{c}" for c in classes],
                 "near_constant_prediction"],
-               [[s.name, r.video, r.arena, r.agreement.frames, r.frames_total, r.agreement.accuracy, r.agreement.kappa,
+               [[s.name, r.video, r.arena, r.animal, r.agreement.frames, r.frames_total, r.agreement.accuracy, r.agreement.kappa,
                  r.agreement.macro_f1, r.reference_immobile_s, r.other_immobile_s, r.window_reference_immobile_s,
                  r.window_other_immobile_s, *[r.label_share[c] for c in classes],
                  *[r.predicted_share[c] for c in classes], int(r.near_constant)] for s in scorers for r in s.animals])
     bins = (["scorer", "bin", "start_s", "end_s", "human_mean_s", "model_mean_s", *cols],
-            [[s.name, b.index, b.start_s, b.end_s, b.reference_mean_s, b.other_mean_s, *[b.agreement.to_dict()[k] for k in cols]]
+            [[s.name, b.index, b.start_s, b.end_s, b.reference_mean_s, b.other_mean_s, *[_stat(b.agreement, k) for k in cols]]
              for s in scorers for b in s.bins])
     per_class = (["scorer", "class", "precision", "recall", "f1", "support"],
                  [[s.name, c, s.frames.precision[i], s.frames.recall[i], s.frames.f1[i], s.frames.support[i]]
@@ -124,11 +139,11 @@ def _plots(out: Path, scorers: Sequence[ScorerResult], classes: Sequence[str]) -
     images = [_save(fig, out / "immobility_agreement.png")]
     # class shares per recording: a "labels" bar, then one bar per model; a model that learned the
     # recording shows one colour where the labels show several
-    recordings = list(dict.fromkeys((r.video, r.arena) for s in scorers for r in s.animals))
+    recordings = list(dict.fromkeys(r.name for s in scorers for r in s.animals))
     bars: list[tuple[str, dict[str, float]]] = []
     for rec in recordings:
-        found = [(s, r) for s in scorers for r in s.animals if (r.video, r.arena) == rec]
-        bars.append((f"labels\n{rec[0]}/{rec[1]}", found[0][1].label_share))
+        found = [(s, r) for s in scorers for r in s.animals if r.name == rec]
+        bars.append((f"labels\n{rec}", found[0][1].label_share))
         bars += [(s.name, r.predicted_share) for s, r in found if s.kind != "human"]
     if bars:
         fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(bars) + 3), 3.6))
@@ -193,13 +208,15 @@ def write_outputs(out: Path, metrics: dict[str, Any], scorers: Sequence[ScorerRe
     head = ["scorer", "kind", "frames", "accuracy", "kappa", "macro F1", "immobility r", "ICC(A,1)", "bias s",
             "95% LoA s", "window ICC", "animal x bin n", "r", "ICC(A,1)", "bias s", "95% LoA s"]
     rows = [[s.name, s.kind, s.frames.frames, s.frames.accuracy, s.frames.kappa, s.frames.macro_f1,
-             s.immobility.pearson_r, s.immobility.icc_a1, s.immobility.ba.bias, _loa(s.immobility), s.window.icc_a1,
-             s.bins_pooled.n, s.bins_pooled.pearson_r, s.bins_pooled.icc_a1, s.bins_pooled.ba.bias, _loa(s.bins_pooled)]
+             _stat(s.immobility, "pearson_r"), _stat(s.immobility, "icc_a1"), s.immobility.ba.bias, _loa(s.immobility),
+             _stat(s.window, "icc_a1"), s.bins_pooled.n, _stat(s.bins_pooled, "pearson_r"), _stat(s.bins_pooled, "icc_a1"),
+             s.bins_pooled.ba.bias, _loa(s.bins_pooled)]
             for s in scorers]
     parts += ["<h2>Side by side</h2>", _html_table(head, rows),
               "<p class='note'>Immobility r / ICC / Bland-Altman are over animals (video x arena); 'animal x bin' pools "
               f"every (animal, {settings['bin_s']:g}-s bin) pair, which still gives a figure with few animals. "
-              "'-' = undefined (fewer than 2 animals, or constant values). ICC(A,1): two-way, absolute agreement, single "
+              "'-' = undefined (fewer than 2 animals, or constant values); r and ICC of fewer than "
+              f"{MIN_ANIMALS_FOR_AGREEMENT} animals are 'not meaningful' (2 animals always give r = +-1). ICC(A,1): two-way, absolute agreement, single "
               "measures (McGraw &amp; Wong 1996). Bias: scorer minus rater 1.</p>"]
     for img in images:
         data = base64.b64encode(Path(img).read_bytes()).decode("ascii")
@@ -210,7 +227,7 @@ def write_outputs(out: Path, metrics: dict[str, Any], scorers: Sequence[ScorerRe
         parts += [f"<h2>{title}</h2>", _html_table(header, trs)]
     parts += ["<h2>Scoring window</h2>",
               _html_table(["scorer", "start s", "end s", *_AGREEMENT_COLUMNS],
-                          [[s.name, *s.window_s, *[s.window.to_dict()[k] for k in _AGREEMENT_COLUMNS]] for s in scorers]),
+                          [[s.name, *s.window_s, *[_stat(s.window, k) for k in _AGREEMENT_COLUMNS]] for s in scorers]),
               "<p class='note'>Files: validation.json, summary.csv, per_animal.csv, per_bin.csv, per_class.csv, "
               "confusion.csv, runs/&lt;model&gt;/&lt;video&gt;/ (stream-run's own outputs).</p></body></html>"]
     path = out / REPORT_HTML

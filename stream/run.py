@@ -40,7 +40,7 @@ from stream.atomic import atomic_write
 from stream.control import DEFAULT_CONTROL_ENDPOINT
 from stream.decisions import BIN_S_DEFAULT, SMOOTHING_MODES
 from stream.errors import EXIT_INTERRUPTED, UserError, cli_main
-from stream.trials import TRIAL_MODES, ScheduleEntry, TrialEnded, read_schedule, schedule_for
+from stream.trials import TRIAL_MODES, ScheduleEntry, TrialEnded, check_schedule, match_schedule, read_schedule
 from stream.version import add_version_argument
 from stream.errors import OutputWriteError, output_error
 from stream.run_folder import (SOURCE_FILE, check_no_results, check_same_source, source_identity,
@@ -262,6 +262,7 @@ class _Source:
     arenas: list[Arena]
     capture: Capture | None = None
     identity: dict | None = None  # a file's path, size and first-frame sha256 (stream.run_folder)
+    duration_s: float | None = None  # a file's length from its container (frame count / fps), if it says
 
 
 def _build_engine(kind: str, model_dir: Path, device: str | None, batch_size: int | None):
@@ -298,6 +299,7 @@ class _Run:
         self.book = None  # the current source's TrialBook (the control thread reads it)
         self.out: Path = Path(".")
         self.schedule: list[ScheduleEntry] = []
+        self.schedule_of: dict[str, list[ScheduleEntry]] = {}  # video location -> its schedule rows
         self.trial_mode = "now"
         self.control_endpoint: str | None = None
         self.control_token: str | None = None  # every control request must carry it (None: none required)
@@ -391,6 +393,13 @@ class _Run:
         # ports
         self._open_outputs()
         sources = self._open_sources(specs, out_dirs, card)
+        try:
+            self._match_schedule(sources)
+        except BaseException:
+            for s in sources:
+                if s.capture is not None:
+                    s.capture.release()
+            raise
         self._start_engine(sources, model_dir, card)
         return sources, card, model_dir
 
@@ -414,10 +423,13 @@ class _Run:
                 except (UserError, OSError):
                     capture.release()
                     raise
+                stats = capture.stats
+                duration_s = (stats.source_frame_count / stats.source_fps
+                              if stats.source_frame_count > 0 and stats.source_fps > 0 else None)
                 if len(specs) > 1:
                     capture.release()  # reopened when its turn comes; keeps file handles few
                     capture = None
-                sources.append(_Source(spec, out_dir, arenas, capture, identity))
+                sources.append(_Source(spec, out_dir, arenas, capture, identity, duration_s))
             for source in sources:  # earlier results are never overwritten; --resume continues the same video
                 check_no_results(source.out_dir, [ar.id for ar in source.arenas], resume=a.resume,
                                  live=source.spec.live)
@@ -466,6 +478,24 @@ class _Run:
             png = draw_arenas(image, arenas, out / f"arenas-{stem}.png")
             print(f"stream-run: {len(arenas)} arena(s) of {spec} drawn in {png}")
         return EXIT_OK
+
+    def _match_schedule(self, sources: list[_Source]) -> None:
+        """Schedule rows to videos (resolved path, else file name, any case); a warning for every row
+        that names none, one error for rows that overlap, a warning for rows past a video's end."""
+        if not self.schedule:
+            return
+        where = f"schedule {self.args.schedule}"
+        self.schedule_of, unmatched = match_schedule(self.schedule, [s.spec.location for s in sources],
+                                                     base_dir=Path(self.args.schedule).parent)
+        for e in unmatched:
+            log.warning("%s %s: its video matches none of this run's videos (%s); that trial is not scored",
+                        where, e.describe(), ", ".join(Path(s.spec.location).name for s in sources))
+        if len(unmatched) == len(self.schedule):
+            raise UserError(f"{where}: no row names one of the videos given "
+                            f"({', '.join(str(s.spec.location) for s in sources)}); nothing would be scored")
+        for source in sources:
+            check_schedule(self.schedule_of.get(source.spec.location, []), self.args.test_duration_s,
+                           video_s=source.duration_s, where=where)
 
     def _trial_settings(self) -> None:
         """--trials / --schedule / --control: resolved once, checked before anything opens."""
@@ -661,7 +691,7 @@ class _Run:
 
         book = TrialBook([ar.id for ar in source.arenas], list(card.classes), self._decision_config(card),
                          mode=self.trial_mode, out_dir=source.out_dir, source=str(source.spec),
-                         schedule=schedule_for(self.schedule, source.spec.location) if self.schedule else (),
+                         schedule=self.schedule_of.get(source.spec.location, []),
                          summary_extra=lambda trial: {"provenance": self._provenance(source, card, trial)})
         # a camera, or a video paced like one: a restart continues the trial that was running
         live_like = source.spec.live or self.args.realtime

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import queue
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -58,6 +59,8 @@ __all__ = [
     "TrialBook",
     "TrialEnded",
     "TrialStarted",
+    "check_schedule",
+    "match_schedule",
     "read_schedule",
     "schedule_for",
     "write_trial_file",
@@ -135,6 +138,11 @@ class ScheduleEntry:
     animal: str
     group: str
     start_s: float
+    line: int = 0  # line of the schedule file (1 = header): named in warnings and errors
+
+    def describe(self) -> str:
+        who = f"animal {self.animal}" if self.animal else "no animal"
+        return f"line {self.line} ({self.video}, arena {self.arena}, {who}, start {self.start_s:g} s)"
 
 
 def read_schedule(path: str | Path) -> list[ScheduleEntry]:
@@ -144,6 +152,10 @@ def read_schedule(path: str | Path) -> list[ScheduleEntry]:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise UserError(f"schedule {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:  # e.g. a spreadsheet's "CSV" in a Windows code page
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise UserError(f"schedule {path} line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+                        "save it as 'CSV UTF-8'") from None
     reader = csv.DictReader(text.splitlines())
     missing = [c for c in SCHEDULE_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
@@ -158,13 +170,14 @@ def read_schedule(path: str | Path) -> list[ScheduleEntry]:
             raise UserError(f"schedule {path} line {line}: start_s must be >= 0, got {start_s}")
         if not (row["video"] or "").strip() or not (row["arena"] or "").strip():
             raise UserError(f"schedule {path} line {line}: video and arena must not be empty")
-        for key in ("animal", "group"):
-            try:
+        try:
+            check_arena_id_length(row["arena"].strip())
+            for key in ("animal", "group"):
                 check_id(key, (row[key] or "").strip())
-            except UserError as exc:
-                raise UserError(f"schedule {path} line {line}: {exc}") from None
+        except UserError as exc:
+            raise UserError(f"schedule {path} line {line}: {exc}") from None
         entries.append(ScheduleEntry(row["video"].strip(), row["arena"].strip(), (row["animal"] or "").strip(),
-                                     (row["group"] or "").strip(), start_s))
+                                     (row["group"] or "").strip(), start_s, line))
     if not entries:
         raise UserError(f"schedule {path}: no trials in it")
     return entries
@@ -176,10 +189,77 @@ def write_trial_file(out_dir: Path, trial: Trial) -> Path:
                         json.dumps(trial.to_json(), indent=2) + "\n")
 
 
-def schedule_for(entries: Sequence[ScheduleEntry], video: str | Path) -> list[ScheduleEntry]:
-    """The entries of one video: matched by full path or by file name."""
-    video = Path(video)
-    return [e for e in entries if e.video in (str(video), video.name)]
+def schedule_for(entries: Sequence[ScheduleEntry], video: str | Path, *, base_dir: Path | None = None) -> list[ScheduleEntry]:
+    """The entries of one video (``match_schedule`` with that video alone)."""
+    return match_schedule(entries, [video], base_dir=base_dir)[0].get(str(video), [])
+
+
+def _resolved(path: Path) -> str:
+    try:
+        return str(path.expanduser().resolve()).casefold()
+    except (OSError, RuntimeError):
+        return str(path.expanduser().absolute()).casefold()
+
+
+def match_schedule(entries: Sequence[ScheduleEntry], videos: Sequence[str | Path], *,
+                   base_dir: Path | None = None) -> tuple[dict[str, list[ScheduleEntry]], list[ScheduleEntry]]:
+    """({video as given: its entries}, entries that name none of ``videos``).
+
+    A lab writes the video column by hand: a relative or an absolute path, the name in another
+    case. An entry goes to the video its path resolves to (from the working folder or from the
+    schedule's folder ``base_dir``; case-insensitive), else to the one video with its file name
+    (case-insensitive). Two videos of one name and a bare name is ambiguous: one-line error.
+    """
+    keys = [str(v) for v in videos]
+    resolved = {k: _resolved(Path(k)) for k in keys}
+    out: dict[str, list[ScheduleEntry]] = {k: [] for k in keys}
+    unmatched: list[ScheduleEntry] = []
+    for e in entries:
+        written = Path(e.video)
+        bases = [Path.cwd()] + ([Path(base_dir)] if base_dir is not None else [])
+        candidates = {_resolved(written if written.is_absolute() else b / written) for b in bases}
+        by_path = [k for k in keys if resolved[k] in candidates]
+        by_name = [k for k in keys if Path(k).name.casefold() == written.name.casefold()]
+        hits = by_path or by_name
+        if len(hits) > 1 and not by_path:
+            raise UserError(f"schedule {e.describe()}: the name {written.name!r} fits {len(hits)} videos "
+                            f"({', '.join(hits)}); write the video's path")
+        if not hits:
+            unmatched.append(e)
+            continue
+        out[hits[0]].append(e)
+    return out, unmatched
+
+
+def check_schedule(entries: Sequence[ScheduleEntry], test_duration_s: float, *, video_s: float | None = None,
+                   where: str = "schedule") -> None:
+    """One video's entries: two trials of one arena closer than the test duration are refused; a
+    trial past the end of the video (``video_s``) or cut by it is warned about.
+
+    Why refuse and not run them one after the other: one cylinder holds one animal at a time, so
+    two rows that overlap are a typo (a wrong arena or start), or a test duration that is not the
+    one the lab ran. Either way the first trial would be cut short and its figures would not be a
+    result; a lab wants to hear it before the scoring, not find a half trial in the table.
+    """
+    by_arena: dict[str, list[ScheduleEntry]] = {}
+    for e in entries:
+        by_arena.setdefault(e.arena, []).append(e)
+    for arena, rows in by_arena.items():
+        rows = sorted(rows, key=lambda e: e.start_s)
+        for a, b in zip(rows, rows[1:]):
+            if b.start_s - a.start_s < test_duration_s - TRIAL_END_TOLERANCE_S:
+                raise UserError(f"{where}: lines {a.line} and {b.line} both put a trial in arena {arena}, "
+                                f"{b.start_s - a.start_s:g} s apart, less than the {test_duration_s:g}-s test; "
+                                "fix the start times, the arena, or --test-duration-s")
+    if video_s is None:
+        return
+    for e in sorted(entries, key=lambda e: e.line):
+        if e.start_s >= video_s:
+            log.warning("%s %s starts after the end of the video (%.1f s): it does not run; results.csv lists it "
+                        "as not run", where, e.describe(), video_s)
+        elif e.start_s + test_duration_s > video_s + TRIAL_END_TOLERANCE_S:
+            log.warning("%s %s: the video ends %.1f s into the trial, before its %g-s test: it will be INCOMPLETE",
+                        where, e.describe(), video_s - e.start_s, test_duration_s)
 
 
 class ArenaTrial:
@@ -204,6 +284,7 @@ class ArenaTrial:
         self._index_offset = 0  # source index + offset = the trial's frame index (resumed trials only)
         self._last_trial_index: int | None = None
         self._last_trial_s: float | None = None
+        self._logged_through: int | None = None  # a resumed trial: its frames up to here are in its CSV already
         self.end_then: ScheduleEntry | None = None  # schedule: starts once the running trial has ended
 
     # -- requests (from the trial book, between frames) ------------------------------------------
@@ -237,6 +318,9 @@ class ArenaTrial:
         replay_frames(self.decisions, rows)
         if rows:
             self._last_trial_index, self._last_trial_s = self.decisions.last_index, rows[-1]["timestamp_s"]
+            # the replay holds back its last frames (smoothing look-ahead, a young immobile run), as
+            # ``stream-report``'s replay does; decided later, they must count but not be logged twice
+            self._logged_through = self.decisions.last_index
         self._resumed_at_utc = "pending"  # the clock is placed on the first new frame
 
     # -- the ArenaDecisions interface ------------------------------------------------------------
@@ -296,7 +380,7 @@ class ArenaTrial:
         out.append(TrialEnded(self.trial, summary))
         log.info("arena %s: trial %s ended (%s)", self.arena_id, self.trial.trial_id, reason)
         self.trial, self.decisions, self._stop, self._resumed_at_utc = None, None, None, None
-        self._index_offset, self._last_trial_index, self._last_trial_s = 0, None, None
+        self._index_offset, self._last_trial_index, self._last_trial_s, self._logged_through = 0, None, None, None
         self.trials_ended += 1
         return out
 
@@ -314,9 +398,19 @@ class ArenaTrial:
         self._resumed_at_utc = utc_now()
 
     def _source_indices(self, decisions: list[Decision]) -> list[Decision]:
+        if self._logged_through is not None:
+            decisions = [d for d in decisions if d.frame_index > self._logged_through]
         if not self._index_offset:
             return decisions
         return [dataclasses.replace(d, frame_index=d.frame_index - self._index_offset) for d in decisions]
+
+    def not_run(self, trial: Trial, reason: str) -> list:
+        """A trial that never got a frame (scheduled after the end of the input): started and ended at
+        once, so its row in results.csv says it did not run instead of the row missing."""
+        if self.busy:
+            raise UserError(f"arena {self.arena_id} already has a trial")
+        self._pending = trial
+        return self._start() + self.end(reason)
 
 
 class TrialBook:
@@ -359,12 +453,18 @@ class TrialBook:
         if self.mode == "now" and not self.numbered_ids:
             trial_id = arena  # one trial per arena per recording: the files keep the arena's name
         else:
-            n = self._numbers.get(arena) or len(list(self.out_dir.glob(f"{arena}-t*{TRIAL_FILE_SUFFIX}")))
-            n += 1
+            n = max(self._numbers.get(arena, 0), self._highest_number(arena)) + 1
             self._numbers[arena] = n
             trial_id = f"{arena}-t{n:03d}" + (f"-{safe_token(animal)}" if animal else "")
         return Trial(trial_id=trial_id, arena_id=arena, animal=animal, group=group, source=self.source,
                      start_utc=utc_now(), start_s=source_s, start_frame=frame_index)
+
+    def _highest_number(self, arena: str) -> int:
+        """The highest trial number of ``arena`` in ``out_dir`` (any of its files): the next is free even
+        when earlier ones were deleted or moved (counting the files would reuse a number)."""
+        pattern = re.compile(rf"{re.escape(arena)}-t(\d+)(?:[-.]|$)")
+        numbers = [int(m.group(1)) for p in self.out_dir.glob(f"{arena}-t*") if (m := pattern.match(p.name))]
+        return max(numbers, default=0)
 
     def resume_running(self) -> list[Trial]:
         """Trials in ``out_dir`` that were running when the service stopped: continue them."""
@@ -513,10 +613,23 @@ class TrialBook:
     def end_all(self, reason: str) -> list[tuple[str, Any]]:
         """End every running trial (end of the input, a stop): (arena id, decision or TrialEnded) pairs."""
         out: list = []
+        not_run: list[ScheduleEntry] = []
         for a, arena in self.arenas.items():
+            pending = arena._pending if arena.trial is None else None
             arena._pending = None
+            if arena.end_then is not None:
+                not_run.append(arena.end_then)
             arena.end_then = None
             out += [(a, item) for item in arena.end(reason)]
+            if pending is not None and self.mode == "schedule":
+                out += [(a, item) for item in arena.not_run(pending, f"not run ({reason} before its first frame)")]
+        not_run += self._schedule
+        self._schedule = []
+        for e in sorted(not_run, key=lambda e: e.start_s):
+            frame = round(e.start_s * self.config.fps)
+            trial = self._new_trial(e.arena, e.animal, e.group, frame, e.start_s)
+            log.warning("schedule %s: not run: the input ended (%s) before its start", e.describe(), reason)
+            out += [(e.arena, item) for item in self.arenas[e.arena].not_run(trial, f"not run ({reason} before its start)")]
         self._update_snapshot()
         return out
 

@@ -172,3 +172,48 @@ def test_runs_and_videos_must_pair_up(tmp_path, capsys):
     assert "--runs" in capsys.readouterr().err
     assert sel.main(["--videos", str(video), "--runs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "frames.csv" in capsys.readouterr().err
+
+
+def test_trial_runs_give_video_time_and_arena_templates_that_train_and_fit_motion_read(tmp_path, tiny_model,
+                                                                                        monkeypatch):
+    """A scheduled run (two mice per arena, one after the other): every stretch lies inside a trial on
+    the video's clock, and the filled template is read by export-fit-motion's and export-train's readers."""
+    import stream.run as run_mod
+    from export.dataset import sources_from_files
+    from export.validate import read_labels
+    from stream.arenas import resolve_arenas
+    from test_trials import ScriptedEngine
+    from trial_video import ARENAS, TRUTH, write_schedule, write_trials_video
+
+    monkeypatch.setattr(run_mod, "_build_engine", lambda *a, **k: ScriptedEngine())
+    video = write_trials_video(tmp_path / "rec")
+    schedule = write_schedule(tmp_path / "schedule.csv", video)
+    test_s = 4.0
+    assert run_mod.main(["--video", str(video), "--model", str(tiny_model), "--no-zmq", "--no-metrics", "-q",
+                         "--schedule", str(schedule), "--out", str(tmp_path / "run"), "--test-duration-s", str(test_s),
+                         "--scoring-window-s", "2", "--bin-s", "1"]) == 0  # fmt: skip
+    out = tmp_path / "select"
+    assert sel.main(["--videos", str(video), "--runs", str(tmp_path / "run"), "--count", "8", "--stretch-s", "1",
+                     "--spread", "0.5", "--out", str(out)]) == 0  # fmt: skip
+    trials = {(a, m): t_in for a, ts in TRUTH.items() for m, _g, t_in, _o in ts}
+    rows = [dict(zip(sel.SELECTION_COLUMNS, r.split(","))) for r in (out / sel.SELECTION_CSV).read_text().splitlines()[1:]]
+    assert len(rows) == 8 and {r["arena"] for r in rows} <= set(ARENAS)
+    assert {r["animal"] for r in rows} >= {"M2", "M4"}  # the second mouse of each arena is picked too
+    for r in rows:
+        t_in = trials[(r["arena"], r["animal"])]  # its own trial, on the video's clock
+        assert t_in - 1e-6 <= float(r["start_s"]) and float(r["stop_s"]) <= t_in + test_s + 1e-6, r
+    # a person fills the template; both training readers take it
+    template = out / (video.stem + sel.TEMPLATE_SUFFIX)
+    lines = template.read_text().splitlines()
+    filled = tmp_path / "filled.csv"
+    filled.write_text("\n".join([lines[0]] + [line + CLASSES[i % 3] for i, line in enumerate(lines[1:])]) + "\n")
+    arena_ids = [a.id for a in resolve_arenas(arena_file=None, video=video)]
+    matched, _fps, _n = read_labels(filled, video, list(CLASSES), arena_ids)  # export-fit-motion's reader
+    assert set(matched) == {r["arena"] for r in rows}
+    sources = sources_from_files(video, filled, arenas_json=video.with_suffix(".arenas.json"), classes=list(CLASSES))
+    assert {s.annotation.subject for s in sources} == {r["arena"] for r in rows}
+    for s in sources:  # the labelled frames are the picked stretches' frames of the video
+        labelled = np.flatnonzero(s.annotation.labels >= 0) / FPS
+        picked = [(float(r["start_s"]), float(r["stop_s"])) for r in rows if r["arena"] == s.annotation.subject]
+        bad = [t for t in labelled if not any(a - 1e-3 <= t < b for a, b in picked)]  # selection.csv: 3 decimals
+        assert not bad, (bad, picked)

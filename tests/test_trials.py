@@ -8,6 +8,7 @@ removal, next mouse, ripples, a light that dims and steps).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import threading
 import time
@@ -30,7 +31,8 @@ from stream.outputs.results import RESULTS_FILE, ResultsTable
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.preprocess import Roi
 from stream.report import main as report_main
-from stream.trials import TrialBook, read_schedule, schedule_for
+from stream.run import build_parser as stream_run_parser
+from stream.trials import TrialBook, check_schedule, match_schedule, read_schedule, schedule_for
 from trial_video import ARENAS, FPS, TRUTH, write_schedule, write_trials_video
 
 S = 32
@@ -223,6 +225,106 @@ def test_a_restarted_service_resumes_the_running_trial(session, tmp_path) -> Non
     assert again == live
 
 
+def _stream_run_default_config() -> DecisionConfig:
+    """CONFIG with stream-run's default smoothing (read from its parser) and a minimum bout: both hold
+    frames back, which is what a resumed trial must not log twice."""
+    live = stream_run_parser()
+    return dataclasses.replace(CONFIG, smoothing=live.get_default("smoothing"),
+                               smoothing_window_frames=live.get_default("smoothing_window"), min_bout_s=0.4)
+
+
+def test_a_resumed_trial_with_default_smoothing_rescores_to_the_live_table(session, tmp_path) -> None:
+    _, frames = session
+    out = tmp_path / "out"
+    config = _stream_run_default_config()
+    assert config.smoothing != "none"
+
+    def start(i: int, book: TrialBook) -> None:
+        if i == 1:
+            book.command({"cmd": "start", "arena": "A1", "animal": "M5"})
+
+    _, events, _ = run_pipeline(frames, out, "control", stop_after=40, between=start, config=config)  # then SIGKILL
+    (first,) = events.started
+    logged = read_frames_csv(out / f"{first.trial_id}.frames.csv")
+    started = datetime.fromisoformat(first.start_utc)
+    while (datetime.now(timezone.utc) - started).total_seconds() < logged[-1]["timestamp_s"] + 0.5:
+        time.sleep(0.05)
+    _, events2, _ = run_pipeline(frames, out, "control", first=40, resume=True, config=config)
+    (trial, summary), = events2.ended
+    rows = read_frames_csv(out / f"{first.trial_id}.frames.csv")
+    assert all(r["frame"] >= 0 for r in rows), [r["frame"] for r in rows if r["frame"] < 0]
+    # every classified frame is logged once: the rows held back at the restart are not repeated
+    assert len(rows) == summary["counters"]["frames_classified"]
+    assert len({r["timestamp_s"] for r in rows}) == len(rows)
+    report = tmp_path / "report.csv"
+    assert report_main([str(out), "--out", str(report), "-q"]) == 0
+    live = {r["trial_id"]: r for r in csv.DictReader(open(out / RESULTS_FILE))}
+    again = {r["trial_id"]: r for r in csv.DictReader(open(report))}
+    assert again == live
+
+
+def test_trial_numbers_continue_after_the_highest_existing_one(session, tmp_path) -> None:
+    _, frames = session
+    out = tmp_path / "out"
+    out.mkdir()
+    # t001 was moved away, t002 is still here: counting files would pick t002 again
+    (out / "A1-t002-M1.trial.json").write_text("{}")
+    (out / "A1-t002-M1.summary.json").write_text("{}")
+
+    def start(i: int, book: TrialBook) -> None:
+        if i == 1:
+            book.command({"cmd": "start", "arena": "A1", "animal": "M2"})  # queued: applied at the next frame
+
+    _, events, _ = run_pipeline(frames[:30], out, "control", between=start)
+    assert [t.trial_id for t, _ in events.ended] == ["A1-t003-M2"]
+
+
+def test_a_scheduled_trial_past_the_end_of_the_input_is_listed_as_not_run(session, tmp_path) -> None:
+    video, frames = session
+    schedule = tmp_path / "s.csv"
+    schedule.write_text(f"video,arena,animal,group,start_s\n{video.name},A1,M1,g,1.0\n{video.name},A2,M9,g,60\n")
+    entries = schedule_for(read_schedule(schedule), video)
+    _, events, results = run_pipeline(frames, tmp_path / "out", "schedule", schedule=entries)
+    ended = {t.animal: s for t, s in events.ended}
+    assert set(ended) == {"M1", "M9"}
+    assert ended["M9"]["trial"]["end_reason"].startswith("not run")
+    assert ended["M9"]["counters"]["frames_classified"] == 0
+    row = next(r for r in results.rows if r["animal"] == "M9")
+    assert row["test_complete"] == "0" and row["duration_s"] == "0.000"
+
+
+def test_overlapping_rows_of_one_arena_are_refused_naming_both_lines(tmp_path) -> None:
+    schedule = tmp_path / "s.csv"
+    schedule.write_text("video,arena,animal,group,start_s\nv.mp4,A1,M1,g,0\nv.mp4,A2,M2,g,1\nv.mp4,A1,M3,g,3\n"
+                        "v.mp4,A2,M4,g,5\n")
+    entries = read_schedule(schedule)
+    with pytest.raises(UserError, match=r"lines 2 and 4 .*arena A1"):
+        check_schedule(entries, 4.0)
+    check_schedule(entries, 2.0)  # 3 s and 4 s apart: one after the other, fine
+
+
+def test_the_video_column_matches_by_resolved_path_or_by_name_in_any_case(tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    video = folder / "Session.mp4"
+    schedule = tmp_path / "plans" / "s.csv"
+    schedule.parent.mkdir()
+    schedule.write_text("video,arena,animal,group,start_s\n"
+                        "session.MP4,A1,M1,g,0\n"  # the name in another case
+                        f"{video},A2,M2,g,0\n"  # absolute
+                        "../rec/Session.mp4,A1,M3,g,400\n"  # relative to the schedule's folder
+                        "rec/day2.mp4,A1,M4,g,0\n"  # relative to the working folder
+                        "nothere.mp4,A1,M5,g,0\n")
+    monkeypatch.chdir(tmp_path)
+    entries = read_schedule(schedule)
+    matched, unmatched = match_schedule(entries, [str(video), "rec/day2.mp4"], base_dir=schedule.parent)
+    assert [e.animal for e in matched[str(video)]] == ["M1", "M2", "M3"]
+    assert [e.animal for e in matched["rec/day2.mp4"]] == ["M4"]
+    assert [e.line for e in unmatched] == [6]
+    with pytest.raises(UserError, match="fits 2 videos"):
+        match_schedule(entries[:1], [str(video), str(tmp_path / "day2" / "SESSION.mp4")])
+
+
 def test_report_reproduces_the_live_table_and_min_bout_changes_the_bouts(session, tmp_path) -> None:
     video, frames = session
     schedule = schedule_for(read_schedule(write_schedule(tmp_path / "s.csv", video)), video)
@@ -304,6 +406,14 @@ def test_schedule_file_mistakes_are_one_line_errors(tmp_path) -> None:
         read_schedule(bad)
     with pytest.raises(UserError, match="no such file|No such file"):
         read_schedule(tmp_path / "missing.csv")
+    long_id = tmp_path / "long.csv"
+    long_id.write_text("video,arena,animal,group,start_s\nx.mp4,A1," + "M" * 300 + ",g,1\n")
+    with pytest.raises(UserError, match=r"line 2: animal ID is 300 characters"):
+        read_schedule(long_id)
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("video,arena,animal,group,start_s\nx.mp4,A1,Mäus,g,1\n".encode("cp1252"))
+    with pytest.raises(UserError, match=r"line 2: not UTF-8"):
+        read_schedule(latin)
     ok = tmp_path / "ok.csv"
     ok.write_text("video,arena,animal,group,start_s\nx.mp4,Z9,M1,g,1\n")
     with pytest.raises(UserError, match="Z9"):

@@ -140,6 +140,39 @@ def test_stream_ctl_against_a_realtime_run_and_a_sigkill_resumes_the_trial(tmp_p
     summary = json.loads((out / f"{started['trial_id']}.summary.json").read_text())
     assert summary["trial"]["resumed"] and summary["counters"]["gaps"]["count"] >= 1
     assert summary["counters"]["last_timestamp_s"] > 1.0
+    # stream-run's default smoothing holds frames back at the crash: re-scored, the trial is the live row
+    assert summary["config"]["smoothing"] == run_mod.build_parser().get_default("smoothing") != "none"
+    assert report_main([str(out), "--out", str(tmp_path / "re.csv"), "-q"]) == 0
+    (again,) = rows_of(tmp_path / "re.csv")
+    assert again == row
+
+
+def test_schedule_rows_in_another_case_are_scored_and_unmatched_or_late_rows_are_warned(tmp_path, tiny_model, scripted,
+                                                                                          capsys, caplog) -> None:
+    video = write_trials_video(tmp_path / "rec")
+    schedule = tmp_path / "schedule.csv"
+    schedule.write_text("video,arena,animal,group,start_s\n"
+                        f"{video.name.upper()},A1,M1,saline,1.0\n"  # SESSION.MP4: the name in another case
+                        f"{video},A2,M3,drug,1.5\n"  # the absolute path
+                        "other.mp4,A1,M8,drug,6\n"  # names no video of this run
+                        f"{video.name},A2,M9,drug,30\n")  # past the end of the 11.5-s video
+    base = ["--video", str(video), "--model", str(tiny_model), "--no-zmq", "--no-metrics", "-q", *SETTINGS]
+    assert run_mod.main([*base, "--out", str(tmp_path / "out"), "--schedule", str(schedule)]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("line 4" in w and "matches none" in w for w in warnings), warnings
+    assert any("line 5" in w and "after the end of the video" in w for w in warnings), warnings
+    rows = {r["animal"]: r for r in rows_of(tmp_path / "out" / "results.csv")}
+    assert set(rows) == {"M1", "M3", "M9"}
+    assert rows["M1"]["test_complete"] == rows["M3"]["test_complete"] == "1"
+    assert rows["M9"]["test_complete"] == "0" and rows["M9"]["duration_s"] == "0.000"
+    # two rows of one arena closer than the test: refused before anything runs, naming both lines
+    schedule.write_text("video,arena,animal,group,start_s\n"
+                        f"{video.name},A1,M1,saline,1.0\n{video.name},A1,M2,drug,3.0\n")
+    capsys.readouterr()
+    assert run_mod.main([*base, "--out", str(tmp_path / "out2"), "--schedule", str(schedule)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lines 2 and 3" in err[0] and "arena A1" in err[0], err
+    assert not (tmp_path / "out2").exists()
 
 
 def test_hostile_control_requests_are_refused_and_the_running_trial_still_gets_its_summary(

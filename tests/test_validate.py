@@ -126,3 +126,93 @@ def test_bundled_model_and_motion_baseline_on_the_demo(tmp_path, one_torch_threa
         rows = read_frames_csv(tmp_path / name / "arena0.frames.csv")
         expected = np.mean([CLASSES.index(r["behaviour"]) == labels[r["frame"]] for r in rows])
         assert scorers[name]["frames"]["accuracy"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_r_and_icc_of_fewer_than_five_animals_are_reported_as_not_meaningful(tmp_path, capsys):
+    """Two animals always give r = +-1: the report and the console say so instead of printing it."""
+    import csv
+    import html
+
+    from export.agreement import MIN_ANIMALS_FOR_AGREEMENT
+
+    second = tmp_path / "second.mp4"
+    shutil.copyfile(DEMO, second)
+    labels = _demo_labels()
+    other = labels.copy()
+    other[:150] = 2  # rater 2 disagrees on the first 10 s of the second recording
+    r2 = tmp_path / "r2.csv"
+    r2.write_text("\n".join(["frame,label"] + [f"{i},{CLASSES[v]}" for i, v in enumerate(other)]) + "\n")
+    out = tmp_path / "two"
+    assert main(["--videos", str(DEMO), str(second), "--labels", str(DEMO_LABELS), str(DEMO_LABELS), "--rater2",
+                 str(DEMO_BORIS), str(r2), "--out", str(out), "--bin-s", "10", *SHORT_TEST]) == 0  # fmt: skip
+    console = capsys.readouterr().out
+    note = f"not meaningful (n=2 < {MIN_ANIMALS_FOR_AGREEMENT})"
+    assert f"immobility r {note}, ICC {note}" in console, console
+    (summary,) = list(csv.DictReader(open(out / "summary.csv")))
+    assert summary["immobile_n"] == "2"
+    assert summary["immobile_pearson_r"] == note and summary["immobile_icc_a1"] == note
+    assert summary["bins_n"] == "12" and summary["bins_pearson_r"] != note  # 2 animals x 6 bins
+    assert html.escape(note) in (out / "validation.html").read_text()
+    human = json.loads((out / "validation.json").read_text())["scorers"][0]
+    assert human["immobility"]["meaningful"] is False and human["bins_pooled"]["meaningful"] is True
+
+
+def _trial_labels(path: Path, video_frames: int, fps: float, changed: str | None = None) -> Path:
+    """``frame,arena,label`` of tests/trial_video.py: float/swim in 10-frame turns while a mouse is in the
+    water, unlabelled outside; ``changed``: that animal is labelled float throughout (a second rater)."""
+    from trial_video import TRUTH
+
+    lines = ["frame,arena,label"]
+    for arena, trials in TRUTH.items():
+        for f in range(video_frames):
+            t = f / fps
+            label = ""
+            for animal, _g, t_in, t_out in trials:
+                if t_in <= t < t_out:
+                    label = "float" if animal == changed or (f // 10) % 2 == 0 else "swim"
+            lines.append(f"{f},{arena},{label}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_trials_are_scored_and_compared_per_animal(tmp_path, tiny_model, monkeypatch, capsys):
+    """Two mice per cylinder, one after the other (a schedule): each trial is an animal, for the model
+    and for the second rater; before --schedule only the first 4 s of each arena were scored."""
+    import csv
+
+    import stream.run as run_mod
+    from test_trials import ScriptedEngine
+    from trial_video import DURATION_S, FPS as VIDEO_FPS, TRUTH, write_schedule, write_trials_video
+
+    monkeypatch.setattr(run_mod, "_build_engine", lambda *a, **k: ScriptedEngine())
+    video = write_trials_video(tmp_path / "rec")
+    n = int(DURATION_S * VIDEO_FPS)
+    labels = _trial_labels(tmp_path / "labels.csv", n, VIDEO_FPS)
+    rater2 = _trial_labels(tmp_path / "rater2.csv", n, VIDEO_FPS, changed="M2")
+    schedule = write_schedule(tmp_path / "schedule.csv", video)
+    out = tmp_path / "val"
+    assert main(["--model", str(tiny_model), "--videos", str(video), "--labels", str(labels), "--rater2", str(rater2),
+                 "--schedule", str(schedule), "--out", str(out), "--test-duration-s", "4", "--scoring-window-s", "2",
+                 "--bin-s", "1", "-q"]) == 0  # fmt: skip
+    scorers = {s["name"]: s for s in json.loads((out / "validation.json").read_text())["scorers"]}
+    truth = {(a, m) for a, trials in TRUTH.items() for m, *_ in trials}
+    for s in scorers.values():
+        assert {(a["arena"], a["animal"]) for a in s["animals"]} == truth, s["name"]
+        assert s["immobility"]["n"] == 4
+    human = {a["animal"]: a for a in scorers["human (rater 2)"]["animals"]}
+    for animal, a in human.items():  # rater 2 differs on M2 only: 4 s of water, half of it float for rater 1
+        assert a["frames_scored"] == 60
+        assert a["human_immobile_s"] == pytest.approx(2.0, abs=0.4)
+        assert a["model_immobile_s"] == (pytest.approx(4.0) if animal == "M2" else a["human_immobile_s"])
+    model = next(s for n_, s in scorers.items() if s["kind"] != "human")
+    for a in model["animals"]:  # the model's frames of each trial, labelled inside the trial
+        assert a["frames_scored"] == a["frames_total"] == 60
+    per_animal = list(csv.DictReader(open(out / "per_animal.csv")))
+    assert {r["animal"] for r in per_animal} == {"M1", "M2", "M3", "M4"}
+    # the human ceiling alone: the trials come from the schedule, no model run needed
+    assert main(["--videos", str(video), "--labels", str(labels), "--rater2", str(rater2), "--schedule", str(schedule),
+                 "--out", str(tmp_path / "human"), "--test-duration-s", "4", "--bin-s", "1", "--scoring-window-s", "2",
+                 "-q"]) == 0  # fmt: skip
+    (only,) = json.loads((tmp_path / "human" / "validation.json").read_text())["scorers"]
+    assert {a["animal"]: a["model_immobile_s"] for a in only["animals"]} == {
+        a: v["model_immobile_s"] for a, v in human.items()}
