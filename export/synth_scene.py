@@ -772,8 +772,8 @@ class _Camera:
             lit = cv2.warpPerspective(static, lay.homography, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             shot = float(cap["shot_noise"]) * boost * np.sqrt(np.maximum(lit.astype(np.float32) * self.gain, 0))
         self.noise = []  # (positive, negative) parts as uint8: saturating adds are the cheapest noise
-        for _ in range(NOISE_FRAMES if std > 0 else 0):
-            n = rng.normal(0, std, (H, W, 3))
+        for _ in range(NOISE_FRAMES if std > 0 or shot is not None else 0):
+            n = rng.normal(0, std, (H, W, 3)) if std > 0 else np.zeros((H, W, 3))
             if shot is not None:
                 n += shot * look.standard_normal((H, W, 3), np.float32)
             n = np.clip(np.rint(n), -255, 255).astype(np.int16)
