@@ -185,7 +185,7 @@ class Water:
     turbidity: Split = Split(Range(0.15, 0.45), Range(0.5, 0.7), 0.3)
     # side view: extra opacity per body length below the surface (deeper parts of a floating
     # mouse fade into the water); 0 = the turbidity's tint at every depth
-    depth_fade: Split = Split(Range(0.0, 1.5), Range(1.8, 3.0), 0.0)
+    depth_fade: Split = Split(Range(0.0, 0.8), Range(1.0, 1.6), 0.0)
 
 
 @dataclass(frozen=True)
@@ -217,14 +217,14 @@ class Lighting:
     part is the dim, uneven, strongly coloured and flickering end (the weakest held-out family of
     the first randomized side model); the train part reaches over-exposure on the other side."""
 
-    level: Split = Split(Range(0.82, 1.4), Range(0.55, 0.78), 1.0)  # gain; above ~1.15 light coats clip
+    level: Split = Split(Range(0.82, 1.3), Range(0.55, 0.78), 1.0)  # gain; above ~1.15 light coats clip
     gradient: Split = Split(Range(0.0, 0.25), Range(0.28, 0.45), 0.0)  # gain difference across the frame
     gradient_angle_deg: Split = Split(Range(0.0, 360.0), None, 0.0)  # shared: a direction has no look
     drift: Split = Split(Range(0.0, 0.08), Range(0.09, 0.15), 0.05)  # slow gain change (~20 s period)
     flicker: Split = Split(Range(0.0, 0.015), Range(0.02, 0.04), 0.004)  # frame-to-frame gain jitter
     colour_cast: Split = Split(Range(0.0, 0.1, signed=True), Range(0.12, 0.22, signed=True), 0.0)  # red vs blue gain: tungsten / LED
     vignette: Split = Split(Range(0.0, 0.3), Range(0.35, 0.6), 0.0)  # gain lost in the frame's corners
-    hotspot: Split = Split(Range(0.0, 0.35), Range(0.4, 0.7), 0.0)  # extra gain at the centre of a lamp's spot
+    hotspot: Split = Split(Range(0.0, 0.3), Range(0.35, 0.6), 0.0)  # extra gain at the centre of a lamp's spot
     banding: Split = Split(Range(0.0, 0.03), Range(0.04, 0.08), 0.0)  # mains flicker read out row by row: rolling bands
 
 

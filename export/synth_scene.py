@@ -16,7 +16,10 @@ behaviours follow the paper's definitions so that classes differ in MOTION, not 
 The picture is composed on a canvas in the rig's own (un-tilted) coordinates: a static layer
 (room texture, clutter, cylinders, walls) drawn once, then per frame the mice, the water and the
 reflections in front; one perspective warp per frame (camera tilt, roll and shake in one
-homography), lighting gain, motion blur, sensor noise. Arena ROIs are the bounding boxes of each
+homography), defocus, lighting gain (gradient, vignette, hot spot, colour, rolling bands), motion
+blur, interlacing, sensor noise, sensor resolution and an MJPEG stage. A floating side-view mouse
+lies at its drawn pitch and depth (the head always out) and drifts; the water in front of it
+hides deeper parts more. Arena ROIs are the bounding boxes of each
 cylinder's outline after the warp: side view the cylinder from rim to base between its walls,
 top view the water circle.
 
@@ -828,7 +831,8 @@ class _Camera:
         scale = float(self.cap["downscale"])
         if scale > 1.0:
             h, w = out.shape[:2]
-            small = cv2.resize(out, (max(2, round(w / scale)), max(2, round(h / scale))), interpolation=cv2.INTER_AREA)
+            # bilinear, not area: below 2x it averages the same 2x2 neighbourhood, at a fifth of the cost
+            small = cv2.resize(out, (max(2, round(w / scale)), max(2, round(h / scale))), interpolation=cv2.INTER_LINEAR)
             out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
         quality = int(self.cap["jpeg_quality"])
         if quality < JPEG_NONE:
