@@ -262,10 +262,10 @@ class Capture:
     crf: Split = Split(Range(18, 27, integer=True), Range(28, 32, integer=True), 23)
     auto_gain: Split = Split(Range(0.0, 0.5), Range(0.6, 1.0), 0.0)  # share of a dim scene's loss the gain makes up
     shot_noise: Split = Split(Range(0.0, 0.2), Range(0.25, 0.4), 0.0)  # noise std per sqrt(grey level)
-    defocus_px: Split = Split(Range(0.0, 0.9), Range(1.0, 1.5), 0.0)  # Gaussian blur sigma of the lens
+    defocus_px: Split = Split(Range(0.0, 0.9), Range(1.0, 1.5), 0.0)  # lens blur sigma, px of a 640 px wide frame
     downscale: Split = Split(Range(1.0, 1.6), Range(1.7, 2.2), 1.0)  # video pixels per sensor pixel (upscaled)
     interlace: Split = Split(Range(0.0, 0.5), Range(0.6, 1.0), 0.0)  # weight of the earlier field in odd rows
-    jpeg_quality: Split = Split(Range(60, 100, integer=True), Range(25, 55, integer=True), 100)  # MJPEG stage; 100: none
+    jpeg_quality: Split = Split(Range(60, 100, integer=True), Range(30, 55, integer=True), 100)  # MJPEG stage; 100: none
 
 
 FAMILIES: dict[str, Any] = {

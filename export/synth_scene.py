@@ -72,6 +72,7 @@ FLOAT_DRIFT_MID = 0.035
 # capture widening (export.synth_families Lighting / Capture)
 JPEG_NONE = 100  # jpeg_quality at which no MJPEG stage runs
 MIN_DEFOCUS_PX = 0.3  # a thinner blur leaves the 8-bit frame as it was
+DEFOCUS_WIDTH_PX = 640  # defocus_px is for a frame this wide (the nominal one): a lens blurs the same share of any frame
 HOTSPOT_SIGMA = (0.15, 0.35)  # a lamp's spot, in frame sizes
 BANDS_PER_FRAME = (1.5, 4.0)  # rolling-shutter flicker bands visible at once
 BAND_BEAT_HZ = (0.3, 2.0)  # how fast they roll: mains 100/120 Hz beating against the frame rate
@@ -795,7 +796,7 @@ class _Camera:
         hom = np.array([[1, 0, dx], [0, 1, dy], [0, 0, 1]]) @ lay.homography
         frame = cv2.warpPerspective(canvas, hom, (lay.width, lay.height), flags=cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-        defocus = float(self.cap["defocus_px"])
+        defocus = float(self.cap["defocus_px"]) * lay.width / DEFOCUS_WIDTH_PX
         if defocus >= MIN_DEFOCUS_PX:
             frame = cv2.GaussianBlur(frame, (0, 0), defocus)
         t = index / self.fps
