@@ -30,6 +30,7 @@ __all__ = [
     "Choice",
     "FAMILIES",
     "FAMILY_NAMES",
+    "FLOAT_DRIFT_MAX_OF_SWIM",
     "MOUSE_COLOURS_BGR",
     "PARTS",
     "Range",
@@ -175,12 +176,16 @@ class Mouse:
 
 @dataclass(frozen=True)
 class Water:
-    """Water tint, level (surface as a fraction of the cylinder's height from its rim) and
-    turbidity (how much the water hides what is under the surface)."""
+    """Water tint, level (surface as a fraction of the cylinder's height from its rim),
+    turbidity (how much the water hides what is under the surface) and how fast it hides what
+    lies deeper."""
 
     colour: Split = Split(Choice(("clear", "blue", "grey")), Choice(("green", "brown", "milky")), "clear")
     level: Split = Split(Range(0.3, 0.44), Range(0.46, 0.56), 0.38)
     turbidity: Split = Split(Range(0.15, 0.45), Range(0.5, 0.7), 0.3)
+    # side view: extra opacity per body length below the surface (deeper parts of a floating
+    # mouse fade into the water); 0 = the turbidity's tint at every depth
+    depth_fade: Split = Split(Range(0.0, 0.8), Range(1.0, 1.6), 0.0)
 
 
 @dataclass(frozen=True)
@@ -207,19 +212,27 @@ class Background:
 
 @dataclass(frozen=True)
 class Lighting:
-    """Overall level, a spatial gradient (a lamp to one side), slow drift and mains flicker."""
+    """Overall level, a spatial gradient (a lamp to one side), slow drift and mains flicker;
+    coloured light, vignetting, a lamp's hot spot and rolling-shutter flicker bands. The held-out
+    part is the dim, uneven, strongly coloured and flickering end (the weakest held-out family of
+    the first randomized side model); the train part reaches over-exposure on the other side."""
 
-    level: Split = Split(Range(0.82, 1.15), Range(0.55, 0.78), 1.0)  # gain
+    level: Split = Split(Range(0.82, 1.3), Range(0.55, 0.78), 1.0)  # gain; above ~1.15 light coats clip
     gradient: Split = Split(Range(0.0, 0.25), Range(0.28, 0.45), 0.0)  # gain difference across the frame
     gradient_angle_deg: Split = Split(Range(0.0, 360.0), None, 0.0)  # shared: a direction has no look
     drift: Split = Split(Range(0.0, 0.08), Range(0.09, 0.15), 0.05)  # slow gain change (~20 s period)
     flicker: Split = Split(Range(0.0, 0.015), Range(0.02, 0.04), 0.004)  # frame-to-frame gain jitter
+    colour_cast: Split = Split(Range(0.0, 0.1, signed=True), Range(0.12, 0.22, signed=True), 0.0)  # red vs blue gain: tungsten / LED
+    vignette: Split = Split(Range(0.0, 0.3), Range(0.35, 0.6), 0.0)  # gain lost in the frame's corners
+    hotspot: Split = Split(Range(0.0, 0.3), Range(0.35, 0.6), 0.0)  # extra gain at the centre of a lamp's spot
+    banding: Split = Split(Range(0.0, 0.03), Range(0.04, 0.08), 0.0)  # mains flicker read out row by row: rolling bands
 
 
 @dataclass(frozen=True)
 class Dynamics:
     """How the mouse moves inside the paper's behaviour definitions: stroke rate and amplitude,
-    swim speed, struggle amplitude at the wall, float balancing, splashes and ripple decay."""
+    swim speed, struggle amplitude at the wall, float balancing, splashes, ripple decay, and how
+    a floating mouse lies in the water (pitch, depth) and drifts."""
 
     stroke_hz: Split = Split(Range(2.4, 3.8), Range(3.9, 4.8), 3.0)  # limb beat (< fps/2 at 15 fps)
     stroke_amp: Split = Split(Range(0.8, 1.05), Range(1.08, 1.25), 0.9)  # limb swing, rad
@@ -229,17 +242,30 @@ class Dynamics:
     float_hz: Split = Split(Range(0.4, 0.9), Range(0.95, 1.3), 0.6)  # balancing paddle rate
     ripple_decay_s: Split = Split(Range(2.0, 3.8), Range(4.0, 6.0), 3.0)  # water moves on after a bout
     splash_rate_hz: Split = Split(Range(2.0, 5.0), Range(5.5, 8.0), 3.0)  # droplets while struggling
+    # side view, float posture: real floating mice lie anywhere from nearly flat to upright, most
+    # of the body under water, and drift passively. Held out: upright, deep floaters
+    float_pitch: Split = Split(Range(0.05, 0.8), Range(0.85, 1.2), 0.15)  # body axis above horizontal, rad
+    float_depth: Split = Split(Range(0.1, 0.3), Range(0.32, 0.5), 0.1)  # body centre below the surface, body lengths
+    float_drift: Split = Split(Range(0.01, 0.08), Range(0.09, 0.13), 0.035)  # passive drift, body lengths per second
 
 
 @dataclass(frozen=True)
 class Capture:
-    """The camera and encoder: frame rate, sensor noise, motion blur, shake, H.264 quality."""
+    """The camera and encoder: frame rate, sensor noise, motion blur, shake, H.264 quality; the
+    camera's gain in a dim room (its noise grows with it), signal-dependent noise, defocus, a
+    sensor of lower resolution than the video, interlacing and an MJPEG stage before H.264."""
 
-    fps: Split = Split(Choice((15.0, 30.0)), Choice((25.0,)), 15.0)
+    fps: Split = Split(Choice((12.0, 15.0, 20.0, 30.0)), Choice((24.0, 25.0)), 15.0)
     noise_std: Split = Split(Range(0.5, 3.5), Range(4.0, 7.0), 2.0)  # grey levels
     motion_blur: Split = Split(Range(0.0, 0.35), Range(0.4, 0.6), 0.0)  # share of the previous frame
     shake_px: Split = Split(Range(0.0, 0.8), Range(0.9, 1.5), 0.5)
     crf: Split = Split(Range(18, 27, integer=True), Range(28, 32, integer=True), 23)
+    auto_gain: Split = Split(Range(0.0, 0.5), Range(0.6, 1.0), 0.0)  # share of a dim scene's loss the gain makes up
+    shot_noise: Split = Split(Range(0.0, 0.2), Range(0.25, 0.4), 0.0)  # noise std per sqrt(grey level)
+    defocus_px: Split = Split(Range(0.0, 0.9), Range(1.0, 1.5), 0.0)  # lens blur sigma, px of a 640 px wide frame
+    downscale: Split = Split(Range(1.0, 1.6), Range(1.7, 2.2), 1.0)  # video pixels per sensor pixel (upscaled)
+    interlace: Split = Split(Range(0.0, 0.5), Range(0.6, 1.0), 0.0)  # weight of the earlier field in odd rows
+    jpeg_quality: Split = Split(Range(60, 100, integer=True), Range(30, 55, integer=True), 100)  # MJPEG stage; 100: none
 
 
 FAMILIES: dict[str, Any] = {
@@ -253,6 +279,10 @@ FAMILIES: dict[str, Any] = {
     "capture": Capture(),
 }
 FAMILY_NAMES = tuple(FAMILIES)
+# The paper's float is passive: only the movements that keep the head above water. A floating
+# mouse's drift (the fastest bout of the fastest float_drift) stays under this share of the
+# slowest swim, so that no float bout travels like a swim bout.
+FLOAT_DRIFT_MAX_OF_SWIM = 0.25
 FAMILY_SEED_STREAM = 20_000  # rng stream of the draws; apart from the label / arena streams
 
 

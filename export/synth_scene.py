@@ -16,7 +16,10 @@ behaviours follow the paper's definitions so that classes differ in MOTION, not 
 The picture is composed on a canvas in the rig's own (un-tilted) coordinates: a static layer
 (room texture, clutter, cylinders, walls) drawn once, then per frame the mice, the water and the
 reflections in front; one perspective warp per frame (camera tilt, roll and shake in one
-homography), lighting gain, motion blur, sensor noise. Arena ROIs are the bounding boxes of each
+homography), defocus, lighting gain (gradient, vignette, hot spot, colour, rolling bands), motion
+blur, interlacing, sensor noise, sensor resolution and an MJPEG stage. A floating side-view mouse
+lies at its drawn pitch and depth (the head always out) and drifts; the water in front of it
+hides deeper parts more. Arena ROIs are the bounding boxes of each
 cylinder's outline after the warp: side view the cylinder from rim to base between its walls,
 top view the water circle.
 
@@ -60,9 +63,23 @@ LIGHT_STEP_TAU_S = 0.3  # a lamp or a door changes the light over a few frames, 
 # glove colours: blue nitrile, white latex, purple nitrile
 GLOVES_BGR = ((200, 140, 60), (235, 235, 235), (170, 90, 120))
 NOISE_FRAMES = 8  # pre-drawn sensor-noise frames (fresh Gaussian noise per frame dominates the cost)
+# side-view head, in body lengths along the body axis / its half-axes (as _draw_side draws it)
+HEAD_AT, HEAD_AXES = 0.5, (0.2, 0.13)
+NOSE_CLEAR = 0.04  # a floating mouse's head rises at least this far (body lengths) above the surface: it breathes
+# a float bout drifts at a speed drawn in this range, scaled so that its middle is the drawn float_drift
+FLOAT_DRIFT_RANGE = (0.02, 0.05)
+FLOAT_DRIFT_MID = 0.035
+# capture widening (export.synth_families Lighting / Capture)
+JPEG_NONE = 100  # jpeg_quality at which no MJPEG stage runs
+MIN_DEFOCUS_PX = 0.3  # a thinner blur leaves the 8-bit frame as it was
+DEFOCUS_WIDTH_PX = 640  # defocus_px is for a frame this wide (the nominal one): a lens blurs the same share of any frame
+HOTSPOT_SIGMA = (0.15, 0.35)  # a lamp's spot, in frame sizes
+BANDS_PER_FRAME = (1.5, 4.0)  # rolling-shutter flicker bands visible at once
+BAND_BEAT_HZ = (0.3, 2.0)  # how fast they roll: mains 100/120 Hz beating against the frame rate
 
 # rng streams, apart from the label streams of export.synth and the family draws
 STATIC_STREAM, ARENA_STREAM, CAMERA_STREAM, TRIAL_STREAM = 30_000, 31_000, 32_000, 33_000
+LOOK_STREAM = 34_000  # the widened lighting / capture draws (hot spot, bands, shot noise)
 
 
 @dataclass(frozen=True)
@@ -293,6 +310,35 @@ def _reflections(rng: np.random.Generator, lay: Layout, c: Cylinder, cyl: dict[s
 # the mice
 
 
+def head_top(pitch: float) -> float:
+    """Height of the top of the head above the body centre, in body lengths, for a side-view
+    body pitched ``pitch`` rad above horizontal (the head ellipse of ``_draw_side``, turned)."""
+    a, b = HEAD_AXES
+    return HEAD_AT * math.sin(pitch) + math.sqrt((a * math.sin(pitch)) ** 2 + (b * math.cos(pitch)) ** 2)
+
+
+def float_depth(pitch: float, depth: float) -> float:
+    """Depth of a floating mouse's body centre below the surface (body lengths): the drawn
+    ``depth``, but never so deep that the head goes under (a floating mouse keeps its head out,
+    so a flat one cannot sink as far as an upright one)."""
+    return min(depth, head_top(pitch) - NOSE_CLEAR)
+
+
+def _depth_fade(water: dict[str, Any], c: Cylinder, water_y: float, length: float, cols: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-row blend weights (image, water) of the side-view water from the cylinder's top down:
+    opacity grows from the turbidity's at the surface by ``depth_fade`` per body length of
+    depth. None when the water tints every depth alike (the look before depth fading)."""
+    fade = float(water["depth_fade"])
+    if fade <= 0:
+        return None
+    alpha = 0.3 + 0.55 * float(water["turbidity"])
+    rows = np.arange(int(c.y), int(c.y + c.h), dtype=np.float32) + 0.5
+    depth = np.maximum(rows - water_y, 0.0) / length
+    w_water = 1 - (1 - alpha) * np.exp(-fade * depth)
+    w_water = np.ascontiguousarray(np.repeat(w_water[:, None], cols, 1), np.float32)
+    return np.ascontiguousarray(1 - w_water, np.float32), w_water
+
+
 class _Mouse:
     """One arena: its mouse's motion (from the labels and the dynamics family) and its drawing."""
 
@@ -332,6 +378,7 @@ class _Mouse:
             shape = (int(c.y + c.h) - int(c.y), self.cols.size, 3)
             self.water_img = np.empty(shape, np.uint8)
             self.water_img[:] = np.clip(self.water_bgr, 0, 255).astype(np.uint8)
+            self.fade = _depth_fade(self.water, c, self.water_y, self.L, self.cols.size)
         else:
             cx, cy = c.centre
             self.R = c.radius
@@ -467,10 +514,12 @@ class _Mouse:
             target_angle, target_off = 1.15, 0.12
         else:
             if self.drift == 0.0:
-                self.drift = rng.choice([-1.0, 1.0]) * rng.uniform(0.02, 0.05) * L
+                scale = float(self.dyn["float_drift"]) / FLOAT_DRIFT_MID
+                self.drift = rng.choice([-1.0, 1.0]) * rng.uniform(*FLOAT_DRIFT_RANGE) * L * scale
             self.x = float(np.clip(self.x + self.drift * self.dt, min(self.lo, self.x), max(self.hi, self.x)))
             rock = 0.04 * math.sin(self.bal_phase)  # balancing: a slight rocking of the body
-            target_angle, target_off = 0.15 + rock, 0.1
+            pitch = float(self.dyn["float_pitch"])
+            target_angle, target_off = pitch + rock, float_depth(pitch, float(self.dyn["float_depth"]))
         self.angle = self._follow(self.angle, target_angle)
         self.y_off = self._follow(self.y_off, target_off)
 
@@ -601,7 +650,7 @@ class _Mouse:
             _line(img, p, q, self.tail, max(1.0, 0.05 * L * (1 - 0.25 * k)))
             p = q
         _ellipse(img, ctr, (0.5 * L, 0.2 * L), ang, self.body)
-        _ellipse(img, ctr + f * 0.5 * L, (0.2 * L, 0.13 * L), ang, self.body)
+        _ellipse(img, ctr + f * HEAD_AT * L, (HEAD_AXES[0] * L, HEAD_AXES[1] * L), ang, self.body)
         _ellipse(img, ctr + f * 0.42 * L - n * 0.12 * L, (0.06 * L, 0.06 * L), 0, self.limb)
         _ellipse(img, ctr + f * 0.56 * L - n * 0.04 * L, (0.025 * L, 0.025 * L), 0, self.eye)
         leg(0, self.limb)
@@ -630,7 +679,11 @@ class _Mouse:
         alpha = 0.3 + 0.55 * float(self.water["turbidity"])
         if band_end < bottom:
             below = img[band_end:bottom, x0:x1]
-            img[band_end:bottom, x0:x1] = cv2.addWeighted(below, 1 - alpha, self.water_img[: bottom - band_end], alpha, 0)
+            if self.fade is None:
+                img[band_end:bottom, x0:x1] = cv2.addWeighted(below, 1 - alpha, self.water_img[: bottom - band_end], alpha, 0)
+            else:  # deeper rows fade further into the water
+                w_img, w_water = (w[band_end - int(c.y) : bottom - int(c.y)] for w in self.fade)
+                img[band_end:bottom, x0:x1] = cv2.blendLinear(below, self.water_img[: bottom - band_end], w_img, w_water)
         rows = np.arange(top, band_end, dtype=np.float32)[:, None]
         band = img[top:band_end, x0:x1].astype(np.float32)
         under = (rows > surface[None, :])[..., None]
@@ -683,23 +736,53 @@ class _Mouse:
 
 
 class _Camera:
-    """Lighting (level, gradient, drift, flicker), shake, motion blur and sensor noise."""
+    """Lighting (level, gradient, drift, flicker, colour, vignette, hot spot, rolling bands),
+    shake, defocus, motion blur, interlacing, sensor noise (with the gain of a dim scene and
+    signal-dependent shot noise), sensor resolution and an MJPEG stage.
 
-    def __init__(self, rng: np.random.Generator, lay: Layout, fam: dict[str, dict[str, Any]], fps: float) -> None:
+    The widened effects draw from ``look`` (an rng stream of their own) and are skipped at their
+    nominal values, so a render with every family nominal is what it was before they existed."""
+
+    def __init__(self, rng: np.random.Generator, lay: Layout, fam: dict[str, dict[str, Any]], fps: float,
+                 look: np.random.Generator, static: np.ndarray) -> None:  # fmt: skip
         self.rng, self.lay, self.fps = rng, lay, fps
         light, cap = fam["lighting"], fam["capture"]
         self.light, self.cap = light, cap
         W, H = lay.width, lay.height
+        # the widened looks' own draws, all of them whether used or not: one effect's value does
+        # not change another's
+        spot = look.uniform(0, 1, 2) * (W, H)
+        spot_sigma = look.uniform(*HOTSPOT_SIGMA) * max(W, H)
+        self.bands = (look.uniform(*BANDS_PER_FRAME), look.uniform(*BAND_BEAT_HZ), look.uniform(0, 2 * math.pi))
         a = math.radians(float(light["gradient_angle_deg"]))
         yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
         ramp = ((xx - W / 2) * math.cos(a) + (yy - H / 2) * math.sin(a)) / max(W, H)
         gain = (float(light["level"]) * (1 + float(light["gradient"]) * ramp)).astype(np.float32)
-        self.gain = cv2.merge([gain, gain, gain])
-        std = float(cap["noise_std"])
+        if float(light["vignette"]) > 0:  # cos^4-like fall-off, strongest in the corners
+            r2 = ((xx - W / 2) ** 2 + (yy - H / 2) ** 2) / ((W / 2) ** 2 + (H / 2) ** 2)
+            gain *= (1 - float(light["vignette"]) * r2).astype(np.float32)
+        if float(light["hotspot"]) > 0:
+            d2 = ((xx - spot[0]) ** 2 + (yy - spot[1]) ** 2) / (2 * spot_sigma**2)
+            gain *= (1 + float(light["hotspot"]) * np.exp(-d2)).astype(np.float32)
+        # a dim room: the camera's gain makes up part of the loss, and amplifies the noise with it
+        boost = (1.0 / min(float(light["level"]), 1.0)) ** float(cap["auto_gain"])
+        if boost != 1.0:
+            gain *= np.float32(boost)
+        cast = float(light["colour_cast"])
+        self.gain = cv2.merge([gain * np.float32(1 - cast), gain, gain * np.float32(1 + cast)]) if cast else cv2.merge([gain, gain, gain])
+        std = float(cap["noise_std"]) * boost
+        shot = None
+        if float(cap["shot_noise"]) > 0:  # photon noise: std grows with the light a pixel gets (the static scene's)
+            lit = cv2.warpPerspective(static, lay.homography, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            shot = float(cap["shot_noise"]) * boost * np.sqrt(np.maximum(lit.astype(np.float32) * self.gain, 0))
         self.noise = []  # (positive, negative) parts as uint8: saturating adds are the cheapest noise
-        for _ in range(NOISE_FRAMES if std > 0 else 0):
-            n = np.clip(np.rint(rng.normal(0, std, (H, W, 3))), -255, 255).astype(np.int16)
+        for _ in range(NOISE_FRAMES if std > 0 or shot is not None else 0):
+            n = rng.normal(0, std, (H, W, 3)) if std > 0 else np.zeros((H, W, 3))
+            if shot is not None:
+                n += shot * look.standard_normal((H, W, 3), np.float32)
+            n = np.clip(np.rint(n), -255, 255).astype(np.int16)
             self.noise.append((np.maximum(n, 0).astype(np.uint8), np.maximum(-n, 0).astype(np.uint8)))
+        self.rows = (np.arange(H, dtype=np.float32) / H)[:, None, None]
         self.drift_phase = rng.uniform(0, 2 * math.pi)
         self.shake = np.zeros(2)
         self.prev: np.ndarray | None = None
@@ -713,6 +796,9 @@ class _Camera:
         hom = np.array([[1, 0, dx], [0, 1, dy], [0, 0, 1]]) @ lay.homography
         frame = cv2.warpPerspective(canvas, hom, (lay.width, lay.height), flags=cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        defocus = float(self.cap["defocus_px"]) * lay.width / DEFOCUS_WIDTH_PX
+        if defocus >= MIN_DEFOCUS_PX:
+            frame = cv2.GaussianBlur(frame, (0, 0), defocus)
         t = index / self.fps
         g = 1.0 + float(self.light["drift"]) * math.sin(2 * math.pi * t / DRIFT_PERIOD_S + self.drift_phase)
         g += float(self.light["flicker"]) * rng.normal()
@@ -722,14 +808,38 @@ class _Camera:
             self.step_gain += (self.step_target - self.step_gain) * (1 - math.exp(-1 / (self.fps * LIGHT_STEP_TAU_S)))
             g *= self.step_gain
         out = cv2.multiply(frame, self.gain, scale=g, dtype=cv2.CV_32F)
+        banding = float(self.light["banding"])
+        if banding > 0:  # each row is exposed at its own moment of the mains cycle
+            per_frame, beat_hz, phase = self.bands
+            out *= 1 + banding * np.sin(2 * math.pi * (per_frame * self.rows + beat_hz * t) + phase)
         blur = float(self.cap["motion_blur"])
         if blur > 0 and self.prev is not None:  # the exposure still integrates the last frame's light
             out = cv2.addWeighted(out, 1 - blur, self.prev, blur, 0)
-        self.prev = out
+        previous, self.prev = self.prev, out
+        weave = float(self.cap["interlace"])
+        if weave > 0 and previous is not None:  # odd rows: the field taken half a frame earlier
+            out = out.copy()
+            out[1::2] = cv2.addWeighted(out[1::2], 1 - weave, previous[1::2], weave, 0)
         out = cv2.convertScaleAbs(out)  # saturating float -> uint8 (values are >= 0)
         if self.noise:
             pos, neg = self.noise[int(rng.integers(len(self.noise)))]
             out = cv2.subtract(cv2.add(out, pos), neg)
+        return self._sensor_and_codec(out)
+
+    def _sensor_and_codec(self, out: np.ndarray) -> np.ndarray:
+        """A sensor of fewer pixels than the video (upscaled: soft, blotchy noise), then an
+        MJPEG stage of a webcam (8x8 blocks) before the H.264 encoder."""
+        scale = float(self.cap["downscale"])
+        if scale > 1.0:
+            h, w = out.shape[:2]
+            # bilinear, not area: below 2x it averages the same 2x2 neighbourhood, at a fifth of the cost
+            small = cv2.resize(out, (max(2, round(w / scale)), max(2, round(h / scale))), interpolation=cv2.INTER_LINEAR)
+            out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        quality = int(self.cap["jpeg_quality"])
+        if quality < JPEG_NONE:
+            ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok:
+                out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
         return out
 
 
@@ -747,7 +857,8 @@ def render_scene(view: str, classes: Sequence[str], fam: dict[str, dict[str, Any
     mice = [_Mouse(view, classes, c, fam, lab, fps, np.random.default_rng([seed, ARENA_STREAM, i]),
                    _reflections(static_rng, lay, c, fam["cylinder"]), trial)
             for i, (c, lab, trial) in enumerate(zip(lay.cylinders, labels, trials))]  # fmt: skip
-    camera = _Camera(np.random.default_rng([seed, CAMERA_STREAM]), lay, fam, fps)
+    camera = _Camera(np.random.default_rng([seed, CAMERA_STREAM]), lay, fam, fps,
+                     np.random.default_rng([seed, LOOK_STREAM]), static)  # fmt: skip
     if plan is not None:
         camera.light_steps = np.random.default_rng([seed, TRIAL_STREAM, 1000])
     for t in range(num_frames):

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
 
 import cv2
 import numpy as np
 import pytest
 
-from export.annotations import UNLABELLED, read_annotations
+from export.annotations import SIDE_CLASSES, TOP_CLASSES, UNLABELLED, read_annotations
 from export.synth import MIN_BOUT_S, SynthConfig, arena_rois, generate_labels, main, render_frames, render_video, resolve
-from export.synth_families import FAMILIES, FAMILY_NAMES, draw_families, draw_family, splits
-from export.synth_scene import layout
+from export.synth_families import FAMILIES, FAMILY_NAMES, FLOAT_DRIFT_MAX_OF_SWIM, draw_families, draw_family, splits
+from export.synth_scene import FLOAT_DRIFT_MID, FLOAT_DRIFT_RANGE, NOSE_CLEAR, float_depth, head_top, layout, render_scene
 from export.synth_sheet import CELL_PX, CLASS_BGR, contact_sheet
 from export.synth_trials import ABSENT, HELD, IN_WATER, parse_trials, plan_trials
 
@@ -206,7 +208,7 @@ def test_randomized_render_keeps_the_contract(tmp_path, view):
     assert set(meta["families"]) == set(FAMILY_NAMES)
     assert meta["families"]["mouse"]["colour"] in ("agouti", "brown")
     fam = meta["families"]
-    assert meta["fps"] == fam["capture"]["fps"] in (15.0, 25.0, 30.0)
+    assert meta["fps"] == fam["capture"]["fps"] and splits("capture")["fps"].train.contains(meta["fps"])
     assert meta["num_frames"] == round(2.5 * meta["fps"]) and meta["view"] == view
     assert meta["classes"] == list(cfg.classes) and meta["immobile_classes"] == (["float"] if view == "side" else ["immobile"])
     assert len(meta["arenas"]) == fam["geometry"]["cylinders"]
@@ -255,8 +257,8 @@ def test_roi_is_the_cylinder_the_camera_sees():
 def _roi_motion(cfg: SynthConfig) -> dict[str, float]:
     """Frame-difference magnitude inside the ROI per class, away from bout boundaries: the 98th
     percentile of |difference| (motion is local: the mouse and its ripples), on 4x-downsampled
-    crops (sensor noise averages out, motion does not) normalised to their mean (a lighting
-    flicker is not motion)."""
+    crops (sensor noise averages out, motion does not) with each row normalised to its mean (a
+    lighting flicker, also one a rolling shutter reads out as moving bands, is not motion)."""
     eff, fam = resolve(cfg)
 
     labels = generate_labels(eff)[0]
@@ -264,7 +266,7 @@ def _roi_motion(cfg: SynthConfig) -> dict[str, float]:
     size = (r.w // 4, r.h // 4)
     crops = [cv2.resize(f[r.y : r.y + r.h, r.x : r.x + r.w].astype(np.float32).mean(-1), size, interpolation=cv2.INTER_AREA)
              for f in render_frames(cfg)]  # fmt: skip
-    frames = np.stack([100 * c / c.mean() for c in crops])
+    frames = np.stack([100 * c / c.mean(axis=1, keepdims=True) for c in crops])
     diff = np.percentile(np.abs(np.diff(frames, axis=0)).reshape(len(frames) - 1, -1), 98, axis=1)
     lab = labels[1:]
     keep = np.ones(lab.size, bool)
@@ -317,6 +319,161 @@ def test_contact_sheet_grid_of_labelled_frames(tmp_path, capsys):
     assert "PNG" in capsys.readouterr().err
     assert main(["--view", "both", "--out", str(tmp_path)]) == 2
     assert "--contact-sheet" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# the widened ranges (issue 21 part 3): lighting, capture, float posture, water depth
+
+
+# every parameter the widening added, by family; each must be split train / held out
+WIDENED = {
+    "lighting": ("colour_cast", "vignette", "hotspot", "banding"),
+    "capture": ("auto_gain", "shot_noise", "defocus_px", "downscale", "interlace", "jpeg_quality"),
+    "dynamics": ("float_pitch", "float_depth", "float_drift"),
+    "water": ("depth_fade",),
+}
+# sha256 of the raw frames (before H.264) of the fixed look and of the nominal scene of a --trials
+# render, taken before the widening: neither may change. (OpenCV's drawing and warping are
+# deterministic for a given OpenCV build; a different build may round differently.)
+UNCHANGED_FRAMES = {
+    "legacy_side": "e74787c99cac423f2ecd0cf9d4bc1cfbbb8ae7c4a20ac7cd759a40e814d0aecc",
+    "legacy_top": "71e714608678acdf3822f0acdf954dca47bb435e6e06afdab96e21d1c46bdaf5",
+    "trials_side": "9e64ff4223045c4ab4212be49d2e8e25212d9b6bf42154e9a69f1c77bb1a8ac4",
+    "trials_top": "2428ce86bcfee9838d309b4fbecabc1c66c476d7907fd6c58ecaf1ebb36caa68",
+}
+
+
+def test_fixed_look_and_nominal_scene_frames_are_unchanged():
+    configs = {
+        "legacy_side": SynthConfig(view="side", duration_s=3.0, arenas=2, arena_size_px=64, seed=5),
+        "legacy_top": SynthConfig(view="top", duration_s=3.0, arenas=1, arena_size_px=64, seed=6),
+        # swim, struggle and float bouts: the nominal float posture and drift are rendered too
+        "trials_side": SynthConfig(view="side", trials="empty:1,mouse:8", width_px=160, height_px=120, seed=1),
+        "trials_top": SynthConfig(view="top", trials="mouse:4", width_px=160, height_px=120, seed=3),
+    }
+    assert set(np.unique(generate_labels(configs["trials_side"])[0])) == {UNLABELLED, 0, 1, 2}
+    for name, cfg in configs.items():
+        digest = hashlib.sha256()
+        for frame in render_frames(cfg):
+            digest.update(frame.tobytes())
+        assert digest.hexdigest() == UNCHANGED_FRAMES[name], name
+
+
+def test_widened_ranges_draw_from_their_own_part():
+    for family, names in WIDENED.items():
+        params = splits(family)
+        for name in names:
+            assert params[name].is_split, (family, name)
+        for seed in range(40):
+            train = draw_families(seed)[family]
+            held = draw_families(seed, held_out={family})[family]
+            nominal = draw_families(seed, fixed={family})[family]
+            for name in names:
+                s = params[name]
+                assert s.train.contains(train[name]) and not s.held_out.contains(train[name]), (family, name, train[name])
+                assert s.held_out.contains(held[name]) and not s.train.contains(held[name]), (family, name, held[name])
+                assert nominal[name] == s.nominal
+
+
+def _nominal_scene(view: str, **changes) -> dict:
+    """Every family nominal on a small one-cylinder rig with no noise, shake or flicker (so that
+    a change shows alone), then ``changes`` as {family: {parameter: value}}."""
+    fam = draw_families(0, fixed=FAMILY_NAMES)
+    fam["geometry"].update(width_px=192, cylinders=1)
+    fam["capture"].update(noise_std=0.0, shake_px=0.0)
+    fam["lighting"].update(drift=0.0, flicker=0.0)
+    for family, values in changes.items():
+        fam[family].update(values)
+    return fam
+
+
+def _scene_frames(fam: dict, view: str = "side", label: str = "float", seconds: float = 1.5) -> list[np.ndarray]:
+    classes = SIDE_CLASSES if view == "side" else TOP_CLASSES
+    n = round(15 * seconds)
+    return list(render_scene(view, classes, fam, [np.full(n, classes.index(label), np.int64)], 15.0, n, seed=0))
+
+
+@pytest.mark.parametrize("view", ["side", "top"])
+def test_each_widened_parameter_changes_the_frames(view):
+    label = "float" if view == "side" else "immobile"
+    dim = {"lighting": {"level": 0.7}}  # the camera's gain only makes up for a dim room
+    for family, names in WIDENED.items():
+        if view == "top" and family in ("dynamics", "water"):
+            continue  # float posture and depth fading are side-view looks
+        for name in names:
+            context = dim if name == "auto_gain" else {}
+            base = _scene_frames(_nominal_scene(view, **context), view, label, 0.6)
+            value = splits(family)[name].held_out.draw(np.random.default_rng(1))
+            frames = _scene_frames(_nominal_scene(view, **{**context, family: {name: value}}), view, label, 0.6)
+            diff = max(float(np.abs(x.astype(np.int16) - y).mean()) for x, y in zip(frames, base))
+            assert diff > 0.05, (family, name, value, diff)
+
+
+def _above_water(fam: dict) -> tuple[float, float]:
+    """(area in px, mean column) of the floating mouse above the water line in the last frame:
+    dark pixels (the nominal mouse is black, the nominal room grey) between the walls, from
+    below the rim to above the highest ripple."""
+    frame = _scene_frames(fam)[-1].astype(np.float32).mean(-1)
+    c = layout("side", fam["geometry"]).cylinders[0]
+    water_y = c.y + float(fam["water"]["level"]) * c.h
+    rim, wall = 0.06 * c.w + 2, 0.03 * c.w + 2
+    box = frame[int(c.y + rim) : int(water_y - 0.01 * c.h), int(c.x + wall) : int(c.x + c.w - wall)]
+    dark = box < 90
+    return float(dark.sum()), float(np.nonzero(dark)[1].mean()) if dark.any() else math.nan
+
+
+def test_float_posture_flat_to_upright_and_partly_under_water():
+    mouse_l = 0.3 * layout("side", _nominal_scene("side")["geometry"]).cylinders[0].w  # nominal length
+    flat, _ = _above_water(_nominal_scene("side", dynamics={"float_pitch": 0.05, "float_depth": 0.3}))
+    upright, _ = _above_water(_nominal_scene("side", dynamics={"float_pitch": 1.2, "float_depth": 0.3}))
+    deep, _ = _above_water(_nominal_scene("side", dynamics={"float_pitch": 1.2, "float_depth": 0.5}))
+    shallow, _ = _above_water(_nominal_scene("side", dynamics={"float_pitch": 1.2, "float_depth": 0.1}))
+    # a flat mouse shows its back, an upright one its head and shoulders; deeper, only the head
+    assert 0 < flat < 0.7 * upright, (flat, upright)
+    assert 0 < deep < 0.6 * upright < 0.6 * shallow, (deep, upright, shallow)
+    assert deep < 0.1 * mouse_l**2  # about the head's top: no more than a tenth of a body length squared
+    # and the head never goes under, however deep the drawn depth
+    for pitch in np.linspace(0.0, 1.3, 14):
+        for depth in (0.1, 0.3, 0.5, 0.8):
+            assert head_top(pitch) - float_depth(pitch, depth) >= NOSE_CLEAR - 1e-9
+
+
+def test_submerged_part_fades_with_depth():
+    """Depth fading: the water hides the deep body of an upright floater more than the turbidity
+    alone does, and the surface band looks as before."""
+    fam = _nominal_scene("side", dynamics={"float_pitch": 1.2, "float_depth": 0.4})
+    plain = _scene_frames(fam)[-1].astype(np.float32).mean(-1)
+    fam["water"]["depth_fade"] = 2.5
+    faded = _scene_frames(fam)[-1].astype(np.float32).mean(-1)
+    c = layout("side", fam["geometry"]).cylinders[0]
+    water_y = c.y + float(fam["water"]["level"]) * c.h
+    deep_rows = slice(int(water_y + 0.2 * c.h), int(c.y + c.h - 0.1 * c.w))
+    assert np.abs(faded[deep_rows] - plain[deep_rows]).mean() > 5  # the deep water is more opaque
+    above = slice(int(c.y), int(water_y - 0.02 * c.h))
+    assert np.array_equal(faded[above], plain[above])
+
+
+def test_float_drift_is_slow_and_follows_its_range():
+    # the fastest float bout stays far slower than the slowest swim (the paper's float is passive)
+    fastest = splits("dynamics")["float_drift"].held_out.hi * FLOAT_DRIFT_RANGE[1] / FLOAT_DRIFT_MID
+    for part in ("train", "held_out"):
+        slowest_swim = splits("dynamics")["swim_speed"].part(part).lo
+        assert fastest <= FLOAT_DRIFT_MAX_OF_SWIM * slowest_swim
+    # rendered: a faster drift moves the floating mouse further, within its drawn speed
+    length = 0.3 * layout("side", _nominal_scene("side")["geometry"]).cylinders[0].w
+    travel = {}
+    for drift in (0.01, 0.12):
+        fam = _nominal_scene("side", dynamics={"float_drift": drift})
+        frames = _scene_frames(fam, seconds=3.0)
+        xs = []
+        for f in (frames[8], frames[-1]):
+            fam_frame = f.astype(np.float32).mean(-1)
+            c = layout("side", fam["geometry"]).cylinders[0]
+            band = fam_frame[int(c.y + 0.1 * c.h) : int(c.y + 0.7 * c.h), int(c.x + 4) : int(c.x + c.w - 4)]
+            xs.append(np.nonzero(band < 90)[1].mean())
+        travel[drift] = abs(xs[1] - xs[0]) / length / ((len(frames) - 1 - 8) / 15)  # body lengths per second
+    assert travel[0.12] > 3 * travel[0.01], travel
+    assert travel[0.12] <= 0.12 * FLOAT_DRIFT_RANGE[1] / FLOAT_DRIFT_MID + 0.02, travel
 
 
 # ----------------------------------------------------------------------------------------------
