@@ -487,7 +487,7 @@ def _unique(names: list[str]) -> list[str]:
 
 def _flag_baseline(scorers: list[ScorerResult]) -> None:
     """A model that does not beat the motion baseline's pooled kappa is flagged (and says by how much)."""
-    from stream.motion import MOTION_KIND
+    from stream.engine.motion import MOTION_KIND
 
     baselines = [s for s in scorers if s.kind == MOTION_KIND]
     if not baselines:
