@@ -303,7 +303,7 @@ def run_stream(model_dir: Path, video: Path, out_dir: Path, arenas: Path | None,
 
 def _predicted(run_dir: Path, stem: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(model-rate frame, timestamp_s, class index) of a stream-run frames CSV (an arena's, or a trial's)."""
-    from stream.outputs.csv_log import read_frames_csv
+    from stream.trial_files import read_frames_csv
 
     path = run_dir / f"{stem}.frames.csv"
     if not path.is_file():
