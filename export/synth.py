@@ -51,7 +51,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -60,6 +60,17 @@ import cv2
 import numpy as np
 
 from export.annotations import SIDE_CLASSES, TOP_CLASSES, Annotation, write_boris_tabular, write_frame_csv
+from export.synth_draw import (
+    POSE_TAU_S,
+    RIPPLE_RISE_S,
+    SHIFT,
+    MouseColours,
+    draw_ellipse,
+    draw_line,
+    draw_side_mouse,
+    draw_top_mouse,
+    pt,
+)
 from export.synth_families import FAMILIES, describe_families, draw_families, parse_family_list
 from stream.errors import UserError, cli_main
 from stream.atomic import atomic_write
@@ -88,8 +99,7 @@ BOUT_MEDIAN_S = {
 BOUT_MAX_S = 30.0
 SWIM_VS_STRUGGLE = 0.6  # share of swim among the active side-view bouts
 PADDLE_HZ = 3.0  # limb beat; well under the 7.5 Hz Nyquist limit of 15 fps video
-POSE_TAU_S = 0.15  # posture follows the label with this time constant (no teleporting)
-RIPPLE_RISE_S, RIPPLE_DECAY_S = 0.4, 3.0  # water keeps moving ~3 s after a mobile bout
+RIPPLE_DECAY_S = 3.0  # water keeps moving ~3 s after a mobile bout (it rises in RIPPLE_RISE_S)
 NOISE_BANK = 16  # pre-drawn camera-noise frames (drawing fresh Gaussian noise dominates the cost)
 DEFAULT_CRF = 23  # x264 quality: limbs stay sharp at ~100 kB per minute and arena
 X264_PRESET = "veryfast"
@@ -265,31 +275,6 @@ def _trial_plan(cfg: SynthConfig):
 # drawing
 
 
-def _pt(x: float, y: float) -> tuple[int, int]:
-    return int(round(x * 16)), int(round(y * 16))  # cv2 shift=4: 1/16 px sub-pixel positions
-
-
-SHIFT = 4
-
-
-Color = tuple[float, float, float]
-
-
-def _line(img: np.ndarray, a: Sequence[float], b: Sequence[float], color: Color, thickness: float) -> None:
-    cv2.line(img, _pt(*a), _pt(*b), color, max(1, int(round(thickness))), cv2.LINE_AA, SHIFT)
-
-
-def _ellipse(img: np.ndarray, c: Sequence[float], axes: Sequence[float], angle_deg: float, color: Color,
-             thickness: int = -1) -> None:
-    cv2.ellipse(img, _pt(*c), _pt(max(axes[0], 0.5), max(axes[1], 0.5)), angle_deg, 0, 360, color, thickness,
-                cv2.LINE_AA, SHIFT)  # fmt: skip
-
-
-def _rot(v: np.ndarray, phi: float) -> np.ndarray:
-    c, s = math.cos(phi), math.sin(phi)
-    return np.array([v[0] * c - v[1] * s, v[0] * s + v[1] * c])
-
-
 class _Arena:
     """State and drawing of one cylinder and its mouse."""
 
@@ -308,6 +293,8 @@ class _Arena:
         self.limb_color = tuple(float(np.clip(c * (0.85 if not dark else 1.25), 0, 255)) for c in self.body_color)
         self.tail_color = (150.0, 160.0, 200.0) if not dark else (55.0, 60.0, 75.0)
         self.eye_color = (20.0, 20.0, 30.0) if not dark else (120.0, 120.0, 140.0)
+        self.colours = MouseColours(self.body_color, self.limb_color, self.tail_color, self.eye_color,
+                                    nose=(140, 140, 190))
         self.water_color = np.array([rng.uniform(150, 185), rng.uniform(135, 160), rng.uniform(100, 130)], np.float32)
         unit = min(self.w, self.h)
         self.paddle_hz = PADDLE_HZ * rng.uniform(0.9, 1.1)
@@ -351,20 +338,20 @@ class _Arena:
             bg = bg.astype(np.uint8)
             top, bottom = int(0.05 * h), int(0.96 * h)
             for x in (xl, xr):
-                _line(bg, (x, top), (x, bottom), (70, 70, 75), max(1.5, 0.012 * w))
+                draw_line(bg, (x, top), (x, bottom), (70, 70, 75), max(1.5, 0.012 * w))
             # specular reflections of the room on the curved wall: bright vertical stripes
             for x in (xl + 0.04 * w, xr - 0.06 * w, xl + 0.12 * w):
                 overlay = bg.copy()
-                _line(overlay, (x, top + 2), (x, bottom - 2), (245, 245, 245), max(1.0, 0.02 * w))
+                draw_line(overlay, (x, top + 2), (x, bottom - 2), (245, 245, 245), max(1.0, 0.02 * w))
                 bg = cv2.addWeighted(overlay, 0.35, bg, 0.65, 0)
-            _ellipse(bg, ((xl + xr) / 2, bottom), ((xr - xl) / 2, 0.03 * h), 0, (80, 80, 85), 1)
-            _ellipse(bg, ((xl + xr) / 2, top), ((xr - xl) / 2, 0.03 * h), 0, (90, 90, 95), 1)
+            draw_ellipse(bg, ((xl + xr) / 2, bottom), ((xr - xl) / 2, 0.03 * h), 0, (80, 80, 85), 1)
+            draw_ellipse(bg, ((xl + xr) / 2, top), ((xr - xl) / 2, 0.03 * h), 0, (90, 90, 95), 1)
         else:
             bg = bg.astype(np.uint8)
-            _ellipse(bg, (self.cx, self.cy), (self.radius, self.radius), 0, tuple(float(c) for c in self.water_color))
-            _ellipse(bg, (self.cx, self.cy), (self.radius, self.radius), 0, (215, 215, 220), max(2, int(0.03 * w)))
+            draw_ellipse(bg, (self.cx, self.cy), (self.radius, self.radius), 0, tuple(float(c) for c in self.water_color))
+            draw_ellipse(bg, (self.cx, self.cy), (self.radius, self.radius), 0, (215, 215, 220), max(2, int(0.03 * w)))
             # a window's reflection on the water and the rim
-            cv2.ellipse(bg, _pt(self.cx, self.cy), _pt(0.8 * self.radius, 0.8 * self.radius), 0, 200, 245,
+            cv2.ellipse(bg, pt(self.cx, self.cy), pt(0.8 * self.radius, 0.8 * self.radius), 0, 200, 245,
                         (235, 235, 235), max(1, int(0.02 * w)), cv2.LINE_AA, SHIFT)  # fmt: skip
         return bg
 
@@ -457,44 +444,16 @@ class _Arena:
         f = np.array([d * math.cos(th), -math.sin(th)])  # nose direction
         n = np.array([d * math.sin(th), math.cos(th)])  # belly direction
         ang = math.degrees(math.atan2(f[1], f[0]))
-        swings = self._leg_swings()
-        lw = max(1.0, 0.07 * L)
         rest = {"swim": (0.0, 0.0), "struggle": (-1.3, 0.4), "float": (0.5, 0.7)}[self.label]
         legs = [(0.25, rest[0]), (0.2, rest[0]), (-0.3, rest[1]), (-0.35, rest[1])]
-
-        def leg(k: int, color: Color) -> None:
-            along, base = legs[k]
-            a = c + f * along * L + n * 0.12 * L
-            direction = _rot(n, d * (base + swings[k]) * (1 if k < 2 else -1))
-            tip = a + direction * 0.3 * L
-            _line(img, a, tip, color, lw)
-            _ellipse(img, tip, (0.05 * L, 0.035 * L), ang, color)
-
-        far = tuple(0.8 * v for v in self.limb_color)
-        leg(1, far)
-        leg(3, far)
-        # tail: three segments swaying behind the body
         sway = (0.5 if self.label == "swim" else 0.1) * math.sin(0.5 * self.phase)
-        p = c - f * 0.48 * L
-        direction = -f
-        for k in range(3):
-            direction = _rot(direction, d * (0.25 + sway) * 0.5)
-            q = p + direction * 0.28 * L
-            _line(img, p, q, self.tail_color, max(1.0, 0.05 * L * (1 - 0.25 * k)))
-            p = q
-        _ellipse(img, c, (0.5 * L, 0.2 * L), ang, self.body_color)
-        _ellipse(img, c + f * 0.5 * L, (0.2 * L, 0.13 * L), ang, self.body_color)
-        _ellipse(img, c + f * 0.42 * L - n * 0.12 * L, (0.06 * L, 0.06 * L), 0, self.limb_color)
-        _ellipse(img, c + f * 0.56 * L - n * 0.04 * L, (0.025 * L, 0.025 * L), 0, self.eye_color)
-        _ellipse(img, c + f * 0.69 * L, (0.03 * L, 0.03 * L), 0, (140, 140, 190))
-        leg(0, self.limb_color)
-        leg(2, self.limb_color)
+        draw_side_mouse(img, c, f, n, L, d, self._leg_swings(), legs, self.colours, sway)
         # reflection of the mouse on the nearest wall
         wall = self.x_left if self.x - self.x_left < self.x_right - self.x else self.x_right
         if abs(self.x - wall) < 1.2 * L:
             overlay = img.copy()
             mirrored = np.array([2 * wall - c[0], c[1]])
-            _ellipse(overlay, mirrored, (0.5 * L, 0.2 * L), 180 - ang, self.body_color)
+            draw_ellipse(overlay, mirrored, (0.5 * L, 0.2 * L), 180 - ang, self.body_color)
             x0, x1 = (0, int(wall)) if wall == self.x_left else (int(wall) + 1, self.w)
             img[:, x0:x1] = cv2.addWeighted(overlay[:, x0:x1], 0.25, img[:, x0:x1], 0.75, 0)
         # water: everything below the (rippling) surface between the walls is tinted
@@ -519,29 +478,8 @@ class _Arena:
             ripple = (14.0 * self.energy) * np.sin(2 * math.pi * (r / (0.45 * L) - 1.5 * self.t)) * np.exp(-r / (0.9 * self.radius))
             m = self.water_mask
             img[m] = np.clip(img[m].astype(np.float32) + ripple[m][:, None], 0, 255).astype(np.uint8)
-        c = np.array([self.x, self.y])
-        f = np.array([math.cos(self.heading), math.sin(self.heading)])
-        s = np.array([-f[1], f[0]])
-        ang = math.degrees(self.heading)
-        swings = self._leg_swings()
-        paws = [(0.25, 1, 0), (0.25, -1, 1), (-0.22, 1, 2), (-0.22, -1, 3)]
-        for along, side, k in paws:
-            base = c + f * along * L + s * side * 0.2 * L
-            tip = base + f * 0.14 * L * swings[k] + s * side * 0.08 * L
-            _line(img, base, tip, self.limb_color, max(1.0, 0.06 * L))
-            _ellipse(img, tip, (0.05 * L, 0.035 * L), ang, self.limb_color)
         sway = (0.45 if self.label == "mobile" else 0.08) * math.sin(0.5 * self.phase)
-        p, direction = c - f * 0.48 * L, -f
-        for k in range(3):
-            direction = _rot(direction, sway * 0.6)
-            q = p + direction * 0.3 * L
-            _line(img, p, q, self.tail_color, max(1.0, 0.05 * L * (1 - 0.25 * k)))
-            p = q
-        _ellipse(img, c, (0.5 * L, 0.2 * L), ang, self.body_color)
-        _ellipse(img, c + f * 0.48 * L, (0.2 * L, 0.14 * L), ang, self.body_color)
-        for side in (1, -1):
-            _ellipse(img, c + f * 0.4 * L + s * side * 0.13 * L, (0.055 * L, 0.055 * L), 0, self.limb_color)
-            _ellipse(img, c + f * 0.55 * L + s * side * 0.07 * L, (0.02 * L, 0.02 * L), 0, self.eye_color)
+        draw_top_mouse(img, np.array([self.x, self.y]), self.heading, L, self._leg_swings(), self.colours, sway)
 
 
 class _Camera:
