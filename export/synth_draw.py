@@ -1,6 +1,6 @@
 """Drawing for both simulator renderers: sub-pixel OpenCV primitives and the mouse's strokes.
 
-Why a module of its own: the fixed look (:mod:`export.synth`) and the randomized scene
+Why a module of its own: the fixed look (:mod:`export.synth_render`) and the randomized scene
 (:mod:`export.synth_scene`) draw the same mouse (body, head, cheek, eye, four legs with paws, a
 three-segment tail) and the same rig (walls, rims, water discs) with the same primitives. They
 used to share them by the scene importing the fixed renderer's private helpers while the fixed

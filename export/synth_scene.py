@@ -1,7 +1,7 @@
 """The randomized scene of ``export-synth --randomize``: rigs, mice, water, room, light and camera
 drawn from the values of :mod:`export.synth_families`.
 
-The legacy (non-randomized) renderer in :mod:`export.synth` is left byte-for-byte as it was: the
+The legacy (non-randomized) renderer in :mod:`export.synth_render` is left byte-for-byte as it was: the
 bundled demo video and model depend on it. This module renders the randomized look, and its
 behaviours follow the paper's definitions so that classes differ in MOTION, not in appearance:
 
@@ -86,7 +86,7 @@ HOTSPOT_SIGMA = (0.15, 0.35)  # a lamp's spot, in frame sizes
 BANDS_PER_FRAME = (1.5, 4.0)  # rolling-shutter flicker bands visible at once
 BAND_BEAT_HZ = (0.3, 2.0)  # how fast they roll: mains 100/120 Hz beating against the frame rate
 
-# rng streams, apart from the label streams of export.synth and the family draws
+# rng streams, apart from the label streams of export.synth_render and the family draws
 STATIC_STREAM, ARENA_STREAM, CAMERA_STREAM, TRIAL_STREAM = 30_000, 31_000, 32_000, 33_000
 LOOK_STREAM = 34_000  # the widened lighting / capture draws (hot spot, bands, shot noise)
 
