@@ -21,8 +21,9 @@ Bout durations are drawn from log-normal distributions with immobility (float / 
 becoming more frequent and longer over the video, as in a 6-minute test; the trend is scaled
 to the video's length so that short videos still contain every class. Camera noise, slow
 lighting changes and a slight shake are applied on top (H.264 compression too, when
-:mod:`export.synth` writes the video). Everything is drawn from ``numpy.random.default_rng`` streams derived from the seed, so the
-labels are exactly reproducible and the frames are identical before compression.
+:mod:`export.synth` writes the video). Everything is drawn from ``numpy.random.default_rng``
+streams derived from the seed, so the labels are exactly reproducible and the frames are
+identical before compression.
 
 Domain randomization (``--randomize``, ``--held-out FAMILY,...``, ``--fix FAMILY,...``): the look,
 the camera and the motion style are drawn from the named families of :mod:`export.synth_families`
