@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _motion_features(ds) -> tuple[np.ndarray, np.ndarray]:
     """(motion feature, label) of every clip: the mean TV-L1 magnitude the motion engine thresholds live."""
-    from stream.motion import motion_feature
+    from stream.engine.motion import motion_feature
 
     features, labels = np.empty(len(ds)), np.empty(len(ds), np.int64)
     for i in range(len(ds)):
@@ -415,7 +415,7 @@ def _motion_point(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, 
     is recorded as not fitted rather than guessed.
     """
     from export.motion_fit import fit_thresholds
-    from stream.motion import MotionParams, classify
+    from stream.engine.motion import MotionParams, classify
 
     try:
         order, thresholds, fit_kappa = fit_thresholds(train[0], train[1], classes)

@@ -1,13 +1,13 @@
-"""``export-fit-motion``: fit the motion-threshold baseline (``stream/motion.py``) on a lab's annotations.
+"""``export-fit-motion``: fit the motion-threshold baseline (``stream/engine/motion.py``) on a lab's annotations.
 
 The feature comes from the live loop itself: each video runs through ``stream.pipeline.Pipeline``
 (capture, resampling to the card's fps, per-arena crops, the ring and its TV-L1 flow) with an
-engine that only records ``stream.motion.motion_feature`` of the flow clip it is handed. So the
+engine that only records ``stream.engine.motion.motion_feature`` of the flow clip it is handed. So the
 fitted thresholds apply to exactly the numbers the motion engine sees when ``stream-run`` runs it.
 
 Fitting, on the frames a person labelled:
 
-1. the classes are ordered by their median motion (see ``stream/motion.py`` for why the order is
+1. the classes are ordered by their median motion (see ``stream/engine/motion.py`` for why the order is
    fitted rather than assumed);
 2. the threshold(s) -- one for two classes, two for three -- are chosen on a grid of feature
    quantiles to maximise Cohen's kappa against the labels. Kappa, not accuracy: with 60 % float
@@ -65,7 +65,7 @@ class _FeatureRecorder:
         return None
 
     def predict(self, rgb: Any, flow: Any) -> np.ndarray:
-        from stream.motion import motion_feature
+        from stream.engine.motion import motion_feature
 
         f = motion_feature(flow)
         self.features.append(f)
@@ -189,7 +189,7 @@ def fit_min_bout(recordings: list[Recording], params_without_bout: Any, card: An
                  candidates_s: tuple[float, ...] = MIN_BOUT_CANDIDATES_S) -> tuple[float, list[dict[str, float]]]:
     """The minimum bout with the best pooled kappa after the live decision rules (ties: the shorter)."""
     from stream.decisions import ArenaDecisions, DecisionConfig
-    from stream.motion import classify
+    from stream.engine.motion import classify
 
     classes = list(card.classes)
     table = []
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.validate import labels_at_ticks, read_labels, source_frame_of_tick, video_items
     from stream.arenas import resolve_arenas
     from stream.modelfile import ModelCard, load_card
-    from stream.motion import MotionParams, save_motion_model
+    from stream.engine.motion import MotionParams, save_motion_model
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level={0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG),

@@ -246,7 +246,7 @@ def read_scored_run(video: Path, run_dir: Path) -> list[ScoredArena]:
     it tested: the stretches are placed on the video's clock and named by the arena, so the template
     and the BORIS project point at the moments labelled, and export-train finds the arena's ROI.
     """
-    from stream.outputs.csv_log import read_frames_csv
+    from stream.trial_files import read_frames_csv
     from stream.trials import TRIAL_FILE_SUFFIX, Trial
 
     files = sorted(Path(run_dir).glob("*" + FRAMES_CSV_SUFFIX))

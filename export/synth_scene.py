@@ -1,7 +1,7 @@
 """The randomized scene of ``export-synth --randomize``: rigs, mice, water, room, light and camera
 drawn from the values of :mod:`export.synth_families`.
 
-The legacy (non-randomized) renderer in :mod:`export.synth` is left byte-for-byte as it was: the
+The legacy (non-randomized) renderer in :mod:`export.synth_render` is left byte-for-byte as it was: the
 bundled demo video and model depend on it. This module renders the randomized look, and its
 behaviours follow the paper's definitions so that classes differ in MOTION, not in appearance:
 
@@ -39,7 +39,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from export.synth import POSE_TAU_S, RIPPLE_RISE_S, _ellipse, _line, _rot
+from export.synth_draw import (
+    HEAD_AT,
+    HEAD_AXES,
+    POSE_TAU_S,
+    RIPPLE_RISE_S,
+    MouseColours,
+    draw_ellipse,
+    draw_line,
+    draw_side_mouse,
+    draw_top_mouse,
+)
 from export.synth_families import MOUSE_COLOURS_BGR, WATER_COLOURS_BGR
 from export.synth_trials import ABSENT, HELD, IN_WATER, TrialPlan
 from stream.preprocess import Roi
@@ -64,7 +74,6 @@ LIGHT_STEP_TAU_S = 0.3  # a lamp or a door changes the light over a few frames, 
 GLOVES_BGR = ((200, 140, 60), (235, 235, 235), (170, 90, 120))
 NOISE_FRAMES = 8  # pre-drawn sensor-noise frames (fresh Gaussian noise per frame dominates the cost)
 # side-view head, in body lengths along the body axis / its half-axes (as _draw_side draws it)
-HEAD_AT, HEAD_AXES = 0.5, (0.2, 0.13)
 NOSE_CLEAR = 0.04  # a floating mouse's head rises at least this far (body lengths) above the surface: it breathes
 # a float bout drifts at a speed drawn in this range, scaled so that its middle is the drawn float_drift
 FLOAT_DRIFT_RANGE = (0.02, 0.05)
@@ -77,7 +86,7 @@ HOTSPOT_SIGMA = (0.15, 0.35)  # a lamp's spot, in frame sizes
 BANDS_PER_FRAME = (1.5, 4.0)  # rolling-shutter flicker bands visible at once
 BAND_BEAT_HZ = (0.3, 2.0)  # how fast they roll: mains 100/120 Hz beating against the frame rate
 
-# rng streams, apart from the label streams of export.synth and the family draws
+# rng streams, apart from the label streams of export.synth_render and the family draws
 STATIC_STREAM, ARENA_STREAM, CAMERA_STREAM, TRIAL_STREAM = 30_000, 31_000, 32_000, 33_000
 LOOK_STREAM = 34_000  # the widened lighting / capture draws (hot spot, bands, shot noise)
 
@@ -237,7 +246,7 @@ def _clutter(rng: np.random.Generator, img: np.ndarray, count: int) -> None:
         if rng.random() < 0.5:
             cv2.rectangle(img, (int(x), int(y)), (int(x + sx), int(y + sy)), colour, -1, cv2.LINE_AA)
         else:
-            _ellipse(img, (x, y), (sx / 2, sy / 2), rng.uniform(0, 180), colour)
+            draw_ellipse(img, (x, y), (sx / 2, sy / 2), rng.uniform(0, 180), colour)
 
 
 def _static_layer(rng: np.random.Generator, lay: Layout, fam: dict[str, dict[str, Any]]) -> np.ndarray:
@@ -256,7 +265,7 @@ def _static_layer(rng: np.random.Generator, lay: Layout, fam: dict[str, dict[str
             wc = np.array(WATER_COLOURS_BGR[water["colour"]], np.float32)
             mix = 0.35 + 0.6 * float(water["turbidity"])
             disc = tuple(float(v) for v in (1 - mix) * FLOOR_GREY + mix * wc)
-            _ellipse(img, (cx, cy), (c.radius, c.radius), 0, disc)
+            draw_ellipse(img, (cx, cy), (c.radius, c.radius), 0, disc)
     img = np.clip(img, 0, 255).astype(np.uint8)
     for c in lay.cylinders:
         lw = max(1.0, float(cyl["wall_width"]) * c.w)
@@ -265,14 +274,14 @@ def _static_layer(rng: np.random.Generator, lay: Layout, fam: dict[str, dict[str
             rim = RIM_PER_WIDTH * c.w
             top, bottom = c.y + rim, c.y + c.h - rim
             for x in (c.x + lw / 2, c.x + c.w - lw / 2):
-                _line(img, (x, top), (x, bottom), wall, lw)
+                draw_line(img, (x, top), (x, bottom), wall, lw)
             for y in (top, bottom):
-                _ellipse(img, (c.x + c.w / 2, y), (c.w / 2 - lw / 2, rim - lw / 2), 0, wall, max(1, int(lw)))
+                draw_ellipse(img, (c.x + c.w / 2, y), (c.w / 2 - lw / 2, rim - lw / 2), 0, wall, max(1, int(lw)))
         else:
             cx, cy = c.centre
             rim_grey = tuple(min(255.0, v + 90) for v in wall)
             t = max(2, int(2 * lw))
-            _ellipse(img, (cx, cy), (c.radius - t / 2, c.radius - t / 2), 0, rim_grey, t)
+            draw_ellipse(img, (cx, cy), (c.radius - t / 2, c.radius - t / 2), 0, rim_grey, t)
     return img
 
 
@@ -481,10 +490,10 @@ class _Mouse:
         L = self.L
         hx, hy = self._hand_at()
         sleeve = tuple(0.8 * v for v in self.glove)
-        _line(img, (hx, hy), (hx + 0.4 * L, hy - 6.0 * L), sleeve, max(2.0, 0.45 * L))
-        _ellipse(img, (hx, hy), (0.32 * L, 0.24 * L), 80, self.glove)
+        draw_line(img, (hx, hy), (hx + 0.4 * L, hy - 6.0 * L), sleeve, max(2.0, 0.45 * L))
+        draw_ellipse(img, (hx, hy), (0.32 * L, 0.24 * L), 80, self.glove)
         for k in range(3):  # fingers pinching the tail
-            _ellipse(img, (hx - 0.12 * L + 0.12 * L * k, hy + 0.2 * L), (0.05 * L, 0.12 * L), 90, self.glove)
+            draw_ellipse(img, (hx - 0.12 * L + 0.12 * L * k, hy + 0.2 * L), (0.05 * L, 0.12 * L), 90, self.glove)
 
     def _draw_held(self, img: np.ndarray) -> None:
         """The mouse hanging by its tail from the hand, paddling in the air."""
@@ -572,6 +581,10 @@ class _Mouse:
 
     # -- drawing -------------------------------------------------------------------------------
 
+    @property
+    def colours(self) -> MouseColours:
+        return MouseColours(self.body, self.limb, self.tail, self.eye)
+
     def _swings(self) -> list[float]:
         """Angle offsets of the 4 legs (fore near, fore far, hind near, hind far), rad."""
         p, amp = self.phase, float(self.dyn["stroke_amp"])
@@ -603,7 +616,7 @@ class _Mouse:
             self._draw_hand(img)
         for x, y, _, _, age in self.drops:
             grey = SURFACE_GLINT * (1 - 0.5 * age / DROPLET_LIFE_S)
-            _ellipse(img, (x, y), (0.035 * self.L + 0.4, 0.035 * self.L + 0.4), 0, (grey, grey, grey))
+            draw_ellipse(img, (x, y), (0.035 * self.L + 0.4, 0.035 * self.L + 0.4), 0, (grey, grey, grey))
         idx, alpha = self.refl
         if alpha.size:
             img[idx] = (img[idx] * (1 - alpha) + 245.0 * alpha).astype(np.uint8)
@@ -622,39 +635,10 @@ class _Mouse:
         ctr = np.array([self.x if centre is None else centre[0], cy])
         f = np.array([d * math.cos(th), -math.sin(th)])  # nose direction
         n = np.array([d * math.sin(th), math.cos(th)])  # belly direction
-        ang = math.degrees(math.atan2(f[1], f[0]))
-        swings = self._swings()
-        lw = max(1.0, 0.07 * L)
         rest = {"swim": (0.0, 0.0), "struggle": (-1.2, 0.2), "float": (0.5, 0.7)}[self.label]
         legs = [(0.28, rest[0]), (0.23, rest[0]), (-0.3, rest[1]), (-0.35, rest[1])]
-        tips = []
-
-        def leg(k: int, colour: tuple[float, float, float]) -> None:
-            along, base = legs[k]
-            a = ctr + f * along * L + n * 0.12 * L
-            direction = _rot(n, d * (base + swings[k]) * (1 if k < 2 else -1))
-            tip = a + direction * 0.3 * L
-            _line(img, a, tip, colour, lw)
-            _ellipse(img, tip, (0.05 * L, 0.035 * L), ang, colour)
-            tips.append(tip)
-
-        far = tuple(0.8 * v for v in self.limb)
-        leg(1, far)
-        leg(3, far)
         sway = (0.5 if self.label == "swim" else 0.1) * math.sin(0.5 * self.phase)
-        p, direction = ctr - f * 0.48 * L, -f
-        seg = 0.28 * L * self.tail_len
-        for k in range(3):
-            direction = _rot(direction, d * (0.25 + sway) * 0.5)
-            q = p + direction * seg
-            _line(img, p, q, self.tail, max(1.0, 0.05 * L * (1 - 0.25 * k)))
-            p = q
-        _ellipse(img, ctr, (0.5 * L, 0.2 * L), ang, self.body)
-        _ellipse(img, ctr + f * HEAD_AT * L, (HEAD_AXES[0] * L, HEAD_AXES[1] * L), ang, self.body)
-        _ellipse(img, ctr + f * 0.42 * L - n * 0.12 * L, (0.06 * L, 0.06 * L), 0, self.limb)
-        _ellipse(img, ctr + f * 0.56 * L - n * 0.04 * L, (0.025 * L, 0.025 * L), 0, self.eye)
-        leg(0, self.limb)
-        leg(2, self.limb)
+        tips = draw_side_mouse(img, ctr, f, n, L, d, self._swings(), legs, self.colours, sway, self.tail_len)
         if centre is not None:
             return
         self._draw_water(img)
@@ -706,29 +690,11 @@ class _Mouse:
         if centre is None:
             self._draw_ripples(img)
         ctr = np.array([self.x, self.y] if centre is None else centre)
-        f = np.array([math.cos(self.heading), math.sin(self.heading)])
-        s = np.array([-f[1], f[0]])
-        ang = math.degrees(self.heading)
-        swings = self._swings()
-        for along, side, k in ((0.25, 1, 0), (0.25, -1, 1), (-0.22, 1, 2), (-0.22, -1, 3)):
-            base = ctr + f * along * L + s * side * 0.2 * L
-            tip = base + f * 0.14 * L * swings[k] + s * side * 0.08 * L
-            _line(img, base, tip, self.limb, max(1.0, 0.06 * L))
-            _ellipse(img, tip, (0.05 * L, 0.035 * L), ang, self.limb)
-            if self.label == "mobile" and self.at_wall and k < 2:
-                self._splash(float(tip[0]), float(tip[1]), up=False)
         sway = (0.45 if self.label == "mobile" else 0.08) * math.sin(0.5 * self.phase)
-        p, direction = ctr - f * 0.48 * L, -f
-        for k in range(3):
-            direction = _rot(direction, sway * 0.6)
-            q = p + direction * 0.3 * L * self.tail_len
-            _line(img, p, q, self.tail, max(1.0, 0.05 * L * (1 - 0.25 * k)))
-            p = q
-        _ellipse(img, ctr, (0.5 * L, 0.2 * L), ang, self.body)
-        _ellipse(img, ctr + f * 0.48 * L, (0.2 * L, 0.14 * L), ang, self.body)
-        for side in (1, -1):
-            _ellipse(img, ctr + f * 0.4 * L + s * side * 0.13 * L, (0.055 * L, 0.055 * L), 0, self.limb)
-            _ellipse(img, ctr + f * 0.55 * L + s * side * 0.07 * L, (0.02 * L, 0.02 * L), 0, self.eye)
+        tips = draw_top_mouse(img, ctr, self.heading, L, self._swings(), self.colours, sway, self.tail_len)
+        if self.label == "mobile" and self.at_wall:  # fore paws scrabbling at the wall splash
+            for tip in tips[:2]:
+                self._splash(float(tip[0]), float(tip[1]), up=False)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from export.synth import SynthConfig, arena_rois, render_frames, resolve
+from export.synth_render import SynthConfig, arena_rois, render_frames, resolve
 from stream.errors import UserError
 
 __all__ = ["contact_sheet"]

@@ -46,15 +46,16 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export.agreement import AnimalAgreement, FrameAgreement, animal_agreement, frame_agreement
+from export.agreement import animal_agreement, frame_agreement
 from export.trial_spans import annotations_by_subject, labels_of_trial, trials_of_run, trials_of_schedule
 from export.validation_report import REPORT_HTML, agreement_text, fmt, write_outputs
+from export.validation_results import Animal, AnimalResult, BinResult, ScorerResult
 from stream.errors import UserError, cli_main
 from stream.version import add_version_argument
 
@@ -118,90 +119,6 @@ def match_annotations(annotations: list, arena_ids: Sequence[str], where: str) -
 
 
 # ------------------------------------------------------------------------------------- statistics
-@dataclass
-class Animal:
-    """One recording of one arena as two scorers saw it (same frames, same order)."""
-
-    video: str
-    arena: str
-    reference: np.ndarray  # class index per frame, -1 = not labelled (not scored)
-    other: np.ndarray  # class index per frame by the scorer under test
-    timestamps_s: np.ndarray  # test clock of each frame
-    fps: float  # frame rate of these frames (seconds = frames / fps)
-    animal: str = ""  # the trial's animal (--trials / --schedule), "" when the arena is the animal
-
-
-@dataclass(frozen=True)
-class AnimalResult:
-    """One animal: per-frame agreement, immobile seconds by both scorers, class shares."""
-
-    video: str
-    arena: str
-    frames_total: int  # frames the scorer under test classified
-    agreement: FrameAgreement  # over the frames the reference labelled
-    reference_immobile_s: float
-    other_immobile_s: float
-    window_reference_immobile_s: float
-    window_other_immobile_s: float
-    label_share: dict[str, float]  # share of each class in the reference labels
-    predicted_share: dict[str, float]  # ... in the other scorer's, on the same frames
-    near_constant: bool  # one predicted class >= NEAR_CONSTANT_SHARE while the labels are mixed
-    animal: str = ""  # the trial's animal (--trials / --schedule)
-
-    @property
-    def name(self) -> str:
-        return f"{self.video}/{self.arena}" + (f"/{self.animal}" if self.animal else "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"video": self.video, "arena": self.arena, "animal": self.animal, "frames_total": self.frames_total,
-                "frames_scored": self.agreement.frames, "accuracy": self.agreement.accuracy,
-                "kappa": self.agreement.kappa, "macro_f1": self.agreement.macro_f1,
-                "human_immobile_s": self.reference_immobile_s, "model_immobile_s": self.other_immobile_s,
-                "window_human_immobile_s": self.window_reference_immobile_s,
-                "window_model_immobile_s": self.window_other_immobile_s, "label_share": self.label_share,
-                "predicted_share": self.predicted_share, "near_constant_prediction": self.near_constant}
-
-
-@dataclass(frozen=True)
-class BinResult:
-    """Immobile seconds per animal in one time bin, over animals."""
-
-    index: int  # 1-based: minute 1, 2, ... with 60-s bins
-    start_s: float
-    end_s: float
-    reference_mean_s: float
-    other_mean_s: float
-    agreement: AnimalAgreement
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"bin": self.index, "start_s": self.start_s, "end_s": self.end_s, "human_mean_s": self.reference_mean_s,
-                "model_mean_s": self.other_mean_s, **self.agreement.to_dict()}
-
-
-@dataclass
-class ScorerResult:
-    """One scorer (a model, or rater 2) against rater 1 on every animal."""
-
-    name: str
-    kind: str  # "i3d", "motion" or "human"
-    frames: FrameAgreement  # pooled over all scored frames
-    animals: list[AnimalResult]
-    immobility: AnimalAgreement  # immobile seconds of the whole run, over animals
-    window_s: tuple[float, float]  # the scoring window [start, end)
-    window: AnimalAgreement  # immobile seconds inside the scoring window
-    bins: list[BinResult]
-    bins_pooled: AnimalAgreement  # every (animal, bin) pair together: a figure even with few animals
-    bin_points: tuple[tuple[float, float], ...]  # (rater 1, scorer) immobile s per (animal, bin), for the plots
-    flags: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "frames": self.frames.to_dict(),
-                "animals": [a.to_dict() for a in self.animals], "immobility": self.immobility.to_dict(),
-                "window": {"start_s": self.window_s[0], "end_s": self.window_s[1], **self.window.to_dict()},
-                "bins": [b.to_dict() for b in self.bins], "bins_pooled": self.bins_pooled.to_dict(),
-                "flags": list(self.flags)}
-
-
 def _immobile_s(labels: np.ndarray, immobile: np.ndarray, fps: float) -> float:
     return float(immobile[labels].sum() / fps) if labels.size else 0.0
 
@@ -303,7 +220,7 @@ def run_stream(model_dir: Path, video: Path, out_dir: Path, arenas: Path | None,
 
 def _predicted(run_dir: Path, stem: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(model-rate frame, timestamp_s, class index) of a stream-run frames CSV (an arena's, or a trial's)."""
-    from stream.outputs.csv_log import read_frames_csv
+    from stream.trial_files import read_frames_csv
 
     path = run_dir / f"{stem}.frames.csv"
     if not path.is_file():
@@ -487,7 +404,7 @@ def _unique(names: list[str]) -> list[str]:
 
 def _flag_baseline(scorers: list[ScorerResult]) -> None:
     """A model that does not beat the motion baseline's pooled kappa is flagged (and says by how much)."""
-    from stream.motion import MOTION_KIND
+    from stream.engine.motion import MOTION_KIND
 
     baselines = [s for s in scorers if s.kind == MOTION_KIND]
     if not baselines:

@@ -28,7 +28,7 @@ from stream.atomic import atomic_write
 from stream.spreadsheet import spreadsheet_cells
 
 if TYPE_CHECKING:
-    from export.validate import ScorerResult
+    from export.validation_results import ScorerResult
 
 __all__ = ["METRICS_JSON", "REPORT_HTML", "agreement_text", "fmt", "write_outputs"]
 

@@ -92,7 +92,7 @@ class ModelCard:
     weights_dtype: str = "float32"  # storage dtype; loading always returns float32
     format_version: int = CARD_FORMAT_VERSION
     created_utc: str = ""
-    kind: str = "i3d"  # "i3d" (fused two-stream network) or "motion" (flow threshold baseline, stream/motion.py)
+    kind: str = "i3d"  # "i3d" (fused two-stream network) or "motion" (flow threshold baseline, stream/engine/motion.py)
     decisions: dict[str, Any] = field(default_factory=dict)  # stream-run defaults fitted with the model (min_bout_s)
 
     def validate(self, where: str = "card") -> None:

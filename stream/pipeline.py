@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,12 +36,13 @@ import torch
 from stream.arenas import Arena
 from stream.capture import EndOfStream, Frame, Gap
 from stream.decisions import ArenaDecisions, Decision
+from stream.engine.base import Engine  # the one engine type (warmup / predict / close), every backend
 from stream.outputs.base import FrameEvent, GapEvent, Output, Status, broadcast
 from stream.preprocess import FUTURE_FRAMES, crop_resize
 from stream.ring import ClipRing
 from stream.trials import ArenaTrial, TrialBook, TrialEnded, TrialStarted
 
-__all__ = ["Engine", "PipelineConfig", "RunResult", "Pipeline", "format_status", "look_ahead_s"]
+__all__ = ["PipelineConfig", "RunResult", "Pipeline", "format_status", "look_ahead_s"]
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +52,6 @@ LATENCY_SAMPLES_KEPT = 10_000  # for the end-of-run percentiles; bounded memory 
 META_FRAMES_KEPT = 64  # capture times kept per frame index (> clip + smoothing look-ahead)
 DROPPED_REASON = "frames dropped"  # a gap we caused (full queue), as opposed to one the source had
 GAP_LOG_INTERVAL_S = 10.0  # an overloaded live run drops often: one warning per interval, all counted
-
-
-class Engine(Protocol):
-    """What the pipeline needs from ``stream.engine.build_engine(...)``."""
-
-    name: str
-    device: Any
-    classes: list[str]
-    input_size_px: int
-
-    def warmup(self) -> None: ...
-
-    def predict(self, rgb: torch.Tensor, flow: torch.Tensor) -> np.ndarray: ...
-
-    def close(self) -> None: ...
 
 
 def look_ahead_s(fps: float) -> float:

@@ -2,7 +2,7 @@
 
 Every frame's probabilities are in ``<trial>.frames.csv``; the settings the live run used are in
 ``<trial>.summary.json``. Re-scoring feeds the probabilities through the same decision code
-(``stream.decisions.ArenaDecisions`` via ``stream.outputs.csv_log.replay_frames``) with the same
+(``stream.decisions.ArenaDecisions`` via ``stream.trial_files.replay_frames``) with the same
 settings, or with the ones given here, and writes the results table with the same row function
 (``stream.outputs.results.results_row``). With the live settings the table is the live
 ``results.csv``, to the character; change ``--min-bout-s`` and the bouts change.
@@ -32,16 +32,21 @@ from tqdm import tqdm
 from stream.atomic import atomic_write
 from stream.decisions import SMOOTHING_MODES, ArenaDecisions, DecisionConfig
 from stream.errors import UserError, cli_main
-from stream.outputs.csv_log import json_default, read_frames_csv, replay_frames
 from stream.outputs.results import results_row, warn_incomplete, write_table
-from stream.trials import SUMMARY_FILE_SUFFIX, TRIAL_FILE_SUFFIX
+from stream.trial_files import (
+    FRAMES_FILE_SUFFIX,
+    SUMMARY_FILE_SUFFIX,
+    TRIAL_FILE_SUFFIX,
+    read_frames_csv,
+    replay_frames,
+    summary_text,
+)
 from stream.version import add_version_argument
 
 __all__ = ["check_outputs_outside_runs", "find_trials", "main", "rescore"]
 
 log = logging.getLogger("stream.report")
 
-FRAMES_FILE_SUFFIX = ".frames.csv"
 # command-line flag -> DecisionConfig field it overrides
 OVERRIDES = {"min_bout_s": "min_bout_s", "smoothing": "smoothing", "smoothing_window": "smoothing_window_frames",
              "bin_s": "bin_s", "scoring_window_s": "scoring_window_s", "test_duration_s": "test_duration_s",
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         warn_incomplete(row)
         if args.summaries is not None:
-            atomic_write(args.summaries / summary_path.name, json.dumps(summary, indent=2, default=json_default) + "\n")
+            atomic_write(args.summaries / summary_path.name, summary_text(summary))
     rows.sort(key=lambda r: (r["start_utc"], r["trial_id"]))
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,26 +30,34 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import math
 import queue
 import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stream.atomic import atomic_write
 from stream.counters import Counters
 from stream.decisions import ArenaDecisions, Decision, DecisionConfig
 from stream.errors import UserError
-from stream.ids import check_arena_id_length, check_id, check_trial_id, safe_token
+from stream.ids import check_arena_id_length, check_id, safe_token
 from stream.presence import PresenceConfig, PresenceDetector
+from stream.trial_files import (  # Trial and write_trial_file are re-exported: a trial is imported from here
+    FRAMES_FILE_SUFFIX,
+    SUMMARY_FILE_SUFFIX,
+    TRIAL_FILE_SUFFIX,
+    Trial,
+    read_frames_csv,
+    read_trial_file,
+    replay_frames,
+    write_trial_file,
+)
 
 __all__ = [
     "TRIAL_MODES",
@@ -72,8 +80,6 @@ log = logging.getLogger(__name__)
 
 TRIAL_MODES = ("now", "control", "auto", "schedule")
 SCHEDULE_COLUMNS = ("video", "arena", "animal", "group", "start_s")
-TRIAL_FILE_SUFFIX = ".trial.json"
-SUMMARY_FILE_SUFFIX = ".summary.json"
 LOGGED_DECIMALS = 6  # what the frames CSV keeps of probabilities and timestamps (stream.outputs.csv_log)
 END_TEST_COMPLETE = "test complete"
 TRIAL_END_TOLERANCE_S = 1e-6  # trial clocks are rounded to 1e-6 s (LOGGED_DECIMALS)
@@ -86,36 +92,6 @@ def utc_now() -> str:
 def _logged(x: float) -> float:
     """``x`` as the CSV will store it: deciding on this value makes a re-scoring exact."""
     return float(f"{x:.{LOGGED_DECIMALS}f}")
-
-
-@dataclass(frozen=True)
-class Trial:
-    """Who is tested where, and from when."""
-
-    trial_id: str  # unique in the output folder; names the trial's files
-    arena_id: str
-    animal: str = ""
-    group: str = ""
-    source: str = ""  # the camera, URL or video it was recorded from
-    start_utc: str = ""  # ISO 8601, UTC, of the trial's first frame
-    start_s: float = 0.0  # source clock (s since the source's first frame) of the trial's first frame
-    start_frame: int = 0  # source frame index of the trial's first frame
-    resumed: bool = False  # continued after a restart (its CSV is appended to, its clock continues)
-
-    def __post_init__(self) -> None:
-        check_trial_id(self.trial_id)
-
-    @property
-    def file_stem(self) -> str:
-        """``<out>/<file_stem>.frames.csv`` and ``.summary.json``."""
-        return self.trial_id
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> Trial:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @dataclass(frozen=True)
@@ -181,12 +157,6 @@ def read_schedule(path: str | Path) -> list[ScheduleEntry]:
     if not entries:
         raise UserError(f"schedule {path}: no trials in it")
     return entries
-
-
-def write_trial_file(out_dir: Path, trial: Trial) -> Path:
-    """``<trial>.trial.json``: written when the trial starts; without a summary beside it, it is running."""
-    return atomic_write(Path(out_dir) / f"{trial.file_stem}{TRIAL_FILE_SUFFIX}",
-                        json.dumps(trial.to_json(), indent=2) + "\n")
 
 
 def schedule_for(entries: Sequence[ScheduleEntry], video: str | Path, *, base_dir: Path | None = None) -> list[ScheduleEntry]:
@@ -311,8 +281,6 @@ class ArenaTrial:
 
     def resume(self, trial: Trial, rows: list[dict]) -> None:
         """Continue ``trial`` after a restart: rebuild its counters from its CSV rows."""
-        from stream.outputs.csv_log import replay_frames
-
         self.trial = trial
         self.decisions = ArenaDecisions(self.arena_id, self.classes, self.config)
         replay_frames(self.decisions, rows)
@@ -468,21 +436,19 @@ class TrialBook:
 
     def resume_running(self) -> list[Trial]:
         """Trials in ``out_dir`` that were running when the service stopped: continue them."""
-        from stream.outputs.csv_log import read_frames_csv
-
         resumed = []
         for path in sorted(self.out_dir.glob(f"*{TRIAL_FILE_SUFFIX}")):
             stem = path.name[: -len(TRIAL_FILE_SUFFIX)]
             if (self.out_dir / f"{stem}{SUMMARY_FILE_SUFFIX}").exists():
                 continue
             try:
-                trial = Trial.from_json(json.loads(path.read_text()))
+                trial = read_trial_file(path)
             except (OSError, ValueError, TypeError) as exc:
                 raise UserError(f"cannot resume {path}: {exc}") from exc
             arena = self.arenas.get(trial.arena_id)
             if arena is None or arena.busy:
                 continue
-            csv_path = self.out_dir / f"{stem}.frames.csv"
+            csv_path = self.out_dir / f"{stem}{FRAMES_FILE_SUFFIX}"
             rows = read_frames_csv(csv_path) if csv_path.exists() else []
             trial = dataclasses.replace(trial, resumed=True)
             arena.resume(trial, rows)

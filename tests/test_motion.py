@@ -12,7 +12,7 @@ import torch
 from stream.errors import UserError
 from stream.flow import FlowConfig
 from stream.modelfile import ModelCard, ModelFileError, load_card
-from stream.motion import MOTION_FILE, MotionEngine, MotionParams, classify, motion_feature, save_motion_model
+from stream.engine.motion import MOTION_FILE, MotionEngine, MotionParams, classify, motion_feature, save_motion_model
 
 CLASSES = ["swim", "struggle", "float"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from export.motion_fit import Recording, fit_min_bout, fit_thresholds
 from export.motion_fit import main as fit_main
-from stream.motion import MotionParams
+from stream.engine.motion import MotionParams
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo" / "synth_side.mp4"

@@ -14,6 +14,8 @@ One module per idea:
 * ``onnxruntime_backend``: the ONNX graph on onnxruntime (CPU, or CUDA with onnxruntime-gpu).
 * ``tensorrt_backend``: torch-tensorrt engines cached beside the model (UNVERIFIED on the
   development machine: no GPU or TensorRT there).
+* ``motion``: the motion-threshold baseline (``"kind": "motion"`` in the card), an engine without
+  a network: thresholds on the mean flow magnitude of each clip (fitted by ``export-fit-motion``).
 * ``onnx_export``: the one ONNX writer (``export-model`` and the cache use it).
 * ``onnx_cache``: on a model without ``model.onnx``, ``auto`` and ``onnxruntime`` export the graph
   once into the user's cache on first start, verify it against PyTorch, and reuse it afterwards.

@@ -85,8 +85,8 @@ def open_engine(model_dir: str | Path, config: EngineConfig) -> Engine:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UserError(f"{model_dir}: no such model directory; pass a directory holding card.json and model.safetensors")
-    if load_card(model_dir).kind == "motion":  # the flow-threshold baseline: no network (stream/motion.py)
-        from stream.motion import MotionEngine
+    if load_card(model_dir).kind == "motion":  # the flow-threshold baseline: no network (stream/engine/motion.py)
+        from stream.engine.motion import MotionEngine
 
         return MotionEngine(model_dir, config)
     kind = config.kind

@@ -28,7 +28,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from stream.decisions import Decision
-    from stream.trials import Trial
+    from stream.trial_files import Trial
 
 __all__ = ["FrameEvent", "GapEvent", "Output", "Status", "broadcast"]
 

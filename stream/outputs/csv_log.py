@@ -11,7 +11,8 @@ the old one (``stream.atomic.atomic_write``), so a reader sees either the old or
 never half of one.
 
 Files: ``<out_dir>/<arena_id>.frames.csv`` with columns ``frame,timestamp_s,behaviour,immobile,
-p_<class>...`` (``immobile`` is 1 or 0) and ``<out_dir>/<arena_id>.summary.json``.
+p_<class>...`` (``immobile`` is 1 or 0) and ``<out_dir>/<arena_id>.summary.json``. The format, and
+reading it back, is ``stream.trial_files``.
 """
 
 from __future__ import annotations
@@ -19,22 +20,33 @@ from __future__ import annotations
 import csv
 import errno
 import io
-import json
 import logging
 import math
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from stream.atomic import atomic_write, fsync_dir
-from stream.decisions import ArenaDecisions, Decision
+from stream.decisions import Decision
 from stream.errors import OutputWriteError, UserError, output_error
 from stream.outputs.base import Output
-from stream.spreadsheet import spreadsheet_cell, spreadsheet_cells, unescape_cell
+from stream.spreadsheet import spreadsheet_cell, spreadsheet_cells
+
+# the file format lives in stream.trial_files (the trials read it back too); its readers stay
+# importable from here, where they always were
+from stream.trial_files import (
+    FRAMES_FILE_SUFFIX,
+    FRAMES_FIXED_COLUMNS,
+    SUMMARY_FILE_SUFFIX,
+    Trial,
+    json_default,
+    parse_frames_row,
+    read_frames_csv,
+    replay_frames,
+    summary_text,
+    write_trial_file,
+)
 
 __all__ = ["FLUSH_INTERVAL_S_DEFAULT", "ArenaCsvLog", "CsvOutput", "csv_columns", "json_default", "read_frames_csv", "replay_frames"]
 
@@ -44,11 +56,10 @@ FLUSH_INTERVAL_S_DEFAULT = 1.0  # issue 8: a crash may lose at most the last sec
 # Arena ids become file names and ZeroMQ topics: keep them to characters every filesystem accepts.
 _ARENA_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PROB_DECIMALS = 6  # 1e-6 is far below any decision threshold; keeps a line ~60 bytes for 3 classes
-_FIXED_COLUMNS = ("frame", "timestamp_s", "behaviour", "immobile")
 
 
 def csv_columns(classes: list[str]) -> list[str]:
-    return [*_FIXED_COLUMNS, *(f"p_{c}" for c in classes)]
+    return [*FRAMES_FIXED_COLUMNS, *(f"p_{c}" for c in classes)]
 
 
 def check_arena_id(arena_id: str) -> str:
@@ -58,104 +69,6 @@ def check_arena_id(arena_id: str) -> str:
             "(starting with a letter or digit)"
         )
     return arena_id
-
-
-def json_default(obj: Any) -> Any:
-    """``json`` fallback for the numpy scalars/arrays and paths a summary may carry."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def _parse_row(columns: list[str], fields: list[str]) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for name, value in zip(columns, fields, strict=True):
-        if name == "frame":
-            row[name] = int(value)
-        elif name == "behaviour":
-            row[name] = unescape_cell(value)  # a class name, escaped for spreadsheets when written
-        elif name == "immobile":
-            if value not in ("0", "1"):
-                raise ValueError(f"immobile must be 0 or 1, got {value!r}")
-            row[name] = value == "1"
-        else:
-            row[name] = float(value)
-    return row
-
-
-def _split_lines(text: str) -> tuple[list[str], bool]:
-    """Lines of ``text`` and whether the last one is complete (ends with a newline)."""
-    complete = text.endswith("\n")
-    lines = text.split("\n")
-    if complete:
-        lines.pop()  # the empty string after the final newline
-    return lines, complete
-
-
-def read_frames_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a per-frame CSV as typed dicts, ignoring a partial last line left by a crash.
-
-    A damaged line anywhere else is an error: only the end of the file can be cut by a crash.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    lines, complete = _split_lines(text)
-    if not lines or (len(lines) == 1 and not complete):
-        return []  # nothing, or a header cut in half: no frame was written
-    columns = next(csv.reader([lines[0]]))
-    if tuple(columns[: len(_FIXED_COLUMNS)]) != _FIXED_COLUMNS:
-        raise UserError(f"{path} is not a swim-stream frames CSV (header {lines[0]!r})")
-    rows = []
-    body = lines[1:]
-    for number, line in enumerate(body, start=2):
-        last = number == len(body) + 1
-        try:
-            rows.append(_parse_row(columns, next(csv.reader([line]))))
-        except (ValueError, StopIteration, csv.Error) as exc:
-            if last:  # cut by a crash (complete or not: a cut can end anywhere in the line)
-                log.info("%s: ignoring a partial last line %d", path, number)
-                break
-            raise UserError(f"{path}: line {number} is damaged ({exc}); only the last line may be cut") from exc
-    return rows
-
-
-def replay_frames(arena: ArenaDecisions, rows: list[dict[str, Any]]) -> list[Decision]:
-    """Feed the raw probabilities of a frames CSV back through ``arena``, in order.
-
-    Re-scores a recorded run with other settings (smoothing, minimum bout, window), or restores the
-    counters of an interrupted run before resuming it. Frame indices that jump are recorded as gaps;
-    an outage the original run saw without a jump in indices is not visible in the CSV.
-
-    A trial resumed after a restart appends frames whose indices start again from 0: they are placed
-    after the earlier ones by their timestamps (the frames in between are a gap), exactly as
-    ``stream.trials.ArenaTrial`` placed them live.
-    """
-    columns = [f"p_{c}" for c in arena.classes]
-    out: list[Decision] = []
-    offset = 0
-    raw_last: int | None = None
-    eff_last: int | None = None
-    t_last = 0.0
-    for row in rows:
-        try:
-            probs = np.array([row[c] for c in columns], dtype=np.float64)
-        except KeyError as exc:
-            raise UserError(f"the frames CSV has no column {exc.args[0]}; it was written for other classes") from exc
-        raw = int(row["frame"])
-        if raw_last is not None and eff_last is not None and raw <= raw_last:  # a restart: indices begin again
-            offset = eff_last + max(1, round((row["timestamp_s"] - t_last) * arena.config.fps)) - raw
-        out += arena.update(raw + offset, row["timestamp_s"], probs)
-        raw_last, eff_last, t_last = raw, raw + offset, row["timestamp_s"]
-    return out
 
 
 class ArenaCsvLog:
@@ -177,8 +90,8 @@ class ArenaCsvLog:
         self.classes = list(classes)
         self.columns = csv_columns(self.classes)
         self.flush_interval_s = float(flush_interval_s)
-        self.csv_path = self.out_dir / f"{arena_id}.frames.csv"
-        self.summary_path = self.out_dir / f"{arena_id}.summary.json"
+        self.csv_path = self.out_dir / f"{arena_id}{FRAMES_FILE_SUFFIX}"
+        self.summary_path = self.out_dir / f"{arena_id}{SUMMARY_FILE_SUFFIX}"
         self.last_frame_index: int | None = None  # after resume: frames up to here are already in the file
         self.rows_written = 0
         self._failed: OutputWriteError | None = None  # set once a write failed: no row is written after it
@@ -234,7 +147,7 @@ class ArenaCsvLog:
     def write_summary(self, summary: dict) -> Path:
         """Write the summary JSON atomically (temp file in the same folder, fsync, ``os.replace``)."""
         try:
-            return atomic_write(self.summary_path, json.dumps(summary, indent=2, default=json_default) + "\n")
+            return atomic_write(self.summary_path, summary_text(summary))
         except OSError as exc:
             raise output_error(self.summary_path, exc) from exc
 
@@ -320,7 +233,7 @@ class ArenaCsvLog:
         keep = len(lines) if complete else len(lines) - 1  # a line without its newline was cut
         if keep > 1:
             try:
-                _parse_row(self.columns, next(csv.reader([lines[keep - 1]])))
+                parse_frames_row(self.columns, next(csv.reader([lines[keep - 1]])))
             except (ValueError, StopIteration, csv.Error):
                 keep -= 1  # complete-looking but damaged (e.g. zeros after a power cut)
         good_bytes = sum(len(line) + 1 for line in raw_lines[:keep])
@@ -331,7 +244,7 @@ class ArenaCsvLog:
                 f.flush()
                 os.fsync(f.fileno())
         if keep > 1:
-            self.last_frame_index = _parse_row(self.columns, next(csv.reader([lines[keep - 1]])))["frame"]
+            self.last_frame_index = parse_frames_row(self.columns, next(csv.reader([lines[keep - 1]])))["frame"]
         f = open(self.csv_path, "ab", buffering=0)
         self._good_bytes = os.fstat(f.fileno()).st_size
         return f
@@ -355,9 +268,7 @@ class CsvOutput(Output):
         # arena id -> last frame an interrupted run had written (--resume): other outputs skip those too
         self.resumed_through: dict[str, int] = {}
 
-    def on_trial_start(self, trial) -> None:
-        from stream.trials import write_trial_file
-
+    def on_trial_start(self, trial: Trial) -> None:
         old = self.logs.pop(trial.arena_id, None)
         if old is not None:
             old.close()
@@ -376,7 +287,7 @@ class CsvOutput(Output):
         if log_ is not None:
             log_.write(decision)
 
-    def on_trial_end(self, trial, summary: dict) -> None:
+    def on_trial_end(self, trial: Trial, summary: dict) -> None:
         log_ = self.logs.pop(trial.arena_id, None)
         if log_ is None:  # ended before it started writing (e.g. a restart between start and first frame)
             log_ = ArenaCsvLog(self.out_dir, trial.file_stem, self.classes, resume=True,

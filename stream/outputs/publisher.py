@@ -39,7 +39,7 @@ from stream.decisions import Decision
 from stream.errors import UserError
 from stream.network import bind_zmq
 from stream.outputs.base import Output
-from stream.outputs.csv_log import json_default
+from stream.trial_files import json_default
 
 __all__ = [
     "DEFAULT_ENDPOINT",

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stream.engine import Engine, EngineConfig
+from stream.engine.base import Engine, EngineConfig
 from stream.errors import UserError
 from stream.flow import FLOW_CLIP_PX
 from stream.modelfile import CARD_FILE, ModelCard, ModelFileError, load_card, sha256_file, verify_weights, write_model_text
