@@ -8,6 +8,7 @@ batch, after which the outputs depend on the clip and a wrong backend shows.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -38,6 +39,7 @@ from stream.engine import (
     write_onnx,
 )
 from stream.errors import UserError
+from stream.flow import FlowConfig
 from stream.model import FusedI3D
 from stream.modelfile import ModelCard, load_model, save_model
 
@@ -58,7 +60,7 @@ def make_model_dir(directory: Path, *, seed: int = 0, size_px: int = SIZE_PX) ->
         model(*clips(2, size_px, seed=seed + 100))
     model.eval()
     card = ModelCard(name="test", view="side", classes=list(CLASSES), immobile_classes=["float"],
-                     input_size_px=size_px, fps=15.0, flow={}, flow_weight=0.4)  # fmt: skip
+                     input_size_px=size_px, fps=15.0, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.4)  # fmt: skip
     return save_model(model, card, directory)
 
 
@@ -179,7 +181,7 @@ class _RecordingEngine(Engine):
 
 
 def _card() -> ModelCard:
-    return ModelCard(name="t", view="side", classes=list(CLASSES), immobile_classes=[], input_size_px=SIZE_PX, fps=15.0, flow={}, flow_weight=0.5)
+    return ModelCard(name="t", view="side", classes=list(CLASSES), immobile_classes=[], input_size_px=SIZE_PX, fps=15.0, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.5)
 
 
 def test_fixed_batch_engines_pad_the_last_chunk_and_keep_row_order() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import shutil
@@ -18,6 +19,7 @@ from torch import nn
 import export.export_model as export_mod
 from export.export_model import main
 from stream.engine import FP32_ATOL, ONNX_FILENAME, ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES, build_engine
+from stream.flow import FlowConfig
 from stream.model import FusedI3D
 from stream.modelfile import ModelCard, load_model, save_model
 
@@ -38,7 +40,7 @@ def make_model_dir(directory: Path, *, seed: int = 0) -> Path:
         model(torch.rand(2, 3, 16, SIZE_PX, SIZE_PX) * 2 - 1, torch.rand(2, 2, 16, SIZE_PX, SIZE_PX) * 2 - 1)
     model.eval()
     card = ModelCard(name="test", view="side", classes=list(CLASSES), immobile_classes=["float"],
-                     input_size_px=SIZE_PX, fps=15.0, flow={}, flow_weight=0.4)  # fmt: skip
+                     input_size_px=SIZE_PX, fps=15.0, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.4)  # fmt: skip
     return save_model(model, card, directory)
 
 

@@ -8,6 +8,7 @@ FusedI3D at 32 px.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 
 from export import train as tr
 from stream.errors import UserError
+from stream.flow import FlowConfig
 from stream.model import FusedI3D, I3D, fuse
 
 T = 16  # clip frames
@@ -224,7 +226,7 @@ def test_build_model_from_published_i3d_layout_and_previous_model(tmp_path):
     assert "rgb_imagenet.pt" in text and model.rgb.num_classes == 3
     assert torch.equal(model.flow.Mixed_5c.b0.conv3d.weight, flow.Mixed_5c.b0.conv3d.weight)
 
-    card = ModelCard(name="step1", view="side", classes=["a", "b", "c"], immobile_classes=[], input_size_px=32, fps=15, flow={}, flow_weight=0.5)
+    card = ModelCard(name="step1", view="side", classes=["a", "b", "c"], immobile_classes=[], input_size_px=32, fps=15, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.5)
     save_model(model, card, tmp_path / "step1")
     step2, text = tr.build_model(f"model:{tmp_path / 'step1'}", num_classes=2)
     assert "step1" in text and step2.rgb.num_classes == 2

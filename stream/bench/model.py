@@ -28,6 +28,7 @@ import torch
 
 from stream.engine import KIND_ONNXRUNTIME, KIND_TENSORRT, KIND_TORCH, Engine, EngineConfig, open_engine, write_onnx
 from stream.errors import UserError
+from stream.flow import FlowConfig
 from stream.model import FusedI3D
 from stream.modelfile import ModelCard, load_model, save_model
 from stream.preprocess import DEFAULT_MODEL_FPS
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         model = FusedI3D(num_classes=args.classes)
         card = ModelCard(
             name="bench-random", view="side", classes=[f"c{i}" for i in range(args.classes)], immobile_classes=[],
-            input_size_px=min(args.size), fps=DEFAULT_MODEL_FPS, flow={}, flow_weight=0.5, init="random (benchmark only)",
+            input_size_px=min(args.size), fps=DEFAULT_MODEL_FPS, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.5, init="random (benchmark only)",
         )  # fmt: skip
     print(f"stream-bench model: device {device} ({torch.cuda.get_device_name() if cuda else f'{torch.get_num_threads()} torch threads'}), "
           f"backends {', '.join(names)}, {args.repeats} pairs each, reference {REFERENCE}")  # fmt: skip
