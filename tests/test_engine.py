@@ -89,6 +89,17 @@ def model_dir(tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.fixture
+def signed_dir(model_dir, tmp_path) -> Path:
+    """``model_dir`` with the signed manifest export-model writes beside model.onnx (this test's key)."""
+    signed = tmp_path / "signed"
+    signed.mkdir()
+    for name in ("card.json", "model.safetensors", ONNX_FILENAME):
+        os.symlink(model_dir / name, signed / name)
+    engine_onnx_cache.write_beside_manifest(signed / ONNX_FILENAME, load_model(model_dir)[1], SIZE_PX)
+    return signed
+
+
 @pytest.fixture(scope="module")
 def reference(model_dir) -> tuple[tuple[torch.Tensor, torch.Tensor], Prediction]:
     """Eager PyTorch on 3 clips: what every backend must reproduce."""
@@ -118,9 +129,9 @@ def test_reference_outputs_are_probabilities_that_depend_on_the_clip(reference) 
     np.testing.assert_allclose(want.fused, 0.4 * want.flow + 0.6 * want.rgb, atol=1e-6)
 
 
-def test_onnxruntime_matches_eager_torch(model_dir, reference) -> None:
+def test_onnxruntime_matches_eager_torch(signed_dir, reference) -> None:
     (rgb, flow), want = reference
-    with build_engine("onnxruntime", model_dir) as engine:
+    with build_engine("onnxruntime", signed_dir) as engine:
         assert engine.name == "onnxruntime-cpu" and engine.device == "cpu"
         assert engine.classes == tuple(CLASSES) and engine.input_size_px == SIZE_PX
         assert_close(engine.predict_all(rgb.numpy(), flow.numpy()), want, FP32_ATOL)
@@ -141,10 +152,10 @@ def test_half_precision_on_cpu_is_refused(model_dir) -> None:
         build_engine("torch", model_dir, device="cpu", half=True)
 
 
-def test_auto_uses_onnxruntime_on_cpu_when_model_onnx_is_there(model_dir, reference, caplog) -> None:
+def test_auto_uses_onnxruntime_on_cpu_when_model_onnx_is_there(signed_dir, reference, caplog) -> None:
     (rgb, flow), want = reference
     caplog.set_level(logging.INFO, logger="stream.engine")
-    with build_engine("auto", model_dir, device="cpu") as engine:
+    with build_engine("auto", signed_dir, device="cpu") as engine:
         assert engine.name == "onnxruntime-cpu"
         np.testing.assert_allclose(engine.predict(rgb, flow), want.fused, atol=FP32_ATOL, rtol=0)
     assert any("chose onnxruntime" in r.getMessage() and "because" in r.getMessage() for r in caplog.records)
@@ -251,14 +262,15 @@ def _bare_copy(model_dir: Path, tmp_path: Path) -> Path:
     return bare
 
 
-def test_auto_on_cpu_prefers_onnxruntime_and_says_why(monkeypatch, model_dir, tmp_path) -> None:
+def test_auto_on_cpu_prefers_onnxruntime_and_says_why(monkeypatch, model_dir, signed_dir, tmp_path) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setenv("SWIM_STREAM_CACHE", str(tmp_path / "cache"))
     bare = _bare_copy(model_dir, tmp_path)
     kind, device, reason = choose_backend(bare)
     assert (kind, device) == ("onnxruntime", "cpu") and "exporting the model once" in reason
-    kind, _, reason = choose_backend(model_dir)
-    assert kind == "onnxruntime" and f"{model_dir / ONNX_FILENAME} present" in reason
+    kind, _, reason = choose_backend(signed_dir)
+    assert kind == "onnxruntime" and f"{signed_dir / ONNX_FILENAME} present" in reason
+    kind, _, reason = choose_backend(model_dir)  # its model.onnx has no manifest: it is not what runs
+    assert kind == "onnxruntime" and "exporting the model once" in reason
     monkeypatch.setattr(factory_mod, "_has_module", lambda name: False)
     kind, _, reason = choose_backend(model_dir)
     assert kind == "torch" and "onnxruntime not installed" in reason
@@ -291,19 +303,22 @@ def test_truncated_onnx_is_one_line_error_naming_the_file(model_dir, tmp_path) -
         os.symlink(model_dir / name, broken / name)
     data = (model_dir / ONNX_FILENAME).read_bytes()
     (broken / ONNX_FILENAME).write_bytes(data[: len(data) // 3])
+    engine_onnx_cache.write_beside_manifest(broken / ONNX_FILENAME, load_model(model_dir)[1], SIZE_PX)  # ours, yet broken
     with pytest.raises(UserError) as info:
         build_engine("onnxruntime", broken)
     message = str(info.value)
     assert str(broken / ONNX_FILENAME) in message and "export-model" in message and "\n" not in message
 
 
-def test_onnx_from_other_weights_or_size_is_refused(model_dir, tmp_path) -> None:
+def test_onnx_from_other_weights_or_size_is_refused(model_dir, signed_dir, tmp_path) -> None:
     other = make_model_dir(tmp_path / "other", seed=1)  # same card, different weights
     os.symlink(model_dir / ONNX_FILENAME, other / ONNX_FILENAME)
+    # a manifest of ours that (wrongly) vouches for it: the graph's own metadata still refuses it
+    engine_onnx_cache.write_beside_manifest(other / ONNX_FILENAME, load_model(other)[1], SIZE_PX)
     with pytest.raises(UserError, match="exported from other weights"):
         build_engine("onnxruntime", other)
     with pytest.raises(UserError, match="exported for 32 px input"):
-        build_engine("onnxruntime", model_dir, input_size_px=64)
+        build_engine("onnxruntime", signed_dir, input_size_px=64)
 
 
 def test_missing_onnx_and_missing_model_dir(tmp_path) -> None:
@@ -614,20 +629,51 @@ def test_a_first_export_that_disagrees_with_pytorch_is_refused_and_not_kept(monk
     assert not list((own_cache / "onnx").glob("*"))  # neither the graph nor a manifest left behind
 
 
-def test_beside_onnx_with_a_manifest_that_no_longer_matches_is_refused(model_dir, tmp_path) -> None:
-    import shutil
+def _foreign_graph(path: Path) -> Path:
+    """A graph of another network, with no weights digest in its metadata: what a hand-placed
+    model.onnx from elsewhere is. Its outputs differ from the model's."""
+    torch.manual_seed(7)
+    card = ModelCard(name="foreign", view="side", classes=list(CLASSES), immobile_classes=["float"], input_size_px=SIZE_PX,
+                     fps=15.0, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.9)  # fmt: skip
+    return write_onnx(FusedI3D(num_classes=len(CLASSES), flow_weight=0.9).eval(), path, card=card)
 
+
+@pytest.mark.parametrize("manifest", ["none", "unsigned (older export-model)", "forged", "ours, for other weights", "ours, graph changed since"])
+def test_a_model_onnx_its_manifest_does_not_vouch_for_is_never_run(model_dir, reference, tmp_path, caplog, fast_export, manifest) -> None:
+    """Issue 24: a foreign model.onnx beside the weights ran under the model's name (20.0 s immobile
+    where the model gives 10.4 s). Now it is not opened: the start says so and runs the graph
+    exported from the weights, whose outputs are the model's."""
+    (rgb, flow), want = reference
     copy = tmp_path / "m"
     copy.mkdir()
-    for name in ("card.json", "model.safetensors", ONNX_FILENAME):
-        shutil.copy(model_dir / name, copy / name)
-    engine_cache.write_manifest(copy / ONNX_FILENAME, signed=False)
-    build_engine("onnxruntime", copy).close()  # matches: used
-    with open(copy / ONNX_FILENAME, "ab") as fh:
-        fh.write(b"\0")
-    with pytest.raises(UserError, match="sha256 differs from its manifest") as info:
-        build_engine("onnxruntime", copy)
-    assert str(copy / ONNX_FILENAME) in str(info.value) and "export-model" in str(info.value)
+    for name in ("card.json", "model.safetensors"):
+        os.symlink(model_dir / name, copy / name)
+    graph = _foreign_graph(copy / ONNX_FILENAME)
+    card = load_model(model_dir)[1]
+    facts = engine_onnx_cache.beside_onnx_facts(card, SIZE_PX)
+    if manifest.startswith("unsigned"):
+        engine_cache.write_manifest(graph, facts, signed=False)
+    elif manifest == "forged":
+        _forged_manifest(graph, facts)
+    elif manifest == "ours, for other weights":
+        engine_cache.write_manifest(graph, {**facts, "weights_sha256": "ab" * 32})
+    elif manifest == "ours, graph changed since":
+        engine_onnx_cache.write_beside_manifest(graph, card, SIZE_PX)
+        with open(graph, "ab") as fh:
+            fh.write(b"\0")
+    caplog.set_level(logging.WARNING, logger="stream.engine")
+    with build_engine("onnxruntime", copy) as engine:
+        assert_close(engine.predict_all(rgb, flow), want, FP32_ATOL)  # the model's numbers, not the foreign graph's
+    assert len(fast_export) == 1  # exported from the weights into the cache
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(str(graph) in m and "not used" in m and "export-model" in m for m in messages), messages
+
+
+def test_a_model_onnx_signed_by_export_model_is_used(signed_dir, reference, fast_export) -> None:
+    (rgb, flow), want = reference
+    with build_engine("onnxruntime", signed_dir) as engine:
+        assert_close(engine.predict_all(rgb, flow), want, FP32_ATOL)
+    assert not fast_export  # the graph beside the weights ran; nothing exported
 
 
 def test_degenerate_streams_names_saturated_or_constant_outputs() -> None:
@@ -652,3 +698,72 @@ def test_probe_clips_exercise_both_streams_of_the_bundled_model(one_torch_thread
     probs = verify.reference_probs(model, *verify.probe_clips(card.clip_frames, size))
     assert verify.degenerate_streams(probs) == []
     assert len({int(row.argmax()) for row in probs[2]}) >= 2  # the flow stream tells the clips apart
+
+
+# ------------------------------------------------------------------- the cache's own files
+
+
+def test_an_empty_weights_sha256_never_names_a_cache_file(model_dir, tmp_path, own_cache, fast_export) -> None:
+    """Two models with the same name and no digest in their cards shared `<name>-32px.onnx`: the
+    second ran the first one's graph. The cache is keyed by the weights' own digest instead."""
+    import json
+
+    from stream.modelfile import load_card, sha256_file
+
+    def without_sha(src: Path, dst: Path) -> Path:
+        dst.mkdir()
+        os.symlink(src / "model.safetensors", dst / "model.safetensors")
+        card = json.loads((src / "card.json").read_text())
+        (dst / "card.json").write_text(json.dumps({**card, "weights_sha256": ""}))
+        return dst
+
+    first = without_sha(model_dir, tmp_path / "first")
+    build_engine("onnxruntime", first).close()
+    digest = sha256_file(model_dir / "model.safetensors")
+    assert [p.name for p in (own_cache / "onnx").glob("*.onnx")] == [f"{digest[:20]}-{SIZE_PX}px.onnx"]
+    second = without_sha(make_model_dir(tmp_path / "other", seed=1), tmp_path / "second")  # same name "test"
+    assert engine_onnx_cache.onnx_path(second, load_card(second), SIZE_PX) is None  # nothing cached for these weights
+    with pytest.raises(ValueError, match="no weights_sha256"):
+        engine_onnx_cache.cached_onnx_path(load_card(second), SIZE_PX)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o620])
+def test_a_cache_key_others_may_access_is_refused_in_one_line(tmp_path, own_cache, mode) -> None:
+    own_cache.mkdir(mode=0o700)
+    key = own_cache / "manifest.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(mode)
+    artifact = tmp_path / "g.onnx"
+    artifact.write_bytes(b"graph")
+    with pytest.raises(UserError, match=rf"manifest.key: refused: the cache key has mode {mode:04o}.*delete it") as info:
+        engine_cache.write_manifest(artifact, {})
+    assert str(key) in str(info.value) and "\n" not in str(info.value)
+    key.chmod(0o600)
+    engine_cache.write_manifest(artifact, {})  # the same key, private again: accepted
+    assert engine_cache.manifest_problem(artifact, {}) is None
+
+
+def test_a_cache_key_owned_by_someone_else_is_refused(tmp_path, own_cache, monkeypatch) -> None:
+    artifact = tmp_path / "g.onnx"
+    artifact.write_bytes(b"graph")
+    engine_cache.write_manifest(artifact, {})  # makes the key, owned by this user
+    me = os.geteuid()
+    monkeypatch.setattr(engine_cache.os, "geteuid", lambda: me + 4242)  # as seen by another user
+    with pytest.raises(UserError, match=rf"refused: the cache key belongs to user id {me}, not to you") as info:
+        engine_cache.manifest_problem(artifact, {})
+    assert "\n" not in str(info.value)
+
+
+def test_cache_folders_are_made_0700_whatever_the_umask(model_dir, tmp_path, own_cache, fast_export) -> None:
+    import stat
+
+    bare = _bare_copy(model_dir, tmp_path)
+    old = os.umask(0)
+    try:
+        build_engine("onnxruntime", bare).close()
+        engine_cache.make_private_dir(tmp_path / "model" / "tensorrt")  # the TensorRT cache's folder
+    finally:
+        os.umask(old)
+    for folder in (own_cache, own_cache / "onnx", tmp_path / "model", tmp_path / "model" / "tensorrt"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE((own_cache / "manifest.key").stat().st_mode) == 0o600

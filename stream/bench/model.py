@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from stream.engine import KIND_ONNXRUNTIME, KIND_TENSORRT, KIND_TORCH, Engine, EngineConfig, open_engine, write_onnx
+from stream.engine.onnx_cache import write_beside_manifest
 from stream.errors import UserError
 from stream.flow import FlowConfig
 from stream.model import FusedI3D
@@ -130,6 +131,7 @@ def _prepare_model_dir(root: Path, model: FusedI3D, card: ModelCard, size_px: in
     if need_onnx:
         start = time.perf_counter()
         write_onnx(model, directory / "model.onnx", card=sized)
+        write_beside_manifest(directory / "model.onnx", sized, size_px)  # signed: else the engine re-exports it
         log.info("exported %s px ONNX in %.1f s", size_px, time.perf_counter() - start)
     return directory
 
