@@ -28,6 +28,8 @@ from stream.engine import (
     FP32_ATOL,
     HALF_ATOL,
     ONNX_FILENAME,
+    ONNX_INPUT_NAMES,
+    ONNX_OUTPUT_NAMES,
     Engine,
     EngineConfig,
     Prediction,
@@ -630,12 +632,22 @@ def test_a_first_export_that_disagrees_with_pytorch_is_refused_and_not_kept(monk
 
 
 def _foreign_graph(path: Path) -> Path:
-    """A graph of another network, with no weights digest in its metadata: what a hand-placed
-    model.onnx from elsewhere is. Its outputs differ from the model's."""
-    torch.manual_seed(7)
-    card = ModelCard(name="foreign", view="side", classes=list(CLASSES), immobile_classes=["float"], input_size_px=SIZE_PX,
-                     fps=15.0, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.9)  # fmt: skip
-    return write_onnx(FusedI3D(num_classes=len(CLASSES), flow_weight=0.9).eval(), path, card=card)
+    """A graph someone else made, with the engine's inputs and outputs and no metadata: what a
+    hand-placed model.onnx is. It answers from the clip's mean brightness, not as the model does."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    k = len(CLASSES)
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, k], [4.0, -4.0, 1.0] * 3)
+    nodes = [helper.make_node("ReduceMean", ["rgb"], ["m"], axes=[2, 3, 4], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["z"]),
+             *(helper.make_node("Softmax", ["z"], [name], axis=1) for name in ONNX_OUTPUT_NAMES)]  # fmt: skip
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["b", c, 16, SIZE_PX, SIZE_PX])
+              for name, c in zip(ONNX_INPUT_NAMES, (3, 2))]  # fmt: skip
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["b", k]) for name in ONNX_OUTPUT_NAMES]
+    graph = helper.make_graph(nodes, "foreign", inputs, outputs, initializer=[weights])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
 
 
 @pytest.mark.parametrize("manifest", ["none", "unsigned (older export-model)", "forged", "ours, for other weights", "ours, graph changed since"])
@@ -767,3 +779,33 @@ def test_cache_folders_are_made_0700_whatever_the_umask(model_dir, tmp_path, own
     for folder in (own_cache, own_cache / "onnx", tmp_path / "model", tmp_path / "model" / "tensorrt"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     assert stat.S_IMODE((own_cache / "manifest.key").stat().st_mode) == 0o600
+
+
+def test_stream_run_never_runs_a_foreign_model_onnx_under_the_models_name(tiny_model, moving_square_video, tmp_path, caplog, one_torch_thread) -> None:
+    """Issue 24, end to end: a model.onnx without a manifest put beside the weights (as someone handed
+    it over) is not what stream-run runs: the log says so, and every probability is the one the
+    model itself gives (the same run without that file)."""
+    import shutil
+
+    import stream.run as run_mod
+    from stream.outputs.csv_log import read_frames_csv
+
+    model = tmp_path / "tiny"
+    shutil.copytree(tiny_model, model)
+    graph = _foreign_graph(model / ONNX_FILENAME)
+    video = moving_square_video(tmp_path / "v.mp4", 40)
+
+    def run(out: Path) -> list[dict]:
+        argv = ["--video", str(video), "--model", str(model), "--engine", "onnxruntime",
+                "--out", str(out), "--no-zmq", "--no-metrics", "-q"]  # fmt: skip
+        assert run_mod.main(argv) == 0
+        (frames,) = out.rglob("*.frames.csv")
+        return read_frames_csv(frames)
+
+    caplog.set_level(logging.WARNING, logger="stream.engine")
+    with_foreign = run(tmp_path / "with")
+    assert any(str(graph) in m and "not used (no manifest" in m for m in caplog.messages), caplog.messages
+    graph.unlink()
+    without = run(tmp_path / "without")
+    assert len(with_foreign) == len(without) > 0
+    assert with_foreign == without  # the model's own numbers, row for row
