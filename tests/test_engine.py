@@ -773,7 +773,8 @@ def test_cache_folders_are_made_0700_whatever_the_umask(model_dir, tmp_path, own
     old = os.umask(0)
     try:
         build_engine("onnxruntime", bare).close()
-        engine_cache.make_private_dir(tmp_path / "model" / "tensorrt")  # the TensorRT cache's folder
+        engine = tmp_path / "model" / "tensorrt" / "fused-x.ep"  # the TensorRT cache's folder, in a model folder
+        load_or_build_cached(engine, lambda tmp: tmp.write_bytes(b"engine"), lambda path: path.read_bytes(), facts={})
     finally:
         os.umask(old)
     for folder in (own_cache, own_cache / "onnx", tmp_path / "model", tmp_path / "model" / "tensorrt"):
