@@ -509,7 +509,7 @@ def test_manifest_refuses_forged_changed_and_mismatched_files(tmp_path) -> None:
     assert "sha256 differs" in engine_cache.manifest_problem(artifact, facts)
     _forged_manifest(artifact, facts)
     assert "signature does not verify" in engine_cache.manifest_problem(artifact, facts)
-    assert engine_cache.manifest_problem(artifact, facts, signed=False) is None  # export-model's kind: sha256 only
+    assert engine_cache.manifest_problem(artifact, facts, signed=False) is None  # the sha256 alone (what an older export-model wrote)
     key = tmp_path / "cache" / "manifest.key"
     assert key.stat().st_mode & 0o077 == 0  # the secret is the user's alone
 
