@@ -24,11 +24,11 @@ the weights' sha256 (``with_weights_digest``), never after a card that records n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
 import logging
-import dataclasses
 import os
 import secrets
 import stat
