@@ -810,3 +810,19 @@ def test_stream_run_never_runs_a_foreign_model_onnx_under_the_models_name(tiny_m
     without = run(tmp_path / "without")
     assert len(with_foreign) == len(without) > 0
     assert with_foreign == without  # the model's own numbers, row for row
+
+
+@pytest.mark.parametrize("kind", ["torch", "onnxruntime"])
+def test_an_engine_refuses_a_model_with_nan_weights_in_one_line(tmp_path, kind) -> None:
+    """The torch engine ran NaN weights (every probability NaN); onnxruntime's first export refused
+    them only through its check against PyTorch. Both refuse them when the weights are read."""
+    torch.manual_seed(0)
+    model = FusedI3D(num_classes=len(CLASSES))
+    with torch.no_grad():
+        model.rgb.Conv3d_1a_7x7.conv3d.weight[0, 0, 0, 0, 0] = float("nan")
+    card = ModelCard(name="nan", view="side", classes=list(CLASSES), immobile_classes=["float"], input_size_px=SIZE_PX,
+                     fps=15.0, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.5)  # fmt: skip
+    directory = save_model(model, card, tmp_path / "nan")
+    with pytest.raises(UserError, match=r"model.safetensors: 1 tensor\(s\) hold NaN or infinite values \(first: rgb.Conv3d_1a_7x7.conv3d.weight\)") as info:
+        build_engine(kind, directory, device="cpu")
+    assert "\n" not in str(info.value)
