@@ -6,7 +6,11 @@ computed with other parameters than training flow silently degrades the flow str
 parameters are part of the model, not of the command line.
 
 Weights are safetensors (no pickle, so a model file from elsewhere cannot run code) and the
-card records their sha256; loading refuses a truncated, corrupted or swapped weights file.
+card records their sha256; loading refuses a truncated, corrupted or swapped weights file, a
+tensor stored in another dtype than the card says (a relabelled header reinterprets the bytes)
+and NaN or infinite weights. A card is read strictly, in one line per refusal: every TV-L1 key,
+known ``decisions`` in range, fps in a sane range, and a size and nesting cap checked before
+(and while) it is parsed.
 """
 
 from __future__ import annotations
