@@ -11,10 +11,13 @@
 
 The ONNX file is written next to the weights only after it passed both checks (the comparison uses
 probe clips that exercise both streams, ``stream.engine.verify``), with a manifest holding its
-sha256 (``model.onnx.manifest.json``), so the ``auto`` engine never picks up an unverified or
-altered graph. Without ``model.onnx``, ``auto`` exports and verifies one into the user's cache on
-first start instead (``stream.engine.onnx_cache``). ``--check`` re-verifies the artefacts that
-are already there (after copying a model to another machine, say) without writing anything.
+sha256 and the weights' sha256 (``model.onnx.manifest.json``), signed with this user's cache key
+as the cache's manifests are, so the engines never run an unverified, altered or foreign graph.
+Without a ``model.onnx`` its manifest vouches for (none, or one copied from another machine),
+the onnxruntime engine exports and verifies one into the user's cache on first start instead
+(``stream.engine.onnx_cache``). ``--check`` re-verifies the artefacts that are already there
+without writing anything; a ``model.onnx`` this user did not write is not checked but refused
+(run ``export-model`` to write one, or let the cache export it).
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ from stream.engine import (
     TensorRTEngine,
     write_onnx,
 )
-from stream.engine.cache import manifest_path, write_manifest
-from stream.engine.onnx_cache import beside_onnx_problem
+from stream.engine.cache import manifest_path, with_weights_digest
+from stream.engine.onnx_cache import beside_onnx_problem, write_beside_manifest
 from stream.engine.verify import PROBE_CLIPS, degenerate_streams, max_diffs, probe_clips, reference_probs
 from stream.errors import UserError, cli_main
 from stream.model import FusedI3D
@@ -110,14 +113,15 @@ def export_onnx(model: FusedI3D, card: ModelCard, model_dir: Path, size_px: int,
         raise
     print(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB, opset {opset}, {size_px} px, dynamic batch) in {time.perf_counter() - start:.1f} s; onnx.checker passed")
     try:
+        # signed with this user's key: the engines use a model.onnx only when its manifest vouches
+        # for it, so it is signed before the check below can run it through the engine
+        write_beside_manifest(final, with_weights_digest(model_dir, card), size_px)
         verify_onnx(model, card, model_dir, size_px, atol=atol)
     except BaseException:
         final.unlink(missing_ok=True)  # never leave a graph that failed verification where auto finds it
         manifest_path(final).unlink(missing_ok=True)
         raise
-    # unsigned: model.onnx travels with the model; the sha256 catches a truncated or altered copy
-    write_manifest(final, {"weights_sha256": card.weights_sha256, "input_size_px": size_px, "batch": "dynamic", "precision": "fp32"}, signed=False)
-    print(f"wrote {manifest_path(final)} (sha256 of the verified graph)")
+    print(f"wrote {manifest_path(final)} (sha256 of the verified graph and of the weights, signed)")
     return final
 
 
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{onnx_path}: not found; run `export-model {model_dir}` to write it")
         import onnx
 
-        problem = beside_onnx_problem(onnx_path)
+        problem = beside_onnx_problem(onnx_path, with_weights_digest(model_dir, card).weights_sha256)
         if problem is not None:
             raise UserError(f"{onnx_path}: {problem}; run `export-model {model_dir}` to re-write it")
         try:
@@ -206,8 +210,6 @@ def main(argv: list[str] | None = None) -> int:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"{onnx_path}: not a valid ONNX model ({first[:160]}); run `export-model {model_dir}` to re-write it") from None
         verify_onnx(model, card, model_dir, size_px, atol=args.atol)
-        if not manifest_path(onnx_path).is_file():
-            print(f"note: {manifest_path(onnx_path).name} is missing, so the file's sha256 is not recorded; `export-model {model_dir}` writes it")
         print(f"{onnx_path}: OK")
         return 0
 

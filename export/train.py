@@ -56,6 +56,7 @@ from export import checkpoint as ckpt_io
 from export import distributed
 from stream.atomic import atomic_write
 from stream.errors import UserError, cli_main
+from stream.modelfile import nonfinite_problem
 from stream.version import add_version_argument
 from stream.preprocess import DEFAULT_MODEL_FPS
 
@@ -463,6 +464,10 @@ def _train_one_epoch(model, loader, optimizer, scheduler, scaler, class_weights,
             fused, rgb_logits, flow_logits, rgb_loss, flow_loss = _forward_losses(model, rgb, flow, labels, class_weights)
         optimizer.zero_grad(set_to_none=True)
         loss = rgb_loss + flow_loss
+        if world_size == 1 and not bool(torch.isfinite(loss.detach())):
+            # before the step: one NaN gradient makes every weight NaN. In a job the ranks stop
+            # together at the epoch's end, where the summed losses show it on every rank.
+            raise UserError(_diverged(f"{desc}, batch {b + 1}: the training loss is {float(loss.detach()):g}"))
         factor = 1.0 if loss_factors is None else loss_factors[b]
         if factor != 1.0:
             loss = loss * factor
@@ -572,6 +577,7 @@ def train(
         ckpt_io.refuse_legacy_checkpoints(run_dir)
     if resume and ckpt_path.is_file():
         ckpt = _load_checkpoint(ckpt_path, config)
+        _check_model_state(ckpt_path, ckpt["model"], model)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -619,6 +625,7 @@ def train(
             train_stats = _train_one_epoch(net, loader, optimizer, scheduler, scaler, class_weights, device, amp, progress, f"epoch {epoch + 1}", factors, sizes, frozen)
             val_stats = _validate(model, val_loader, class_weights, device, amp, progress) if val_loader is not None else None  # "is not None": a rank may hold no validation clip, yet must join the sums
 
+            _stop_if_diverged(epoch + 1, train_stats, val_stats, model)  # before anything of this epoch is saved
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             row.update({f"train_{k}": v for k, v in asdict(train_stats).items()})
             if val_stats is not None:
@@ -650,7 +657,9 @@ def train(
     if result.best_epoch and result.best_epoch != result.epochs_run:
         distributed.barrier()  # rank 0 wrote best.safetensors before the later epochs; every rank reads it
         tensors, _ = _load_state_file(run_dir / BEST_NAME)
-        model.load_state_dict(_unprefixed("model", tensors))
+        best = _unprefixed("model", tensors)
+        _check_model_state(run_dir / BEST_NAME, best, model)
+        model.load_state_dict(best)
     if config.bn_recalibration_clips:
         if here.is_main:
             recalibrate_batchnorm(model, train_set, config, device, progress)
@@ -725,7 +734,44 @@ def _load_state_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     tensors, state = ckpt_io.load_checkpoint(path)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}; delete it to start over")
+    # optimizer state (momentum, Adam's moments and step) is floating point; load_state_dict would
+    # cast a relabelled integer tensor without a word, and a NaN in it makes every weight NaN
+    optimizer = {k: v for k, v in tensors.items() if k.startswith("optimizer/")}
+    wrong = next((k for k, v in optimizer.items() if not v.is_floating_point()), None)
+    problem = (f"tensor {wrong} is stored as {str(tensors[wrong].dtype).removeprefix('torch.')}, not floating point"
+               if wrong else nonfinite_problem(optimizer))
+    if problem:
+        raise UserError(f"{path}: {problem}; delete it to start over")
     return tensors, state
+
+
+def _check_model_state(path: Path, state: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """A checkpoint's weights must have the model's own dtypes and shapes and be finite: a relabelled
+    dtype is silently converted by ``load_state_dict``, and NaN weights train on to a NaN model."""
+    own = model.state_dict()
+    for key, value in state.items():
+        want = own.get(key)
+        if want is not None and (value.dtype != want.dtype or value.shape != want.shape):
+            raise UserError(f"{path}: tensor model/{key} is stored as {str(value.dtype).removeprefix('torch.')} {list(value.shape)}, "
+                            f"the model's is {str(want.dtype).removeprefix('torch.')} {list(want.shape)} "
+                            "(relabelled, or another model's); delete it to start over")
+    problem = nonfinite_problem(state)
+    if problem:
+        raise UserError(f"{path}: {problem}; the run it saved had diverged: delete it to start over")
+
+
+def _diverged(what: str) -> str:
+    return f"{what} (not finite): training stopped, no model written; lower --lr, or check the data and the --init weights"
+
+
+def _stop_if_diverged(epoch: int, train_stats: EpochStats, val_stats: EpochStats | None, model: torch.nn.Module) -> None:
+    """After each epoch (every rank alike: the losses are summed over ranks and the weights agree)."""
+    for name, stats in (("training", train_stats), ("validation", val_stats)):
+        if stats is not None and not math.isfinite(stats.loss):
+            raise UserError(_diverged(f"epoch {epoch}: the mean {name} loss is {stats.loss:g}"))
+    problem = nonfinite_problem(model.state_dict())
+    if problem:
+        raise UserError(_diverged(f"epoch {epoch}: {problem}"))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

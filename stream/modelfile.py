@@ -6,7 +6,11 @@ computed with other parameters than training flow silently degrades the flow str
 parameters are part of the model, not of the command line.
 
 Weights are safetensors (no pickle, so a model file from elsewhere cannot run code) and the
-card records their sha256; loading refuses a truncated, corrupted or swapped weights file.
+card records their sha256; loading refuses a truncated, corrupted or swapped weights file, a
+tensor stored in another dtype than the card says (a relabelled header reinterprets the bytes)
+and NaN or infinite weights. A card is read strictly, in one line per refusal: every TV-L1 key,
+known ``decisions`` in range, fps in a sane range, and a size and nesting cap checked before
+(and while) it is parsed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import logging
 import math
 import numbers
+import os
 import re
 import typing
 from collections.abc import Callable
@@ -51,6 +56,14 @@ __all__ = [
     "bundled_model_dir",
     "bundled_models",
     "flow_config_problems",
+    "decisions_problems",
+    "read_card_json",
+    "stored_dtype_problem",
+    "nonfinite_problem",
+    "MIN_CARD_FPS",
+    "MAX_CARD_FPS",
+    "MAX_CARD_BYTES",
+    "MAX_CARD_DEPTH",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +76,28 @@ MODEL_KINDS = ("i3d", "motion")  # what the engine factory can build from a card
 VIEWS = ("side", "top")  # camera placements: side = swim/struggle/float, top = mobile/immobile
 WEIGHTS_DTYPES = {"i3d": ("float32", "float16"), "motion": ("json",)}  # per kind: what save_model / save_motion_model write
 MIN_INPUT_SIZE_PX = 32  # below 32 px the stride-32 I3D body has nothing left to pool
+# A card's frame rate: live video is resampled to it, so a typo (1e-9, 15000) would silently feed
+# the model clips of another time scale. 16 frames at 1 fps already span 16 s (no longer a
+# behaviour clip); 240 fps is the fastest camera rodent-behaviour rigs use (a clip then spans 67 ms).
+MIN_CARD_FPS = 1.0
+MAX_CARD_FPS = 240.0
+# A card is a few kB (the bundled ones are 3-22 kB): 1 MiB is generous, and it is checked before
+# the file is read, since parsing a 1 GB "card" took 3.4 GB of memory.
+MAX_CARD_BYTES = 1 << 20
+# JSON nesting a card may have: the bundled cards nest 7 deep (training.config...); deeper is not
+# a card, and thousands of levels made the parser (or a later copy) raise RecursionError.
+MAX_CARD_DEPTH = 32
+# The stream-run defaults a card may carry in ``decisions``, with their accepted range: an unknown
+# key (a typo) would silently fall back to stream-run's default, so it is an error.
+# min_bout_s: no published FST scoring uses a minimum bout above a few seconds; 60 s catches a
+# value given in frames or milliseconds.
+MAX_CARD_MIN_BOUT_S = 60.0
+CARD_DECISION_RANGES = {"min_bout_s": (0.0, MAX_CARD_MIN_BOUT_S)}
+# safetensors dtype of each stored tensor, per card ``weights_dtype``; BatchNorm's batch counter
+# is stored as int64 whatever the precision. A tensor of another dtype was relabelled or belongs
+# to another file: loading would convert its bytes into numbers nobody trained.
+_STORED_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+_COUNTER_SUFFIX = "num_batches_tracked"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -120,8 +155,8 @@ class ModelCard:
             problems.append(f"immobile_classes {self.immobile_classes} lists a class twice")
         if self.input_size_px < MIN_INPUT_SIZE_PX:
             problems.append(f"input_size_px {self.input_size_px} < {MIN_INPUT_SIZE_PX} (I3D downsamples by 32)")
-        if not self.fps > 0:
-            problems.append(f"fps must be > 0, got {self.fps}")
+        if not MIN_CARD_FPS <= self.fps <= MAX_CARD_FPS:
+            problems.append(f"fps must be in [{MIN_CARD_FPS:g}, {MAX_CARD_FPS:g}], got {self.fps:g}")
         if not 0.0 <= self.flow_weight <= 1.0:
             problems.append(f"flow_weight must be in [0, 1], got {self.flow_weight}")
         if not 0.0 < self.dropout_keep_prob <= 1.0:
@@ -142,6 +177,7 @@ class ModelCard:
         if self.kind not in MODEL_KINDS:
             problems.append(f"kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
         problems.extend(flow_config_problems(self.flow))
+        problems.extend(decisions_problems(self.decisions))
         return problems
 
     def to_json(self) -> str:
@@ -219,7 +255,9 @@ def flow_config_problems(flow: dict[str, Any]) -> list[str]:
     """Why the card's ``flow`` is not a valid ``stream.flow.FlowConfig`` (empty when it is).
 
     Live flow computed with other TV-L1 settings than training flow degrades the flow stream, so
-    unknown keys are errors (a typo would silently fall back to a default), not warnings.
+    unknown keys are errors (a typo would silently fall back to a default), not warnings, and so
+    are missing ones: ``"flow": {}`` would run OpenCV's defaults, which the model may never have
+    seen. ``save_model`` writes every key (``dataclasses.asdict(FlowConfig)``).
     """
     from stream.flow import FlowConfig  # torch + OpenCV: imported by everything that loads a model anyway
 
@@ -227,6 +265,10 @@ def flow_config_problems(flow: dict[str, Any]) -> list[str]:
     unknown = sorted(flow.keys() - hints.keys())
     if unknown:
         return [f"flow has unknown key(s) {', '.join(unknown)} (known: {', '.join(hints)})"]
+    missing = [k for k in hints if k not in flow]
+    if missing:
+        return [f"flow is missing TV-L1 key(s) {', '.join(missing)} (the settings the model was trained with; "
+                "a default would silently compute other flow)"]
     problems = _type_problems(flow, hints, prefix="flow.")
     if problems:
         return problems
@@ -235,6 +277,57 @@ def flow_config_problems(flow: dict[str, Any]) -> list[str]:
     except ValueError as exc:
         return ["flow: " + str(exc).removeprefix("FlowConfig: ")]
     return []
+
+
+def decisions_problems(decisions: dict[str, Any]) -> list[str]:
+    """Why the card's ``decisions`` (stream-run defaults fitted with the model) cannot be used."""
+    unknown = sorted(decisions.keys() - CARD_DECISION_RANGES.keys())
+    if unknown:
+        return [f"decisions has unknown key(s) {', '.join(unknown)} (known: {', '.join(CARD_DECISION_RANGES)})"]
+    problems = _type_problems(decisions, {k: float for k in CARD_DECISION_RANGES}, prefix="decisions.")
+    for key, (low, high) in CARD_DECISION_RANGES.items():
+        if not problems and key in decisions and not low <= decisions[key] <= high:
+            problems.append(f"decisions.{key} must be in [{low:g}, {high:g}], got {decisions[key]:g}")
+    return problems
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion (a hostile file may nest deeper than the stack)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_CARD_DEPTH:  # past the limit the answer is already known
+                todo.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def read_card_json(path: Path) -> Any:
+    """The parsed JSON of a card file, refused in one line when too large, not JSON or too deeply nested.
+
+    The size is checked before anything is read (a 1 GB file took 3.4 GB of memory to parse).
+    """
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = fh.read(MAX_CARD_BYTES + 1) if size <= MAX_CARD_BYTES else b""
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read the model card ({exc.strerror or exc})") from None
+    if size > MAX_CARD_BYTES or len(data) > MAX_CARD_BYTES:
+        raise ModelFileError(f"{path}: {max(size, len(data)) / 2**20:.1f} MiB is not a model card (at most "
+                             f"{MAX_CARD_BYTES // 2**20} MiB); restore the card from the model's source")
+    too_deep = ModelFileError(f"{path}: JSON nested deeper than {MAX_CARD_DEPTH} levels is not a model card; "
+                              "restore the card from the model's source")
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path}: not valid JSON ({exc}); restore the card from the model's source") from None
+    except RecursionError:  # nested deeper than the parser goes
+        raise too_deep from None
+    if _json_depth(parsed) > MAX_CARD_DEPTH:  # parsed, but copies and asdict() recurse further later
+        raise too_deep
+    return parsed
 
 
 def sha256_file(path: Path) -> str:
@@ -287,10 +380,7 @@ def load_card(directory: str | Path) -> ModelCard:
     path = directory / CARD_FILE
     if not path.is_file():
         raise ModelFileError(f"{path}: model card not found; a model directory holds {CARD_FILE} and {WEIGHTS_FILE}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path}: not valid JSON ({exc}); restore the card from the model's source") from exc
+    data = read_card_json(path)
     if not isinstance(data, dict):
         raise ModelFileError(f"{path}: expected a JSON object")
     card = ModelCard.from_dict(data, str(path))
@@ -336,7 +426,37 @@ def load_weights(directory: str | Path, card: ModelCard | None = None, *, verify
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{weights}: cannot read safetensors ({exc}); copy the model directory again") from exc
+    stored = _STORED_DTYPES.get(card.weights_dtype)
+    if stored is not None:
+        problem = stored_dtype_problem(state, stored)
+        if problem:
+            raise ModelFileError(f"{weights}: {problem}, but the card says {card.weights_dtype} weights "
+                                 "(relabelled, or from another file); copy the model directory again")
+    problem = nonfinite_problem(state)
+    if problem:
+        raise ModelFileError(f"{weights}: {problem}; the model is broken (a diverged training?): retrain it or copy it again")
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def stored_dtype_problem(state: dict[str, torch.Tensor], floating: torch.dtype) -> str | None:
+    """Which tensor is not stored as ``floating`` (BatchNorm's counter: int64), or None.
+
+    Shared with training checkpoints (``export.train``): a header whose dtype was relabelled
+    reinterprets the bytes, and ``load_state_dict`` would copy the result without a word.
+    """
+    for key, value in state.items():
+        want = torch.int64 if key.endswith(_COUNTER_SUFFIX) else floating
+        if value.dtype != want:
+            return f"tensor {key} is stored as {str(value.dtype).removeprefix('torch.')}, not {str(want).removeprefix('torch.')}"
+    return None
+
+
+def nonfinite_problem(state: dict[str, torch.Tensor]) -> str | None:
+    """Which floating-point tensors hold NaN or infinity (a diverged model), or None."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        return f"{len(bad)} tensor(s) hold NaN or infinite values (first: {bad[0]})"
+    return None
 
 
 def load_model(directory: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> tuple[FusedI3D, ModelCard]:
@@ -379,8 +499,8 @@ def bundled_models(root: Path = BUNDLED_MODELS_DIR) -> dict[str, str]:
     found = {}
     for card_path in sorted(root.glob(f"*/{CARD_FILE}")):
         try:
-            view = json.loads(card_path.read_text()).get("view")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+            view = read_card_json(card_path).get("view")
+        except (ModelFileError, AttributeError) as exc:
             log.warning("%s: skipped while looking for bundled models (%s)", card_path, exc)
             continue
         if isinstance(view, str):

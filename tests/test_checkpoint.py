@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -131,3 +132,74 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "c.safetensors").stat().st_mode & 0o777 == 0o640
+
+
+# ------------------------------------------------------------------ checkpoints whose tensors are not what they say
+
+
+def _interrupted_run(run, optimizer: str = "sgd"):
+    """A checkpoint after epoch 1 of 3 (the run was stopped in epoch 2), and the settings to resume it."""
+    from test_train import InterruptAfter
+
+    config = cfg(epochs=3, optimizer=optimizer)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(TinyFused(), InterruptAfter(ToyClips(8), n=8 + 3), None, config, run, num_classes=3, progress=False)
+    return config
+
+
+def _resume(run, config):
+    return tr.train(TinyFused(), ToyClips(8), None, config, run, num_classes=3, resume=True, progress=False)
+
+
+def test_resuming_a_checkpoint_with_nan_weights_is_refused(tmp_path):
+    """Before: a NaN checkpoint trained on to a NaN model, exit 0."""
+    config = _interrupted_run(tmp_path)
+    path = tmp_path / tr.CHECKPOINT_NAME
+    tensors, state = ck.load_checkpoint(path)
+    tensors["model/flow.1.running_var"][0] = float("nan")
+    ck.save_checkpoint(path, tensors, state)
+    with pytest.raises(UserError, match=rf"{tr.CHECKPOINT_NAME}: 1 tensor\(s\) hold NaN or infinite values \(first: flow.1.running_var\).*delete it") as info:
+        _resume(tmp_path, config)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key, dtype, shape, stored", [
+    ("model/rgb.0.weight", "I32", None, "int32"),  # float32 bytes read as integers
+    ("model/rgb.0.weight", "F16", [8, 3, 3, 3, 6], "float16"),  # header says float16 for float32 data
+    ("optimizer/state/0/momentum_buffer", "I32", None, "int32"),
+])  # fmt: skip
+def test_resuming_a_checkpoint_with_a_relabelled_tensor_is_refused(tmp_path, key, dtype, shape, stored):
+    from test_modelfile import relabel_safetensors
+
+    config = _interrupted_run(tmp_path)
+    relabel_safetensors(tmp_path / tr.CHECKPOINT_NAME, key, dtype, shape=shape)
+    with pytest.raises(UserError, match=rf"{tr.CHECKPOINT_NAME}: tensor {key} is stored as {stored}") as info:
+        _resume(tmp_path, config)
+    assert "\n" not in str(info.value)
+
+
+def test_resuming_a_checkpoint_with_nan_optimizer_state_is_refused(tmp_path):
+    config = _interrupted_run(tmp_path, optimizer="adam")
+    path = tmp_path / tr.CHECKPOINT_NAME
+    tensors, state = ck.load_checkpoint(path)
+    tensors["optimizer/state/0/exp_avg"].view(-1)[0] = float("nan")
+    ck.save_checkpoint(path, tensors, state)
+    with pytest.raises(UserError, match=r"1 tensor\(s\) hold NaN or infinite values \(first: optimizer/state/0/exp_avg\)"):
+        _resume(tmp_path, config)
+
+
+def test_init_from_a_model_with_a_relabelled_tensor_is_refused(tmp_path):
+    """--init model:DIR reads the model through stream.modelfile, which checks each stored dtype."""
+    from test_modelfile import _resign, relabel_safetensors
+
+    from stream.flow import FlowConfig
+    from stream.model import FusedI3D
+    from stream.modelfile import ModelCard, save_model
+
+    card = ModelCard(name="step1", view="side", classes=["a", "b"], immobile_classes=[], input_size_px=32, fps=15.0,
+                     flow=dataclasses.asdict(FlowConfig()), flow_weight=0.5)  # fmt: skip
+    d = save_model(FusedI3D(num_classes=2), card, tmp_path / "step1")
+    relabel_safetensors(d / "model.safetensors", "flow.Mixed_5c.b0.conv3d.weight", "I32")
+    _resign(d)
+    with pytest.raises(UserError, match=r"tensor flow.Mixed_5c.b0.conv3d.weight is stored as int32, not float32"):
+        tr.build_model(f"model:{d}", num_classes=2)

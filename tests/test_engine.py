@@ -8,6 +8,7 @@ batch, after which the outputs depend on the clip and a wrong backend shows.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -27,6 +28,8 @@ from stream.engine import (
     FP32_ATOL,
     HALF_ATOL,
     ONNX_FILENAME,
+    ONNX_INPUT_NAMES,
+    ONNX_OUTPUT_NAMES,
     Engine,
     EngineConfig,
     Prediction,
@@ -38,6 +41,7 @@ from stream.engine import (
     write_onnx,
 )
 from stream.errors import UserError
+from stream.flow import FlowConfig
 from stream.model import FusedI3D
 from stream.modelfile import ModelCard, load_model, save_model
 
@@ -58,7 +62,7 @@ def make_model_dir(directory: Path, *, seed: int = 0, size_px: int = SIZE_PX) ->
         model(*clips(2, size_px, seed=seed + 100))
     model.eval()
     card = ModelCard(name="test", view="side", classes=list(CLASSES), immobile_classes=["float"],
-                     input_size_px=size_px, fps=15.0, flow={}, flow_weight=0.4)  # fmt: skip
+                     input_size_px=size_px, fps=15.0, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.4)  # fmt: skip
     return save_model(model, card, directory)
 
 
@@ -85,6 +89,17 @@ def model_dir(tmp_path_factory) -> Path:
     model, card = load_model(directory)
     write_onnx(model, directory / ONNX_FILENAME, card=card)
     return directory
+
+
+@pytest.fixture
+def signed_dir(model_dir, tmp_path) -> Path:
+    """``model_dir`` with the signed manifest export-model writes beside model.onnx (this test's key)."""
+    signed = tmp_path / "signed"
+    signed.mkdir()
+    for name in ("card.json", "model.safetensors", ONNX_FILENAME):
+        os.symlink(model_dir / name, signed / name)
+    engine_onnx_cache.write_beside_manifest(signed / ONNX_FILENAME, load_model(model_dir)[1], SIZE_PX)
+    return signed
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +131,9 @@ def test_reference_outputs_are_probabilities_that_depend_on_the_clip(reference) 
     np.testing.assert_allclose(want.fused, 0.4 * want.flow + 0.6 * want.rgb, atol=1e-6)
 
 
-def test_onnxruntime_matches_eager_torch(model_dir, reference) -> None:
+def test_onnxruntime_matches_eager_torch(signed_dir, reference) -> None:
     (rgb, flow), want = reference
-    with build_engine("onnxruntime", model_dir) as engine:
+    with build_engine("onnxruntime", signed_dir) as engine:
         assert engine.name == "onnxruntime-cpu" and engine.device == "cpu"
         assert engine.classes == tuple(CLASSES) and engine.input_size_px == SIZE_PX
         assert_close(engine.predict_all(rgb.numpy(), flow.numpy()), want, FP32_ATOL)
@@ -139,10 +154,10 @@ def test_half_precision_on_cpu_is_refused(model_dir) -> None:
         build_engine("torch", model_dir, device="cpu", half=True)
 
 
-def test_auto_uses_onnxruntime_on_cpu_when_model_onnx_is_there(model_dir, reference, caplog) -> None:
+def test_auto_uses_onnxruntime_on_cpu_when_model_onnx_is_there(signed_dir, reference, caplog) -> None:
     (rgb, flow), want = reference
     caplog.set_level(logging.INFO, logger="stream.engine")
-    with build_engine("auto", model_dir, device="cpu") as engine:
+    with build_engine("auto", signed_dir, device="cpu") as engine:
         assert engine.name == "onnxruntime-cpu"
         np.testing.assert_allclose(engine.predict(rgb, flow), want.fused, atol=FP32_ATOL, rtol=0)
     assert any("chose onnxruntime" in r.getMessage() and "because" in r.getMessage() for r in caplog.records)
@@ -179,7 +194,7 @@ class _RecordingEngine(Engine):
 
 
 def _card() -> ModelCard:
-    return ModelCard(name="t", view="side", classes=list(CLASSES), immobile_classes=[], input_size_px=SIZE_PX, fps=15.0, flow={}, flow_weight=0.5)
+    return ModelCard(name="t", view="side", classes=list(CLASSES), immobile_classes=[], input_size_px=SIZE_PX, fps=15.0, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.5)
 
 
 def test_fixed_batch_engines_pad_the_last_chunk_and_keep_row_order() -> None:
@@ -249,14 +264,15 @@ def _bare_copy(model_dir: Path, tmp_path: Path) -> Path:
     return bare
 
 
-def test_auto_on_cpu_prefers_onnxruntime_and_says_why(monkeypatch, model_dir, tmp_path) -> None:
+def test_auto_on_cpu_prefers_onnxruntime_and_says_why(monkeypatch, model_dir, signed_dir, tmp_path) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setenv("SWIM_STREAM_CACHE", str(tmp_path / "cache"))
     bare = _bare_copy(model_dir, tmp_path)
     kind, device, reason = choose_backend(bare)
     assert (kind, device) == ("onnxruntime", "cpu") and "exporting the model once" in reason
-    kind, _, reason = choose_backend(model_dir)
-    assert kind == "onnxruntime" and f"{model_dir / ONNX_FILENAME} present" in reason
+    kind, _, reason = choose_backend(signed_dir)
+    assert kind == "onnxruntime" and f"{signed_dir / ONNX_FILENAME} present" in reason
+    kind, _, reason = choose_backend(model_dir)  # its model.onnx has no manifest: it is not what runs
+    assert kind == "onnxruntime" and "exporting the model once" in reason
     monkeypatch.setattr(factory_mod, "_has_module", lambda name: False)
     kind, _, reason = choose_backend(model_dir)
     assert kind == "torch" and "onnxruntime not installed" in reason
@@ -289,19 +305,22 @@ def test_truncated_onnx_is_one_line_error_naming_the_file(model_dir, tmp_path) -
         os.symlink(model_dir / name, broken / name)
     data = (model_dir / ONNX_FILENAME).read_bytes()
     (broken / ONNX_FILENAME).write_bytes(data[: len(data) // 3])
+    engine_onnx_cache.write_beside_manifest(broken / ONNX_FILENAME, load_model(model_dir)[1], SIZE_PX)  # ours, yet broken
     with pytest.raises(UserError) as info:
         build_engine("onnxruntime", broken)
     message = str(info.value)
     assert str(broken / ONNX_FILENAME) in message and "export-model" in message and "\n" not in message
 
 
-def test_onnx_from_other_weights_or_size_is_refused(model_dir, tmp_path) -> None:
+def test_onnx_from_other_weights_or_size_is_refused(model_dir, signed_dir, tmp_path) -> None:
     other = make_model_dir(tmp_path / "other", seed=1)  # same card, different weights
     os.symlink(model_dir / ONNX_FILENAME, other / ONNX_FILENAME)
+    # a manifest of ours that (wrongly) vouches for it: the graph's own metadata still refuses it
+    engine_onnx_cache.write_beside_manifest(other / ONNX_FILENAME, load_model(other)[1], SIZE_PX)
     with pytest.raises(UserError, match="exported from other weights"):
         build_engine("onnxruntime", other)
     with pytest.raises(UserError, match="exported for 32 px input"):
-        build_engine("onnxruntime", model_dir, input_size_px=64)
+        build_engine("onnxruntime", signed_dir, input_size_px=64)
 
 
 def test_missing_onnx_and_missing_model_dir(tmp_path) -> None:
@@ -490,7 +509,7 @@ def test_manifest_refuses_forged_changed_and_mismatched_files(tmp_path) -> None:
     assert "sha256 differs" in engine_cache.manifest_problem(artifact, facts)
     _forged_manifest(artifact, facts)
     assert "signature does not verify" in engine_cache.manifest_problem(artifact, facts)
-    assert engine_cache.manifest_problem(artifact, facts, signed=False) is None  # export-model's kind: sha256 only
+    assert engine_cache.manifest_problem(artifact, facts, signed=False) is None  # the sha256 alone (what an older export-model wrote)
     key = tmp_path / "cache" / "manifest.key"
     assert key.stat().st_mode & 0o077 == 0  # the secret is the user's alone
 
@@ -612,20 +631,61 @@ def test_a_first_export_that_disagrees_with_pytorch_is_refused_and_not_kept(monk
     assert not list((own_cache / "onnx").glob("*"))  # neither the graph nor a manifest left behind
 
 
-def test_beside_onnx_with_a_manifest_that_no_longer_matches_is_refused(model_dir, tmp_path) -> None:
-    import shutil
+def _foreign_graph(path: Path) -> Path:
+    """A graph someone else made, with the engine's inputs and outputs and no metadata: what a
+    hand-placed model.onnx is. It answers from the clip's mean brightness, not as the model does."""
+    import onnx
+    from onnx import TensorProto, helper
 
+    k = len(CLASSES)
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, k], [4.0, -4.0, 1.0] * 3)
+    nodes = [helper.make_node("ReduceMean", ["rgb"], ["m"], axes=[2, 3, 4], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["z"]),
+             *(helper.make_node("Softmax", ["z"], [name], axis=1) for name in ONNX_OUTPUT_NAMES)]  # fmt: skip
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["b", c, 16, SIZE_PX, SIZE_PX])
+              for name, c in zip(ONNX_INPUT_NAMES, (3, 2))]  # fmt: skip
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["b", k]) for name in ONNX_OUTPUT_NAMES]
+    graph = helper.make_graph(nodes, "foreign", inputs, outputs, initializer=[weights])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+@pytest.mark.parametrize("manifest", ["none", "unsigned (older export-model)", "forged", "ours, for other weights", "ours, graph changed since"])
+def test_a_model_onnx_its_manifest_does_not_vouch_for_is_never_run(model_dir, reference, tmp_path, caplog, fast_export, manifest) -> None:
+    """Issue 24: a foreign model.onnx beside the weights ran under the model's name (20.0 s immobile
+    where the model gives 10.4 s). Now it is not opened: the start says so and runs the graph
+    exported from the weights, whose outputs are the model's."""
+    (rgb, flow), want = reference
     copy = tmp_path / "m"
     copy.mkdir()
-    for name in ("card.json", "model.safetensors", ONNX_FILENAME):
-        shutil.copy(model_dir / name, copy / name)
-    engine_cache.write_manifest(copy / ONNX_FILENAME, signed=False)
-    build_engine("onnxruntime", copy).close()  # matches: used
-    with open(copy / ONNX_FILENAME, "ab") as fh:
-        fh.write(b"\0")
-    with pytest.raises(UserError, match="sha256 differs from its manifest") as info:
-        build_engine("onnxruntime", copy)
-    assert str(copy / ONNX_FILENAME) in str(info.value) and "export-model" in str(info.value)
+    for name in ("card.json", "model.safetensors"):
+        os.symlink(model_dir / name, copy / name)
+    graph = _foreign_graph(copy / ONNX_FILENAME)
+    card = load_model(model_dir)[1]
+    facts = engine_onnx_cache.beside_onnx_facts(card, SIZE_PX)
+    if manifest.startswith("unsigned"):
+        engine_cache.write_manifest(graph, facts, signed=False)
+    elif manifest == "forged":
+        _forged_manifest(graph, facts)
+    elif manifest == "ours, for other weights":
+        engine_cache.write_manifest(graph, {**facts, "weights_sha256": "ab" * 32})
+    elif manifest == "ours, graph changed since":
+        engine_onnx_cache.write_beside_manifest(graph, card, SIZE_PX)
+        with open(graph, "ab") as fh:
+            fh.write(b"\0")
+    caplog.set_level(logging.WARNING, logger="stream.engine")
+    with build_engine("onnxruntime", copy) as engine:
+        assert_close(engine.predict_all(rgb, flow), want, FP32_ATOL)  # the model's numbers, not the foreign graph's
+    assert len(fast_export) == 1  # exported from the weights into the cache
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(str(graph) in m and "not used" in m and "export-model" in m for m in messages), messages
+
+
+def test_a_model_onnx_signed_by_export_model_is_used(signed_dir, reference, fast_export) -> None:
+    (rgb, flow), want = reference
+    with build_engine("onnxruntime", signed_dir) as engine:
+        assert_close(engine.predict_all(rgb, flow), want, FP32_ATOL)
+    assert not fast_export  # the graph beside the weights ran; nothing exported
 
 
 def test_degenerate_streams_names_saturated_or_constant_outputs() -> None:
@@ -650,3 +710,119 @@ def test_probe_clips_exercise_both_streams_of_the_bundled_model(one_torch_thread
     probs = verify.reference_probs(model, *verify.probe_clips(card.clip_frames, size))
     assert verify.degenerate_streams(probs) == []
     assert len({int(row.argmax()) for row in probs[2]}) >= 2  # the flow stream tells the clips apart
+
+
+# ------------------------------------------------------------------- the cache's own files
+
+
+def test_an_empty_weights_sha256_never_names_a_cache_file(model_dir, tmp_path, own_cache, fast_export) -> None:
+    """Two models with the same name and no digest in their cards shared `<name>-32px.onnx`: the
+    second ran the first one's graph. The cache is keyed by the weights' own digest instead."""
+    import json
+
+    from stream.modelfile import load_card, sha256_file
+
+    def without_sha(src: Path, dst: Path) -> Path:
+        dst.mkdir()
+        os.symlink(src / "model.safetensors", dst / "model.safetensors")
+        card = json.loads((src / "card.json").read_text())
+        (dst / "card.json").write_text(json.dumps({**card, "weights_sha256": ""}))
+        return dst
+
+    first = without_sha(model_dir, tmp_path / "first")
+    build_engine("onnxruntime", first).close()
+    digest = sha256_file(model_dir / "model.safetensors")
+    assert [p.name for p in (own_cache / "onnx").glob("*.onnx")] == [f"{digest[:20]}-{SIZE_PX}px.onnx"]
+    second = without_sha(make_model_dir(tmp_path / "other", seed=1), tmp_path / "second")  # same name "test"
+    assert engine_onnx_cache.onnx_path(second, load_card(second), SIZE_PX) is None  # nothing cached for these weights
+    with pytest.raises(ValueError, match="no weights_sha256"):
+        engine_onnx_cache.cached_onnx_path(load_card(second), SIZE_PX)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o620])
+def test_a_cache_key_others_may_access_is_refused_in_one_line(tmp_path, own_cache, mode) -> None:
+    own_cache.mkdir(mode=0o700)
+    key = own_cache / "manifest.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(mode)
+    artifact = tmp_path / "g.onnx"
+    artifact.write_bytes(b"graph")
+    with pytest.raises(UserError, match=rf"manifest.key: refused: the cache key has mode {mode:04o}.*delete it") as info:
+        engine_cache.write_manifest(artifact, {})
+    assert str(key) in str(info.value) and "\n" not in str(info.value)
+    key.chmod(0o600)
+    engine_cache.write_manifest(artifact, {})  # the same key, private again: accepted
+    assert engine_cache.manifest_problem(artifact, {}) is None
+
+
+def test_a_cache_key_owned_by_someone_else_is_refused(tmp_path, own_cache, monkeypatch) -> None:
+    artifact = tmp_path / "g.onnx"
+    artifact.write_bytes(b"graph")
+    engine_cache.write_manifest(artifact, {})  # makes the key, owned by this user
+    me = os.geteuid()
+    monkeypatch.setattr(engine_cache.os, "geteuid", lambda: me + 4242)  # as seen by another user
+    with pytest.raises(UserError, match=rf"refused: the cache key belongs to user id {me}, not to you") as info:
+        engine_cache.manifest_problem(artifact, {})
+    assert "\n" not in str(info.value)
+
+
+def test_cache_folders_are_made_0700_whatever_the_umask(model_dir, tmp_path, own_cache, fast_export) -> None:
+    import stat
+
+    bare = _bare_copy(model_dir, tmp_path)
+    old = os.umask(0)
+    try:
+        build_engine("onnxruntime", bare).close()
+        engine = tmp_path / "model" / "tensorrt" / "fused-x.ep"  # the TensorRT cache's folder, in a model folder
+        load_or_build_cached(engine, lambda tmp: tmp.write_bytes(b"engine"), lambda path: path.read_bytes(), facts={})
+    finally:
+        os.umask(old)
+    for folder in (own_cache, own_cache / "onnx", tmp_path / "model", tmp_path / "model" / "tensorrt"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE((own_cache / "manifest.key").stat().st_mode) == 0o600
+
+
+def test_stream_run_never_runs_a_foreign_model_onnx_under_the_models_name(tiny_model, moving_square_video, tmp_path, caplog, one_torch_thread) -> None:
+    """Issue 24, end to end: a model.onnx without a manifest put beside the weights (as someone handed
+    it over) is not what stream-run runs: the log says so, and every probability is the one the
+    model itself gives (the same run without that file)."""
+    import shutil
+
+    import stream.run as run_mod
+    from stream.outputs.csv_log import read_frames_csv
+
+    model = tmp_path / "tiny"
+    shutil.copytree(tiny_model, model)
+    graph = _foreign_graph(model / ONNX_FILENAME)
+    video = moving_square_video(tmp_path / "v.mp4", 40)
+
+    def run(out: Path) -> list[dict]:
+        argv = ["--video", str(video), "--model", str(model), "--engine", "onnxruntime",
+                "--out", str(out), "--no-zmq", "--no-metrics", "-q"]  # fmt: skip
+        assert run_mod.main(argv) == 0
+        (frames,) = out.rglob("*.frames.csv")
+        return read_frames_csv(frames)
+
+    caplog.set_level(logging.WARNING, logger="stream.engine")
+    with_foreign = run(tmp_path / "with")
+    assert any(str(graph) in m and "not used (no manifest" in m for m in caplog.messages), caplog.messages
+    graph.unlink()
+    without = run(tmp_path / "without")
+    assert len(with_foreign) == len(without) > 0
+    assert with_foreign == without  # the model's own numbers, row for row
+
+
+@pytest.mark.parametrize("kind", ["torch", "onnxruntime"])
+def test_an_engine_refuses_a_model_with_nan_weights_in_one_line(tmp_path, kind) -> None:
+    """The torch engine ran NaN weights (every probability NaN); onnxruntime's first export refused
+    them only through its check against PyTorch. Both refuse them when the weights are read."""
+    torch.manual_seed(0)
+    model = FusedI3D(num_classes=len(CLASSES))
+    with torch.no_grad():
+        model.rgb.Conv3d_1a_7x7.conv3d.weight[0, 0, 0, 0, 0] = float("nan")
+    card = ModelCard(name="nan", view="side", classes=list(CLASSES), immobile_classes=["float"], input_size_px=SIZE_PX,
+                     fps=15.0, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.5)  # fmt: skip
+    directory = save_model(model, card, tmp_path / "nan")
+    with pytest.raises(UserError, match=r"model.safetensors: 1 tensor\(s\) hold NaN or infinite values \(first: rgb.Conv3d_1a_7x7.conv3d.weight\)") as info:
+        build_engine(kind, directory, device="cpu")
+    assert "\n" not in str(info.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import shutil
@@ -18,6 +19,7 @@ from torch import nn
 import export.export_model as export_mod
 from export.export_model import main
 from stream.engine import FP32_ATOL, ONNX_FILENAME, ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES, build_engine
+from stream.flow import FlowConfig
 from stream.model import FusedI3D
 from stream.modelfile import ModelCard, load_model, save_model
 
@@ -38,7 +40,7 @@ def make_model_dir(directory: Path, *, seed: int = 0) -> Path:
         model(torch.rand(2, 3, 16, SIZE_PX, SIZE_PX) * 2 - 1, torch.rand(2, 2, 16, SIZE_PX, SIZE_PX) * 2 - 1)
     model.eval()
     card = ModelCard(name="test", view="side", classes=list(CLASSES), immobile_classes=["float"],
-                     input_size_px=SIZE_PX, fps=15.0, flow={}, flow_weight=0.4)  # fmt: skip
+                     input_size_px=SIZE_PX, fps=15.0, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.4)  # fmt: skip
     return save_model(model, card, directory)
 
 
@@ -124,10 +126,15 @@ def test_check_refuses_a_truncated_onnx(exported, tmp_path, capsys) -> None:
 
 
 def test_check_refuses_an_onnx_from_other_weights(exported, tmp_path, capsys) -> None:
+    from stream.engine.cache import manifest_path
+
     directory = make_model_dir(tmp_path / "retrained", seed=1)
     shutil.copy(exported[0] / ONNX_FILENAME, directory / ONNX_FILENAME)
-    code, _, err = run_cli([str(directory), "--check"], capsys)
-    assert_one_line_error(code, err, str(directory / ONNX_FILENAME), "other weights", "export-model")
+    code, _, err = run_cli([str(directory), "--check"], capsys)  # the graph alone: no manifest vouches for it
+    assert_one_line_error(code, err, str(directory / ONNX_FILENAME), "no manifest", "export-model")
+    shutil.copy(manifest_path(exported[0] / ONNX_FILENAME), manifest_path(directory / ONNX_FILENAME))
+    code, _, err = run_cli([str(directory), "--check"], capsys)  # with its own (signed) manifest: for other weights
+    assert_one_line_error(code, err, str(directory / ONNX_FILENAME), "built for weights_sha256", "export-model")
 
 
 def test_truncated_weights_are_refused(exported, tmp_path, capsys) -> None:
@@ -188,6 +195,11 @@ def test_manifest_records_the_verified_graph_and_check_refuses_a_changed_one(exp
     card = json.loads((directory / "card.json").read_text())
     assert manifest["file"] == ONNX_FILENAME and manifest["weights_sha256"] == card["weights_sha256"]
     assert manifest["size_bytes"] == (directory / ONNX_FILENAME).stat().st_size and len(manifest["sha256"]) == 64
+    assert len(manifest["hmac"]) == 64  # signed with this user's key, as the cache's manifests are
+    with pytest.MonkeyPatch.context() as mp:  # the same folder on another machine (another user's key)
+        mp.setenv("SWIM_STREAM_CACHE", str(tmp_path / "elsewhere"))
+        code, _, err = run_cli([str(directory), "--check"], capsys)
+    assert_one_line_error(code, err, str(directory / ONNX_FILENAME), "not written by this user's swim-stream", "export-model")
     with open(directory / ONNX_FILENAME, "ab") as fh:
         fh.write(b"\0")  # still a loadable protobuf for some readers: only the sha256 tells
     code, _, err = run_cli([str(directory), "--check"], capsys)

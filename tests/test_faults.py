@@ -260,6 +260,34 @@ def test_model_failing_its_checksum(tiny_model: Path, videos: dict[str, Path], t
     assert_no_frame_processed(out)
 
 
+# A refusal needs Python, torch and OpenCV in memory (~0.5 GiB); reading a 1 GiB card took 3.4 GiB
+REFUSAL_MAX_RSS_KIB = 1 << 20
+PEAK_RSS_WRAPPER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+                    "_, status, usage = os.wait4(p.pid, 0); print(usage.ru_maxrss); sys.exit(os.waitstatus_to_exitcode(status))")
+
+
+def test_a_1_gib_model_card_is_refused_before_it_is_read(tiny_model: Path, videos: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 24: a 1 GB card.json took 3.4 GB of memory before it was refused. The size is checked
+    first: one line, and the process never holds the file (its peak memory stays under 1 GiB)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    os.symlink(tiny_model / "model.safetensors", model / "model.safetensors")
+    card = model / "card.json"
+    card.write_text((tiny_model / "card.json").read_text())
+    with open(card, "r+b") as fh:
+        fh.truncate(1 << 30)  # sparse: 1 GiB of trailing NULs that take no disk
+    out = tmp_path / "out"
+    # stream-run's own peak memory: a process started from this big pytest process inherits its
+    # high-water mark, so a small Python in between starts it and reports it
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, *stream_run_command(), "--video", str(videos["good"]),
+                           "--model", str(model), *quiet_args(out)], capture_output=True, text=True,
+                          timeout=REFUSE_TIMEOUT_S, stdin=subprocess.DEVNULL)  # fmt: skip
+    peak_kib = int(done.stdout.strip())
+    assert peak_kib < REFUSAL_MAX_RSS_KIB, f"peak memory {peak_kib / 2**20:.1f} GiB"
+    assert_one_line_error(done, str(card), "1024.0 MiB is not a model card")
+    assert_no_frame_processed(out)
+
+
 @pytest.mark.slow
 def test_missing_model_directory(videos: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import torch
 
 from stream.model import FusedI3D
 from stream.errors import UserError
-from stream.modelfile import CARD_FILE, ModelCard, ModelFileError, bundled_models, load_card, load_model, save_model
+from stream.flow import FlowConfig
+from stream.modelfile import CARD_FILE, MAX_CARD_BYTES, MAX_CARD_DEPTH, ModelCard, ModelFileError, bundled_models, load_card, load_model, save_model
 
-FLOW = {"tau": 0.25, "lambda_": 0.15, "theta": 0.3}
+FLOW = dataclasses.asdict(FlowConfig(tau=0.25, lambda_=0.15, theta=0.3))  # a card holds every TV-L1 setting
 
 
 def make_card(**overrides) -> ModelCard:
@@ -86,11 +88,23 @@ def test_bad_cards(tmp_path, tiny_model):
 
 # ------------------------------------------------------------------ strict cards, through stream-run
 
+RAW = "raw JSON: "  # a card value written as the JSON text that follows (json.dumps would not nest this deep)
+
 BAD_CARDS = [
     # (what to change in card.json, the field the one-line error must name)
     ({"input_size_px": "64"}, 'input_size_px must be an integer, got "64"'),
     ({"fps": None}, "fps must be a finite number, got null"),
-    ({"fps": 0}, "fps must be > 0"),
+    ({"fps": 0}, "fps must be in [1, 240], got 0"),
+    ({"fps": 1e-9}, "fps must be in [1, 240], got 1e-09"),
+    ({"fps": 15000}, "fps must be in [1, 240], got 15000"),
+    ({"decisions": {"min_bout_s": "abc"}}, 'decisions.min_bout_s must be a finite number, got "abc"'),
+    ({"decisions": {"min_bout_s": [1]}}, "decisions.min_bout_s must be a finite number, got array"),
+    ({"decisions": {"min_bout_s": -1}}, "decisions.min_bout_s must be in [0, 60], got -1"),
+    ({"decisions": {"min_bout": 1.0}}, "decisions has unknown key(s) min_bout"),
+    ({"decisions": [1]}, "decisions must be an object"),
+    ({"training": RAW + "[" * 5000 + "]" * 5000}, f"JSON nested deeper than {MAX_CARD_DEPTH} levels"),  # past the parser's stack
+    ({"training": RAW + "[" * 200 + "]" * 200}, f"JSON nested deeper than {MAX_CARD_DEPTH} levels"),  # parses, too deep for later copies
+    ({"training": {"pad": "x" * MAX_CARD_BYTES}}, "1.0 MiB is not a model card (at most 1 MiB)"),
     ({"flow_weight": "0.5"}, "flow_weight must be a finite number"),
     ({"classes": "swim,float"}, "classes must be a list of strings"),
     ({"classes": ["swim", "swim", "float"]}, "classes must be a non-empty list of distinct"),
@@ -102,6 +116,8 @@ BAD_CARDS = [
     ({"flow": {"warps": "1"}}, 'flow.warps must be an integer, got "1"'),
     ({"flow": {"tau": 0.5}}, "flow: tau=0.5 must be in (0, 0.25]"),
     ({"flow": "tvl1"}, "flow must be an object"),
+    ({"flow": {"gamma": None}}, "flow is missing TV-L1 key(s) gamma"),
+    ({"flow": {}}, "flow is missing TV-L1 key(s) tau, lambda_, theta"),
 ]
 
 
@@ -111,11 +127,15 @@ def _bad_model(src: Path, dst: Path, change: dict) -> Path:
     shutil.copytree(src, dst)
     card = json.loads((dst / CARD_FILE).read_text())
     for key, value in change.items():
-        if key == "flow" and isinstance(value, dict):
-            card["flow"] = {**card["flow"], **value}
+        if key == "flow" and isinstance(value, dict) and value:  # {"gamma": None} drops the key
+            card["flow"] = {k: v for k, v in {**card["flow"], **value}.items() if v is not None}
         else:
             card[key] = value
-    (dst / CARD_FILE).write_text(json.dumps(card))
+    text = json.dumps(card)
+    for key, value in change.items():
+        if isinstance(value, str) and value.startswith(RAW):
+            text = text.replace(json.dumps(value), value.removeprefix(RAW))
+    (dst / CARD_FILE).write_text(text)
     return dst
 
 
@@ -149,7 +169,7 @@ def test_bad_card_is_one_line_naming_file_and_field_before_anything_loads(change
     code = run_mod.main(["--video", str(video), "--model", str(model), "--out", str(tmp_path / "out"), "--no-zmq", "--no-metrics", "-q"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1, err
-    assert err[0].startswith("stream-run: error: ") and str(model / CARD_FILE) in err[0] and needle in err[0], err[0]
+    assert err[0].startswith("stream-run: error: ") and str(model / CARD_FILE) in err[0] and needle in err[0], err[0][:300]
     assert not no_engine
 
 
@@ -193,7 +213,7 @@ def test_a_valid_card_round_trips_and_json_integers_become_floats(tmp_path, tiny
 
 def test_bad_cards_are_refused_when_saving_too(tiny_model, tmp_path):
     with pytest.raises(ModelFileError, match="flow: nscales=0"):
-        save_model(tiny_model, make_card(flow={"nscales": 0}), tmp_path / "m")
+        save_model(tiny_model, make_card(flow={**FLOW, "nscales": 0}), tmp_path / "m")
     with pytest.raises(ModelFileError, match='input_size_px must be an integer, got "32"'):
         save_model(tiny_model, make_card(input_size_px="32"), tmp_path / "m2")
 
@@ -269,3 +289,52 @@ def test_stream_run_view_without_a_bundled_model_is_one_line(moving_square_video
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--view top: no bundled model for the top view" in err[0] and "--model DIR" in err[0]
     assert not engine_dirs
+
+
+# ------------------------------------------------------------------ weights that are not what they say
+
+
+def relabel_safetensors(path: Path, key: str, dtype: str, *, shape: list[int] | None = None) -> None:
+    """Rewrite ``key``'s dtype (and shape) in a safetensors header, bytes unchanged: a relabelled tensor."""
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header[key]["dtype"] = dtype
+    if shape is not None:
+        header[key]["shape"] = shape
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n :])
+
+
+def _resign(directory: Path) -> None:
+    """The card's sha256 made to match the changed weights: the checksum alone cannot catch these."""
+    from stream.modelfile import sha256_file
+
+    card = json.loads((directory / CARD_FILE).read_text())
+    card["weights_sha256"] = sha256_file(directory / "model.safetensors")
+    (directory / CARD_FILE).write_text(json.dumps(card))
+
+
+@pytest.mark.parametrize("half, dtype, shape", [(False, "I32", None), (False, "F16", [3, 1024 * 2, 1, 1, 1]), (True, "BF16", None), (True, "I16", None)])
+def test_a_relabelled_tensor_is_refused_on_load(tmp_path, tiny_model, half, dtype, shape):
+    d = save_model(tiny_model, make_card(), tmp_path / "m", half=half)
+    key = "rgb.logits.conv3d.weight"  # (3, 1024, 1, 1, 1)
+    relabel_safetensors(d / "model.safetensors", key, dtype, shape=shape)
+    _resign(d)
+    stored = {"I32": "int32", "F16": "float16", "BF16": "bfloat16", "I16": "int16"}[dtype]
+    with pytest.raises(ModelFileError, match=rf"tensor {key} is stored as {stored}, not {'float16' if half else 'float32'}.*relabelled") as info:
+        load_model(d)
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_with_nan_weights_is_refused_on_load(tmp_path, tiny_model):
+    import copy
+
+    broken = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        broken.flow.Mixed_4b.b0.conv3d.weight[0, 0, 0, 0, 0] = float("nan")
+    d = save_model(broken, make_card(), tmp_path / "m")
+    with pytest.raises(ModelFileError, match=r"1 tensor\(s\) hold NaN or infinite values \(first: flow.Mixed_4b.b0.conv3d.weight\)"):
+        load_model(d)

@@ -8,6 +8,7 @@ FusedI3D at 32 px.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 
 from export import train as tr
 from stream.errors import UserError
+from stream.flow import FlowConfig
 from stream.model import FusedI3D, I3D, fuse
 
 T = 16  # clip frames
@@ -224,7 +226,7 @@ def test_build_model_from_published_i3d_layout_and_previous_model(tmp_path):
     assert "rgb_imagenet.pt" in text and model.rgb.num_classes == 3
     assert torch.equal(model.flow.Mixed_5c.b0.conv3d.weight, flow.Mixed_5c.b0.conv3d.weight)
 
-    card = ModelCard(name="step1", view="side", classes=["a", "b", "c"], immobile_classes=[], input_size_px=32, fps=15, flow={}, flow_weight=0.5)
+    card = ModelCard(name="step1", view="side", classes=["a", "b", "c"], immobile_classes=[], input_size_px=32, fps=15, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.5)
     save_model(model, card, tmp_path / "step1")
     step2, text = tr.build_model(f"model:{tmp_path / 'step1'}", num_classes=2)
     assert "step1" in text and step2.rgb.num_classes == 2
@@ -286,3 +288,54 @@ def test_cli_step1_on_a_jhuang_clip_folder(tmp_path):
     assert card.classes[:3] == ["drink", "eat", "groom"] and len(card.classes) == 8
     assert card.fps == 15.0 and card.training["video_stride"] == 1  # 30 fps clips resampled to 15 fps by timestamp
     assert card.training["step"].startswith("source") and not card.training["synthetic"]
+
+
+# ------------------------------------------------------------------ a run that diverges stops
+
+
+def test_a_diverging_run_stops_at_the_first_nonfinite_loss(tmp_path):
+    """lr 1e30: the first step blows the weights up, the next loss is not finite. Training stops
+    there with one line, before any checkpoint, best weights or log of a NaN epoch is written."""
+    with pytest.raises(UserError, match=r"epoch 1, batch 2: the training loss is (nan|inf) \(not finite\): training stopped, no model written") as info:
+        tr.train(fresh(), ToyClips(16), ToyClips(8, seed=3), cfg(lr=1e30), tmp_path, num_classes=3, progress=False)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / tr.CHECKPOINT_NAME).exists() and not (tmp_path / tr.BEST_NAME).exists()
+
+
+def test_epoch_end_check_stops_on_a_nonfinite_mean_loss_or_weight():
+    """What stops a torchrun job (its ranks cannot stop alone mid-epoch): the summed losses and the weights."""
+    ok = tr.EpochStats(loss=1.0)
+    model = fresh()
+    tr._stop_if_diverged(1, ok, ok, model)
+    with pytest.raises(UserError, match="epoch 3: the mean validation loss is nan"):
+        tr._stop_if_diverged(3, ok, tr.EpochStats(loss=float("nan")), model)
+    with torch.no_grad():
+        model.flow[0].weight[0, 0, 0, 0, 0] = float("inf")
+    with pytest.raises(UserError, match=r"epoch 2: 1 tensor\(s\) hold NaN or infinite values \(first: flow.0.weight\)"):
+        tr._stop_if_diverged(2, ok, None, model)
+
+
+def test_export_train_exits_2_with_one_line_and_no_model_when_the_loss_is_nan(tmp_path, capsys, monkeypatch):
+    import cv2
+
+    real = tr._forward_losses
+
+    def nan_loss(*args, **kwargs):
+        fused, rgb_logits, flow_logits, rgb_loss, flow_loss = real(*args, **kwargs)
+        return fused, rgb_logits, flow_logits, rgb_loss * float("nan"), flow_loss
+
+    monkeypatch.setattr(tr, "_forward_losses", nan_loss)
+    rng = np.random.default_rng(0)
+    for name, moving in (("clip_w_01.avi", True), ("clip_rs_01.avi", False)):
+        writer = cv2.VideoWriter(str(tmp_path / name), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (40, 40))
+        base = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+        for t in range(24):
+            writer.write(np.roll(base, 2 * t if moving else 0, axis=1))
+        writer.release()
+    argv = ["--jhuang", str(tmp_path), "--out", str(tmp_path / "model"), "--work-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"),
+            "--size-px", "32", "--fps", "15", "--frame-step", "12", "--flow-preset", "fast", "--epochs", "1", "--batch-size", "2",
+            "--val-folds", "0", "--device", "cpu"]  # fmt: skip
+    assert tr.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("export-train: error: epoch 1, batch 1: the training loss is nan") and err.count("\n") == 1, err
+    assert not (tmp_path / "model").exists()

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 
 from stream.engine import KIND_ONNXRUNTIME, KIND_TENSORRT, KIND_TORCH, Engine, EngineConfig, open_engine, write_onnx
+from stream.engine.onnx_cache import write_beside_manifest
 from stream.errors import UserError
+from stream.flow import FlowConfig
 from stream.model import FusedI3D
 from stream.modelfile import ModelCard, load_model, save_model
 from stream.preprocess import DEFAULT_MODEL_FPS
@@ -129,6 +131,7 @@ def _prepare_model_dir(root: Path, model: FusedI3D, card: ModelCard, size_px: in
     if need_onnx:
         start = time.perf_counter()
         write_onnx(model, directory / "model.onnx", card=sized)
+        write_beside_manifest(directory / "model.onnx", sized, size_px)  # signed: else the engine re-exports it
         log.info("exported %s px ONNX in %.1f s", size_px, time.perf_counter() - start)
     return directory
 
@@ -170,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         model = FusedI3D(num_classes=args.classes)
         card = ModelCard(
             name="bench-random", view="side", classes=[f"c{i}" for i in range(args.classes)], immobile_classes=[],
-            input_size_px=min(args.size), fps=DEFAULT_MODEL_FPS, flow={}, flow_weight=0.5, init="random (benchmark only)",
+            input_size_px=min(args.size), fps=DEFAULT_MODEL_FPS, flow=dataclasses.asdict(FlowConfig()), flow_weight=0.5, init="random (benchmark only)",
         )  # fmt: skip
     print(f"stream-bench model: device {device} ({torch.cuda.get_device_name() if cuda else f'{torch.get_num_threads()} torch threads'}), "
           f"backends {', '.join(names)}, {args.repeats} pairs each, reference {REFERENCE}")  # fmt: skip

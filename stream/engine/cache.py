@@ -14,19 +14,24 @@ folder (``$SWIM_STREAM_CACHE``, else ``$XDG_CACHE_HOME/swim-stream``, mode 0600)
 that came with a copied model folder, however well forged, does not verify: only files this
 user's swim-stream built are loaded. A file whose manifest is missing, does not verify or does
 not match what is asked for is never opened: it is rebuilt, with a log line saying why.
+``export-model`` signs the manifest of the ``model.onnx`` it writes beside the weights the same way.
 
-``export-model`` writes an unsigned manifest (sha256 only) beside ``model.onnx``, which is meant
-to travel with the model; it catches a truncated or altered copy.
+The secret is only as good as its file: a key file that is not the user's own, or that others
+may read or write, is refused (delete it: a new one is made and cached files are rebuilt), and
+the cache folders are created mode 0700 whatever the umask. A cache file is always named after
+the weights' sha256 (``with_weights_digest``), never after a card that records none.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +39,7 @@ from typing import Any
 
 from stream.engine.base import first_line
 from stream.errors import UserError
-from stream.modelfile import sha256_file
+from stream.modelfile import ModelCard, sha256_file
 from stream.atomic import atomic_write
 
 __all__ = [
@@ -42,8 +47,10 @@ __all__ = [
     "MANIFEST_SUFFIX",
     "cache_root",
     "load_or_build_cached",
+    "make_private_dir",
     "manifest_path",
     "manifest_problem",
+    "with_weights_digest",
     "write_manifest",
 ]
 
@@ -54,6 +61,8 @@ MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = 1
 KEY_FILENAME = "manifest.key"  # the per-user HMAC secret, inside cache_root()
 KEY_BYTES = 32  # 256-bit secret, the HMAC-SHA256 block-size-safe choice
+PRIVATE_DIR_MODE = 0o700  # cache folders: the key and the files it vouches for are the user's alone
+KEY_FORBIDDEN_BITS = 0o077  # any group/other access to the key file: others could read (forge) or replace it
 
 
 def cache_root() -> Path:
@@ -68,6 +77,32 @@ def manifest_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
 
 
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` and its missing parents mode 0700, whatever the umask (mkdir's mode is masked
+    by it, so the mode is set again). A folder that exists already is left as it is. Raises OSError."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by another start: its mode is that start's business
+        os.chmod(folder, PRIVATE_DIR_MODE)
+
+
+def with_weights_digest(model_dir: str | Path, card: ModelCard) -> ModelCard:
+    """``card`` with ``weights_sha256`` filled from the weights file when the card records none:
+    cache files are keyed by that digest, and a name-only key would let another model's weights
+    (with an equally empty digest) pick up this model's cached graph."""
+    if card.weights_sha256:
+        return card
+    return dataclasses.replace(card, weights_sha256=sha256_file(Path(model_dir) / card.weights_file))
+
+
 def _local_key() -> bytes:
     """The per-user secret, created on first use with O_EXCL (two starts at once agree on one)."""
     path = cache_root() / KEY_FILENAME
@@ -76,7 +111,7 @@ def _local_key() -> bytes:
     except FileNotFoundError:
         pass
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return _read_key(path)  # another process made it meanwhile
@@ -90,7 +125,21 @@ def _local_key() -> bytes:
 
 
 def _read_key(path: Path) -> bytes:
-    key = path.read_bytes()
+    """The key's bytes; a key file that is not the user's own or that others may access is refused."""
+    fix = "delete it (a new key is made, and cached engines are rebuilt)"
+    try:
+        with open(path, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            key = fh.read(KEY_BYTES + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the cache key ({exc.strerror}); {fix}") from None
+    if info.st_uid != os.geteuid():
+        raise UserError(f"{path}: refused: the cache key belongs to user id {info.st_uid}, not to you; {fix}")
+    if info.st_mode & KEY_FORBIDDEN_BITS:
+        raise UserError(f"{path}: refused: the cache key has mode {stat.S_IMODE(info.st_mode):04o}, so others may read "
+                        f"or replace it (it must be 0600); {fix}")
     if len(key) != KEY_BYTES:
         raise UserError(f"{path}: not a swim-stream cache key ({len(key)} bytes); delete it (cached engines are then rebuilt)")
     return key
@@ -180,7 +229,7 @@ def load_or_build_cached(
 
 def _build(path: Path, build: Callable[[Path], None], facts: Mapping[str, Any] | None, what: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
     except OSError as exc:
         raise UserError(f"{path.parent}: cannot create the {what} cache ({exc.strerror})") from None
     _local_key()  # fail before minutes of building if no manifest can be signed

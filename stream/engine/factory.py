@@ -29,6 +29,7 @@ from stream.engine.base import (
     Engine,
     EngineConfig,
 )
+from stream.engine.cache import with_weights_digest
 from stream.engine.onnx_cache import cached_onnx_path, onnx_path
 from stream.errors import UserError
 from stream.modelfile import load_card
@@ -73,7 +74,7 @@ def choose_backend(model_dir: str | Path, device: str | None = None) -> tuple[st
     why_cpu = "device cpu asked for" if want_cpu else "no CUDA GPU"
     if not _has_module("onnxruntime"):
         return KIND_TORCH, "cpu", f"{why_cpu}; onnxruntime not installed ({ONNXRUNTIME_INSTALL_HINT.split(' (')[0]})"
-    card = load_card(model_dir)
+    card = with_weights_digest(model_dir, load_card(model_dir))
     found = onnx_path(model_dir, card, card.input_size_px)
     if found is None:
         return KIND_ONNXRUNTIME, "cpu", f"{why_cpu}; onnxruntime present, exporting the model once to {cached_onnx_path(card, card.input_size_px)}"

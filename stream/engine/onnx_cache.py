@@ -10,8 +10,12 @@ disagrees is deleted and the start refused. A verified graph gets a signed manif
 (``stream.engine.cache``); a cached file whose manifest is missing, does not verify or does not
 match is rebuilt with a log line, as is one that onnxruntime cannot read.
 
-``model.onnx`` beside the weights (``export-model``) is used as it is: when its manifest is there
-its sha256 must match, and its embedded metadata must match the card (checked by the backend).
+``model.onnx`` beside the weights (``export-model``) is used only when its manifest vouches for it
+as the cache's do: signed with this user's key, the graph's sha256, and built from these weights
+(the weights' sha256); its embedded metadata must then match the card (checked by the backend).
+Any other graph there (no manifest, a manifest from another machine or for other weights: a
+foreign graph once scored 20.0 s of immobility under fst-side-64's name where the model gives
+10.4 s) is not run: the start logs why and runs a graph exported from the weights instead.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from stream.engine.base import FP32_ATOL, first_line, to_numpy
-from stream.engine.cache import cache_root, manifest_path, manifest_problem, write_manifest
+from stream.engine.cache import cache_root, make_private_dir, manifest_path, manifest_problem, with_weights_digest, write_manifest
 from stream.engine.onnx_export import ONNX_FILENAME, ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES, write_onnx
 from stream.engine.verify import STREAMS, degenerate_streams, max_diffs, probe_clips, reference_probs
 from stream.errors import UserError
@@ -33,6 +37,7 @@ from stream.modelfile import ModelCard, load_model
 
 __all__ = [
     "ONNX_CACHE_DIRNAME",
+    "beside_onnx_facts",
     "beside_onnx_problem",
     "cached_onnx_facts",
     "cached_onnx_path",
@@ -41,6 +46,7 @@ __all__ = [
     "onnx_cache_dir",
     "onnx_for_engine",
     "onnx_path",
+    "write_beside_manifest",
 ]
 
 log = logging.getLogger("stream.engine")
@@ -55,8 +61,13 @@ def onnx_cache_dir() -> Path:
 
 
 def cached_onnx_path(card: ModelCard, input_size_px: int) -> Path:
-    """Keyed by the weights' digest and the input size: another model or size never reuses it."""
-    return onnx_cache_dir() / f"{card.weights_sha256[:20] or card.name}-{input_size_px}px.onnx"
+    """Keyed by the weights' digest and the input size: another model or size never reuses it.
+
+    ``card`` must carry the digest (``with_weights_digest``): a card's name is no key.
+    """
+    if not card.weights_sha256:
+        raise ValueError(f"{card.name}: no weights_sha256 to key the ONNX cache by (use with_weights_digest)")
+    return onnx_cache_dir() / f"{card.weights_sha256[:20]}-{input_size_px}px.onnx"
 
 
 def cached_onnx_facts(card: ModelCard, input_size_px: int) -> dict[str, Any]:
@@ -65,43 +76,56 @@ def cached_onnx_facts(card: ModelCard, input_size_px: int) -> dict[str, Any]:
             "precision": "fp32", "clip_frames": int(card.clip_frames), "classes": ",".join(card.classes)}
 
 
-def onnx_path(model_dir: str | Path, card: ModelCard, input_size_px: int) -> Path | None:
-    """The ONNX file present for this model and size (beside the weights, else cached), or None.
+def beside_onnx_facts(card: ModelCard, input_size_px: int) -> dict[str, Any]:
+    """What export-model's manifest beside ``model.onnx`` records (``card`` carrying the digest)."""
+    return {"weights_sha256": card.weights_sha256, "input_size_px": int(input_size_px), "batch": "dynamic", "precision": "fp32"}
 
-    Presence only, for ``auto``'s reason; ``onnx_for_engine`` decides whether it is used.
+
+def write_beside_manifest(path: Path, card: ModelCard, input_size_px: int) -> Path:
+    """Sign ``model.onnx`` (just written and verified from ``card``'s weights) for this user's starts."""
+    return write_manifest(path, beside_onnx_facts(card, input_size_px))
+
+
+def onnx_path(model_dir: str | Path, card: ModelCard, input_size_px: int) -> Path | None:
+    """The ONNX file the onnxruntime backend would use now (beside the weights, else cached), or None.
+
+    For ``auto``'s reason; ``onnx_for_engine`` decides (and exports when there is none).
     """
+    card = with_weights_digest(model_dir, card)
     beside = Path(model_dir) / ONNX_FILENAME
-    if beside.is_file():
+    if beside.is_file() and beside_onnx_problem(beside, card.weights_sha256) is None:
         return beside
     cached = cached_onnx_path(card, input_size_px)
     return cached if cached.is_file() else None
 
 
-def beside_onnx_problem(path: Path) -> str | None:
-    """For ``model.onnx`` from export-model: why it must not be used, or None.
+def beside_onnx_problem(path: Path, weights_sha256: str) -> str | None:
+    """For ``model.onnx`` beside the weights: why it must not be used, or None.
 
-    Its manifest is unsigned (it travels with the model); a missing one (an export made before
-    manifests existed) is allowed, since the graph's metadata is still checked against the card
-    (``export-model --check`` says when the manifest is missing).
+    Its manifest must be signed with this user's key (as the cache's are), match the graph's
+    sha256 and name the weights it was exported from: the input size is the metadata's to
+    check (its refusal names the fix).
     """
-    if not manifest_path(path).is_file():
-        log.debug("%s: no manifest beside it (an older export-model?); its sha256 is not checked", path)
-        return None
-    return manifest_problem(path, signed=False)
+    if not weights_sha256:
+        raise ValueError("beside_onnx_problem needs the weights' sha256 (with_weights_digest)")
+    return manifest_problem(path, {"weights_sha256": weights_sha256})
 
 
 def onnx_for_engine(model_dir: str | Path, card: ModelCard, input_size_px: int) -> tuple[Path, bool]:
     """The graph the onnxruntime backend should load, as (path, whether it is a cache file).
 
-    Exports (and verifies) into the cache when there is no usable graph.
+    A graph beside the weights that its manifest does not vouch for is not used (a log line says
+    why); the cache's graph is used instead, exported (and verified) when there is none.
     """
     model_dir = Path(model_dir)
+    card = with_weights_digest(model_dir, card)
     beside = model_dir / ONNX_FILENAME
     if beside.is_file():
-        problem = beside_onnx_problem(beside)
-        if problem is not None:
-            raise UserError(f"{beside}: refused, {problem}; re-write it with `export-model {model_dir}`")
-        return beside, False
+        problem = beside_onnx_problem(beside, card.weights_sha256)
+        if problem is None:
+            return beside, False
+        log.warning("%s: not used (%s); running a graph exported from %s instead (`export-model %s` writes a signed one)",
+                    beside, problem, card.weights_file, model_dir)
     cached = cached_onnx_path(card, input_size_px)
     if cached.is_file():
         problem = manifest_problem(cached, cached_onnx_facts(card, input_size_px))
@@ -122,13 +146,15 @@ def export_to_cache(model_dir: str | Path, card: ModelCard, input_size_px: int, 
 
     Refused with one line (and nothing left in the cache) when the graph disagrees with PyTorch.
     """
+    card = with_weights_digest(model_dir, card)
     path = cached_onnx_path(card, input_size_px)
+    facts = cached_onnx_facts(card, input_size_px)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
     except OSError as exc:
         raise UserError(f"{path.parent}: cannot create the ONNX cache ({exc.strerror}); set SWIM_STREAM_CACHE to a writable folder or run `export-model {model_dir}`") from None
     start = time.perf_counter()
-    model, card = load_model(model_dir, device="cpu")
+    model, _ = load_model(model_dir, device="cpu")
     log.info("exporting %s to ONNX once (%s); later starts reuse it", model_dir, path)
     tmp = path.with_name(path.stem + ".partial" + path.suffix)
     try:
@@ -149,7 +175,7 @@ def export_to_cache(model_dir: str | Path, card: ModelCard, input_size_px: int, 
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    write_manifest(path, cached_onnx_facts(card, input_size_px))
+    write_manifest(path, facts)
     log.info("ONNX export and check took %.1f s", time.perf_counter() - start)
     return path
 

@@ -2,8 +2,8 @@
 (the CUDA provider when onnxruntime-gpu is installed): 1.5-2.7x eager PyTorch at 112 px batch 1 on
 2 cores (``stream-bench model``), ready in under a second.
 
-The graph comes from ``<model_dir>/model.onnx`` (written and verified by ``export-model``) or from
-the user's cache, where the first start exports it, verifies it against PyTorch and signs its
+The graph comes from ``<model_dir>/model.onnx`` (written, verified and signed by ``export-model``;
+one its manifest does not vouch for is not used) or from the user's cache, where the first start exports it, verifies it against PyTorch and signs its
 manifest; a corrupt cached graph is exported again (``stream.engine.onnx_cache``).
 onnxruntime itself is imported only when this backend is built.
 """
@@ -20,6 +20,7 @@ import torch
 
 from stream.engine.base import KIND_ONNXRUNTIME, ONNXRUNTIME_INSTALL_HINT, Engine, EngineConfig, first_line, to_numpy
 from stream.engine.onnx_export import ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES
+from stream.engine.cache import with_weights_digest
 from stream.engine.onnx_cache import discard_cached, export_to_cache, onnx_for_engine
 from stream.errors import UserError
 from stream.modelfile import load_card, verify_weights
@@ -42,6 +43,7 @@ class OnnxRuntimeEngine(Engine):
         except ImportError:
             raise UserError(f"onnxruntime is not installed: {ONNXRUNTIME_INSTALL_HINT}") from None
         verify_weights(model_dir, card)  # the ONNX graph may be cached: still refuse damaged weights
+        self._weights_sha256 = with_weights_digest(model_dir, card).weights_sha256
         path, cached = onnx_for_engine(model_dir, card, self.input_size_px)
         available = ort.get_available_providers()
         want_cuda = (config.device or "").startswith("cuda") or (
@@ -83,7 +85,7 @@ class OnnxRuntimeEngine(Engine):
     def _check_metadata(self, path: Path, meta: dict[str, str]) -> None:
         fix = f"re-write it with `export-model {self.model_dir}`"
         sha = meta.get("weights_sha256", "")
-        if sha and self.card.weights_sha256 and sha != self.card.weights_sha256:
+        if sha and sha != self._weights_sha256:
             raise UserError(f"{path}: exported from other weights than {self.card.weights_file}; {fix}")
         classes = meta.get("classes")
         if classes is not None and classes.split(",") != list(self.card.classes):

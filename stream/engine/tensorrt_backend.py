@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from stream.engine.base import KIND_TENSORRT, TENSORRT_INSTALL_HINT, Engine, EngineConfig, FusedProbs
-from stream.engine.cache import load_or_build_cached
+from stream.engine.cache import load_or_build_cached, with_weights_digest
 from stream.errors import UserError
 from stream.modelfile import load_card, load_model, verify_weights
 
@@ -52,7 +52,9 @@ class TensorRTCacheKey:
         gpu = re.sub(r"[^a-z0-9]+", "-", self.gpu_name.lower()).strip("-") or "gpu"
         trt = re.sub(r"[^0-9a-z.]+", "-", self.tensorrt_version.lower())
         b, t, s = self.input_shape
-        return f"fused-{gpu}-trt{trt}-b{b}x{t}x{s}-{self.precision}-{self.weights_sha256[:12] or 'nosha'}.ep"
+        if not self.weights_sha256:
+            raise ValueError("TensorRTCacheKey without weights_sha256 (use with_weights_digest)")
+        return f"fused-{gpu}-trt{trt}-b{b}x{t}x{s}-{self.precision}-{self.weights_sha256[:12]}.ep"
 
 
 def tensorrt_cache_path(model_dir: str | Path, key: TensorRTCacheKey) -> Path:
@@ -94,7 +96,7 @@ class TensorRTEngine(Engine):
             tensorrt_version=_tensorrt_version(trt),
             input_shape=(self._batch, card.clip_frames, self.input_size_px),
             precision="fp16" if self._dtype == torch.float16 else "fp32",
-            weights_sha256=card.weights_sha256,
+            weights_sha256=with_weights_digest(model_dir, card).weights_sha256,  # never "": it names the file
         )
         self.cache_path = tensorrt_cache_path(model_dir, self.key)
         example = self._example()
