@@ -129,6 +129,24 @@ def test_init_kinetics_records_the_sha256_and_replaces_the_classifiers(crafted):
     assert model.flow.Conv3d_1a_7x7.conv3d.weight.shape[1] == 2
 
 
+def test_export_train_init_kinetics_writes_a_model_whose_card_names_the_file_and_its_sha256(crafted, tmp_path):
+    from export.synth import SynthConfig, render_video
+    from stream.modelfile import load_model
+
+    path, source = crafted
+    video = render_video(SynthConfig(view="side", duration_s=8.0, fps=15.0, arenas=1, arena_size_px=64, seed=3), tmp_path / "data")
+    assert tr.main(["--videos", str(video.video_path), "--out", str(tmp_path / "m"), "--init", f"kinetics:{path}", "--cache-dir", str(tmp_path / "cache"),
+                    "--size-px", "32", "--frame-step", "20", "--flow-preset", "fast", "--epochs", "1", "--batch-size", "2", "--val-folds", "0",
+                    "--bn-recalibration-clips", "0", "--freeze-until", "Conv3d_1a_7x7", "--device", "cpu"]) == 0  # fmt: skip
+    model, card = load_model(tmp_path / "m")
+    assert f"sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}" in card.init and "cross-modality" in card.init
+    # the stem was frozen: what the model file holds is the prior as mapped
+    assert torch.equal(model.rgb.Conv3d_1a_7x7.conv3d.weight, source.Conv3d_1a_7x7.conv3d.weight)
+    flow_stem = model.flow.Conv3d_1a_7x7.conv3d.weight
+    assert flow_stem.shape == (64, 2, 7, 7, 7) and torch.equal(flow_stem[:, 0], flow_stem[:, 1])
+    torch.testing.assert_close(flow_stem[:, 0], source.Conv3d_1a_7x7.conv3d.weight.mean(dim=1), rtol=0, atol=1e-7)
+
+
 class _Crafted:
     """Unpickling this creates ``marker``: the proof that a loader ran code from the file."""
 
