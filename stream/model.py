@@ -39,6 +39,7 @@ __all__ = [
     "FusedI3D",
     "fuse",
     "inflate_from_2d",
+    "cross_modality_kernel",
     "load_i3d_checkpoint",
     "CheckpointError",
     "FEATURE_CHANNELS",
@@ -295,6 +296,19 @@ _BRANCHES_2D = (("branch1", "b0", 1), ("branch2.0", "b1a", 1), ("branch2.1", "b1
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
 
+def cross_modality_kernel(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """An RGB first-layer kernel (out, 3, ...) for an ``in_channels`` input (flow: 2), by
+    cross-modality initialisation (Wang et al. 2016, Temporal Segment Networks): the kernels
+    averaged over the colour channels, repeated for each new channel.
+
+    The plain average, not rescaled by 3 / in_channels: it is the published recipe, and a flow
+    input (u, v) then gives what the RGB filter gives a grey image of level (u + v) / 3. The scale
+    does not survive the first layer anyway: its batch norm's statistics were measured on RGB and
+    are re-estimated while training (``TrainConfig.bn_momentum``, BN recalibration).
+    """
+    return weight.mean(dim=1, keepdim=True).expand(-1, in_channels, *weight.shape[2:]).contiguous()
+
+
 def _unit_map_2d() -> list[tuple[str, str, int]]:
     units = list(_STEM_2D)
     for block2d, (block3d, _, _) in zip(_BLOCKS_2D, INCEPTION_BLOCKS):
@@ -331,7 +345,7 @@ def inflate_from_2d(
             continue
         w2d = state_dict_2d[key].detach().float()
         if dst == "Conv3d_1a_7x7" and w2d.shape[1] != in_channels:
-            w2d = w2d.mean(dim=1, keepdim=True).expand(-1, in_channels, -1, -1)
+            w2d = cross_modality_kernel(w2d, in_channels)
         new[f"{dst}.conv3d.weight"] = w2d.unsqueeze(2).repeat(1, 1, t, 1, 1) / t
         for bn in _BN_KEYS:
             bkey = f"{src}.bn.{bn}"
