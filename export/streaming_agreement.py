@@ -72,11 +72,17 @@ def _true_labels(video: Path, arena_ids: list[str], classes: list[str]) -> np.nd
     return np.array([[by[(f, a)] for a in arena_ids] for f in range(frames)])
 
 
-def compare_video(video: Path, model_dir: Path, max_frames: int | None = None) -> tuple[VideoAgreement, dict]:
+def compare_video(video: Path, model_dir: Path, max_frames: int | None = None,
+                  streamed_layers: int | None = None) -> tuple[VideoAgreement, dict]:
     card = load_card(model_dir)
     arenas = load_arena_file(sidecar_arena_file(video) or video.with_suffix(".arenas.json"))
     clip_engine = build_engine("torch", model_dir, device="cpu", optimize=False)
     stream_engine = build_engine("streaming", model_dir, device="cpu")
+    if streamed_layers is not None:
+        from stream.engine.streaming import _FusedStreaming
+
+        stream_engine.module = _FusedStreaming(clip_engine._module.model, card.clip_frames,
+                                               streamed_layers=streamed_layers).eval()
     size = card.input_size_px
     ring = ClipRing(len(arenas), size, TVL1(FlowConfig(**card.flow)))
     stream = stream_engine.open_stream(len(arenas))
@@ -137,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("videos", nargs="+", type=Path)
     p.add_argument("--model", type=Path, default=Path("trained_models/fst-side-64"))
     p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each video")
+    p.add_argument("--streamed-layers", type=int, default=None, help="stream only the first N body layers (experiment)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     rows = []
     for video in args.videos:
-        r, _ = compare_video(video, args.model, args.max_frames)
+        r, _ = compare_video(video, args.model, args.max_frames, args.streamed_layers)
         rows.append(r)
         print(f"{r.video}: {r.arena_frames} arena-frames, max |dp| {r.max_prob_diff:.3f}, labels agree "
               f"{100 * r.label_agreement:.2f} % (smoothed {100 * r.smoothed_agreement:.2f} %), immobile "

@@ -83,11 +83,15 @@ def test_newest_taps_follow_the_clip_padding() -> None:
     assert newest_taps(4, 3, 1, 4) == ([(0, 4), (1, 0)], 4, 4)
 
 
-def test_stream_equals_the_clip_model_with_its_older_columns_frozen() -> None:
+@pytest.mark.parametrize("future", ["zeros", "replicate"])
+def test_stream_equals_the_clip_model_with_its_older_columns_frozen(future: str) -> None:
+    """``future`` is the clip model's own temporal padding: zeros (the original) or replicate."""
     model = _random_model()
+    padded = FusedI3D(num_classes=3, flow_weight=0.4, temporal_padding=future).eval()
+    padded.load_state_dict(model.state_dict())
     rgb, flow = _frames(22)
-    ref = _reference(model, rgb, flow)
-    stream, rings = _FusedStreaming(model, CLIP_FRAMES).eval(), _Rings()
+    ref = _reference(padded, rgb, flow)
+    stream, rings = _FusedStreaming(model, CLIP_FRAMES, future=future).eval(), _Rings()
     with torch.inference_mode():
         got = [stream(rgb[n], flow[n], rings)[0] for n in range(rgb.shape[0])]
     diff = max(float((a - b).abs().max()) for a, b in zip(got, ref))
@@ -95,10 +99,10 @@ def test_stream_equals_the_clip_model_with_its_older_columns_frozen() -> None:
 
 
 def test_newest_conv1_column_is_exactly_the_clips() -> None:
-    """The one column whose receptive field the stream sees as the clip does: Conv3d_1a's newest."""
+    """With zero future, Conv3d_1a's newest column is computed from exactly what the clip's sees."""
     torch.manual_seed(0)
     i3d = I3D(num_classes=3).eval()
-    stream, rings = StreamingI3D(i3d), _Rings()
+    stream, rings = StreamingI3D(i3d, future="zeros"), _Rings()
     rgb, _ = _frames(CLIP_FRAMES)
     first = stream.layers[0]
     with torch.inference_mode():
@@ -109,8 +113,8 @@ def test_newest_conv1_column_is_exactly_the_clips() -> None:
     torch.testing.assert_close(column, clip[:, :, -1], atol=1e-5, rtol=1e-5)
 
 
-def test_a_stream_differs_from_the_clip_model_only_through_the_clip_padding() -> None:
-    """Not equal (see the module docstring), but the stream's per-frame output does track the clip's."""
+def test_a_stream_is_not_the_clip_model() -> None:
+    """Not equal (see the module docstring): the older columns never see the frames after them."""
     model = _random_model()
     rgb, flow = _frames(24)
     stream, rings = _FusedStreaming(model, CLIP_FRAMES).eval(), _Rings()
@@ -201,3 +205,16 @@ def test_factory_builds_the_streaming_engine(tiny_model, kind) -> None:
         engine.warmup(2)
         rgb = np.zeros((1, 3, 16, 32, 32), np.float32)
         assert engine.predict(rgb, np.zeros((1, 2, 16, 32, 32), np.float32)).shape == (1, 3)
+
+
+def test_streaming_only_the_first_layers_runs_the_rest_clip_wise() -> None:
+    """``streamed_layers=0`` is the clip model itself, through the stream's rings (the split's plumbing)."""
+    model = _random_model()
+    rgb, flow = _frames(CLIP_FRAMES + 2)
+    stream, rings = _FusedStreaming(model, CLIP_FRAMES, streamed_layers=0).eval(), _Rings()
+    graph = FusedProbs(model).eval()
+    with torch.inference_mode():
+        got = [stream(rgb[n], flow[n], rings)[0] for n in range(rgb.shape[0])]
+        n = rgb.shape[0] - 1
+        clip = graph(rgb[n - 15 : n + 1].permute(1, 2, 0, 3, 4), flow[n - 15 : n + 1].permute(1, 2, 0, 3, 4))[0]
+    torch.testing.assert_close(got[-1], clip, atol=1e-5, rtol=1e-5)

@@ -13,15 +13,19 @@ column per layer, and the clip ending at that frame reads its columns of the rig
 
 Which column is computed, and how (the one definition the tests check against the clip model):
 the column of layer L at frame n is the *newest* (right-edge) column of the clip that ends at
-frame n, computed with that clip's own padding: the taps after frame n are the clip's zero SAME
-padding, dropped (so Conv3d_1a uses 4 of its 7 taps), and the taps before it read the ring. Then
-it is frozen and reused by the next clips. So the same weights and the same 7-frame look-ahead,
-but not the same numbers: in the clip model an older column also sees the frames to its right
-(this stream saw zeros there when it computed it), and a column at the clip's left edge sees zero
-padding (this stream sees the real past). Both deviations come from the clip's temporal padding,
-and only the newest Conv3d_1a column is exactly the clip's. The measured effect on the bundled
-models is in the README (label agreement, immobile time); ``tests/test_streaming.py`` checks the
-stream exactly against the clip model with its older columns replaced by the frozen ones.
+frame n, with that clip's SAME padding after frame n (``future``: "replicate", the default, reads
+the newest column again, the I3D's ``temporal_padding="replicate"``; "zeros" is the original
+padding, and drops those taps), and the taps before it read the ring. Then it is frozen and
+reused by the next clips. So the same weights and the same 7-frame look-ahead, but not the same
+numbers: in the clip model an older column also sees the frames to its right (this stream only
+guessed them when it computed it), and a column at the clip's left edge sees zero padding (this
+stream sees the real past). Every Mixed_3c column of a 16-frame clip reaches the padding, so no
+deep column can be shared exactly. The measured effect on the bundled model is in the README:
+far from the clip model's labels, so ``auto`` never picks this engine. ``tests/test_streaming.py``
+checks the stream exactly against the clip model with its older columns replaced by the frozen ones.
+
+``streamed_layers=k`` streams only the first k body layers and runs the rest clip-wise on the
+last columns of layer k (an experiment: closer to the clip model, less saved).
 
 Segments: a gap (or the end of the input) ends a segment as in ``stream.pipeline``. The clip-wise
 pipeline pads a segment's first clips by repeating its first frame (flow zero) and its last clips
@@ -55,6 +59,13 @@ __all__ = ["FrameStream", "StreamingEngine", "StreamingI3D", "newest_taps", "ste
 
 log = logging.getLogger("stream.engine")
 
+# What a column reads for the frames after it (the clip's right padding), when it is computed:
+# "zeros" is the clip's own padding, exact for the newest column but every older column then keeps
+# zeros where the clip sees real frames (measured on the demo, fst-side-64: labels agreed with the
+# clip model on 0 of the first 60 frames); "replicate" reads the newest column again (the I3D's
+# temporal_padding="replicate"), a better guess for the frames to come (73 % of the first 150).
+FUTURE_MODES = ("replicate", "zeros")
+FUTURE_DEFAULT = "replicate"
 WARMUP_FRAMES = CLIP_FRAMES + 2  # fills every ring once: allocation and oneDNN set-up paid before the first frame
 
 
@@ -106,8 +117,10 @@ class _Rings:
 class _Layer(nn.Module):
     """One Unit3D or MaxPool3dSame as a per-frame column op (``forward(column, rings)``)."""
 
-    def __init__(self, key: int, module: Unit3D | MaxPool3dSame, t_in: int, spacing_in: int) -> None:
+    def __init__(self, key: int, module: Unit3D | MaxPool3dSame, t_in: int, spacing_in: int, future: str) -> None:
         super().__init__()
+        if future not in FUTURE_MODES:
+            raise ValueError(f"future must be one of {FUTURE_MODES}, got {future!r}")
         self.key = key
         (kt, kh, kw), (st, sh, sw) = module.kernel, module.stride
         taps, self.t_out, self.spacing_out = newest_taps(t_in, kt, st, spacing_in)
@@ -124,7 +137,11 @@ class _Layer(nn.Module):
             scale = bn.weight.detach().float() / torch.sqrt(bn.running_var.detach().float() + bn.eps)
             weight = weight * scale[:, None, None, None, None]
             bias = (bias - bn.running_mean.detach().float()) * scale + bn.bias.detach().float()
-        weight = weight[:, :, [t for t, _ in taps]]  # taps on the padding multiply zeros: dropped
+        if future == "replicate":  # the taps after now read the newest column: their weights join its tap
+            newest = max(t for t, b in taps if b == 0)
+            weight = weight.clone()
+            weight[:, :, newest] += weight[:, :, newest + 1 :].sum(2)
+        weight = weight[:, :, [t for t, _ in taps]]  # taps on the padding: zeros dropped, or folded in above
         # taps stacked on channels, tap-major: (out, taps * in, kh, kw) for one conv2d per column
         weight = weight.permute(0, 2, 1, 3, 4).reshape(weight.shape[0], -1, kh, kw)
         self.register_buffer("weight", weight.contiguous())
@@ -136,7 +153,7 @@ class _Layer(nn.Module):
         h, w = column.shape[-2:]
         (ph0, ph1), (pw0, pw1) = (same_padding(h, self.kernel_hw[0], self.stride_hw[0]),
                                   same_padding(w, self.kernel_hw[1], self.stride_hw[1]))
-        if self.pool:  # inputs follow a ReLU (>= 0): a max with the clip's zero time padding changes nothing
+        if self.pool:  # inputs follow a ReLU (>= 0): a max with zero time padding, or a repeat, changes nothing
             x = taps[0]
             for t in taps[1:]:
                 x = torch.maximum(x, t)
@@ -151,10 +168,11 @@ class _Layer(nn.Module):
 
 
 class _Inception(nn.Module):
-    def __init__(self, key: int, module: InceptionModule, t_in: int, spacing_in: int) -> None:
+    def __init__(self, key: int, module: InceptionModule, t_in: int, spacing_in: int, future: str) -> None:
         super().__init__()
         names = ("b0", "b1a", "b1b", "b2a", "b2b", "b3a", "b3b")
-        self.branches = nn.ModuleDict({n: _Layer(key + i, getattr(module, n), t_in, spacing_in) for i, n in enumerate(names)})
+        self.branches = nn.ModuleDict({n: _Layer(key + i, getattr(module, n), t_in, spacing_in, future)
+                                       for i, n in enumerate(names)})
         self.t_out, self.spacing_out = t_in, spacing_in  # stride 1 in time everywhere inside
 
     def forward(self, column: torch.Tensor, rings: _Rings) -> torch.Tensor:
@@ -177,18 +195,28 @@ class StreamingI3D(nn.Module):
 
     LAYER_KEYS = 10  # ring keys reserved per layer (an inception module uses 7)
 
-    def __init__(self, i3d: I3D, clip_frames: int = CLIP_FRAMES, key_base: int = 0) -> None:
+    def __init__(self, i3d: I3D, clip_frames: int = CLIP_FRAMES, key_base: int = 0, *,
+                 future: str = FUTURE_DEFAULT, streamed_layers: int | None = None) -> None:
         super().__init__()
         t, spacing = clip_frames, 1
         layers = []
-        for i, name in enumerate(FEATURE_LAYERS):
+        self.streamed_layers = len(FEATURE_LAYERS) if streamed_layers is None else streamed_layers
+        for i, name in enumerate(FEATURE_LAYERS[: self.streamed_layers]):
             module = getattr(i3d, name)
             key = key_base + self.LAYER_KEYS * i
-            layer = _Inception(key, module, t, spacing) if isinstance(module, InceptionModule) else _Layer(key, module, t, spacing)
+            kind = _Inception if isinstance(module, InceptionModule) else _Layer
+            layer = kind(key, module, t, spacing, future)
             layers.append(layer)
             t, spacing = layer.t_out, layer.spacing_out
         self.layers = nn.ModuleList(layers)
-        self.logits = _Layer(key_base + self.LAYER_KEYS * len(FEATURE_LAYERS), i3d.logits, t, spacing)
+        # layers after the streamed ones run clip-wise on the streamed layer's last t columns
+        self.clip_layers = nn.ModuleList(getattr(i3d, name) for name in FEATURE_LAYERS[self.streamed_layers :])
+        self.clip_logits = i3d.logits
+        self.split_back = tuple(m * spacing for m in range(t - 1, -1, -1))  # oldest first
+        self.split_key = key_base + self.LAYER_KEYS * (len(FEATURE_LAYERS) + 2)
+        if self.clip_layers:
+            return
+        self.logits = _Layer(key_base + self.LAYER_KEYS * len(FEATURE_LAYERS), i3d.logits, t, spacing, future)
         # the clip averages the logits of its t final columns: this frame's and those spacing, 2 spacing ... back
         self.final_back = tuple(m * spacing for m in range(t))
         self.final_key = key_base + self.LAYER_KEYS * (len(FEATURE_LAYERS) + 1)
@@ -198,16 +226,23 @@ class StreamingI3D(nn.Module):
         x = frame
         for layer in self.layers:
             x = layer(x, rings)
+        if self.clip_layers:
+            x = torch.stack(rings.taps(self.split_key, x, self.split_back), dim=2)  # (B, C, T, H, W)
+            for layer in self.clip_layers:
+                x = layer(x)
+            return self.clip_logits(x.mean(dim=(3, 4), keepdim=True)).mean(dim=(2, 3, 4))
         x = self.logits(x.mean(dim=(2, 3), keepdim=True), rings)  # (B, K, 1, 1), dropout is off in eval
         columns = rings.taps(self.final_key, x.flatten(1), self.final_back)
         return torch.stack(columns).mean(0)
 
 
 class _FusedStreaming(nn.Module):
-    def __init__(self, model: FusedI3D, clip_frames: int) -> None:
+    def __init__(self, model: FusedI3D, clip_frames: int, *, future: str = FUTURE_DEFAULT,
+                 streamed_layers: int | None = None) -> None:
         super().__init__()
-        self.rgb = StreamingI3D(model.rgb, clip_frames, key_base=0)
-        self.flow = StreamingI3D(model.flow, clip_frames, key_base=1_000)
+        common = {"future": future, "streamed_layers": streamed_layers}
+        self.rgb = StreamingI3D(model.rgb, clip_frames, key_base=0, **common)
+        self.flow = StreamingI3D(model.flow, clip_frames, key_base=1_000, **common)
         self.flow_weight = float(model.flow_weight)
 
     def forward(self, rgb: torch.Tensor, flow: torch.Tensor, rings: _Rings) -> tuple[torch.Tensor, ...]:
