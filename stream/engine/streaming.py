@@ -322,6 +322,8 @@ class StreamingEngine(Engine):
             raise UserError(CPU_HALF_REFUSAL if self._device.type == "cpu" else "streaming engine: FP32 only (half precision is not measured for it)")
         model = model.eval()
         self.module = _FusedStreaming(model, card.clip_frames).eval().to(self._device)
+        log.warning("engine streaming: an approximation of the clip model, not its labels (README, 'Streaming "
+                    "engine'); use it where speed matters more than agreement with the clip-wise engines")
         self._clip = FusedProbs(model).eval().to(self._device)
 
     @property
