@@ -270,6 +270,11 @@ def test_a_stepwise_engine_is_fed_every_frame_and_restarts_at_a_gap(tiny_model) 
 
     engine = build_engine("streaming", tiny_model, device="cpu")
 
+    def clip_wise(*args):
+        raise AssertionError("the pipeline ran the streaming engine clip-wise")
+
+    engine._run = clip_wise  # it must be fed frame by frame
+
     def run(stream_items: list) -> tuple[dict[str, list], object]:
         decisions = {a.id: ArenaDecisions(a.id, CLASSES, DecisionConfig(fps=FPS)) for a in ARENAS}
         out: list = []
