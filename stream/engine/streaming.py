@@ -204,6 +204,9 @@ class StreamingI3D(nn.Module):
         t, spacing = clip_frames, 1
         layers = []
         self.streamed_layers = len(FEATURE_LAYERS) if streamed_layers is None else streamed_layers
+        if not 0 <= self.streamed_layers <= len(FEATURE_LAYERS):
+            raise ValueError(f"streamed_layers must be 0..{len(FEATURE_LAYERS)}, got {streamed_layers}")
+        self.in_channels = i3d.in_channels
         for i, name in enumerate(FEATURE_LAYERS[: self.streamed_layers]):
             module = getattr(i3d, name)
             key = key_base + self.LAYER_KEYS * i
@@ -223,7 +226,6 @@ class StreamingI3D(nn.Module):
         # the clip averages the logits of its t final columns: this frame's and those spacing, 2 spacing ... back
         self.final_back = tuple(m * spacing for m in range(t))
         self.final_key = key_base + self.LAYER_KEYS * (len(FEATURE_LAYERS) + 1)
-        self.in_channels = i3d.in_channels
 
     def forward(self, frame: torch.Tensor, rings: _Rings) -> torch.Tensor:
         x = frame
@@ -245,6 +247,7 @@ class _FusedStreaming(nn.Module):
         super().__init__()
         common = {"future": future, "streamed_layers": streamed_layers}
         self.rgb = StreamingI3D(model.rgb, clip_frames, key_base=0, **common)
+        # the flow stream's ring keys start past the RGB stream's (it uses fewer than 200)
         self.flow = StreamingI3D(model.flow, clip_frames, key_base=1_000, **common)
         self.flow_weight = float(model.flow_weight)
 
