@@ -54,6 +54,7 @@ class _FeatureRecorder:
     """An ``Engine`` for the pipeline that records the motion feature of every clip it is handed."""
 
     name = "motion-features"
+    stepwise = False  # fed whole clips (stream.engine.base.Engine.stepwise)
 
     def __init__(self, classes: list[str], size_px: int, device: str) -> None:
         self.classes = list(classes)

@@ -43,6 +43,8 @@ __all__ = [
     "load_i3d_checkpoint",
     "CheckpointError",
     "FEATURE_CHANNELS",
+    "FEATURE_LAYERS",
+    "same_padding",
     "DROPOUT_KEEP_PROB",
     "BN_EPS",
 ]
@@ -69,8 +71,15 @@ INCEPTION_BLOCKS: tuple[tuple[str, int, tuple[int, int, int, int, int, int]], ..
 
 Triple = tuple[int, int, int]
 
+# The body's layers in order, input to Mixed_5c (the streaming engine walks the same list).
+FEATURE_LAYERS: tuple[str, ...] = (
+    "Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
+    "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
+    "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c",
+)  # fmt: skip
 
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TensorFlow "SAME": output = ceil(size / stride); the odd pixel goes to the far side."""
     if size % stride == 0:
         total = max(kernel - stride, 0)
@@ -81,7 +90,7 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 def _pad_same(x: torch.Tensor, kernel: Triple, stride: Triple, temporal_mode: str) -> torch.Tensor:
     t, h, w = x.shape[-3:]
-    pt, ph, pw = (_same_padding(int(s), k, st) for s, k, st in zip((t, h, w), kernel, stride))
+    pt, ph, pw = (same_padding(int(s), k, st) for s, k, st in zip((t, h, w), kernel, stride))
     if not any(pt + ph + pw):
         return x
     if temporal_mode == "replicate" and any(pt):
@@ -199,11 +208,7 @@ class I3D(nn.Module):
         """(B, C, T, H, W) -> (B, 1024, T/8, H/32, W/32): Mixed_5c output."""
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}")
-        for name in (
-            "Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
-            "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
-            "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c",
-        ):  # fmt: skip
+        for name in FEATURE_LAYERS:
             x = getattr(self, name)(x)
         return x
 

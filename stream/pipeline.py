@@ -10,6 +10,11 @@
                                v
                              outputs (stream.outputs.base.Output): CSV, results, ZeroMQ, metrics, preview
 
+A step-wise engine (``stepwise = True``: ``--engine streaming``, stream.engine.streaming) is fed each
+frame's RGB and flow from the ring as it arrives, through one ``open_stream(arenas)`` state per
+pipeline, and returns the prediction of the frame 7 before; at the end of a segment its ``flush``
+gives the last 7 and forgets the segment. Decisions, stride fill and gaps are the same for both.
+
 Latency: frame ``t`` is classified when frame ``t + 7`` arrives (its clip needs 7 future frames), so
 every decision comes at least ``FUTURE_FRAMES / fps`` seconds (0.47 s at 15 fps) after its frame was
 captured, plus processing time. ``--stride k`` runs the model on every k-th centre only and gives the
@@ -164,6 +169,9 @@ class Pipeline:
         self._fps_times: deque[float] = deque(maxlen=FPS_WINDOW_FRAMES)
         self._last_status = time.monotonic()
         self._last_gap_log = -GAP_LOG_INTERVAL_S
+        # step-wise engine: its state for this stream, and its predictions by centre frame until used
+        self._stream = engine.open_stream(len(self.arenas)) if engine.stepwise else None
+        self._stream_probs: dict[int, np.ndarray] = {}
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, items: Iterable[Frame | Gap | EndOfStream | None]) -> RunResult:
@@ -226,6 +234,8 @@ class Pipeline:
             self._meta.pop(min(self._meta))
         if self._next_center is None:
             self._next_center = frame.index
+        if self._stream is not None:
+            self._step(frame.index)
         if self.trials is not None:
             self.trials.on_frame(frame.index, frame.timestamp_s, crops, self._next_center)
         self.result.frames_processed += 1
@@ -236,10 +246,26 @@ class Pipeline:
             self._next_center += 1  # first: a failure inside must not have this frame classified twice
             self._classify(self._next_center - 1, frame.index)
 
+    def _step(self, index: int) -> None:
+        """Feed frame ``index`` to the step-wise engine; keep the prediction it returns (frame ``index - 7``)."""
+        assert self._stream is not None
+        t0 = time.perf_counter()
+        pred = self._stream.push(*self.ring.frame(index))
+        dt = time.perf_counter() - t0
+        self.result.model_s += dt
+        self.result.model_calls += 1
+        broadcast(self.outputs, "on_model", dt)
+        if pred is not None:
+            self._stream_probs[index - FUTURE_FRAMES] = np.asarray(pred.fused, dtype=np.float64)
+
     def _classify(self, center: int, last: int) -> None:
         assert self.ring.segment_start is not None
         use_model = self._last_probs is None or (center - self.ring.segment_start) % self.config.stride_frames == 0
-        if use_model:
+        if self._stream is not None:  # the stream predicted every frame already; stride only picks which to use
+            stepped = self._stream_probs.pop(center)
+            if use_model:
+                self._last_probs = stepped
+        elif use_model:
             rgb, flow = self.ring.clip(center, last)
             t0 = time.perf_counter()
             probs = np.asarray(self.engine.predict(rgb, flow), dtype=np.float64)
@@ -290,11 +316,18 @@ class Pipeline:
     def _end_segment(self) -> None:
         """Classify the segment's last (up to 7) frames with edge-padded clips, then restart the ring."""
         last = self.ring.last_index
+        if self._stream is not None and last is not None:
+            t0 = time.perf_counter()
+            tail = self._stream.flush()  # the last frames, their look-ahead padded as the clips are
+            self.result.model_s += time.perf_counter() - t0
+            for i, pred in enumerate(tail):
+                self._stream_probs[last - len(tail) + 1 + i] = np.asarray(pred.fused, dtype=np.float64)
         if last is not None and self._next_center is not None:
             while self._next_center <= last:
                 self._next_center += 1
                 self._classify(self._next_center - 1, last)
         self.ring.reset()
+        self._stream_probs.clear()
         self._next_center = None
         self._last_probs = None
 

@@ -99,6 +99,13 @@ class ClipRing:
         self._grey_prev = grey
         self.last_index = frame_index
 
+    def frame(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rgb (N, 3, S, S), flow (N, 2, S, S)) of one held frame: what a step-wise engine is fed."""
+        if self.last_index is None or not (self.last_index - CLIP_FRAMES < index <= self.last_index):
+            raise ValueError(f"frame {index} is not held (latest {self.last_index})")
+        slot = index % CLIP_FRAMES
+        return self.rgb[:, :, slot], self.flow[:, :, slot]
+
     def clip_frame_indices(self, center: int, last: int | None = None) -> np.ndarray:
         """Frame indices of the clip around ``center``, edge-padded inside the current segment."""
         if self.last_index is None or self.segment_start is None:

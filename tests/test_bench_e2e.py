@@ -65,3 +65,41 @@ def test_bench_refuses_bad_arguments(tiny_model, capsys) -> None:
     assert bench_main(["e2e", "--model", str(tiny_model), "--arenas", "one"]) == 2
     assert "--arenas" in capsys.readouterr().err
     assert bench_main(["e2e", "--model", str(tiny_model), "--frames", "5"]) == 2
+
+
+def test_realtime_summary_takes_the_largest_count_in_real_time_per_engine() -> None:
+    from stream.bench.e2e import realtime_summary
+
+    rows = [{"engine": e, "device": "cpu", "stride": 1, "arenas": n, "x_realtime": x}
+            for e, n, x in (("streaming-cpu", 1, 3.1), ("streaming-cpu", 2, 1.6), ("streaming-cpu", 4, 0.9),
+                            ("torch-cpu-frozen", 1, 0.6), ("torch-cpu-frozen", 2, 0.35))]
+    got = {e["engine"]: e for e in realtime_summary(rows)}
+    assert got["streaming-cpu"]["largest_realtime_arenas"] == 2
+    assert got["streaming-cpu"]["realtime_capacity_arenas"] == pytest.approx(3.6)  # 0.9 x 4 arenas
+    assert got["torch-cpu-frozen"]["largest_realtime_arenas"] == 0
+    assert got["torch-cpu-frozen"]["realtime_capacity_arenas"] == pytest.approx(0.7)
+
+
+@pytest.mark.slow
+def test_streaming_and_clip_engines_in_one_run(tiny_model, tmp_path, capsys, monkeypatch) -> None:
+    from stream.engine.factory import build_engine as factory_build
+
+    kinds = []
+
+    def build(kind, model_dir, **kw):
+        kinds.append(kind)
+        if kind == "streaming":
+            return factory_build("streaming", model_dir, device="cpu")
+        return factory_build("torch", model_dir, device="cpu", optimize=False, batch_size=kw.get("batch_size"))
+
+    monkeypatch.setattr(engine_mod, "build_engine", build)
+    out = tmp_path / "bench.json"
+    code = bench_main(["e2e", "--model", str(tiny_model), "--arenas", "2", "--frames", "24", "--latency-frames", "0",
+                       "--engine", "streaming,torch", "--json", str(out)])
+    assert code == 0 and kinds == ["streaming", "torch"]
+    report = json.loads(out.read_text())
+    assert [r["engine"] for r in report["results"]] == ["streaming-cpu", "torch-cpu-eager"]
+    for r in report["results"]:
+        assert r["frames"] == 24 and 0 < r["flow_share"] < 1 and 0 < r["model_share"] < 1
+    assert [e["engine"] for e in report["realtime"]] == ["streaming-cpu", "torch-cpu-eager"]
+    assert "real time at stride 1: streaming-cpu/cpu kept" in capsys.readouterr().out

@@ -35,6 +35,7 @@ class RecordingEngine:
     """Engine stand-in: probabilities from the centre frame's mean brightness; records each call."""
 
     name = "recording"
+    stepwise = False  # fed whole clips (stream.engine.base.Engine.stepwise)
     device = "cpu"
     classes = CLASSES
     input_size_px = S
@@ -262,3 +263,32 @@ def test_an_output_that_cannot_write_stops_the_run_with_its_own_error_alone() ->
     assert err.value.__context__ is None  # nothing else was raised while it propagated
     assert full.decisions == 10  # nothing was written after the failure
     assert len(engine.calls) == 5  # and nothing classified twice or flushed after it
+
+
+def test_a_stepwise_engine_is_fed_every_frame_and_restarts_at_a_gap(tiny_model) -> None:
+    """--engine streaming: one prediction per frame; after a gap the stream is as fresh as a new run."""
+    from stream.engine import build_engine
+
+    engine = build_engine("streaming", tiny_model, device="cpu")
+
+    def clip_wise(*args):
+        raise AssertionError("the pipeline ran the streaming engine clip-wise")
+
+    engine._run = clip_wise  # it must be fed frame by frame
+
+    def run(stream_items: list) -> tuple[dict[str, list], object]:
+        decisions = {a.id: ArenaDecisions(a.id, CLASSES, DecisionConfig(fps=FPS)) for a in ARENAS}
+        out: list = []
+        pipe = Pipeline(engine, TVL1(CHEAP_FLOW), ARENAS, decisions, PipelineConfig(fps=FPS, size_px=S),
+                        outputs=[Recorder([], out, [])])
+        result = pipe.run(stream_items)
+        return by_arena(out), result
+
+    with_gap, result = run(items(10) + [Gap(10, 30, 2.0, "no frames")] + items(12, start=40) + [EndOfStream("end")])
+    alone, _ = run(items(12, start=40) + [EndOfStream("end")])
+    for arena in ARENAS:
+        assert [d.frame_index for d in with_gap[arena.id]] == list(range(10)) + list(range(40, 52))
+        for a, b in zip(with_gap[arena.id][10:], alone[arena.id], strict=True):
+            assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+    assert result.model_calls == 22  # one network step per frame (plus the repeats it adds itself)
+    assert with_gap["A1"][3].probabilities != with_gap["A2"][3].probabilities  # each arena its own row

@@ -417,3 +417,12 @@ def test_a_failed_start_leaves_no_folder_but_a_result_is_never_removed(tmp_path)
     (kept / "A1.frames.csv").write_text("frame,timestamp_s,behaviour,immobile,p_swim\n0,0.0,swim,0,1.0\n")
     run_mod._remove_start_debris([kept])
     assert (kept / "A1.frames.csv").exists()
+
+
+def test_streaming_engine_runs_live_on_the_video(video, model_dir, tmp_path) -> None:
+    """``--engine streaming`` end to end (the real engine, no stand-in): a decision for every frame."""
+    out = tmp_path / "s"
+    assert run_mod.main(["--video", str(video), "--model", str(model_dir), *quiet(out), "--engine", "streaming"]) == 0
+    for arena in ("A1", "A2"):
+        rows = csv_rows(out, arena)
+        assert [r["frame"] for r in rows] == list(range(FRAMES))

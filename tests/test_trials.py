@@ -47,6 +47,7 @@ class ScriptedEngine:
     """Per model call, every arena gets the next letter of SCRIPT (S: swim, F: float), cycling."""
 
     name = "scripted"
+    stepwise = False
     device = "cpu"
     classes = CLASSES
     input_size_px = S

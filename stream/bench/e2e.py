@@ -51,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model directory (default: the bundled model; random weights if --size-px is given or it is absent)")
     parser.add_argument("--size-px", type=int, default=None,
                         help=f"measure a random-weight model of this input size instead of the bundled one (default without a bundled model: {DEFAULT_RANDOM_SIZE_PX})")
-    parser.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    parser.add_argument("--engine", default="auto",
+                        help="engine kind, or several comma-separated to compare in one run, e.g. streaming,auto "
+                             "(kinds: auto, torch, onnxruntime, tensorrt, streaming)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N")
     parser.add_argument("--arenas", default="1,4", help="comma-separated arena counts")
     parser.add_argument("--stride", type=int, default=1, help="model on every k-th frame (as stream-run --stride)")
@@ -122,9 +124,22 @@ def _pipeline_pass(engine, card, arenas: list[Arena], video: Path, stride: int, 
 
 
 def _model_only_fps(engine, n_arenas: int, stride: int) -> float:
-    """Frames/s if the model were the only cost: one batch of all arenas per ``stride`` frames."""
+    """Frames/s if the model were the only cost: one batch of all arenas per ``stride`` frames
+    (a step-wise engine: one step of all arenas per frame, whatever the stride)."""
     s, t = engine.input_size_px, 16
     rng = np.random.default_rng(0)
+    if getattr(engine, "stepwise", False):
+        stream = engine.open_stream(n_arenas)
+        rgb = rng.uniform(-1, 1, (n_arenas, 3, s, s)).astype(np.float32)
+        flow = rng.uniform(-0.1, 0.1, (n_arenas, 2, s, s)).astype(np.float32)
+        stream.push(rgb, flow)  # the first push also steps the 8 repeats of a segment start
+        runs, start = 0, time.perf_counter()
+        while runs < MODEL_ONLY_REPEATS or time.perf_counter() - start < MIN_REFERENCE_S:
+            stream.push(rgb, flow)
+            runs += 1
+            if runs >= 50:
+                break
+        return runs / (time.perf_counter() - start)
     rgb = rng.uniform(-1, 1, (n_arenas, 3, t, s, s)).astype(np.float32)
     flow = rng.uniform(-0.1, 0.1, (n_arenas, 2, t, s, s)).astype(np.float32)
     engine.predict(rgb, flow)
@@ -152,6 +167,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--arenas {args.arenas}: expected comma-separated integers like 1,4") from exc
     if not counts or min(counts) < 1:
         raise UserError(f"--arenas {args.arenas}: counts must be >= 1")
+    from stream.engine import ENGINE_KINDS
+
+    kinds = [k.strip() for k in str(args.engine).split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in ENGINE_KINDS]
+    if not kinds or unknown:
+        raise UserError(f"--engine {args.engine}: choose from {', '.join(ENGINE_KINDS)} (comma-separated to compare)")
     if args.stride < 1 or args.frames < 24 or args.latency_frames < 0:
         raise UserError("--stride must be >= 1, --frames >= 24 (16-frame clips + look-ahead), --latency-frames >= 0")
     with tempfile.TemporaryDirectory(prefix="stream-bench-e2e-") as tmp_name:
@@ -166,11 +187,11 @@ def run(args: argparse.Namespace) -> int:
                 random_weights = True
         card = load_card(model_dir)
         rows = []
-        for n in counts:
+        for kind, n in ((k, n) for k in kinds for n in counts):
             arenas_frames = max(args.frames, args.latency_frames)
             video = tmp / f"bench-{n}.mp4"
             arenas = _write_video(video, arenas_frames, card.fps, n)
-            engine = build_engine(args.engine, model_dir, device=args.device, batch_size=n)
+            engine = build_engine(kind, model_dir, device=args.device, batch_size=n)
             try:
                 engine.warmup(n)
                 result, stats = _pipeline_pass(engine, card, arenas, video, args.stride, realtime=False,
@@ -190,6 +211,9 @@ def run(args: argparse.Namespace) -> int:
                     "vs_model_only": round(result.fps / reference, 3) if reference else None,
                     "flow_s_per_frame": round(result.flow_s / max(1, result.frames_processed), 5),
                     "model_s_per_call": round(result.model_s / max(1, result.model_calls), 5),
+                    # where the time goes (profile): shares of the pipeline's wall time
+                    "flow_share": round(result.flow_s / result.wall_s, 3) if result.wall_s else None,
+                    "model_share": round(result.model_s / result.wall_s, 3) if result.wall_s else None,
                 }
                 if args.latency_frames:
                     paced, pstats = _pipeline_pass(engine, card, arenas, video, args.stride, realtime=True,
@@ -207,11 +231,27 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 engine.close()
         report = {"model": card.name, "random_weights": random_weights, "model_fps": card.fps,
-                  "video": f"{VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} mp4v", "results": rows}
+                  "video": f"{VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} mp4v", "results": rows,
+                  "realtime": realtime_summary(rows)}
     _print(report)
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def realtime_summary(rows: list[dict]) -> list[dict]:
+    """Per engine (and device): the largest arena count measured that kept real time, and the arenas'
+    worth of real time its best throughput holds (arena-frames/s over the model's fps)."""
+    out: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        key = (r["engine"], r["device"])
+        entry = out.setdefault(key, {"engine": r["engine"], "device": r["device"], "stride": r["stride"],
+                                     "largest_realtime_arenas": 0, "realtime_capacity_arenas": 0.0})
+        if r["x_realtime"] >= 1.0:
+            entry["largest_realtime_arenas"] = max(entry["largest_realtime_arenas"], r["arenas"])
+        entry["realtime_capacity_arenas"] = max(entry["realtime_capacity_arenas"],
+                                                round(r["x_realtime"] * r["arenas"], 2))
+    return list(out.values())
 
 
 def _r(x: float | None) -> float | None:
@@ -235,6 +275,12 @@ def _print(report: dict) -> None:
     print(fmt.format(*head))
     for x in lines:
         print(fmt.format(*x))
+    for r in report["results"]:
+        print(f"  {r['arenas']} arena(s) {r['engine']}: flow {100 * (r['flow_share'] or 0):.0f} % and model "
+              f"{100 * (r['model_share'] or 0):.0f} % of the wall time")
+    for e in report.get("realtime", []):
+        print(f"real time at stride {e['stride']}: {e['engine']}/{e['device']} kept {e['largest_realtime_arenas']} "
+              f"arena(s) of those measured; capacity {e['realtime_capacity_arenas']:.2f} arenas' worth of real time")
 
 
 def _s(x: float | None) -> str:

@@ -16,6 +16,8 @@ One module per idea:
   development machine: no GPU or TensorRT there).
 * ``motion``: the motion-threshold baseline (``"kind": "motion"`` in the card), an engine without
   a network: thresholds on the mean flow magnitude of each clip (fitted by ``export-fit-motion``).
+* ``streaming``: one column per layer per new frame (continual I3D), fed frame by frame through
+  ``open_stream``; close to the clip model, not equal (see its docstring and the README).
 * ``onnx_export``: the one ONNX writer (``export-model`` and the cache use it).
 * ``onnx_cache``: on a model without ``model.onnx``, ``auto`` and ``onnxruntime`` export the graph
   once into the user's cache on first start, verify it against PyTorch, and reuse it afterwards.
@@ -43,6 +45,7 @@ from stream.engine.base import (
     HALF_ATOL,
     KIND_AUTO,
     KIND_ONNXRUNTIME,
+    KIND_STREAMING,
     KIND_TENSORRT,
     KIND_TORCH,
     ONNXRUNTIME_INSTALL_HINT,
@@ -66,6 +69,7 @@ if TYPE_CHECKING:
         TensorRTEngine,
         tensorrt_cache_path,
     )
+    from stream.engine.streaming import StreamingEngine
     from stream.engine.torch_backend import TorchEngine
 
 __all__ = [
@@ -75,6 +79,7 @@ __all__ = [
     "HALF_ATOL",
     "KIND_AUTO",
     "KIND_ONNXRUNTIME",
+    "KIND_STREAMING",
     "KIND_TENSORRT",
     "KIND_TORCH",
     "ONNXRUNTIME_INSTALL_HINT",
@@ -90,6 +95,7 @@ __all__ = [
     "FusedProbs",
     "OnnxRuntimeEngine",
     "Prediction",
+    "StreamingEngine",
     "TensorRTCacheKey",
     "TensorRTEngine",
     "TorchEngine",
@@ -112,6 +118,7 @@ __all__ = [
 # names that live in a backend module, imported on first access (PEP 562)
 _LAZY: dict[str, str] = {
     "TorchEngine": "stream.engine.torch_backend",
+    "StreamingEngine": "stream.engine.streaming",
     "OnnxRuntimeEngine": "stream.engine.onnxruntime_backend",
     "TensorRTEngine": "stream.engine.tensorrt_backend",
     "TensorRTCacheKey": "stream.engine.tensorrt_backend",

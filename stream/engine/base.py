@@ -32,6 +32,7 @@ __all__ = [
     "KIND_AUTO",
     "KIND_ONNXRUNTIME",
     "KIND_TENSORRT",
+    "KIND_STREAMING",
     "KIND_TORCH",
     "ONNXRUNTIME_INSTALL_HINT",
     "TENSORRT_INSTALL_HINT",
@@ -51,7 +52,9 @@ KIND_AUTO = "auto"  # the fastest backend present (stream.engine.factory.choose_
 KIND_TENSORRT = "tensorrt"
 KIND_TORCH = "torch"
 KIND_ONNXRUNTIME = "onnxruntime"
-ENGINE_KINDS = (KIND_AUTO, KIND_TENSORRT, KIND_TORCH, KIND_ONNXRUNTIME)
+# one column per layer per new frame (stream.engine.streaming); close to, not equal to, the clip model
+KIND_STREAMING = "streaming"
+ENGINE_KINDS = (KIND_AUTO, KIND_TENSORRT, KIND_TORCH, KIND_ONNXRUNTIME, KIND_STREAMING)
 # FP32 backends differ only in summation order; measured differences on random clips are ~1e-6.
 FP32_ATOL = 1e-4
 # FP16 keeps a 10-bit mantissa: through ~60 layers probabilities move by ~1e-2 on the test model.
@@ -151,6 +154,10 @@ class Engine(abc.ABC):
     """
 
     backend: str = "engine"
+    # A step-wise engine (stream.engine.streaming) is fed one frame at a time through
+    # ``open_stream(num_arenas)``, whose object has ``push(rgb (N,3,S,S), flow (N,2,S,S))`` and
+    # ``flush()``; the pipeline asks this flag instead of the engine's class.
+    stepwise: bool = False
 
     def __init__(self, card: ModelCard, config: EngineConfig, model_dir: Path) -> None:
         self.card = card

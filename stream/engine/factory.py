@@ -22,6 +22,7 @@ import torch
 from stream.engine.base import (
     KIND_AUTO,
     KIND_ONNXRUNTIME,
+    KIND_STREAMING,
     KIND_TENSORRT,
     KIND_TORCH,
     ONNXRUNTIME_INSTALL_HINT,
@@ -43,6 +44,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     KIND_TORCH: ("stream.engine.torch_backend", "TorchEngine"),
     KIND_ONNXRUNTIME: ("stream.engine.onnxruntime_backend", "OnnxRuntimeEngine"),
     KIND_TENSORRT: ("stream.engine.tensorrt_backend", "TensorRTEngine"),
+    KIND_STREAMING: ("stream.engine.streaming", "StreamingEngine"),
 }
 
 
@@ -115,7 +117,7 @@ def build_engine(
     threads: int | None = None,
     input_size_px: int | None = None,
 ) -> Engine:
-    """Build an engine of ``kind`` (auto|tensorrt|torch|onnxruntime); see ``EngineConfig`` for options."""
+    """Build an engine of ``kind`` (auto|tensorrt|torch|onnxruntime|streaming); see ``EngineConfig`` for options."""
     config = EngineConfig(
         kind=kind,
         device=device,
