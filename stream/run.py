@@ -704,9 +704,14 @@ class _Run:
 
         arena = next(ar for ar in source.arenas if ar.id == trial.arena_id)
         roi = f"{arena.roi.x},{arena.roi.y},{arena.roi.w},{arena.roi.h}" if arena.roi is not None else "full frame"
+        from stream.outputs.results import COLUMNS_VERSION
+        from stream.recording_time import recording_start_utc
+
         return {"model": card.name, "model_sha256": self.model_sha256, "swim_stream_version": __version__,
                 "roi": roi, "source": str(source.spec), "start_utc": trial.start_utc, "flow": dict(card.flow),
-                "flow_warm_start": not self.args.no_flow_warm_start, "stride_frames": self.args.stride}
+                "flow_warm_start": not self.args.no_flow_warm_start, "stride_frames": self.args.stride,
+                "recording_start_utc": recording_start_utc(source.spec.location) if source.spec.kind == "file" else None,
+                "results_columns_version": COLUMNS_VERSION}
 
     @staticmethod
     def _end_trials_despite(error: OutputWriteError, outputs: list, ended: list[tuple]) -> None:
