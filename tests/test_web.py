@@ -211,3 +211,48 @@ def test_stream_run_web_beyond_loopback_without_token_is_one_line(tmp_path, tiny
     assert main(["--video", str(video), "--model", str(tiny_model), "--out", str(tmp_path / "o"), "--no-zmq",
                  "--no-metrics", "-q", "--web-token-file", str(tmp_path / "t")]) == 2
     assert "--web-token-file goes with --web" in capsys.readouterr().err
+
+
+def test_stream_arenas_web_serves_the_editor_and_saves_to_out(tmp_path) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from rig_video import write_rig_video
+
+    video = write_rig_video(tmp_path / "rec", 2.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "rig.arenas.json"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from stream.arena_finder import main; sys.exit(main())",
+                             "--video", str(video), "--out", str(out), "--web", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    class Port:
+        pass
+
+    server = Port()
+    server.port = port
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, body, _ = call(server, "/api/arenas")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "stream-arenas --web never answered"
+                time.sleep(0.2)
+        proposed = json.loads(body)
+        assert [a["id"] for a in proposed["arenas"]] == ["A1", "A2"] and proposed["size"] == [320, 180]
+        status, body, _ = call(server, "/api/arenas/save", {"arenas": [{"id": "L", "roi": [10, 10, 100, 100]}]})
+        assert status == 200, body
+        assert load_arena_file(out) == [Arena("L", Roi(10, 10, 100, 100))]
+        assert call(server, "/api/trials", {"cmd": "start", "arena": "L"})[0] == 409  # no trials without a run
+    finally:
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "2 arena(s) proposed" in stdout

@@ -47,8 +47,13 @@ function refreshPicture() {
   frameSeq = state.frame.seq;
   const url = `/api/frame.jpg?seq=${frameSeq}`;
   const img = new Image();
-  img.onload = () => { $("live-img").src = img.src; $("edit-img").src = img.src; $("live-nopic").style.display = "none";
-                       drawEditor(); };
+  img.onload = () => {
+    $("live-img").src = img.src; $("edit-img").src = img.src; $("live-nopic").style.display = "none";
+    // the picture fits the window's height, whatever its aspect (one tall arena or a wide rig)
+    const width = `${Math.round(Math.min(760, 0.72 * window.innerHeight * img.naturalWidth / img.naturalHeight))}px`;
+    $("live-stage").style.maxWidth = width; $("edit-stage").style.maxWidth = width;
+    drawEditor();
+  };
   img.src = url;
 }
 
@@ -58,7 +63,7 @@ function drawOverlay() {
   if (!size) return;
   svg.setAttribute("viewBox", `0 0 ${size[0]} ${size[1]}`);
   svg.replaceChildren();
-  const scale = size[0] / 640;
+  const scale = size[0] / Math.max(1, svg.getBoundingClientRect().width);  // frame px per screen px: text stays legible
   for (const a of state.arenas) {
     if (!a.roi) continue;
     const cls = a.state === "running" ? (a.immobile ? "immobile" : "mobile") : "waiting";
@@ -67,7 +72,6 @@ function drawOverlay() {
     for (const [k, v] of Object.entries({x: a.roi[0], y: a.roi[1], width: a.roi[2], height: a.roi[3], fill: "none",
                                           stroke: colour, "stroke-width": 2.5 * scale})) r.setAttribute(k, v);
     svg.appendChild(r);
-    const c = a.counters || (a.trial ? null : null);
     const label = `${a.id}` + (a.behaviour && a.state === "running" ? `: ${a.behaviour}` : a.state ? ` (${a.state})` : "");
     const lines = [label];
     if (a.state === "running" && a.counters) lines.push(`immobile ${fmt(a.counters.immobile_s)} s, bouts ${a.counters.immobility_bouts}`);
@@ -160,7 +164,11 @@ function updateCards() {
   }
 }
 
+let firstRender = true;
+
 function render() {
+  if (firstRender && state.mode === "arenas") $("tab-arenas").click();  // stream-arenas --web: the editor first
+  firstRender = false;
   $("source").textContent = state.source || "";
   const s = state.status || {};
   const pill = $("status");
