@@ -43,7 +43,8 @@ from stream.errors import UserError
 from stream.outputs.base import Output
 from stream.spreadsheet import spreadsheet_cell
 
-__all__ = ["COLUMNS_VERSION", "RESULTS_FILE", "ResultsTable", "fixed_columns", "results_row", "table_columns", "write_table"]
+__all__ = ["COLUMNS_VERSION", "RESULTS_FILE", "ResultsTable", "fixed_columns", "results_row", "table_columns",
+           "write_table"]
 
 log = logging.getLogger(__name__)
 

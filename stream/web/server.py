@@ -128,7 +128,8 @@ class WebServer:
 
     # -- helpers -------------------------------------------------------------------------------
     def _json(self, body: Any, status: int = 200):
-        return self._web.json_response(body, status=status, headers=SECURITY_HEADERS, dumps=lambda o: json.dumps(o, default=str))
+        return self._web.json_response(body, status=status, headers=SECURITY_HEADERS,
+                                       dumps=lambda o: json.dumps(o, default=str))
 
     def _refuse(self, status: int, why: str):
         return self._json({"ok": False, "error": why}, status)
