@@ -246,6 +246,7 @@ function nextId() {
 }
 
 $("edit-canvas").addEventListener("pointerdown", (ev) => {
+  if (!state || !state.frame) return;  // nothing to draw on yet
   const [x, y] = canvasPoint(ev);
   $("edit-canvas").setPointerCapture(ev.pointerId);
   for (let i = edit.length - 1; i >= 0; i--) {
