@@ -34,7 +34,8 @@ from stream.preprocess import Roi
 from stream.version import add_version_argument
 from stream.web.security import DEFAULT_WEB_ADDR
 
-__all__ = ["detect_arenas", "draw_arenas", "grab_median_frame", "iou", "main", "write_arena_file"]
+__all__ = ["arena_tools", "detect_arenas", "draw_arenas", "grab_median_frame", "iou", "main", "save_arenas",
+           "write_arena_file"]
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,22 @@ def write_arena_file(arenas: Sequence[Arena], path: Path, *, source: str, view: 
     return atomic_write(path, json.dumps(body, indent=1) + "\n")
 
 
+def save_arenas(arenas: Sequence[Arena], path: Path, image: np.ndarray | None, source: str, *,
+                view: str = "web page") -> Path:
+    """The arena file and, when there is a picture, the PNG with the ROIs beside it (what the page saves)."""
+    write_arena_file(arenas, path, source=source, view=view)
+    if image is not None:
+        draw_arenas(image, arenas, path.with_suffix(".png"))
+    return path
+
+
+def arena_tools():
+    """The detector and the writer, for the web page's arena editor (``stream.web.ArenaTools``)."""
+    from stream.web import ArenaTools
+
+    return ArenaTools(detect=detect_arenas, save=save_arenas)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stream-arenas", description="propose the arenas (cylinders) of a rig")
     add_version_argument(p)
@@ -208,7 +225,7 @@ def _serve_web(args: argparse.Namespace, image: np.ndarray, arenas: list[Arena],
 
     from stream.web import WebState, start_web
 
-    state = WebState(mode="arenas", arena_file=args.out, source=source, arenas=arenas)
+    state = WebState(mode="arenas", arena_file=args.out, source=source, arenas=arenas, arena_tools=arena_tools())
     state.set_frame(image, 0, 0.0)
     server = start_web(args.web, args.web_token_file, state)
     stop = threading.Event()

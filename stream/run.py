@@ -579,12 +579,14 @@ class _Run:
 
     def _open_web(self) -> None:
         """--web: the page's server; arena edits are saved to <out>/arenas.json for the next run."""
+        from stream.arena_finder import arena_tools
         from stream.web import WebState, start_web
 
         if self.args.web is None:
             raise UserError("--web-token-file goes with --web [ADDR]")
         self.web = start_web(self.args.web, self.args.web_token_file, WebState(
-            out_dir=self.out, arena_file=self.out / "arenas.json", preview=self.args.preview))
+            out_dir=self.out, arena_file=self.out / "arenas.json", preview=self.args.preview,
+            arena_tools=arena_tools()))
         if not self.args.quiet:
             print(f"stream-run: web page on {self.web.url}", flush=True)
 

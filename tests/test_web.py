@@ -20,6 +20,7 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="aiohttp not installed (pip install -e .)")
 
+from stream.arena_finder import arena_tools  # noqa: E402
 from stream.arenas import Arena, load_arena_file  # noqa: E402
 from stream.decisions import DecisionConfig  # noqa: E402
 from stream.errors import UserError  # noqa: E402
@@ -58,7 +59,7 @@ def live(tmp_path):
     arenas = [Arena("A1", Roi(0, 0, 32, 32)), Arena("A2", Roi(32, 0, 32, 32))]
     book = TrialBook([a.id for a in arenas], CLASSES, DecisionConfig(fps=15.0), mode="control", out_dir=tmp_path,
                      source="cam")
-    state = WebState(out_dir=tmp_path, arena_file=tmp_path / "arenas.json")
+    state = WebState(out_dir=tmp_path, arena_file=tmp_path / "arenas.json", arena_tools=arena_tools())
     state.attach(book, arenas, "cam")
     state.set_frame(np.full((48, 64, 3), 90, np.uint8), 0, 0.0)
     server = WebServer(state, parse_web_addr("127.0.0.1:0"))

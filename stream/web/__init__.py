@@ -16,9 +16,10 @@ from pathlib import Path
 
 from stream.web.output import WebOutput
 from stream.web.security import DEFAULT_WEB_ADDR, WebAddress, parse_web_addr, web_token_for
-from stream.web.state import WebState
+from stream.web.state import ArenaTools, WebState
 
-__all__ = ["DEFAULT_WEB_ADDR", "WebAddress", "WebOutput", "WebState", "parse_web_addr", "start_web", "web_token_for"]
+__all__ = ["DEFAULT_WEB_ADDR", "ArenaTools", "WebAddress", "WebOutput", "WebState", "parse_web_addr", "start_web",
+           "web_token_for"]
 
 
 def start_web(addr_text: str, token_file: Path | None, state: WebState):

@@ -236,39 +236,30 @@ class WebServer:
                            "size": (snap["frame"] or {}).get("size"), "arena_file": snap["arena_file"]})
 
     async def _detect(self, request):
-        from stream.arena_finder import detect_arenas
-
         body = await self._body(request)
         view = body.get("view", "auto")
         image = self.state.latest_image()
-        if image is None:
-            return self._refuse(409, "no frame yet")
-        arenas = await self._blocking(detect_arenas, image, view if isinstance(view, str) else "")
+        tools = self.state.arena_tools
+        if image is None or tools is None:
+            return self._refuse(409, "no frame yet" if tools is not None else "no arena detector on this page")
+        arenas = await self._blocking(tools.detect, image, view if isinstance(view, str) else "")
         if not arenas:
             return self._refuse(404, f"no cylinder found (view {view}); draw the ROIs by hand")
         return self._json({"ok": True, "arenas": [{"id": a.id, "roi": [a.roi.x, a.roi.y, a.roi.w, a.roi.h]}
                                                   for a in arenas]})
 
     async def _save_arenas(self, request):
-        from stream.arena_finder import draw_arenas, write_arena_file
         from stream.arenas import arenas_from_data, check_arenas_fit
 
         body = await self._body(request)
-        path = self.state.arena_file
-        if path is None:
+        path, tools = self.state.arena_file, self.state.arena_tools
+        if path is None or tools is None:
             return self._refuse(409, "this page has no arena file to save to")
         arenas = arenas_from_data({"arenas": body.get("arenas")}, "arenas")
         image = self.state.latest_image()
         if image is not None:
             check_arenas_fit(arenas, image.shape[1], image.shape[0], self.state.source or "the picture")
-
-        def save() -> Path:
-            write_arena_file(arenas, path, source=self.state.source, view="web page")
-            if image is not None:
-                draw_arenas(image, arenas, path.with_suffix(".png"))
-            return path
-
-        await self._blocking(save)
+        await self._blocking(tools.save, arenas, path, image, self.state.source)
         if self.state.mode == "arenas":  # stream-arenas: the page now shows what was saved
             self.state.arenas = arenas
         log.warning("web page: %d arena(s) saved to %s", len(arenas), path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,23 @@ import numpy as np
 
 from stream.arenas import Arena
 
-__all__ = ["JPEG_MIN_PERIOD_S", "JPEG_QUALITY", "WebState"]
+__all__ = ["JPEG_MIN_PERIOD_S", "JPEG_QUALITY", "ArenaTools", "WebState"]
 
 JPEG_MIN_PERIOD_S = 1.0  # a still per second is enough to check a rig; each encode of a VGA frame is ~3 ms
 JPEG_QUALITY = 75  # legible ROIs and mice at a third of PNG's bytes
 MAX_JPEG_SIDE_PX = 960  # larger frames are shrunk before encoding: the page shows them smaller anyway
+
+
+@dataclass(frozen=True)
+class ArenaTools:
+    """The arena finder's detector and writer, handed to the page by the command that serves it.
+
+    Why not imported here: ``stream-arenas`` (``stream.arena_finder``) serves this page, so the page
+    importing the finder would make the two need each other (an import circle).
+    """
+
+    detect: Callable[[np.ndarray, str], list[Arena]]  # (BGR image, view) -> proposed arenas
+    save: Callable[[Sequence[Arena], Path, np.ndarray | None, str], Path]  # (arenas, file, picture, source)
 
 
 @dataclass
@@ -45,6 +58,7 @@ class WebState:
     source: str = ""
     arenas: list[Arena] = field(default_factory=list)
     book: Any = None  # the TrialBook of the running source (its command() is stream-ctl's)
+    arena_tools: ArenaTools | None = None  # detect and save; None: the editor cannot detect or save
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _frame: _Frame | None = None
     _labels: dict[str, tuple[str, bool]] = field(default_factory=dict)  # arena -> (behaviour, immobile)
