@@ -2,10 +2,16 @@
 # System packages some tests use, installed non-interactively on Debian/Ubuntu CI images:
 #   prometheus  -> tests/test_prometheus_scrape.py starts a real server on loopback
 #   systemd     -> systemd-analyze, for tests/test_systemd_unit.py
+#   chromium, chromium-driver -> tests/test_web_browser.py (the web page in a real browser), only with
+#                  SWIM_STREAM_CI_BROWSER=1: they took 54 s to install (with apt-get update) on our CI machine,
+#                  not "well under a minute", so the default run leaves them out
 # Never fails the CI run: without them those tests skip and say why.
 set -u
 
 PACKAGES="prometheus systemd"
+if [ "${SWIM_STREAM_CI_BROWSER:-0}" = "1" ]; then
+    PACKAGES="$PACKAGES chromium chromium-driver"
+fi
 
 warn() { echo "install-system-deps: $*; the tests that need it will skip" >&2; }
 
@@ -37,7 +43,7 @@ if ! $APT install -y -qq --no-install-recommends --no-upgrade $PACKAGES; then
     exit 0
 fi
 
-for tool in prometheus systemd-analyze; do
+for tool in prometheus systemd-analyze $( [ "${SWIM_STREAM_CI_BROWSER:-0}" = "1" ] && echo chromium chromedriver ); do
     if command -v "$tool" >/dev/null 2>&1; then
         echo "install-system-deps: $tool: $(command -v "$tool")"
     else

@@ -32,8 +32,10 @@ from stream.atomic import atomic_path, atomic_write
 from stream.errors import UserError, cli_main
 from stream.preprocess import Roi
 from stream.version import add_version_argument
+from stream.web.security import DEFAULT_WEB_ADDR
 
-__all__ = ["detect_arenas", "draw_arenas", "grab_median_frame", "iou", "main", "write_arena_file"]
+__all__ = ["arena_tools", "detect_arenas", "draw_arenas", "grab_median_frame", "iou", "main", "save_arenas",
+           "write_arena_file"]
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +182,22 @@ def write_arena_file(arenas: Sequence[Arena], path: Path, *, source: str, view: 
     return atomic_write(path, json.dumps(body, indent=1) + "\n")
 
 
+def save_arenas(arenas: Sequence[Arena], path: Path, image: np.ndarray | None, source: str, *,
+                view: str = "web page") -> Path:
+    """The arena file and, when there is a picture, the PNG with the ROIs beside it (what the page saves)."""
+    write_arena_file(arenas, path, source=source, view=view)
+    if image is not None:
+        draw_arenas(image, arenas, path.with_suffix(".png"))
+    return path
+
+
+def arena_tools():
+    """The detector and the writer, for the web page's arena editor (``stream.web.ArenaTools``)."""
+    from stream.web import ArenaTools
+
+    return ArenaTools(detect=detect_arenas, save=save_arenas)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stream-arenas", description="propose the arenas (cylinders) of a rig")
     add_version_argument(p)
@@ -192,7 +210,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="ARENAS.json",
                    help="arena file to write (for stream-run --arenas); the PNG goes beside it")
     p.add_argument("--frames", type=int, default=GRAB_FRAMES, help="frames whose median is searched")
+    p.add_argument("--web", nargs="?", const=DEFAULT_WEB_ADDR, default=None, metavar="ADDR",
+                   help=f"check, draw and drag the arenas on a web page (default {DEFAULT_WEB_ADDR}) and save them to "
+                        "--out from there; runs until Ctrl-C")
+    p.add_argument("--web-token-file", type=Path, default=None, metavar="FILE",
+                   help="the page asks for the token in FILE (required beyond loopback)")
     return p
+
+
+def _serve_web(args: argparse.Namespace, image: np.ndarray, arenas: list[Arena], source: str) -> int:
+    """``--web``: the page's arena editor on the median picture, saving to ``--out``, until a signal."""
+    import signal
+    import threading
+
+    from stream.web import WebState, start_web
+
+    state = WebState(mode="arenas", arena_file=args.out, source=source, arenas=arenas, arena_tools=arena_tools())
+    state.set_frame(image, 0, 0.0)
+    server = start_web(args.web, args.web_token_file, state)
+    stop = threading.Event()
+    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print(f"stream-arenas: {len(arenas)} arena(s) proposed; edit and save them on {server.url} (Ctrl-C to end)",
+          flush=True)
+    try:
+        stop.wait()
+    finally:
+        server.close()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return 0
 
 
 @cli_main("stream-arenas")
@@ -205,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     source: str | int = args.camera if args.camera is not None else (args.url or str(args.video))
     image = grab_median_frame(source, args.frames)
     arenas = detect_arenas(image, args.view)
+    if args.web is not None:
+        return _serve_web(args, image, arenas, str(source))
+    if args.web_token_file is not None:
+        raise UserError("--web-token-file goes with --web [ADDR]")
     if not arenas:
         raise UserError(f"no cylinder found in {source} (--view {args.view}); give the ROIs with --roi x,y,w,h")
     write_arena_file(arenas, args.out, source=str(source), view=args.view)

@@ -25,7 +25,7 @@ from pathlib import Path
 from stream.errors import UserError
 from stream.preprocess import Roi
 
-__all__ = ["Arena", "DEFAULT_ARENA_ID", "ARENA_FILE_SUFFIX", "arenas_from_rois", "load_arena_file",
+__all__ = ["Arena", "DEFAULT_ARENA_ID", "ARENA_FILE_SUFFIX", "arenas_from_data", "arenas_from_rois", "load_arena_file",
            "sidecar_arena_file", "resolve_arenas", "check_arenas_fit"]
 
 DEFAULT_ARENA_ID = "arena0"
@@ -91,13 +91,21 @@ def load_arena_file(path: str | Path) -> list[Arena]:
     except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
         raise UserError(f"arena file {path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'} "
                         f"({str(exc).splitlines()[0]})") from exc
+    return arenas_from_data(data, f"arena file {path}")
+
+
+def arenas_from_data(data: object, where: str) -> list[Arena]:
+    """The arenas of an arena file's parsed content (``{"arenas": [...]}``); one-line UserError naming ``where``.
+
+    Also what the web page's arena editor sends (``stream.web``): one validation for both.
+    """
     entries = data.get("arenas") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise UserError(f'arena file {path}: expected {{"arenas": [{{"id": "A1", "roi": [x, y, w, h]}}, ...]}}')
+        raise UserError(f'{where}: expected {{"arenas": [{{"id": "A1", "roi": [x, y, w, h]}}, ...]}}')
     arenas = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "roi" not in entry:
-            raise UserError(f"arena file {path}: entry {i} needs a \"roi\": [x, y, w, h]")
+            raise UserError(f"{where}: entry {i} needs a \"roi\": [x, y, w, h]")
         raw = entry["roi"]
         try:
             if isinstance(raw, str):
@@ -107,9 +115,9 @@ def load_arena_file(path: str | Path) -> list[Arena]:
             else:
                 raise ValueError(f"roi {raw!r}: expected four integers [x, y, w, h]")
         except (ValueError, TypeError) as exc:
-            raise UserError(f"arena file {path}: entry {i}: {exc}") from exc
+            raise UserError(f"{where}: entry {i}: {exc}") from exc
         arenas.append(Arena(str(entry.get("id", entry.get("name", f"arena{i}"))), roi))
-    return _check_unique(arenas, f"arena file {path}")
+    return _check_unique(arenas, where)
 
 
 def sidecar_arena_file(video: str | Path) -> Path | None:

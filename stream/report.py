@@ -8,8 +8,13 @@ settings, or with the ones given here, and writes the results table with the sam
 ``results.csv``, to the character; change ``--min-bout-s`` and the bouts change.
 
     stream-report runs/2026-06-01 --min-bout-s 1 --out rescored.csv [--summaries rescored/]
+    stream-report runs/2026-06-01 --xlsx day1.xlsx           the table + a sheet per group (mean +- SEM)
+    stream-report runs/2026-06-01 --assign animals.csv --out named.csv   IDs after an ``auto`` session
 
-It never writes into a run: an ``--out`` or ``--summaries`` inside a run folder it reads, or inside
+``--xlsx`` writes the same table as an Excel workbook with one more sheet per treatment group
+(``stream.workbook``); ``--assign`` fills animal IDs and groups from a CSV (``stream.assign``).
+
+It never writes into a run: an ``--out``, ``--xlsx`` or ``--summaries`` inside a run folder it reads, or inside
 any folder that holds live results (``*.frames.csv``, ``*.trial.json``, a live summary) is refused,
 paths and symlinks resolved first, so the live table and summaries a lab relies on stay as written.
 
@@ -29,6 +34,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from stream.assign import apply_assignments, read_assignments
 from stream.atomic import atomic_write
 from stream.decisions import SMOOTHING_MODES, ArenaDecisions, DecisionConfig
 from stream.errors import UserError, cli_main
@@ -42,6 +48,7 @@ from stream.trial_files import (
     summary_text,
 )
 from stream.version import add_version_argument
+from stream.workbook import write_workbook
 
 __all__ = ["check_outputs_outside_runs", "find_trials", "main", "rescore"]
 
@@ -91,10 +98,11 @@ def _holds_live_results(folder: Path) -> bool:
         return False  # a folder we cannot list holds nothing we could overwrite either
 
 
-def check_outputs_outside_runs(run_dirs: list[Path], out: Path, summaries: Path | None) -> None:
+def check_outputs_outside_runs(run_dirs: list[Path], out: Path | None, summaries: Path | None,
+                               xlsx: Path | None = None) -> None:
     """Refuse an output inside a run folder: re-scoring must never overwrite a run's live results."""
     runs = [d.resolve() for d in run_dirs]
-    for flag, path, folder_itself in (("--out", out, False), ("--summaries", summaries, True)):
+    for flag, path, folder_itself in (("--out", out, False), ("--summaries", summaries, True), ("--xlsx", xlsx, False)):
         if path is None:
             continue
         target = path.resolve()  # every symlink on the way followed, the last one too
@@ -141,7 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stream-report", description="re-score finished runs from their per-frame CSVs")
     add_version_argument(p)
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="stream-run --out folder(s)")
-    p.add_argument("--out", type=Path, required=True, metavar="TABLE.csv", help="the results table to write")
+    p.add_argument("--out", type=Path, default=None, metavar="TABLE.csv", help="the results table to write")
+    p.add_argument("--xlsx", type=Path, default=None, metavar="FILE.xlsx",
+                   help="also (or instead) write the table as an Excel workbook, with a sheet per group "
+                        "(mean +- SEM immobile: whole test, window, each bin)")
+    p.add_argument("--assign", type=Path, default=None, metavar="ANIMALS.csv",
+                   help="animal IDs and groups for the trials: CSV trial_id,animal[,group] or "
+                        "video,arena,order,animal[,group] (the live files are not changed)")
     p.add_argument("--summaries", type=Path, default=None, metavar="DIR",
                    help="also write each re-scored summary JSON here")
     d = p.add_argument_group("settings (default: each trial's live settings)")
@@ -168,26 +182,35 @@ def main(argv: list[str] | None = None) -> int:
         if flag == "immobile_classes":
             value = tuple(c.strip() for c in value.split(",") if c.strip())
         overrides[field] = value
-    check_outputs_outside_runs(args.run_dirs, args.out, args.summaries)
+    if args.out is None and args.xlsx is None:
+        raise UserError("give --out TABLE.csv, --xlsx FILE.xlsx or both")
+    check_outputs_outside_runs(args.run_dirs, args.out, args.summaries, args.xlsx)
+    assignments = read_assignments(args.assign) if args.assign is not None else None
     trials = find_trials(args.run_dirs)
-    rows = []
     if args.summaries is not None:
         args.summaries.mkdir(parents=True, exist_ok=True)
-    for summary_path, frames_path in tqdm(trials, desc="re-scoring", unit="trial", disable=args.quiet or None):
-        summary = rescore(summary_path, frames_path, overrides)
+    summaries = [(path, rescore(path, frames_path, overrides))
+                 for path, frames_path in tqdm(trials, desc="re-scoring", unit="trial", disable=args.quiet or None)]
+    if assignments is not None:
+        apply_assignments([s for _, s in summaries], assignments, f"--assign {args.assign}")
+    rows = []
+    for summary_path, summary in summaries:
         row = results_row(summary)
         rows.append(row)
         warn_incomplete(row)
         if args.summaries is not None:
             atomic_write(args.summaries / summary_path.name, summary_text(summary))
     rows.sort(key=lambda r: (r["start_utc"], r["trial_id"]))
-    try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_table(args.out, rows)
-    except OSError as exc:
-        raise UserError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+    for path, write in ((args.out, write_table), (args.xlsx, write_workbook)):
+        if path is None:
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(path, rows)
+        except OSError as exc:
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
     if not args.quiet:
-        print(f"stream-report: {len(rows)} trials -> {args.out}")
+        print(f"stream-report: {len(rows)} trials -> {', '.join(str(p) for p in (args.out, args.xlsx) if p)}")
         for r in rows:
             print(f"  {r['trial_id']:<24} {r['animal'] or '-':<8} immobile {r['immobile_s']:>8} s  bouts {r['bouts']:>3}  "
                   f"window {r['window_immobile_s']:>8} s" + ("" if r["test_complete"] == "1" else "  INCOMPLETE"))

@@ -47,6 +47,7 @@ from stream.run_folder import (SOURCE_FILE, check_no_results, check_same_source,
                                write_source_identity)
 from stream.outputs.metrics import DEFAULT_METRICS_PORT
 from stream.outputs.publisher import DEFAULT_ENDPOINT as DEFAULT_ZMQ_ENDPOINT
+from stream.web.security import DEFAULT_WEB_ADDR
 
 __all__ = ["main", "build_parser", "default_model_dir", "EXIT_OK", "EXIT_FAILED"]
 
@@ -146,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--metrics-addr", default="127.0.0.1", help="address the metrics server listens on (default: %(default)s)")
     o.add_argument("--no-metrics", action="store_true", help="no Prometheus endpoint")
     o.add_argument("--preview", type=Path, default=None, metavar="FILE.mp4", help="annotated preview video")
+    o.add_argument("--web", nargs="?", const=DEFAULT_WEB_ADDR, default=None, metavar="ADDR",
+                   help=f"serve the lab's page (live view, trials, arenas, results) on ADDR (default {DEFAULT_WEB_ADDR}; "
+                        "beyond loopback it needs --web-token-file)")
+    o.add_argument("--web-token-file", type=Path, default=None, metavar="FILE",
+                   help="the page asks for the token in FILE (created, mode 0600, if missing); required beyond loopback")
     o.add_argument("--resume", action="store_true",
                    help="--video only: re-run a video whose run crashed, appending only the frames its CSVs lack "
                         "(counters are recomputed from the start)")
@@ -296,6 +302,7 @@ class _Run:
         self.notifier = None
         self.control = None
         self.results = None
+        self.web = None  # the page's server (stream.web), when --web
         self.book = None  # the current source's TrialBook (the control thread reads it)
         self.out: Path = Path(".")
         self.schedule: list[ScheduleEntry] = []
@@ -334,7 +341,7 @@ class _Run:
         finally:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
-            for closer in (self.control, self.engine, self.publisher, self.metrics):
+            for closer in (self.control, self.web, self.engine, self.publisher, self.metrics):
                 if closer is not None:
                     try:
                         closer.close()
@@ -567,6 +574,21 @@ class _Run:
 
         self.results = ResultsTable(self.out)
         self.notifier = notifier_from_env()
+        if a.web is not None or a.web_token_file is not None:
+            self._open_web()
+
+    def _open_web(self) -> None:
+        """--web: the page's server; arena edits are saved to <out>/arenas.json for the next run."""
+        from stream.arena_finder import arena_tools
+        from stream.web import WebState, start_web
+
+        if self.args.web is None:
+            raise UserError("--web-token-file goes with --web [ADDR]")
+        self.web = start_web(self.args.web, self.args.web_token_file, WebState(
+            out_dir=self.out, arena_file=self.out / "arenas.json", preview=self.args.preview,
+            arena_tools=arena_tools()))
+        if not self.args.quiet:
+            print(f"stream-run: web page on {self.web.url}", flush=True)
 
     def _control(self, request: dict) -> dict:
         """A stream-ctl request, answered from the control thread."""
@@ -622,6 +644,10 @@ class _Run:
         book, live_like = self._trial_book(source, card)
         own = self._source_outputs(source, card, capture, multi=multi)  # closed at the end of this source
         outputs = [own[0], self.results, *(o for o in (self.publisher, self.metrics) if o is not None), *own[1:]]
+        if self.web is not None:
+            from stream.web import WebOutput
+
+            outputs.append(WebOutput(self.web.state))
         if self.metrics is not None:
             from stream.outputs.metrics import camera_label
 
@@ -643,6 +669,8 @@ class _Run:
                 capture_stats=capture.stats,
             )
             self.book = book
+            if self.web is not None:
+                self.web.state.attach(book, source.arenas, str(source.spec))
             if self.publisher is not None:  # --resume: what the interrupted run published is not sent again
                 self.publisher.skip_through = own[0].resumed_through
             capture.start()
@@ -669,6 +697,8 @@ class _Run:
                 pipeline.end_trials(result.end_reason, info)
         finally:
             self.book = None
+            if self.web is not None:
+                self.web.state.detach()
             for out in own:
                 try:
                     out.close()
@@ -704,9 +734,14 @@ class _Run:
 
         arena = next(ar for ar in source.arenas if ar.id == trial.arena_id)
         roi = f"{arena.roi.x},{arena.roi.y},{arena.roi.w},{arena.roi.h}" if arena.roi is not None else "full frame"
+        from stream.outputs.results import COLUMNS_VERSION
+        from stream.recording_time import recording_start_utc
+
         return {"model": card.name, "model_sha256": self.model_sha256, "swim_stream_version": __version__,
                 "roi": roi, "source": str(source.spec), "start_utc": trial.start_utc, "flow": dict(card.flow),
-                "flow_warm_start": not self.args.no_flow_warm_start, "stride_frames": self.args.stride}
+                "flow_warm_start": not self.args.no_flow_warm_start, "stride_frames": self.args.stride,
+                "recording_start_utc": recording_start_utc(source.spec.location) if source.spec.kind == "file" else None,
+                "results_columns_version": COLUMNS_VERSION}
 
     @staticmethod
     def _end_trials_despite(error: OutputWriteError, outputs: list, ended: list[tuple]) -> None:

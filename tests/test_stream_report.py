@@ -97,3 +97,24 @@ def test_decision_config_bounds_bins() -> None:
         DecisionConfig(fps=FPS, bin_s=MIN_BIN_S / 2)
     with pytest.raises(UserError, match="at most"):
         DecisionConfig(fps=FPS, test_duration_s=MAX_BINS + 1.0, scoring_window_s=1.0, bin_s=1.0)
+
+
+def test_xlsx_and_assign_write_new_files_and_leave_the_live_ones(run, tmp_path, capsys) -> None:
+    openpyxl = pytest.importorskip("openpyxl", reason="openpyxl not installed (pip install -e .)")
+    same = _unchanged(run)
+    animals = tmp_path / "animals.csv"
+    animals.write_text("video,arena,order,animal,group\nx.mp4,A1,1,M9,saline\n")
+    assert main([str(run), "-q", "--out", str(tmp_path / "n.csv"), "--assign", str(animals)]) == 2
+    assert "line 2: trial 1 of arena A1 in x.mp4 is not among" in capsys.readouterr().err  # a typo is not ignored
+    animals.write_text("trial_id,animal,group\nA1,M9,=saline\n")
+    assert main([str(run), "-q", "--out", str(tmp_path / "n.csv"), "--xlsx", str(tmp_path / "n.xlsx"),
+                 "--assign", str(animals)]) == 0
+    assert same()
+    (row,) = list(__import__("csv").DictReader(open(tmp_path / "n.csv")))
+    assert row["animal"] == "M9" and row["group"] == "'=saline"
+    wb = openpyxl.load_workbook(tmp_path / "n.xlsx")
+    assert wb.sheetnames == ["results", "=saline"]
+    assert [c.value for c in wb["results"][2]][:3] == ["A1", "M9", "=saline"]
+    assert main([str(run), "-q", "--xlsx", str(run / "day.xlsx")]) == 2  # never into the run
+    assert main([str(run), "-q"]) == 2  # neither --out nor --xlsx
+    assert same()

@@ -24,6 +24,7 @@ import stream.run as run_mod
 from stream.control import main as ctl_main
 from stream.control import request
 from stream.errors import UserError
+from stream.outputs.results import COLUMNS_VERSION
 from stream.report import main as report_main
 from test_trials import ScriptedEngine
 from trial_video import FPS, TRUTH, write_schedule, write_trials_video
@@ -67,6 +68,15 @@ def test_schedule_and_auto_score_four_trials_and_report_reproduces_them(tmp_path
     sched_rows = rows_of(tmp_path / "sched" / "results.csv")
     assert {(r["arena"], r["animal"], r["group"]) for r in sched_rows} == {
         (a, m, g) for a, trials in TRUTH.items() for m, g, *_ in trials}
+    # results columns version 2: where each trial lies in the video (the schedule's start), the recording's time
+    starts = {(a, m): t_in for a, trials in TRUTH.items() for m, _g, t_in, _o in trials}
+    for r in sched_rows:
+        assert float(r["video_start_s"]) == pytest.approx(starts[(r["arena"], r["animal"])], abs=1 / FPS + 1e-3)
+        assert float(r["video_end_s"]) - float(r["video_start_s"]) == pytest.approx(float(r["duration_s"]), abs=2e-3)
+        assert r["recording_start_utc"] == ""  # OpenCV's writer leaves no creation_time
+        assert sum(int(r[f"bouts_bin{k}"]) for k in range(1, 5)) == int(r["bouts"])
+    provenance = json.loads(next((tmp_path / "sched").glob("*.summary.json")).read_text())["provenance"]
+    assert provenance["results_columns_version"] == COLUMNS_VERSION
     print(f"auto-start error: max {max(errors):.3f} s over {len(errors)} trials")
     assert max(errors) <= 1.0
     # re-scoring with the live settings reproduces the live table; a 2 s minimum bout changes it

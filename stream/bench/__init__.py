@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "flow": "TV-L1 optical flow: ours vs OpenCV DualTVL1",
     "model": "fused I3D on every available inference backend vs eager PyTorch",
     "e2e": "whole pipeline: frames/s and capture-to-decision latency",
+    "web": "the web page's cost to the pipeline: frame time with a browser watching vs without the page",
 }
 
 

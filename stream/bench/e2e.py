@@ -102,7 +102,7 @@ def _write_video(path: Path, frames: int, fps: float, arenas: int) -> list[Arena
 
 
 def _pipeline_pass(engine, card, arenas: list[Arena], video: Path, stride: int, *, realtime: bool,
-                   max_frames: int | None):
+                   max_frames: int | None, outputs: tuple = ()):
     from stream.capture import Capture, CaptureConfig, parse_source
     from stream.decisions import ArenaDecisions, DecisionConfig
     from stream.flow import FlowConfig, TVL1
@@ -114,7 +114,8 @@ def _pipeline_pass(engine, card, arenas: list[Arena], video: Path, stride: int, 
                                                                max_frames=max_frames, queue_frames=256))
     capture.open()
     pipeline = Pipeline(engine, TVL1(FlowConfig(**card.flow), device=engine.device), arenas, decisions,
-                        PipelineConfig(fps=card.fps, size_px=engine.input_size_px, stride_frames=stride))
+                        PipelineConfig(fps=card.fps, size_px=engine.input_size_px, stride_frames=stride),
+                        outputs=outputs)
     capture.start()
     try:
         result = pipeline.run(capture)

@@ -5,7 +5,16 @@ The columns are fixed (README, "Results table") so that scripts can rely on them
     trial_id, animal, group, arena, source, start_utc, duration_s, test_complete,
     model, model_sha256, swim_stream_version, roi,
     immobile_s, bouts, latency_s, window_immobile_s, window_bouts,
-    <class>_s ... (one per model class), immobile_s_bin1 ... immobile_s_binN, frames_missing
+    <class>_s ... (one per model class), immobile_s_bin1 ... immobile_s_binN, frames_missing,
+    video_start_s, video_end_s, recording_start_utc,
+    bouts_bin1 ... bouts_binN, <class>_s_bin1 ... <class>_s_binN (each class, each bin)
+
+The column set is versioned (``COLUMNS_VERSION``, also in every summary's provenance and the
+README): version 1 ended at ``frames_missing``; version 2 added the columns after it, which a lab
+needs to find a trial in its video and to plot the test minute by minute. ``video_start_s`` /
+``video_end_s`` are the trial's first and last+1 frame on the source clock (seconds since the
+video's, or camera's, first frame); ``recording_start_utc`` is the recording's own start from the
+file's metadata (``stream.recording_time``), empty where the source gives none (cameras, streams).
 
 ``duration_s`` is how much of the trial was scored (seconds of frames, outages included), so an
 incomplete trial shows how far it got; ``test_complete`` is 1 only when it ran its full test
@@ -25,6 +34,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +43,8 @@ from stream.errors import UserError
 from stream.outputs.base import Output
 from stream.spreadsheet import spreadsheet_cell
 
-__all__ = ["RESULTS_FILE", "ResultsTable", "fixed_columns", "results_row", "table_columns", "write_table"]
+__all__ = ["COLUMNS_VERSION", "RESULTS_FILE", "ResultsTable", "fixed_columns", "results_row", "table_columns",
+           "write_table"]
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +53,21 @@ _HEAD = ("trial_id", "animal", "group", "arena", "source", "start_utc", "duratio
          "model", "model_sha256", "swim_stream_version", "roi",
          "immobile_s", "bouts", "latency_s", "window_immobile_s", "window_bouts")
 _TAIL = ("frames_missing",)
+# Version 2 (issue 25): what a lab needs to find a trial in its video; then bouts and class seconds per bin.
+COLUMNS_VERSION = 2
+_LAB = ("video_start_s", "video_end_s", "recording_start_utc")
+_FIXED = frozenset(_HEAD + _TAIL + _LAB)
+_CLASS_BIN = re.compile(r"^(?P<cls>.+)_s_bin(?P<k>[0-9]+)$")  # swim_s_bin3, and immobile_s_bin3
+_BOUTS_BIN = re.compile(r"^bouts_bin(?P<k>[0-9]+)$")
 # Cells that hold text (IDs typed by people, paths, names): escaped for spreadsheets (stream.spreadsheet);
 # the others are numbers this module formats.
 TEXT_COLUMNS = frozenset({"trial_id", "animal", "group", "arena", "source", "start_utc", "model", "model_sha256",
-                          "swim_stream_version", "roi"})
+                          "swim_stream_version", "roi", "recording_start_utc"})
 SECONDS_DECIMALS = 3  # 1 ms: far below one frame (67 ms at 15 fps), and the same text live and re-scored
 
 
 def fixed_columns() -> tuple[str, ...]:
-    return _HEAD + _TAIL
+    return _HEAD + _TAIL + _LAB
 
 
 def _s(x: float | None) -> str:
@@ -89,20 +106,42 @@ def results_row(summary: dict[str, Any]) -> dict[str, str]:
     for k, b in enumerate(c.get("bins", []), start=1):
         row[f"immobile_s_bin{k}"] = _s(b["immobile_s"])
     row["frames_missing"] = str(c["gaps"]["frames_missing"])
+    # -- version 2 (issue 25): after every version-1 column, so a version-1 reader's columns stay put
+    start_s = trial.get("start_s")
+    scored_s = 0.0 if last is None else last + period
+    row["video_start_s"] = _s(start_s)
+    row["video_end_s"] = _s(None if start_s is None else float(start_s) + scored_s)
+    row["recording_start_utc"] = prov.get("recording_start_utc") or ""
+    for k, b in enumerate(c.get("bins", []), start=1):
+        row[f"bouts_bin{k}"] = str(b["immobility_bouts"])
+    for cls in summary["classes"]:
+        for k, b in enumerate(c.get("bins", []), start=1):
+            row[f"{cls}_s_bin{k}"] = _s(b["behaviour_s"].get(cls, 0.0))
     return {k: spreadsheet_cell(v) if k in TEXT_COLUMNS else v for k, v in row.items()}
 
 
 def table_columns(rows: list[dict[str, str]]) -> list[str]:
-    """Fixed columns, then every class column and every bin column the rows have, in order."""
+    """The columns of ``rows`` in the documented order (module docstring), for as many classes and bins
+    as the rows have; a column this version does not know (a newer table read back) goes last."""
     classes: list[str] = []
     bins = 0
+    unknown: list[str] = []
     for row in rows:
         for key in row:
-            if key.endswith("_s") and key not in _HEAD and not key.startswith("immobile_s_bin") and key not in classes:
-                classes.append(key)
-            if key.startswith("immobile_s_bin"):
-                bins = max(bins, int(key[len("immobile_s_bin"):]))
-    return [*_HEAD, *classes, *(f"immobile_s_bin{k}" for k in range(1, bins + 1)), *_TAIL]
+            if key in _FIXED:
+                continue
+            if (m := _CLASS_BIN.match(key) or _BOUTS_BIN.match(key)) is not None:
+                bins = max(bins, int(m.group("k")))
+            elif key.endswith("_s"):
+                if key not in classes:
+                    classes.append(key)
+            elif key not in unknown:
+                unknown.append(key)
+    per_bin = range(1, bins + 1)
+    has_v2 = any(key in row for row in rows for key in _LAB)
+    v2 = [*_LAB, *(f"bouts_bin{k}" for k in per_bin), *(f"{cls}_bin{k}" for cls in classes for k in per_bin)] \
+        if has_v2 else []
+    return [*_HEAD, *classes, *(f"immobile_s_bin{k}" for k in per_bin), *_TAIL, *v2, *unknown]
 
 
 def write_table(path: Path, rows: list[dict[str, str]]) -> Path:
