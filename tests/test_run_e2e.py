@@ -2,7 +2,7 @@
 
 The model is a tiny untrained fused I3D (32 px). Building a frozen CPU engine costs ~10 s on the
 shared test machine, so most tests hand ``stream-run`` one eager torch engine built once for the
-module (``_build_engine`` is the CLI's single engine hook); the checksum test builds for real.
+module (``stream.runner._build_engine`` is the CLI's single engine hook); the checksum test builds for real.
 Label agreement with the shipped trained model is tested elsewhere.
 """
 
@@ -23,6 +23,7 @@ import pytest
 import zmq
 
 import stream.run as run_mod
+import stream.runner as runner_mod
 from stream import capture as cap_mod
 from stream.outputs.csv_log import read_frames_csv
 
@@ -83,7 +84,7 @@ def fast_engine(monkeypatch, shared_engine):
         calls.append((kind, Path(model_dir), device, batch_size))
         return _NoClose(shared_engine)
 
-    monkeypatch.setattr(run_mod, "_build_engine", build)
+    monkeypatch.setattr("stream.runner._build_engine", build)
     return calls
 
 
@@ -331,7 +332,7 @@ def test_model_failing_its_checksum_is_refused(video, model_dir, tmp_path, capsy
 
 
 def test_missing_bundled_model_is_a_clear_error(video, tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(run_mod, "default_model_dir", lambda: tmp_path / "trained_models" / "fst-side-64")
+    monkeypatch.setattr("stream.runner.default_model_dir", lambda: tmp_path / "trained_models" / "fst-side-64")
     assert run_mod.main(["--video", str(video), *quiet(tmp_path / "o")]) == 2
     assert "--model" in capsys.readouterr().err
 
@@ -410,12 +411,12 @@ def test_a_failed_start_leaves_no_folder_but_a_result_is_never_removed(tmp_path)
     failed.mkdir(parents=True)
     (failed / "source.json").write_text("{}")
     (failed / "A1.frames.csv").write_text("frame,timestamp_s,behaviour,immobile,p_swim\n")  # header only
-    run_mod._remove_start_debris([failed, failed.parent])
+    runner_mod._remove_start_debris([failed, failed.parent])
     assert not failed.parent.exists()
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "A1.frames.csv").write_text("frame,timestamp_s,behaviour,immobile,p_swim\n0,0.0,swim,0,1.0\n")
-    run_mod._remove_start_debris([kept])
+    runner_mod._remove_start_debris([kept])
     assert (kept / "A1.frames.csv").exists()
 
 
