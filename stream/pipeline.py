@@ -287,8 +287,8 @@ class Pipeline:
             broadcast(self.outputs, "on_trial_start", decision.trial)
             return
         if isinstance(decision, TrialEnded):
-            summary = {**decision.summary, "run": self.result.to_dict()} if "run" not in decision.summary \
-                else decision.summary
+            summary = decision.summary if decision.summary.run is not None \
+                else decision.summary.with_run(self.result.to_dict())
             broadcast(self.outputs, "on_trial_end", decision.trial, summary)
             if self.trials is not None:
                 self.trials.on_trial_ended(arena_id)
@@ -310,7 +310,7 @@ class Pipeline:
             return
         for arena_id, item in self.trials.end_all(reason):
             if isinstance(item, TrialEnded):
-                item = TrialEnded(item.trial, {**item.summary, "run": run_info})
+                item = TrialEnded(item.trial, item.summary.with_run(run_info))
             self._emit(arena_id, item, None)
 
     def _end_segment(self) -> None:

@@ -272,7 +272,7 @@ class Runner:
                 self.notifier.close()
             _remove_start_debris(self.created_dirs)  # a refused or failed start leaves no empty run folder
 
-    def _prepare(self) -> tuple[list[_Source], object, Path]:
+    def _prepare(self) -> tuple[list[_Source], ModelCard, Path]:
         """Every check that can fail before the first frame."""
         from stream.modelfile import load_card
 
@@ -320,7 +320,7 @@ class Runner:
         self._start_engine(sources, model_dir, card)
         return sources, card, model_dir
 
-    def _open_sources(self, specs: list[SourceSpec], out_dirs: list[Path], card) -> list[_Source]:
+    def _open_sources(self, specs: list[SourceSpec], out_dirs: list[Path], card: ModelCard) -> list[_Source]:
         """Every file source opens and delivers a first frame, and its arenas fit; live ones open later."""
         c = self.config
         sources: list[_Source] = []
@@ -359,7 +359,7 @@ class Runner:
             raise
         return sources
 
-    def _start_engine(self, sources: list[_Source], model_dir: Path, card) -> None:
+    def _start_engine(self, sources: list[_Source], model_dir: Path, card: ModelCard) -> None:
         """Model weights (checksum) and engine, warmed up for one batch of every arena."""
         n_arenas = max(len(s.arenas) for s in sources)
         batch = n_arenas  # CUDA graphs / TensorRT run one fixed batch: all arenas at once
@@ -428,7 +428,7 @@ class Runner:
     def _decision_config(self, card: ModelCard) -> DecisionConfig:
         return decision_config(self.config.decisions, card)
 
-    def _capture_config(self, card, spec: SourceSpec) -> CaptureConfig:
+    def _capture_config(self, card: ModelCard, spec: SourceSpec) -> CaptureConfig:
         c = self.config
         return CaptureConfig(fps=card.fps, live=spec.live, realtime=c.source.realtime, queue_frames=c.source.queue_frames,
                              max_backoff_s=c.source.reconnect_max_backoff_s,
@@ -477,7 +477,7 @@ class Runner:
         return book.command(request)
 
     # -- running ------------------------------------------------------------------------------------
-    def _run_sources(self, sources: list[_Source], card, model_dir: Path) -> int:
+    def _run_sources(self, sources: list[_Source], card: ModelCard, model_dir: Path) -> int:
         from stream.flow import FlowConfig, TVL1
         from stream.pipeline import look_ahead_s
 
@@ -510,7 +510,7 @@ class Runner:
             return EXIT_INTERRUPTED
         return exit_code
 
-    def _run_one(self, source: _Source, card, flow, *, multi: bool) -> int:
+    def _run_one(self, source: _Source, card: ModelCard, flow, *, multi: bool) -> int:
         """One source: its trials start, the pipeline runs, the trials end with their summaries."""
         from stream.outputs.base import broadcast
         from stream.outputs.console import summary_table
@@ -566,7 +566,7 @@ class Runner:
                 result.end_reason = f"stopped by {self.signal_name}"
             info = self._run_info(source, card, capture, result)
             if write_error is not None:  # end the trials in every output that still can, then the one error
-                ended = [(item.trial, {**item.summary, "run": info}) for _, item in book.end_all(result.end_reason)
+                ended = [(item.trial, item.summary.with_run(info)) for _, item in book.end_all(result.end_reason)
                          if isinstance(item, TrialEnded)]
                 self._end_trials_despite(write_error, outputs, ended)
             elif result.stopped and book.resume_on_stop:
@@ -594,20 +594,20 @@ class Runner:
             return EXIT_FAILED
         return EXIT_OK
 
-    def _trial_book(self, source: _Source, card):
+    def _trial_book(self, source: _Source, card: ModelCard):
         """The source's trials: mode, schedule rows, provenance; (book, whether the source runs in real time)."""
         from stream.trials import TrialBook
 
         book = TrialBook([ar.id for ar in source.arenas], list(card.classes), self._decision_config(card),
                          mode=self.trial_mode, out_dir=source.out_dir, source=str(source.spec),
                          schedule=self.schedule_of.get(source.spec.location, []),
-                         summary_extra=lambda trial: {"provenance": self._provenance(source, card, trial)})
+                         provenance=lambda trial: self._provenance(source, card, trial))
         # a camera, or a video paced like one: a restart continues the trial that was running
         live_like = source.spec.live or self.config.source.realtime
         book.resume_on_stop = live_like and self.trial_mode != "now"
         return book, live_like
 
-    def _provenance(self, source: _Source, card, trial) -> dict:
+    def _provenance(self, source: _Source, card: ModelCard, trial) -> dict:
         """What produced a trial's figures: model and checksum, package version, ROI, source, flow."""
         from stream import __version__
 
@@ -639,7 +639,7 @@ class Runner:
                 "; some summaries could not be written")
         raise OutputWriteError(error.path, error.os_error, note) from error
 
-    def _open_capture(self, source: _Source, card) -> Capture | int:
+    def _open_capture(self, source: _Source, card: ModelCard) -> Capture | int:
         """The source's capture, opened now if it was not at the checks (a live source, or one of many).
 
         A live source that is not there is waited for (``Capture.open_waiting``); if it never comes
@@ -669,7 +669,7 @@ class Runner:
             self._said_waiting = True
             print(f"stream-run: {status}; retrying with back-off (--give-up-s {self.config.source.give_up_s:g})", flush=True)
 
-    def _source_outputs(self, source: _Source, card, capture: Capture, *, multi: bool) -> list:
+    def _source_outputs(self, source: _Source, card: ModelCard, capture: Capture, *, multi: bool) -> list:
         """The outputs that belong to one source: its CSVs (first), its preview, the terminal."""
         from stream.outputs.console import ConsoleOutput
         from stream.outputs.csv_log import CsvOutput
@@ -698,7 +698,7 @@ class Runner:
             raise
         return outputs
 
-    def _run_info(self, source: _Source, card, capture: Capture, result) -> dict:
+    def _run_info(self, source: _Source, card: ModelCard, capture: Capture, result) -> dict:
         """The ``run`` block of every summary: what ran, on what, and how it went."""
         from stream.pipeline import look_ahead_s
 

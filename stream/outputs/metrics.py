@@ -202,10 +202,10 @@ class Metrics(Output):
             gauge.labels(arena=a).set(0)
         self.bin_index.labels(arena=a).set(1)
 
-    def on_trial_end(self, trial, summary: dict) -> None:
+    def on_trial_end(self, trial, summary) -> None:
         a = trial.arena_id
         self.trial_active.labels(arena=a).set(0)
-        self.trial_complete.labels(arena=a).set(1 if summary.get("counters", {}).get("test_complete") else 0)
+        self.trial_complete.labels(arena=a).set(1 if summary.counters.test_complete else 0)
         self.trials_finished.labels(arena=a).inc()
 
     def on_frame(self, frame: FrameEvent) -> None:
