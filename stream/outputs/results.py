@@ -5,11 +5,14 @@ The columns are fixed (README, "Results table") so that scripts can rely on them
     trial_id, animal, group, arena, source, start_utc, duration_s, test_complete,
     model, model_sha256, swim_stream_version, roi,
     immobile_s, bouts, latency_s, window_immobile_s, window_bouts,
-    <class>_s ... (one per model class), immobile_s_bin1 ... immobile_s_binN, frames_missing
+    <class>_s ... (one per model class), immobile_s_bin1 ... immobile_s_binN, frames_missing, quality
 
 ``duration_s`` is how much of the trial was scored (seconds of frames, outages included), so an
 incomplete trial shows how far it got; ``test_complete`` is 1 only when it ran its full test
-duration, and an incomplete trial is also warned about: a partial window is not a result.
+duration with no more than 5 % of its frames missing, and an incomplete trial is also warned about: a
+partial window is not a result. ``quality`` is ``ok`` or says what is wrong (``frames_missing>5%``:
+frames dropped under load or lost in outages, issue 24; ``out_of_depth``: the input or the
+predictions say the model is outside what it was trained on, ``stream.input_check``).
 Bin k covers seconds (k-1)*bin_s to k*bin_s of the trial. The table is rewritten whole and atomically
 each time a trial ends, so a crash never leaves half a row; rows already in the file (an earlier
 run into the same folder, a restarted service) are kept, a trial with the same id replaced.
@@ -38,7 +41,7 @@ RESULTS_FILE = "results.csv"
 _HEAD = ("trial_id", "animal", "group", "arena", "source", "start_utc", "duration_s", "test_complete",
          "model", "model_sha256", "swim_stream_version", "roi",
          "immobile_s", "bouts", "latency_s", "window_immobile_s", "window_bouts")
-_TAIL = ("frames_missing",)
+_TAIL = ("frames_missing", "quality")
 SECONDS_DECIMALS = 3  # 1 ms: far below one frame (67 ms at 15 fps), and the same text live and re-scored
 
 
@@ -82,6 +85,10 @@ def results_row(summary: dict[str, Any]) -> dict[str, str]:
     for k, b in enumerate(c.get("bins", []), start=1):
         row[f"immobile_s_bin{k}"] = _s(b["immobile_s"])
     row["frames_missing"] = str(c["gaps"]["frames_missing"])
+    problems = [q for q in (c.get("quality", "ok"),) if q != "ok"]
+    if (summary.get("input_check") or {}).get("warnings"):
+        problems.append("out_of_depth")
+    row["quality"] = ";".join(problems) or "ok"
     return row
 
 
@@ -119,6 +126,10 @@ def read_table(path: Path) -> list[dict[str, str]]:
 
 
 def warn_incomplete(row: dict[str, str]) -> None:
+    if row.get("quality", "ok") not in ("ok", ""):
+        log.warning("trial %s (arena %s, animal %s): quality %s (%s frames missing); check it before using its "
+                    "figures", row["trial_id"], row["arena"], row["animal"] or "-", row["quality"],
+                    row["frames_missing"])
     if row["test_complete"] != "1":
         log.warning("trial %s (arena %s, animal %s) is INCOMPLETE: %s s scored; its window and bins are partial, "
                     "not a result", row["trial_id"], row["arena"], row["animal"] or "-", row["duration_s"])
