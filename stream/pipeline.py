@@ -67,6 +67,7 @@ BEHIND_LAG_S = 0.5
 CAUGHT_UP_LAG_S = 0.15  # about two frame periods at 15 fps: the queue is (nearly) empty again
 STRIDE_RAISE_INTERVAL_S = 1.0  # let a raised stride drain the queue before raising it again
 STRIDE_RELAX_S = 5.0  # caught up for this long before the stride is lowered: no flapping every second
+STRIDE_RELAX_MAX_S = 60.0  # the wait before lowering doubles each time lowering made it fall behind again
 # 8: the model then runs twice a second at 15 fps, still under the 1 s minimum bout; beyond it the
 # repeated predictions would blur behaviour changes more than dropping frames does
 MAX_ADAPTIVE_STRIDE = 8
@@ -206,6 +207,8 @@ class Pipeline:
         self.stride_frames = config.stride_frames  # the stride in use now (adaptive: may be raised)
         self._stride_changed_at = time.monotonic()
         self._caught_up_since: float | None = None
+        self._lowered_at: float | None = None
+        self._relax_s = STRIDE_RELAX_S
         self._meta: dict[int, tuple[float, float]] = {}  # frame index -> (timestamp_s, captured_monotonic_s)
         self._next_center: int | None = None  # next centre frame to classify in this segment
         self._last_probs: np.ndarray | None = None
@@ -261,6 +264,8 @@ class Pipeline:
         if self._expected is not None and frame.index != self._expected:
             missing = frame.index - self._expected
             if missing > 0:
+                if self.config.adaptive_stride:  # the queue was full: behind, whatever the wait says
+                    self._adapt_stride(time.monotonic() - frame.captured_monotonic_s, dropped=True)
                 self._gap(missing, missing / self.config.fps, f"{DROPPED_REASON} (pipeline too slow; try --stride)")
             else:
                 log.warning("frame %d arrived after %d; ignored", frame.index, self._expected - 1)
@@ -291,7 +296,7 @@ class Pipeline:
     def _classify(self, center: int, last: int) -> None:
         assert self.ring.segment_start is not None
         use_model = (self._last_probs is None or self._last_model_center is None
-                     or center - self._last_model_center >= self.stride_frames)
+                     or not 0 < center - self._last_model_center < self.stride_frames)
         if use_model:
             rgb, flow = self.ring.clip(center, last)
             t0 = time.perf_counter()
@@ -350,32 +355,38 @@ class Pipeline:
                 self._classify(self._next_center - 1, last)
         self.ring.reset()
         self._next_center = None
-        self._last_probs = None
-        self._last_model_center = None
+        # the last prediction stays: a centre less than a stride after it (a few frames dropped) is
+        # filled with it, as stride fill does; after a longer gap the model runs on the first centre.
+        # Restarting the model at every drop cost a model call per gap, which made the next drop
+        # (issue 24: a run behind at stride 8 still called the model every 1.7 frames)
 
-    def _adapt_stride(self, lag_s: float) -> None:
-        """Raise the stride when frames wait too long in the queue, lower it once they arrive fresh."""
+    def _adapt_stride(self, lag_s: float, *, dropped: bool = False) -> None:
+        """Raise the stride when frames wait too long in the queue or were dropped from it; lower it
+        once they arrive fresh again. A stride that had to be raised again soon after it was lowered
+        waits twice as long before the next lowering (up to ``STRIDE_RELAX_MAX_S``): no flapping."""
         now = time.monotonic()
         stride, base, result = self.stride_frames, self.config.stride_frames, self.result
-        if lag_s > BEHIND_LAG_S:
+        if dropped or lag_s > BEHIND_LAG_S:
             self._caught_up_since = None
             cap = max(base, self.config.max_stride_frames)
             if stride < cap and now - self._stride_changed_at >= STRIDE_RAISE_INTERVAL_S:
+                if self._lowered_at is not None and now - self._lowered_at < self._relax_s * 2:
+                    self._relax_s = min(STRIDE_RELAX_MAX_S, self._relax_s * 2)
                 self.stride_frames = min(cap, stride * 2)
                 self._stride_changed_at = now
                 result.stride_changes += 1
                 result.stride_max_frames = max(result.stride_max_frames, self.stride_frames)
-                log.warning("falling behind (frames wait %.2f s): model on every %d%s frame instead of dropping "
-                            "frames", lag_s, self.stride_frames, _ordinal_suffix(self.stride_frames))
+                log.warning("falling behind (%s): model on every %d%s frame", "frames dropped" if dropped else
+                            f"frames wait {lag_s:.2f} s", self.stride_frames, _ordinal_suffix(self.stride_frames))
             return
         if lag_s >= CAUGHT_UP_LAG_S or stride <= base:
             self._caught_up_since = None
             return
         if self._caught_up_since is None:
             self._caught_up_since = now
-        elif now - self._caught_up_since >= STRIDE_RELAX_S:
+        elif now - self._caught_up_since >= self._relax_s:
             self.stride_frames = max(base, stride // 2)
-            self._stride_changed_at = now
+            self._stride_changed_at = self._lowered_at = now
             self._caught_up_since = None
             result.stride_changes += 1
             log.info("caught up: model on every %d%s frame again", self.stride_frames,
