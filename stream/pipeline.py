@@ -45,6 +45,7 @@ import torch
 from stream.arenas import Arena
 from stream.capture import EndOfStream, Frame, Gap
 from stream.decisions import ArenaDecisions, Decision
+from stream.input_check import ArenaInputCheck, InputReference, clip_input_stats, warn
 from stream.outputs.base import FrameEvent, GapEvent, Output, Status, broadcast
 from stream.preprocess import FUTURE_FRAMES, crop_resize
 from stream.ring import ClipRing
@@ -191,6 +192,7 @@ class Pipeline:
         heartbeat: Callable[[], None] | None = None,
         stop_event: threading.Event | None = None,
         capture_stats: Any | None = None,
+        input_reference: InputReference | None = None,
     ) -> None:
         self.engine = engine
         self.arenas = list(arenas)
@@ -203,6 +205,9 @@ class Pipeline:
         self.heartbeat = heartbeat
         self.stop_event = stop_event or threading.Event()
         self.capture_stats = capture_stats
+        # issue 24.12: per arena, the trial's input statistics and labels (None: not checked)
+        self.input_checks = {a.id: ArenaInputCheck(input_reference) for a in self.arenas} \
+            if input_reference is not None else {}
         self.result = RunResult(stride_frames=config.stride_frames, stride_max_frames=config.stride_frames)
         self.stride_frames = config.stride_frames  # the stride in use now (adaptive: may be raised)
         self._stride_changed_at = time.monotonic()
@@ -305,6 +310,9 @@ class Pipeline:
             self.result.model_s += dt
             self.result.model_calls += 1
             broadcast(self.outputs, "on_model", dt)
+            if self.input_checks:
+                for arena, stats in zip(self.arenas, clip_input_stats(rgb, flow)):
+                    self.input_checks[arena.id].add_clip(stats)
             self._last_probs = probs
             self._last_model_center = center
         probs = self._last_probs
@@ -312,16 +320,24 @@ class Pipeline:
         timestamp_s, captured_s = self._meta.get(center, (center / self.config.fps, time.monotonic()))
         self.result.frames_classified += 1
         for a, arena in enumerate(self.arenas):
+            if self.input_checks:
+                self.input_checks[arena.id].add_prediction(probs[a])
             for d in self.decisions[arena.id].update(center, timestamp_s, probs[a]):
                 self._emit(arena.id, d, captured_s)
 
     def _emit(self, arena_id: str, decision: Decision | TrialStarted | TrialEnded, captured_s: float | None) -> None:
         if isinstance(decision, TrialStarted):
+            if arena_id in self.input_checks:
+                self.input_checks[arena_id].reset()
             broadcast(self.outputs, "on_trial_start", decision.trial)
             return
         if isinstance(decision, TrialEnded):
             summary = {**decision.summary, "run": self.result.to_dict()} if "run" not in decision.summary \
                 else decision.summary
+            if arena_id in self.input_checks and "input_check" not in summary:
+                check = self.input_checks[arena_id].result()
+                summary = {**summary, "input_check": check}
+                warn(arena_id, decision.trial.trial_id, check["warnings"])
             broadcast(self.outputs, "on_trial_end", decision.trial, summary)
             if self.trials is not None:
                 self.trials.on_trial_ended(arena_id)

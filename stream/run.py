@@ -577,6 +577,7 @@ class _Run:
         """One source: its trials start, the pipeline runs, the trials end with their summaries."""
         from stream.outputs.base import broadcast
         from stream.outputs.console import summary_table
+        from stream.input_check import InputReference
         from stream.pipeline import MAX_ADAPTIVE_STRIDE, Pipeline, PipelineConfig
 
         a = self.args
@@ -608,6 +609,8 @@ class _Run:
                                else max(a.stride, MAX_ADAPTIVE_STRIDE)),
                 outputs=outputs, trials=book, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
                 capture_stats=capture.stats,
+                input_reference=InputReference(model=card.name, classes=tuple(card.classes), fps=card.fps,
+                                               input_stats=card.input_stats),
             )
             self.book = book
             if self.publisher is not None:  # --resume: what the interrupted run published is not sent again

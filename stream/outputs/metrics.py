@@ -17,6 +17,7 @@ on counters (added by ``prometheus_client``)::
     swim_stream_last_decision_timestamp_seconds{arena} (Unix time: alert on staleness)
     swim_stream_model_fps (the rate the model must keep up with)
     swim_stream_frames_missing_ratio{arena} (share of the trial's frames missing: > 0.05 is not a complete test)
+    swim_stream_out_of_depth{arena} (1: the last trial's input or predictions look foreign to the model)
     swim_stream_stride_frames (the model runs on every n-th frame now; raised when the pipeline is behind)
 
 The ``camera`` label is the source (``camera0``, a stream's host and path without credentials, a
@@ -159,6 +160,10 @@ class Metrics(Output):
             f"{PREFIX}_frames_missing_ratio",
             "Share of the trial's frames missing (dropped or lost); above 0.05 the trial is not a complete test.",
             ["arena"], registry=r)
+        self.out_of_depth = Gauge(
+            f"{PREFIX}_out_of_depth",
+            "1 when the arena's last trial looked foreign to the model (near-constant predictions, input far "
+            "outside the training range; stream.input_check).", ["arena"], registry=r)
         self.stride_frames = Gauge(
             f"{PREFIX}_stride_frames", "The model runs on every n-th frame now (raised when the pipeline is behind).",
             registry=r)
@@ -194,7 +199,7 @@ class Metrics(Output):
                 self.behaviour_seconds.labels(arena=arena, behaviour=behaviour).inc(0)
             for gauge in (self.immobile_seconds, self.immobility_bouts, self.scoring_window_immobile_seconds,
                           self.trial_active, self.trial_elapsed_seconds, self.trial_complete, self.bin_immobile_seconds,
-                          self.bin_index, self.frames_missing_ratio):
+                          self.bin_index, self.frames_missing_ratio, self.out_of_depth):
                 gauge.labels(arena=arena).set(0)
             self.trials_finished.labels(arena=arena).inc(0)
 
@@ -213,6 +218,7 @@ class Metrics(Output):
         a = trial.arena_id
         self.trial_active.labels(arena=a).set(0)
         counters = summary.get("counters", {})
+        self.out_of_depth.labels(arena=a).set(1 if (summary.get("input_check") or {}).get("warnings") else 0)
         self.trial_complete.labels(arena=a).set(1 if counters.get("test_complete") else 0)
         if "gaps" in counters:
             seen, missing = counters.get("frames_classified", 0), counters["gaps"].get("frames_missing", 0)
