@@ -18,7 +18,8 @@ frames in between the last prediction; flow still runs on every frame (each clip
 Falling behind (issue 24): on a live source or a paced (``--realtime``) video, frames the pipeline
 cannot take are dropped by the capture queue, and dropped frames are unseen behaviour. So before it
 comes to that, the pipeline raises the stride itself: when a frame reaches it more than
-``BEHIND_LAG_S`` after its capture, the stride doubles (up to ``max_stride_frames``); every frame
+``BEHIND_LAG_S`` after its capture, or frames were dropped, the stride doubles (up to
+``max_stride_frames``, one model call a second); every frame
 still goes through flow and decisions, only the model runs less often. Once frames arrive fresh
 again (under ``CAUGHT_UP_LAG_S`` for ``STRIDE_RELAX_S``) it halves back towards ``--stride``. The
 strides used (maximum, mean effective = frames classified per model call) go into the run block
@@ -69,9 +70,15 @@ CAUGHT_UP_LAG_S = 0.15  # about two frame periods at 15 fps: the queue is (nearl
 STRIDE_RAISE_INTERVAL_S = 1.0  # let a raised stride drain the queue before raising it again
 STRIDE_RELAX_S = 5.0  # caught up for this long before the stride is lowered: no flapping every second
 STRIDE_RELAX_MAX_S = 60.0  # the wait before lowering doubles each time lowering made it fall behind again
-# 8: the model then runs twice a second at 15 fps, still under the 1 s minimum bout; beyond it the
-# repeated predictions would blur behaviour changes more than dropping frames does
-MAX_ADAPTIVE_STRIDE = 8
+# The adaptive stride goes up to one model call per second (15 frames at 15 fps): still one prediction
+# per default minimum bout. Beyond it a machine is too slow for real time at all; what it drops then is
+# counted, and a trial with over 5 % missing says so (stream.decisions)
+MAX_ADAPTIVE_STRIDE_S = 1.0
+
+
+def max_adaptive_stride(fps: float) -> int:
+    """The most the adaptive stride goes to at ``fps``: one model call per ``MAX_ADAPTIVE_STRIDE_S``."""
+    return max(1, round(MAX_ADAPTIVE_STRIDE_S * fps))
 
 
 class Engine(Protocol):
@@ -102,7 +109,7 @@ class PipelineConfig:
     flow_warm_start: bool = True  # seed TV-L1 with the previous pair's flow (False: exactly as in training)
     live_counters_interval_s: float = LIVE_COUNTERS_INTERVAL_S
     adaptive_stride: bool = False  # raise the stride when behind (live or paced sources, where frames drop)
-    max_stride_frames: int = MAX_ADAPTIVE_STRIDE  # the most the adaptive stride goes to
+    max_stride_frames: int = 15  # the most the adaptive stride goes to (run.py: max_adaptive_stride(fps))
 
     def __post_init__(self) -> None:
         from stream.errors import UserError
@@ -276,8 +283,8 @@ class Pipeline:
                 log.warning("frame %d arrived after %d; ignored", frame.index, self._expected - 1)
                 return
         self._expected = frame.index + 1
-        if self.config.adaptive_stride:
-            self._adapt_stride(time.monotonic() - frame.captured_monotonic_s)
+        if self.config.adaptive_stride and self.result.frames_processed:  # a file's first frame was read
+            self._adapt_stride(time.monotonic() - frame.captured_monotonic_s)  # at the checks, before the model load
         crops = np.stack([crop_resize(frame.image, a.roi, self.config.size_px) for a in self.arenas])
         t0 = time.perf_counter()
         self.ring.push(crops, frame.index)

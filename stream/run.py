@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: 1)")
     m.add_argument("--max-stride", type=int, default=None, metavar="K",
                    help="live or --realtime sources: when the pipeline falls behind it raises the stride up to K "
-                        "before frames are dropped (default: 8; give --stride's value to keep it fixed)")
+                        "before frames are dropped (default: one model call a second, 15 at 15 fps; give --stride's value "
+                        "to keep it fixed)")
 
     a = p.add_argument_group("arenas")
     a.add_argument("--roi", action="append", default=[], metavar="x,y,w,h",
@@ -578,7 +579,7 @@ class _Run:
         from stream.outputs.base import broadcast
         from stream.outputs.console import summary_table
         from stream.input_check import InputReference
-        from stream.pipeline import MAX_ADAPTIVE_STRIDE, Pipeline, PipelineConfig
+        from stream.pipeline import Pipeline, PipelineConfig, max_adaptive_stride
 
         a = self.args
         capture = self._open_capture(source, card)
@@ -606,7 +607,7 @@ class _Run:
                                flow_warm_start=not a.no_flow_warm_start,
                                adaptive_stride=source.spec.live or a.realtime,  # where frames can be dropped
                                max_stride_frames=a.max_stride if a.max_stride is not None
-                               else max(a.stride, MAX_ADAPTIVE_STRIDE)),
+                               else max(a.stride, max_adaptive_stride(card.fps))),
                 outputs=outputs, trials=book, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
                 capture_stats=capture.stats,
                 input_reference=InputReference(model=card.name, classes=tuple(card.classes), fps=card.fps,
