@@ -7,7 +7,9 @@ videos, frame step, size and TV-L1 settings, taken from the card) and rewrites `
 atomically. The card's ``weights_sha256`` covers the weights only, so it stays valid::
 
     python -m export.card_input_stats --model trained_models/fst-top-64 --videos runs/regen-top/videos/train_*.mp4 \\
-        --frame-step 6 --flow-preset fast --cache-dir runs/regen-top/cache
+        --cache-dir runs/regen-top/cache
+
+Size, frame rate, TV-L1 preset, view, classes and frame step default to the card's.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     given = {a.dest for a in parser._actions if a.option_strings and any(o in (argv or sys.argv[1:]) for o in a.option_strings)}
     tr._data_defaults_from_card(args, args.model, {k: True for k in given})  # clips as the model saw them
     card = load_card(args.model)
+    if "frame_step" not in given:  # the clips training drew (every Nth labelled frame)
+        args.frame_step = int(card.training.get("frame_step", args.frame_step))
     classes, _ = tr.classes_from_args(args)
     ds, _ = tr.dataset_from_args(args, classes)
     card.input_stats = tr.training_input_stats(ds, max_clips=args.max_clips)
