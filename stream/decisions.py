@@ -31,7 +31,9 @@ Conventions (the counters are only useful if everyone reads them the same way):
   second must not end every bout before it reaches the minimum, issue 24), the minimum-bout rule
   measures a run from its first to its last seen frame (the bridged frames included), and only the
   seen frames are counted as seconds. A longer gap ends any run in progress (nobody saw what the
-  mouse did), so a bout never spans it.
+  mouse did), so a bout never spans it. Missing frames are counted when the next frame arrives:
+  frames missing after a trial's last decided frame belong to no trial (as in a re-scoring, which
+  sees a gap only as a jump between two rows of the CSV).
 * A trial whose missing share (missing / (classified + missing) frames) is above
   ``max_missing_share`` (5 %) is not ``test_complete``; ``Counters.quality`` says why.
 * ``Decision.probabilities`` are the model's raw probabilities for that frame, so a CSV of decisions
@@ -241,6 +243,7 @@ class ArenaDecisions:
         self._gaps = 0
         self._gap_frames = 0
         self._gap_seconds = 0.0
+        self._gap_uncounted: tuple[int, int, float] = (0, 0, 0.0)  # (gaps, frames, seconds) until the next frame
 
     # ------------------------------------------------------------------ public API
     def update(self, frame_index: int, timestamp_s: float, probs: np.ndarray) -> list[Decision]:
@@ -264,6 +267,10 @@ class ArenaDecisions:
             self.gap(missing, missing / self.config.fps)
         self._last_index = frame_index
         self._gap_since_last = False
+        count, frames, seconds = self._gap_uncounted
+        self._gaps, self._gap_frames, self._gap_seconds = self._gaps + count, self._gap_frames + frames, \
+            self._gap_seconds + seconds
+        self._gap_uncounted = (0, 0, 0.0)
         out, self._ready = self._ready, []
         for labelled in self._smooth(frame_index, float(timestamp_s), p):
             out.extend(self._min_bout(labelled))
@@ -276,9 +283,10 @@ class ArenaDecisions:
             self._ready.extend(self._drain())
             self._in_bout = False
             self._bout_counted_in_window = False
-        self._gaps += 1
-        self._gap_frames += max(0, int(frames_missing))
-        self._gap_seconds += max(0.0, float(seconds_missing))
+        # counted when the next frame arrives: missing frames after a trial's last frame (it ended at the
+        # next one) belong to no trial, and a re-scoring, which sees gaps as jumps between rows, agrees
+        self._gap_uncounted = (self._gap_uncounted[0] + 1, self._gap_uncounted[1] + max(0, int(frames_missing)),
+                               self._gap_uncounted[2] + max(0.0, float(seconds_missing)))
         self._gap_since_last = True
         log.debug("arena %s: gap of %d frames (%.2f s) recorded", self.arena_id, frames_missing, seconds_missing)
 
