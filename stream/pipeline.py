@@ -109,14 +109,14 @@ class PipelineConfig:
     flow_warm_start: bool = True  # seed TV-L1 with the previous pair's flow (False: exactly as in training)
     live_counters_interval_s: float = LIVE_COUNTERS_INTERVAL_S
     adaptive_stride: bool = False  # raise the stride when behind (live or paced sources, where frames drop)
-    max_stride_frames: int = 15  # the most the adaptive stride goes to (run.py: max_adaptive_stride(fps))
+    max_stride_frames: int | None = None  # the most the adaptive stride goes to (None: max_adaptive_stride(fps))
 
     def __post_init__(self) -> None:
         from stream.errors import UserError
 
         if self.stride_frames < 1:
             raise UserError(f"--stride must be >= 1, got {self.stride_frames}")
-        if self.max_stride_frames < 1:
+        if self.max_stride_frames is not None and self.max_stride_frames < 1:
             raise UserError(f"the maximum stride must be >= 1, got {self.max_stride_frames}")
 
 
@@ -391,7 +391,7 @@ class Pipeline:
         stride, base, result = self.stride_frames, self.config.stride_frames, self.result
         if dropped or lag_s > BEHIND_LAG_S:
             self._caught_up_since = None
-            cap = max(base, self.config.max_stride_frames)
+            cap = max(base, self.config.max_stride_frames or max_adaptive_stride(self.config.fps))
             if stride < cap and now - self._stride_changed_at >= STRIDE_RAISE_INTERVAL_S:
                 if self._lowered_at is not None and now - self._lowered_at < self._relax_s * 2:
                     self._relax_s = min(STRIDE_RELAX_MAX_S, self._relax_s * 2)

@@ -579,7 +579,7 @@ class _Run:
         from stream.outputs.base import broadcast
         from stream.outputs.console import summary_table
         from stream.input_check import InputReference
-        from stream.pipeline import Pipeline, PipelineConfig, max_adaptive_stride
+        from stream.pipeline import Pipeline, PipelineConfig
 
         a = self.args
         capture = self._open_capture(source, card)
@@ -606,8 +606,7 @@ class _Run:
                 PipelineConfig(fps=card.fps, size_px=self.engine.input_size_px, stride_frames=a.stride,
                                flow_warm_start=not a.no_flow_warm_start,
                                adaptive_stride=source.spec.live or a.realtime,  # where frames can be dropped
-                               max_stride_frames=a.max_stride if a.max_stride is not None
-                               else max(a.stride, max_adaptive_stride(card.fps))),
+                               max_stride_frames=a.max_stride),
                 outputs=outputs, trials=book, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
                 capture_stats=capture.stats,
                 input_reference=InputReference(model=card.name, classes=tuple(card.classes), fps=card.fps,
