@@ -309,6 +309,7 @@ class Pipeline:
         assert self.ring.segment_start is not None
         use_model = (self._last_probs is None or self._last_model_center is None
                      or not 0 < center - self._last_model_center < self.stride_frames)
+        clip_stats = None  # issue 24.12: the clip's input statistics, per arena
         if use_model:
             rgb, flow = self.ring.clip(center, last)
             t0 = time.perf_counter()
@@ -317,9 +318,7 @@ class Pipeline:
             self.result.model_s += dt
             self.result.model_calls += 1
             broadcast(self.outputs, "on_model", dt)
-            if self.input_checks:
-                for arena, stats in zip(self.arenas, clip_input_stats(rgb, flow)):
-                    self.input_checks[arena.id].add_clip(stats)
+            clip_stats = clip_input_stats(rgb, flow) if self.input_checks else None
             self._last_probs = probs
             self._last_model_center = center
         probs = self._last_probs
@@ -327,10 +326,13 @@ class Pipeline:
         timestamp_s, captured_s = self._meta.get(center, (center / self.config.fps, time.monotonic()))
         self.result.frames_classified += 1
         for a, arena in enumerate(self.arenas):
-            if self.input_checks:
-                self.input_checks[arena.id].add_prediction(probs[a])
             for d in self.decisions[arena.id].update(center, timestamp_s, probs[a]):
                 self._emit(arena.id, d, captured_s)
+            if self.input_checks:  # after the update: a trial that starts at this frame counts it
+                check = self.input_checks[arena.id]
+                if clip_stats is not None:
+                    check.add_clip(clip_stats[a])
+                check.add_prediction(probs[a])
 
     def _emit(self, arena_id: str, decision: Decision | TrialStarted | TrialEnded, captured_s: float | None) -> None:
         if isinstance(decision, TrialStarted):
