@@ -286,6 +286,7 @@ def test_cli_step1_on_a_jhuang_clip_folder(tmp_path):
     assert card.classes[:3] == ["drink", "eat", "groom"] and len(card.classes) == 8
     assert card.fps == 15.0 and card.training["video_stride"] == 1  # 30 fps clips resampled to 15 fps by timestamp
     assert card.training["step"].startswith("source") and not card.training["synthetic"]
+    assert card.input_stats["clips"] > 0 and card.input_stats["brightness"]["p01"] > 0  # issue 24.12: recorded at training
 
 
 def test_training_input_stats_are_what_stream_run_measures_on_the_same_clips() -> None:
