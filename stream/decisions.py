@@ -87,8 +87,8 @@ _CLOCK_TOLERANCE_S = 1e-6
 # a time, well under it, while a camera outage (capture.GAP_THRESHOLD_S, also 1 s) is not bridged.
 GAP_BRIDGE_S_DEFAULT = 1.0
 # Issue 24: above this share of missing frames a trial is not a complete test. 5 % of a 6-minute test
-# is 18 s, about the spread between two trained raters' immobility scores: more unseen time than that
-# can move a result by more than the raters disagree.
+# is 18 s that nobody scored: a complete trial's figures cover (nearly) all of its time, and a row that
+# does not must not look like one (the threshold issue 24 proposed; DecisionConfig.max_missing_share).
 MAX_MISSING_SHARE_DEFAULT = 0.05
 QUALITY_OK = "ok"
 
