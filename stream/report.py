@@ -135,7 +135,7 @@ def rescore(summary_path: Path, frames_path: Path, overrides: dict) -> dict:
     replay_frames(arena, read_frames_csv(frames_path))
     arena.flush()
     out = {**arena.summary()}
-    for key in ("trial", "provenance", "run"):
+    for key in ("trial", "provenance", "run", "input_check"):  # what the CSV cannot rebuild
         if key in saved:
             out[key] = saved[key]
     if "trial" in out:

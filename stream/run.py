@@ -38,7 +38,7 @@ from stream.capture import (DEFAULT_GIVE_UP_S, DEFAULT_INITIAL_BACKOFF_S, DEFAUL
                             quiet_opencv_logging)
 from stream.atomic import atomic_write
 from stream.control import DEFAULT_CONTROL_ENDPOINT
-from stream.decisions import BIN_S_DEFAULT, SMOOTHING_MODES
+from stream.decisions import BIN_S_DEFAULT, GAP_BRIDGE_S_DEFAULT, SMOOTHING_MODES
 from stream.errors import EXIT_INTERRUPTED, UserError, cli_main
 from stream.trials import TRIAL_MODES, ScheduleEntry, TrialEnded, check_schedule, match_schedule, read_schedule
 from stream.version import add_version_argument
@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--stride", type=int, default=1, metavar="K",
                    help="run the model on every K-th frame and repeat its prediction in between (slow machines; "
                         "default: 1)")
+    m.add_argument("--max-stride", type=int, default=None, metavar="K",
+                   help="live or --realtime sources: when the pipeline falls behind it raises the stride up to K "
+                        "before frames are dropped (default: one model call a second, 15 at 15 fps; give --stride's value "
+                        "to keep it fixed)")
 
     a = p.add_argument_group("arenas")
     a.add_argument("--roi", action="append", default=[], metavar="x,y,w,h",
@@ -119,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--scoring-window-s", "--scoring-window", type=float, default=240.0, dest="scoring_window_s",
                    help="scored over the last this-many seconds of the test (default: %(default)s)")
     d.add_argument("--immobile-classes", default=None, metavar="A,B", help="default: the model card's")
+    d.add_argument("--gap-bridge-s", type=float, default=GAP_BRIDGE_S_DEFAULT,
+                   help="missing frames shorter than this do not end an immobility bout; they count as missing, "
+                        "neither mobile nor immobile (default: %(default)s; 0: every gap ends the bout)")
     d.add_argument("--bin-s", type=float, default=BIN_S_DEFAULT,
                    help="time bins of each trial, s: per-bin seconds and bouts (default: %(default)s, per minute)")
 
@@ -361,6 +368,8 @@ class _Run:
             raise UserError("give exactly one of --camera N, --video PATH..., --url URL")
         if a.stride < 1:
             raise UserError(f"--stride {a.stride}: must be >= 1")
+        if a.max_stride is not None and a.max_stride < a.stride:
+            raise UserError(f"--max-stride {a.max_stride}: must be >= --stride ({a.stride})")
         if a.max_frames is not None and a.max_frames < 1:
             raise UserError(f"--max-frames {a.max_frames}: must be >= 1")
         if a.roi and a.arenas:
@@ -543,7 +552,7 @@ class _Run:
                               min_bout_s=a.min_bout_s if a.min_bout_s is not None
                               else float(card.decisions.get("min_bout_s", MIN_BOUT_S_DEFAULT)),
                               immobile_classes=immobile, test_duration_s=a.test_duration_s,
-                              scoring_window_s=a.scoring_window_s, bin_s=a.bin_s)
+                              scoring_window_s=a.scoring_window_s, bin_s=a.bin_s, gap_bridge_s=a.gap_bridge_s)
 
     def _capture_config(self, card, spec: SourceSpec) -> CaptureConfig:
         a = self.args
@@ -635,6 +644,7 @@ class _Run:
         """One source: its trials start, the pipeline runs, the trials end with their summaries."""
         from stream.outputs.base import broadcast
         from stream.outputs.console import summary_table
+        from stream.input_check import InputReference
         from stream.pipeline import Pipeline, PipelineConfig
 
         a = self.args
@@ -664,9 +674,13 @@ class _Run:
             pipeline = Pipeline(
                 self.engine, flow, source.arenas, book.arenas,
                 PipelineConfig(fps=card.fps, size_px=self.engine.input_size_px, stride_frames=a.stride,
-                               flow_warm_start=not a.no_flow_warm_start),
+                               flow_warm_start=not a.no_flow_warm_start,
+                               adaptive_stride=source.spec.live or a.realtime,  # where frames can be dropped
+                               max_stride_frames=a.max_stride),
                 outputs=outputs, trials=book, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
                 capture_stats=capture.stats,
+                input_reference=InputReference(model=card.name, classes=tuple(card.classes), fps=card.fps,
+                                               input_stats=card.input_stats),
             )
             self.book = book
             if self.web is not None:
