@@ -85,9 +85,18 @@ def detect_arenas(image: np.ndarray, view: str = "auto") -> list[Arena]:
     else:
         side = find_side_cylinders(grey)
         rois = list(side.rois) if side.rois or top is None else list(top.rois)
-    row_h = max([r.h for r in rois], default=1)  # top view in a grid: rows first, then left to right
-    rois.sort(key=lambda r: (round((r.y + r.h / 2) / row_h), r.x))
-    return [Arena(f"A{i + 1}", r) for i, r in enumerate(rois)]
+    return [Arena(f"A{i + 1}", r) for i, r in enumerate(_reading_order(rois))]
+
+
+def _reading_order(rois: list[Roi]) -> list[Roi]:
+    """Rows top to bottom (a centre more than half a box lower starts a row), each left to right."""
+    rows: list[list[Roi]] = []
+    for r in sorted(rois, key=lambda r: r.y + r.h / 2):
+        if rows and r.y + r.h / 2 - (rows[-1][0].y + rows[-1][0].h / 2) <= rows[-1][0].h / 2:
+            rows[-1].append(r)
+        else:
+            rows.append([r])
+    return [r for row in rows for r in sorted(row, key=lambda r: r.x)]
 
 
 def draw_arenas(image: np.ndarray, arenas: Sequence[Arena], path: Path) -> Path:

@@ -114,7 +114,7 @@ def drawn_side_rig(n: int, *, gradient: bool, width: int = 720, height: int = 42
     return img, truth
 
 
-@pytest.mark.parametrize("view,seeds", [("side", (4, 9, 10)), ("top", (3, 7, 15))])
+@pytest.mark.parametrize("view,seeds", [("side", (13, 14, 18)), ("top", (3, 7, 15))])
 def test_randomized_rigs_are_found_one_to_one(view: str, seeds: tuple[int, ...], tmp_path) -> None:
     rows = sweep(view, tmp_path, seeds)
     print(table(rows))
