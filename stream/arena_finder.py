@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stream.arena_rims import find_top_cylinders
+from stream.arena_rims import TopFind, find_top_cylinders
 from stream.arena_walls import find_side_cylinders
 from stream.arenas import Arena
 from stream.atomic import atomic_path, atomic_write
@@ -39,7 +40,13 @@ __all__ = ["detect_arenas", "draw_arenas", "grab_median_frame", "iou", "main", "
 log = logging.getLogger(__name__)
 
 GRAB_FRAMES = 30  # 2 s at 15 fps: the mouse moves enough for the median to show the empty rig
-AUTO_TOP_SUPPORT = 0.75  # rims seen round at least this much are a top view (side views: clutter <= 0.7)
+# --view auto: circles are a top view when their rims run round at least AUTO_TOP_SURE, or at least
+# AUTO_TOP_SUPPORT while covering AUTO_TOP_COVER of the frame (top-view cylinders fill 11-35 % of the
+# 20 randomized top rigs; the round clutter of side views, up to 0.84 support, covers <= 20 % at <= 0.54
+# support and <= 5 % above it)
+AUTO_TOP_SURE = 0.9
+AUTO_TOP_SUPPORT = 0.56
+AUTO_TOP_COVER = 0.1
 LABEL_BGR = (0, 220, 255)
 
 
@@ -73,19 +80,24 @@ def grab_median_frame(source: str | int, frames: int = GRAB_FRAMES) -> np.ndarra
 def detect_arenas(image: np.ndarray, view: str = "auto") -> list[Arena]:
     """Arenas ``A1``.. (left to right, top to bottom) of the cylinders in ``image`` (BGR).
 
-    ``auto`` runs both finders: rims that run round (top view) win when their support is at least
-    ``AUTO_TOP_SUPPORT``; otherwise the side finder's walls, if any, else whatever circles there are.
+    ``auto`` takes the circles when they look like a top-view rig (``_looks_top``), otherwise the
+    side finder's walls, if any, else whatever circles there are.
     """
     if view not in ("auto", "side", "top"):
         raise UserError(f"--view {view}: choose auto, side or top")
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
     top = find_top_cylinders(grey) if view in ("auto", "top") else None
-    if view == "top" or (top is not None and top.rois and top.score >= AUTO_TOP_SUPPORT):
+    if view == "top" or (top is not None and _looks_top(top, grey.size)):
         rois = list(top.rois)
     else:
         side = find_side_cylinders(grey)
         rois = list(side.rois) if side.rois or top is None else list(top.rois)
     return [Arena(f"A{i + 1}", r) for i, r in enumerate(_reading_order(rois))]
+
+
+def _looks_top(top: TopFind, frame_px: int) -> bool:
+    cover = sum(math.pi / 4 * r.w * r.h for r in top.rois) / frame_px
+    return bool(top.rois) and (top.score >= AUTO_TOP_SURE or (top.score >= AUTO_TOP_SUPPORT and cover >= AUTO_TOP_COVER))
 
 
 def _reading_order(rois: list[Roi]) -> list[Roi]:
