@@ -14,6 +14,7 @@ Each ROI is the circle's bounding box (what ``export-synth`` writes as the truth
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from stream.preprocess import Roi
 
 __all__ = ["TopFind", "find_top_cylinders"]
 
+log = logging.getLogger(__name__)
+
 WORK_SIZE_PX = 480  # long side of the searched copy: rims stay >= 2 px, a search takes < 1 s
 MIN_RADIUS_FRACTION = 0.07  # of the short side: 4 cylinders in a 2x2 grid with wide margins
 MAX_RADIUS_FRACTION = 0.55  # one cylinder filling the frame, its rim a little cut
@@ -32,8 +35,8 @@ HOUGH_CANNY, HOUGH_VOTES = 60, 18  # permissive: every proposal is checked for s
 MAX_PROPOSALS = 25  # Hough proposals checked (strongest first)
 SAMPLES = 96  # points round the circumference
 EDGE_FRACTION = 0.5  # an edge point is at least this fraction of the image's 90th-percentile gradient
-MIN_SUPPORT = 0.45  # of the circumference: less is a tile, a blob or clutter
-SET_SUPPORT_FRACTION = 0.7  # a cylinder of the rig has at least this fraction of the best one's support
+MIN_SUPPORT = 0.35  # of the circumference: less is a tile, a blob or clutter (dim rims reach ~0.4)
+SET_SUPPORT_FRACTION = 0.55  # a cylinder of the rig has at least this fraction of the best circle's support
 SAME_RADIUS = (0.8, 1.25)  # the cylinders of one rig have the same radius (ratio to the anchor's)
 OUTER_EDGE_FRACTION = 0.35  # the rim's outer edge is the outermost radius with this much of the peak edge
 ANGLES = np.linspace(0, 2 * math.pi, SAMPLES, endpoint=False)
@@ -109,15 +112,18 @@ def find_top_cylinders(grey: np.ndarray) -> TopFind:
         r = _outer_radius(gx, gy, cx, cy, float(r))
         found.append((_support(gx, gy, cx, cy, r, edge), float(cx), float(cy), r))
     found.sort(key=lambda c: -c[0])
+    log.debug("circles (support, cx, cy, r at scale %.3f): %s", scale, [tuple(round(v, 2) for v in c) for c in found])
     kept: list[tuple[float, ...]] = []
     for c in found:
         if c[0] >= MIN_SUPPORT and all(_apart(c, k) for k in kept):
             kept.append(c)
     best_set: tuple[float, list] = (0.0, [])
     for anchor in kept[:4]:
+        if anchor[0] < SET_SUPPORT_FRACTION * kept[0][0]:
+            break
         chosen: list[tuple[float, ...]] = []
         for k in kept:
-            if (SAME_RADIUS[0] < k[3] / anchor[3] < SAME_RADIUS[1] and k[0] >= SET_SUPPORT_FRACTION * anchor[0]
+            if (SAME_RADIUS[0] < k[3] / anchor[3] < SAME_RADIUS[1] and k[0] >= SET_SUPPORT_FRACTION * kept[0][0]
                     and all(_apart(k, o) for o in chosen)):
                 chosen.append(k)
         total = sum(k[0] * k[3] ** 2 for k in chosen)  # area x support: big rims beat rows of tile squares
