@@ -45,6 +45,7 @@ GRAB_FRAMES = 30  # 2 s at 15 fps: the mouse moves enough for the median to show
 # 20 randomized top rigs; the round clutter of side views, up to 0.84 support, covers <= 20 % at <= 0.54
 # support and <= 5 % above it)
 AUTO_TOP_SURE = 0.9
+SIDE_TALLER_THAN_WIDE = 1.1  # a side-view cylinder's box is taller than wide (aspect 1.15-2 and rims)
 AUTO_TOP_SUPPORT = 0.56
 AUTO_TOP_COVER = 0.1
 LABEL_BGR = (0, 220, 255)
@@ -80,24 +81,50 @@ def grab_median_frame(source: str | int, frames: int = GRAB_FRAMES) -> np.ndarra
 def detect_arenas(image: np.ndarray, view: str = "auto") -> list[Arena]:
     """Arenas ``A1``.. (left to right, top to bottom) of the cylinders in ``image`` (BGR).
 
-    ``auto`` takes the circles when they look like a top-view rig (``_looks_top``), otherwise the
-    side finder's walls, if any, else whatever circles there are.
+    ``auto`` takes the circles when their rims run round (``AUTO_TOP_SURE``), or when they look
+    like a top-view rig (``_looks_top``) and do not sit inside the side finder's cylinders;
+    otherwise the side finder's walls, if any, else whatever circles there are.
     """
     if view not in ("auto", "side", "top"):
         raise UserError(f"--view {view}: choose auto, side or top")
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
     top = find_top_cylinders(grey) if view in ("auto", "top") else None
-    if view == "top" or (top is not None and _looks_top(top, grey.size)):
-        rois = list(top.rois)
-    else:
-        side = find_side_cylinders(grey)
-        rois = list(side.rois) if side.rois or top is None else list(top.rois)
+    if view == "top" or (top is not None and top.score >= AUTO_TOP_SURE):
+        return _arenas(list(top.rois))
+    side = find_side_cylinders(grey)
+    if view == "side" or not top.rois:
+        return _arenas(list(side.rois))
+    if _looks_top(top, grey.size) and not _circles_inside_side_cylinders(top.rois, side.rois):
+        return _arenas(list(top.rois))
+    return _arenas(list(side.rois or top.rois))
+
+
+def _arenas(rois: list[Roi]) -> list[Arena]:
     return [Arena(f"A{i + 1}", r) for i, r in enumerate(_reading_order(rois))]
 
 
 def _looks_top(top: TopFind, frame_px: int) -> bool:
     cover = sum(math.pi / 4 * r.w * r.h for r in top.rois) / frame_px
     return bool(top.rois) and (top.score >= AUTO_TOP_SURE or (top.score >= AUTO_TOP_SUPPORT and cover >= AUTO_TOP_COVER))
+
+
+def _circles_inside_side_cylinders(circles: Sequence[Roi], cylinders: Sequence[Roi]) -> bool:
+    """Every circle lies in a side-view cylinder (a box taller than wide), and no box holds two
+    separate circles: the circles are walls and rims seen as round, not a top-view rig (whose
+    columns of circles, which never overlap, the side finder may take for tall boxes)."""
+    def inside(c: Roi, b: Roi) -> bool:
+        cx, cy = c.x + c.w / 2, c.y + c.h / 2
+        return b.x <= cx <= b.x + b.w and b.y <= cy <= b.y + b.h and c.w <= 1.2 * b.w
+
+    tall = [b for b in cylinders if b.h >= SIDE_TALLER_THAN_WIDE * b.w]
+    return (bool(tall) and all(any(inside(c, b) for b in tall) for c in circles)
+            and not any(_separate(c, d) and inside(c, b) and inside(d, b)
+                        for b in tall for i, c in enumerate(circles) for d in circles[i + 1:]))
+
+
+def _separate(c: Roi, d: Roi) -> bool:
+    """Two circles (given by their boxes) that do not overlap: two cylinders seen from above."""
+    return math.hypot(c.x + c.w / 2 - d.x - d.w / 2, c.y + c.h / 2 - d.y - d.h / 2) >= (c.w + d.w) / 2
 
 
 def _reading_order(rois: list[Roi]) -> list[Roi]:
