@@ -778,6 +778,7 @@ def main(argv: list[str] | None = None) -> int:
             name=name, view=args.view, spec=spec, immobile=immobile, flow_config=dataclasses.asdict(ds.flow_config), init_text=init_text,
             config=config, result=result, flow_weight=weight, step="target (annotated videos)", metrics=card_metrics(summary),
             extra={"train_clips": int(len(train_idx)), "val_clips": int(len(val_idx)), "train_time_s": round(train_s, 1), "cv_time_s": summary["cv_time_s"]},
+            input_stats=tr.training_input_stats(ds, train_idx),
         )  # fmt: skip
         model.to("cpu")
         save_model(model, card, args.export_model, half=args.half)

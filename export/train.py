@@ -56,7 +56,7 @@ from tqdm import tqdm
 
 from export import checkpoint as ckpt_io
 from export import distributed
-from export.train_card import make_card
+from export.train_card import INPUT_STATS_CLIPS, make_card, training_input_stats
 from export.train_checkpoint import (BEST_NAME, CHECKPOINT_FORMAT, CHECKPOINT_NAME, LOG_CSV_NAME, LOG_JSONL_NAME,
                                      TrainResult, _check_model_state, _load_checkpoint, _load_state_file, _prefixed,
                                      _save_checkpoint, _unprefixed, _write_logs, load_checkpoint)
@@ -90,10 +90,11 @@ __all__ = [
     "dataset_labels",
     "train",
     "predict_streams",
+    "training_input_stats",
     "main",
 ]
 # re-exported for the tools and tests that import them from here (they live in the modules above)
-_REEXPORTED = (ARENAS_SUFFIX, BEST_NAME, CHECKPOINT_FORMAT, CHECKPOINT_NAME, DEFAULT_FPS, LABEL_SUFFIXES, LOG_JSONL_NAME,
+_REEXPORTED = (INPUT_STATS_CLIPS, ARENAS_SUFFIX, BEST_NAME, CHECKPOINT_FORMAT, CHECKPOINT_NAME, DEFAULT_FPS, LABEL_SUFFIXES, LOG_JSONL_NAME,
                SAMPLER_SEED_STRIDE, VAL_FOLD_INDEX, DataSpec, _class_counts, _data_defaults_from_card, _eval_loader,
                _made_by_synth, _pair_up, _require_file, _seed_worker, _sibling, _split_names, _video_fps, add_data_arguments,
                add_training_arguments, classes_from_args, config_from_args, load_checkpoint, split_validation)
@@ -530,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         name=args.name or args.out.name, view=args.view, spec=spec, immobile=immobile, flow_config=dataclasses.asdict(ds.flow_config),
         init_text=init_text, config=config, result=result, flow_weight=args.flow_weight, step=step,
         extra={"train_clips": len(train_set), "val_clips": 0 if val_set is None else len(val_set), "train_time_s": round(elapsed, 1), "processes": here.world_size},
+        input_stats=training_input_stats(ds, train_idx),
     )  # fmt: skip
     model.to("cpu")
     save_model(model, card, args.out, half=args.half)

@@ -5,14 +5,13 @@ grabs a second or two of frames, takes their median (a swimming mouse moves, the
 so the median is the empty rig), finds the cylinders and writes the arena file plus a PNG with each
 ROI drawn and labelled, for a person to check at a glance::
 
-    side view: dark, thin, vertical walls -> black-hat (closing - image) with a wide horizontal kernel
-               keeps thin dark vertical lines -> column profile -> peaks = walls -> walls in pairs
-    top view:  the cylinder's rim is a circle -> Hough circles on the blurred grey median
+    side view: pairs of walls that start and end together, closed by rims (stream/arena_walls.py)
+    top view:  circles whose rim edge runs all the way round, all of one size (stream/arena_rims.py)
 
-Each ROI is the cylinder plus a margin (``WALL_MARGIN`` of its width: the wall, the mouse's
-reflection on it), cut at the frame and halfway to the next cylinder. ``--view auto`` takes circles
-when they are found, walls otherwise. ``stream-run --check-arenas`` draws the arenas in use the
-same way and exits.
+Each ROI is the cylinder's bounding box (side: rim to base between the walls; top: the circle), as
+``export-synth`` writes the truth and as the models were trained. ``--view auto`` runs both and
+takes the rims when they run round, the walls otherwise. ``stream-run --check-arenas`` draws the
+arenas in use the same way and exits.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from stream.arena_rims import TopFind, find_top_cylinders
+from stream.arena_walls import find_side_cylinders
 from stream.arenas import Arena
 from stream.atomic import atomic_path, atomic_write
 from stream.errors import UserError, cli_main
@@ -40,13 +42,14 @@ __all__ = ["arena_tools", "detect_arenas", "draw_arenas", "grab_median_frame", "
 log = logging.getLogger(__name__)
 
 GRAB_FRAMES = 30  # 2 s at 15 fps: the mouse moves enough for the median to show the empty rig
-WALL_MARGIN = 0.125  # of the wall-to-wall width, each side: the wall and the mouse's reflection on it
-RIM_MARGIN = 0.09  # of the rim radius: the rim's thickness and a little floor around it
-WALL_PEAK_FRACTION = 0.35  # a wall column is at least this fraction of the darkest line's strength
-MIN_WALL_GAP_FRACTION = 0.05  # of the frame width: closer dark lines are one wall
-MIN_RADIUS_FRACTION = 0.15  # of the frame's short side: smaller circles are reflections, not cylinders
-MAX_RADIUS_FRACTION = 0.6
-BLACKHAT_KERNEL_FRACTION = 0.04  # of the frame width: wider than a wall, narrower than a cylinder
+# --view auto: circles are a top view when their rims run round at least AUTO_TOP_SURE, or at least
+# AUTO_TOP_SUPPORT while covering AUTO_TOP_COVER of the frame (top-view cylinders fill 11-35 % of the
+# 20 randomized top rigs; the round clutter of side views, up to 0.84 support, covers <= 20 % at <= 0.54
+# support and <= 5 % above it)
+AUTO_TOP_SURE = 0.9
+SIDE_TALLER_THAN_WIDE = 1.1  # a side-view cylinder's box is taller than wide (aspect 1.15-2 and rims)
+AUTO_TOP_SUPPORT = 0.56
+AUTO_TOP_COVER = 0.1
 LABEL_BGR = (0, 220, 255)
 
 
@@ -77,79 +80,64 @@ def grab_median_frame(source: str | int, frames: int = GRAB_FRAMES) -> np.ndarra
     return np.median(np.stack(got), axis=0).astype(np.uint8)
 
 
-def _side_walls(grey: np.ndarray) -> list[int]:
-    h, w = grey.shape
-    k = max(3, int(w * BLACKHAT_KERNEL_FRACTION) | 1)
-    blackhat = cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, cv2.getStructuringElement(cv2.MORPH_RECT, (k, 1)))
-    band = blackhat[int(0.1 * h): int(0.9 * h)].astype(np.float32)
-    # a wall is dark along most of its height: the median over rows ignores a mouse passing by
-    profile = np.median(band, axis=0)
-    profile = np.convolve(profile, np.ones(3) / 3, mode="same")
-    if profile.max() <= 0:
-        return []
-    threshold = WALL_PEAK_FRACTION * profile.max()
-    gap = max(2, int(MIN_WALL_GAP_FRACTION * w))
-    walls: list[int] = []
-    for x in np.argsort(-profile):
-        if profile[x] < threshold:
-            break
-        if all(abs(int(x) - other) >= gap for other in walls):
-            walls.append(int(x))
-    return sorted(walls)
-
-
-def _detect_side(grey: np.ndarray) -> list[Roi]:
-    h, w = grey.shape
-    walls = _side_walls(grey)
-    if len(walls) % 2:
-        log.warning("found %d cylinder walls (an odd number): the last one is left out", len(walls))
-        walls = walls[:-1]
-    pairs = [(walls[i], walls[i + 1]) for i in range(0, len(walls), 2)]
-    rois = []
-    for j, (left, right) in enumerate(pairs):
-        pad = WALL_MARGIN * (right - left)
-        lo = 0 if j == 0 else (pairs[j - 1][1] + left) // 2
-        hi = w if j == len(pairs) - 1 else (right + pairs[j + 1][0]) // 2
-        x0, x1 = max(lo, int(round(left - pad))), min(hi, int(round(right + pad)))
-        rois.append(Roi(x0, 0, x1 - x0, h))  # side view: a cylinder fills the frame's height
-    return rois
-
-
-def _detect_top(grey: np.ndarray) -> list[Roi]:
-    h, w = grey.shape
-    short = min(h, w)
-    blurred = cv2.GaussianBlur(grey, (0, 0), 2)
-    circles = cv2.HoughCircles(blurred, cv2.HOUGH_GRADIENT, dp=1.2, minDist=2 * MIN_RADIUS_FRACTION * short,
-                               param1=100, param2=40, minRadius=int(MIN_RADIUS_FRACTION * short),
-                               maxRadius=int(MAX_RADIUS_FRACTION * short))
-    if circles is None:
-        return []
-    found = sorted(circles[0].tolist(), key=lambda c: -c[2])
-    kept: list[list[float]] = []
-    for cx, cy, r in found:  # largest first; drop circles inside an accepted one (the water line, a reflection)
-        if all(np.hypot(cx - k[0], cy - k[1]) > 0.8 * (r + k[2]) for k in kept):
-            kept.append([cx, cy, r])
-    rois = []
-    for cx, cy, r in kept:
-        half = r * (1 + RIM_MARGIN)
-        x0, y0 = max(0, int(round(cx - half))), max(0, int(round(cy - half)))
-        x1, y1 = min(w, int(round(cx + half))), min(h, int(round(cy + half)))
-        rois.append(Roi(x0, y0, x1 - x0, y1 - y0))
-    return rois
-
-
 def detect_arenas(image: np.ndarray, view: str = "auto") -> list[Arena]:
-    """Arenas ``A1``.. (left to right, top to bottom) of the cylinders in ``image`` (BGR)."""
+    """Arenas ``A1``.. (left to right, top to bottom) of the cylinders in ``image`` (BGR).
+
+    ``auto`` takes the circles when their rims run round (``AUTO_TOP_SURE``), or when they look
+    like a top-view rig (``_looks_top``) and do not sit inside the side finder's cylinders;
+    otherwise the side finder's walls, if any, else whatever circles there are.
+    """
     if view not in ("auto", "side", "top"):
         raise UserError(f"--view {view}: choose auto, side or top")
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-    rois: list[Roi] = []
-    if view in ("auto", "top"):
-        rois = _detect_top(grey)
-    if not rois and view in ("auto", "side"):
-        rois = _detect_side(grey)
-    rois.sort(key=lambda r: (round(r.y / max(1, r.h)), r.x))
-    return [Arena(f"A{i + 1}", r) for i, r in enumerate(rois)]
+    top = find_top_cylinders(grey) if view in ("auto", "top") else None
+    if view == "top" or (top is not None and top.score >= AUTO_TOP_SURE):
+        return _arenas(list(top.rois))
+    side = find_side_cylinders(grey)
+    if view == "side" or not top.rois:
+        return _arenas(list(side.rois))
+    if _looks_top(top, grey.size) and not _circles_inside_side_cylinders(top.rois, side.rois):
+        return _arenas(list(top.rois))
+    return _arenas(list(side.rois or top.rois))
+
+
+def _arenas(rois: list[Roi]) -> list[Arena]:
+    return [Arena(f"A{i + 1}", r) for i, r in enumerate(_reading_order(rois))]
+
+
+def _looks_top(top: TopFind, frame_px: int) -> bool:
+    cover = sum(math.pi / 4 * r.w * r.h for r in top.rois) / frame_px
+    return bool(top.rois) and (top.score >= AUTO_TOP_SURE or (top.score >= AUTO_TOP_SUPPORT and cover >= AUTO_TOP_COVER))
+
+
+def _circles_inside_side_cylinders(circles: Sequence[Roi], cylinders: Sequence[Roi]) -> bool:
+    """Every circle lies in a side-view cylinder (a box taller than wide), and no box holds two
+    separate circles: the circles are walls and rims seen as round, not a top-view rig (whose
+    columns of circles, which never overlap, the side finder may take for tall boxes)."""
+    def inside(c: Roi, b: Roi) -> bool:
+        cx, cy = c.x + c.w / 2, c.y + c.h / 2
+        return b.x <= cx <= b.x + b.w and b.y <= cy <= b.y + b.h and c.w <= 1.2 * b.w
+
+    tall = [b for b in cylinders if b.h >= SIDE_TALLER_THAN_WIDE * b.w]
+    return (bool(tall) and all(any(inside(c, b) for b in tall) for c in circles)
+            and not any(_separate(c, d) and inside(c, b) and inside(d, b)
+                        for b in tall for i, c in enumerate(circles) for d in circles[i + 1:]))
+
+
+def _separate(c: Roi, d: Roi) -> bool:
+    """Two circles (given by their boxes) that do not overlap: two cylinders seen from above."""
+    return math.hypot(c.x + c.w / 2 - d.x - d.w / 2, c.y + c.h / 2 - d.y - d.h / 2) >= (c.w + d.w) / 2
+
+
+def _reading_order(rois: list[Roi]) -> list[Roi]:
+    """Rows top to bottom (a centre more than half a box lower starts a row), each left to right."""
+    rows: list[list[Roi]] = []
+    for r in sorted(rois, key=lambda r: r.y + r.h / 2):
+        if rows and r.y + r.h / 2 - (rows[-1][0].y + rows[-1][0].h / 2) <= rows[-1][0].h / 2:
+            rows[-1].append(r)
+        else:
+            rows.append([r])
+    return [r for row in rows for r in sorted(row, key=lambda r: r.x)]
 
 
 def draw_arenas(image: np.ndarray, arenas: Sequence[Arena], path: Path) -> Path:
@@ -256,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.web_token_file is not None:
         raise UserError("--web-token-file goes with --web [ADDR]")
     if not arenas:
-        raise UserError(f"no cylinder found in {source} (--view {args.view}); give the ROIs with --roi x,y,w,h")
+        raise UserError(f"no cylinder found in {source} (--view {args.view}); try the other --view, or give the "
+                        "ROIs to stream-run yourself: --roi x,y,w,h (once per arena) or --arenas FILE")
     write_arena_file(arenas, args.out, source=str(source), view=args.view)
     png = draw_arenas(image, arenas, args.out.with_suffix(".png"))
     for a in arenas:

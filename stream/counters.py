@@ -13,7 +13,8 @@ Definitions (seconds are frames / fps; see ``stream.decisions`` for the rules):
 * ``bins``: consecutive ``bin_s`` slices of the test (``BinCounts``; bin k covers seconds
   ``(k-1)*bin_s`` to ``k*bin_s``); a bout is counted in the bin where it begins, so the bins' bouts
   add up to the bouts inside the test duration and their seconds to the seconds inside it,
-* ``gaps``: camera outages (``GapCounts``).
+* ``gaps``: camera outages and frames dropped under load (``GapCounts``); ``quality`` is ``ok`` or
+  says why the figures are not a complete test (``frames_missing>5%``; issue 24).
 """
 
 from __future__ import annotations
@@ -108,10 +109,17 @@ class Counters:
     immobility_bouts: int
     latency_to_first_bout_s: float | None  # test time the first bout began
     last_timestamp_s: float | None  # test clock of the last decided frame
-    test_complete: bool  # the last decided frame reaches the end of the test duration
+    test_complete: bool  # reached the end of the test duration, with no more than the allowed share missing
     scoring_window: WindowCounts
     gaps: GapCounts = field(default_factory=GapCounts)
     bins: tuple[BinCounts, ...] = ()
+    quality: str = "ok"  # "ok", or why the figures cannot be trusted (e.g. "frames_missing>5%")
+
+    @property
+    def missing_share(self) -> float:
+        """Missing frames as a share of the frames the test so far should have had (0..1)."""
+        total = self.frames_classified + self.gaps.frames_missing
+        return self.gaps.frames_missing / total if total else 0.0
 
     def current_bin(self) -> BinCounts | None:
         """The bin holding the last decided frame (None before the first frame or after the test)."""
@@ -136,6 +144,7 @@ class Counters:
             "scoring_window": self.scoring_window.to_json(),
             "gaps": self.gaps.to_json(),
             "bins": [b.to_json() for b in self.bins],
+            "quality": self.quality,
         }
 
     @classmethod
@@ -153,4 +162,5 @@ class Counters:
             scoring_window=WindowCounts.from_json(d["scoring_window"]),
             gaps=GapCounts.from_json(d.get("gaps", {})),
             bins=tuple(BinCounts.from_json(b) for b in d.get("bins", [])),
+            quality=str(d.get("quality", "ok")),
         )

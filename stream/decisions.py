@@ -25,8 +25,17 @@ Conventions (the counters are only useful if everyone reads them the same way):
   bout counts when any of its frames lies in the window; the window latency is measured from the
   window start to the first window frame of a bout (0 when a bout is in progress as the window opens),
   and the window's immobile seconds are only the bout frames inside the window.
-* A camera outage (``gap``) pauses the counters: missing frames count for no behaviour, and an outage
-  ends any run in progress (nobody saw what the mouse did), so a bout never spans a gap.
+* A camera outage or frames dropped under load (``gap``) pause the counters: missing frames count
+  for no behaviour, neither mobile nor immobile. A gap shorter than ``gap_bridge_s`` (1 s) is
+  bridged: the run in progress goes on across it (an overloaded machine dropping a few frames every
+  second must not end every bout before it reaches the minimum, issue 24), the minimum-bout rule
+  measures a run from its first to its last seen frame (the bridged frames included), and only the
+  seen frames are counted as seconds. A longer gap ends any run in progress (nobody saw what the
+  mouse did), so a bout never spans it. Missing frames are counted when the next frame arrives:
+  frames missing after a trial's last decided frame belong to no trial (as in a re-scoring, which
+  sees a gap only as a jump between two rows of the CSV).
+* A trial whose missing share (missing / (classified + missing) frames) is above
+  ``max_missing_share`` (5 %) is not ``test_complete``; ``Counters.quality`` says why.
 * ``Decision.probabilities`` are the model's raw probabilities for that frame, so a CSV of decisions
   can be re-scored later with other settings; ``behaviour`` is the label after smoothing and the
   min-bout rule.
@@ -47,6 +56,9 @@ from stream.trial_summary import TrialSummary
 
 __all__ = [
     "BIN_S_DEFAULT",
+    "GAP_BRIDGE_S_DEFAULT",
+    "MAX_MISSING_SHARE_DEFAULT",
+    "QUALITY_OK",
     "IMMOBILE_CLASSES_DEFAULT",
     "SMOOTHING_MODES",
     "ArenaDecisions",
@@ -78,6 +90,15 @@ _FRAME_ROUNDING_EPS = 1e-9
 # Test clocks are logged (and, in trials, decided on) to 1e-6 s, so the frame before the end of a
 # 4 s test at 15 fps sits at 3.933333 s, and 3.933333 + 1/15 falls 3e-7 s short of 4 s.
 _CLOCK_TOLERANCE_S = 1e-6
+# Issue 24: a gap shorter than this does not end a bout. 1 s is the default minimum bout, so a gap
+# bridged can never hide a whole bout-length of behaviour; an overloaded machine drops a few frames at
+# a time, well under it, while a camera outage (capture.GAP_THRESHOLD_S, also 1 s) is not bridged.
+GAP_BRIDGE_S_DEFAULT = 1.0
+# Issue 24: above this share of missing frames a trial is not a complete test. 5 % of a 6-minute test
+# is 18 s that nobody scored: a complete trial's figures cover (nearly) all of its time, and a row that
+# does not must not look like one (the threshold issue 24 proposed; DecisionConfig.max_missing_share).
+MAX_MISSING_SHARE_DEFAULT = 0.05
+QUALITY_OK = "ok"
 
 
 @dataclass(frozen=True)
@@ -94,6 +115,8 @@ class DecisionConfig:
     hysteresis_enter: float = HYSTERESIS_ENTER_DEFAULT  # P(immobile) at or above which immobility starts
     hysteresis_exit: float = HYSTERESIS_EXIT_DEFAULT  # P(immobile) below which immobility ends
     bin_s: float = BIN_S_DEFAULT  # time bins of the test: bin k covers (k-1)*bin_s to k*bin_s
+    gap_bridge_s: float = GAP_BRIDGE_S_DEFAULT  # a gap shorter than this does not end a bout (0: every gap does)
+    max_missing_share: float = MAX_MISSING_SHARE_DEFAULT  # above it (0..1) a trial is not test_complete
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.fps) and self.fps > 0):
@@ -119,6 +142,10 @@ class DecisionConfig:
         if self.bin_count > MAX_BINS:
             raise UserError(f"--bin-s {self.bin_s:g} over a {self.test_duration_s:g} s test makes {self.bin_count} bins; "
                             f"at most {MAX_BINS}: choose a longer bin")
+        if not (math.isfinite(self.gap_bridge_s) and self.gap_bridge_s >= 0):
+            raise UserError(f"gap bridge must be >= 0 s, got {self.gap_bridge_s}")
+        if not (0.0 <= self.max_missing_share <= 1.0):
+            raise UserError(f"maximum missing share must be in [0, 1], got {self.max_missing_share}")
         if not (0.0 <= self.hysteresis_exit <= self.hysteresis_enter <= 1.0):
             raise UserError(
                 f"hysteresis thresholds need 0 <= exit <= enter <= 1, got exit={self.hysteresis_exit} "
@@ -142,6 +169,11 @@ class DecisionConfig:
     def min_bout_frames(self) -> int:
         """Shortest immobile run, in frames, that is a bout (at least 1)."""
         return max(1, math.ceil(self.min_bout_s * self.fps - _FRAME_ROUNDING_EPS))
+
+    def bridges(self, frames_missing: int) -> bool:
+        """Whether a gap of ``frames_missing`` frames is bridged (decided on frames, not on the source's
+        seconds, so that a re-scoring from the CSV's frame indices decides exactly as the live run)."""
+        return frames_missing / self.fps < self.gap_bridge_s - _FRAME_ROUNDING_EPS
 
 
 @dataclass(frozen=True)
@@ -222,6 +254,7 @@ class ArenaDecisions:
         self._gaps = 0
         self._gap_frames = 0
         self._gap_seconds = 0.0
+        self._gap_uncounted: tuple[int, int, float] = (0, 0, 0.0)  # (gaps, frames, seconds) until the next frame
 
     # ------------------------------------------------------------------ public API
     def update(self, frame_index: int, timestamp_s: float, probs: np.ndarray) -> list[Decision]:
@@ -245,21 +278,28 @@ class ArenaDecisions:
             self.gap(missing, missing / self.config.fps)
         self._last_index = frame_index
         self._gap_since_last = False
+        count, frames, seconds = self._gap_uncounted
+        self._gaps, self._gap_frames, self._gap_seconds = self._gaps + count, self._gap_frames + frames, \
+            self._gap_seconds + seconds
+        self._gap_uncounted = (0, 0, 0.0)
         out, self._ready = self._ready, []
         for labelled in self._smooth(frame_index, float(timestamp_s), p):
             out.extend(self._min_bout(labelled))
         return out
 
     def gap(self, frames_missing: int, seconds_missing: float) -> None:
-        """Record a camera outage: frames held back are decided now, the run in progress ends."""
-        self._ready.extend(self._drain())
-        self._in_bout = False
-        self._bout_counted_in_window = False
-        self._gaps += 1
-        self._gap_frames += max(0, int(frames_missing))
-        self._gap_seconds += max(0.0, float(seconds_missing))
+        """Record missing frames. A long gap (an outage) decides what is held back and ends the run in
+        progress; one shorter than ``gap_bridge_s`` is bridged: smoothing and the run go on across it."""
+        if not self.config.bridges(int(frames_missing)):
+            self._ready.extend(self._drain())
+            self._in_bout = False
+            self._bout_counted_in_window = False
+        # counted when the next frame arrives: missing frames after a trial's last frame (it ended at the
+        # next one) belong to no trial, and a re-scoring, which sees gaps as jumps between rows, agrees
+        self._gap_uncounted = (self._gap_uncounted[0] + 1, self._gap_uncounted[1] + max(0, int(frames_missing)),
+                               self._gap_uncounted[2] + max(0.0, float(seconds_missing)))
         self._gap_since_last = True
-        log.info("arena %s: gap of %d frames (%.2f s) recorded", self.arena_id, frames_missing, seconds_missing)
+        log.debug("arena %s: gap of %d frames (%.2f s) recorded", self.arena_id, frames_missing, seconds_missing)
 
     def flush(self) -> list[Decision]:
         """End of stream: decide every frame still held back (a young immobile run counts as mobile)."""
@@ -277,6 +317,10 @@ class ArenaDecisions:
             return {c: float(n) * period for c, n in zip(self.classes, frames.tolist())}
 
         cfg = self.config
+        seen_and_missing = self._frames_classified + self._gap_frames
+        missing_share = self._gap_frames / seen_and_missing if seen_and_missing else 0.0
+        quality = QUALITY_OK if missing_share <= cfg.max_missing_share + _FRAME_ROUNDING_EPS \
+            else f"frames_missing>{cfg.max_missing_share * 100:g}%"
         bins = tuple(
             BinCounts(start_s=b * cfg.bin_s, end_s=min((b + 1) * cfg.bin_s, cfg.test_duration_s),
                       behaviour_s=per_class(self._bin_frames[b]),
@@ -292,8 +336,9 @@ class ArenaDecisions:
             immobility_bouts=whole.bouts,
             latency_to_first_bout_s=whole.first_bout_s,
             last_timestamp_s=self._last_timestamp_s,
-            test_complete=self._last_timestamp_s is not None
+            test_complete=self._last_timestamp_s is not None and quality == QUALITY_OK
             and self._last_timestamp_s + period >= cfg.test_duration_s - _CLOCK_TOLERANCE_S,
+            quality=quality,
             scoring_window=WindowCounts(
                 start_s=cfg.scoring_window_start_s,
                 end_s=cfg.test_duration_s,
@@ -408,7 +453,9 @@ class ArenaDecisions:
         if self._run_confirmed:
             return [self._emit(f, as_immobile=True)]
         self._pending.append(f)
-        if len(self._pending) < self.config.min_bout_frames:
+        # the run's span in frames: bridged gaps inside it count (nobody saw the mouse move), so an
+        # overloaded machine that drops frames still confirms a bout once it has lasted min_bout_s
+        if f.frame_index - self._pending[0].frame_index + 1 < self.config.min_bout_frames:
             return []
         self._run_confirmed = True
         out = [self._emit(g, as_immobile=True) for g in self._pending]

@@ -129,6 +129,9 @@ class ModelCard:
     created_utc: str = ""
     kind: str = "i3d"  # "i3d" (fused two-stream network) or "motion" (flow threshold baseline, stream/engine/motion.py)
     decisions: dict[str, Any] = field(default_factory=dict)  # stream-run defaults fitted with the model (min_bout_s)
+    # issue 24.12: brightness, contrast, flow magnitude of the training clips ({p01, p50, p99} each,
+    # stream.input_check.input_stats_summary); a trial far outside is warned about. Optional: {} in older cards
+    input_stats: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, where: str = "card") -> None:
         """Types, ranges, classes and the flow settings, all at once: one line naming every bad field.
@@ -172,6 +175,9 @@ class ModelCard:
         dtypes = WEIGHTS_DTYPES.get(self.kind, ())
         if dtypes and self.weights_dtype not in dtypes:
             problems.append(f"weights_dtype of a {self.kind} model must be one of {', '.join(dtypes)}, got {self.weights_dtype!r}")
+        from stream.input_check import input_stats_problems
+
+        problems += input_stats_problems(self.input_stats)
         if not 1 <= self.format_version <= CARD_FORMAT_VERSION:
             problems.append(f"format_version {self.format_version} is not one this swim-stream understands (1..{CARD_FORMAT_VERSION}); upgrade swim-stream")
         if self.kind not in MODEL_KINDS:

@@ -20,6 +20,16 @@ every decision comes at least ``FUTURE_FRAMES / fps`` seconds (0.47 s at 15 fps)
 captured, plus processing time. ``--stride k`` runs the model on every k-th centre only and gives the
 frames in between the last prediction; flow still runs on every frame (each clip needs all 16).
 
+Falling behind (issue 24): on a live source or a paced (``--realtime``) video, frames the pipeline
+cannot take are dropped by the capture queue, and dropped frames are unseen behaviour. So before it
+comes to that, the pipeline raises the stride itself: when a frame reaches it more than
+``BEHIND_LAG_S`` after its capture, or frames were dropped, the stride doubles (up to
+``max_stride_frames``, one model call a second); every frame
+still goes through flow and decisions, only the model runs less often. Once frames arrive fresh
+again (under ``CAUGHT_UP_LAG_S`` for ``STRIDE_RELAX_S``) it halves back towards ``--stride``. The
+strides used (maximum, mean effective = frames classified per model call) go into the run block
+of every summary.
+
 At the end of the stream, and at every gap (camera outage, frames dropped on a full queue), the
 last 7 frames are classified with clips padded by repeating the edge frame
 (``stream.preprocess.clip_indices``) and the ring restarts, so flow never spans a discontinuity.
@@ -27,6 +37,7 @@ last 7 frames are classified with clips padded by repeating the edge frame
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -42,6 +53,7 @@ from stream.arenas import Arena
 from stream.capture import EndOfStream, Frame, Gap
 from stream.decisions import ArenaDecisions, Decision
 from stream.engine.base import Engine  # the one engine type (warmup / predict / close), every backend
+from stream.input_check import ArenaInputCheck, InputReference, clip_input_stats, warn
 from stream.outputs.base import FrameEvent, GapEvent, Output, Status, broadcast
 from stream.preprocess import FUTURE_FRAMES, crop_resize
 from stream.ring import ClipRing
@@ -57,6 +69,23 @@ LATENCY_SAMPLES_KEPT = 10_000  # for the end-of-run percentiles; bounded memory 
 META_FRAMES_KEPT = 64  # capture times kept per frame index (> clip + smoothing look-ahead)
 DROPPED_REASON = "frames dropped"  # a gap we caused (full queue), as opposed to one the source had
 GAP_LOG_INTERVAL_S = 10.0  # an overloaded live run drops often: one warning per interval, all counted
+# Adaptive stride (issue 24). A frame that waited this long in the capture queue means the pipeline
+# is behind: 0.5 s is 7-8 frames at 15 fps, an eighth of the default 64-frame queue, so the stride
+# can double a few times before the queue fills and frames are dropped.
+BEHIND_LAG_S = 0.5
+CAUGHT_UP_LAG_S = 0.15  # about two frame periods at 15 fps: the queue is (nearly) empty again
+STRIDE_RAISE_INTERVAL_S = 1.0  # let a raised stride drain the queue before raising it again
+STRIDE_RELAX_S = 5.0  # caught up for this long before the stride is lowered: no flapping every second
+STRIDE_RELAX_MAX_S = 60.0  # the wait before lowering doubles each time lowering made it fall behind again
+# The adaptive stride goes up to one model call per second (15 frames at 15 fps): still one prediction
+# per default minimum bout. Beyond it a machine is too slow for real time at all; what it drops then is
+# counted, and a trial with over 5 % missing says so (stream.decisions)
+MAX_ADAPTIVE_STRIDE_S = 1.0
+
+
+def max_adaptive_stride(fps: float) -> int:
+    """The most the adaptive stride goes to at ``fps``: one model call per ``MAX_ADAPTIVE_STRIDE_S``."""
+    return max(1, round(MAX_ADAPTIVE_STRIDE_S * fps))
 
 
 def look_ahead_s(fps: float) -> float:
@@ -71,12 +100,16 @@ class PipelineConfig:
     stride_frames: int = 1  # run the model on every k-th centre frame, repeat its prediction between
     flow_warm_start: bool = True  # seed TV-L1 with the previous pair's flow (False: exactly as in training)
     live_counters_interval_s: float = LIVE_COUNTERS_INTERVAL_S
+    adaptive_stride: bool = False  # raise the stride when behind (live or paced sources, where frames drop)
+    max_stride_frames: int | None = None  # the most the adaptive stride goes to (None: max_adaptive_stride(fps))
 
     def __post_init__(self) -> None:
-        if self.stride_frames < 1:
-            from stream.errors import UserError
+        from stream.errors import UserError
 
+        if self.stride_frames < 1:
             raise UserError(f"--stride must be >= 1, got {self.stride_frames}")
+        if self.max_stride_frames is not None and self.max_stride_frames < 1:
+            raise UserError(f"the maximum stride must be >= 1, got {self.max_stride_frames}")
 
 
 @dataclass
@@ -97,6 +130,14 @@ class RunResult:
     flow_s: float = 0.0
     model_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)  # capture of the centre frame -> its decision
+    stride_frames: int = 1  # the stride asked for (--stride)
+    stride_max_frames: int = 1  # the largest stride the pipeline used (adaptive: raised when behind)
+    stride_changes: int = 0  # times the adaptive stride was raised or lowered
+
+    @property
+    def stride_mean_frames(self) -> float:
+        """Frames classified per model call: the mean effective stride."""
+        return self.frames_classified / self.model_calls if self.model_calls else float(self.stride_frames)
 
     @property
     def fps(self) -> float:
@@ -119,6 +160,8 @@ class RunResult:
             "model_calls": self.model_calls,
             "gaps": self.gaps,
             "frames_missing": self.frames_missing,
+            "stride": {"asked_frames": self.stride_frames, "max_frames": self.stride_max_frames,
+                       "mean_frames": round(self.stride_mean_frames, 3), "changes": self.stride_changes},
             "wall_s": round(self.wall_s, 3),
             "fps": round(self.fps, 2),
             "flow_s": round(self.flow_s, 3),
@@ -148,6 +191,7 @@ class Pipeline:
         heartbeat: Callable[[], None] | None = None,
         stop_event: threading.Event | None = None,
         capture_stats: Any | None = None,
+        input_reference: InputReference | None = None,
     ) -> None:
         self.engine = engine
         self.arenas = list(arenas)
@@ -160,7 +204,15 @@ class Pipeline:
         self.heartbeat = heartbeat
         self.stop_event = stop_event or threading.Event()
         self.capture_stats = capture_stats
-        self.result = RunResult()
+        # issue 24.12: per arena, the trial's input statistics and labels (None: not checked)
+        self.input_checks = {a.id: ArenaInputCheck(input_reference) for a in self.arenas} \
+            if input_reference is not None else {}
+        self.result = RunResult(stride_frames=config.stride_frames, stride_max_frames=config.stride_frames)
+        self.stride_frames = config.stride_frames  # the stride in use now (adaptive: may be raised)
+        self._stride_changed_at = time.monotonic()
+        self._caught_up_since: float | None = None
+        self._lowered_at: float | None = None
+        self._relax_s = STRIDE_RELAX_S
         self._meta: dict[int, tuple[float, float]] = {}  # frame index -> (timestamp_s, captured_monotonic_s)
         self._next_center: int | None = None  # next centre frame to classify in this segment
         self._last_probs: np.ndarray | None = None
@@ -219,11 +271,15 @@ class Pipeline:
         if self._expected is not None and frame.index != self._expected:
             missing = frame.index - self._expected
             if missing > 0:
+                if self.config.adaptive_stride:  # the queue was full: behind, whatever the wait says
+                    self._adapt_stride(time.monotonic() - frame.captured_monotonic_s, dropped=True)
                 self._gap(missing, missing / self.config.fps, f"{DROPPED_REASON} (pipeline too slow; try --stride)")
             else:
                 log.warning("frame %d arrived after %d; ignored", frame.index, self._expected - 1)
                 return
         self._expected = frame.index + 1
+        if self.config.adaptive_stride and self.result.frames_processed:  # a file's first frame was read
+            self._adapt_stride(time.monotonic() - frame.captured_monotonic_s)  # at the checks, before the model load
         crops = np.stack([crop_resize(frame.image, a.roi, self.config.size_px) for a in self.arenas])
         t0 = time.perf_counter()
         self.ring.push(crops, frame.index)
@@ -260,11 +316,14 @@ class Pipeline:
 
     def _classify(self, center: int, last: int) -> None:
         assert self.ring.segment_start is not None
-        use_model = self._last_probs is None or (center - self.ring.segment_start) % self.config.stride_frames == 0
+        use_model = (self._last_probs is None or self._last_model_center is None
+                     or not 0 < center - self._last_model_center < self.stride_frames)
+        clip_stats = None  # issue 24.12: the clip's input statistics, per arena
         if self._stream is not None:  # the stream predicted every frame already; stride only picks which to use
             stepped = self._stream_probs.pop(center)
             if use_model:
                 self._last_probs = stepped
+                self._last_model_center = center
         elif use_model:
             rgb, flow = self.ring.clip(center, last)
             t0 = time.perf_counter()
@@ -273,7 +332,9 @@ class Pipeline:
             self.result.model_s += dt
             self.result.model_calls += 1
             broadcast(self.outputs, "on_model", dt)
+            clip_stats = clip_input_stats(rgb, flow) if self.input_checks else None
             self._last_probs = probs
+            self._last_model_center = center
         probs = self._last_probs
         assert probs is not None
         timestamp_s, captured_s = self._meta.get(center, (center / self.config.fps, time.monotonic()))
@@ -281,14 +342,25 @@ class Pipeline:
         for a, arena in enumerate(self.arenas):
             for d in self.decisions[arena.id].update(center, timestamp_s, probs[a]):
                 self._emit(arena.id, d, captured_s)
+            if self.input_checks:  # after the update: a trial that starts at this frame counts it
+                check = self.input_checks[arena.id]
+                if clip_stats is not None:
+                    check.add_clip(clip_stats[a])
+                check.add_prediction(probs[a])
 
     def _emit(self, arena_id: str, decision: Decision | TrialStarted | TrialEnded, captured_s: float | None) -> None:
         if isinstance(decision, TrialStarted):
+            if arena_id in self.input_checks:
+                self.input_checks[arena_id].reset()
             broadcast(self.outputs, "on_trial_start", decision.trial)
             return
         if isinstance(decision, TrialEnded):
             summary = decision.summary if decision.summary.run is not None \
                 else decision.summary.with_run(self.result.to_dict())
+            if arena_id in self.input_checks and summary.input_check is None:
+                check = self.input_checks[arena_id].result()
+                summary = dataclasses.replace(summary, input_check=check)
+                warn(arena_id, decision.trial.trial_id, check["warnings"])
             broadcast(self.outputs, "on_trial_end", decision.trial, summary)
             if self.trials is not None:
                 self.trials.on_trial_ended(arena_id)
@@ -329,7 +401,42 @@ class Pipeline:
         self.ring.reset()
         self._stream_probs.clear()
         self._next_center = None
-        self._last_probs = None
+        # the last prediction stays: a centre less than a stride after it (a few frames dropped) is
+        # filled with it, as stride fill does; after a longer gap the model runs on the first centre.
+        # Restarting the model at every drop cost a model call per gap, which made the next drop
+        # (issue 24: a run behind at stride 8 still called the model every 1.7 frames)
+
+    def _adapt_stride(self, lag_s: float, *, dropped: bool = False) -> None:
+        """Raise the stride when frames wait too long in the queue or were dropped from it; lower it
+        once they arrive fresh again. A stride that had to be raised again soon after it was lowered
+        waits twice as long before the next lowering (up to ``STRIDE_RELAX_MAX_S``): no flapping."""
+        now = time.monotonic()
+        stride, base, result = self.stride_frames, self.config.stride_frames, self.result
+        if dropped or lag_s > BEHIND_LAG_S:
+            self._caught_up_since = None
+            cap = max(base, self.config.max_stride_frames or max_adaptive_stride(self.config.fps))
+            if stride < cap and now - self._stride_changed_at >= STRIDE_RAISE_INTERVAL_S:
+                if self._lowered_at is not None and now - self._lowered_at < self._relax_s * 2:
+                    self._relax_s = min(STRIDE_RELAX_MAX_S, self._relax_s * 2)
+                self.stride_frames = min(cap, stride * 2)
+                self._stride_changed_at = now
+                result.stride_changes += 1
+                result.stride_max_frames = max(result.stride_max_frames, self.stride_frames)
+                log.warning("falling behind (%s): model on every %d%s frame", "frames dropped" if dropped else
+                            f"frames wait {lag_s:.2f} s", self.stride_frames, _ordinal_suffix(self.stride_frames))
+            return
+        if lag_s >= CAUGHT_UP_LAG_S or stride <= base:
+            self._caught_up_since = None
+            return
+        if self._caught_up_since is None:
+            self._caught_up_since = now
+        elif now - self._caught_up_since >= self._relax_s:
+            self.stride_frames = max(base, stride // 2)
+            self._stride_changed_at = self._lowered_at = now
+            self._caught_up_since = None
+            result.stride_changes += 1
+            log.info("caught up: model on every %d%s frame again", self.stride_frames,
+                     _ordinal_suffix(self.stride_frames))
 
     def _gap(self, frames_missing: int, seconds_missing: float, reason: str) -> None:
         self._end_segment()
@@ -342,10 +449,9 @@ class Pipeline:
             log.warning("gap: %d frames (%.2f s) missing: %s (%d gaps so far)", frames_missing, seconds_missing,
                         reason, len(self.result.gaps))
         for arena in self.arenas:
-            dec = self.decisions[arena.id]
-            dec.gap(frames_missing, seconds_missing)
-            for d in dec.flush():
-                self._emit(arena.id, d, None)
+            # no flush: a short gap is bridged (the run goes on, stream.decisions); what a long one
+            # decides comes out with the arena's next update, in order, as in a re-scoring
+            self.decisions[arena.id].gap(frames_missing, seconds_missing)
         broadcast(self.outputs, "on_gap", GapEvent(int(frames_missing), float(seconds_missing), reason,
                                                    dropped=reason.startswith(DROPPED_REASON)))
 
@@ -376,7 +482,12 @@ class Pipeline:
             trials=self.trials.snapshot() if self.trials is not None else {},
             latency_p50_s=_median_recent(self.result.latencies_s),
             final=final,
+            stride_frames=self.stride_frames,
         )
+
+
+def _ordinal_suffix(n: int) -> str:
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
 def _median_recent(values: list[float], n: int = 100) -> float | None:
@@ -395,6 +506,8 @@ def format_status(status: Status, last_behaviour: dict[str, str] | None = None) 
         head += f" dropped {status.frames_dropped}"
     if status.gaps:
         head += f" gaps {status.gaps}"
+    if getattr(status, "stride_frames", 1) > 1:
+        head += f" stride {status.stride_frames}"
     parts.append(head)
     for arena_id, c in status.arenas.items():
         if c is None:

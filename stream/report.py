@@ -139,8 +139,9 @@ def rescore(summary_path: Path, frames_path: Path, overrides: dict) -> TrialSumm
     trial = {**saved["trial"], "test_complete": counters.test_complete} if "trial" in saved else None
     rescored = {"from": str(frames_path), "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}}
+    # what the CSV cannot rebuild (trial, provenance, run, input check) is kept from the saved summary
     return dataclasses.replace(arena.trial_summary(trial=trial, provenance=saved.get("provenance")),
-                               run=saved.get("run"), extra={"rescored": rescored})
+                               run=saved.get("run"), input_check=saved.get("input_check"), extra={"rescored": rescored})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,10 @@ for up to ``--give-up-s`` (0: until stopped), with systemd's STATUS saying so an
 Then one loop per source runs ``stream.pipeline.Pipeline``; its outputs are per-arena CSVs and summary JSONs under ``--out``,
 ZeroMQ messages, Prometheus metrics and an optional annotated preview.
 
+Settings come from the flags or from a TOML file (``--config FILE.toml``: one table per group of
+``stream.run_config.RunConfig``; flags typed on the command line win over the file). This module is
+only the parser: ``stream.run_config`` checks the settings, ``stream.runner`` runs them.
+
 Exit status: 0 at the end of the input or after SIGTERM (a requested stop: systemd's
 ``Restart=on-failure`` must not restart us); 130 after SIGINT (Ctrl-C, so batch scripts notice);
 1 when a live source gave up (reconnecting, or waiting for it at start) or capture failed; 2 for a
@@ -28,7 +32,7 @@ from pathlib import Path
 
 from stream.capture import DEFAULT_GIVE_UP_S, DEFAULT_INITIAL_BACKOFF_S, DEFAULT_MAX_BACKOFF_S, DEFAULT_QUEUE_FRAMES, quiet_opencv_logging
 from stream.control import DEFAULT_CONTROL_ENDPOINT
-from stream.decisions import BIN_S_DEFAULT, SMOOTHING_MODES
+from stream.decisions import BIN_S_DEFAULT, GAP_BRIDGE_S_DEFAULT, SMOOTHING_MODES
 from stream.errors import cli_main
 from stream.outputs.metrics import DEFAULT_METRICS_PORT
 from stream.outputs.publisher import DEFAULT_ENDPOINT as DEFAULT_ZMQ_ENDPOINT
@@ -71,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--stride", type=int, default=1, metavar="K",
                    help="run the model on every K-th frame and repeat its prediction in between (slow machines; "
                         "default: 1)")
+    m.add_argument("--max-stride", type=int, default=None, metavar="K",
+                   help="live or --realtime sources: when the pipeline falls behind it raises the stride up to K "
+                        "before frames are dropped (default: one model call a second, 15 at 15 fps; give --stride's value "
+                        "to keep it fixed)")
 
     a = p.add_argument_group("arenas")
     a.add_argument("--roi", action="append", default=[], metavar="x,y,w,h",
@@ -93,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--scoring-window-s", "--scoring-window", type=float, default=SCORING_WINDOW_S_DEFAULT, dest="scoring_window_s",
                    help="scored over the last this-many seconds of the test (default: %(default)s)")
     d.add_argument("--immobile-classes", default=None, metavar="A,B", help="default: the model card's")
+    d.add_argument("--gap-bridge-s", type=float, default=GAP_BRIDGE_S_DEFAULT,
+                   help="missing frames shorter than this do not end an immobility bout; they count as missing, "
+                        "neither mobile nor immobile (default: %(default)s; 0: every gap ends the bout)")
     d.add_argument("--bin-s", type=float, default=BIN_S_DEFAULT,
                    help="time bins of each trial, s: per-bin seconds and bouts (default: %(default)s, per minute)")
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from stream.capture import DEFAULT_GIVE_UP_S, DEFAULT_MAX_BACKOFF_S, DEFAULT_QUEUE_FRAMES
 from stream.control import DEFAULT_CONTROL_ENDPOINT
-from stream.decisions import BIN_S_DEFAULT, SMOOTHING_MODES
+from stream.decisions import BIN_S_DEFAULT, GAP_BRIDGE_S_DEFAULT, SMOOTHING_MODES
 from stream.errors import UserError
 from stream.outputs.metrics import DEFAULT_METRICS_PORT
 from stream.outputs.publisher import DEFAULT_ENDPOINT as DEFAULT_ZMQ_ENDPOINT
@@ -80,6 +80,7 @@ class ModelConfig:
     device: str | None = None  # None: the best present
     flow_warm_start: bool = True
     stride: int = 1  # model on every stride-th frame
+    max_stride: int | None = None  # live/paced sources: the adaptive stride's ceiling (None: one call a second)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class DecisionOptions:
     scoring_window_s: float = SCORING_WINDOW_S_DEFAULT
     immobile_classes: tuple[str, ...] | None = None  # None: the card's
     bin_s: float = BIN_S_DEFAULT
+    gap_bridge_s: float = GAP_BRIDGE_S_DEFAULT  # a shorter gap does not end a bout (0: every gap does)
 
 
 @dataclass(frozen=True)
@@ -202,11 +204,12 @@ _FLAGS: tuple[tuple[str, str, str, Any], ...] = (
     ("roi", "arenas", "rois", _opt_tuple), ("arenas", "arenas", "file", None), ("check_arenas", "arenas", "check", None),
     ("model", "model", "dir", None), ("view", "model", "view", None), ("engine", "model", "engine", None),
     ("device", "model", "device", None), ("no_flow_warm_start", "model", "flow_warm_start", lambda v: not v),
-    ("stride", "model", "stride", None),
+    ("stride", "model", "stride", None), ("max_stride", "model", "max_stride", None),
     ("smoothing", "decisions", "smoothing", None), ("smoothing_window", "decisions", "smoothing_window", None),
     ("min_bout_s", "decisions", "min_bout_s", None), ("test_duration_s", "decisions", "test_duration_s", None),
     ("scoring_window_s", "decisions", "scoring_window_s", None),
     ("immobile_classes", "decisions", "immobile_classes", _classes), ("bin_s", "decisions", "bin_s", None),
+    ("gap_bridge_s", "decisions", "gap_bridge_s", None),
     ("trials", "trials", "mode", None), ("schedule", "trials", "schedule", None),
     ("zmq_state", "trials", "control", None),  # the old name of --control: --control wins
     ("control", "trials", "control", lambda v: _SKIP if v is None else v),
@@ -339,6 +342,8 @@ def _check(c: RunConfig) -> None:
         raise UserError("give exactly one of --camera N, --video PATH..., --url URL")
     if c.model.stride < 1:
         raise UserError(f"--stride {c.model.stride}: must be >= 1")
+    if c.model.max_stride is not None and c.model.max_stride < c.model.stride:
+        raise UserError(f"--max-stride {c.model.max_stride}: must be >= --stride ({c.model.stride})")
     if s.max_frames is not None and s.max_frames < 1:
         raise UserError(f"--max-frames {s.max_frames}: must be >= 1")
     if c.arenas.rois and c.arenas.file:

@@ -66,7 +66,8 @@ def decision_config(options: DecisionOptions, card: ModelCard) -> DecisionConfig
         else float(card.decisions.get("min_bout_s", MIN_BOUT_S_DEFAULT))
     return DecisionConfig(fps=card.fps, smoothing=options.smoothing, smoothing_window_frames=options.smoothing_window,
                           min_bout_s=min_bout_s, immobile_classes=immobile, test_duration_s=options.test_duration_s,
-                          scoring_window_s=options.scoring_window_s, bin_s=options.bin_s)
+                          scoring_window_s=options.scoring_window_s, bin_s=options.bin_s,
+                          gap_bridge_s=options.gap_bridge_s)
 
 
 def run_video(config: RunConfig, card: ModelCard, engine: Any, arenas: Sequence[Arena], *,
@@ -513,6 +514,7 @@ class Runner:
     def _run_one(self, source: _Source, card: ModelCard, flow, *, multi: bool) -> int:
         """One source: its trials start, the pipeline runs, the trials end with their summaries."""
         from stream.outputs.base import broadcast
+        from stream.input_check import InputReference
         from stream.outputs.console import summary_table
         from stream.pipeline import Pipeline, PipelineConfig
 
@@ -543,9 +545,13 @@ class Runner:
             pipeline = Pipeline(
                 self.engine, flow, source.arenas, book.arenas,
                 PipelineConfig(fps=card.fps, size_px=self.engine.input_size_px, stride_frames=c.model.stride,
-                               flow_warm_start=c.model.flow_warm_start),
+                               flow_warm_start=c.model.flow_warm_start,
+                               adaptive_stride=source.spec.live or c.source.realtime,  # where frames can be dropped
+                               max_stride_frames=c.model.max_stride),
                 outputs=outputs, trials=book, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
                 capture_stats=capture.stats,
+                input_reference=InputReference(model=card.name, classes=tuple(card.classes), fps=card.fps,
+                                               input_stats=card.input_stats),
             )
             self.book = book
             if self.web is not None:

@@ -24,7 +24,7 @@ __all__ = ["TrialSummary", "SUMMARY_VERSION", "as_summary"]
 SUMMARY_VERSION = 1
 # the keys this class knows, in the file's order; anything else (e.g. "rescored") is kept in ``extra``
 _KNOWN = ("arena_id", "classes", "immobile_classes", "config", "frames_held_back", "counters", "trial",
-          "provenance", "run")
+          "provenance", "run", "input_check")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class TrialSummary:
     trial: Mapping[str, Any] | None = None  # the trial's identity and how it ended (Trial.to_json + end)
     provenance: Mapping[str, Any] | None = None  # model, checksum, version, ROI, source, flow, run config
     run: Mapping[str, Any] | None = None  # the run block: source, engine, capture statistics, end reason
+    input_check: Mapping[str, Any] | None = None  # the trial's input vs the model's training (stream.input_check)
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys of other writers (a re-score's "rescored")
 
     @property
@@ -63,7 +64,7 @@ class TrialSummary:
             "frames_held_back": self.frames_held_back,
             "counters": self.counters.to_json(),
         }
-        for key in ("trial", "provenance", "run"):
+        for key in ("trial", "provenance", "run", "input_check"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = dict(value)
@@ -89,6 +90,7 @@ class TrialSummary:
             trial=d.get("trial"),
             provenance=d.get("provenance"),
             run=d.get("run"),
+            input_check=d.get("input_check"),
             extra={k: v for k, v in d.items() if k not in _KNOWN},
         )
 

@@ -163,13 +163,99 @@ def test_gap_splits_a_bout_in_two() -> None:
 
 
 def test_skipped_frames_without_gap_call_are_recorded_as_a_gap() -> None:
-    arena = ArenaDecisions("A", SIDE, DecisionConfig(fps=10.0))
+    arena = ArenaDecisions("A", SIDE, DecisionConfig(fps=10.0, gap_bridge_s=0.0))
     arena.update(0, 0.0, probs_for("float"))
     arena.update(4, 0.4, probs_for("float"))
     gaps = arena.counters().to_json()["gaps"]
     assert gaps["count"] == 1 and gaps["frames_missing"] == 3
     assert gaps["seconds_missing"] == pytest.approx(0.3)
-    assert arena.counters().to_json()["immobility_bouts"] == 2
+    assert arena.counters().to_json()["immobility_bouts"] == 2  # no bridge: the gap ends the bout
+
+
+def _dropping(pattern: str, config: DecisionConfig, drop_every: int, *, drop: int = 1,
+              explicit_gaps: bool = False) -> tuple[ArenaDecisions, list[Decision]]:
+    """``pattern`` with ``drop`` frames missing after every ``drop_every`` seen: an overloaded machine."""
+    arena = ArenaDecisions("A", SIDE, config)
+    out: list[Decision] = []
+    seen = 0
+    i = 0
+    while i < len(pattern):
+        out += arena.update(i, i / config.fps, probs_for(LETTER[pattern[i]]))
+        seen += 1
+        i += 1
+        if seen % drop_every == 0 and i + drop < len(pattern):
+            if explicit_gaps:
+                arena.gap(drop, drop / config.fps)
+            i += drop
+    out += arena.flush()
+    return arena, out
+
+
+@pytest.mark.parametrize("explicit_gaps", [False, True])
+@pytest.mark.parametrize("smoothing", ["none", "average", "hysteresis"])
+def test_short_gaps_are_bridged_so_bouts_survive_dropped_frames(explicit_gaps: bool, smoothing: str) -> None:
+    """Issue 24: frames dropped every few frames erased every bout (each gap ended the run)."""
+    fps = 15.0
+    pattern = "S" * 30 + "F" * 90 + "S" * 30 + "F" * 60  # two 6 s / 4 s floats, 14 s at 15 fps
+    config = DecisionConfig(fps=fps, min_bout_s=1.0, smoothing=smoothing, test_duration_s=len(pattern) / fps,
+                            scoring_window_s=len(pattern) / fps)
+    full, _ = run(pattern, config)
+    dropped, out = _dropping(pattern, config, drop_every=4, drop=2, explicit_gaps=explicit_gaps)  # a third missing
+    c, ref = dropped.counters(), full.counters()
+    assert ref.immobility_bouts == 2 and ref.immobile_s == pytest.approx(10.0)
+    assert c.immobility_bouts == 2  # each bout survives its gaps, and is counted once
+    # missing frames are neither mobile nor immobile: seconds are the seen frames'
+    seen_float = sum(1 for d in out if d.behaviour == "float")
+    assert c.immobile_s == pytest.approx(seen_float / fps)
+    assert c.immobile_s / ref.immobile_s == pytest.approx(2 / 3, abs=0.05)  # the seen share of the float frames
+    assert c.immobile_s + c.mobile_s == pytest.approx(c.frames_classified / fps)
+    assert c.gaps.frames_missing == out[-1].frame_index + 1 - c.frames_classified  # up to the last seen frame
+    assert sum(b.immobile_s for b in c.bins) == pytest.approx(c.immobile_s)  # bins still add up
+    assert c.quality == "frames_missing>5%" and c.test_complete is False
+    assert ref.quality == "ok" and ref.test_complete is True
+
+
+def test_bridged_run_counts_its_span_for_the_minimum_bout() -> None:
+    """Seen 3 + 2 bridged + 3 frames of float at 8 fps span 1 s: a bout, of 6 seen frames (0.75 s)."""
+    config = DecisionConfig(fps=8.0, min_bout_s=1.0)
+    arena = ArenaDecisions("A", SIDE, config)
+    out = []
+    for i in (0, 1, 2, 5, 6, 7):
+        out += arena.update(i, i / 8.0, probs_for("float"))
+    out += arena.update(8, 1.0, probs_for("swim"))
+    out += arena.flush()
+    c = arena.counters()
+    assert c.immobility_bouts == 1 and c.immobile_s == pytest.approx(0.75)
+    assert [d.immobile for d in out] == [True] * 6 + [False]
+    assert c.gaps.count == 1 and c.gaps.frames_missing == 2
+
+
+def test_a_gap_as_long_as_the_bridge_ends_the_run() -> None:
+    config = DecisionConfig(fps=10.0, min_bout_s=0.5, gap_bridge_s=1.0)
+    arena = ArenaDecisions("A", SIDE, config)
+    for i in range(3):
+        arena.update(i, i / 10, probs_for("float"))
+    arena.gap(10, 1.0)  # 1 s: not shorter than the bridge
+    for i in range(13, 16):
+        arena.update(i, i / 10, probs_for("float"))
+    arena.flush()
+    c = arena.counters()
+    assert c.immobility_bouts == 0 and c.immobile_s == 0.0  # two 0.3 s runs, neither a bout
+
+
+def test_missing_share_threshold_decides_test_complete() -> None:
+    config = DecisionConfig(fps=10.0, test_duration_s=10.0, scoring_window_s=5.0)
+    for missing, complete in ((5, True), (6, False)):  # 5 of 100 frames is 5 %: allowed; 6 is not
+        arena = ArenaDecisions("A", SIDE, config)
+        for i in range(100):
+            if 50 <= i < 50 + missing:
+                continue
+            arena.update(i, i / 10, probs_for("swim"))
+        arena.flush()
+        c = arena.counters()
+        assert c.test_complete is complete, missing
+        assert c.quality == ("ok" if complete else "frames_missing>5%")
+        assert c.missing_share == pytest.approx(missing / 100)
 
 
 def test_average_smoothing_removes_a_one_frame_spike() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import urllib.request
 
@@ -140,3 +141,46 @@ def test_camera_label_names_the_source_without_credentials() -> None:
     assert camera_label("camera", "0") == "camera0"
     assert camera_label("file", "/data/runs/mouse 3.mp4") == "mouse 3.mp4"
     assert camera_label("url", "http://cam.lab:8080/video?x=1") == "cam.lab:8080/video"
+
+
+def test_missing_frames_stride_and_out_of_depth_are_metrics() -> None:
+    """Issue 24: the share of a trial's frames missing (alerted on above 5 %), the stride in use, and
+    a trial the model was out of its depth on."""
+    from stream.decisions import ArenaDecisions, DecisionConfig
+    from stream.outputs.base import Status
+    from stream.trials import Trial
+
+    m = Metrics(port=None)
+    m.start_source("cam", ["A"], ["swim", "struggle", "float"])
+    arena = ArenaDecisions("A", ["swim", "struggle", "float"], DecisionConfig(fps=10.0))
+    for i in list(range(10)) + list(range(14, 20)):  # 4 of 20 frames dropped
+        arena.update(i, i / 10, np.array([0.8, 0.1, 0.1]))
+    m.on_status(Status(frames_processed=16, frames_captured=20, fps=9.0, frames_dropped=4, gaps=1,
+                       arenas={"A": arena.counters()}, stride_frames=4))
+    reg = m.registry
+    assert reg.get_sample_value("swim_stream_frames_missing_ratio", {"arena": "A"}) == pytest.approx(0.2)
+    assert reg.get_sample_value("swim_stream_stride_frames") == 4
+    trial = Trial("A-t001", "A")
+    ended = arena.trial_summary()
+    m.on_trial_end(trial, dataclasses.replace(ended, input_check={"warnings": ["brightness ..."]}))
+    assert reg.get_sample_value("swim_stream_out_of_depth", {"arena": "A"}) == 1
+    m.on_trial_start(trial)
+    m.on_trial_end(trial, dataclasses.replace(ended, counters=dataclasses.replace(ended.counters, test_complete=True),
+                                              input_check={"warnings": []}))
+    assert reg.get_sample_value("swim_stream_out_of_depth", {"arena": "A"}) == 0
+
+
+def test_alert_rules_cover_missing_frames() -> None:
+    import shutil
+    import subprocess
+
+    from pathlib import Path
+
+    import yaml
+
+    rules = Path(__file__).resolve().parents[1] / "monitoring" / "alerts.yml"
+    alerts = {r["alert"]: r for g in yaml.safe_load(rules.read_text())["groups"] for r in g["rules"]}
+    assert "swim_stream_frames_missing_ratio" in alerts["SwimStreamFramesMissing"]["expr"]
+    assert "0.05" in alerts["SwimStreamFramesMissing"]["expr"]
+    if shutil.which("promtool"):
+        subprocess.run(["promtool", "check", "rules", str(rules)], check=True)

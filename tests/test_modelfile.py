@@ -218,6 +218,36 @@ def test_bad_cards_are_refused_when_saving_too(tiny_model, tmp_path):
         save_model(tiny_model, make_card(input_size_px="32"), tmp_path / "m2")
 
 
+def test_input_stats_are_an_optional_checked_card_field(tmp_path, tiny_model, caplog):
+    """Issue 24.12: training records the input statistics; older cards without them still load."""
+    stats = {"clips": 10, "brightness": {"p01": 50.0, "p50": 90.0, "p99": 130.0},
+             "contrast": {"p01": 5.0, "p50": 10.0, "p99": 30.0}, "flow_magnitude": {"p01": 0.0, "p50": 0.2, "p99": 1.0}}
+    d = save_model(tiny_model, make_card(input_stats=stats), tmp_path / "m")
+    with caplog.at_level("WARNING"):
+        assert load_card(d).input_stats == stats
+    assert "unknown card field" not in caplog.text
+    card = json.loads((d / CARD_FILE).read_text())
+    del card["input_stats"]  # a card written before the field existed
+    (d / CARD_FILE).write_text(json.dumps(card))
+    assert load_card(d).input_stats == {}
+    card["input_stats"] = {**stats, "contrast": {"p01": 30.0, "p50": 10.0, "p99": 5.0}}
+    (d / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match=r"input_stats.contrast must be \{p01, p50, p99\}"):
+        load_card(d)
+    card["input_stats"] = "bright"
+    (d / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match="input_stats must be"):
+        load_card(d)
+
+
+def test_bundled_cards_carry_input_stats():
+    from stream.modelfile import bundled_model_dir
+
+    for view in ("side", "top"):
+        stats = load_card(bundled_model_dir(view)).input_stats
+        assert stats["clips"] >= 500 and stats["brightness"]["p01"] < stats["brightness"]["p99"], view
+
+
 # ------------------------------------------------------------------------------ --view side|top
 
 

@@ -292,3 +292,114 @@ def test_a_stepwise_engine_is_fed_every_frame_and_restarts_at_a_gap(tiny_model) 
             assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
     assert result.model_calls == 22  # one network step per frame (plus the repeats it adds itself)
     assert with_gap["A1"][3].probabilities != with_gap["A2"][3].probabilities  # each arena its own row
+
+
+# -- falling behind (issue 24.1) ------------------------------------------------------------------
+PACED_S = 45.0  # five 6 s floats, each followed by 3 s of swimming
+MODEL_COST_S = 0.25  # per model call: the pipeline can classify only 4 frames a second at stride 1
+FLOW_COST_S = 0.01  # per frame (both arenas)
+
+
+def behaviour_image(i: int) -> np.ndarray:
+    """80x40 frame: bright while the mouse floats (6 s of every 9 s), dark while it swims; a moving square."""
+    floating = (i / FPS) % 9.0 < 6.0
+    img = np.full((40, 80, 3), 235 if floating else 20, np.uint8)
+    img[10:18, (2 * i) % 30: (2 * i) % 30 + 8] = 128
+    img[10:18, 40 + (3 * i) % 30: 40 + (3 * i) % 30 + 8] = 128
+    return img
+
+
+class FakeClock:
+    """``time.monotonic`` of the pipeline, advanced only by the simulated costs and the waits for frames."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+    @staticmethod
+    def perf_counter() -> float:
+        import time
+
+        return time.perf_counter()
+
+
+def paced_capture(n: int, clock: FakeClock, queue_frames: int):
+    """A camera at FPS feeding a queue of ``queue_frames`` that drops the newest frame when full (as
+    ``stream.capture.Capture`` does for live and --realtime sources), on the fake clock: deterministic."""
+    from collections import deque
+
+    queue: deque[int] = deque()
+    captured = 0
+    while True:
+        while captured < n and captured / FPS <= clock.t + 1e-9:
+            if len(queue) < queue_frames:
+                queue.append(captured)
+            captured += 1  # a frame that found the queue full is dropped: the pipeline sees an index jump
+        if queue:
+            k = queue.popleft()
+            yield Frame(k, k / FPS, k / FPS, k / FPS, behaviour_image(k))
+        elif captured < n:
+            clock.t = captured / FPS  # idle until the next frame is captured
+        else:
+            yield EndOfStream("end of file")
+            return
+
+
+def _scored(items_, config: PipelineConfig, clock: FakeClock | None = None):
+    arrived: list[int] = []
+    engine = RecordingEngine(arrived)
+    tvl1 = TVL1(CHEAP_FLOW)
+    flow = tvl1
+    if clock is not None:
+        predict = engine.predict
+
+        def slow_predict(rgb, flow_):
+            clock.t += MODEL_COST_S
+            return predict(rgb, flow_)
+
+        engine.predict = slow_predict
+
+        def flow(*args, **kwargs):
+            clock.t += FLOW_COST_S
+            return tvl1(*args, **kwargs)
+
+    decision_config = DecisionConfig(fps=FPS, min_bout_s=1.0, smoothing="average", test_duration_s=PACED_S,
+                                     scoring_window_s=PACED_S)
+    decisions = {a.id: ArenaDecisions(a.id, CLASSES, decision_config) for a in ARENAS}
+    pipe = Pipeline(engine, flow, ARENAS, decisions, config, outputs=[Recorder(arrived, [], [])])
+    result = pipe.run(items_)
+    return result, {a: d.counters() for a, d in decisions.items()}
+
+
+def test_a_paced_run_that_falls_behind_keeps_its_immobility(monkeypatch) -> None:
+    """Issue 24.1: a run too slow for real time dropped frames every fraction of a second, every gap
+    ended the bout in progress, and immobility came out near 0 s (24 s without pacing). Now the
+    pipeline raises its stride first, and the gaps it still has are bridged."""
+    import stream.pipeline
+
+    n = int(PACED_S * FPS)
+    _, unpaced = _scored([Frame(i, i / FPS, i / FPS, i / FPS, behaviour_image(i)) for i in range(n)]
+                         + [EndOfStream("end of file")], PipelineConfig(fps=FPS, size_px=S))
+    clock = FakeClock()
+    monkeypatch.setattr(stream.pipeline, "time", clock)
+    config = PipelineConfig(fps=FPS, size_px=S, adaptive_stride=True)
+    result, paced = _scored(paced_capture(n, clock, queue_frames=6), config, clock)
+    assert result.frames_missing > 0  # it did fall behind: frames were dropped
+    assert result.stride_max_frames > 1 and result.stride_mean_frames > 1  # and raised the stride
+    info = result.to_dict()["stride"]
+    assert info["asked_frames"] == 1 and info["max_frames"] == result.stride_max_frames
+    for arena in ("A1", "A2"):
+        want, got = unpaced[arena].immobile_s, paced[arena].immobile_s
+        assert want > 20.0  # five floats of 6 s
+        assert got == pytest.approx(want, rel=0.10), (arena, got, want, result.frames_missing)
+        assert paced[arena].immobility_bouts == unpaced[arena].immobility_bouts == 5
+
+
+def test_adaptive_stride_is_off_for_files_and_the_stride_stays_as_asked(monkeypatch) -> None:
+    """Offline (not paced) a file waits for the pipeline: nothing is dropped, the stride is the one asked."""
+    n = 60
+    result, _ = _scored([Frame(i, i / FPS, i / FPS, 0.0, behaviour_image(i)) for i in range(n)]
+                        + [EndOfStream("end of file")], PipelineConfig(fps=FPS, size_px=S, stride_frames=2))
+    assert result.stride_max_frames == 2 and result.model_calls == n // 2 and result.stride_changes == 0

@@ -37,7 +37,7 @@ def test_version_2_columns_follow_every_version_1_column_and_add_up() -> None:
     columns = table_columns([row])
     assert COLUMNS_VERSION == 2
     assert columns[: len(V1)] == V1  # a version-1 reader's columns stay where they were
-    assert columns[len(V1):] == ["video_start_s", "video_end_s", "recording_start_utc",
+    assert columns[len(V1):] == ["quality", "video_start_s", "video_end_s", "recording_start_utc",
                                  *(f"bouts_bin{k}" for k in range(1, 5)),
                                  *(f"{c}_s_bin{k}" for c in CLASSES for k in range(1, 5))]
     assert row["video_start_s"] == "12.500" and row["video_end_s"] == "16.500"  # 4 s scored from 12.5 s

@@ -288,6 +288,7 @@ def test_cli_step1_on_a_jhuang_clip_folder(tmp_path):
     assert card.classes[:3] == ["drink", "eat", "groom"] and len(card.classes) == 8
     assert card.fps == 15.0 and card.training["video_stride"] == 1  # 30 fps clips resampled to 15 fps by timestamp
     assert card.training["step"].startswith("source") and not card.training["synthetic"]
+    assert card.input_stats["clips"] > 0 and card.input_stats["brightness"]["p01"] > 0  # issue 24.12: recorded at training
 
 
 # ------------------------------------------------------------------ a run that diverges stops
@@ -339,3 +340,38 @@ def test_export_train_exits_2_with_one_line_and_no_model_when_the_loss_is_nan(tm
     err = capsys.readouterr().err
     assert err.startswith("export-train: error: epoch 1, batch 1: the training loss is nan") and err.count("\n") == 1, err
     assert not (tmp_path / "model").exists()
+
+
+def test_training_input_stats_are_what_stream_run_measures_on_the_same_clips() -> None:
+    """Issue 24.12: the card's input_stats come from the un-augmented training clips, through the
+    same per-clip function the runtime uses, so a trial is compared like with like."""
+    import torch
+
+    from export.train import training_input_stats
+    from stream.input_check import clip_input_stats
+
+    class Clips:
+        augment = True
+
+        def __init__(self) -> None:
+            self.items = [(torch.full((3, 16, 8, 8), -1.0 + 2.0 * k / 99), torch.zeros(2, 16, 8, 8), 0)
+                          for k in range(100)]
+
+        def with_augment(self, augment: bool) -> "Clips":
+            other = Clips()
+            other.augment = augment
+            return other
+
+        def __len__(self) -> int:
+            return len(self.items)
+
+        def __getitem__(self, i: int):
+            assert not self.augment, "input statistics must be taken on un-augmented clips"
+            return self.items[i]
+
+    stats = training_input_stats(Clips(), max_clips=50)
+    assert stats["clips"] == 50
+    brightness = [clip_input_stats(*Clips().items[k][:2])[0][0] for k in (0, 99)]
+    assert stats["brightness"]["p01"] >= brightness[0] - 1e-6 and stats["brightness"]["p99"] <= brightness[1] + 1e-6
+    assert stats["brightness"]["p50"] == pytest.approx(127.5, abs=2.0)
+    assert stats["flow_magnitude"] == {"p01": 0.0, "p50": 0.0, "p99": 0.0}

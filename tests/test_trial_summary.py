@@ -20,9 +20,12 @@ def _ended(frames: int = 40) -> TrialSummary:
                                                          scoring_window_s=2.0, bin_s=1.0, min_bout_s=0.3))
     rng = np.random.default_rng(3)
     for i in range(frames):
+        if i == 20:
+            arena.gap(5, 0.5)  # frames 20-24 never came (counted when frame 25 arrives)
+        if 20 <= i < 25:
+            continue
         p = rng.dirichlet([1, 1, 3 if (i // 7) % 2 else 0.3])
         arena.update(i, i / 10.0, p)
-    arena.gap(5, 0.5)
     arena.flush()
     trial = {"trial_id": "A1-t001-M1", "arena_id": "A1", "animal": "M1", "end_reason": "test complete"}
     return arena.trial_summary(trial=trial, provenance={"model": "m", "roi": "0,0,10,10"}) \

@@ -96,7 +96,7 @@ class Events(Output):
 
 
 def run_pipeline(frames, out: Path, mode: str, *, schedule=(), first: int = 0, stop_after: int | None = None,
-                 config: DecisionConfig = CONFIG, between=None, resume: bool = False):
+                 config: DecisionConfig = CONFIG, between=None, resume: bool = False, keep=None):
     """Frames [first, stop_after) through a pipeline with a TrialBook; ``between(i, book)`` runs before frame i."""
     arenas = [Arena(a, Roi(*r)) for a, r in ARENAS.items()]
     book = TrialBook([a.id for a in arenas], CLASSES, config, mode=mode, out_dir=out, source="session.mp4",
@@ -117,6 +117,8 @@ def run_pipeline(frames, out: Path, mode: str, *, schedule=(), first: int = 0, s
         for i in range(first, end):
             if between is not None:
                 between(i, book)
+            if keep is not None and not keep(i):
+                continue  # dropped on a full queue: the pipeline sees the index jump
             yield Frame(i - first, (i - first) / FPS, (i - first) / FPS, time.monotonic(), frames[i])
         if stop_after is None:
             yield EndOfStream("end of file")
@@ -423,3 +425,21 @@ def test_schedule_file_mistakes_are_one_line_errors(tmp_path) -> None:
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_report_reproduces_a_live_table_with_dropped_frames(session, tmp_path) -> None:
+    """Issue 24.1: short gaps are bridged, long ones end the run; re-scoring from the CSV's frame
+    indices decides exactly as the live run did (default smoothing and minimum bout)."""
+    video, frames = session
+    schedule = schedule_for(read_schedule(write_schedule(tmp_path / "s.csv", video)), video)
+    config = DecisionConfig(fps=FPS, smoothing="average", min_bout_s=1.0, test_duration_s=4.0, scoring_window_s=2.0,
+                            bin_s=1.0)
+    keep = lambda i: i % 5 != 3 and not 40 <= i < 58  # noqa: E731 - a frame in 5 dropped, and one 1.2 s outage
+    _, events, _ = run_pipeline(frames, tmp_path / "out", "schedule", schedule=schedule, config=config, keep=keep)
+    live_text = (tmp_path / "out" / RESULTS_FILE).read_text()
+    assert any(s.counters.gaps.frames_missing for _, s in events.ended)
+    rows = list(csv.DictReader(live_text.splitlines()))
+    assert {r["quality"] for r in rows} == {"frames_missing>5%"} and {r["test_complete"] for r in rows} == {"0"}
+    report = tmp_path / "report.csv"
+    assert report_main([str(tmp_path / "out"), "--out", str(report), "-q"]) == 0
+    assert sorted(report.read_text().splitlines()) == sorted(live_text.splitlines())  # to the character

@@ -67,6 +67,7 @@ class Status:
     latency_p50_s: float | None = None
     trials: dict[str, Any] = field(default_factory=dict)  # arena id -> {"state", "trial", "elapsed_s"} (TrialBook)
     final: bool = False  # the last status of a source, sent after the flush
+    stride_frames: int = 1  # the model runs on every stride_frames-th frame now (raised when behind)
 
     def __getitem__(self, key: str) -> Any:
         """Read like the dict it replaced (``status["fps"]``): format_status and old callers."""

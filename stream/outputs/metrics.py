@@ -16,6 +16,9 @@ on counters (added by ``prometheus_client``)::
     swim_stream_bin_immobile_seconds{arena} (current bin) swim_stream_bin_index{arena} (1-based)
     swim_stream_last_decision_timestamp_seconds{arena} (Unix time: alert on staleness)
     swim_stream_model_fps (the rate the model must keep up with)
+    swim_stream_frames_missing_ratio{arena} (share of the trial's frames missing: > 0.05 is not a complete test)
+    swim_stream_out_of_depth{arena} (1: the last trial's input or predictions look foreign to the model)
+    swim_stream_stride_frames (the model runs on every n-th frame now; raised when the pipeline is behind)
 
 The ``camera`` label is the source (``camera0``, a stream's host and path without credentials, a
 video's file name). Every labelled series a panel shows is created at 0 when a source starts
@@ -154,6 +157,17 @@ class Metrics(Output):
             f"{PREFIX}_last_decision_timestamp_seconds", "Unix time of the arena's last decision.", ["arena"],
             registry=r)
         self.model_fps = Gauge(f"{PREFIX}_model_fps", "Frame rate the model runs at (real time).", registry=r)
+        self.frames_missing_ratio = Gauge(
+            f"{PREFIX}_frames_missing_ratio",
+            "Share of the trial's frames missing (dropped or lost); above 0.05 the trial is not a complete test.",
+            ["arena"], registry=r)
+        self.out_of_depth = Gauge(
+            f"{PREFIX}_out_of_depth",
+            "1 when the arena's last trial looked foreign to the model (near-constant predictions, input far "
+            "outside the training range; stream.input_check).", ["arena"], registry=r)
+        self.stride_frames = Gauge(
+            f"{PREFIX}_stride_frames", "The model runs on every n-th frame now (raised when the pipeline is behind).",
+            registry=r)
         self.camera = DEFAULT_CAMERA_LABEL
         self._behaviours: dict[str, set[str]] = {}
         self.frame_period_s: float | None = None  # set by the run once the model's fps is known
@@ -187,7 +201,7 @@ class Metrics(Output):
                 self.behaviour_seconds.labels(arena=arena, behaviour=behaviour).inc(0)
             for gauge in (self.immobile_seconds, self.immobility_bouts, self.scoring_window_immobile_seconds,
                           self.trial_active, self.trial_elapsed_seconds, self.trial_complete, self.bin_immobile_seconds,
-                          self.bin_index):
+                          self.bin_index, self.frames_missing_ratio, self.out_of_depth):
                 gauge.labels(arena=arena).set(0)
             self.trials_finished.labels(arena=arena).inc(0)
 
@@ -198,14 +212,17 @@ class Metrics(Output):
         self.trial_elapsed_seconds.labels(arena=a).set(0)
         self.trial_complete.labels(arena=a).set(0)
         for gauge in (self.immobile_seconds, self.immobility_bouts, self.scoring_window_immobile_seconds,
-                      self.bin_immobile_seconds):
+                      self.bin_immobile_seconds, self.frames_missing_ratio):
             gauge.labels(arena=a).set(0)
         self.bin_index.labels(arena=a).set(1)
 
     def on_trial_end(self, trial, summary) -> None:
         a = trial.arena_id
         self.trial_active.labels(arena=a).set(0)
-        self.trial_complete.labels(arena=a).set(1 if summary.counters.test_complete else 0)
+        counters = summary.counters
+        self.out_of_depth.labels(arena=a).set(1 if (summary.input_check or {}).get("warnings") else 0)
+        self.trial_complete.labels(arena=a).set(1 if counters.test_complete else 0)
+        self.frames_missing_ratio.labels(arena=a).set(counters.missing_share)
         self.trials_finished.labels(arena=a).inc()
 
     def on_frame(self, frame: FrameEvent) -> None:
@@ -238,6 +255,10 @@ class Metrics(Output):
             self.frames_captured.labels(camera=self.camera).inc(status.frames_captured - self._reported_captured)
             self._reported_captured = status.frames_captured
         self.fps.set(status.fps)
+        self.stride_frames.set(status.stride_frames)
+        for arena, counters in status.arenas.items():
+            if counters is not None:
+                self.frames_missing_ratio.labels(arena=arena).set(counters.missing_share)
         if self.zmq_dropped_count is not None:
             dropped = int(self.zmq_dropped_count())
             if dropped > self._reported_zmq_dropped:

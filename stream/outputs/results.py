@@ -5,20 +5,23 @@ The columns are fixed (README, "Results table") so that scripts can rely on them
     trial_id, animal, group, arena, source, start_utc, duration_s, test_complete,
     model, model_sha256, swim_stream_version, roi,
     immobile_s, bouts, latency_s, window_immobile_s, window_bouts,
-    <class>_s ... (one per model class), immobile_s_bin1 ... immobile_s_binN, frames_missing,
+    <class>_s ... (one per model class), immobile_s_bin1 ... immobile_s_binN, frames_missing, quality,
     video_start_s, video_end_s, recording_start_utc,
     bouts_bin1 ... bouts_binN, <class>_s_bin1 ... <class>_s_binN (each class, each bin)
 
 The column set is versioned (``COLUMNS_VERSION``, also in every summary's provenance and the
-README): version 1 ended at ``frames_missing``; version 2 added the columns after it, which a lab
-needs to find a trial in its video and to plot the test minute by minute. ``video_start_s`` /
+README): version 1 ended at ``frames_missing``; version 2 added the columns after it: ``quality``
+(issue 24), then what a lab needs to find a trial in its video and to plot the test minute by minute. ``video_start_s`` /
 ``video_end_s`` are the trial's first and last+1 frame on the source clock (seconds since the
 video's, or camera's, first frame); ``recording_start_utc`` is the recording's own start from the
 file's metadata (``stream.recording_time``), empty where the source gives none (cameras, streams).
 
 ``duration_s`` is how much of the trial was scored (seconds of frames, outages included), so an
 incomplete trial shows how far it got; ``test_complete`` is 1 only when it ran its full test
-duration, and an incomplete trial is also warned about: a partial window is not a result.
+duration with no more than 5 % of its frames missing, and an incomplete trial is also warned about: a
+partial window is not a result. ``quality`` is ``ok`` or says what is wrong (``frames_missing>5%``:
+frames dropped under load or lost in outages; ``out_of_depth``: the input or the predictions say the
+model is outside what it was trained on, ``stream.input_check``).
 Bin k covers seconds (k-1)*bin_s to k*bin_s of the trial. Text cells that a spreadsheet would take
 for a formula (an animal ID ``=1+2``, ``@x``, ``-M1``) are written with a leading ``'``
 (``stream.spreadsheet``), live and re-scored alike. The table is rewritten whole and atomically
@@ -55,9 +58,10 @@ _HEAD = ("trial_id", "animal", "group", "arena", "source", "start_utc", "duratio
          "model", "model_sha256", "swim_stream_version", "roi",
          "immobile_s", "bouts", "latency_s", "window_immobile_s", "window_bouts")
 _TAIL = ("frames_missing",)
-# Version 2 (issue 25): what a lab needs to find a trial in its video; then bouts and class seconds per bin.
+# Version 2 (issues 24, 25): the quality verdict, where the trial lies in its video, then bouts and class seconds per bin.
 COLUMNS_VERSION = 2
-_LAB = ("video_start_s", "video_end_s", "recording_start_utc")
+# quality (issue 24) first: whether the figures can be trusted, beside frames_missing
+_LAB = ("quality", "video_start_s", "video_end_s", "recording_start_utc")
 _FIXED = frozenset(_HEAD + _TAIL + _LAB)
 _CLASS_BIN = re.compile(r"^(?P<cls>.+)_s_bin(?P<k>[0-9]+)$")  # swim_s_bin3, and immobile_s_bin3
 _BOUTS_BIN = re.compile(r"^bouts_bin(?P<k>[0-9]+)$")
@@ -109,6 +113,10 @@ def results_row(summary: TrialSummary | Mapping[str, Any]) -> dict[str, str]:
     for k, b in enumerate(c.bins, start=1):
         row[f"immobile_s_bin{k}"] = _s(b.immobile_s)
     row["frames_missing"] = str(c.gaps.frames_missing)
+    problems = [q for q in (c.quality,) if q != "ok"]
+    if (summary.input_check or {}).get("warnings"):
+        problems.append("out_of_depth")
+    row["quality"] = ";".join(problems) or "ok"
     # -- version 2 (issue 25): after every version-1 column, so a version-1 reader's columns stay put
     start_s = trial.get("start_s")
     scored_s = 0.0 if last is None else last + period
@@ -168,6 +176,10 @@ def read_table(path: Path) -> list[dict[str, str]]:
 
 
 def warn_incomplete(row: dict[str, str]) -> None:
+    if row.get("quality", "ok") not in ("ok", ""):
+        log.warning("trial %s (arena %s, animal %s): quality %s (%s frames missing); check it before using its "
+                    "figures", row["trial_id"], row["arena"], row["animal"] or "-", row["quality"],
+                    row["frames_missing"])
     if row["test_complete"] != "1":
         log.warning("trial %s (arena %s, animal %s) is INCOMPLETE: %s s scored; its window and bins are partial, "
                     "not a result", row["trial_id"], row["arena"], row["animal"] or "-", row["duration_s"])

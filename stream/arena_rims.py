@@ -1,0 +1,138 @@
+"""Top-view cylinders: circles whose rim edge runs all the way round, all of one size.
+
+Hough circles alone propose tile corners, clutter and the inner edge of a thick rim. Each proposal
+is therefore checked and corrected on a copy scaled to ``WORK_SIZE_PX``::
+
+    Hough circles (radius range from the frame's short side)
+      -> centre nudged to where the edge runs round most of the circle (a rim cut by the frame edge)
+      -> radius moved out to the rim's outer edge (the ROI is the cylinder, not its inner wall)
+      -> support: share of the circumference with a radial edge (a rim ~0.9, a tile square ~0.5)
+      -> non-overlapping circles, then the set of same-radius circles with the most area x support
+
+Each ROI is the circle's bounding box (what ``export-synth`` writes as the truth).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from stream.preprocess import Roi
+
+__all__ = ["TopFind", "find_top_cylinders"]
+
+log = logging.getLogger(__name__)
+
+WORK_SIZE_PX = 480  # long side of the searched copy: rims stay >= 2 px, a search takes < 1 s
+MIN_RADIUS_FRACTION = 0.07  # of the short side: 4 cylinders in a 2x2 grid with wide margins
+MAX_RADIUS_FRACTION = 0.55  # one cylinder filling the frame, its rim a little cut
+MIN_DIST_FRACTION = 0.1  # Hough centres closer than this (of the short side) are one circle
+HOUGH_CANNY, HOUGH_VOTES = 60, 18  # permissive: every proposal is checked for support after
+MAX_PROPOSALS = 25  # Hough proposals checked (strongest first)
+SAMPLES = 96  # points round the circumference
+EDGE_FRACTION = 0.5  # an edge point is at least this fraction of the image's 90th-percentile gradient
+MIN_SUPPORT = 0.35  # of the circumference: less is a tile, a blob or clutter (dim rims reach ~0.4)
+SET_SUPPORT_FRACTION = 0.55  # a cylinder of the rig has at least this fraction of the best circle's support
+SAME_RADIUS = (0.8, 1.25)  # the cylinders of one rig have the same radius (ratio to the anchor's)
+OUTER_EDGE_FRACTION = 0.35  # the rim's outer edge is the outermost radius with this much of the peak edge
+ANGLES = np.linspace(0, 2 * math.pi, SAMPLES, endpoint=False)
+
+
+@dataclass(frozen=True)
+class TopFind:
+    """Cylinders found and how clearly: ``score`` is their mean rim support (0 = none, 1 = every point)."""
+
+    rois: tuple[Roi, ...]
+    score: float
+
+
+def _radial(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float) -> np.ndarray | None:
+    """|radial gradient| at the circle's points inside the frame (None if most are outside)."""
+    h, w = gx.shape
+    xs = np.round(cx + r * np.cos(ANGLES)).astype(int)
+    ys = np.round(cy + r * np.sin(ANGLES)).astype(int)
+    inb = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+    if inb.mean() < 0.5:
+        return None
+    return np.abs(gx[ys[inb], xs[inb]] * np.cos(ANGLES[inb]) + gy[ys[inb], xs[inb]] * np.sin(ANGLES[inb]))
+
+
+def _support(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float, edge: float) -> float:
+    best = 0.0
+    for dr in (-2, -1, 0, 1, 2):  # the drawn rim is not a perfect circle after the camera
+        g = _radial(gx, gy, cx, cy, r + dr)
+        if g is not None:
+            best = max(best, float(np.mean(g > edge)) * len(g) / SAMPLES)
+    return best
+
+
+def _outer_radius(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float) -> float:
+    radii = np.arange(max(3.0, 0.85 * r), 1.25 * r + 1, 0.5)
+    profile = np.array([float(np.median(g)) if (g := _radial(gx, gy, cx, cy, rr)) is not None else 0.0
+                        for rr in radii])
+    if profile.max() <= 0:
+        return r
+    i = int(np.nonzero(profile >= OUTER_EDGE_FRACTION * profile.max())[0][-1])
+    while i + 1 < len(profile) and profile[i + 1] >= profile[i]:  # climb to that edge's peak
+        i += 1
+    return float(radii[i])
+
+
+def _apart(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return math.hypot(a[1] - b[1], a[2] - b[2]) > 0.9 * (a[3] + b[3])
+
+
+def find_top_cylinders(grey: np.ndarray) -> TopFind:
+    """Top-view cylinders of a grey median frame."""
+    h0, w0 = grey.shape
+    scale = WORK_SIZE_PX / max(h0, w0)
+    g = cv2.resize(grey, (max(8, int(round(w0 * scale))), max(8, int(round(h0 * scale)))),
+                   interpolation=cv2.INTER_AREA)
+    short = min(g.shape)
+    blurred = cv2.GaussianBlur(g, (0, 0), 1.5)
+    f = blurred.astype(np.float32)
+    gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3) / 8
+    gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3) / 8
+    circles = cv2.HoughCircles(blurred, cv2.HOUGH_GRADIENT, dp=1, minDist=MIN_DIST_FRACTION * short,
+                               param1=HOUGH_CANNY, param2=HOUGH_VOTES, minRadius=int(MIN_RADIUS_FRACTION * short),
+                               maxRadius=int(MAX_RADIUS_FRACTION * short))
+    if circles is None:
+        return TopFind((), 0.0)
+    edge = max(2.0, EDGE_FRACTION * float(np.percentile(np.hypot(gx, gy), 90)))
+    found = []
+    for cx, cy, r in circles[0][:MAX_PROPOSALS]:
+        step = max(1.0, 0.04 * r)
+        best = max((_support(gx, gy, cx + dx * step, cy + dy * step, r, edge), cx + dx * step, cy + dy * step)
+                   for dx in range(-3, 4) for dy in range(-3, 4))
+        _, cx, cy = best
+        r = _outer_radius(gx, gy, cx, cy, float(r))
+        found.append((_support(gx, gy, cx, cy, r, edge), float(cx), float(cy), r))
+    found.sort(key=lambda c: -c[0])
+    log.debug("circles (support, cx, cy, r at scale %.3f): %s", scale, [tuple(round(v, 2) for v in c) for c in found])
+    kept: list[tuple[float, ...]] = []
+    for c in found:
+        if c[0] >= MIN_SUPPORT and all(_apart(c, k) for k in kept):
+            kept.append(c)
+    best_set: tuple[float, list] = (0.0, [])
+    for anchor in kept[:4]:
+        if anchor[0] < SET_SUPPORT_FRACTION * kept[0][0]:
+            break
+        chosen: list[tuple[float, ...]] = []
+        for k in kept:
+            if (SAME_RADIUS[0] < k[3] / anchor[3] < SAME_RADIUS[1] and k[0] >= SET_SUPPORT_FRACTION * kept[0][0]
+                    and all(_apart(k, o) for o in chosen)):
+                chosen.append(k)
+        total = sum(k[0] * k[3] ** 2 for k in chosen)  # area x support: big rims beat rows of tile squares
+        if total > best_set[0]:
+            best_set = (total, chosen)
+    rois = []
+    for _, cx, cy, r in best_set[1]:
+        x0, y0 = max(0, int(round((cx - r) / scale))), max(0, int(round((cy - r) / scale)))
+        x1, y1 = min(w0, int(round((cx + r) / scale))), min(h0, int(round((cy + r) / scale)))
+        rois.append(Roi(x0, y0, x1 - x0, y1 - y0))
+    chosen = best_set[1]
+    return TopFind(tuple(rois), float(np.mean([k[0] for k in chosen])) if chosen else 0.0)

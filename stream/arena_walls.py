@@ -1,0 +1,257 @@
+"""Side-view cylinders: pairs of walls that start and end together, with a rim between them.
+
+A cylinder seen from the side is two near-vertical lines (its walls) of the same extent, closed at
+the top and bottom by the rim ellipses. The room behind it (tiles, stripes, a wood grain) also has
+long vertical lines, and a transparent cylinder shows them through its walls; what tells a wall
+apart is that it *ends*: its edge is strong between the rim and the base and absent just above and
+below, where a line of the background goes on. So, on a copy scaled to ``WORK_WIDTH_PX``::
+
+    |d/dx| of the blurred grey, sheared by each of ANGLES_DEG (camera roll, keystone)
+      -> for every row range (y0, y1): mean edge inside minus the stronger of the bands above/below
+      -> the best columns (walls) of each row range, paired by the rig's aspect range
+      -> plus the rim score: horizontal edge between the walls at both ends, absent just outside
+      -> non-maximum suppression, then the largest set of same-sized, side-by-side cylinders
+
+Each ROI is the cylinder's bounding box from rim to base (what ``export-synth`` writes as the
+truth and what the models were trained on).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from stream.preprocess import Roi
+
+__all__ = ["SideFind", "find_side_cylinders"]
+
+WORK_WIDTH_PX = 320  # walls are >= 1 px at this width for rigs up to 1280 px wide; a search takes ~1-3 s
+ANGLES_DEG = tuple(np.arange(-6.0, 6.1, 1.5))  # camera roll and keystone tilt the walls by up to ~5 deg
+MIN_HEIGHT_FRACTION = 0.15  # of the frame height: a shorter cylinder is too small to score anyway
+ASPECT_RANGE = (0.7, 3.2)  # wall length / cylinder width of FST cylinders (10-20 cm wide, 20-40 cm tall)
+PEAKS_PER_ROW_RANGE = 24  # wall candidates kept per (angle, y0, y1): up to 8 walls, their reflections, texture
+MIN_WALL_SCORE = 0.1  # of the image's 99th-percentile edge: weaker "walls" are texture
+MIN_SCORE = 0.2  # walls + rims: below this no cylinder is reported
+MAX_CANDIDATES = 4000  # pairs kept (the best by walls + rims) for suppression and the rig
+MIN_BAND_ROWS = 3  # rows of the bands above and below a wall that must be in the frame (it ends there)
+RIM_REACH_FRACTION = 0.03  # of the work width: how far the rim ellipse reaches above a wall's top
+NMS_IOU = 0.85  # boxes overlapping more are one cylinder (a box sharing one wall with it is another candidate)
+SAME_SIZE = (0.8, 1.25)  # the cylinders of one rig have the same size (ratio to the best one)
+SET_SCORE_FRACTION = 0.35  # a cylinder of the rig scores at least this fraction of the best one
+SAME_WALLS_X_IOU = 0.8  # two boxes this aligned across share their walls
+SYMMETRY_POWER = 0.5  # weight of the mirror correlation in a cylinder's score
+TALLER_FRACTION = 0.6  # a taller box between the same walls wins when it scores this much of the shorter
+RIG_ANCHORS = 10  # candidates tried as the rig's first cylinder (size and height of the others)
+RIM_PER_WIDTH = 0.06  # the rim ellipse's half-height beyond the wall's end, in cylinder widths
+
+
+@dataclass(frozen=True)
+class SideFind:
+    """Cylinders found and how clearly: ``score`` is the best cylinder's walls + rims (0 = none)."""
+
+    rois: tuple[Roi, ...]
+    score: float
+
+
+def _shear(img: np.ndarray, t: float) -> np.ndarray:
+    """Columns of the result follow lines x = x0 + t * (y - H/2) of ``img``."""
+    h, w = img.shape
+    m = np.float32([[1, t, -t * h / 2], [0, 1, 0]])
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+
+
+def _strip_mean(cs: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Mean of each row's [lo, hi) columns from its cumulative sum ``cs`` (rows, w + 1); 0 where empty."""
+    w = cs.shape[-1] - 1
+    lo, hi = np.clip(lo, 0, w), np.clip(hi, 0, w)
+    n = hi - lo
+    total = np.take_along_axis(cs, hi, -1) - np.take_along_axis(cs, lo, -1)
+    return np.where(n > 0, total / np.maximum(n, 1), 0.0)
+
+
+def _rim(cs: np.ndarray, xl: np.ndarray, xr: np.ndarray) -> np.ndarray:
+    """Rim evidence of wall pairs: the horizontal edge between the walls (their inner 70 %), minus
+    the same just outside them (a line of the background goes on; a neighbour's rim is outside a
+    box that spans the gap between two cylinders)."""
+    width = xr - xl
+    inset, gap, reach = (0.15 * width).astype(int), np.maximum(1, (0.05 * width).astype(int)), \
+        np.maximum(2, (0.3 * width).astype(int))
+    inside = _strip_mean(cs, xl + inset, xr - inset)
+    left = _strip_mean(cs, xl - reach, xl - gap)
+    right = _strip_mean(cs, xr + gap, xr + reach)
+    return inside - np.maximum(left, right)
+
+
+def _wall_pairs(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Rows (walls + rims, angle, y0, y1, x_left, x_right) in sheared coordinates."""
+    h, w = gx.shape
+    min_h = max(6, int(MIN_HEIGHT_FRACTION * h))
+    band, gap = max(3, int(0.06 * h)), max(2, int(0.02 * h))
+    reach = max(3, int(RIM_REACH_FRACTION * w))
+    k = min(PEAKS_PER_ROW_RANGE, w - 1)
+    found = []
+    for angle in ANGLES_DEG:
+        t = math.tan(math.radians(angle))
+        e = _shear(gx, t)
+        cs = np.vstack([np.zeros((1, w), np.float32), np.cumsum(e, axis=0)])
+        r = _shear(gy, t)
+        # the rim above a wall's top (its ellipse), the base below its bottom: a vertical max filter
+        top = cv2.dilate(r, np.ones((reach + 3, 1), np.uint8), anchor=(0, reach))
+        base = cv2.dilate(r, np.ones((reach + 3, 1), np.uint8), anchor=(0, 2))
+        top_cs = np.hstack([np.zeros((h, 1), np.float32), np.cumsum(top, axis=1)])
+        base_cs = np.hstack([np.zeros((h, 1), np.float32), np.cumsum(base, axis=1)])
+
+        def mean_rows(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+            lo, hi = np.clip(lo, 0, h), np.clip(hi, 0, h)
+            return (cs[hi] - cs[lo]) / np.maximum(hi - lo, 1)[:, None]
+
+        for y0 in range(gap + MIN_BAND_ROWS, h - min_h, 2):  # a wall must end inside the frame
+            y1 = np.arange(y0 + min_h, h - gap - MIN_BAND_ROWS + 1, 2)
+            if not len(y1):
+                break
+            inside = (cs[y1] - cs[y0]) / (y1 - y0)[:, None]
+            above = mean_rows(np.full_like(y1, y0 - gap - band), np.full_like(y1, y0 - gap))
+            below = mean_rows(y1 + gap, y1 + gap + band)
+            wall = inside - np.maximum(above, below)  # (len(y1), w): an edge that ends at y0 and y1
+            peak = (wall >= np.roll(wall, 1, 1)) & (wall >= np.roll(wall, -1, 1)) & (wall > MIN_WALL_SCORE / 2)
+            v = np.where(peak, wall, -1.0)
+            idx = np.argpartition(-v, k, axis=1)[:, :k]
+            val = np.take_along_axis(v, idx, 1)
+            width = (idx[:, None, :] - idx[:, :, None]).astype(np.float32)
+            length = (y1 - y0)[:, None, None].astype(np.float32)
+            ok = (width > 0) & (length >= ASPECT_RANGE[0] * width) & (length <= ASPECT_RANGE[1] * width)
+            walls = np.where(ok, np.minimum(val[:, :, None], val[:, None, :]), 0)
+            i, j, m = np.nonzero(walls > MIN_WALL_SCORE)
+            if not len(i):
+                continue
+            xl, xr = idx[i, j], idx[i, m]
+            rim_top = _rim(np.broadcast_to(top_cs[y0], (len(i), w + 1)), xl[:, None], xr[:, None])[:, 0]
+            rim_base = _rim(base_cs[y1[i]], xl[:, None], xr[:, None])[:, 0]
+            score = walls[i, j, m] + np.minimum(rim_top, rim_base)
+            found.append(np.stack([score, np.full(len(i), angle), np.full(len(i), y0), y1[i], xl, xr], 1))
+    return np.concatenate(found) if found else np.zeros((0, 6))
+
+
+def _symmetry(g: np.ndarray, box: tuple[float, ...]) -> float:
+    """How much the box's column profile (mean grey of each column) is its own mirror image: a
+    cylinder is symmetric about its axis, a box spanning a cylinder and the gap beside it is not."""
+    h, w = g.shape
+    x0, x1 = max(0, int(round(box[0]))), min(w, int(round(box[2])))
+    y0, y1 = max(0, int(round(box[1]))), min(h, int(round(box[3])))
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return 0.0
+    p = g[y0:y1, x0:x1].mean(axis=0)
+    q = p[::-1]
+    if p.std() < 1e-3:
+        return 1.0
+    return float(max(0.0, np.corrcoef(p, q)[0, 1])) ** SYMMETRY_POWER
+
+
+def _box(angle: float, y0: float, y1: float, xl: float, xr: float, h: int) -> tuple[float, float, float, float]:
+    t = math.tan(math.radians(angle))
+    lefts = [xl + t * (y - h / 2) for y in (y0, y1)]
+    rights = [xr + t * (y - h / 2) for y in (y0, y1)]
+    rim = RIM_PER_WIDTH * (xr - xl)
+    return min(lefts), y0 - rim, max(rights) + 1, y1 + rim
+
+
+def _box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _inside(big: tuple[float, ...], small: tuple[float, ...], tol: float = 2.0) -> bool:
+    return (small[0] >= big[0] - tol and small[2] <= big[2] + tol and small[1] >= big[1] - tol
+            and small[3] <= big[3] + tol)
+
+
+def _x_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) / min(a[2] - a[0], b[2] - b[0])
+
+
+def _x_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    return inter / (max(a[2], b[2]) - min(a[0], b[0]))
+
+
+def _whole_cylinders(kept: list[tuple[float, tuple[float, ...]]]) -> list[tuple[float, tuple[float, ...]]]:
+    """Between the same walls, the water line closes a box as well as the rim does (the water
+    below it, or the air above it): the tallest box there stands for the cylinder when it scores
+    at least ``TALLER_FRACTION`` of the shorter one, and takes its score."""
+    out = list(kept)
+    changed = True
+    while changed:
+        changed = False
+        for i, (si, bi) in enumerate(out):
+            for j, (sj, bj) in enumerate(out):
+                if (i != j and _x_iou(bi, bj) >= SAME_WALLS_X_IOU and _inside(bj, bi, 0.05 * (bj[3] - bj[1]))
+                        and bj[3] - bj[1] > 1.1 * (bi[3] - bi[1]) and sj >= TALLER_FRACTION * si):
+                    out[j] = (max(si, sj), bj)
+                    del out[i]
+                    changed = True
+                    break
+            if changed:
+                break
+    return sorted(out, key=lambda c: -c[0])
+
+
+def _rig(kept: list[tuple[float, tuple[float, ...]]]) -> list[tuple[float, tuple[float, ...]]]:
+    """The set of same-sized, side-by-side cylinders with the highest total score."""
+    best: tuple[float, list] = (0.0, [])
+    for score, box in kept[:RIG_ANCHORS]:
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        chosen = [(score, box)]
+        for s, b in kept:
+            if b is box or s < SET_SCORE_FRACTION * score:
+                continue
+            w, h = b[2] - b[0], b[3] - b[1]
+            if not (SAME_SIZE[0] < w / bw < SAME_SIZE[1] and SAME_SIZE[0] < h / bh < SAME_SIZE[1]
+                    and abs(b[1] - box[1]) < 0.25 * bh):
+                continue
+            if all(_x_overlap(b, o) <= 0.1 for _, o in chosen):
+                chosen.append((s, b))
+        total = sum(s for s, _ in chosen)
+        if total > best[0]:
+            best = (total, chosen)
+    return best[1]
+
+
+def find_side_cylinders(grey: np.ndarray) -> SideFind:
+    """Side-view cylinders of a grey median frame, left to right."""
+    h0, w0 = grey.shape
+    scale = WORK_WIDTH_PX / w0
+    g = cv2.resize(grey, (WORK_WIDTH_PX, max(8, int(round(h0 * scale)))), interpolation=cv2.INTER_AREA)
+    g = cv2.GaussianBlur(g.astype(np.float32), (0, 0), 0.7)
+    h = g.shape[0]
+    gx = np.abs(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3))
+    gy = np.abs(cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3))
+    norm = float(np.percentile(np.maximum(gx, gy), 99)) + 1e-3  # scores do not depend on contrast
+    gx = cv2.dilate(gx / norm, np.ones((1, 3), np.uint8))  # a thin line's two edges are one wall
+    gy = gy / norm
+    pairs = _wall_pairs(gx, gy)
+    if not len(pairs):
+        return SideFind((), 0.0)
+    pairs = pairs[np.argsort(-pairs[:, 0])][:MAX_CANDIDATES]
+    scored = [(score, _box(angle, y0, y1, xl, xr, h)) for score, angle, y0, y1, xl, xr in pairs]
+    scored.sort(key=lambda c: -c[0])
+    kept: list[tuple[float, tuple[float, ...]]] = []
+    scored = [(score * _symmetry(g, box), box) for score, box in scored]
+    scored.sort(key=lambda c: -c[0])
+    for score, box in scored:
+        if score <= MIN_SCORE:
+            break
+        if all(_box_iou(box, b) < NMS_IOU for _, b in kept):
+            kept.append((score, box))
+    rig = sorted(_rig(_whole_cylinders(kept)), key=lambda c: c[1][0])
+    rois = []
+    for _, (x0, y0, x1, y1) in rig:
+        x0, y0 = max(0, int(round(x0 / scale))), max(0, int(round(y0 / scale)))
+        x1, y1 = min(w0, int(round(x1 / scale))), min(h0, int(round(y1 / scale)))
+        if x1 > x0 and y1 > y0:
+            rois.append(Roi(x0, y0, x1 - x0, y1 - y0))
+    return SideFind(tuple(rois), kept[0][0] if kept else 0.0)
