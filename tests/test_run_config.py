@@ -79,6 +79,16 @@ def test_bad_toml_through_stream_run_is_one_line_exit_2(tmp_path: Path, capsys: 
     assert "no such file" in capsys.readouterr().err
 
 
+def test_issue_24_settings_travel_too(tmp_path: Path) -> None:
+    c = config_from_argv(["--camera", "0", "--stride", "2", "--max-stride", "8", "--gap-bridge-s", "0"])
+    assert c.model.max_stride == 8 and c.decisions.gap_bridge_s == 0.0
+    with pytest.raises(UserError, match="--max-stride 1: must be >= --stride"):
+        config_from_argv(["--camera", "0", "--stride", "2", "--max-stride", "1"])
+    rig = tmp_path / "rig.toml"
+    rig.write_text("[source]\ncamera = 0\n[decisions]\ngap_bridge_s = 2\n")
+    assert RunConfig.from_toml(rig).decisions.gap_bridge_s == 2.0
+
+
 def test_make_is_checked_like_the_command_line() -> None:
     c = RunConfig.make(source={"videos": ("x.mp4",)}, model={"dir": Path("m"), "stride": 2}, trials={"mode": None})
     assert c.model.dir == Path("m") and c.trials.mode == "now"

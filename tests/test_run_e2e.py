@@ -171,6 +171,10 @@ def test_video_two_arenas_writes_csv_summary_zmq_and_metrics(video, model_dir, t
         assert summary["run"]["end_reason"] == "end of file"
         assert summary["run"]["look_ahead_s"] == pytest.approx(7 / FPS, abs=1e-3)
         assert summary["run"]["capture"]["frames_dropped_queue_full"] == 0
+        # the run's whole configuration, as stream-run resolved it, is in every summary's provenance
+        run_config = summary["provenance"]["run_config"]
+        assert run_config["version"] == 1 and run_config["model"]["stride"] == 2 and run_config["source"]["realtime"]
+        assert run_config["outputs"]["out"] == str(out)
     frames = [b for t, b in messages if b["type"] == "frame"]
     assert {b["arena"] for b in frames} == {"A1", "A2"}
     assert all(b["schema"] == 1 and set(b["probabilities"]) == set(CLASSES) for b in frames)
