@@ -418,33 +418,33 @@ def _num(x: float) -> float:
 def add_decision_options(p: argparse.ArgumentParser) -> None:
     """stream-run's engine and decision options, with stream-run's defaults.
 
-    The defaults are read from stream-run's own parser, not repeated here: a copied default drifted
-    once (smoothing stayed "none" after stream-run moved to "average"), and a validation with default
-    options then scored differently from a default stream-run.
+    The defaults are stream-run's own (``stream.run_config``'s dataclasses), not repeated here: a
+    copied default drifted once (smoothing stayed "none" after stream-run moved to "average"), and a
+    validation with default options then scored differently from a default stream-run.
     """
     from stream.decisions import SMOOTHING_MODES
     from stream.engine import ENGINE_KINDS
-    from stream.run import build_parser as stream_parser
+    from stream.run_config import DecisionOptions, ModelConfig, SourceConfig
     from stream.trials import TRIAL_MODES
 
-    live = stream_parser()
+    m, d = ModelConfig(), DecisionOptions()
     g = p.add_argument_group("as stream-run (same meaning and defaults)")
-    g.add_argument("--engine", default=live.get_default("engine"), choices=ENGINE_KINDS)
-    g.add_argument("--device", default=live.get_default("device"), help="cpu, cuda or cuda:N (default: the best present)")
-    g.add_argument("--stride", type=int, default=live.get_default("stride"), metavar="K", help="model on every K-th frame (default: %(default)s)")
+    g.add_argument("--engine", default=m.engine, choices=ENGINE_KINDS)
+    g.add_argument("--device", default=m.device, help="cpu, cuda or cuda:N (default: the best present)")
+    g.add_argument("--stride", type=int, default=m.stride, metavar="K", help="model on every K-th frame (default: %(default)s)")
     g.add_argument("--no-flow-warm-start", action="store_true", help="flow of each frame from scratch, as in training")
-    g.add_argument("--smoothing", default=live.get_default("smoothing"), choices=SMOOTHING_MODES, help="default: %(default)s")
-    g.add_argument("--smoothing-window", type=int, default=live.get_default("smoothing_window"), metavar="FRAMES", help="default: %(default)s")
-    g.add_argument("--min-bout-s", type=float, default=live.get_default("min_bout_s"), help="default: each model card's fitted value, else 0")
-    g.add_argument("--test-duration-s", type=float, default=live.get_default("test_duration_s"), help="default: %(default)s")
-    g.add_argument("--scoring-window-s", type=float, default=live.get_default("scoring_window_s"),
+    g.add_argument("--smoothing", default=d.smoothing, choices=SMOOTHING_MODES, help="default: %(default)s")
+    g.add_argument("--smoothing-window", type=int, default=d.smoothing_window, metavar="FRAMES", help="default: %(default)s")
+    g.add_argument("--min-bout-s", type=float, default=d.min_bout_s, help="default: each model card's fitted value, else 0")
+    g.add_argument("--test-duration-s", type=float, default=d.test_duration_s, help="default: %(default)s")
+    g.add_argument("--scoring-window-s", type=float, default=d.scoring_window_s,
                    help="the last this-many seconds (default: %(default)s)")  # fmt: skip
-    g.add_argument("--immobile-classes", default=live.get_default("immobile_classes"), metavar="A,B", help="default: the model card's")
-    g.add_argument("--max-frames", type=int, default=live.get_default("max_frames"), metavar="N", help="only the first N model-rate frames per video")
-    g.add_argument("--trials", default=live.get_default("trials"), choices=TRIAL_MODES,
+    g.add_argument("--immobile-classes", default=None, metavar="A,B", help="default: the model card's")
+    g.add_argument("--max-frames", type=int, default=SourceConfig().max_frames, metavar="N", help="only the first N model-rate frames per video")
+    g.add_argument("--trials", default=None, choices=TRIAL_MODES,
                    help="recordings with several animals per arena, one after another: each trial is an animal, "
                         "scored and compared on its own (schedule: --schedule; auto: found by stream-run)")
-    g.add_argument("--schedule", type=Path, default=live.get_default("schedule"), metavar="CSV",
+    g.add_argument("--schedule", type=Path, default=None, metavar="CSV",
                    help="stream-run's schedule (video,arena,animal,group,start_s): one trial per row; labels named "
                         "like the animal or the arena (implies --trials schedule)")
 

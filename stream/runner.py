@@ -514,9 +514,7 @@ class Runner:
     def _run_one(self, source: _Source, card: ModelCard, flow, *, multi: bool) -> int:
         """One source: its trials start, the pipeline runs, the trials end with their summaries."""
         from stream.outputs.base import broadcast
-        from stream.input_check import InputReference
         from stream.outputs.console import summary_table
-        from stream.pipeline import Pipeline, PipelineConfig
 
         c = self.config
         capture = self._open_capture(source, card)
@@ -524,16 +522,7 @@ class Runner:
             return capture  # a live source that never came: nothing was written
         book, live_like = self._trial_book(source, card)
         own = self._source_outputs(source, card, capture, multi=multi)  # closed at the end of this source
-        outputs = [own[0], self.results, *(o for o in (self.publisher, self.metrics) if o is not None), *own[1:]]
-        if self.web is not None:
-            from stream.web import WebOutput
-
-            outputs.append(WebOutput(self.web.state))
-        if self.metrics is not None:
-            from stream.outputs.metrics import camera_label
-
-            self.metrics.start_source(camera_label(source.spec.kind, str(source.spec.location)),
-                                      [ar.id for ar in source.arenas], list(card.classes))
+        outputs = self._all_outputs(source, card, own)
         write_error: OutputWriteError | None = None
         info: dict = {}
         try:
@@ -542,17 +531,7 @@ class Runner:
                     broadcast(outputs, "on_trial_start", trial)
             if source.identity is not None:
                 write_source_identity(source.out_dir, source.identity)  # what --resume will check
-            pipeline = Pipeline(
-                self.engine, flow, source.arenas, book.arenas,
-                PipelineConfig(fps=card.fps, size_px=self.engine.input_size_px, stride_frames=c.model.stride,
-                               flow_warm_start=c.model.flow_warm_start,
-                               adaptive_stride=source.spec.live or c.source.realtime,  # where frames can be dropped
-                               max_stride_frames=c.model.max_stride),
-                outputs=outputs, trials=book, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
-                capture_stats=capture.stats,
-                input_reference=InputReference(model=card.name, classes=tuple(card.classes), fps=card.fps,
-                                               input_stats=card.input_stats),
-            )
+            pipeline = self._pipeline(source, card, flow, book, outputs, capture)
             self.book = book
             if self.web is not None:
                 self.web.state.attach(book, source.arenas, str(source.spec))
@@ -599,6 +578,40 @@ class Runner:
             print(f"stream-run: error: {result.error or 'capture failed'}", file=sys.stderr, flush=True)
             return EXIT_FAILED
         return EXIT_OK
+
+    def _all_outputs(self, source: _Source, card: ModelCard, own: list) -> list:
+        """Every output of this source, in order: its CSVs first (nothing is published unsaved), the
+        results table, ZeroMQ, Prometheus, its preview and terminal, the web page. A new output is
+        built in ``_open_outputs`` (one per run) or ``_source_outputs`` (one per source) and listed here."""
+        outputs = [own[0], self.results, *(o for o in (self.publisher, self.metrics) if o is not None), *own[1:]]
+        if self.web is not None:
+            from stream.web import WebOutput
+
+            outputs.append(WebOutput(self.web.state))
+        if self.metrics is not None:
+            from stream.outputs.metrics import camera_label
+
+            self.metrics.start_source(camera_label(source.spec.kind, str(source.spec.location)),
+                                      [ar.id for ar in source.arenas], list(card.classes))
+        return outputs
+
+    def _pipeline(self, source: _Source, card: ModelCard, flow, book, outputs: list, capture: Capture):
+        """The source's pipeline: engine, flow, its arenas' trials, the outputs."""
+        from stream.input_check import InputReference
+        from stream.pipeline import Pipeline, PipelineConfig
+
+        c = self.config
+        return Pipeline(
+            self.engine, flow, source.arenas, book.arenas,
+            PipelineConfig(fps=card.fps, size_px=self.engine.input_size_px, stride_frames=c.model.stride,
+                           flow_warm_start=c.model.flow_warm_start,
+                           adaptive_stride=source.spec.live or c.source.realtime,  # where frames can be dropped
+                           max_stride_frames=c.model.max_stride),
+            outputs=outputs, trials=book, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
+            capture_stats=capture.stats,
+            input_reference=InputReference(model=card.name, classes=tuple(card.classes), fps=card.fps,
+                                           input_stats=card.input_stats),
+        )
 
     def _trial_book(self, source: _Source, card: ModelCard):
         """The source's trials: mode, schedule rows, provenance; (book, whether the source runs in real time)."""
