@@ -31,7 +31,11 @@ from stream.trials import ScheduleEntry, TrialEnded, check_schedule, match_sched
 
 if TYPE_CHECKING:
     from stream.decisions import DecisionConfig
+    from stream.flow import TVL1
     from stream.modelfile import ModelCard
+    from stream.pipeline import Pipeline
+    from stream.trial_files import Trial
+    from stream.trials import TrialBook
 
 __all__ = ["Runner", "run", "expand_videos", "default_model_dir", "EXIT_OK", "EXIT_FAILED", "MIN_BOUT_S_DEFAULT",
            "DEFAULT_MODEL_NAME", "VIDEO_SUFFIXES"]
@@ -511,7 +515,7 @@ class Runner:
             return EXIT_INTERRUPTED
         return exit_code
 
-    def _run_one(self, source: _Source, card: ModelCard, flow, *, multi: bool) -> int:
+    def _run_one(self, source: _Source, card: ModelCard, flow: TVL1, *, multi: bool) -> int:
         """One source: its trials start, the pipeline runs, the trials end with their summaries."""
         from stream.outputs.base import broadcast
         from stream.outputs.console import summary_table
@@ -595,7 +599,8 @@ class Runner:
                                       [ar.id for ar in source.arenas], list(card.classes))
         return outputs
 
-    def _pipeline(self, source: _Source, card: ModelCard, flow, book, outputs: list, capture: Capture):
+    def _pipeline(self, source: _Source, card: ModelCard, flow: TVL1, book: TrialBook, outputs: list,
+                  capture: Capture) -> Pipeline:
         """The source's pipeline: engine, flow, its arenas' trials, the outputs."""
         from stream.input_check import InputReference
         from stream.pipeline import Pipeline, PipelineConfig
@@ -613,7 +618,7 @@ class Runner:
                                            input_stats=card.input_stats),
         )
 
-    def _trial_book(self, source: _Source, card: ModelCard):
+    def _trial_book(self, source: _Source, card: ModelCard) -> tuple[TrialBook, bool]:
         """The source's trials: mode, schedule rows, provenance; (book, whether the source runs in real time)."""
         from stream.trials import TrialBook
 
@@ -626,7 +631,7 @@ class Runner:
         book.resume_on_stop = live_like and self.trial_mode != "now"
         return book, live_like
 
-    def _provenance(self, source: _Source, card: ModelCard, trial) -> dict:
+    def _provenance(self, source: _Source, card: ModelCard, trial: Trial) -> dict:
         """What produced a trial's figures: model and checksum, package version, ROI, source, flow."""
         from stream import __version__
 
