@@ -280,6 +280,8 @@ def _raw_group(group: str, values: Mapping[str, Any], *, where: str,
             if not all(isinstance(v, str) for v in value):
                 raise UserError(f"{where}: [{group}] {key} = {value!r}: expected a list of strings")
             value = tuple(value)
+            if (group, key) == ("source", "videos") and base_dir is not None:  # paths (or globs) like any other
+                value = tuple(v if Path(v).is_absolute() else str(base_dir / v) for v in value)
         elif kind == "Path | None":
             value = Path(value) if base_dir is None or Path(value).is_absolute() else base_dir / value
         elif kind.startswith("float"):

@@ -34,7 +34,8 @@ def test_from_toml_and_flags_typed_win(tmp_path: Path) -> None:
                    '[model]\nstride = 4\n[decisions]\nmin_bout_s = 2\n[outputs]\nout = "/var/lib/swim stream/run 1"\n'
                    'metrics_port = 0\nzmq = "tcp://127.0.0.1:5560"\n')
     c = RunConfig.from_toml(rig)
-    assert c.source.videos == ("my videos/cam 0.mp4",) and c.model.stride == 4 and c.decisions.min_bout_s == 2.0
+    assert c.source.videos == (str(folder / "my videos/cam 0.mp4"),)  # relative to the file's folder
+    assert c.model.stride == 4 and c.decisions.min_bout_s == 2.0
     assert c.outputs.out == Path("/var/lib/swim stream/run 1") and c.outputs.metrics_port == 0
     assert c.arenas.rois == ("0,0,320,480", "320,0,320,480")
     # flags typed on the command line win; the file's other values stay, defaults of untyped flags do not win

@@ -431,3 +431,22 @@ def test_streaming_engine_runs_live_on_the_video(video, model_dir, tmp_path) -> 
     for arena in ("A1", "A2"):
         rows = csv_rows(out, arena)
         assert [r["frame"] for r in rows] == list(range(FRAMES))
+
+
+def test_settings_from_a_toml_file_with_spaces_in_its_paths(tmp_path, model_dir, fast_engine) -> None:
+    """Issue 23: `stream-run --config rig.toml` (what the systemd unit passes): paths with spaces in the
+    file reach the run whole, relative ones from the file's folder; a flag typed on the command line wins."""
+    rig_dir = tmp_path / "rig settings"
+    (rig_dir / "my videos").mkdir(parents=True)
+    write_video(rig_dir / "my videos" / "cam 0.mp4", frames=12)
+    rig = rig_dir / "rig.toml"
+    rig.write_text(f'[source]\nvideos = ["my videos/cam 0.mp4"]\n[arenas]\nrois = ["0,0,48,48"]\n'
+                   f'[model]\ndir = "{model_dir}"\nstride = 1\n'
+                   f'[outputs]\nout = "run dir/first"\nzmq = "tcp://127.0.0.1:1"\nmetrics_port = 0\nquiet = true\n')
+    out = tmp_path / "out dir"
+    assert run_mod.main(["--config", str(rig), "--out", str(out), "--no-zmq", "--stride", "4"]) == 0
+    assert [r["frame"] for r in csv_rows(out, "arena0")] == list(range(12))
+    assert not (rig_dir / "run dir").exists()  # --out typed on the command line won over the file's
+    provenance = json.loads((out / "arena0.summary.json").read_text())["provenance"]
+    assert provenance["run_config"]["model"]["stride"] == 4 and provenance["run_config"]["outputs"]["zmq"] is None
+    assert provenance["source"].endswith("cam 0.mp4")
