@@ -100,28 +100,17 @@ class _DecisionTimes(Output):
 def live_features(video: Path, arenas: list, card: Any, *, device: str = "cpu", max_frames: int | None = None,
                   flow_warm_start: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Arena id -> (frames, timestamps_s, features) of one video, through the live pipeline."""
-    from stream.arenas import check_arenas_fit
-    from stream.capture import Capture, CaptureConfig, parse_source
-    from stream.decisions import ArenaDecisions, DecisionConfig
-    from stream.flow import FlowConfig, TVL1
-    from stream.pipeline import Pipeline, PipelineConfig
+    from stream.run_config import RunConfig
+    from stream.runner import run_video
 
     classes = list(card.classes)
     engine = _FeatureRecorder(classes, card.input_size_px, device)
-    capture = Capture(parse_source(video=video), CaptureConfig(fps=card.fps, live=False, max_frames=max_frames))
-    w, h = capture.open()
-    check_arenas_fit(arenas, w, h, str(video))
-    dconf = DecisionConfig(fps=card.fps, immobile_classes=tuple(card.immobile_classes))
-    decisions = {a.id: ArenaDecisions(a.id, classes, dconf) for a in arenas}
     got: dict[str, list[tuple[int, float]]] = {a.id: [] for a in arenas}
-    pipeline = Pipeline(engine, TVL1(FlowConfig(**card.flow), device=device), arenas, decisions,
-                        PipelineConfig(fps=card.fps, size_px=card.input_size_px, flow_warm_start=flow_warm_start),
-                        outputs=[_DecisionTimes(got)])
-    capture.start()
-    try:
-        result = pipeline.run(capture)
-    finally:
-        capture.close()
+    config = RunConfig.make(source={"videos": (str(video),), "max_frames": max_frames},
+                            model={"flow_warm_start": flow_warm_start},
+                            decisions={"smoothing": "none", "min_bout_s": 0.0},  # the decision clock only
+                            outputs={"zmq": None, "metrics_port": 0, "quiet": True})
+    result, _ = run_video(config, card, engine, arenas, outputs=[_DecisionTimes(got)])
     if result.error or result.gave_up:
         raise UserError(f"{video}: capture failed ({result.error or result.end_reason})")
     feats = np.concatenate(engine.features) if engine.features else np.zeros((0, len(arenas)))
@@ -244,7 +233,7 @@ def _plot(recordings: list[Recording], classes: list[str], thresholds: list[floa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stream.run import default_model_dir
+    from stream.runner import default_model_dir
 
     p = argparse.ArgumentParser(prog="export-fit-motion", description=__doc__.splitlines()[0].replace("``", ""))
     add_version_argument(p)

@@ -277,14 +277,14 @@ def read_scored_run(video: Path, run_dir: Path) -> list[ScoredArena]:
     return out
 
 
-def score_videos(videos: Sequence[Path], out_dir: Path, *, model: Path | None = None, stride: int = 1,
-                 extra_args: Sequence[str] = ()) -> list[Path]:  # fmt: skip
-    """Run ``stream-run`` (the live code path) on each video into ``out_dir/<stem>``; the run folders.
+def score_videos(videos: Sequence[Path], out_dir: Path, *, model: Path | None = None, stride: int = 1) -> list[Path]:
+    """Run ``stream-run`` (the live code path, ``stream.runner``) on each video into ``out_dir/<stem>``; the run folders.
 
     A video whose run folder already holds a summary for every arena is not scored again, so an
     interrupted selection resumes.
     """
-    from stream.run import main as stream_run
+    from stream.run_config import RunConfig
+    from stream.runner import run
 
     dirs = []
     for video in videos:
@@ -292,12 +292,13 @@ def score_videos(videos: Sequence[Path], out_dir: Path, *, model: Path | None = 
         frames = sorted(run_dir.glob("*" + FRAMES_CSV_SUFFIX))
         done = frames and all(f.with_name(f.name[: -len(FRAMES_CSV_SUFFIX)] + ".summary.json").is_file() for f in frames)
         if not done:
-            args = ["--video", str(video), "--out", str(run_dir), "--no-zmq", "--no-metrics", "-q", "--stride", str(stride), *extra_args]
-            if model is not None:
-                args += ["--model", str(model)]
-            code = stream_run(args)
+            config = RunConfig.make(source={"videos": (str(video),)}, model={"dir": model, "stride": stride},
+                                    outputs={"out": run_dir, "zmq": None, "metrics_port": 0, "quiet": True})
+            code = run(config)
             if code != 0:
-                raise UserError(f"{video}: stream-run stopped with exit status {code}; run it by hand to see why: stream-run {' '.join(args)}")
+                raise UserError(f"{video}: stream-run stopped with exit status {code}; run it by hand to see why: "
+                                f"stream-run --video {video} --out {run_dir} --stride {stride}"
+                                + (f" --model {model}" if model is not None else ""))
         dirs.append(run_dir)
     return dirs
 

@@ -187,35 +187,27 @@ def compare(animals: Sequence[Animal], classes: Sequence[str], immobile_classes:
 def run_stream(model_dir: Path, video: Path, out_dir: Path, arenas: Path | None, args: argparse.Namespace) -> int:
     """``stream-run`` on one video with validate's options; returns its exit status (0 = fine).
 
-    Runs in this process through ``stream.run``'s own argument parser and run object, so every default
-    and check is stream-run's.
+    Runs in this process through ``stream.runner`` with a ``RunConfig`` checked as stream-run's own,
+    so every default and check is stream-run's.
     """
-    from stream.run import _Run, build_parser as stream_parser
+    from stream.run_config import RunConfig
+    from stream.runner import run
 
-    argv = ["--video", str(video), "--model", str(model_dir), "--out", str(out_dir), "--no-zmq", "--no-metrics",
-            "--engine", args.engine, "--stride", str(args.stride), "--smoothing", args.smoothing,
-            "--smoothing-window", str(args.smoothing_window), "--test-duration-s", str(args.test_duration_s),
-            "--scoring-window-s", str(args.scoring_window_s)]  # fmt: skip
-    if args.quiet:
-        argv += ["-q"]  # else stream-run's own progress bar and end-of-run table show how far it got
-    if args.device:
-        argv += ["--device", args.device]
-    if args.min_bout_s is not None:
-        argv += ["--min-bout-s", str(args.min_bout_s)]
-    if args.immobile_classes:
-        argv += ["--immobile-classes", args.immobile_classes]
-    if args.no_flow_warm_start:
-        argv += ["--no-flow-warm-start"]
-    if args.max_frames:
-        argv += ["--max-frames", str(args.max_frames)]
-    if arenas is not None:
-        argv += ["--arenas", str(arenas)]
-    if args.trials:
-        argv += ["--trials", args.trials]
-    if args.schedule is not None:
-        argv += ["--schedule", str(args.schedule)]
-    log.info("stream-run %s", " ".join(argv))
-    return _Run(stream_parser().parse_args(argv)).execute()
+    immobile = tuple(c.strip() for c in args.immobile_classes.split(",") if c.strip()) if args.immobile_classes else ()
+    config = RunConfig.make(
+        source={"videos": (str(video),), "max_frames": args.max_frames or None},
+        arenas={"file": arenas},
+        model={"dir": model_dir, "engine": args.engine, "device": args.device or None, "stride": args.stride,
+               "flow_warm_start": not args.no_flow_warm_start},
+        decisions={"smoothing": args.smoothing, "smoothing_window": args.smoothing_window, "min_bout_s": args.min_bout_s,
+                   "test_duration_s": args.test_duration_s, "scoring_window_s": args.scoring_window_s,
+                   "immobile_classes": immobile or None},
+        trials={"mode": args.trials or None, "schedule": args.schedule},
+        # quiet: else stream-run's own progress bar and end-of-run table show how far it got
+        outputs={"out": out_dir, "zmq": None, "metrics_port": 0, "quiet": bool(args.quiet)},
+    )
+    log.info("stream-run %s", config.to_json())
+    return run(config)
 
 
 def _predicted(run_dir: Path, stem: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -242,9 +234,9 @@ class Item:
 
 def video_items(args: argparse.Namespace) -> list[Item]:
     """(video, labels, arenas, rater 2) per video from ``--videos/--labels/--arenas/--rater2``; one line on a mismatch."""
-    from stream.run import _expand_videos
+    from stream.runner import expand_videos
 
-    videos = _expand_videos(args.videos)
+    videos = expand_videos(args.videos)
     labels = [Path(p) for p in args.labels]
 
     def per_video(paths: list[Path] | None, flag: str) -> list[Path | None]:
@@ -426,33 +418,33 @@ def _num(x: float) -> float:
 def add_decision_options(p: argparse.ArgumentParser) -> None:
     """stream-run's engine and decision options, with stream-run's defaults.
 
-    The defaults are read from stream-run's own parser, not repeated here: a copied default drifted
-    once (smoothing stayed "none" after stream-run moved to "average"), and a validation with default
-    options then scored differently from a default stream-run.
+    The defaults are stream-run's own (``stream.run_config``'s dataclasses), not repeated here: a
+    copied default drifted once (smoothing stayed "none" after stream-run moved to "average"), and a
+    validation with default options then scored differently from a default stream-run.
     """
     from stream.decisions import SMOOTHING_MODES
     from stream.engine import ENGINE_KINDS
-    from stream.run import build_parser as stream_parser
+    from stream.run_config import DecisionOptions, ModelConfig, SourceConfig
     from stream.trials import TRIAL_MODES
 
-    live = stream_parser()
+    m, d = ModelConfig(), DecisionOptions()
     g = p.add_argument_group("as stream-run (same meaning and defaults)")
-    g.add_argument("--engine", default=live.get_default("engine"), choices=ENGINE_KINDS)
-    g.add_argument("--device", default=live.get_default("device"), help="cpu, cuda or cuda:N (default: the best present)")
-    g.add_argument("--stride", type=int, default=live.get_default("stride"), metavar="K", help="model on every K-th frame (default: %(default)s)")
+    g.add_argument("--engine", default=m.engine, choices=ENGINE_KINDS)
+    g.add_argument("--device", default=m.device, help="cpu, cuda or cuda:N (default: the best present)")
+    g.add_argument("--stride", type=int, default=m.stride, metavar="K", help="model on every K-th frame (default: %(default)s)")
     g.add_argument("--no-flow-warm-start", action="store_true", help="flow of each frame from scratch, as in training")
-    g.add_argument("--smoothing", default=live.get_default("smoothing"), choices=SMOOTHING_MODES, help="default: %(default)s")
-    g.add_argument("--smoothing-window", type=int, default=live.get_default("smoothing_window"), metavar="FRAMES", help="default: %(default)s")
-    g.add_argument("--min-bout-s", type=float, default=live.get_default("min_bout_s"), help="default: each model card's fitted value, else 0")
-    g.add_argument("--test-duration-s", type=float, default=live.get_default("test_duration_s"), help="default: %(default)s")
-    g.add_argument("--scoring-window-s", type=float, default=live.get_default("scoring_window_s"),
+    g.add_argument("--smoothing", default=d.smoothing, choices=SMOOTHING_MODES, help="default: %(default)s")
+    g.add_argument("--smoothing-window", type=int, default=d.smoothing_window, metavar="FRAMES", help="default: %(default)s")
+    g.add_argument("--min-bout-s", type=float, default=d.min_bout_s, help="default: each model card's fitted value, else 0")
+    g.add_argument("--test-duration-s", type=float, default=d.test_duration_s, help="default: %(default)s")
+    g.add_argument("--scoring-window-s", type=float, default=d.scoring_window_s,
                    help="the last this-many seconds (default: %(default)s)")  # fmt: skip
-    g.add_argument("--immobile-classes", default=live.get_default("immobile_classes"), metavar="A,B", help="default: the model card's")
-    g.add_argument("--max-frames", type=int, default=live.get_default("max_frames"), metavar="N", help="only the first N model-rate frames per video")
-    g.add_argument("--trials", default=live.get_default("trials"), choices=TRIAL_MODES,
+    g.add_argument("--immobile-classes", default=None, metavar="A,B", help="default: the model card's")
+    g.add_argument("--max-frames", type=int, default=SourceConfig().max_frames, metavar="N", help="only the first N model-rate frames per video")
+    g.add_argument("--trials", default=None, choices=TRIAL_MODES,
                    help="recordings with several animals per arena, one after another: each trial is an animal, "
                         "scored and compared on its own (schedule: --schedule; auto: found by stream-run)")
-    g.add_argument("--schedule", type=Path, default=live.get_default("schedule"), metavar="CSV",
+    g.add_argument("--schedule", type=Path, default=None, metavar="CSV",
                    help="stream-run's schedule (video,arena,animal,group,start_s): one trial per row; labels named "
                         "like the animal or the arena (implies --trials schedule)")
 

@@ -52,6 +52,7 @@ import numpy as np
 
 from stream.counters import BinCounts, Counters, GapCounts, WindowCounts
 from stream.errors import UserError
+from stream.trial_summary import TrialSummary
 
 __all__ = [
     "BIN_S_DEFAULT",
@@ -358,17 +359,17 @@ class ArenaDecisions:
         return self._last_index
 
     def summary(self) -> dict:
-        """End-of-test summary: what was counted, with what settings, for which classes and arena."""
+        """End-of-test summary as JSON: what was counted, with what settings, for which classes and arena."""
+        return self.trial_summary().to_json()
+
+    def trial_summary(self, *, trial: dict | None = None, provenance: dict | None = None) -> TrialSummary:
+        """The typed end-of-test result (``summary()`` is its JSON without trial and provenance)."""
         config = asdict(self.config)
         config["immobile_classes"] = list(self.config.immobile_classes)
-        return {
-            "arena_id": self.arena_id,
-            "classes": list(self.classes),
-            "immobile_classes": [self.classes[i] for i in self._immobile_idx],
-            "config": config,
-            "frames_held_back": len(self._pending) + len(self._avg_buffer) - self._avg_next,
-            "counters": self.counters().to_json(),
-        }
+        return TrialSummary(arena_id=self.arena_id, classes=tuple(self.classes),
+                            immobile_classes=tuple(self.classes[i] for i in self._immobile_idx), config=config,
+                            frames_held_back=len(self._pending) + len(self._avg_buffer) - self._avg_next,
+                            counters=self.counters(), trial=trial, provenance=provenance)
 
     # ------------------------------------------------------------------ smoothing
     def _label(self, frame_index: int, timestamp_s: float, raw: np.ndarray, scores: np.ndarray,

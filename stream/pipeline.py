@@ -37,6 +37,7 @@ last 7 frames are classified with clips padded by repeating the edge frame
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -354,11 +355,11 @@ class Pipeline:
             broadcast(self.outputs, "on_trial_start", decision.trial)
             return
         if isinstance(decision, TrialEnded):
-            summary = {**decision.summary, "run": self.result.to_dict()} if "run" not in decision.summary \
-                else decision.summary
-            if arena_id in self.input_checks and "input_check" not in summary:
+            summary = decision.summary if decision.summary.run is not None \
+                else decision.summary.with_run(self.result.to_dict())
+            if arena_id in self.input_checks and summary.input_check is None:
                 check = self.input_checks[arena_id].result()
-                summary = {**summary, "input_check": check}
+                summary = dataclasses.replace(summary, input_check=check)
                 warn(arena_id, decision.trial.trial_id, check["warnings"])
             broadcast(self.outputs, "on_trial_end", decision.trial, summary)
             if self.trials is not None:
@@ -381,7 +382,7 @@ class Pipeline:
             return
         for arena_id, item in self.trials.end_all(reason):
             if isinstance(item, TrialEnded):
-                item = TrialEnded(item.trial, {**item.summary, "run": run_info})
+                item = TrialEnded(item.trial, item.summary.with_run(run_info))
             self._emit(arena_id, item, None)
 
     def _end_segment(self) -> None:

@@ -47,6 +47,7 @@ from stream.trial_files import (
     replay_frames,
     summary_text,
 )
+from stream.trial_summary import TrialSummary
 from stream.version import add_version_argument
 from stream.workbook import write_workbook
 
@@ -122,7 +123,7 @@ def _config(saved: dict, overrides: dict) -> DecisionConfig:
     return DecisionConfig(**kwargs)
 
 
-def rescore(summary_path: Path, frames_path: Path, overrides: dict) -> dict:
+def rescore(summary_path: Path, frames_path: Path, overrides: dict) -> TrialSummary:
     """A trial's summary rebuilt from its CSV with the saved settings, ``overrides`` applied."""
     try:
         saved = json.loads(summary_path.read_text())
@@ -134,15 +135,13 @@ def rescore(summary_path: Path, frames_path: Path, overrides: dict) -> dict:
     arena = ArenaDecisions(saved.get("arena_id", summary_path.stem), list(saved["classes"]), config)
     replay_frames(arena, read_frames_csv(frames_path))
     arena.flush()
-    out = {**arena.summary()}
-    for key in ("trial", "provenance", "run", "input_check"):  # what the CSV cannot rebuild
-        if key in saved:
-            out[key] = saved[key]
-    if "trial" in out:
-        out["trial"] = {**out["trial"], "test_complete": out["counters"]["test_complete"]}
-    out["rescored"] = {"from": str(frames_path), "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}}
-    return out
+    counters = arena.counters()
+    trial = {**saved["trial"], "test_complete": counters.test_complete} if "trial" in saved else None
+    rescored = {"from": str(frames_path), "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}}
+    # what the CSV cannot rebuild (trial, provenance, run, input check) is kept from the saved summary
+    return dataclasses.replace(arena.trial_summary(trial=trial, provenance=saved.get("provenance")),
+                               run=saved.get("run"), input_check=saved.get("input_check"), extra={"rescored": rescored})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,15 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         args.summaries.mkdir(parents=True, exist_ok=True)
     summaries = [(path, rescore(path, frames_path, overrides))
                  for path, frames_path in tqdm(trials, desc="re-scoring", unit="trial", disable=args.quiet or None)]
-    if assignments is not None:
-        apply_assignments([s for _, s in summaries], assignments, f"--assign {args.assign}")
+    if assignments is not None:  # the assignments edit the trial blocks as the summary files hold them
+        plain = [s.to_json() for _, s in summaries]
+        apply_assignments(plain, assignments, f"--assign {args.assign}")
+        summaries = [(path, TrialSummary.from_json(d)) for (path, _), d in zip(summaries, plain)]
     rows = []
     for summary_path, summary in summaries:
         row = results_row(summary)
         rows.append(row)
         warn_incomplete(row)
         if args.summaries is not None:
-            atomic_write(args.summaries / summary_path.name, summary_text(summary))
+            atomic_write(args.summaries / summary_path.name, summary_text(summary.to_json()))
     rows.sort(key=lambda r: (r["start_utc"], r["trial_id"]))
     for path, write in ((args.out, write_table), (args.xlsx, write_workbook)):
         if path is None:

@@ -48,6 +48,7 @@ from stream.decisions import ArenaDecisions, Decision, DecisionConfig
 from stream.errors import UserError
 from stream.ids import check_arena_id_length, check_id, safe_token
 from stream.presence import PresenceConfig, PresenceDetector
+from stream.trial_summary import TrialSummary
 from stream.trial_files import (  # Trial and write_trial_file are re-exported: a trial is imported from here
     FRAMES_FILE_SUFFIX,
     SUMMARY_FILE_SUFFIX,
@@ -102,7 +103,7 @@ class TrialStarted:
 @dataclass(frozen=True)
 class TrialEnded:
     trial: Trial
-    summary: dict  # the summary JSON
+    summary: TrialSummary
 
 
 @dataclass(frozen=True)
@@ -240,11 +241,11 @@ class ArenaTrial:
     """
 
     def __init__(self, arena_id: str, classes: list[str], config: DecisionConfig,
-                 summary_extra: Callable[[Trial], dict] | None = None) -> None:
+                 provenance: Callable[[Trial], dict] | None = None) -> None:
         self.arena_id = arena_id
         self.classes = list(classes)
         self.config = config
-        self.summary_extra = summary_extra or (lambda _t: {})
+        self.provenance = provenance  # what produced the figures (the runner's), in every summary
         self.trial: Trial | None = None
         self.decisions: ArenaDecisions | None = None
         self.trials_ended = 0
@@ -341,10 +342,10 @@ class ArenaTrial:
             return []
         out: list = list(self.flush())
         counters = self.decisions.counters()
-        summary = {**self.decisions.summary(), "trial": {**self.trial.to_json(), "end_reason": reason,
-                                                          "ended_utc": utc_now(),
-                                                          "test_complete": counters.test_complete},
-                   **self.summary_extra(self.trial)}
+        summary = self.decisions.trial_summary(
+            trial={**self.trial.to_json(), "end_reason": reason, "ended_utc": utc_now(),
+                   "test_complete": counters.test_complete},
+            provenance=self.provenance(self.trial) if self.provenance is not None else None)
         out.append(TrialEnded(self.trial, summary))
         log.info("arena %s: trial %s ended (%s)", self.arena_id, self.trial.trial_id, reason)
         self.trial, self.decisions, self._stop, self._resumed_at_utc = None, None, None, None
@@ -391,7 +392,7 @@ class TrialBook:
 
     def __init__(self, arenas: Sequence[str], classes: list[str], config: DecisionConfig, *, mode: str,
                  out_dir: Path, source: str, schedule: Sequence[ScheduleEntry] = (),
-                 summary_extra: Callable[[Trial], dict] | None = None) -> None:
+                 provenance: Callable[[Trial], dict] | None = None) -> None:
         if mode not in TRIAL_MODES:
             raise UserError(f"--trials {mode}: choose one of {', '.join(TRIAL_MODES)}")
         unknown = sorted({e.arena for e in schedule} - set(arenas))
@@ -404,7 +405,7 @@ class TrialBook:
         self.config = config
         self.out_dir = Path(out_dir)
         self.source = source
-        self.arenas = {a: ArenaTrial(a, classes, config, summary_extra) for a in arenas}
+        self.arenas = {a: ArenaTrial(a, classes, config, provenance) for a in arenas}
         self._schedule = sorted(schedule, key=lambda e: e.start_s)
         self._commands: queue.Queue = queue.Queue()
         self._lock = threading.Lock()  # guards the status snapshot read by the control thread

@@ -19,11 +19,13 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import zmq
 
+from stream.counters import Counters, WindowCounts
 from stream.errors import UserError, cli_main
 from stream.outputs.publisher import DEFAULT_ENDPOINT, MAX_MESSAGE_BYTES, SCHEMA_VERSION, STATE_REQUEST, SequenceGaps
 from stream.version import add_version_argument
@@ -47,7 +49,7 @@ class ArenaView:
     frame_index: int | None = None
     timestamp_s: float | None = None
     behaviour: str = "-"
-    counters: dict = field(default_factory=dict)
+    counters: Counters | None = None  # None until a message carried them
     finished: bool = False
     last_printed_s: float = float("-inf")
     lost: int = 0  # messages this watcher missed (gaps in seq): it was too slow or suspended
@@ -57,32 +59,49 @@ def _fmt_s(value: Any) -> str:
     return "-" if value is None else f"{float(value):.1f}"
 
 
+def _counters(d: Any) -> Counters | None:
+    """Counters from a message's JSON (the edge); None for none or a malformed block (logged)."""
+    if not d or not isinstance(d, Mapping):
+        return None
+    try:
+        return Counters.from_json(d)
+    except (KeyError, TypeError, ValueError):
+        log.warning("ignoring counters that are not swim-stream's: %.200s", d)
+        return None
+
+
+def _part(x: Counters | WindowCounts | None, name: str) -> Any:
+    """An attribute of counters not received yet reads as "-" (None for the seconds)."""
+    return getattr(x, name) if x is not None else None
+
+
 def format_line(view: ArenaView) -> str:
     c = view.counters
-    w = c.get("scoring_window") or {}
-    g = c.get("gaps") or {}
+    w = c.scoring_window if c is not None else None
+    bouts, w_bouts = _part(c, "immobility_bouts"), _part(w, "immobility_bouts")
     return (
         f"arena {view.arena} frame {view.frame_index if view.frame_index is not None else '-'} "
         f"t={_fmt_s(view.timestamp_s)}s behaviour={view.behaviour} "
-        f"immobile={_fmt_s(c.get('immobile_s'))}s bouts={c.get('immobility_bouts', '-')} "
-        f"latency={_fmt_s(c.get('latency_to_first_bout_s'))}s | "
-        f"window immobile={_fmt_s(w.get('immobile_s'))}s bouts={w.get('immobility_bouts', '-')} "
-        f"latency={_fmt_s(w.get('latency_to_first_bout_s'))}s | gaps={g.get('count', 0)}"
+        f"immobile={_fmt_s(_part(c, 'immobile_s'))}s bouts={'-' if bouts is None else bouts} "
+        f"latency={_fmt_s(_part(c, 'latency_to_first_bout_s'))}s | "
+        f"window immobile={_fmt_s(_part(w, 'immobile_s'))}s bouts={'-' if w_bouts is None else w_bouts} "
+        f"latency={_fmt_s(_part(w, 'latency_to_first_bout_s'))}s | gaps={c.gaps.count if c is not None else 0}"
         + (f" lost={view.lost}" if view.lost else "")
     )
 
 
 def format_summary(view: ArenaView) -> str:
     c = view.counters
-    w = c.get("scoring_window") or {}
-    g = c.get("gaps") or {}
+    if c is None:
+        return f"arena {view.arena} summary: no counters received"
+    w, g = c.scoring_window, c.gaps
     return (
-        f"arena {view.arena} summary: immobile {_fmt_s(c.get('immobile_s'))} s in "
-        f"{c.get('immobility_bouts', '-')} bouts, latency {_fmt_s(c.get('latency_to_first_bout_s'))} s; "
-        f"scoring window {_fmt_s(w.get('start_s'))}-{_fmt_s(w.get('end_s'))} s: immobile "
-        f"{_fmt_s(w.get('immobile_s'))} s in {w.get('immobility_bouts', '-')} bouts, latency "
-        f"{_fmt_s(w.get('latency_to_first_bout_s'))} s; frames {c.get('frames_classified', '-')}, "
-        f"gaps {g.get('count', 0)} ({_fmt_s(g.get('seconds_missing', 0.0))} s)"
+        f"arena {view.arena} summary: immobile {_fmt_s(c.immobile_s)} s in "
+        f"{c.immobility_bouts} bouts, latency {_fmt_s(c.latency_to_first_bout_s)} s; "
+        f"scoring window {_fmt_s(w.start_s)}-{_fmt_s(w.end_s)} s: immobile "
+        f"{_fmt_s(w.immobile_s)} s in {w.immobility_bouts} bouts, latency "
+        f"{_fmt_s(w.latency_to_first_bout_s)} s; frames {c.frames_classified}, "
+        f"gaps {g.count} ({_fmt_s(g.seconds_missing)} s)"
     )
 
 
@@ -94,19 +113,19 @@ def format_table(views: dict[str, ArenaView]) -> list[str]:
     rows = [_COLUMNS]
     for view in views.values():
         c = view.counters
-        w = c.get("scoring_window") or {}
+        w = c.scoring_window if c is not None else None
         rows.append((
             view.arena,
             "-" if view.frame_index is None else str(view.frame_index),
             _fmt_s(view.timestamp_s),
             view.behaviour,
-            _fmt_s(c.get("immobile_s")),
-            str(c.get("immobility_bouts", "-")),
-            _fmt_s(c.get("latency_to_first_bout_s")),
-            _fmt_s(w.get("immobile_s")),
-            str(w.get("immobility_bouts", "-")),
-            _fmt_s(w.get("latency_to_first_bout_s")),
-            str((c.get("gaps") or {}).get("count", 0)),
+            _fmt_s(_part(c, "immobile_s")),
+            "-" if c is None else str(c.immobility_bouts),
+            _fmt_s(_part(c, "latency_to_first_bout_s")),
+            _fmt_s(_part(w, "immobile_s")),
+            "-" if w is None else str(w.immobility_bouts),
+            _fmt_s(_part(w, "latency_to_first_bout_s")),
+            str(c.gaps.count if c is not None else 0),
             str(view.lost),
             "done" if view.finished else "live",
         ))
@@ -170,8 +189,8 @@ class _Watcher:
         for arena, counters in (state.get("arenas") or {}).items():
             if self.wanted(arena):
                 v = self.view(arena)
-                v.counters = counters or {}
-                v.timestamp_s = v.counters.get("last_timestamp_s")
+                v.counters = _counters(counters)
+                v.timestamp_s = v.counters.last_timestamp_s if v.counters is not None else None
                 v.finished = arena in finished
         self.emit(force=True)
 
@@ -197,10 +216,11 @@ class _Watcher:
         v = self.view(topic)
         if self.gaps.update(topic, body.get("seq")):
             v.lost = self.gaps.lost[topic]
-        v.counters = body.get("counters") or v.counters
+        v.counters = _counters(body.get("counters")) or v.counters
         if body.get("type") == "summary":
             v.finished = True
-            v.timestamp_s = v.counters.get("last_timestamp_s", v.timestamp_s)
+            if v.counters is not None:
+                v.timestamp_s = v.counters.last_timestamp_s
             if not self.tty:
                 print(format_summary(v), file=self.out, flush=True)
         else:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stream.counters import Counters, WindowCounts
 from stream.outputs.console import summary_table
+from stream.trial_summary import TrialSummary
 
 
-def _summary(behaviour: dict[str, float], immobile_s: float) -> dict:
-    return {"counters": {"frames_classified": 30, "behaviour_s": behaviour, "immobile_s": immobile_s,
-                         "immobility_bouts": 1, "latency_to_first_bout_s": 1.5,
-                         "scoring_window": {"immobile_s": immobile_s, "immobility_bouts": 1}, "gaps": {"count": 0}}}
+def _summary(behaviour: dict[str, float], immobile_s: float) -> TrialSummary:
+    window = WindowCounts(start_s=120.0, end_s=360.0, immobile_s=immobile_s, immobility_bouts=1)
+    counters = Counters(frames_classified=30, behaviour_s=behaviour, immobile_s=immobile_s, mobile_s=0.0,
+                        immobility_bouts=1, latency_to_first_bout_s=1.5, last_timestamp_s=2.9, test_complete=False,
+                        scoring_window=window)
+    return TrialSummary(arena_id="arena0", classes=tuple(behaviour), immobile_classes=(), config={"fps": 10.0},
+                        frames_held_back=0, counters=counters)
 
 
 def test_top_view_table_has_one_immobile_column_and_side_view_keeps_every_class() -> None:

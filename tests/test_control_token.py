@@ -73,9 +73,10 @@ def test_beyond_loopback_needs_a_token_file_or_allow_remote_control(tmp_path, ca
 
 
 def _settings(*argv: str):
-    from stream.run import _Run, build_parser
+    from stream.run import config_from_argv
+    from stream.runner import Runner
 
-    run = _Run(build_parser().parse_args(["--camera", "0", *argv]))
+    run = Runner(config_from_argv(["--camera", "0", *argv]))
     run._trial_settings()  # the step that resolves --control; it opens no port
     return run
 

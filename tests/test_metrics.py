@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import urllib.request
 
@@ -127,7 +128,7 @@ def test_scrape_sees_zeroed_series_then_trial_gauges_and_the_source_as_camera() 
         assert during[("swim_stream_bin_index", (("arena", "A"),))] == 2
         assert during[("swim_stream_bin_immobile_seconds", (("arena", "A"),))] == pytest.approx(0.5)
         assert during[("swim_stream_last_decision_timestamp_seconds", (("arena", "A"),))] > 1.7e9
-        m.on_trial_end(trial, {"counters": {"test_complete": False}})
+        m.on_trial_end(trial, arena.trial_summary())  # 1.5 s of a 6-minute test: not complete
         after = scrape(m.port)
         assert after[("swim_stream_trial_active", (("arena", "A"),))] == 0
         assert after[("swim_stream_trials_finished_total", (("arena", "A"),))] == 1
@@ -160,10 +161,12 @@ def test_missing_frames_stride_and_out_of_depth_are_metrics() -> None:
     assert reg.get_sample_value("swim_stream_frames_missing_ratio", {"arena": "A"}) == pytest.approx(0.2)
     assert reg.get_sample_value("swim_stream_stride_frames") == 4
     trial = Trial("A-t001", "A")
-    m.on_trial_end(trial, {"counters": {"test_complete": False}, "input_check": {"warnings": ["brightness ..."]}})
+    ended = arena.trial_summary()
+    m.on_trial_end(trial, dataclasses.replace(ended, input_check={"warnings": ["brightness ..."]}))
     assert reg.get_sample_value("swim_stream_out_of_depth", {"arena": "A"}) == 1
     m.on_trial_start(trial)
-    m.on_trial_end(trial, {"counters": {"test_complete": True}, "input_check": {"warnings": []}})
+    m.on_trial_end(trial, dataclasses.replace(ended, counters=dataclasses.replace(ended.counters, test_complete=True),
+                                              input_check={"warnings": []}))
     assert reg.get_sample_value("swim_stream_out_of_depth", {"arena": "A"}) == 0
 
 

@@ -156,7 +156,7 @@ def no_engine(monkeypatch):
         calls.append(args)
         raise AssertionError("engine built despite a bad card")
 
-    monkeypatch.setattr(run_mod, "_build_engine", build)
+    monkeypatch.setattr("stream.runner._build_engine", build)
     return calls
 
 
@@ -288,7 +288,7 @@ def engine_dirs(monkeypatch):
         dirs.append(Path(model_dir))
         raise UserError("stopped by the test after choosing the model")
 
-    monkeypatch.setattr(run_mod, "_build_engine", build)
+    monkeypatch.setattr("stream.runner._build_engine", build)
     return dirs
 
 

@@ -58,12 +58,11 @@ def test_saved_model_runs_as_an_engine_and_stream_run_default_min_bout(tmp_path)
     assert probs.tolist() == [[0, 0, 1], [0, 1, 0], [1, 0, 0]]  # float, struggle, swim in card order
     engine.close()
     # the fitted minimum bout is stream-run's default for this model, an explicit flag wins
-    from stream.run import _Run, build_parser
+    from stream.run import config_from_argv
+    from stream.runner import decision_config
 
-    run = _Run(build_parser().parse_args(["--video", "x.mp4"]))
-    assert run._decision_config(card).min_bout_s == 2.0
-    run = _Run(build_parser().parse_args(["--video", "x.mp4", "--min-bout-s", "0"]))
-    assert run._decision_config(card).min_bout_s == 0.0
+    assert decision_config(config_from_argv(["--video", "x.mp4"]).decisions, card).min_bout_s == 2.0
+    assert decision_config(config_from_argv(["--video", "x.mp4", "--min-bout-s", "0"]).decisions, card).min_bout_s == 0.0
 
 
 def test_checksum_and_card_checks(tmp_path):

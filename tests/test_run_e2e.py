@@ -2,7 +2,7 @@
 
 The model is a tiny untrained fused I3D (32 px). Building a frozen CPU engine costs ~10 s on the
 shared test machine, so most tests hand ``stream-run`` one eager torch engine built once for the
-module (``_build_engine`` is the CLI's single engine hook); the checksum test builds for real.
+module (``stream.runner._build_engine`` is the CLI's single engine hook); the checksum test builds for real.
 Label agreement with the shipped trained model is tested elsewhere.
 """
 
@@ -23,6 +23,7 @@ import pytest
 import zmq
 
 import stream.run as run_mod
+import stream.runner as runner_mod
 from stream import capture as cap_mod
 from stream.outputs.csv_log import read_frames_csv
 
@@ -83,7 +84,7 @@ def fast_engine(monkeypatch, shared_engine):
         calls.append((kind, Path(model_dir), device, batch_size))
         return _NoClose(shared_engine)
 
-    monkeypatch.setattr(run_mod, "_build_engine", build)
+    monkeypatch.setattr("stream.runner._build_engine", build)
     return calls
 
 
@@ -170,6 +171,10 @@ def test_video_two_arenas_writes_csv_summary_zmq_and_metrics(video, model_dir, t
         assert summary["run"]["end_reason"] == "end of file"
         assert summary["run"]["look_ahead_s"] == pytest.approx(7 / FPS, abs=1e-3)
         assert summary["run"]["capture"]["frames_dropped_queue_full"] == 0
+        # the run's whole configuration, as stream-run resolved it, is in every summary's provenance
+        run_config = summary["provenance"]["run_config"]
+        assert run_config["version"] == 1 and run_config["model"]["stride"] == 2 and run_config["source"]["realtime"]
+        assert run_config["outputs"]["out"] == str(out)
     frames = [b for t, b in messages if b["type"] == "frame"]
     assert {b["arena"] for b in frames} == {"A1", "A2"}
     assert all(b["schema"] == 1 and set(b["probabilities"]) == set(CLASSES) for b in frames)
@@ -331,7 +336,7 @@ def test_model_failing_its_checksum_is_refused(video, model_dir, tmp_path, capsy
 
 
 def test_missing_bundled_model_is_a_clear_error(video, tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(run_mod, "default_model_dir", lambda: tmp_path / "trained_models" / "fst-side-64")
+    monkeypatch.setattr("stream.runner.default_model_dir", lambda: tmp_path / "trained_models" / "fst-side-64")
     assert run_mod.main(["--video", str(video), *quiet(tmp_path / "o")]) == 2
     assert "--model" in capsys.readouterr().err
 
@@ -410,12 +415,12 @@ def test_a_failed_start_leaves_no_folder_but_a_result_is_never_removed(tmp_path)
     failed.mkdir(parents=True)
     (failed / "source.json").write_text("{}")
     (failed / "A1.frames.csv").write_text("frame,timestamp_s,behaviour,immobile,p_swim\n")  # header only
-    run_mod._remove_start_debris([failed, failed.parent])
+    runner_mod._remove_start_debris([failed, failed.parent])
     assert not failed.parent.exists()
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "A1.frames.csv").write_text("frame,timestamp_s,behaviour,immobile,p_swim\n0,0.0,swim,0,1.0\n")
-    run_mod._remove_start_debris([kept])
+    runner_mod._remove_start_debris([kept])
     assert (kept / "A1.frames.csv").exists()
 
 
@@ -426,3 +431,22 @@ def test_streaming_engine_runs_live_on_the_video(video, model_dir, tmp_path) -> 
     for arena in ("A1", "A2"):
         rows = csv_rows(out, arena)
         assert [r["frame"] for r in rows] == list(range(FRAMES))
+
+
+def test_settings_from_a_toml_file_with_spaces_in_its_paths(tmp_path, model_dir, fast_engine) -> None:
+    """Issue 23: `stream-run --config rig.toml` (what the systemd unit passes): paths with spaces in the
+    file reach the run whole, relative ones from the file's folder; a flag typed on the command line wins."""
+    rig_dir = tmp_path / "rig settings"
+    (rig_dir / "my videos").mkdir(parents=True)
+    write_video(rig_dir / "my videos" / "cam 0.mp4", frames=12)
+    rig = rig_dir / "rig.toml"
+    rig.write_text(f'[source]\nvideos = ["my videos/cam 0.mp4"]\n[arenas]\nrois = ["0,0,48,48"]\n'
+                   f'[model]\ndir = "{model_dir}"\nstride = 1\n'
+                   f'[outputs]\nout = "run dir/first"\nzmq = "tcp://127.0.0.1:1"\nmetrics_port = 0\nquiet = true\n')
+    out = tmp_path / "out dir"
+    assert run_mod.main(["--config", str(rig), "--out", str(out), "--no-zmq", "--stride", "4"]) == 0
+    assert [r["frame"] for r in csv_rows(out, "arena0")] == list(range(12))
+    assert not (rig_dir / "run dir").exists()  # --out typed on the command line won over the file's
+    provenance = json.loads((out / "arena0.summary.json").read_text())["provenance"]
+    assert provenance["run_config"]["model"]["stride"] == 4 and provenance["run_config"]["outputs"]["zmq"] is None
+    assert provenance["source"].endswith("cam 0.mp4")

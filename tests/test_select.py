@@ -185,7 +185,7 @@ def test_trial_runs_give_video_time_and_arena_templates_that_train_and_fit_motio
     from test_trials import ScriptedEngine
     from trial_video import ARENAS, TRUTH, write_schedule, write_trials_video
 
-    monkeypatch.setattr(run_mod, "_build_engine", lambda *a, **k: ScriptedEngine())
+    monkeypatch.setattr("stream.runner._build_engine", lambda *a, **k: ScriptedEngine())
     video = write_trials_video(tmp_path / "rec")
     schedule = write_schedule(tmp_path / "schedule.csv", video)
     test_s = 4.0

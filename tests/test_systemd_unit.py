@@ -21,6 +21,7 @@ import pytest
 SYSTEMD_DIR = Path(__file__).parents[1] / "systemd"
 UNIT = SYSTEMD_DIR / "swim-stream@.service"
 ENV_EXAMPLE = SYSTEMD_DIR / "swim-stream.env.example"
+TOML_EXAMPLE = SYSTEMD_DIR / "swim-stream.toml.example"
 VERIFY_TIMEOUT_S = 60  # systemd-analyze loads the unit and its dependencies; seconds, not minutes
 # systemd-analyze security rates 0 (locked down) .. 10 (no sandbox); below 3 is "OK" with margin.
 MAX_EXPOSURE = 3.0
@@ -147,62 +148,64 @@ def systemd_expand(exec_start: str, env: dict[str, str], instance: str) -> list[
 def unit_environment(unit: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
     """Environment= defaults overridden by the example file, as EnvironmentFile= would."""
     env = {}
+    specifiers = {"%%": "%", "%i": "cam0", "%S": "/var/lib", "%C": "/var/cache"}  # systemd expands them here too
     for assignment in values(unit["Service"], "Environment"):
         key, _, value = assignment.partition("=")
-        env[key] = value
+        env[key] = re.sub(r"%[%iSC]", lambda m: specifiers[m.group(0)], value)
     env.update(parse_env_file(ENV_EXAMPLE))
     return env
 
 
-def test_execstart_reads_the_environment_file_and_writes_to_state_dir(
+def test_execstart_reads_the_settings_file_and_writes_to_state_dir(
     unit: dict[str, list[tuple[str, str]]]
 ) -> None:
     service = unit["Service"]
-    assert one(service, "EnvironmentFile") == "/etc/swim-stream/%i.env"
+    assert one(service, "EnvironmentFile") == "-/etc/swim-stream/%i.env"  # optional: SWIM_RUN_NAME, SWIM_CONFIG
+    assert "SWIM_CONFIG=/etc/swim-stream/%i.toml" in values(service, "Environment")
     exec_start = one(service, "ExecStart")
     argv = systemd_expand(exec_start, unit_environment(unit), "cam0")
     assert argv[:2] == ["/bin/sh", "-c"] and len(argv) == 3, argv
     # `exec` so that stream-run replaces the shell: NotifyAccess=main accepts only the main PID.
     assert argv[2].lstrip().startswith(f"exec {STREAM_RUN_INSTALLED} "), argv[2]
-    for variable in ("SWIM_SOURCE", "SWIM_MODEL", "STATE_DIRECTORY", "SWIM_METRICS_PORT",
-                     "SWIM_ZMQ", "SWIM_EXTRA_ARGS"):
-        assert f"${variable}" in argv[2], f"{variable} not passed to stream-run"
+    for variable in ("SWIM_CONFIG", "STATE_DIRECTORY", "SWIM_RUN_NAME"):
+        assert f"${variable}" in argv[2] or f"${{{variable}" in argv[2], f"{variable} not passed to stream-run"
 
 
-def test_execstart_runs_stream_run_with_the_settings_of_the_env_file(
-    unit: dict[str, list[tuple[str, str]]], tmp_path: Path
-) -> None:
-    """Run the unit's command line through /bin/sh with a stub in place of stream-run."""
+def _unit_argv(unit: dict[str, list[tuple[str, str]]], tmp_path: Path, env: dict[str, str]) -> list[str]:
+    """The unit's command line run through /bin/sh with a stub in place of stream-run: its argv."""
     sh = shutil.which("sh")
     if sh is None:
         pytest.skip("no /bin/sh")
-    env = unit_environment(unit)
     argv = systemd_expand(one(unit["Service"], "ExecStart"), env, "cam0")
     stub = tmp_path / "stream-run"
     stub.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
     stub.chmod(0o755)
     script = argv[2].replace(STREAM_RUN_INSTALLED, str(stub))
-    state = tmp_path / "state"
-    run_env = {**env, "STATE_DIRECTORY": str(state), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    run_env = {**env, "STATE_DIRECTORY": str(tmp_path / "state"), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     done = subprocess.run([sh, "-c", script], capture_output=True, text=True, env=run_env,
                           timeout=VERIFY_TIMEOUT_S)
     assert done.returncode == 0, done.stderr
-    args = json.loads(done.stdout)
-    example = parse_env_file(ENV_EXAMPLE)
-    expected_head = [*example["SWIM_SOURCE"].split(), "--model", example["SWIM_MODEL"]]
-    assert args[: len(expected_head)] == expected_head, args
-    out = Path(args[args.index("--out") + 1])
-    assert out.parent == state and re.fullmatch(r"\d{8}T\d{6}Z", out.name), out
-    assert args[args.index("--metrics-port") + 1] == example["SWIM_METRICS_PORT"]
-    assert args[args.index("--zmq") + 1] == example["SWIM_ZMQ"]
-    assert args[-len(example["SWIM_EXTRA_ARGS"].split()):] == example["SWIM_EXTRA_ARGS"].split()
+    return json.loads(done.stdout)
 
 
-def test_execstart_without_extra_args_passes_no_empty_argument(
+def test_execstart_runs_stream_run_with_the_settings_file(
     unit: dict[str, list[tuple[str, str]]], tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in unit_environment(unit).items() if k != "SWIM_EXTRA_ARGS"}
-    env["SWIM_EXTRA_ARGS"] = ""  # the unit's default
+    args = _unit_argv(unit, tmp_path, unit_environment(unit))
+    assert args[:2] == ["--config", "/etc/swim-stream/cam0.toml"], args
+    out = Path(args[args.index("--out") + 1])
+    assert out.parent == tmp_path / "state" and re.fullmatch(r"\d{8}T\d{6}Z", out.name), out
+    assert len(args) == 4, args
+    # the issue's bug: a path with a space, handed over by the environment, stays one argument
+    spaced = {**unit_environment(unit), "SWIM_CONFIG": "/etc/swim stream/cam 0.toml", "SWIM_RUN_NAME": "my trials"}
+    args = _unit_argv(unit, tmp_path, spaced)
+    assert args == ["--config", "/etc/swim stream/cam 0.toml", "--out", str(tmp_path / "state" / "my trials")], args
+
+
+def test_execstart_with_empty_settings_passes_no_empty_argument(
+    unit: dict[str, list[tuple[str, str]]], tmp_path: Path
+) -> None:
+    env = {**unit_environment(unit), "SWIM_RUN_NAME": ""}  # the unit's default
     argv = systemd_expand(one(unit["Service"], "ExecStart"), env, "cam0")
     done = subprocess.run(["sh", "-c", argv[2].replace(STREAM_RUN_INSTALLED, "printf '<%s>\\n'")],
                           capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S,
@@ -227,20 +230,26 @@ def _stream_run_help() -> str:
     return done.stdout
 
 
-def test_flags_in_unit_and_example_exist_in_stream_run(
-    unit: dict[str, list[tuple[str, str]]]
+def test_flags_in_unit_exist_in_stream_run_and_the_example_settings_load(
+    unit: dict[str, list[tuple[str, str]]], tmp_path: Path
 ) -> None:
     help_text = _stream_run_help()
     argv = systemd_expand(one(unit["Service"], "ExecStart"), unit_environment(unit), "cam0")
-    words = argv[2].split()
-    for key in ("SWIM_SOURCE", "SWIM_EXTRA_ARGS"):
-        words += parse_env_file(ENV_EXAMPLE).get(key, "").split()
-    words += [line.split("=", 1)[1] for line in ENV_EXAMPLE.read_text().splitlines()
-              if line.startswith("#SWIM_SOURCE=")]  # the commented-out alternative too
-    flags = {w for w in " ".join(words).split() if re.fullmatch(r"--[a-z][a-z0-9-]*", w)}
-    assert {"--model", "--out", "--metrics-port", "--zmq"} <= flags
+    flags = {w for w in argv[2].split() if re.fullmatch(r"--[a-z][a-z0-9-]*", w)}
+    assert flags == {"--config", "--out"}, flags
     unknown = sorted(f for f in flags if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", help_text))
     assert not unknown, f"stream-run --help does not know {unknown}"
+    # the example settings are what stream-run reads: every table, key and value is accepted
+    from stream.run import config_from_argv
+
+    config = config_from_argv(["--config", str(TOML_EXAMPLE), "--out", str(tmp_path / "out")])
+    assert config.source.camera == 0 and config.outputs.metrics_port == 9108
+    assert config.model.dir == Path("/opt/swim-stream/trained_models/fst-side-64")
+    assert len(config.arenas.rois) == 2 and config.outputs.out == tmp_path / "out"
+    # and so is the commented-out alternative source
+    alternative = TOML_EXAMPLE.read_text().replace("camera = 0", "#camera = 0").replace("#url =", "url =")
+    (tmp_path / "url.toml").write_text(alternative)
+    assert config_from_argv(["--config", str(tmp_path / "url.toml")]).source.url.startswith("rtsp://")
 
 
 def test_every_variable_is_set_by_the_unit_the_example_or_systemd(
@@ -252,7 +261,7 @@ def test_every_variable_is_set_by_the_unit_the_example_or_systemd(
     assert one(unit["Service"], "StateDirectory") == "swim-stream/%i"
     missing = used - set(unit_environment(unit)) - set_by_systemd
     assert not missing, f"ExecStart uses variables set nowhere: {sorted(missing)}"
-    assert {"SWIM_MODEL", "SWIM_SOURCE"} <= set(parse_env_file(ENV_EXAMPLE))
+    assert {"SWIM_CONFIG", "SWIM_RUN_NAME"} <= used
 
 
 def _instance_copy(tmp_path: Path) -> Path:

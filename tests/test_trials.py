@@ -91,7 +91,7 @@ class Events(Output):
     def on_trial_start(self, trial) -> None:
         self.started.append(trial)
 
-    def on_trial_end(self, trial, summary: dict) -> None:
+    def on_trial_end(self, trial, summary) -> None:
         self.ended.append((trial, summary))
 
 
@@ -100,7 +100,7 @@ def run_pipeline(frames, out: Path, mode: str, *, schedule=(), first: int = 0, s
     """Frames [first, stop_after) through a pipeline with a TrialBook; ``between(i, book)`` runs before frame i."""
     arenas = [Arena(a, Roi(*r)) for a, r in ARENAS.items()]
     book = TrialBook([a.id for a in arenas], CLASSES, config, mode=mode, out_dir=out, source="session.mp4",
-                     schedule=schedule, summary_extra=lambda t: {"provenance": {"model": "scripted", "roi": "x"}})
+                     schedule=schedule, provenance=lambda t: {"model": "scripted", "roi": "x"})
     events = Events()
     csv_out = CsvOutput(out, CLASSES)
     results = ResultsTable(out)
@@ -147,7 +147,7 @@ def test_schedule_runs_two_trials_per_arena_with_bins_adding_up(session, tmp_pat
     for trial, summary in events.ended:
         truth = next(t_in for m, _g, t_in, _o in TRUTH[trial.arena_id] if m == trial.animal)
         assert trial.start_s == pytest.approx(truth, abs=1 / FPS)
-        assert summary["trial"]["end_reason"] == "test complete"
+        assert summary.trial["end_reason"] == "test complete"
         assert (tmp_path / "out" / f"{trial.trial_id}.frames.csv").exists()
 
 
@@ -190,8 +190,8 @@ def test_control_commands_start_and_stop_trials_between_frames(session, tmp_path
     assert replies["status"]["arenas"]["A2"]["state"] == "waiting"
     assert replies["stop"]["ok"]
     (trial, summary), = events.ended
-    assert trial.animal == "M9" and summary["trial"]["end_reason"] == "stopped by command"
-    assert summary["trial"]["test_complete"] is False
+    assert trial.animal == "M9" and summary.trial["end_reason"] == "stopped by command"
+    assert summary.trial["test_complete"] is False and summary.counters.test_complete is False
     assert results.rows[0]["test_complete"] == "0"
 
 
@@ -216,10 +216,10 @@ def test_a_restarted_service_resumes_the_running_trial(session, tmp_path) -> Non
     (resumed,) = events2.started
     assert resumed.trial_id == first.trial_id and resumed.start_utc == first.start_utc and resumed.resumed
     (trial, summary), = events2.ended
-    c = summary["counters"]
-    assert c["frames_classified"] > len(logged)
-    assert c["gaps"]["count"] >= 1  # the outage between the crash and the restart
-    assert summary["trial"]["start_utc"] == first.start_utc
+    c = summary.counters
+    assert c.frames_classified > len(logged)
+    assert c.gaps.count >= 1  # the outage between the crash and the restart
+    assert summary.trial["start_utc"] == first.start_utc
     # the whole trial's CSV re-scores to the same figures
     report = tmp_path / "report.csv"
     assert report_main([str(out), "--out", str(report), "-q"]) == 0
@@ -257,7 +257,7 @@ def test_a_resumed_trial_with_default_smoothing_rescores_to_the_live_table(sessi
     rows = read_frames_csv(out / f"{first.trial_id}.frames.csv")
     assert all(r["frame"] >= 0 for r in rows), [r["frame"] for r in rows if r["frame"] < 0]
     # every classified frame is logged once: the rows held back at the restart are not repeated
-    assert len(rows) == summary["counters"]["frames_classified"]
+    assert len(rows) == summary.counters.frames_classified
     assert len({r["timestamp_s"] for r in rows}) == len(rows)
     report = tmp_path / "report.csv"
     assert report_main([str(out), "--out", str(report), "-q"]) == 0
@@ -290,8 +290,8 @@ def test_a_scheduled_trial_past_the_end_of_the_input_is_listed_as_not_run(sessio
     _, events, results = run_pipeline(frames, tmp_path / "out", "schedule", schedule=entries)
     ended = {t.animal: s for t, s in events.ended}
     assert set(ended) == {"M1", "M9"}
-    assert ended["M9"]["trial"]["end_reason"].startswith("not run")
-    assert ended["M9"]["counters"]["frames_classified"] == 0
+    assert ended["M9"].trial["end_reason"].startswith("not run")
+    assert ended["M9"].counters.frames_classified == 0
     row = next(r for r in results.rows if r["animal"] == "M9")
     assert row["test_complete"] == "0" and row["duration_s"] == "0.000"
 
@@ -437,7 +437,7 @@ def test_report_reproduces_a_live_table_with_dropped_frames(session, tmp_path) -
     keep = lambda i: i % 5 != 3 and not 40 <= i < 58  # noqa: E731 - a frame in 5 dropped, and one 1.2 s outage
     _, events, _ = run_pipeline(frames, tmp_path / "out", "schedule", schedule=schedule, config=config, keep=keep)
     live_text = (tmp_path / "out" / RESULTS_FILE).read_text()
-    assert any(s["counters"]["gaps"]["frames_missing"] for _, s in events.ended)
+    assert any(s.counters.gaps.frames_missing for _, s in events.ended)
     rows = list(csv.DictReader(live_text.splitlines()))
     assert {r["quality"] for r in rows} == {"frames_missing>5%"} and {r["test_complete"] for r in rows} == {"0"}
     report = tmp_path / "report.csv"

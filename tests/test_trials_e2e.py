@@ -37,7 +37,7 @@ WAIT_S = 60.0
 
 @pytest.fixture()
 def scripted(monkeypatch):
-    monkeypatch.setattr(run_mod, "_build_engine", lambda *a, **k: ScriptedEngine())
+    monkeypatch.setattr("stream.runner._build_engine", lambda *a, **k: ScriptedEngine())
 
 
 def rows_of(path: Path) -> list[dict]:

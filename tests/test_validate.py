@@ -184,7 +184,7 @@ def test_trials_are_scored_and_compared_per_animal(tmp_path, tiny_model, monkeyp
     from test_trials import ScriptedEngine
     from trial_video import DURATION_S, FPS as VIDEO_FPS, TRUTH, write_schedule, write_trials_video
 
-    monkeypatch.setattr(run_mod, "_build_engine", lambda *a, **k: ScriptedEngine())
+    monkeypatch.setattr("stream.runner._build_engine", lambda *a, **k: ScriptedEngine())
     video = write_trials_video(tmp_path / "rec")
     n = int(DURATION_S * VIDEO_FPS)
     labels = _trial_labels(tmp_path / "labels.csv", n, VIDEO_FPS)

@@ -131,7 +131,7 @@ def test_table_columns() -> None:
     arena = ArenaDecisions("A", CLASSES, DecisionConfig(fps=1.0))
     for i, p in enumerate([[0.1, 0.1, 0.8]] * 3):
         arena.update(i, float(i), np.array(p))
-    views = {"A": ArenaView("A", frame_index=2, timestamp_s=2.0, behaviour="float", counters=arena.counters().to_json()),
+    views = {"A": ArenaView("A", frame_index=2, timestamp_s=2.0, behaviour="float", counters=arena.counters()),
              "B": ArenaView("B")}
     header, row_a, row_b = format_table(views)
     assert header.split()[:4] == ["ARENA", "FRAME", "TIME_S", "BEHAVIOUR"]

@@ -42,6 +42,7 @@ DEFAULT_FRAMES = 96  # ~6 s of video at 15 fps: 16-frame warm-up of the ring plu
 DEFAULT_LATENCY_FRAMES = 60  # 4 s paced at 15 fps
 MODEL_ONLY_REPEATS = 3  # engine-only reference: a few batches are enough, it is steady
 MIN_REFERENCE_S = 0.5  # and at least this long, so a fast GPU batch is not timed once
+BENCH_QUEUE_FRAMES = 256  # a file read ahead this far never waits on the disk while the pipeline is timed
 
 
 DEFAULT_RANDOM_SIZE_PX = 112  # the input size the issue sets the CPU real-time target at
@@ -103,25 +104,16 @@ def _write_video(path: Path, frames: int, fps: float, arenas: int) -> list[Arena
 
 def _pipeline_pass(engine, card, arenas: list[Arena], video: Path, stride: int, *, realtime: bool,
                    max_frames: int | None, outputs: tuple = ()):
-    from stream.capture import Capture, CaptureConfig, parse_source
-    from stream.decisions import ArenaDecisions, DecisionConfig
-    from stream.flow import FlowConfig, TVL1
-    from stream.pipeline import Pipeline, PipelineConfig
+    """One pass of the live path (``stream.runner.run_video``) with decisions as plain as they come."""
+    from stream.run_config import RunConfig
+    from stream.runner import run_video
 
-    dconf = DecisionConfig(fps=card.fps, immobile_classes=tuple(card.immobile_classes))
-    decisions = {a.id: ArenaDecisions(a.id, list(card.classes), dconf) for a in arenas}
-    capture = Capture(parse_source(video=video), CaptureConfig(fps=card.fps, live=False, realtime=realtime,
-                                                               max_frames=max_frames, queue_frames=256))
-    capture.open()
-    pipeline = Pipeline(engine, TVL1(FlowConfig(**card.flow), device=engine.device), arenas, decisions,
-                        PipelineConfig(fps=card.fps, size_px=engine.input_size_px, stride_frames=stride),
-                        outputs=outputs)
-    capture.start()
-    try:
-        result = pipeline.run(capture)
-    finally:
-        capture.close()
-    return result, capture.stats
+    config = RunConfig.make(source={"videos": (str(video),), "realtime": realtime, "max_frames": max_frames,
+                                    "queue_frames": BENCH_QUEUE_FRAMES},
+                            model={"stride": stride},
+                            decisions={"smoothing": "none", "min_bout_s": 0.0},
+                            outputs={"zmq": None, "metrics_port": 0, "quiet": True})
+    return run_video(config, card, engine, arenas, outputs=outputs)
 
 
 def _model_only_fps(engine, n_arenas: int, stride: int) -> float:
@@ -159,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from stream.engine import build_engine
     from stream.modelfile import load_card
     from stream.pipeline import look_ahead_s
-    from stream.run import default_model_dir
+    from stream.runner import default_model_dir
 
     quiet_opencv_logging()
     try:

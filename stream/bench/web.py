@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from stream.capture import quiet_opencv_logging
     from stream.engine import build_engine
     from stream.modelfile import load_card
-    from stream.run import default_model_dir
+    from stream.runner import default_model_dir
     from stream.web import WebState, parse_web_addr
     from stream.web.server import WebServer
 

@@ -25,6 +25,7 @@ from stream.modelfile import ModelCard
 from stream.numerics import flush_denormals
 
 __all__ = [
+    "BACKENDS",
     "CPU_HALF_REFUSAL",
     "ENGINE_KINDS",
     "FP32_ATOL",
@@ -55,6 +56,14 @@ KIND_ONNXRUNTIME = "onnxruntime"
 # one column per layer per new frame (stream.engine.streaming); close to, not equal to, the clip model
 KIND_STREAMING = "streaming"
 ENGINE_KINDS = (KIND_AUTO, KIND_TENSORRT, KIND_TORCH, KIND_ONNXRUNTIME, KIND_STREAMING)
+# kind -> (module, class): the factory imports a backend on first use only (stream.engine.factory).
+# A new backend is its module plus one kind above and one line here.
+BACKENDS: dict[str, tuple[str, str]] = {
+    KIND_TORCH: ("stream.engine.torch_backend", "TorchEngine"),
+    KIND_ONNXRUNTIME: ("stream.engine.onnxruntime_backend", "OnnxRuntimeEngine"),
+    KIND_TENSORRT: ("stream.engine.tensorrt_backend", "TensorRTEngine"),
+    KIND_STREAMING: ("stream.engine.streaming", "StreamingEngine"),
+}
 # FP32 backends differ only in summation order; measured differences on random clips are ~1e-6.
 FP32_ATOL = 1e-4
 # FP16 keeps a 10-bit mantissa: through ~60 layers probabilities move by ~1e-2 on the test model.

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from stream.engine.base import (
+    BACKENDS,
     KIND_AUTO,
     KIND_ONNXRUNTIME,
-    KIND_STREAMING,
     KIND_TENSORRT,
     KIND_TORCH,
     ONNXRUNTIME_INSTALL_HINT,
@@ -39,13 +39,6 @@ __all__ = ["BACKENDS", "backend_class", "build_engine", "choose_backend", "open_
 
 log = logging.getLogger("stream.engine")
 
-# kind -> (module, class): imported on first use only (see the module docstring)
-BACKENDS: dict[str, tuple[str, str]] = {
-    KIND_TORCH: ("stream.engine.torch_backend", "TorchEngine"),
-    KIND_ONNXRUNTIME: ("stream.engine.onnxruntime_backend", "OnnxRuntimeEngine"),
-    KIND_TENSORRT: ("stream.engine.tensorrt_backend", "TensorRTEngine"),
-    KIND_STREAMING: ("stream.engine.streaming", "StreamingEngine"),
-}
 
 
 def backend_class(kind: str) -> type[Engine]:

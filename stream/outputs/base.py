@@ -11,7 +11,7 @@ name, so a new output is a new class, not a new keyword argument of ``Pipeline``
              ── on_gap(GapEvent)            camera outage or frames dropped
              ── on_status(Status)           about once a second, and once at the end
     Trials   ── on_trial_start(Trial)       an arena's test clock starts
-             ── on_trial_end(Trial, summary) its results are final (summary JSON as a dict)
+             ── on_trial_end(Trial, TrialSummary) its results are final (a frozen value; to_json() at the edges)
     run      ── close()                     once, when the run is done with the output
 
 ``Output`` gives every method a do-nothing default (an output ignores the events it has no use
@@ -29,6 +29,7 @@ import numpy as np
 if TYPE_CHECKING:
     from stream.decisions import Decision
     from stream.trial_files import Trial
+    from stream.trial_summary import TrialSummary
 
 __all__ = ["FrameEvent", "GapEvent", "Output", "Status", "broadcast"]
 
@@ -97,8 +98,8 @@ class Output:
     def on_trial_start(self, trial: Trial) -> None:
         """An arena's trial started; its decisions follow."""
 
-    def on_trial_end(self, trial: Trial, summary: dict) -> None:
-        """An arena's trial ended; ``summary`` is final (the summary JSON)."""
+    def on_trial_end(self, trial: Trial, summary: TrialSummary) -> None:
+        """An arena's trial ended; ``summary`` is final."""
 
     def close(self) -> None:
         """The run is done with this output (per-source outputs: at the end of the source)."""

@@ -7,12 +7,13 @@ operator looks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from stream.decisions import Decision
 from stream.outputs.base import FrameEvent, Output, Status
+from stream.trial_summary import TrialSummary, as_summary
 
 __all__ = ["ConsoleOutput", "summary_table"]
 
@@ -28,7 +29,7 @@ class ConsoleOutput(Output):
         self.quiet = quiet
         self.systemd_status = systemd_status
         self.last_behaviour: dict[str, str] = {}
-        self.ended: dict[str, dict] = {}  # trial id -> summary of the trials ended (for the summary table)
+        self.ended: dict[str, TrialSummary] = {}  # trial id -> summary of the trials ended (for the summary table)
         self.bar: Any = None
         if show_bar and not quiet:
             from tqdm import tqdm
@@ -43,7 +44,7 @@ class ConsoleOutput(Output):
     def on_decision(self, arena_id: str, decision: Decision, latency_s: float | None) -> None:
         self.last_behaviour[arena_id] = decision.behaviour
 
-    def on_trial_end(self, trial, summary: dict) -> None:
+    def on_trial_end(self, trial, summary: TrialSummary) -> None:
         self.ended[trial.trial_id] = summary
 
     def on_status(self, status: Status) -> None:
@@ -69,24 +70,25 @@ def _fmt_s(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f} s"
 
 
-def summary_table(summaries: dict[str, dict], classes: list[str], source: str, out_dir: Path,
-                  run: dict | None = None) -> str:
+def summary_table(summaries: Mapping[str, TrialSummary | Mapping[str, Any]], classes: list[str], source: str,
+                  out_dir: Path, run: Mapping[str, Any] | None = None) -> str:
     """The end-of-run table printed to the terminal (one row per trial); ``run``: the run's info."""
+    typed = {key: as_summary(s) for key, s in summaries.items()}
     shown = [c for c in classes if c != "immobile"]  # the top view's class is the immobile s column already
     head = ["arena", "frames", *[f"{c} s" for c in shown], "immobile s", "bouts", "1st bout s",
             "window immobile s", "window bouts", "gaps"]
     rows = []
-    for arena_id, s in summaries.items():
-        c = s["counters"]
-        w = c["scoring_window"]
-        first = c.get("latency_to_first_bout_s")
-        rows.append([arena_id, str(c["frames_classified"]), *[f"{c['behaviour_s'].get(k, 0.0):.1f}" for k in shown],
-                     f"{c['immobile_s']:.1f}", str(c["immobility_bouts"]), "-" if first is None else f"{first:.1f}",
-                     f"{w['immobile_s']:.1f}", str(w["immobility_bouts"]), str(c["gaps"]["count"])])
+    for arena_id, s in typed.items():
+        c = s.counters
+        w = c.scoring_window
+        first = c.latency_to_first_bout_s
+        rows.append([arena_id, str(c.frames_classified), *[f"{c.behaviour_s.get(k, 0.0):.1f}" for k in shown],
+                     f"{c.immobile_s:.1f}", str(c.immobility_bouts), "-" if first is None else f"{first:.1f}",
+                     f"{w.immobile_s:.1f}", str(w.immobility_bouts), str(c.gaps.count)])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     fmt = "  ".join("{:<%d}" % w if i == 0 else "{:>%d}" % w for i, w in enumerate(widths))
     if run is None:
-        run = next(iter(summaries.values())).get("run", {}) if summaries else {}
+        run = (next(iter(typed.values())).run or {}) if typed else {}
     capture = run.get("capture") or {}
     truncated = (f" (TRUNCATED recording: {capture.get('source_frames')} of the {capture.get('source_frames_declared')} "
                  "frames its container declares)") if run.get("truncated_recording") else ""

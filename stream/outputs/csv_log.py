@@ -32,6 +32,7 @@ from stream.decisions import Decision
 from stream.errors import OutputWriteError, UserError, output_error
 from stream.outputs.base import Output
 from stream.spreadsheet import spreadsheet_cell, spreadsheet_cells
+from stream.trial_summary import TrialSummary
 
 # the file format lives in stream.trial_files (the trials read it back too); its readers stay
 # importable from here, where they always were
@@ -287,13 +288,13 @@ class CsvOutput(Output):
         if log_ is not None:
             log_.write(decision)
 
-    def on_trial_end(self, trial: Trial, summary: dict) -> None:
+    def on_trial_end(self, trial: Trial, summary: TrialSummary) -> None:
         log_ = self.logs.pop(trial.arena_id, None)
         if log_ is None:  # ended before it started writing (e.g. a restart between start and first frame)
             log_ = ArenaCsvLog(self.out_dir, trial.file_stem, self.classes, resume=True,
                                flush_interval_s=self.flush_interval_s)
         try:
-            log_.write_summary(summary)
+            log_.write_summary(summary.to_json())
         finally:
             log_.close()
 

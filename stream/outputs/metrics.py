@@ -216,15 +216,13 @@ class Metrics(Output):
             gauge.labels(arena=a).set(0)
         self.bin_index.labels(arena=a).set(1)
 
-    def on_trial_end(self, trial, summary: dict) -> None:
+    def on_trial_end(self, trial, summary) -> None:
         a = trial.arena_id
         self.trial_active.labels(arena=a).set(0)
-        counters = summary.get("counters", {})
-        self.out_of_depth.labels(arena=a).set(1 if (summary.get("input_check") or {}).get("warnings") else 0)
-        self.trial_complete.labels(arena=a).set(1 if counters.get("test_complete") else 0)
-        if "gaps" in counters:
-            seen, missing = counters.get("frames_classified", 0), counters["gaps"].get("frames_missing", 0)
-            self.frames_missing_ratio.labels(arena=a).set(missing / (seen + missing) if seen + missing else 0.0)
+        counters = summary.counters
+        self.out_of_depth.labels(arena=a).set(1 if (summary.input_check or {}).get("warnings") else 0)
+        self.trial_complete.labels(arena=a).set(1 if counters.test_complete else 0)
+        self.frames_missing_ratio.labels(arena=a).set(counters.missing_share)
         self.trials_finished.labels(arena=a).inc()
 
     def on_frame(self, frame: FrameEvent) -> None:

@@ -136,7 +136,7 @@ class PreviewWriter(Output):
     def on_trial_start(self, trial) -> None:
         self._active = (self._active or set()) | {trial.arena_id}
 
-    def on_trial_end(self, trial, summary: dict) -> None:
+    def on_trial_end(self, trial, summary) -> None:
         self._active = (self._active or set()) - {trial.arena_id}
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import zmq
@@ -40,6 +41,7 @@ from stream.errors import UserError
 from stream.network import bind_zmq
 from stream.outputs.base import Output
 from stream.trial_files import json_default
+from stream.trial_summary import TrialSummary, as_summary
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -85,8 +87,9 @@ def decision_message(arena_id: str, decision: Decision) -> dict[str, Any]:
     }
 
 
-def summary_message(arena_id: str, summary: dict) -> dict[str, Any]:
-    return {**summary, "schema": SCHEMA_VERSION, "type": "summary", "arena": arena_id}
+def summary_message(arena_id: str, summary: TrialSummary | Mapping[str, Any]) -> dict[str, Any]:
+    """The ZeroMQ summary message: the summary JSON (``TrialSummary.to_json``) with the envelope."""
+    return {**as_summary(summary).to_json(), "schema": SCHEMA_VERSION, "type": "summary", "arena": arena_id}
 
 
 class SequenceGaps:
@@ -219,7 +222,7 @@ class Publisher(Output):
             if trial.arena_id in self._finished:
                 self._finished.remove(trial.arena_id)
 
-    def on_trial_end(self, trial, summary: dict) -> None:
+    def on_trial_end(self, trial, summary: TrialSummary) -> None:
         self.publish_summary(trial.arena_id, summary)
 
     def state_reply(self) -> dict:
@@ -237,9 +240,9 @@ class Publisher(Output):
             self._latest[arena_id] = message["counters"]
         self._send(arena_id, message)
 
-    def publish_summary(self, arena_id: str, summary: dict) -> None:
+    def publish_summary(self, arena_id: str, summary: TrialSummary | Mapping[str, Any]) -> None:
         with self._lock:
-            self._latest[arena_id] = summary.get("counters", self._latest.get(arena_id, {}))
+            self._latest[arena_id] = as_summary(summary).counters.to_json()
             if arena_id not in self._finished:
                 self._finished.append(arena_id)
         if not self._send(arena_id, summary_message(arena_id, summary)):

@@ -38,6 +38,7 @@ import csv
 import io
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from stream.atomic import atomic_write
 from stream.errors import UserError
 from stream.outputs.base import Output
 from stream.spreadsheet import spreadsheet_cell
+from stream.trial_summary import TrialSummary, as_summary
 
 __all__ = ["COLUMNS_VERSION", "RESULTS_FILE", "ResultsTable", "fixed_columns", "results_row", "table_columns",
            "write_table"]
@@ -78,40 +80,41 @@ def _s(x: float | None) -> str:
     return "" if x is None else f"{float(x):.{SECONDS_DECIMALS}f}"
 
 
-def results_row(summary: dict[str, Any]) -> dict[str, str]:
-    """One table row from a trial's summary JSON (live or re-scored)."""
-    c = summary["counters"]
-    w = c["scoring_window"]
-    trial = summary.get("trial") or {}
-    prov = summary.get("provenance") or {}
-    period = 1.0 / float(summary["config"]["fps"])
-    last = c.get("last_timestamp_s")
+def results_row(summary: TrialSummary | Mapping[str, Any]) -> dict[str, str]:
+    """One table row from a trial's summary (live or re-scored; its JSON is read at the edge)."""
+    summary = as_summary(summary)
+    c = summary.counters
+    w = c.scoring_window
+    trial = summary.trial or {}
+    prov = summary.provenance or {}
+    period = 1.0 / summary.fps
+    last = c.last_timestamp_s
     row = {
-        "trial_id": trial.get("trial_id", summary.get("arena_id", "")),
+        "trial_id": trial.get("trial_id", summary.arena_id),
         "animal": trial.get("animal", ""),
         "group": trial.get("group", ""),
-        "arena": trial.get("arena_id", summary.get("arena_id", "")),
+        "arena": trial.get("arena_id", summary.arena_id),
         "source": trial.get("source", prov.get("source", "")),
         "start_utc": trial.get("start_utc", ""),
         "duration_s": _s(0.0 if last is None else last + period),
-        "test_complete": "1" if c.get("test_complete") else "0",
+        "test_complete": "1" if c.test_complete else "0",
         "model": prov.get("model", ""),
         "model_sha256": prov.get("model_sha256", ""),
         "swim_stream_version": prov.get("swim_stream_version", ""),
         "roi": prov.get("roi", ""),
-        "immobile_s": _s(c["immobile_s"]),
-        "bouts": str(c["immobility_bouts"]),
-        "latency_s": _s(c.get("latency_to_first_bout_s")),
-        "window_immobile_s": _s(w["immobile_s"]),
-        "window_bouts": str(w["immobility_bouts"]),
+        "immobile_s": _s(c.immobile_s),
+        "bouts": str(c.immobility_bouts),
+        "latency_s": _s(c.latency_to_first_bout_s),
+        "window_immobile_s": _s(w.immobile_s),
+        "window_bouts": str(w.immobility_bouts),
     }
-    for cls in summary["classes"]:
-        row[f"{cls}_s"] = _s(c["behaviour_s"].get(cls, 0.0))
-    for k, b in enumerate(c.get("bins", []), start=1):
-        row[f"immobile_s_bin{k}"] = _s(b["immobile_s"])
-    row["frames_missing"] = str(c["gaps"]["frames_missing"])
-    problems = [q for q in (c.get("quality", "ok"),) if q != "ok"]
-    if (summary.get("input_check") or {}).get("warnings"):
+    for cls in summary.classes:
+        row[f"{cls}_s"] = _s(c.behaviour_s.get(cls, 0.0))
+    for k, b in enumerate(c.bins, start=1):
+        row[f"immobile_s_bin{k}"] = _s(b.immobile_s)
+    row["frames_missing"] = str(c.gaps.frames_missing)
+    problems = [q for q in (c.quality,) if q != "ok"]
+    if (summary.input_check or {}).get("warnings"):
         problems.append("out_of_depth")
     row["quality"] = ";".join(problems) or "ok"
     # -- version 2 (issue 25): after every version-1 column, so a version-1 reader's columns stay put
@@ -120,11 +123,11 @@ def results_row(summary: dict[str, Any]) -> dict[str, str]:
     row["video_start_s"] = _s(start_s)
     row["video_end_s"] = _s(None if start_s is None else float(start_s) + scored_s)
     row["recording_start_utc"] = prov.get("recording_start_utc") or ""
-    for k, b in enumerate(c.get("bins", []), start=1):
-        row[f"bouts_bin{k}"] = str(b["immobility_bouts"])
-    for cls in summary["classes"]:
-        for k, b in enumerate(c.get("bins", []), start=1):
-            row[f"{cls}_s_bin{k}"] = _s(b["behaviour_s"].get(cls, 0.0))
+    for k, b in enumerate(c.bins, start=1):
+        row[f"bouts_bin{k}"] = str(b.immobility_bouts)
+    for cls in summary.classes:
+        for k, b in enumerate(c.bins, start=1):
+            row[f"{cls}_s_bin{k}"] = _s(b.behaviour_s.get(cls, 0.0))
     return {k: spreadsheet_cell(v) if k in TEXT_COLUMNS else v for k, v in row.items()}
 
 
@@ -189,7 +192,7 @@ class ResultsTable(Output):
         self.path = Path(out_dir) / RESULTS_FILE
         self.rows: list[dict[str, str]] = read_table(self.path) if self.path.exists() else []
 
-    def on_trial_end(self, trial, summary: dict) -> None:
+    def on_trial_end(self, trial, summary: TrialSummary) -> None:
         row = results_row(summary)
         key = (row["trial_id"], row["source"])
         self.rows = [r for r in self.rows if (r.get("trial_id"), r.get("source")) != key] + [row]

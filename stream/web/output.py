@@ -32,5 +32,5 @@ class WebOutput(Output):
                    "latency_p50_s": status.latency_p50_s, "final": status.final}
         self.state.set_status(summary, counters, dict(status.trials))
 
-    def on_trial_end(self, trial, summary: dict) -> None:
+    def on_trial_end(self, trial, summary) -> None:
         self.state.results_changed()
