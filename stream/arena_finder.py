@@ -80,7 +80,35 @@ def grab_median_frame(source: str | int, frames: int = GRAB_FRAMES) -> np.ndarra
     return np.median(np.stack(got), axis=0).astype(np.uint8)
 
 
-def detect_arenas(image: np.ndarray, view: str = "auto") -> list[Arena]:
+def motion_map(frames: Sequence[np.ndarray]) -> np.ndarray | None:
+    """Per-pixel temporal standard deviation of the grey frames (None for fewer than 3): water
+    ripples and the mouse move inside the cylinders, the lines of the background do not."""
+    if len(frames) < 3:
+        return None
+    grey = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) if f.ndim == 3 else f for f in frames]).astype(np.float32)
+    return grey.std(axis=0)
+
+
+def grab_frames(source: str | int, frames: int = GRAB_FRAMES) -> list[np.ndarray]:
+    """The first ``frames`` frames of a camera index, URL or video file."""
+    cap = cv2.VideoCapture(source)
+    try:
+        if not cap.isOpened():
+            raise UserError(f"cannot open {source}")
+        got = []
+        while len(got) < frames:
+            ok, img = cap.read()
+            if not ok:
+                break
+            got.append(img)
+    finally:
+        cap.release()
+    if not got:
+        raise UserError(f"{source}: no frame could be read")
+    return got
+
+
+def detect_arenas(image: np.ndarray, view: str = "auto", motion: np.ndarray | None = None) -> list[Arena]:
     """Arenas ``A1``.. (left to right, top to bottom) of the cylinders in ``image`` (BGR).
 
     ``auto`` takes the circles when their rims run round (``AUTO_TOP_SURE``), or when they look
@@ -93,7 +121,7 @@ def detect_arenas(image: np.ndarray, view: str = "auto") -> list[Arena]:
     top = find_top_cylinders(grey) if view in ("auto", "top") else None
     if view == "top" or (top is not None and top.score >= AUTO_TOP_SURE):
         return _arenas(list(top.rois))
-    side = find_side_cylinders(grey)
+    side = find_side_cylinders(grey, motion)
     if view == "side" or not top.rois:
         return _arenas(list(side.rois))
     if _looks_top(top, grey.size) and not _circles_inside_side_cylinders(top.rois, side.rois):
