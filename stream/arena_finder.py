@@ -118,7 +118,7 @@ def detect_arenas(image: np.ndarray, view: str = "auto", motion: np.ndarray | No
     if view not in ("auto", "side", "top"):
         raise UserError(f"--view {view}: choose auto, side or top")
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-    top = find_top_cylinders(grey) if view in ("auto", "top") else None
+    top = find_top_cylinders(grey, motion) if view in ("auto", "top") else None
     if view == "top" or (top is not None and top.score >= AUTO_TOP_SURE):
         return _arenas(list(top.rois))
     side = find_side_cylinders(grey, motion)
