@@ -52,6 +52,8 @@ SIDE_TALLER_THAN_WIDE = 1.1  # a side-view cylinder's box is taller than wide (a
 AUTO_TOP_SUPPORT = 0.56
 AUTO_TOP_COVER = 0.1
 LABEL_BGR = (0, 220, 255)
+MIN_MOTION_GREY = 8.0  # temporal spread (grey levels) of something that moves: a swimming mouse gives
+# tens, H.264 noise and flicker of a static rig 1-3
 
 
 def iou(a: Roi, b: Roi) -> float:
@@ -73,12 +75,14 @@ def median_frame(frames: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def motion_map(frames: Sequence[np.ndarray]) -> np.ndarray | None:
-    """Per-pixel temporal standard deviation of the grey frames (None for fewer than 3): water
-    ripples and the mouse move inside the cylinders, the lines of the background do not."""
+    """Per-pixel temporal standard deviation of the grey frames: water ripples and the mouse move
+    inside the cylinders, the lines of the background do not. None for fewer than 3 frames or when
+    nothing moves (an empty rig): the finders then work on the median alone."""
     if len(frames) < 3:
         return None
     grey = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) if f.ndim == 3 else f for f in frames]).astype(np.float32)
-    return grey.std(axis=0)
+    spread = grey.std(axis=0)
+    return spread if float(spread.max()) >= MIN_MOTION_GREY else None
 
 
 def grab_frames(source: str | int, frames: int = GRAB_FRAMES) -> list[np.ndarray]:
