@@ -2,7 +2,8 @@
 
 Typing ``--roi x,y,w,h`` by hand and checking it with a full model run is slow and error-prone. This
 grabs a second or two of frames, takes their median (a swimming mouse moves, the cylinders do not,
-so the median is the empty rig), finds the cylinders and writes the arena file plus a PNG with each
+so the median is the empty rig) and their temporal spread (the motion: water and mouse, inside the
+cylinders only), finds the cylinders and writes the arena file plus a PNG with each
 ROI drawn and labelled, for a person to check at a glance::
 
     side view: pairs of walls that start and end together, closed by rims (stream/arena_walls.py)
@@ -36,8 +37,8 @@ from stream.preprocess import Roi
 from stream.version import add_version_argument
 from stream.web.security import DEFAULT_WEB_ADDR
 
-__all__ = ["arena_tools", "detect_arenas", "draw_arenas", "grab_median_frame", "iou", "main", "save_arenas",
-           "write_arena_file"]
+__all__ = ["arena_tools", "detect_arenas", "draw_arenas", "grab_frames", "grab_median_frame", "iou", "main",
+           "median_frame", "motion_map", "save_arenas", "write_arena_file"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ SIDE_TALLER_THAN_WIDE = 1.1  # a side-view cylinder's box is taller than wide (a
 AUTO_TOP_SUPPORT = 0.56
 AUTO_TOP_COVER = 0.1
 LABEL_BGR = (0, 220, 255)
+MIN_MOTION_GREY = 8.0  # temporal spread (grey levels) of something that moves: a swimming mouse gives
+# tens, H.264 noise and flicker of a static rig 1-3
 
 
 def iou(a: Roi, b: Roi) -> float:
@@ -63,6 +66,27 @@ def iou(a: Roi, b: Roi) -> float:
 
 def grab_median_frame(source: str | int, frames: int = GRAB_FRAMES) -> np.ndarray:
     """The median of the first ``frames`` frames of a camera index, URL or video file."""
+    return median_frame(grab_frames(source, frames))
+
+
+def median_frame(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """The empty rig: a swimming mouse moves, the cylinders do not."""
+    return np.median(np.stack(frames), axis=0).astype(np.uint8)
+
+
+def motion_map(frames: Sequence[np.ndarray]) -> np.ndarray | None:
+    """Per-pixel temporal standard deviation of the grey frames: water ripples and the mouse move
+    inside the cylinders, the lines of the background do not. None for fewer than 3 frames or when
+    nothing moves (an empty rig): the finders then work on the median alone."""
+    if len(frames) < 3:
+        return None
+    grey = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) if f.ndim == 3 else f for f in frames]).astype(np.float32)
+    spread = grey.std(axis=0)
+    return spread if float(spread.max()) >= MIN_MOTION_GREY else None
+
+
+def grab_frames(source: str | int, frames: int = GRAB_FRAMES) -> list[np.ndarray]:
+    """The first ``frames`` frames of a camera index, URL or video file."""
     cap = cv2.VideoCapture(source)
     try:
         if not cap.isOpened():
@@ -77,12 +101,14 @@ def grab_median_frame(source: str | int, frames: int = GRAB_FRAMES) -> np.ndarra
         cap.release()
     if not got:
         raise UserError(f"{source}: no frame could be read")
-    return np.median(np.stack(got), axis=0).astype(np.uint8)
+    return got
 
 
-def detect_arenas(image: np.ndarray, view: str = "auto") -> list[Arena]:
+def detect_arenas(image: np.ndarray, view: str = "auto", motion: np.ndarray | None = None) -> list[Arena]:
     """Arenas ``A1``.. (left to right, top to bottom) of the cylinders in ``image`` (BGR).
 
+    ``motion`` (``motion_map`` of the frames whose median ``image`` is) tells the water from the
+    room: side boxes must hold it and the rig covers it; the top finder looks again for rims there.
     ``auto`` takes the circles when their rims run round (``AUTO_TOP_SURE``), or when they look
     like a top-view rig (``_looks_top``) and do not sit inside the side finder's cylinders;
     otherwise the side finder's walls, if any, else whatever circles there are.
@@ -90,10 +116,10 @@ def detect_arenas(image: np.ndarray, view: str = "auto") -> list[Arena]:
     if view not in ("auto", "side", "top"):
         raise UserError(f"--view {view}: choose auto, side or top")
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-    top = find_top_cylinders(grey) if view in ("auto", "top") else None
+    top = find_top_cylinders(grey, motion) if view in ("auto", "top") else None
     if view == "top" or (top is not None and top.score >= AUTO_TOP_SURE):
         return _arenas(list(top.rois))
-    side = find_side_cylinders(grey)
+    side = find_side_cylinders(grey, motion)
     if view == "side" or not top.rois:
         return _arenas(list(side.rois))
     if _looks_top(top, grey.size) and not _circles_inside_side_cylinders(top.rois, side.rois):
@@ -237,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.video is not None and not args.video.is_file():
         raise UserError(f"video {args.video}: no such file")
     source: str | int = args.camera if args.camera is not None else (args.url or str(args.video))
-    image = grab_median_frame(source, args.frames)
-    arenas = detect_arenas(image, args.view)
+    frames = grab_frames(source, args.frames)
+    image = median_frame(frames)
+    arenas = detect_arenas(image, args.view, motion_map(frames))
     if args.web is not None:
         return _serve_web(args, image, arenas, str(source))
     if args.web_token_file is not None:

@@ -39,6 +39,11 @@ MIN_SUPPORT = 0.35  # of the circumference: less is a tile, a blob or clutter (d
 SET_SUPPORT_FRACTION = 0.55  # a cylinder of the rig has at least this fraction of the best circle's support
 SAME_RADIUS = (0.8, 1.25)  # the cylinders of one rig have the same radius (ratio to the anchor's)
 OUTER_EDGE_FRACTION = 0.35  # the rim's outer edge is the outermost radius with this much of the peak edge
+# motion (the frames' temporal spread): the mouse and the water move inside the cylinders only
+MOTION_NOISE_FACTOR = 3.0  # spread below this many times the frame's median spread is noise (H.264, flicker)
+MOTION_SHARE = 0.05  # of the frame's motion inside a circle of the rig's radius: a place to look for a rim
+MOTION_PROPOSALS = 8  # such places checked (the most motion first, a radius apart: one per cylinder)
+MOTION_REACH = 0.7  # of the radius: the rim's centre is searched this far from the motion's (the mouse is off-centre)
 ANGLES = np.linspace(0, 2 * math.pi, SAMPLES, endpoint=False)
 
 
@@ -86,8 +91,40 @@ def _apart(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return math.hypot(a[1] - b[1], a[2] - b[2]) > 0.9 * (a[3] + b[3])
 
 
-def find_top_cylinders(grey: np.ndarray) -> TopFind:
-    """Top-view cylinders of a grey median frame."""
+def _checked(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float, edge: float) -> tuple[float, ...]:
+    """A proposal's (support, cx, cy, r): centre nudged to the most support, radius to the rim's outer edge."""
+    step = max(1.0, 0.04 * r)
+    _, cx, cy = max((_support(gx, gy, cx + dx * step, cy + dy * step, r, edge), cx + dx * step, cy + dy * step)
+                    for dx in range(-3, 4) for dy in range(-3, 4))
+    r = _outer_radius(gx, gy, cx, cy, float(r))
+    return (_support(gx, gy, cx, cy, r, edge), float(cx), float(cy), r)
+
+
+def _motion_places(m: np.ndarray, r: float) -> list[tuple[float, float]]:
+    """Centres (the most motion first) of circles of radius ``r`` holding ``MOTION_SHARE`` of the motion."""
+    total = float(m.sum())
+    if total <= 0:
+        return []
+    k = int(round(r))
+    disk = np.zeros((2 * k + 1, 2 * k + 1), np.float32)
+    cv2.circle(disk, (k, k), k, 1.0, -1)
+    held = cv2.filter2D(m, -1, disk, borderType=cv2.BORDER_CONSTANT) / total
+    step = max(2, k // 8)
+    ys, xs = np.mgrid[0:m.shape[0]:step, 0:m.shape[1]:step]
+    v = held[ys, xs]
+    places: list[tuple[float, float]] = []
+    for i in np.argsort(-v, axis=None):
+        if v.flat[i] < MOTION_SHARE or len(places) >= MOTION_PROPOSALS:
+            break
+        x, y = float(xs.flat[i]), float(ys.flat[i])
+        if all(math.hypot(x - px, y - py) >= r for px, py in places):
+            places.append((x, y))
+    return places
+
+
+def find_top_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> TopFind:
+    """Top-view cylinders of a grey median frame; ``motion`` (the frames' temporal spread, same
+    size, see ``stream.arena_finder.motion_map``) shows where to look again for rims Hough missed."""
     h0, w0 = grey.shape
     scale = WORK_SIZE_PX / max(h0, w0)
     g = cv2.resize(grey, (max(8, int(round(w0 * scale))), max(8, int(round(h0 * scale)))),
@@ -101,17 +138,23 @@ def find_top_cylinders(grey: np.ndarray) -> TopFind:
                                param1=HOUGH_CANNY, param2=HOUGH_VOTES, minRadius=int(MIN_RADIUS_FRACTION * short),
                                maxRadius=int(MAX_RADIUS_FRACTION * short))
     if circles is None:
-        return TopFind((), 0.0)
+        circles = np.zeros((1, 0, 3), np.float32)
     edge = max(2.0, EDGE_FRACTION * float(np.percentile(np.hypot(gx, gy), 90)))
-    found = []
-    for cx, cy, r in circles[0][:MAX_PROPOSALS]:
-        step = max(1.0, 0.04 * r)
-        best = max((_support(gx, gy, cx + dx * step, cy + dy * step, r, edge), cx + dx * step, cy + dy * step)
-                   for dx in range(-3, 4) for dy in range(-3, 4))
-        _, cx, cy = best
-        r = _outer_radius(gx, gy, cx, cy, float(r))
-        found.append((_support(gx, gy, cx, cy, r, edge), float(cx), float(cy), r))
+    found = [_checked(gx, gy, cx, cy, r, edge) for cx, cy, r in circles[0][:MAX_PROPOSALS]]
     found.sort(key=lambda c: -c[0])
+    if motion is not None and found and found[0][0] >= MIN_SUPPORT:
+        # a rim Hough missed (a busy floor outvotes it): look again, at the best rim's radius,
+        # wherever a circle of that size would hold the motion
+        m = cv2.resize(motion.astype(np.float32), (g.shape[1], g.shape[0]), interpolation=cv2.INTER_AREA)
+        m = np.maximum(0.0, m - MOTION_NOISE_FACTOR * float(np.median(m)))
+        r0 = found[0][3]
+        for px, py in _motion_places(m, r0):
+            step = 0.1 * r0
+            reach = int(round(MOTION_REACH / 0.1))
+            _, cx, cy = max((_support(gx, gy, px + dx * step, py + dy * step, r0, edge), px + dx * step, py + dy * step)
+                            for dx in range(-reach, reach + 1) for dy in range(-reach, reach + 1))
+            found.append(_checked(gx, gy, cx, cy, r0, edge))
+        found.sort(key=lambda c: -c[0])
     log.debug("circles (support, cx, cy, r at scale %.3f): %s", scale, [tuple(round(v, 2) for v in c) for c in found])
     kept: list[tuple[float, ...]] = []
     for c in found:

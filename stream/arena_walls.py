@@ -43,6 +43,15 @@ SAME_SIZE = (0.8, 1.25)  # the cylinders of one rig have the same size (ratio to
 SET_SCORE_FRACTION = 0.35  # a cylinder of the rig scores at least this fraction of the best one
 SAME_WALLS_X_IOU = 0.8  # two boxes this aligned across share their walls
 SYMMETRY_POWER = 0.5  # weight of the mirror correlation in a cylinder's score
+# motion (the frames' temporal spread): water ripples and the mouse move inside the cylinders, the
+# background's lines do not
+MOTION_NOISE_FACTOR = 3.0  # spread below this many times the frame's median spread is noise (H.264, flicker)
+MIN_MOTION_SHARE = 0.03  # of the frame's motion: a box with less holds no water (a tile column, the gap)
+MOTION_FILL = 0.05  # of a box's busiest column: a column with less motion is outside the water
+MOTION_FIT_POWER = 2.0  # weight of how well the walls bracket the motion (a box 10 % too wide scores 0.81)
+MOTION_SURE_FIT = 0.8  # walls that bracket the motion this well need only MOTION_MIN_SCORE of walls + rims
+MOTION_MIN_SCORE = 0.05  # faint walls (dark outlines on a busy background) around the water's motion
+MOTION_POWER = 2.0  # weight of the share of motion a rig covers in its score (a missed cylinder costs)
 TALLER_FRACTION = 0.6  # a taller box between the same walls wins when it scores this much of the shorter
 RIG_ANCHORS = 10  # candidates tried as the rig's first cylinder (size and height of the others)
 RIM_PER_WIDTH = 0.06  # the rim ellipse's half-height beyond the wall's end, in cylinder widths
@@ -136,14 +145,17 @@ def _wall_pairs(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
 
 
 def _symmetry(g: np.ndarray, box: tuple[float, ...]) -> float:
-    """How much the box's column profile (mean grey of each column) is its own mirror image: a
-    cylinder is symmetric about its axis, a box spanning a cylinder and the gap beside it is not."""
+    """How much the box's column profile (mean grey of each column, less its linear trend) is its
+    own mirror image: a cylinder is symmetric about its axis, a box spanning a cylinder and the gap
+    beside it is not; a light gradient behind the cylinder is not the cylinder."""
     h, w = g.shape
     x0, x1 = max(0, int(round(box[0]))), min(w, int(round(box[2])))
     y0, y1 = max(0, int(round(box[1]))), min(h, int(round(box[3])))
     if x1 - x0 < 4 or y1 - y0 < 4:
         return 0.0
     p = g[y0:y1, x0:x1].mean(axis=0)
+    x = np.arange(len(p), dtype=np.float64)
+    p = p - np.polyval(np.polyfit(x, p, 1), x)  # a gradient across the box is the room's lighting
     q = p[::-1]
     if p.std() < 1e-3:
         return 1.0
@@ -200,8 +212,49 @@ def _whole_cylinders(kept: list[tuple[float, tuple[float, ...]]]) -> list[tuple[
     return sorted(out, key=lambda c: -c[0])
 
 
-def _rig(kept: list[tuple[float, tuple[float, ...]]]) -> list[tuple[float, tuple[float, ...]]]:
-    """The set of same-sized, side-by-side cylinders with the highest total score."""
+def _motion_share(motion: np.ndarray, box: tuple[float, ...]) -> float:
+    """Share of the frame's motion inside ``box`` (x0, y0, x1, y1 at work scale)."""
+    h, w = motion.shape
+    x0, x1 = max(0, int(round(box[0]))), min(w, int(round(box[2])))
+    y0, y1 = max(0, int(round(box[1]))), min(h, int(round(box[3])))
+    total = float(motion.sum())
+    return float(motion[y0:y1, x0:x1].sum()) / total if total > 0 and x1 > x0 and y1 > y0 else 0.0
+
+
+def _motion_fit(col_cs: np.ndarray, box: tuple[float, ...]) -> float:
+    """How well the walls bracket the motion of the rows between them: water ripples run from wall
+    to wall, so motion beyond a wall (the box is too narrow) or columns without it (too wide) cost.
+    ``col_cs`` is the motion's cumulative sum down each column, (h + 1, w)."""
+    h, w = col_cs.shape[0] - 1, col_cs.shape[1]
+    x0, x1 = max(0, int(round(box[0]))), min(w, int(round(box[2])))
+    y0, y1 = max(0, int(round(box[1]))), min(h, int(round(box[3])))
+    if x1 - x0 < 2 or y1 <= y0:
+        return 0.0
+    reach = (x1 - x0) // 2
+    e0, e1 = max(0, x0 - reach), min(w, x1 + reach)
+    profile = col_cs[y1, e0:e1] - col_cs[y0, e0:e1]
+    inside = profile[x0 - e0:x1 - e0]
+    if profile.sum() <= 0 or inside.max() <= 0:
+        return 0.0
+    contained = float(inside.sum() / profile.sum())
+    filled = float(np.mean(inside >= MOTION_FILL * inside.max()))
+    return (contained * filled) ** MOTION_FIT_POWER
+
+
+def _covered(motion: np.ndarray, boxes: list[tuple[float, ...]]) -> float:
+    """Share of the frame's motion inside the union of ``boxes``."""
+    h, w = motion.shape
+    mask = np.zeros((h, w), bool)
+    for b in boxes:
+        mask[max(0, int(round(b[1]))):max(0, int(round(b[3]))), max(0, int(round(b[0]))):max(0, int(round(b[2])))] = True
+    total = float(motion.sum())
+    return float(motion[mask].sum()) / total if total > 0 else 1.0
+
+
+def _rig(kept: list[tuple[float, tuple[float, ...]]],
+         motion: np.ndarray | None = None) -> list[tuple[float, tuple[float, ...]]]:
+    """The set of same-sized, side-by-side cylinders with the highest total score (times the share
+    of the frame's motion it covers, when there is motion)."""
     best: tuple[float, list] = (0.0, [])
     for score, box in kept[:RIG_ANCHORS]:
         bw, bh = box[2] - box[0], box[3] - box[1]
@@ -216,13 +269,16 @@ def _rig(kept: list[tuple[float, tuple[float, ...]]]) -> list[tuple[float, tuple
             if all(_x_overlap(b, o) <= 0.1 for _, o in chosen):
                 chosen.append((s, b))
         total = sum(s for s, _ in chosen)
+        if motion is not None:
+            total *= _covered(motion, [b for _, b in chosen]) ** MOTION_POWER
         if total > best[0]:
             best = (total, chosen)
     return best[1]
 
 
-def find_side_cylinders(grey: np.ndarray) -> SideFind:
-    """Side-view cylinders of a grey median frame, left to right."""
+def find_side_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> SideFind:
+    """Side-view cylinders of a grey median frame, left to right; ``motion`` (the frames' temporal
+    spread, same size, see ``stream.arena_finder.motion_map``) keeps the boxes that hold water."""
     h0, w0 = grey.shape
     scale = WORK_WIDTH_PX / w0
     g = cv2.resize(grey, (WORK_WIDTH_PX, max(8, int(round(h0 * scale)))), interpolation=cv2.INTER_AREA)
@@ -239,15 +295,25 @@ def find_side_cylinders(grey: np.ndarray) -> SideFind:
     pairs = pairs[np.argsort(-pairs[:, 0])][:MAX_CANDIDATES]
     scored = [(score, _box(angle, y0, y1, xl, xr, h)) for score, angle, y0, y1, xl, xr in pairs]
     scored.sort(key=lambda c: -c[0])
+    m = None
+    if motion is not None:
+        m = cv2.resize(motion.astype(np.float32), (g.shape[1], h), interpolation=cv2.INTER_AREA)
+        m = np.maximum(0.0, m - MOTION_NOISE_FACTOR * float(np.median(m)))
+        if m.sum() > 0:
+            col_cs = np.vstack([np.zeros((1, m.shape[1]), np.float32), np.cumsum(m, axis=0)])
+            scored = [(score, box, _motion_fit(col_cs, box)) for score, box in scored]
+        else:
+            m = None
     kept: list[tuple[float, tuple[float, ...]]] = []
-    scored = [(score * _symmetry(g, box), box) for score, box in scored]
-    scored.sort(key=lambda c: -c[0])
-    for score, box in scored:
-        if score <= MIN_SCORE:
-            break
+    scored = [(c[0] * _symmetry(g, c[1]), c[1], c[2] if m is not None else 1.0) for c in scored]
+    scored = [c for c in scored if c[0] > MIN_SCORE or (c[2] >= MOTION_SURE_FIT and c[0] > MOTION_MIN_SCORE)]
+    scored.sort(key=lambda c: -c[0] * c[2])
+    for score, box, fit in scored:
         if all(_box_iou(box, b) < NMS_IOU for _, b in kept):
-            kept.append((score, box))
-    rig = sorted(_rig(_whole_cylinders(kept)), key=lambda c: c[1][0])
+            kept.append((score * fit, box))
+    if m is not None:
+        kept = [(s, b) for s, b in kept if _motion_share(m, b) >= MIN_MOTION_SHARE]
+    rig = sorted(_rig(_whole_cylinders(kept), m), key=lambda c: c[1][0])
     rois = []
     for _, (x0, y0, x1, y1) in rig:
         x0, y0 = max(0, int(round(x0 / scale))), max(0, int(round(y0 / scale)))
