@@ -23,6 +23,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -121,29 +122,27 @@ def _model_only_fps(engine, n_arenas: int, stride: int) -> float:
     (a step-wise engine: one step of all arenas per frame, whatever the stride)."""
     s, t = engine.input_size_px, 16
     rng = np.random.default_rng(0)
-    if getattr(engine, "stepwise", False):
+    if engine.stepwise:
         stream = engine.open_stream(n_arenas)
         rgb = rng.uniform(-1, 1, (n_arenas, 3, s, s)).astype(np.float32)
         flow = rng.uniform(-0.1, 0.1, (n_arenas, 2, s, s)).astype(np.float32)
         stream.push(rgb, flow)  # the first push also steps the 8 repeats of a segment start
-        runs, start = 0, time.perf_counter()
-        while runs < MODEL_ONLY_REPEATS or time.perf_counter() - start < MIN_REFERENCE_S:
-            stream.push(rgb, flow)
-            runs += 1
-            if runs >= 50:
-                break
-        return runs / (time.perf_counter() - start)
+        return _calls_per_s(lambda: stream.push(rgb, flow))
     rgb = rng.uniform(-1, 1, (n_arenas, 3, t, s, s)).astype(np.float32)
     flow = rng.uniform(-0.1, 0.1, (n_arenas, 2, t, s, s)).astype(np.float32)
     engine.predict(rgb, flow)
+    return stride * _calls_per_s(lambda: engine.predict(rgb, flow))
+
+
+def _calls_per_s(call: Callable[[], object]) -> float:
+    """Calls a second of ``call``: at least MODEL_ONLY_REPEATS calls and MIN_REFERENCE_S, at most 50 calls."""
     runs, start = 0, time.perf_counter()
     while runs < MODEL_ONLY_REPEATS or time.perf_counter() - start < MIN_REFERENCE_S:
-        engine.predict(rgb, flow)
+        call()
         runs += 1
         if runs >= 50:
             break
-    per_batch = (time.perf_counter() - start) / runs
-    return stride / per_batch
+    return runs / (time.perf_counter() - start)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ __all__ = [
     "Prediction",
     "first_line",
     "to_numpy",
+    "torch_device",
 ]
 
 log = logging.getLogger("stream.engine")
@@ -146,6 +147,17 @@ class FusedProbs(nn.Module):
         flow_logits = flow_logits.float()
         probs = fuse(rgb_logits, flow_logits, self.flow_weight)
         return probs, rgb_logits.softmax(-1), flow_logits.softmax(-1)
+
+
+def torch_device(config: EngineConfig) -> torch.device:
+    """The device a PyTorch-run backend uses: the one asked for, else CUDA where PyTorch sees a GPU.
+
+    Asking for CUDA on a machine without one is a user mistake (one line), not a CUDA traceback.
+    """
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {config.device}: no CUDA GPU visible to PyTorch; use --device cpu")
+    return device
 
 
 def to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stream.engine.base import Engine, EngineConfig
+from stream.engine.base import Engine, EngineConfig, torch_device
 from stream.errors import UserError
 from stream.flow import FLOW_CLIP_PX
 from stream.modelfile import CARD_FILE, ModelCard, ModelFileError, load_card, sha256_file, verify_weights, write_model_text
@@ -156,10 +156,7 @@ class MotionEngine(Engine):
                             "leave --engine at auto")
         self.params = read_params(model_dir, card)
         super().__init__(card, config, model_dir)
-        want = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if want.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"device {want}: no CUDA GPU visible to PyTorch; use --device cpu")
-        self._device = torch.device(want)
+        self._device = torch_device(config)
         self._classes = list(card.classes)
         self.last_features: np.ndarray | None = None  # of the last batch (validation reports, tests)
 

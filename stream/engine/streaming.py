@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stream.engine.base import CPU_HALF_REFUSAL, KIND_STREAMING, Engine, EngineConfig, FusedProbs, Prediction, to_numpy
+from stream.engine.base import CPU_HALF_REFUSAL, KIND_STREAMING, Engine, EngineConfig, FusedProbs, Prediction, to_numpy, torch_device
 from stream.errors import UserError
 from stream.model import FEATURE_LAYERS, I3D, FusedI3D, InceptionModule, MaxPool3dSame, Unit3D, fuse, same_padding
 from stream.modelfile import load_model
@@ -321,9 +321,7 @@ class StreamingEngine(Engine):
     def __init__(self, model_dir: Path, config: EngineConfig) -> None:
         model, card = load_model(model_dir, device="cpu")
         super().__init__(card, config, model_dir)
-        self._device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self._device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("device cuda: no CUDA GPU visible to PyTorch; use --device cpu")
+        self._device = torch_device(config)
         if config.half:
             raise UserError(CPU_HALF_REFUSAL if self._device.type == "cpu" else "streaming engine: FP32 only (half precision is not measured for it)")
         model = model.eval()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from stream.cuda_graph import CudaGraph
-from stream.engine.base import CPU_HALF_REFUSAL, KIND_TORCH, Engine, EngineConfig, FusedProbs
+from stream.engine.base import CPU_HALF_REFUSAL, KIND_TORCH, Engine, EngineConfig, FusedProbs, torch_device
 from stream.errors import UserError
 from stream.modelfile import load_model
 
@@ -34,9 +34,7 @@ class TorchEngine(Engine):
     def __init__(self, model_dir: Path, config: EngineConfig) -> None:
         model, card = load_model(model_dir, device="cpu")
         super().__init__(card, config, model_dir)
-        self._device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self._device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("device cuda: no CUDA GPU visible to PyTorch; use --device cpu")
+        self._device = torch_device(config)
         cuda = self._device.type == "cuda"
         # optimize=False is plain eager PyTorch: FP32 unless half is asked for, no graphs, no layout change
         plain = not config.optimize and not config.compile
