@@ -56,6 +56,7 @@ from export.agreement import animal_agreement, frame_agreement
 from export.trial_spans import annotations_by_subject, labels_of_trial, trials_of_run, trials_of_schedule
 from export.validation_report import REPORT_HTML, agreement_text, fmt, write_outputs
 from export.validation_results import Animal, AnimalResult, BinResult, ScorerResult
+from stream.decisions import checked_bin_count
 from stream.errors import UserError, cli_main
 from stream.version import add_version_argument
 
@@ -132,7 +133,7 @@ def compare(animals: Sequence[Animal], classes: Sequence[str], immobile_classes:
             kind: str, test_duration_s: float, scoring_window_s: float, bin_s: float = DEFAULT_BIN_S) -> ScorerResult:
     """Every statistic of one scorer against the reference over a set of animals."""
     imm = np.array([c in immobile_classes for c in classes])
-    n_bins = max(1, math.ceil(test_duration_s / bin_s - 1e-9))
+    n_bins = checked_bin_count(bin_s, test_duration_s)
     window = (test_duration_s - scoring_window_s, test_duration_s)
     all_ref, all_oth, results = [], [], []
     per_bin = np.full((2, len(animals), n_bins), np.nan)  # (reference / other, animal, bin) immobile s
@@ -477,8 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level={0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args.bin_s <= 0:
-        raise UserError(f"--bin-s {args.bin_s}: must be > 0")
+    checked_bin_count(args.bin_s, args.test_duration_s)  # the floor and cap stream-run and stream-report use
     if args.stride < 1:
         raise UserError(f"--stride {args.stride}: must be >= 1")
     _, scorers = validate(args)

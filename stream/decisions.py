@@ -62,6 +62,7 @@ __all__ = [
     "IMMOBILE_CLASSES_DEFAULT",
     "SMOOTHING_MODES",
     "ArenaDecisions",
+    "checked_bin_count",
     "Decision",
     "DecisionConfig",
 ]
@@ -101,6 +102,19 @@ MAX_MISSING_SHARE_DEFAULT = 0.05
 QUALITY_OK = "ok"
 
 
+def checked_bin_count(bin_s: float, test_duration_s: float) -> int:
+    """Bins of ``bin_s`` covering the test (the last one may be shorter); a one-line UserError for a
+    bin under ``MIN_BIN_S`` or more than ``MAX_BINS`` bins. Every tool that bins a test (stream-run,
+    stream-report, export-validate) goes through this, so none can be asked for millions of bins."""
+    if not (math.isfinite(bin_s) and bin_s >= MIN_BIN_S):
+        raise UserError(f"time bin (--bin-s) must be at least {MIN_BIN_S:g} s, got {bin_s:g}")
+    count = max(1, math.ceil(test_duration_s / bin_s - _FRAME_ROUNDING_EPS))
+    if count > MAX_BINS:
+        raise UserError(f"--bin-s {bin_s:g} over a {test_duration_s:g} s test makes {count} bins; "
+                        f"at most {MAX_BINS}: choose a longer bin")
+    return count
+
+
 @dataclass(frozen=True)
 class DecisionConfig:
     """How probabilities become decisions and counters. Validated once, here."""
@@ -137,11 +151,7 @@ class DecisionConfig:
                 f"scoring window must be > 0 s and at most the test duration ({self.test_duration_s} s), "
                 f"got {self.scoring_window_s}"
             )
-        if not (math.isfinite(self.bin_s) and self.bin_s >= MIN_BIN_S):
-            raise UserError(f"time bin (--bin-s) must be at least {MIN_BIN_S:g} s, got {self.bin_s:g}")
-        if self.bin_count > MAX_BINS:
-            raise UserError(f"--bin-s {self.bin_s:g} over a {self.test_duration_s:g} s test makes {self.bin_count} bins; "
-                            f"at most {MAX_BINS}: choose a longer bin")
+        checked_bin_count(self.bin_s, self.test_duration_s)
         if not (math.isfinite(self.gap_bridge_s) and self.gap_bridge_s >= 0):
             raise UserError(f"gap bridge must be >= 0 s, got {self.gap_bridge_s}")
         if not (0.0 <= self.max_missing_share <= 1.0):
@@ -163,7 +173,7 @@ class DecisionConfig:
     @property
     def bin_count(self) -> int:
         """Bins covering the test duration (the last one may be shorter)."""
-        return max(1, math.ceil(self.test_duration_s / self.bin_s - _FRAME_ROUNDING_EPS))
+        return checked_bin_count(self.bin_s, self.test_duration_s)
 
     @property
     def min_bout_frames(self) -> int:

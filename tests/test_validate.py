@@ -104,6 +104,12 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["--videos", str(DEMO), "--labels", str(tmp_path / "nope.csv"), "--rater2", str(DEMO_BORIS),
                  "--out", str(tmp_path)]) == 2  # fmt: skip
     assert "no such file" in capsys.readouterr().err
+    # the floor and cap on bins stream-run and stream-report have (issue 24.9): 0.0001 s bins over a
+    # 6-minute test would be 3.6 million bins
+    assert main(["--videos", str(DEMO), "--labels", str(DEMO_LABELS), "--rater2", str(DEMO_BORIS),
+                 "--out", str(tmp_path), "--bin-s", "0.0001"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "at least 1 s" in err and err.count("\n") == 1, err
 
 
 @pytest.mark.slow
