@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.atomic import atomic_write
+from stream.decisions import QUALITY_OK
 from stream.errors import UserError
 from stream.outputs.base import Output
 from stream.spreadsheet import spreadsheet_cell
@@ -113,10 +114,10 @@ def results_row(summary: TrialSummary | Mapping[str, Any]) -> dict[str, str]:
     for k, b in enumerate(c.bins, start=1):
         row[f"immobile_s_bin{k}"] = _s(b.immobile_s)
     row["frames_missing"] = str(c.gaps.frames_missing)
-    problems = [q for q in (c.quality,) if q != "ok"]
+    problems = [] if c.quality == QUALITY_OK else [c.quality]
     if (summary.input_check or {}).get("warnings"):
         problems.append("out_of_depth")
-    row["quality"] = ";".join(problems) or "ok"
+    row["quality"] = ";".join(problems) or QUALITY_OK
     # -- version 2 (issue 25): after every version-1 column, so a version-1 reader's columns stay put
     start_s = trial.get("start_s")
     scored_s = 0.0 if last is None else last + period
