@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from stream.arena_ends import RIM_PER_WIDTH, CylinderEnds, same_height, shear
 from stream.preprocess import Roi
 
 __all__ = ["SideFind", "find_side_cylinders"]
@@ -54,7 +55,6 @@ MOTION_MIN_SCORE = 0.05  # faint walls (dark outlines on a busy background) arou
 MOTION_POWER = 2.0  # weight of the share of motion a rig covers in its score (a missed cylinder costs)
 TALLER_FRACTION = 0.6  # a taller box between the same walls wins when it scores this much of the shorter
 RIG_ANCHORS = 10  # candidates tried as the rig's first cylinder (size and height of the others)
-RIM_PER_WIDTH = 0.06  # the rim ellipse's half-height beyond the wall's end, in cylinder widths
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,6 @@ class SideFind:
 
     rois: tuple[Roi, ...]
     score: float
-
-
-def _shear(img: np.ndarray, t: float) -> np.ndarray:
-    """Columns of the result follow lines x = x0 + t * (y - H/2) of ``img``."""
-    h, w = img.shape
-    m = np.float32([[1, t, -t * h / 2], [0, 1, 0]])
-    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
 
 
 def _strip_mean(cs: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -104,9 +97,9 @@ def _wall_pairs(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
     found = []
     for angle in ANGLES_DEG:
         t = math.tan(math.radians(angle))
-        e = _shear(gx, t)
+        e = shear(gx, t)
         cs = np.vstack([np.zeros((1, w), np.float32), np.cumsum(e, axis=0)])
-        r = _shear(gy, t)
+        r = shear(gy, t)
         # the rim above a wall's top (its ellipse), the base below its bottom: a vertical max filter
         top = cv2.dilate(r, np.ones((reach + 3, 1), np.uint8), anchor=(0, reach))
         base = cv2.dilate(r, np.ones((reach + 3, 1), np.uint8), anchor=(0, 2))
@@ -162,12 +155,14 @@ def _symmetry(g: np.ndarray, box: tuple[float, ...]) -> float:
     return float(max(0.0, np.corrcoef(p, q)[0, 1])) ** SYMMETRY_POWER
 
 
-def _box(angle: float, y0: float, y1: float, xl: float, xr: float, h: int) -> tuple[float, float, float, float]:
+def _box(angle: float, y0: float, y1: float, xl: float, xr: float, h: int) -> tuple[float, ...]:
+    """(x0, y0, x1, y1) of the cylinder at work scale, then its walls as found: angle, sheared
+    columns xl, xr and rows y0, y1 (for ``stream.arena_ends``)."""
     t = math.tan(math.radians(angle))
     lefts = [xl + t * (y - h / 2) for y in (y0, y1)]
     rights = [xr + t * (y - h / 2) for y in (y0, y1)]
     rim = RIM_PER_WIDTH * (xr - xl)
-    return min(lefts), y0 - rim, max(rights) + 1, y1 + rim
+    return min(lefts), y0 - rim, max(rights) + 1, y1 + rim, angle, xl, xr, y0, y1
 
 
 def _box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -315,9 +310,18 @@ def find_side_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> S
         kept = [(s, b) for s, b in kept if _motion_share(m, b) >= MIN_MOTION_SHARE]
     rig = sorted(_rig(_whole_cylinders(kept), m), key=lambda c: c[1][0])
     rois = []
-    for _, (x0, y0, x1, y1) in rig:
+    for x0, y0, x1, y1 in _closed_at_the_ends([b for _, b in rig], g, m):
         x0, y0 = max(0, int(round(x0 / scale))), max(0, int(round(y0 / scale)))
         x1, y1 = min(w0, int(round(x1 / scale))), min(h0, int(round(y1 / scale)))
         if x1 > x0 and y1 > y0:
             rois.append(Roi(x0, y0, x1 - x0, y1 - y0))
     return SideFind(tuple(rois), kept[0][0] if kept else 0.0)
+
+
+def _closed_at_the_ends(boxes: list[tuple[float, ...]], g: np.ndarray, motion: np.ndarray | None) -> list[tuple[float, ...]]:
+    """The rig's boxes from rim to base (``stream.arena_ends``), all one height; as found without motion."""
+    if motion is None:
+        return [b[:4] for b in boxes]
+    ends = CylinderEnds(g, motion)
+    spans = same_height([ends.ends(b[4], b[5], b[6], b[7], b[8]) for b in boxes])
+    return [_box(b[4], top, base, b[5], b[6], g.shape[0])[:4] for b, (top, base) in zip(boxes, spans)]

@@ -1,0 +1,151 @@
+"""Where a side-view cylinder ends: its rim and its base, between walls already found.
+
+The walls of a side-view cylinder are strong edges below the water line (water against the room)
+and often faint above it, where only thin plastic stands against the room; a wall finder that
+scores edge strength therefore closes the box at the water line. The rim is still there to see: a
+thin ellipse that joins the two walls at their top, with the walls going on below it and nothing
+of them above. So, between walls at sheared columns ``xl``, ``xr`` (``stream.arena_walls``)::
+
+    water line  = the row where the frames' motion peaks between the walls (ripples, the mouse)
+    rim (top)   = best row, 0.3-1.4 water depths above the water line, by
+                  ellipse edge there, less the same just above  +  wall below it, less wall above it
+                  (no clear rim: the water line less WATER_TO_RIM water depths)
+    base        = best row within BASE_REACH widths of the walls' own bottom, by the same score upside down
+    rig         = the cylinders of one rig are one height: a box far from the median height takes it
+
+Without motion (a still image, an empty rig) the water line is unknown and the boxes stay as the
+wall finder closed them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+__all__ = ["CylinderEnds", "ellipse_profile", "same_height", "shear"]
+
+RIM_PER_WIDTH = 0.06  # the rim ellipse's half-height beyond the wall's end, in cylinder widths
+ELLIPSE_POINTS = 96  # samples along a rim ellipse
+# the water's surface lies 0.3-0.56 of the cylinder's height below its rim in every rig we render and
+# in FST practice (15 cm of water in a 25 cm cylinder: 0.4): the rim is 0.43-1.27 water depths above it
+RIM_RANGE = (0.3, 1.4)  # water depths above the water line searched for the rim
+WATER_TO_RIM = 0.65  # water depths from water line to rim when no rim shows (level 0.39, the middle)
+BASE_REACH = 0.2  # cylinder widths around the walls' own bottom searched for the base ellipse
+MIN_END_SCORE = 0.05  # ellipse + wall-end evidence (in 99th-percentile edge units) for an end that shows
+SAME_HEIGHT = 0.08  # a box whose height is further than this from the rig's median takes the median
+WALL_REACH = 0.3  # cylinder widths of wall compared below/above an end
+MIN_DEPTH_FRACTION = 0.2  # of the box's width: a shallower "water" is not the water line
+
+
+def shear(img: np.ndarray, t: float) -> np.ndarray:
+    """Columns of the result follow lines x = x0 + t * (y - H/2) of ``img``."""
+    h, w = img.shape
+    m = np.float32([[1, t, -t * h / 2], [0, 1, 0]])
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+
+
+def ellipse_profile(gx: np.ndarray, gy: np.ndarray, xl: float, xr: float, ys: np.ndarray,
+                    b_frac: float = RIM_PER_WIDTH) -> np.ndarray:
+    """Mean edge across a rim ellipse between walls ``xl``, ``xr``, centred on each row of ``ys``:
+    the edge normal to the ellipse, so that a straight line of the room meets only part of it."""
+    h, w = gx.shape
+    a, xc = (xr - xl) / 2, (xl + xr) / 2
+    b = max(1.0, b_frac * (xr - xl))
+    th = np.linspace(0, 2 * np.pi, ELLIPSE_POINTS, endpoint=False)
+    nx, ny = np.cos(th) / a, np.sin(th) / b
+    n = np.hypot(nx, ny)
+    nx, ny = np.abs(nx / n), np.abs(ny / n)
+    px = np.clip(np.round(xc + a * np.cos(th)).astype(int), 0, w - 1)
+    py = np.round(ys[:, None] + b * np.sin(th)[None, :]).astype(int)
+    inside = (py >= 0) & (py < h)
+    py = np.clip(py, 0, h - 1)
+    return np.where(inside, nx * gx[py, px] + ny * gy[py, px], 0.0).mean(axis=1)
+
+
+def _rows_mean(p: np.ndarray, a: float, b: float) -> float:
+    a, b = max(0, int(a)), min(len(p), int(b))
+    return float(p[a:b].mean()) if b > a else 0.0
+
+
+def _wall_rows(gx: np.ndarray, xl: float, xr: float) -> np.ndarray:
+    """Per row, how much both walls stand out from the room just outside them (the weaker wall)."""
+    w = gx.shape[1]
+    cw = xr - xl
+
+    def one(x: float, outward: int) -> np.ndarray:
+        x = int(round(x))
+        edge = gx[:, max(0, x - 1):x + 2].max(axis=1)
+        a, b = sorted((x + outward * int(0.04 * cw + 2), x + outward * int(0.15 * cw + 4)))
+        a, b = max(0, a), min(w, b)
+        return edge - (np.median(gx[:, a:b], axis=1) if b > a else 0.0)
+
+    return np.minimum(one(xl, -1), one(xr, +1))
+
+
+class CylinderEnds:
+    """Rim and base of wall pairs on one work-scale picture ``g`` (blurred grey) with its motion."""
+
+    def __init__(self, g: np.ndarray, motion: np.ndarray) -> None:
+        gx = np.abs(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3))
+        gy = np.abs(cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3))
+        norm = float(np.percentile(np.maximum(gx, gy), 99)) + 1e-3
+        k = np.ones((3, 3), np.uint8)  # a thin rim line's two edges meet the ellipse's sample
+        self._gx, self._gy = cv2.dilate(gx / norm, k), cv2.dilate(gy / norm, k)
+        self._motion = motion.astype(np.float32)
+        self._sheared: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _at(self, angle: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if angle not in self._sheared:
+            t = math.tan(math.radians(angle))
+            self._sheared[angle] = (shear(self._gx, t), shear(self._gy, t), shear(self._motion, t))
+        return self._sheared[angle]
+
+    def ends(self, angle: float, xl: float, xr: float, y0: float, y1: float) -> tuple[float, float]:
+        """Rows of the rim and base ellipses' centres for walls (sheared columns ``xl``, ``xr``)
+        that the wall finder closed at ``y0``, ``y1``; unchanged where the water line is unknown."""
+        gx, gy, motion = self._at(angle)
+        h = gx.shape[0]
+        cw = xr - xl
+        rb = RIM_PER_WIDTH * cw
+        a, b = int(xl) + 2, int(xr) - 1
+        if b <= a:
+            return y0, y1
+        rows = np.convolve(motion[:, a:b].mean(axis=1), np.ones(3) / 3, "same")
+        if rows.max() <= 0:
+            return y0, y1
+        water = int(np.argmax(rows))
+        depth = y1 - water
+        if depth < MIN_DEPTH_FRACTION * cw:
+            return y0, y1
+        profile = ellipse_profile(gx, gy, xl, xr, np.arange(h))
+        wall = _wall_rows(gx, xl, xr)
+        reach = WALL_REACH * cw
+
+        def rim_score(y: int) -> float:  # an ellipse with walls below it and none above
+            return (profile[y] - _rows_mean(profile, y - 4 * rb - 6, y - 3 * rb)
+                    + _rows_mean(wall, y + rb, y + rb + reach) - _rows_mean(wall, y - rb - reach, y - rb))
+
+        def base_score(y: int) -> float:  # the same, upside down
+            return (profile[y] - _rows_mean(profile, y + 3 * rb, y + 4 * rb + 6)
+                    + _rows_mean(wall, y - rb - reach, y - rb) - _rows_mean(wall, y + rb, y + rb + reach))
+
+        tops = range(max(int(rb) + 1, int(water - RIM_RANGE[1] * depth)), int(water - RIM_RANGE[0] * depth))
+        top = max(tops, key=rim_score, default=None)
+        if top is None or rim_score(top) <= MIN_END_SCORE:
+            top = water - WATER_TO_RIM * depth
+        bases = range(int(max(water + 0.3 * depth, y1 - BASE_REACH * cw)), int(min(h - rb - 1, y1 + BASE_REACH * cw)))
+        base = max(bases, key=base_score, default=None)
+        if base is None or base_score(base) <= MIN_END_SCORE:
+            base = y1
+        return float(top), float(base)
+
+
+def same_height(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The cylinders of one rig are one height: a (top, bottom) far from the median height keeps
+    its top (the rim, which shows more often than the base) and takes the median height."""
+    if len(spans) < 2:
+        return spans
+    height = float(np.median([b - a for a, b in spans]))
+    return [(a, a + height if abs(b - a - height) > SAME_HEIGHT * height else b) for a, b in spans]
