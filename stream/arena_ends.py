@@ -96,6 +96,17 @@ class CylinderEnds:
         self._motion = motion.astype(np.float32)
         self._sheared: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
+    @property
+    def height(self) -> int:
+        return self._gx.shape[0]
+
+    def wall_strength(self, angle: float, x: float, y0: float, y1: float) -> float:
+        """Mean edge of the wall at sheared column ``x`` between rows ``y0`` and ``y1``."""
+        gx = self._at(angle)[0]
+        x, a, b = int(round(x)), max(0, int(y0)), min(gx.shape[0], int(y1))
+        col = gx[a:b, max(0, x - 1):x + 2]
+        return float(col.max(axis=1).mean()) if col.size else 0.0
+
     def _at(self, angle: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if angle not in self._sheared:
             t = math.tan(math.radians(angle))

@@ -41,6 +41,12 @@ MIN_BAND_ROWS = 3  # rows of the bands above and below a wall that must be in th
 RIM_REACH_FRACTION = 0.03  # of the work width: how far the rim ellipse reaches above a wall's top
 NMS_IOU = 0.85  # boxes overlapping more are one cylinder (a box sharing one wall with it is another candidate)
 SAME_SIZE = (0.8, 1.25)  # the cylinders of one rig have the same size (ratio to the best one)
+# with the frames' motion the heights are set afterwards from rim and base (stream.arena_ends: the
+# walls' own ends often stop at the water line or run on into the room) and the widths made one
+# (_same_width), so a rig is chosen by width alone and a wider tolerance, to let a box with a wrong wall in
+SAME_WIDTH_MOVING = (0.74, 1.35)
+SAME_WIDTH = 0.1  # a rig's box whose width is further than this from the median has a wrong wall
+SAME_ROW_OVERLAP = 0.5  # of the shorter box's height: the cylinders of one rig stand side by side
 SET_SCORE_FRACTION = 0.35  # a cylinder of the rig scores at least this fraction of the best one
 SAME_WALLS_X_IOU = 0.8  # two boxes this aligned across share their walls
 SYMMETRY_POWER = 0.5  # weight of the mirror correlation in a cylinder's score
@@ -181,6 +187,10 @@ def _x_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) / min(a[2] - a[0], b[2] - b[0])
 
 
+def _y_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    return max(0.0, min(a[3], b[3]) - max(a[1], b[1])) / min(a[3] - a[1], b[3] - b[1])
+
+
 def _x_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     return inter / (max(a[2], b[2]) - min(a[0], b[0]))
@@ -248,7 +258,7 @@ def _covered(motion: np.ndarray, boxes: list[tuple[float, ...]]) -> float:
 
 def _rig(kept: list[tuple[float, tuple[float, ...]]],
          motion: np.ndarray | None = None) -> list[tuple[float, tuple[float, ...]]]:
-    """The set of same-sized, side-by-side cylinders with the highest total score (times the share
+    """The set of same-sized (with motion: same-width) side-by-side cylinders with the highest total score (times the share
     of the frame's motion it covers, when there is motion)."""
     best: tuple[float, list] = (0.0, [])
     for score, box in kept[:RIG_ANCHORS]:
@@ -258,8 +268,12 @@ def _rig(kept: list[tuple[float, tuple[float, ...]]],
             if b is box or s < SET_SCORE_FRACTION * score:
                 continue
             w, h = b[2] - b[0], b[3] - b[1]
-            if not (SAME_SIZE[0] < w / bw < SAME_SIZE[1] and SAME_SIZE[0] < h / bh < SAME_SIZE[1]
-                    and abs(b[1] - box[1]) < 0.25 * bh):
+            if motion is not None:
+                same = SAME_WIDTH_MOVING[0] < w / bw < SAME_WIDTH_MOVING[1] and _y_overlap(b, box) >= SAME_ROW_OVERLAP
+            else:
+                same = (SAME_SIZE[0] < w / bw < SAME_SIZE[1] and SAME_SIZE[0] < h / bh < SAME_SIZE[1]
+                        and abs(b[1] - box[1]) < 0.25 * bh)
+            if not same:
                 continue
             if all(_x_overlap(b, o) <= 0.1 for _, o in chosen):
                 chosen.append((s, b))
@@ -323,5 +337,23 @@ def _closed_at_the_ends(boxes: list[tuple[float, ...]], g: np.ndarray, motion: n
     if motion is None:
         return [b[:4] for b in boxes]
     ends = CylinderEnds(g, motion)
+    boxes = _same_width(boxes, ends)
     spans = same_height([ends.ends(b[4], b[5], b[6], b[7], b[8]) for b in boxes])
     return [_box(b[4], top, base, b[5], b[6], g.shape[0])[:4] for b, (top, base) in zip(boxes, spans)]
+
+
+def _same_width(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tuple[float, ...]]:
+    """The cylinders of one rig are one width: a box further than SAME_WIDTH from the median
+    took a line of the room for one wall; it keeps the wall that stands out more with a partner
+    at the median width."""
+    if len(boxes) < 2:
+        return boxes
+    width = float(np.median([b[6] - b[5] for b in boxes]))
+    out = []
+    for b in boxes:
+        angle, xl, xr, y0, y1 = b[4:9]
+        if abs(xr - xl - width) > SAME_WIDTH * width:
+            xl, xr = max(((xl, xl + width), (xr - width, xr)),
+                         key=lambda p: min(ends.wall_strength(angle, p[0], y0, y1), ends.wall_strength(angle, p[1], y0, y1)))
+        out.append(b if (xl, xr) == tuple(b[5:7]) else _box(angle, y0, y1, xl, xr, ends.height))
+    return out
