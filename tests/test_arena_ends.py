@@ -1,0 +1,85 @@
+"""stream.arena_ends: a side-view cylinder is closed at its rim and base, not at its water line,
+when its walls fade above the water (thin plastic against the room), and a rig is one height."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from stream.arena_ends import ellipse_profile, same_height
+from stream.arena_finder import detect_arenas, iou, motion_map
+from stream.preprocess import Roi
+
+
+def faint_walled_rig(n: int, frames: int = 12, width: int = 640, height: int = 400) -> tuple[list[np.ndarray], list[Roi]]:
+    """``n`` cylinders drawn with OpenCV (not our renderer): strong water edges below the water line,
+    walls and rim of a few grey levels above it, a mouse that moves at the surface."""
+    cw = int(0.55 * width / n)
+    ch = int(1.6 * cw) if n > 1 else int(0.8 * height)
+    top = (height - ch) // 2
+    gap = (width - n * cw) // (n + 1)
+    rim = int(0.06 * cw)
+    truth, out = [], []
+    base = np.full((height, width, 3), 120, np.uint8)
+    for i in range(n):
+        x0 = gap + i * (cw + gap)
+        x1 = x0 + cw
+        water = top + int(0.42 * ch)
+        cv2.rectangle(base, (x0, water), (x1, top + ch - rim), (175, 150, 120), -1)  # tinted water
+        for x in (x0 + 1, x1 - 2):  # faint plastic walls above the water, clear ones below
+            cv2.line(base, (x, top + rim), (x, water), (128, 128, 128), 2)
+            cv2.line(base, (x, water), (x, top + ch - rim), (80, 80, 80), 2)
+        for y in (top + rim, top + ch - rim):
+            cv2.ellipse(base, ((x0 + x1) // 2, y), (cw // 2 - 1, rim), 0, 0, 360, (132, 132, 132), 2)
+        cv2.line(base, (x0 + 2, water), (x1 - 3, water), (230, 230, 230), 2)
+        truth.append(Roi(x0, top, cw, ch))
+    rng = np.random.default_rng(0)
+    for f in range(frames):
+        img = base.copy()
+        for i in range(n):
+            x0 = gap + i * (cw + gap)
+            water = top + int(0.42 * ch)
+            mx = x0 + int((0.3 + 0.4 * ((f + 3 * i) % 7) / 6) * cw)
+            cv2.ellipse(img, (mx, water + 4), (int(0.15 * cw), int(0.05 * cw)), 0, 0, 360, (40, 40, 40), -1)
+            ripple = water + 1 + int(2 * np.sin(f + i))
+            cv2.line(img, (x0 + 3, ripple), (x0 + cw - 4, ripple), (210, 210, 210), 1)
+        out.append(np.clip(img + rng.normal(0, 1.0, img.shape), 0, 255).astype(np.uint8))
+    return out, truth
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_a_cylinder_whose_walls_fade_above_the_water_is_closed_at_its_rim(n: int) -> None:
+    frames, truth = faint_walled_rig(n)
+    median = np.median(np.stack(frames), axis=0).astype(np.uint8)
+    found = [a.roi for a in detect_arenas(median, "side", motion_map(frames))]
+    assert len(found) == n, found
+    for t in truth:
+        best = max(found, key=lambda f: iou(f, t))
+        assert iou(best, t) >= 0.8, (best, t)
+        assert abs(best.y - t.y) <= 0.1 * t.h, (best, t)  # the rim, not the water line 42 % down
+
+
+def test_without_motion_the_boxes_stay_as_the_walls_closed_them() -> None:
+    frames, truth = faint_walled_rig(2)
+    median = np.median(np.stack(frames), axis=0).astype(np.uint8)
+    with_motion = detect_arenas(median, "side", motion_map(frames))
+    still = detect_arenas(median, "side", None)
+    assert [a.roi for a in with_motion] != [a.roi for a in still]  # the ends are what motion adds
+
+
+def test_the_ellipse_profile_peaks_on_a_rim_and_not_on_a_straight_line_beside_it() -> None:
+    g = np.zeros((120, 200), np.float32)
+    cv2.ellipse(g, (100, 40), (80, 6), 0, 0, 360, 1.0, 1)  # a rim
+    cv2.line(g, (10, 90), (190, 90), 1.0, 1)  # a straight line of the room, longer than the rim
+    gx = cv2.dilate(np.abs(cv2.Sobel(g, cv2.CV_32F, 1, 0)), np.ones((3, 3), np.uint8))
+    gy = cv2.dilate(np.abs(cv2.Sobel(g, cv2.CV_32F, 0, 1)), np.ones((3, 3), np.uint8))
+    p = ellipse_profile(gx, gy, 20, 180, np.arange(120), b_frac=6 / 160)
+    assert abs(int(np.argmax(p)) - 40) <= 1
+    assert p[40] > 1.5 * p[84:97].max()
+
+
+def test_a_rig_is_one_height() -> None:
+    spans = [(10.0, 110.0), (12.0, 111.0), (11.0, 160.0)]  # the third ran on into the room below
+    assert same_height(spans) == [(10.0, 110.0), (12.0, 111.0), (11.0, 111.0)]
+    assert same_height([(0.0, 50.0)]) == [(0.0, 50.0)]
