@@ -104,10 +104,20 @@ class CylinderEnds:
 
     def wall_strength(self, angle: float, x: float, y0: float, y1: float) -> float:
         """Mean edge of the wall at sheared column ``x`` between rows ``y0`` and ``y1``."""
+        cols = self.wall_columns(angle, y0, y1)
+        return float(cols[int(np.clip(round(x), 0, len(cols) - 1))])
+
+    def wall_columns(self, angle: float, y0: float, y1: float) -> np.ndarray:
+        """``wall_strength`` of every sheared column."""
         gx = self._at(angle)[0]
-        x, a, b = int(round(x)), max(0, int(y0)), min(gx.shape[0], int(y1))
-        col = gx[a:b, max(0, x - 1):x + 2]
-        return float(col.max(axis=1).mean()) if col.size else 0.0
+        a, b = max(0, int(y0)), min(gx.shape[0], int(y1))
+        if b <= a:
+            return np.zeros(gx.shape[1], np.float32)
+        return cv2.dilate(gx[a:b], np.ones((1, 3), np.uint8)).mean(axis=0)
+
+    def motion(self, angle: float) -> np.ndarray:
+        """The frames' motion, sheared like the walls at ``angle``."""
+        return self._at(angle)[2]
 
     def _at(self, angle: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if angle not in self._sheared:

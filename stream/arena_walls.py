@@ -46,6 +46,12 @@ SAME_SIZE = (0.8, 1.25)  # the cylinders of one rig have the same size (ratio to
 # (_same_width), so a rig is chosen by width alone and a wider tolerance, to let a box with a wrong wall in
 SAME_WIDTH_MOVING = (0.74, 1.35)
 SAME_WIDTH = 0.1  # a rig's box whose width is further than this from the median has a wrong wall
+# a cylinder the rig lacks (_completed): a run of motion in the rig's rows outside its boxes,
+COMPLETE_MOTION = 0.15  # of the rig's mean motion per column (a mouse and its ripples: 1, the room: ~0)
+COMPLETE_RUN = 0.3  # at least this many rig widths long (a mouse is 0.3-0.6 widths, ripples run wall to wall)
+COMPLETE_GAP = 0.1  # rig widths: runs closer than this are one
+MAX_COMPLETED = 7  # cylinders added at most (a rig has up to 8)
+COMPLETE_WALLS = 0.5  # its walls stand out at least this fraction of the rig's weakest wall
 SAME_ROW_OVERLAP = 0.5  # of the shorter box's height: the cylinders of one rig stand side by side
 SET_SCORE_FRACTION = 0.35  # a cylinder of the rig scores at least this fraction of the best one
 SAME_WALLS_X_IOU = 0.8  # two boxes this aligned across share their walls
@@ -306,8 +312,8 @@ def find_side_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> S
     scored.sort(key=lambda c: -c[0])
     m = None
     if motion is not None:
-        m = cv2.resize(motion.astype(np.float32), (g.shape[1], h), interpolation=cv2.INTER_AREA)
-        m = np.maximum(0.0, m - MOTION_NOISE_FACTOR * float(np.median(m)))
+        spread = cv2.resize(motion.astype(np.float32), (g.shape[1], h), interpolation=cv2.INTER_AREA)
+        m = np.maximum(0.0, spread - MOTION_NOISE_FACTOR * float(np.median(spread)))
         if m.sum() > 0:
             col_cs = np.vstack([np.zeros((1, m.shape[1]), np.float32), np.cumsum(m, axis=0)])
             scored = [(score, box, _motion_fit(col_cs, box)) for score, box in scored]
@@ -324,7 +330,7 @@ def find_side_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> S
         kept = [(s, b) for s, b in kept if _motion_share(m, b) >= MIN_MOTION_SHARE]
     rig = sorted(_rig(_whole_cylinders(kept), m), key=lambda c: c[1][0])
     rois = []
-    for x0, y0, x1, y1 in _closed_at_the_ends([b for _, b in rig], g, m):
+    for x0, y0, x1, y1 in _closed_at_the_ends([b for _, b in rig], g, spread if m is not None else None):
         x0, y0 = max(0, int(round(x0 / scale))), max(0, int(round(y0 / scale)))
         x1, y1 = min(w0, int(round(x1 / scale))), min(h0, int(round(y1 / scale)))
         if x1 > x0 and y1 > y0:
@@ -337,7 +343,7 @@ def _closed_at_the_ends(boxes: list[tuple[float, ...]], g: np.ndarray, motion: n
     if motion is None:
         return [b[:4] for b in boxes]
     ends = CylinderEnds(g, motion)
-    boxes = _same_width(boxes, ends)
+    boxes = _completed(_same_width(boxes, ends), ends)
     spans = same_height([ends.ends(b[4], b[5], b[6], b[7], b[8]) for b in boxes])
     return [_box(b[4], top, base, b[5], b[6], g.shape[0])[:4] for b, (top, base) in zip(boxes, spans)]
 
@@ -357,3 +363,64 @@ def _same_width(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tupl
                          key=lambda p: min(ends.wall_strength(angle, p[0], y0, y1), ends.wall_strength(angle, p[1], y0, y1)))
         out.append(b if (xl, xr) == tuple(b[5:7]) else _box(angle, y0, y1, xl, xr, ends.height))
     return out
+
+
+
+def _completed(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tuple[float, ...]]:
+    """A cylinder the rig lacks where water moves beside it: the rig's walls found some of the
+    cylinders (a dim wall, a wall on a line of the room makes a box of another size), and the
+    water and mouse of the others still move in the rig's rows. Each such run of motion gets the
+    pair of walls, at the rig's width, that stands out most around it, if they stand out about as
+    much as the rig's own walls do."""
+    if not boxes:
+        return boxes
+    angle = float(np.median([b[4] for b in boxes]))
+    width = float(np.median([b[6] - b[5] for b in boxes]))
+    y0, y1 = float(np.median([b[7] for b in boxes])), float(np.median([b[8] for b in boxes]))
+    walls = ends.wall_columns(angle, y0, y1)
+    band = ends.motion(angle)[max(0, int(y0)):max(0, int(y1))]
+    motion = np.maximum(0.0, band - float(np.median(band))).sum(axis=0)  # above the room's own spread
+    n = len(motion)
+    covered = np.zeros(n, bool)
+    level = []
+    for b in boxes:
+        xl, xr = int(round(b[5])), int(round(b[6]))
+        covered[max(0, xl - int(0.1 * width)):min(n, xr + int(0.1 * width) + 1)] = True
+        level.append(float(motion[max(0, xl):max(0, xr) + 1].mean()) if xr > xl else 0.0)
+    strong = min(min(walls[int(np.clip(round(b[5]), 0, n - 1))], walls[int(np.clip(round(b[6]), 0, n - 1))]) for b in boxes)
+    moving = motion > COMPLETE_MOTION * float(np.median(level))
+    out = list(boxes)
+    for _ in range(MAX_COMPLETED):  # one cylinder at a time: a run of motion may hold two
+        added = False
+        for a, e in _runs(moving & ~covered, gap=int(COMPLETE_GAP * width)):
+            if e - a < COMPLETE_RUN * width:
+                continue
+            best, pair = -1.0, None
+            for xl in range(max(0, int(a - 0.6 * width)), min(n, int(e - 0.5 * width) + 1)):
+                for xr in range(xl + int(0.9 * width), min(n, xl + int(1.1 * width) + 1)):
+                    v = min(walls[xl], walls[xr])
+                    if v > best and not covered[xl + 2:xr - 1].any():
+                        best, pair = v, (xl, xr)
+            if pair is None or best < COMPLETE_WALLS * strong:
+                continue
+            out.append(_box(angle, y0, y1, pair[0], pair[1], ends.height))
+            covered[max(0, pair[0] - int(0.1 * width)):min(n, pair[1] + int(0.1 * width) + 1)] = True
+            added = True
+            break
+        if not added:
+            break
+    return sorted(out, key=lambda b: b[0])
+
+
+def _runs(mask: np.ndarray, gap: int) -> list[tuple[int, int]]:
+    """[start, end) of the True runs of ``mask``, runs closer than ``gap`` joined."""
+    idx = np.flatnonzero(mask)
+    if not len(idx):
+        return []
+    runs = [[int(idx[0]), int(idx[0]) + 1]]
+    for i in idx[1:]:
+        if i - runs[-1][1] <= gap:
+            runs[-1][1] = int(i) + 1
+        else:
+            runs.append([int(i), int(i) + 1])
+    return [(a, e) for a, e in runs]
