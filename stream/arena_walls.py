@@ -381,11 +381,13 @@ def _completed(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tuple
     band = ends.motion(angle)[max(0, int(y0)):max(0, int(y1))]
     motion = np.maximum(0.0, band - float(np.median(band))).sum(axis=0)  # above the room's own spread
     n = len(motion)
-    covered = np.zeros(n, bool)
+    covered = np.zeros(n, bool)  # the rig's columns and the ripples' reach beyond its walls
+    taken = np.zeros(n, bool)  # the rig's columns: a new cylinder's inside is free of them
     level = []
     for b in boxes:
         xl, xr = int(round(b[5])), int(round(b[6]))
         covered[max(0, xl - int(0.1 * width)):min(n, xr + int(0.1 * width) + 1)] = True
+        taken[max(0, xl):min(n, xr + 1)] = True
         level.append(float(motion[max(0, xl):max(0, xr) + 1].mean()) if xr > xl else 0.0)
     strong = min(min(walls[int(np.clip(round(b[5]), 0, n - 1))], walls[int(np.clip(round(b[6]), 0, n - 1))]) for b in boxes)
     moving = motion > COMPLETE_MOTION * float(np.median(level))
@@ -395,21 +397,38 @@ def _completed(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tuple
         for a, e in _runs(moving & ~covered, gap=int(COMPLETE_GAP * width)):
             if e - a < COMPLETE_RUN * width:
                 continue
-            best, pair = -1.0, None
-            for xl in range(max(0, int(a - 0.6 * width)), min(n, int(e - 0.5 * width) + 1)):
-                for xr in range(xl + int(0.9 * width), min(n, xl + int(1.1 * width) + 1)):
-                    v = min(walls[xl], walls[xr])
-                    if v > best and not covered[xl + 2:xr - 1].any():
-                        best, pair = v, (xl, xr)
-            if pair is None or best < COMPLETE_WALLS * strong:
+            pair = _best_walls(walls, taken, range(max(0, int(a - 0.6 * width)), min(n, int(e - 0.5 * width) + 1)),
+                               range(int(0.9 * width), int(1.1 * width) + 1), COMPLETE_WALLS * strong)
+            if pair is None:
                 continue
             out.append(_box(angle, y0, y1, pair[0], pair[1], ends.height))
             covered[max(0, pair[0] - int(0.1 * width)):min(n, pair[1] + int(0.1 * width) + 1)] = True
+            taken[pair[0]:pair[1] + 1] = True
             added = True
             break
         if not added:
             break
     return sorted(out, key=lambda b: b[0])
+
+
+def _best_walls(walls: np.ndarray, covered: np.ndarray, lefts: range, widths: range,
+                floor: float) -> tuple[int, int] | None:
+    """The wall pair (left, right column) whose weaker wall stands out most, at least ``floor``, on
+    free columns; the middle of the pairs as good (a line's edge is a few columns wide)."""
+    n = len(walls)
+    xl = np.array(lefts)[:, None]
+    xr = xl + np.array(widths)[None, :]
+    if not xl.size or not len(widths):
+        return None
+    free = np.concatenate([[0], np.cumsum(covered)])
+    inner_l, inner_r = np.clip(xl + 2, 0, n), np.clip(xr - 1, 0, n)
+    ok = (xr < n) & (free[np.maximum(inner_r, inner_l)] - free[inner_l] == 0)
+    v = np.where(ok, np.minimum(walls[np.clip(xl, 0, n - 1)], walls[np.clip(xr, 0, n - 1)]), -1.0)
+    best = float(v.max())
+    if best < floor:
+        return None
+    i, j = np.nonzero(v >= best - 1e-6)
+    return int(np.median(xl[i, 0])), int(np.median(xr[i, j]))
 
 
 def _runs(mask: np.ndarray, gap: int) -> list[tuple[int, int]]:

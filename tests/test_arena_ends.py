@@ -60,6 +60,30 @@ def test_a_cylinder_whose_walls_fade_above_the_water_is_closed_at_its_rim(n: int
         assert abs(best.y - t.y) <= 0.1 * t.h, (best, t)  # the rim, not the water line 42 % down
 
 
+def test_a_cylinder_the_rig_lacks_is_added_where_its_water_moves() -> None:
+    """The rig (two boxes) lacks the third and fourth cylinders, side by side (one run of motion):
+    each gets the pair of walls at the rig's width that stands out there; an unwalled patch of
+    motion (a hand) gets nothing."""
+    from stream.arena_ends import CylinderEnds
+    from stream.arena_walls import _box, _completed
+
+    h, w = 120, 320
+    g = np.full((h, w), 100, np.float32)
+    motion = np.zeros((h, w), np.float32)
+    walls = [(10, 60), (75, 125), (140, 190), (190, 240)]
+    for xl, xr in walls:
+        g[20:100, xl - 1:xl + 1] = g[20:100, xr - 1:xr + 1] = 40
+        motion[50:56, xl + 8:xr - 8] = 20  # the mouse and its ripples
+    motion[50:56, 262:300] = 20  # something that moves outside any cylinder
+    g = cv2.GaussianBlur(g, (0, 0), 0.7)
+    rig = [_box(0.0, 20, 100, xl, xr, h) for xl, xr in walls[:2]]
+    found = _completed(rig, CylinderEnds(g, motion))
+    assert len(found) == 4
+    for b, (xl, xr) in zip(found, walls):
+        assert abs(b[5] - xl) <= 1 and abs(b[6] - xr) <= 1, ([b[5:7] for b in found], walls)
+    assert _completed(rig, CylinderEnds(g, np.zeros_like(motion))) == rig  # nothing moves: nothing added
+
+
 def test_without_motion_the_boxes_stay_as_the_walls_closed_them() -> None:
     frames, truth = faint_walled_rig(2)
     median = np.median(np.stack(frames), axis=0).astype(np.uint8)
