@@ -48,6 +48,9 @@ GRAB_FRAMES = 30  # 2 s at 15 fps: the mouse moves enough for the median to show
 # 20 randomized top rigs; the round clutter of side views, up to 0.84 support, covers <= 20 % at <= 0.54
 # support and <= 5 % above it)
 AUTO_TOP_SURE = 0.9
+# a side view's "circle" (its base ellipse and the water above it) is up to this much wider than the
+# cylinder's box (side seed 6: 1.22, now that the box is the cylinder's own width)
+CIRCLE_IN_BOX_WIDTH = 1.35
 SIDE_TALLER_THAN_WIDE = 1.1  # a side-view cylinder's box is taller than wide (aspect 1.15-2 and rims)
 AUTO_TOP_SUPPORT = 0.56
 AUTO_TOP_COVER = 0.1
@@ -142,7 +145,7 @@ def _circles_inside_side_cylinders(circles: Sequence[Roi], cylinders: Sequence[R
     columns of circles, which never overlap, the side finder may take for tall boxes)."""
     def inside(c: Roi, b: Roi) -> bool:
         cx, cy = c.x + c.w / 2, c.y + c.h / 2
-        return b.x <= cx <= b.x + b.w and b.y <= cy <= b.y + b.h and c.w <= 1.2 * b.w
+        return b.x <= cx <= b.x + b.w and b.y <= cy <= b.y + b.h and c.w <= CIRCLE_IN_BOX_WIDTH * b.w
 
     tall = [b for b in cylinders if b.h >= SIDE_TALLER_THAN_WIDE * b.w]
     return (bool(tall) and all(any(inside(c, b) for b in tall) for c in circles)
