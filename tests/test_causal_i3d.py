@@ -130,3 +130,16 @@ def test_streaming_state_dict_is_run_exactly_by_the_streaming_engine(tmp_path) -
 def test_wrong_input_shape_is_refused(shape) -> None:
     with pytest.raises(ValueError, match="expected input"):
         causal_logits(_random_model().rgb, torch.zeros(shape))
+
+
+def test_an_output_reads_exactly_the_receptive_field_the_engines_quote() -> None:
+    """STREAM_RECEPTIVE_FRAMES (the clip-wise engines' refusal quotes it): step n reads frames n - 59 .. n."""
+    from stream.engine.base import STREAM_RECEPTIVE_FRAMES
+
+    model = _random_model()
+    n = STREAM_RECEPTIVE_FRAMES + 4
+    rgb, _ = _segment(n + 1, arenas=1)
+    rgb.requires_grad_(True)
+    causal_logits(model.rgb, rgb)[:, n].sum().backward()
+    reads = rgb.grad.abs().amax(dim=(0, 1, 3, 4)) > 0  # (frames,): which frames step n depends on
+    assert reads[n - STREAM_RECEPTIVE_FRAMES :].all() and not reads[: n - STREAM_RECEPTIVE_FRAMES].any(), reads
