@@ -12,6 +12,9 @@ the clip training's, per frame: cross-entropy of the RGB logits plus that of the
 sampler weighs them), on every labelled frame of the window. Batch norm stays in eval mode (its
 statistics and those of the stream's columns are the clip model's), dropout is the card's; the
 layers before ``--train-from`` are frozen (on 2 CPU cores their backward pass is most of the cost).
+With ``--cached-stem`` the frozen layers run once per video, the whole video as one segment (as
+``stream-run`` sees it, without augmentation), and the trained layers on windows of their output that
+start early enough for every output to have its real past (``stream.causal_i3d.receptive_frames``).
 
 Data, labels and flow come from ``export-train``'s dataset (``export.train_data.dataset_from_args``:
 label files beside the videos, ``export-synth``'s arenas files, the flow cache, the card's frame
@@ -36,10 +39,11 @@ import torch
 import torch.nn.functional as F
 
 from export.train_data import dataset_from_args
-from stream.causal_i3d import SEGMENT_LEAD_FRAMES, causal_fused, segment_inputs, segment_outputs, streaming_state_dict
+from stream.causal_i3d import (SEGMENT_LEAD_FRAMES, causal_features, causal_fused, causal_logits, receptive_frames, segment_inputs,
+                               segment_outputs, streaming_state_dict)
 from stream.errors import UserError, cli_main
 from stream.flow import FlowConfig
-from stream.model import FEATURE_LAYERS, FusedI3D
+from stream.model import FEATURE_LAYERS, FusedI3D, fuse
 from stream.modelfile import TRAINED_FOR_STREAMING, ModelCard, load_model, save_model
 from stream.preprocess import FUTURE_FRAMES
 
@@ -68,6 +72,9 @@ class FinetuneConfig:
     weight_decay: float = 1e-7  # the bundled model's
     train_from: str = DEFAULT_TRAIN_FROM  # first trained layer of FEATURE_LAYERS (the earlier ones frozen)
     augment: bool = True  # the clip training's flip / crop / brightness, drawn once per window
+    # compute the frozen layers once per source (the whole video as one segment, no augmentation) and
+    # train the rest on windows of their output: several times faster per step, every output with its real past
+    cached_stem: bool = False
     seed: int = 0
     max_minutes: float | None = None  # stop early (and still write the model) after this long
 
@@ -108,60 +115,112 @@ def _train_mode(model: FusedI3D) -> None:
             m.eval()
 
 
-def _windows(dataset, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(source, number of window starts) of every source long enough for a window and its look-ahead."""
-    sources, starts = [], []
-    for s in range(len(dataset.sources)):
-        n = dataset.num_frames(s) - (window + FUTURE_FRAMES) + 1
-        if n > 0 and (dataset.source_labels(s) >= 0).any():
-            sources.append(s)
-            starts.append(n)
-    if not sources:
-        raise UserError(f"no video has {window + FUTURE_FRAMES} frames for a window; use a smaller --window-frames")
-    return np.asarray(sources), np.asarray(starts)
+class _Windows:
+    """Windows of consecutive frames, each fed as a segment start; the whole network runs on each."""
+
+    def __init__(self, dataset, config: FinetuneConfig) -> None:
+        self.dataset, self.config = dataset, config
+        sources, starts = [], []
+        for s in range(len(dataset.sources)):
+            n = dataset.num_frames(s) - (config.window_frames + FUTURE_FRAMES) + 1
+            if n > 0 and (dataset.source_labels(s) >= 0).any():
+                sources.append(s)
+                starts.append(n)
+        if not sources:
+            raise UserError(f"no video has {config.window_frames + FUTURE_FRAMES} frames for a window; use a smaller --window-frames")
+        self.sources, self.starts = np.asarray(sources), np.asarray(starts)
+        self.labels = np.concatenate([dataset.source_labels(int(s)) for s in sources])
+
+    def outputs(self, model: FusedI3D, rng: np.random.Generator) -> tuple[torch.Tensor, ...] | None:
+        """(fused, rgb logits, flow logits) (W, K) and labels (W,) of one random window; None if unlabelled."""
+        k = int(rng.choice(len(self.sources), p=self.starts / self.starts.sum()))  # every window start equally likely
+        s, a, w = int(self.sources[k]), int(rng.integers(0, self.starts[k])), self.config.window_frames
+        y = torch.as_tensor(self.dataset.source_labels(s)[a : a + w])
+        if not bool((y >= 0).any()):
+            return None
+        rgb, flow = self.dataset.window(s, a, a + w + FUTURE_FRAMES, rng if self.config.augment else None)
+        flow[:, 0] = 0.0  # a segment's first frame has no flow (stream.ring)
+        rgb_in, flow_in = segment_inputs(torch.from_numpy(rgb)[None], torch.from_numpy(flow)[None], end=False)
+        outs = causal_fused(model, rgb_in, flow_in)
+        return (*(o[0, SEGMENT_LEAD_FRAMES : SEGMENT_LEAD_FRAMES + w] for o in outs), y)
+
+
+class _CachedStem:
+    """The frozen layers' output for every source, computed once with the whole video as one segment
+    (as stream-run sees it; no augmentation), and windows of it for the trained layers. Each window
+    starts ``receptive_frames`` early (or at the segment's start), so every output has its real past."""
+
+    def __init__(self, model: FusedI3D, dataset, config: FinetuneConfig) -> None:
+        self.config = config
+        self.start = FEATURE_LAYERS.index(config.train_from)
+        self.margin = max(receptive_frames(model.rgb, start=self.start), receptive_frames(model.flow, start=self.start))
+        self.features: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.step_labels: list[np.ndarray] = []  # per segment step: the label of the frame it emits (-1: none)
+        began = time.perf_counter()
+        for s in range(len(dataset.sources)):
+            rgb, flow = dataset.window(s, 0, dataset.num_frames(s))
+            flow[:, 0] = 0.0
+            rgb_in, flow_in = segment_inputs(torch.from_numpy(rgb)[None], torch.from_numpy(flow)[None])
+            with torch.no_grad():
+                self.features.append((causal_features(model.rgb, rgb_in, stop=self.start),
+                                      causal_features(model.flow, flow_in, stop=self.start)))
+            labels = np.full(rgb_in.shape[2], -1, dtype=np.int64)
+            labels[SEGMENT_LEAD_FRAMES:] = dataset.source_labels(s)
+            self.step_labels.append(labels)
+        log.info("stem up to %s cached for %d sources in %.0f s (%.0f MB)", config.train_from, len(self.features),
+                 time.perf_counter() - began, sum(f.numel() * 4 for pair in self.features for f in pair) / 1e6)
+        self.spans = np.asarray([len(labels) - SEGMENT_LEAD_FRAMES - config.window_frames + 1 for labels in self.step_labels])
+        if (self.spans < 1).all():
+            raise UserError(f"no video has {config.window_frames} frames for a window; use a smaller --window-frames")
+        self.spans = np.maximum(self.spans, 0)
+        self.labels = np.concatenate(self.step_labels)
+
+    def outputs(self, model: FusedI3D, rng: np.random.Generator) -> tuple[torch.Tensor, ...] | None:
+        k = int(rng.choice(len(self.spans), p=self.spans / self.spans.sum()))
+        first = SEGMENT_LEAD_FRAMES + int(rng.integers(0, self.spans[k]))  # the window's first output step
+        stop = first + self.config.window_frames
+        y = torch.as_tensor(self.step_labels[k][first:stop])
+        if not bool((y >= 0).any()):
+            return None
+        begin = max(0, first - self.margin)  # causal: outputs from `first` on are the whole segment's
+        rgb_f, flow_f = (f[:, :, begin:stop] for f in self.features[k])
+        rgb_logits = causal_logits(model.rgb, rgb_f, start=self.start)[0, first - begin :]
+        flow_logits = causal_logits(model.flow, flow_f, start=self.start)[0, first - begin :]
+        return fuse(rgb_logits, flow_logits, model.flow_weight), rgb_logits, flow_logits, y
 
 
 def finetune(model: FusedI3D, dataset, config: FinetuneConfig) -> FinetuneResult:
     """Train ``model`` in place on windows of ``dataset`` (a ``ClipDataset``) for the stream's function."""
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    sources, starts = _windows(dataset, config.window_frames)
-    pick = starts / starts.sum()  # every window start equally likely
-    labels = np.concatenate([dataset.source_labels(int(s)) for s in sources])
+    trained = _freeze(model, config.train_from)
+    draw = _CachedStem(model, dataset, config) if config.cached_stem else _Windows(dataset, config)
+    labels = draw.labels
     counts = np.bincount(labels[labels >= 0], minlength=len(dataset.classes)).astype(np.float64)
     weights = torch.as_tensor(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(counts), 0.0), dtype=torch.float32)
-    trained = _freeze(model, config.train_from)
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    log.info("streaming fine-tune: %d trainable parameters (from %s), %d steps of %d-frame windows from %d sources, class weights %s",
-             trained, config.train_from, config.steps, config.window_frames, len(sources), np.round(weights.numpy(), 3).tolist())
+    log.info("streaming fine-tune: %d trainable parameters (from %s), %d steps of %d-frame windows (%s), class weights %s",
+             trained, config.train_from, config.steps, config.window_frames,
+             "cached stem" if config.cached_stem else "whole network", np.round(weights.numpy(), 3).tolist())
     _train_mode(model)
     losses, correct, seen = [], [], []
     start_time = time.perf_counter()
-    step = 0
     for step in range(1, config.steps + 1):
         lr = config.lr_floor + 0.5 * (config.lr - config.lr_floor) * (1 + math.cos(math.pi * (step - 1) / config.steps))
         for group in optimiser.param_groups:
             group["lr"] = lr
-        s = int(sources[rng.choice(len(sources), p=pick)])
-        a = int(rng.integers(0, starts[sources == s][0]))
-        stop = a + config.window_frames + FUTURE_FRAMES
-        y = torch.as_tensor(dataset.source_labels(s)[a : a + config.window_frames])
-        if not bool((y >= 0).any()):
+        outs = draw.outputs(model, rng)
+        if outs is None:
             continue
-        rgb, flow = dataset.window(s, a, stop, rng if config.augment else None)
-        flow[:, 0] = 0.0  # a segment's first frame has no flow (stream.ring)
-        rgb_in, flow_in = segment_inputs(torch.from_numpy(rgb)[None], torch.from_numpy(flow)[None], end=False)
-        fused, rgb_logits, flow_logits = causal_fused(model, rgb_in, flow_in)
-        window = slice(SEGMENT_LEAD_FRAMES, SEGMENT_LEAD_FRAMES + config.window_frames)
-        rgb_logits, flow_logits = rgb_logits[0, window], flow_logits[0, window]
+        fused, rgb_logits, flow_logits, y = outs
         loss = F.cross_entropy(rgb_logits, y, weight=weights, ignore_index=-1) + F.cross_entropy(flow_logits, y, weight=weights, ignore_index=-1)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
         labelled = y >= 0
-        correct.append(int((fused[0, window].argmax(-1)[labelled] == y[labelled]).sum()))
+        correct.append(int((fused.argmax(-1)[labelled] == y[labelled]).sum()))
         seen.append(int(labelled.sum()))
         if step % LOG_EVERY_STEPS == 0 or step == config.steps:
             recent = slice(-LOG_EVERY_STEPS, None)
@@ -229,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-floor", type=float, default=1e-5)
     p.add_argument("--train-from", default=DEFAULT_TRAIN_FROM, help="first trained layer; the earlier ones stay frozen")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--cached-stem", action="store_true",
+                   help="compute the layers before --train-from once per video (no augmentation) and train on their output")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this long and write the model")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
@@ -237,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     config = FinetuneConfig(steps=args.steps, window_frames=args.window_frames, lr=args.lr, lr_floor=args.lr_floor,
-                            train_from=args.train_from, augment=not args.no_augment, seed=args.seed, max_minutes=args.max_minutes)
+                            train_from=args.train_from, augment=not args.no_augment, cached_stem=args.cached_stem, seed=args.seed, max_minutes=args.max_minutes)
     model, card = load_model(args.model)
     if card.kind != "i3d":
         raise UserError(f"{args.model}: a {card.kind} model has no network to fine-tune")

@@ -35,7 +35,7 @@ from stream.engine.streaming import FUTURE_DEFAULT, FUTURE_MODES, newest_taps
 from stream.model import FEATURE_LAYERS, I3D, FusedI3D, InceptionModule, MaxPool3dSame, Unit3D, fuse, same_padding
 from stream.preprocess import CLIP_FRAMES, FUTURE_FRAMES, PAST_FRAMES
 
-__all__ = ["causal_fused", "causal_logits", "segment_inputs", "segment_outputs", "streaming_state_dict", "SEGMENT_LEAD_FRAMES"]
+__all__ = ["receptive_frames", "causal_features", "causal_fused", "causal_logits", "segment_inputs", "segment_outputs", "streaming_state_dict", "SEGMENT_LEAD_FRAMES"]
 
 # a segment's frame j is emitted at step j + PAST_FRAMES (the first frame's repeats) + FUTURE_FRAMES (the look-ahead)
 SEGMENT_LEAD_FRAMES = PAST_FRAMES + FUTURE_FRAMES
@@ -90,19 +90,64 @@ def _causal_inception(module: InceptionModule, x: torch.Tensor, t_in: int, spaci
     return torch.cat([run("b0", x), run("b1b", run("b1a", x)), run("b2b", run("b2a", x)), run("b3b", run("b3a", x))], dim=1)
 
 
-def causal_logits(i3d: I3D, x: torch.Tensor, *, clip_frames: int = CLIP_FRAMES, future: str = FUTURE_DEFAULT) -> torch.Tensor:
-    """(B, C, T, H, W) frames of a fresh stream -> (B, T, K): the logits ``StreamingI3D`` gives at each step."""
+def _grid(i3d: I3D, clip_frames: int) -> list[tuple[int, int]]:
+    """(clip columns, frames between them) at the input of each of FEATURE_LAYERS, then at the logits."""
+    t, spacing = clip_frames, 1
+    grid = []
+    for name in FEATURE_LAYERS:
+        grid.append((t, spacing))
+        module = getattr(i3d, name)
+        if not isinstance(module, InceptionModule):  # stride 1 in time inside an inception module
+            _, _, t, spacing = _taps(module, t, spacing)
+    return grid + [(t, spacing)]
+
+
+def receptive_frames(i3d: I3D, *, start: int = 0, clip_frames: int = CLIP_FRAMES) -> int:
+    """How many frames before now an output reads, from the input of FEATURE_LAYERS[start] on."""
+    grid = _grid(i3d, clip_frames)
+
+    def back(module: Unit3D | MaxPool3dSame, k: int) -> int:
+        kept, spacing, _, _ = _taps(module, *grid[k])
+        return (len(kept) - 1) * spacing
+
+    frames = 0
+    for k in range(start, len(FEATURE_LAYERS)):
+        module = getattr(i3d, FEATURE_LAYERS[k])
+        if isinstance(module, InceptionModule):
+            frames += max(back(module.b1a, k) + back(module.b1b, k), back(module.b2a, k) + back(module.b2b, k),
+                          back(module.b3a, k) + back(module.b3b, k), back(module.b0, k))
+        else:
+            frames += back(module, k)
+    t, spacing = grid[-1]
+    return frames + (t - 1) * spacing  # the final mean of the clip's t columns
+
+
+def causal_features(i3d: I3D, x: torch.Tensor, *, start: int = 0, stop: int = len(FEATURE_LAYERS),
+                    clip_frames: int = CLIP_FRAMES, future: str = FUTURE_DEFAULT) -> torch.Tensor:
+    """FEATURE_LAYERS[start:stop] on every frame: the input of layer ``start`` -> the output of layer
+    ``stop - 1``, (B, C, T, H, W) -> (B, C', T, H', W'). A frozen stem's output can be computed once
+    and the rest trained on it (``causal_logits(start=...)``)."""
     if future not in FUTURE_MODES:
         raise ValueError(f"future must be one of {FUTURE_MODES}, got {future!r}")
-    if x.ndim != 5 or x.shape[1] != i3d.in_channels:
-        raise ValueError(f"expected input (B, {i3d.in_channels}, T, H, W), got {tuple(x.shape)}")
-    t, spacing = clip_frames, 1  # the clip's columns at this layer, and the frames between them
-    for name in FEATURE_LAYERS:
-        module = getattr(i3d, name)
+    grid = _grid(i3d, clip_frames)
+    for k in range(start, stop):
+        module = getattr(i3d, FEATURE_LAYERS[k])
+        t, spacing = grid[k]
         if isinstance(module, InceptionModule):
-            x = _causal_inception(module, x, t, spacing, future)  # stride 1 in time inside
+            x = _causal_inception(module, x, t, spacing, future)
         else:
-            x, t, spacing = _causal_layer(module, x, t, spacing, future)
+            x = _causal_layer(module, x, t, spacing, future)[0]
+    return x
+
+
+def causal_logits(i3d: I3D, x: torch.Tensor, *, start: int = 0, clip_frames: int = CLIP_FRAMES,
+                  future: str = FUTURE_DEFAULT) -> torch.Tensor:
+    """(B, C, T, H, W) frames of a fresh stream -> (B, T, K): the logits ``StreamingI3D`` gives at each
+    step. With ``start`` > 0, ``x`` is the input of FEATURE_LAYERS[start] (``causal_features``' output)."""
+    if start == 0 and (x.ndim != 5 or x.shape[1] != i3d.in_channels):
+        raise ValueError(f"expected input (B, {i3d.in_channels}, T, H, W), got {tuple(x.shape)}")
+    x = causal_features(i3d, x, start=start, clip_frames=clip_frames, future=future)
+    t, spacing = _grid(i3d, clip_frames)[-1]
     x = i3d.dropout(x.mean(dim=(3, 4), keepdim=True))  # (B, 1024, T, 1, 1); dropout as in clip training
     logits = _causal_layer(i3d.logits, x, t, spacing, future)[0].flatten(2)  # (B, K, T)
     # the clip averages its t final columns: now, spacing, 2 spacing ... back (zeros before the segment)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from stream.causal_i3d import causal_fused, causal_logits, segment_outputs, streaming_state_dict
+from stream.causal_i3d import causal_fused, causal_logits, receptive_frames, segment_outputs, streaming_state_dict
 from stream.engine.base import EngineConfig
 from stream.engine.streaming import StreamingEngine
 from stream.flow import FlowConfig
@@ -143,3 +143,18 @@ def test_an_output_reads_exactly_the_receptive_field_the_engines_quote() -> None
     causal_logits(model.rgb, rgb)[:, n].sum().backward()
     reads = rgb.grad.abs().amax(dim=(0, 1, 3, 4)) > 0  # (frames,): which frames step n depends on
     assert reads[n - STREAM_RECEPTIVE_FRAMES :].all() and not reads[: n - STREAM_RECEPTIVE_FRAMES].any(), reads
+    assert receptive_frames(model.rgb) == STREAM_RECEPTIVE_FRAMES
+
+
+def test_a_frozen_stem_computed_once_gives_the_same_logits() -> None:
+    """causal_features up to a layer, then causal_logits from it: the whole network's logits."""
+    from stream.causal_i3d import causal_features
+    from stream.model import FEATURE_LAYERS
+
+    model = _random_model()
+    rgb, _ = _segment(24, arenas=1)
+    k = FEATURE_LAYERS.index("Mixed_4b")
+    with torch.no_grad():
+        whole = causal_logits(model.rgb, rgb)
+        split = causal_logits(model.rgb, causal_features(model.rgb, rgb, stop=k), start=k)
+    torch.testing.assert_close(split, whole, atol=1e-6, rtol=0.0)

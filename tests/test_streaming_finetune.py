@@ -26,11 +26,12 @@ def base_model(tmp_path_factory):
     return save_model(FusedI3D(num_classes=3), card, tmp_path_factory.mktemp("models") / "tiny-clip")
 
 
-def test_finetune_writes_a_card_trained_for_streaming_that_the_engine_runs_exactly(base_model, tmp_path) -> None:
+@pytest.mark.parametrize("mode", [[], ["--cached-stem"]])
+def test_finetune_writes_a_card_trained_for_streaming_that_the_engine_runs_exactly(base_model, tmp_path, mode) -> None:
     video = render_video(SynthConfig(view="side", duration_s=2.0, arenas=1, arena_size_px=48, seed=2), tmp_path / "v").video_path
     out = tmp_path / "streaming"
     assert main(["--model", str(base_model), "--videos", str(video), "--out", str(out), "--steps", "2", "--window-frames", "8",
-                 "--cache-dir", str(tmp_path / "cache"), "--train-from", "Mixed_4b"]) == 0
+                 "--cache-dir", str(tmp_path / "cache"), "--train-from", "Mixed_4b", *mode]) == 0
     card = load_card(out)
     assert card.trained_for == "streaming" and card.name == "tiny-clip-streaming"
     assert card.training["steps_run"] == 2 and card.training["base_model"]["name"] == "tiny-clip"
