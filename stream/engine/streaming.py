@@ -21,7 +21,9 @@ numbers: in the clip model an older column also sees the frames to its right (th
 guessed them when it computed it), and a column at the clip's left edge sees zero padding (this
 stream sees the real past). Every Mixed_3c column of a 16-frame clip reaches the padding, so no
 deep column can be shared exactly. The measured effect on the bundled model is in the README:
-far from the clip model's labels, so ``auto`` never picks this engine. ``tests/test_streaming.py``
+far from the clip model's labels, so ``auto`` never picks this engine for a clip card; a card trained
+for streaming (``trained_for``: ``stream/causal_i3d.py``, ``export.streaming_finetune``) is run by
+this engine alone, and ``auto`` picks it. ``tests/test_streaming.py``
 checks the stream exactly against the clip model with its older columns replaced by the frozen ones.
 
 ``streamed_layers=k`` streams only the first k body layers and runs the rest clip-wise on the
