@@ -193,6 +193,7 @@ def finetune(model: FusedI3D, dataset, config: FinetuneConfig) -> FinetuneResult
     """Train ``model`` in place on windows of ``dataset`` (a ``ClipDataset``) for the stream's function."""
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
+    start_time = time.perf_counter()  # the stem's cache included
     trained = _freeze(model, config.train_from)
     draw = _CachedStem(model, dataset, config) if config.cached_stem else _Windows(dataset, config)
     labels = draw.labels
@@ -205,7 +206,6 @@ def finetune(model: FusedI3D, dataset, config: FinetuneConfig) -> FinetuneResult
              "cached stem" if config.cached_stem else "whole network", np.round(weights.numpy(), 3).tolist())
     _train_mode(model)
     losses, correct, seen = [], [], []
-    start_time = time.perf_counter()
     for step in range(1, config.steps + 1):
         lr = config.lr_floor + 0.5 * (config.lr - config.lr_floor) * (1 + math.cos(math.pi * (step - 1) / config.steps))
         for group in optimiser.param_groups:
