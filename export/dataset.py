@@ -88,6 +88,7 @@ AUG_FLIP_P = 0.5
 AUG_GAIN_RANGE = (0.8, 1.2)  # multiplicative brightness/contrast on [-1, 1] RGB
 AUG_BIAS_RANGE = (-0.1, 0.1)  # additive brightness on [-1, 1] RGB (~ +-13 grey levels)
 AUG_MAX_CROP_FRACTION = 0.125  # random crop removes up to 1/8 of the side, then resizes back
+AUG_CHUNK_FRAMES = 32  # frames augmented per call: cv2.resize takes at most 128 channels (3 per frame)
 
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
 
@@ -540,6 +541,27 @@ class ClipDataset(Dataset):
         repeated = np.concatenate([[False], idx[1:] == idx[:-1]])
         flow[repeated] = 0.0  # an edge-padding repeat did not move
         return frames, flow
+
+    def window(self, source_index: int, start: int, stop: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Consecutive frames ``start .. stop - 1`` of one source as the model sees them, for training
+        on whole stretches (``export.streaming_finetune``): RGB (3, T, S, S) in [-1, 1] and encoded
+        flow (2, T, S, S), each frame's flow from the frame before (zero for the source's first).
+        With ``rng``, the clips' training augmentation, drawn once for the whole window."""
+        if not 0 <= start < stop <= self.num_frames(source_index):
+            raise ValueError(f"window {start}..{stop} outside the {self.num_frames(source_index)} frames of source {source_index}")
+        frames = np.asarray(self._frames[source_index][start:stop])
+        flow = flow_from_uint8(np.asarray(self._flow[source_index][start:stop]))
+        if rng is None:
+            return rgb_clip(frames), np.ascontiguousarray(encode_flow(flow).transpose(1, 0, 2, 3))
+        rgb_parts, flow_parts = [], []
+        for i in range(0, stop - start, AUG_CHUNK_FRAMES):  # every chunk the same draws: one augmentation
+            chunk_rng = copy.deepcopy(rng)
+            r, f = _augment(frames[i : i + AUG_CHUNK_FRAMES], flow[i : i + AUG_CHUNK_FRAMES], chunk_rng)
+            rgb_parts.append(r)
+            flow_parts.append(f)
+        rng.bit_generator.state = chunk_rng.bit_generator.state
+        flow = np.concatenate(flow_parts)
+        return np.concatenate(rgb_parts, axis=1), np.ascontiguousarray(encode_flow(flow).transpose(1, 0, 2, 3))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         s, t, y = (int(v) for v in self.items[i])

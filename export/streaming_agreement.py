@@ -8,6 +8,10 @@ time. It reports, per video and over all: the largest fused probability differen
 label agreement (argmax, and after stream-run's default smoothing, a centred 5-frame average),
 immobile time of each (smoothed labels in the card's immobile classes) and, where the simulator's
 ``.labels.csv`` is beside the video, each engine's accuracy against the true labels.
+
+For a card trained for streaming (``export.streaming_finetune``), ``--clip-model`` names the clip
+model to compare with (the bundled one it started from), and ``--parallel`` also checks the
+streaming engine against the card's parallel form (``stream.causal_i3d``) on the same frames.
 """
 
 from __future__ import annotations
@@ -73,10 +77,14 @@ def _true_labels(video: Path, arena_ids: list[str], classes: list[str]) -> np.nd
 
 
 def compare_video(video: Path, model_dir: Path, max_frames: int | None = None,
-                  streamed_layers: int | None = None) -> tuple[VideoAgreement, dict]:
+                  streamed_layers: int | None = None, clip_model_dir: Path | None = None,
+                  parallel: bool = False) -> tuple[VideoAgreement, dict]:
+    """``clip_model_dir``: the clip-wise reference's model (default ``model_dir``; a card trained for
+    streaming needs another). ``parallel``: also the streaming card's parallel form
+    (``stream.causal_i3d.segment_outputs``) on the same frames, as ``extra["parallel"]``."""
     card = load_card(model_dir)
     arenas = load_arena_file(sidecar_arena_file(video) or video.with_suffix(".arenas.json"))
-    clip_engine = build_engine("torch", model_dir, device="cpu", optimize=False)
+    clip_engine = build_engine("torch", clip_model_dir or model_dir, device="cpu", optimize=False)
     stream_engine = build_engine("streaming", model_dir, device="cpu")
     if streamed_layers is not None:
         from stream.engine.streaming import _FusedStreaming
@@ -92,6 +100,7 @@ def compare_video(video: Path, model_dir: Path, max_frames: int | None = None,
     step = max(1, round(cap.get(cv2.CAP_PROP_FPS) / card.fps))  # the model's rate, as stream-run resamples
     clip_p: list[np.ndarray] = []
     stream_p: dict[int, np.ndarray] = {}
+    pushed: list[tuple[np.ndarray, np.ndarray]] = []  # (rgb, flow) of every frame, for the parallel form
     index = raw = 0
     while max_frames is None or index < max_frames:
         ok, image = cap.read()
@@ -102,6 +111,8 @@ def compare_video(video: Path, model_dir: Path, max_frames: int | None = None,
             continue
         ring.push(np.stack([crop_resize(image, a.roi, size) for a in arenas]), index)
         pred = stream.push(*ring.frame(index))
+        if parallel:
+            pushed.append(tuple(torch.as_tensor(x).float().numpy().copy() for x in ring.frame(index)))  # the ring reuses its slots
         if pred is not None:
             stream_p[index - FUTURE_FRAMES] = pred.fused
         if index >= FUTURE_FRAMES:
@@ -134,7 +145,22 @@ def compare_video(video: Path, model_dir: Path, max_frames: int | None = None,
         accuracy_clip=acc_clip,
         accuracy_stream=acc_stream,
     )
-    return result, {"clip": clip_a, "stream": stream_a}
+    extra = {"clip": clip_a, "stream": stream_a}
+    if parallel:
+        extra["parallel"] = _parallel_form(model_dir, pushed)  # (frames, arenas, K)
+    return result, extra
+
+
+def _parallel_form(model_dir: Path, pushed: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The parallel form's fused probabilities of one segment of frames, (frames, arenas, K)."""
+    from stream.causal_i3d import segment_outputs
+    from stream.modelfile import load_model
+
+    model, _ = load_model(model_dir)
+    rgb = torch.from_numpy(np.stack([r for r, _ in pushed], axis=2))  # (arenas, 3, frames, S, S)
+    flow = torch.from_numpy(np.stack([f for _, f in pushed], axis=2))
+    with torch.no_grad():
+        return segment_outputs(model, rgb, flow)[0].transpose(0, 1).numpy()
 
 
 @cli_main("streaming-agreement")
@@ -144,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=Path("trained_models/fst-side-64"))
     p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each video")
     p.add_argument("--streamed-layers", type=int, default=None, help="stream only the first N body layers (experiment)")
+    p.add_argument("--clip-model", type=Path, default=None,
+                   help="the clip-wise reference's model (default --model; needed for a card trained for streaming)")
+    p.add_argument("--parallel", action="store_true",
+                   help="also compare the streaming engine with the model's parallel form (stream/causal_i3d.py)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
@@ -151,8 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     rows = []
     for video in args.videos:
-        r, _ = compare_video(video, args.model, args.max_frames, args.streamed_layers)
+        r, extra = compare_video(video, args.model, args.max_frames, args.streamed_layers, args.clip_model, args.parallel)
         rows.append(r)
+        if args.parallel:
+            par, st = extra["parallel"], extra["stream"]
+            print(f"{r.video}: streaming engine vs parallel form: labels agree {100 * float((par.argmax(-1) == st.argmax(-1)).mean()):.2f} %, "
+                  f"max |dp| {float(np.abs(par - st).max()):.1e}", flush=True)
         print(f"{r.video}: {r.arena_frames} arena-frames, max |dp| {r.max_prob_diff:.3f}, labels agree "
               f"{100 * r.label_agreement:.2f} % (smoothed {100 * r.smoothed_agreement:.2f} %), immobile "
               f"{r.immobile_s_clip:.1f} s clip vs {r.immobile_s_stream:.1f} s stream"

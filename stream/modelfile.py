@@ -64,6 +64,9 @@ __all__ = [
     "MAX_CARD_FPS",
     "MAX_CARD_BYTES",
     "MAX_CARD_DEPTH",
+    "TRAINED_FOR",
+    "TRAINED_FOR_CLIP",
+    "TRAINED_FOR_STREAMING",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,12 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FORMAT_VERSION = 1
 _HASH_CHUNK = 1 << 20
 MODEL_KINDS = ("i3d", "motion")  # what the engine factory can build from a card
+# What an I3D card's weights compute well (card ``trained_for``): "clip", the 16-frame clip model every
+# engine runs; "streaming", the causal function of the streaming engine (stream/causal_i3d.py,
+# export.streaming_finetune), which only ``--engine streaming`` computes (README, "Streaming engine").
+TRAINED_FOR_CLIP = "clip"
+TRAINED_FOR_STREAMING = "streaming"
+TRAINED_FOR = (TRAINED_FOR_CLIP, TRAINED_FOR_STREAMING)
 VIEWS = ("side", "top")  # camera placements: side = swim/struggle/float, top = mobile/immobile
 WEIGHTS_DTYPES = {"i3d": ("float32", "float16"), "motion": ("json",)}  # per kind: what save_model / save_motion_model write
 MIN_INPUT_SIZE_PX = 32  # below 32 px the stride-32 I3D body has nothing left to pool
@@ -132,6 +141,8 @@ class ModelCard:
     # issue 24.12: brightness, contrast, flow magnitude of the training clips ({p01, p50, p99} each,
     # stream.input_check.input_stats_summary); a trial far outside is warned about. Optional: {} in older cards
     input_stats: dict[str, Any] = field(default_factory=dict)
+    # issue 22: "clip" (default, older cards) or "streaming": see TRAINED_FOR
+    trained_for: str = TRAINED_FOR_CLIP
 
     def validate(self, where: str = "card") -> None:
         """Types, ranges, classes and the flow settings, all at once: one line naming every bad field.
@@ -182,6 +193,10 @@ class ModelCard:
             problems.append(f"format_version {self.format_version} is not one this swim-stream understands (1..{CARD_FORMAT_VERSION}); upgrade swim-stream")
         if self.kind not in MODEL_KINDS:
             problems.append(f"kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+        if self.trained_for not in TRAINED_FOR:
+            problems.append(f"trained_for must be one of {', '.join(TRAINED_FOR)}, got {self.trained_for!r}")
+        elif self.trained_for == TRAINED_FOR_STREAMING and self.kind != "i3d":
+            problems.append(f"trained_for {TRAINED_FOR_STREAMING!r} is for i3d models, not {self.kind!r}")
         problems.extend(flow_config_problems(self.flow))
         problems.extend(decisions_problems(self.decisions))
         return problems

@@ -325,3 +325,27 @@ def test_train_data_arguments_accept_any_camera_rate(tmp_path):
     ds, spec = tr.dataset_from_args(args, SIDE_CLASSES, progress=False)
     assert (spec.fps, spec.stride) == (15.0, 1)
     assert [ds.num_frames(s) for s in range(len(ds.sources))] == [30, 30]
+
+
+def test_window_is_the_consecutive_frames_the_clips_show(video: Path, tmp_path: Path) -> None:
+    ds = _dataset(video, tmp_path)
+    rgb, flow = ds.window(1, 4, 20)
+    assert rgb.shape == (3, 16, SIZE, SIZE) and flow.shape == (2, 16, SIZE, SIZE)
+    clip_frames, clip_flow = ds.clip(1, 12)  # frames 4..19: no edge repeat
+    np.testing.assert_array_equal(rgb, rgb_clip(clip_frames))
+    np.testing.assert_array_equal(flow, encode_flow(clip_flow).transpose(1, 0, 2, 3))
+    with pytest.raises(ValueError, match="outside"):
+        ds.window(1, 20, 31)
+
+
+def test_an_augmented_window_is_one_augmentation_across_its_chunks(video: Path, tmp_path: Path, monkeypatch) -> None:
+    """cv2.resize takes 128 channels at most, so long windows are augmented in chunks with the same draws."""
+    import export.dataset as dataset_module
+
+    monkeypatch.setattr(dataset_module, "AUG_CHUNK_FRAMES", 8)
+    ds = _dataset(video, tmp_path)
+    for seed in range(4):  # flips, crops and gains differ between seeds: each must hold over the window
+        whole = ds.window(0, 0, 24, np.random.default_rng(seed))
+        last = ds.window(0, 16, 24, np.random.default_rng(seed))  # the window's third chunk, drawn alone
+        np.testing.assert_allclose(whole[0][:, 16:], last[0], atol=1e-6)
+        np.testing.assert_allclose(whole[1][:, 16:], last[1], atol=1e-6)

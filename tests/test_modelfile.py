@@ -368,3 +368,21 @@ def test_a_model_with_nan_weights_is_refused_on_load(tmp_path, tiny_model):
     d = save_model(broken, make_card(), tmp_path / "m")
     with pytest.raises(ModelFileError, match=r"1 tensor\(s\) hold NaN or infinite values \(first: flow.Mixed_4b.b0.conv3d.weight\)"):
         load_model(d)
+
+
+def test_trained_for_is_an_optional_checked_card_field(tmp_path, tiny_model, caplog):
+    """Issue 22: a card may say its weights were trained for the streaming engine; older cards are clip models."""
+    d = save_model(tiny_model, make_card(trained_for="streaming"), tmp_path / "m")
+    with caplog.at_level("WARNING"):
+        assert load_card(d).trained_for == "streaming"
+    assert "unknown card field" not in caplog.text
+    card = json.loads((d / CARD_FILE).read_text())
+    del card["trained_for"]  # a card written before the field existed
+    (d / CARD_FILE).write_text(json.dumps(card))
+    assert load_card(d).trained_for == "clip"
+    card["trained_for"] = "stream"
+    (d / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match="trained_for must be one of clip, streaming, got 'stream'"):
+        load_card(d)
+    with pytest.raises(ModelFileError, match="trained_for 'streaming' is for i3d models"):
+        make_card(trained_for="streaming", kind="motion", weights_dtype="json").validate()

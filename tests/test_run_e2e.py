@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -450,3 +451,25 @@ def test_settings_from_a_toml_file_with_spaces_in_its_paths(tmp_path, model_dir,
     provenance = json.loads((out / "arena0.summary.json").read_text())["provenance"]
     assert provenance["run_config"]["model"]["stride"] == 4 and provenance["run_config"]["outputs"]["zmq"] is None
     assert provenance["source"].endswith("cam 0.mp4")
+
+
+def _trained_for_streaming(model_dir: Path, out: Path) -> Path:
+    """A copy of the test model whose card says it was trained for streaming (the weights are the card's)."""
+    shutil.copytree(model_dir, out)
+    card = json.loads((out / "card.json").read_text())
+    card["trained_for"] = "streaming"
+    (out / "card.json").write_text(json.dumps(card))
+    return out
+
+
+def test_a_card_trained_for_streaming_runs_streaming_under_auto_and_is_refused_clip_wise(video, model_dir, tmp_path, capsys) -> None:
+    """Issue 22: ``auto`` picks the streaming engine for it; a clip-wise engine refuses it in one line."""
+    streaming = _trained_for_streaming(model_dir, tmp_path / "streaming-model")
+    out = tmp_path / "s"
+    assert run_mod.main(["--video", str(video), "--model", str(streaming), *quiet(out)]) == 0
+    assert [r["frame"] for r in csv_rows(out, "A1")] == list(range(FRAMES))
+    assert json.loads((out / "A1.summary.json").read_text())["run"]["engine"].startswith("streaming")
+    capsys.readouterr()
+    assert run_mod.main(["--video", str(video), "--model", str(streaming), *quiet(tmp_path / "t"), "--engine", "torch"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained for the streaming engine" in err[0] and "--engine streaming" in err[0], err

@@ -218,3 +218,25 @@ def test_streaming_only_the_first_layers_runs_the_rest_clip_wise() -> None:
         n = rgb.shape[0] - 1
         clip = graph(rgb[n - 15 : n + 1].permute(1, 2, 0, 3, 4), flow[n - 15 : n + 1].permute(1, 2, 0, 3, 4))[0]
     torch.testing.assert_close(got[-1], clip, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["torch", "onnxruntime"])
+def test_clip_wise_engines_refuse_a_card_trained_for_streaming(tiny_model, tmp_path, kind) -> None:
+    """Issue 22: their 16-frame clip cannot compute the causal function such weights were trained for."""
+    import json
+    import shutil
+
+    from stream.engine import build_engine
+    from stream.errors import UserError
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    card = json.loads((model / "card.json").read_text())
+    (model / "card.json").write_text(json.dumps({**card, "trained_for": "streaming"}))
+    with pytest.raises(UserError, match=f"trained for the streaming engine .* the {kind} engine's 16-frame clip"):
+        build_engine(kind, model, device="cpu")
+    with build_engine("auto", model, device="cpu") as engine:
+        assert engine.name == "streaming-cpu"
+        with pytest.raises(UserError, match="feed it frame by frame"):
+            engine.predict(np.zeros((1, 3, 16, 32, 32), np.float32), np.zeros((1, 2, 16, 32, 32), np.float32))
+        assert engine.open_stream(1).push(np.zeros((1, 3, 32, 32), np.float32), np.zeros((1, 2, 32, 32), np.float32)) is None

@@ -29,3 +29,19 @@ def test_the_streaming_engine_is_measured_frame_by_frame(video, tiny_model, one_
     assert probs["stream"].shape == (20, 1, 3) and result.arena_frames == 20
     assert 0.0 <= result.label_agreement <= 1.0 and result.immobile_s_stream <= 20 / 15
     assert result.accuracy_clip is None  # no labels beside the video
+
+
+def test_a_card_trained_for_streaming_is_compared_with_another_clip_model_and_its_parallel_form(video, tiny_model, tmp_path, one_torch_thread) -> None:
+    """Issue 22: the clip reference comes from --clip-model, and the engine matches the card's parallel form."""
+    import shutil
+
+    import numpy as np
+
+    streaming = tmp_path / "streaming"
+    shutil.copytree(tiny_model, streaming)
+    card = json.loads((streaming / "card.json").read_text())
+    (streaming / "card.json").write_text(json.dumps({**card, "trained_for": "streaming"}))
+    result, probs = compare_video(video, streaming, clip_model_dir=tiny_model, parallel=True)
+    assert probs["parallel"].shape == probs["stream"].shape == (20, 1, 3)
+    np.testing.assert_allclose(probs["parallel"], probs["stream"], atol=1e-5)
+    assert float(np.ptp(probs["stream"], axis=0).max()) > 0  # the frames differ: a misaligned pairing would fail

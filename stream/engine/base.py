@@ -21,7 +21,7 @@ from torch import nn
 
 from stream.errors import UserError
 from stream.model import FusedI3D, fuse
-from stream.modelfile import ModelCard
+from stream.modelfile import TRAINED_FOR_STREAMING, ModelCard
 from stream.numerics import flush_denormals
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "KIND_STREAMING",
     "KIND_TORCH",
     "ONNXRUNTIME_INSTALL_HINT",
+    "STREAM_RECEPTIVE_FRAMES",
     "TENSORRT_INSTALL_HINT",
     "WARMUP_RUNS",
     "Engine",
@@ -56,6 +57,9 @@ KIND_TORCH = "torch"
 KIND_ONNXRUNTIME = "onnxruntime"
 # one column per layer per new frame (stream.engine.streaming); close to, not equal to, the clip model
 KIND_STREAMING = "streaming"
+# frames before now a streaming output depends on (stream/causal_i3d.py: Conv3d_1a 3, Conv3d_2c 2,
+# Mixed_3 2 x 2, pool 2, Mixed_4 5 x 4, pool 4, Mixed_5 2 x 8, the final 2-column mean 8)
+STREAM_RECEPTIVE_FRAMES = 59
 ENGINE_KINDS = (KIND_AUTO, KIND_TENSORRT, KIND_TORCH, KIND_ONNXRUNTIME, KIND_STREAMING)
 # kind -> (module, class): the factory imports a backend on first use only (stream.engine.factory).
 # A new backend is its module plus one kind above and one line here.
@@ -181,6 +185,10 @@ class Engine(abc.ABC):
     stepwise: bool = False
 
     def __init__(self, card: ModelCard, config: EngineConfig, model_dir: Path) -> None:
+        if card.trained_for == TRAINED_FOR_STREAMING and not self.stepwise:
+            raise UserError(f"{model_dir}: trained for the streaming engine (card trained_for {TRAINED_FOR_STREAMING!r}); "
+                            f"the {self.backend} engine's {card.clip_frames}-frame clip cannot compute its causal function "
+                            f"(it reads {STREAM_RECEPTIVE_FRAMES} frames back): use --engine {KIND_STREAMING} or auto")
         self.card = card
         self.config = config
         self.model_dir = Path(model_dir)

@@ -1,6 +1,8 @@
 """One factory for every engine: ``build_engine(kind, model_dir, ...)`` / ``open_engine(model_dir, config)``.
 
-``auto`` picks tensorrt > torch-cuda > onnxruntime-cpu > torch-cpu and logs the choice and why.
+``auto`` picks tensorrt > torch-cuda > onnxruntime-cpu > torch-cpu and logs the choice and why; for a
+card trained for streaming (``trained_for: "streaming"``) the streaming engine, the only one that
+computes what it was trained for (the clip-wise engines refuse such a card).
 Each backend module is imported only when its kind is built, and a backend's heavy package
 (onnxruntime, torch-tensorrt) only inside it, so a machine without them never pays for them.
 
@@ -23,6 +25,7 @@ from stream.engine.base import (
     BACKENDS,
     KIND_AUTO,
     KIND_ONNXRUNTIME,
+    KIND_STREAMING,
     KIND_TENSORRT,
     KIND_TORCH,
     ONNXRUNTIME_INSTALL_HINT,
@@ -33,7 +36,7 @@ from stream.engine.base import (
 from stream.engine.cache import with_weights_digest
 from stream.engine.onnx_cache import cached_onnx_path, onnx_path
 from stream.errors import UserError
-from stream.modelfile import load_card
+from stream.modelfile import TRAINED_FOR_STREAMING, load_card
 
 __all__ = ["BACKENDS", "backend_class", "build_engine", "choose_backend", "open_engine"]
 
@@ -86,7 +89,11 @@ def open_engine(model_dir: str | Path, config: EngineConfig) -> Engine:
 
         return MotionEngine(model_dir, config)
     kind = config.kind
-    if kind == KIND_AUTO:
+    if kind == KIND_AUTO and load_card(model_dir).trained_for == TRAINED_FOR_STREAMING:
+        kind = KIND_STREAMING  # the only engine that computes what it was trained for (stream/causal_i3d.py)
+        log.info("engine auto: chose %s because the card says trained_for %r", kind, TRAINED_FOR_STREAMING)
+        config = dataclasses.replace(config, kind=kind)
+    elif kind == KIND_AUTO:
         kind, device, reason = choose_backend(model_dir, config.device)
         log.info("engine auto: chose %s on %s because %s", kind, device, reason)
         config = dataclasses.replace(config, kind=kind, device=device)

@@ -21,7 +21,9 @@ numbers: in the clip model an older column also sees the frames to its right (th
 guessed them when it computed it), and a column at the clip's left edge sees zero padding (this
 stream sees the real past). Every Mixed_3c column of a 16-frame clip reaches the padding, so no
 deep column can be shared exactly. The measured effect on the bundled model is in the README:
-far from the clip model's labels, so ``auto`` never picks this engine. ``tests/test_streaming.py``
+far from the clip model's labels, so ``auto`` never picks this engine for a clip card; a card trained
+for streaming (``trained_for``: ``stream/causal_i3d.py``, ``export.streaming_finetune``) is run by
+this engine alone, and ``auto`` picks it. ``tests/test_streaming.py``
 checks the stream exactly against the clip model with its older columns replaced by the frozen ones.
 
 ``streamed_layers=k`` streams only the first k body layers and runs the rest clip-wise on the
@@ -52,7 +54,7 @@ from torch import nn
 from stream.engine.base import CPU_HALF_REFUSAL, KIND_STREAMING, Engine, EngineConfig, FusedProbs, Prediction, to_numpy, torch_device
 from stream.errors import UserError
 from stream.model import FEATURE_LAYERS, I3D, FusedI3D, InceptionModule, MaxPool3dSame, Unit3D, fuse, same_padding
-from stream.modelfile import load_model
+from stream.modelfile import TRAINED_FOR_STREAMING, load_model
 from stream.preprocess import CLIP_FRAMES, FUTURE_FRAMES, PAST_FRAMES
 
 __all__ = ["FrameStream", "StreamingEngine", "StreamingI3D", "newest_taps", "step_flops_ratio"]
@@ -326,8 +328,12 @@ class StreamingEngine(Engine):
             raise UserError(CPU_HALF_REFUSAL if self._device.type == "cpu" else "streaming engine: FP32 only (half precision is not measured for it)")
         model = model.eval()
         self.module = _FusedStreaming(model, card.clip_frames).eval().to(self._device)
-        log.warning("engine streaming: an approximation of the clip model, not its labels (README, 'Streaming "
-                    "engine'); use it where speed matters more than agreement with the clip-wise engines")
+        self.trained_for_streaming = card.trained_for == TRAINED_FOR_STREAMING
+        if self.trained_for_streaming:
+            log.info("engine streaming: %s was trained for streaming (export.streaming_finetune)", model_dir)
+        else:
+            log.warning("engine streaming: an approximation of the clip model, not its labels (README, 'Streaming "
+                        "engine'); use it where speed matters more than agreement with the clip-wise engines")
         self._clip = FusedProbs(model).eval().to(self._device)
 
     @property
@@ -356,6 +362,8 @@ class StreamingEngine(Engine):
 
     @torch.inference_mode()
     def _run(self, rgb: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.trained_for_streaming:  # its clip model is not what it was trained for
+            raise UserError(f"{self.model_dir}: trained for streaming; feed it frame by frame (open_stream), not clips")
         return self._clip(self.to_device(rgb), self.to_device(flow))
 
     def close(self) -> None:
