@@ -6,7 +6,8 @@ so the median is the empty rig) and their temporal spread (the motion: water and
 cylinders only), finds the cylinders and writes the arena file plus a PNG with each
 ROI drawn and labelled, for a person to check at a glance::
 
-    side view: pairs of walls that start and end together, closed by rims (stream/arena_walls.py)
+    side view: pairs of walls that start and end together, closed by rims (stream/arena_walls.py),
+               with motion at the rim and base above and below the moving water (stream/arena_ends.py)
     top view:  circles whose rim edge runs all the way round, all of one size (stream/arena_rims.py)
 
 Each ROI is the cylinder's bounding box (side: rim to base between the walls; top: the circle), as
