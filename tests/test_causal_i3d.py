@@ -15,25 +15,21 @@ from stream.flow import FlowConfig
 from stream.model import FusedI3D
 from stream.modelfile import ModelCard, save_model
 
+from test_streaming import _random_model as _streaming_random_model
+
 S = 32  # the smallest input the I3D takes: fast
 LOGITS_SCALE = 50.0  # a fresh logits layer gives probabilities within 1e-3 of uniform
 SEGMENT_FRAMES = 40  # longer than the stream's receptive field's first half: every layer's ring wraps
 
 
 def _random_model(seed: int = 0) -> FusedI3D:
-    """Random weights and batch-norm statistics far from the identity (so that they matter)."""
-    torch.manual_seed(seed)
-    model = FusedI3D(num_classes=3, flow_weight=0.4)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm3d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    with torch.no_grad():  # logits far from uniform, so that probabilities tell the frames apart
+    """test_streaming's random model (batch-norm statistics far from the identity, so that they
+    matter), with logits far from uniform, so that probabilities tell the frames apart."""
+    model = _streaming_random_model(seed)
+    with torch.no_grad():
         for stream in (model.rgb, model.flow):
             stream.logits.conv3d.weight.mul_(LOGITS_SCALE)
-    return model.eval()
+    return model
 
 
 def _save(model: FusedI3D, directory) -> StreamingEngine:
