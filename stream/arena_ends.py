@@ -11,7 +11,8 @@ of them above. So, between walls at sheared columns ``xl``, ``xr`` (``stream.are
                   ellipse edge there, less the same just above  +  wall below it, less wall above it
                   (no clear rim: the water line less WATER_TO_RIM water depths)
     base        = best row within BASE_REACH widths of the walls' own bottom, by the same score upside down
-    rig         = the cylinders of one rig are one height: a box far from the median height takes it
+    rig         = the cylinders of one rig are one height: a box far from the median height takes it,
+                  from whichever of its ends lines up with the others'
 
 Without motion (a still image, an empty rig) the water line is unknown and the boxes stay as the
 wall finder closed them.
@@ -168,8 +169,18 @@ class CylinderEnds:
 
 def same_height(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The cylinders of one rig are one height: a (top, bottom) far from the median height keeps
-    its top (the rim, which shows more often than the base) and takes the median height."""
+    the end that lines up with the rig's other ends (the median top or bottom; a joint of the tiles
+    taken for one rim moves that end alone) and takes the median height."""
     if len(spans) < 2:
         return spans
     height = float(np.median([b - a for a, b in spans]))
-    return [(a, a + height if abs(b - a - height) > SAME_HEIGHT * height else b) for a, b in spans]
+    top, bottom = float(np.median([a for a, _ in spans])), float(np.median([b for _, b in spans]))
+    out = []
+    for a, b in spans:
+        if abs(b - a - height) <= SAME_HEIGHT * height:
+            out.append((a, b))
+        elif abs(a - top) <= abs(b - bottom):
+            out.append((a, a + height))
+        else:
+            out.append((b - height, b))
+    return out

@@ -103,7 +103,9 @@ def test_the_ellipse_profile_peaks_on_a_rim_and_not_on_a_straight_line_beside_it
     assert p[40] > 1.5 * p[84:97].max()
 
 
-def test_a_rig_is_one_height() -> None:
+def test_a_rig_is_one_height_and_keeps_the_end_that_lines_up() -> None:
     spans = [(10.0, 110.0), (12.0, 111.0), (11.0, 160.0)]  # the third ran on into the room below
     assert same_height(spans) == [(10.0, 110.0), (12.0, 111.0), (11.0, 111.0)]
+    spans = [(10.0, 110.0), (12.0, 111.0), (-30.0, 112.0)]  # the third's rim on a tile joint above it
+    assert same_height(spans) == [(10.0, 110.0), (12.0, 111.0), (12.0, 112.0)]
     assert same_height([(0.0, 50.0)]) == [(0.0, 50.0)]
