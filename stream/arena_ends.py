@@ -103,13 +103,8 @@ class CylinderEnds:
     def height(self) -> int:
         return self._gx.shape[0]
 
-    def wall_strength(self, angle: float, x: float, y0: float, y1: float) -> float:
-        """Mean edge of the wall at sheared column ``x`` between rows ``y0`` and ``y1``."""
-        cols = self.wall_columns(angle, y0, y1)
-        return float(cols[int(np.clip(round(x), 0, len(cols) - 1))])
-
     def wall_columns(self, angle: float, y0: float, y1: float) -> np.ndarray:
-        """``wall_strength`` of every sheared column."""
+        """Per sheared column, the mean edge of a wall there between rows ``y0`` and ``y1``."""
         gx = self._at(angle)[0]
         a, b = max(0, int(y0)), min(gx.shape[0], int(y1))
         if b <= a:

@@ -359,8 +359,9 @@ def _same_width(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tupl
     for b in boxes:
         angle, xl, xr, y0, y1 = b[4:9]
         if abs(xr - xl - width) > SAME_WIDTH * width:
+            walls = ends.wall_columns(angle, y0, y1)
             xl, xr = max(((xl, xl + width), (xr - width, xr)),
-                         key=lambda p: min(ends.wall_strength(angle, p[0], y0, y1), ends.wall_strength(angle, p[1], y0, y1)))
+                         key=lambda p: min(_at_column(walls, p[0]), _at_column(walls, p[1])))
         out.append(b if (xl, xr) == tuple(b[5:7]) else _box(angle, y0, y1, xl, xr, ends.height))
     return out
 
@@ -389,7 +390,7 @@ def _completed(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tuple
         covered[max(0, xl - int(0.1 * width)):min(n, xr + int(0.1 * width) + 1)] = True
         taken[max(0, xl):min(n, xr + 1)] = True
         level.append(float(motion[max(0, xl):max(0, xr) + 1].mean()) if xr > xl else 0.0)
-    strong = min(min(walls[int(np.clip(round(b[5]), 0, n - 1))], walls[int(np.clip(round(b[6]), 0, n - 1))]) for b in boxes)
+    strong = min(min(_at_column(walls, b[5]), _at_column(walls, b[6])) for b in boxes)
     moving = motion > COMPLETE_MOTION * float(np.median(level))
     out = list(boxes)
     for _ in range(MAX_COMPLETED):  # one cylinder at a time: a run of motion may hold two
@@ -429,6 +430,11 @@ def _best_walls(walls: np.ndarray, covered: np.ndarray, lefts: range, widths: ra
         return None
     i, j = np.nonzero(v >= best - 1e-6)
     return int(np.median(xl[i, 0])), int(np.median(xr[i, j]))
+
+
+def _at_column(walls: np.ndarray, x: float) -> float:
+    """``walls`` (per column) at the column nearest ``x``, clipped to the picture."""
+    return float(walls[int(np.clip(round(x), 0, len(walls) - 1))])
 
 
 def _runs(mask: np.ndarray, gap: int) -> list[tuple[int, int]]:
