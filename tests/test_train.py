@@ -267,19 +267,25 @@ def test_cli_two_step_training_on_simulator_video(tmp_path):
     assert (tmp_path / "step2" / "log.csv").is_file() and (tmp_path / "step2" / "training_curves.png").is_file()
 
 
-def test_cli_step1_on_a_jhuang_clip_folder(tmp_path):
-    """Step 1 reads the Jhuang clipped-database layout (one behaviour per clip, named by token)."""
+def write_jhuang_clips(folder, pairs: int) -> None:
+    """``pairs`` x (a walking clip that moves, a resting clip that does not), named as Jhuang's."""
     import cv2
 
+    rng = np.random.default_rng(0)
+    for i in range(1, pairs + 1):
+        for name, moving in ((f"clip_w_{i:02d}.avi", True), (f"clip_rs_{i:02d}.avi", False)):
+            writer = cv2.VideoWriter(str(folder / name), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (40, 40))
+            base = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            for t in range(24):
+                writer.write(np.roll(base, 2 * t if moving else 0, axis=1))
+            writer.release()
+
+
+def test_cli_step1_on_a_jhuang_clip_folder(tmp_path):
+    """Step 1 reads the Jhuang clipped-database layout (one behaviour per clip, named by token)."""
     from stream.modelfile import load_card
 
-    rng = np.random.default_rng(0)
-    for name, moving in (("clip_w_01.avi", True), ("clip_rs_01.avi", False), ("clip_w_02.avi", True), ("clip_rs_02.avi", False)):
-        writer = cv2.VideoWriter(str(tmp_path / name), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (40, 40))
-        base = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
-        for t in range(24):
-            writer.write(np.roll(base, 2 * t if moving else 0, axis=1))
-        writer.release()
+    write_jhuang_clips(tmp_path, 2)
     argv = ["--jhuang", str(tmp_path), "--out", str(tmp_path / "step1"), "--work-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"),
             "--size-px", "32", "--fps", "15", "--frame-step", "12", "--flow-preset", "fast", "--epochs", "1", "--batch-size", "4",
             "--val-folds", "0", "--bn-recalibration-clips", "4", "--device", "cpu"]  # fmt: skip
@@ -317,8 +323,6 @@ def test_epoch_end_check_stops_on_a_nonfinite_mean_loss_or_weight():
 
 
 def test_export_train_exits_2_with_one_line_and_no_model_when_the_loss_is_nan(tmp_path, capsys, monkeypatch):
-    import cv2
-
     real = tr._forward_losses
 
     def nan_loss(*args, **kwargs):
@@ -326,13 +330,7 @@ def test_export_train_exits_2_with_one_line_and_no_model_when_the_loss_is_nan(tm
         return fused, rgb_logits, flow_logits, rgb_loss * float("nan"), flow_loss
 
     monkeypatch.setattr(tr, "_forward_losses", nan_loss)
-    rng = np.random.default_rng(0)
-    for name, moving in (("clip_w_01.avi", True), ("clip_rs_01.avi", False)):
-        writer = cv2.VideoWriter(str(tmp_path / name), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (40, 40))
-        base = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
-        for t in range(24):
-            writer.write(np.roll(base, 2 * t if moving else 0, axis=1))
-        writer.release()
+    write_jhuang_clips(tmp_path, 1)
     argv = ["--jhuang", str(tmp_path), "--out", str(tmp_path / "model"), "--work-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"),
             "--size-px", "32", "--fps", "15", "--frame-step", "12", "--flow-preset", "fast", "--epochs", "1", "--batch-size", "2",
             "--val-folds", "0", "--device", "cpu"]  # fmt: skip
