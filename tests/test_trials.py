@@ -162,16 +162,22 @@ def test_auto_starts_within_a_frame_of_the_truth_despite_light_and_ripples(sessi
     assert len(events.ended) == 4
 
 
+def start_from_another_thread(book: TrialBook, replies: dict, *, animal: str, group: str) -> None:
+    """``start`` on arena A1 as the control thread sends it (reply in ``replies["start"]``, the
+    thread in ``replies["thread"]`` to join)."""
+    t = threading.Thread(target=lambda: replies.setdefault("start", book.command(
+        {"cmd": "start", "arena": "A1", "animal": animal, "group": group})))
+    t.start()
+    replies["thread"] = t
+
+
 def test_control_commands_start_and_stop_trials_between_frames(session, tmp_path) -> None:
     _, frames = session
     replies = {}
 
     def between(i: int, book: TrialBook) -> None:
         if i == 20:
-            t = threading.Thread(target=lambda: replies.setdefault("start", book.command(
-                {"cmd": "start", "arena": "A1", "animal": "M9", "group": "saline"})))
-            t.start()
-            replies["thread"] = t
+            start_from_another_thread(book, replies, animal="M9", group="saline")
         if i == 22:
             replies["thread"].join()
             replies["again"] = book.command({"cmd": "start", "arena": "A1"})
@@ -383,10 +389,7 @@ def test_formula_ids_from_stream_ctl_are_escaped_in_results(session, tmp_path) -
 
     def between(i: int, book: TrialBook) -> None:
         if i == 20:
-            t = threading.Thread(target=lambda: replies.setdefault("start", book.command(
-                {"cmd": "start", "arena": "A1", "animal": "=2+5", "group": "@SUM(1)"})))
-            t.start()
-            replies["thread"] = t
+            start_from_another_thread(book, replies, animal="=2+5", group="@SUM(1)")
         if i == 40:
             replies["thread"].join()
             book.command({"cmd": "stop", "arena": "A1"})
