@@ -3,11 +3,13 @@
 Hough circles alone propose tile corners, clutter and the inner edge of a thick rim. Each proposal
 is therefore checked and corrected on a copy scaled to ``WORK_SIZE_PX``::
 
-    Hough circles (radius range from the frame's short side)
+    Hough circles, searched in three bands of radii (from the frame's short side)
       -> centre nudged to where the edge runs round most of the circle (a rim cut by the frame edge)
       -> radius moved out to the rim's outer edge (the ROI is the cylinder, not its inner wall)
       -> support: share of the circumference with a radial edge (a rim ~0.9, a tile square ~0.5)
-      -> non-overlapping circles, then the set of same-radius circles with the most area x support
+      -> non-overlapping circles, then the set of same-radius circles with the most area x support;
+         a weak rim joins it only if it stands out from the floor (motion or another shade inside)
+      -> with three or more, a circle far off the rig's median radius is looked for again at it
 
 Each ROI is the circle's bounding box (what ``export-synth`` writes as the truth).
 """
@@ -32,7 +34,9 @@ MIN_RADIUS_FRACTION = 0.07  # of the short side: 4 cylinders in a 2x2 grid with 
 MAX_RADIUS_FRACTION = 0.55  # one cylinder filling the frame, its rim a little cut
 MIN_DIST_FRACTION = 0.1  # Hough centres closer than this (of the short side) are one circle
 HOUGH_CANNY, HOUGH_VOTES = 60, 18  # permissive: every proposal is checked for support after
-MAX_PROPOSALS = 25  # Hough proposals checked (strongest first)
+MAX_PROPOSALS = 25  # Hough proposals checked per band of radii (strongest first)
+# bands of radii (of the short side) searched apart, overlapping: 2x2 rigs, 1-2 cylinders, one filling it
+RADIUS_BANDS = ((MIN_RADIUS_FRACTION, 0.16), (0.13, 0.3), (0.26, MAX_RADIUS_FRACTION))
 SAMPLES = 96  # points round the circumference
 EDGE_FRACTION = 0.5  # an edge point is at least this fraction of the image's 90th-percentile gradient
 MIN_SUPPORT = 0.35  # of the circumference: less is a tile, a blob or clutter (dim rims reach ~0.4)
@@ -44,6 +48,15 @@ MOTION_NOISE_FACTOR = 3.0  # spread below this many times the frame's median spr
 MOTION_SHARE = 0.05  # of the frame's motion inside a circle of the rig's radius: a place to look for a rim
 MOTION_PROPOSALS = 8  # such places checked (the most motion first, a radius apart: one per cylinder)
 MOTION_REACH = 0.7  # of the radius: the rim's centre is searched this far from the motion's (the mouse is off-centre)
+APART = 0.9  # of the sum of two radii: centres closer are one circle found twice
+# ... and the cylinders of one rig do not overlap (the closest of the sweep's rigs: 1.04); a tile
+# square's rim between two cylinders overlaps them
+RIG_APART = 0.97
+SURE_SUPPORT = 0.75  # a rim this complete is a cylinder's (a tile square's reaches ~0.6)
+MOVING_SHARE = 0.02  # of the frame's motion inside a less certain circle: a mouse or its ripples
+INSIDE, RING = 0.75, (1.15, 1.4)  # of the radius: the water inside, the floor around (rim and shadow left out)
+OTHER_SHADE = 1.0  # median inside vs around, in the floor's own spread (+1): the water is another shade
+ONE_RADIUS = 0.1  # of the rig's median radius: a circle further off took another edge for its rim
 ANGLES = np.linspace(0, 2 * math.pi, SAMPLES, endpoint=False)
 
 
@@ -87,8 +100,8 @@ def _outer_radius(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float
     return float(radii[i])
 
 
-def _apart(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    return math.hypot(a[1] - b[1], a[2] - b[2]) > 0.9 * (a[3] + b[3])
+def _apart(a: tuple[float, ...], b: tuple[float, ...], fraction: float = APART) -> bool:
+    return math.hypot(a[1] - b[1], a[2] - b[2]) > fraction * (a[3] + b[3])
 
 
 def _checked(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float, edge: float) -> tuple[float, ...]:
@@ -122,6 +135,60 @@ def _motion_places(m: np.ndarray, r: float) -> list[tuple[float, float]]:
     return places
 
 
+def _proposals(blurred: np.ndarray, short: int) -> list[tuple[float, float, float]]:
+    """Hough circles, the strongest ``MAX_PROPOSALS`` of each band of radii. One search over all
+    radii keeps one circle per centre, with the radius that votes most there: on a tiled floor
+    that is a ring of tile corners around the cylinder, and its rim is never proposed."""
+    out: list[tuple[float, float, float]] = []
+    for lo, hi in RADIUS_BANDS:
+        circles = cv2.HoughCircles(blurred, cv2.HOUGH_GRADIENT, dp=1, minDist=MIN_DIST_FRACTION * short,
+                                   param1=HOUGH_CANNY, param2=HOUGH_VOTES, minRadius=int(lo * short),
+                                   maxRadius=int(hi * short))
+        if circles is not None:
+            out += [tuple(map(float, c)) for c in circles[0][:MAX_PROPOSALS]]
+    return out
+
+
+def _stands_out(c: tuple[float, ...], f: np.ndarray, m: np.ndarray | None) -> bool:
+    """A circle is one of the rig's cylinders if its rim is plain, or if it differs from the floor
+    around it: something moves inside (a mouse, its ripples), or its inside is another shade (the
+    water). The squares of a tiled floor make rims of support ~0.55 at the cylinders' size, with
+    the same floor inside and out, and nothing moving."""
+    if c[0] >= SURE_SUPPORT:
+        return True
+    h, w = f.shape
+    _, cx, cy, r = c
+    x0, x1 = max(0, int(cx - 1.4 * r)), min(w, int(cx + 1.4 * r) + 1)
+    y0, y1 = max(0, int(cy - 1.4 * r)), min(h, int(cy + 1.4 * r) + 1)
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    d = np.hypot(xs - cx, ys - cy)
+    inside, ring = d <= INSIDE * r, (d >= RING[0] * r) & (d <= RING[1] * r)
+    if not inside.any() or not ring.any():
+        return False
+    if m is not None and float(m[y0:y1, x0:x1][inside].sum()) >= MOVING_SHARE * float(m.sum()):
+        return True
+    patch = f[y0:y1, x0:x1]
+    return abs(float(np.median(patch[inside])) - float(np.median(patch[ring]))) >= OTHER_SHADE * (float(patch[ring].std()) + 1.0)
+
+
+def _one_radius(gx: np.ndarray, gy: np.ndarray, chosen: list[tuple[float, ...]], edge: float) -> list[tuple[float, ...]]:
+    """The cylinders of one rig are one size: with three or more, a circle whose radius is off the
+    median by more than ``ONE_RADIUS`` (a shadow or a floor line outside the rim) is looked for
+    again at the median radius, near where it was."""
+    if len(chosen) < 3:
+        return chosen
+    r0 = float(np.median([c[3] for c in chosen]))
+    out = []
+    for c in chosen:
+        if abs(c[3] - r0) > ONE_RADIUS * r0:
+            step = 0.05 * r0
+            _, cx, cy = max((_support(gx, gy, c[1] + dx * step, c[2] + dy * step, r0, edge), c[1] + dx * step, c[2] + dy * step)
+                            for dx in range(-4, 5) for dy in range(-4, 5))
+            c = (_support(gx, gy, cx, cy, r0, edge), float(cx), float(cy), r0)
+        out.append(c)
+    return out
+
+
 def find_top_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> TopFind:
     """Top-view cylinders of a grey median frame; ``motion`` (the frames' temporal spread, same
     size, see ``stream.arena_finder.motion_map``) shows where to look again for rims Hough missed."""
@@ -134,19 +201,17 @@ def find_top_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> To
     f = blurred.astype(np.float32)
     gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3) / 8
     gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3) / 8
-    circles = cv2.HoughCircles(blurred, cv2.HOUGH_GRADIENT, dp=1, minDist=MIN_DIST_FRACTION * short,
-                               param1=HOUGH_CANNY, param2=HOUGH_VOTES, minRadius=int(MIN_RADIUS_FRACTION * short),
-                               maxRadius=int(MAX_RADIUS_FRACTION * short))
-    if circles is None:
-        circles = np.zeros((1, 0, 3), np.float32)
     edge = max(2.0, EDGE_FRACTION * float(np.percentile(np.hypot(gx, gy), 90)))
-    found = [_checked(gx, gy, cx, cy, r, edge) for cx, cy, r in circles[0][:MAX_PROPOSALS]]
+    found = [_checked(gx, gy, cx, cy, r, edge) for cx, cy, r in _proposals(blurred, short)]
     found.sort(key=lambda c: -c[0])
-    if motion is not None and found and found[0][0] >= MIN_SUPPORT:
-        # a rim Hough missed (a busy floor outvotes it): look again, at the best rim's radius,
-        # wherever a circle of that size would hold the motion
+    m = None
+    if motion is not None:
         m = cv2.resize(motion.astype(np.float32), (g.shape[1], g.shape[0]), interpolation=cv2.INTER_AREA)
         m = np.maximum(0.0, m - MOTION_NOISE_FACTOR * float(np.median(m)))
+        m = m if m.sum() > 0 else None
+    if m is not None and found and found[0][0] >= MIN_SUPPORT:
+        # a rim Hough missed (a busy floor outvotes it): look again, at the best rim's radius,
+        # wherever a circle of that size would hold the motion
         r0 = found[0][3]
         for px, py in _motion_places(m, r0):
             step = 0.1 * r0
@@ -167,15 +232,15 @@ def find_top_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> To
         chosen: list[tuple[float, ...]] = []
         for k in kept:
             if (SAME_RADIUS[0] < k[3] / anchor[3] < SAME_RADIUS[1] and k[0] >= SET_SUPPORT_FRACTION * kept[0][0]
-                    and all(_apart(k, o) for o in chosen)):
+                    and all(_apart(k, o, RIG_APART) for o in chosen) and _stands_out(k, f, m)):
                 chosen.append(k)
         total = sum(k[0] * k[3] ** 2 for k in chosen)  # area x support: big rims beat rows of tile squares
         if total > best_set[0]:
             best_set = (total, chosen)
+    chosen = _one_radius(gx, gy, best_set[1], edge)
     rois = []
-    for _, cx, cy, r in best_set[1]:
+    for _, cx, cy, r in chosen:
         x0, y0 = max(0, int(round((cx - r) / scale))), max(0, int(round((cy - r) / scale)))
         x1, y1 = min(w0, int(round((cx + r) / scale))), min(h0, int(round((cy + r) / scale)))
         rois.append(Roi(x0, y0, x1 - x0, y1 - y0))
-    chosen = best_set[1]
     return TopFind(tuple(rois), float(np.mean([k[0] for k in chosen])) if chosen else 0.0)
