@@ -114,8 +114,8 @@ def detect_arenas(image: np.ndarray, view: str = "auto", motion: np.ndarray | No
     ``motion`` (``motion_map`` of the frames whose median ``image`` is) tells the water from the
     room: side boxes must hold it and the rig covers it; the top finder looks again for rims there.
     ``auto`` takes the circles when their rims run round (``AUTO_TOP_SURE``), or when they look
-    like a top-view rig (``_looks_top``) and do not sit inside the side finder's cylinders;
-    otherwise the side finder's walls, if any, else whatever circles there are.
+    like a top-view rig (``_looks_top``), do not sit inside the side finder's cylinders and are not
+    one uncertain circle beside a side rig of two or more; otherwise the side finder's walls, if any, else whatever circles there are.
     """
     if view not in ("auto", "side", "top"):
         raise UserError(f"--view {view}: choose auto, side or top")
@@ -126,7 +126,8 @@ def detect_arenas(image: np.ndarray, view: str = "auto", motion: np.ndarray | No
     side = find_side_cylinders(grey, motion)
     if view == "side" or not top.rois:
         return _arenas(list(side.rois))
-    if _looks_top(top, grey.size) and not _circles_inside_side_cylinders(top.rois, side.rois):
+    if (_looks_top(top, grey.size) and not _circles_inside_side_cylinders(top.rois, side.rois)
+            and not _one_circle_beside_a_rig(top, side.rois)):
         return _arenas(list(top.rois))
     return _arenas(list(side.rois or top.rois))
 
@@ -152,6 +153,15 @@ def _circles_inside_side_cylinders(circles: Sequence[Roi], cylinders: Sequence[R
     return (bool(tall) and all(any(inside(c, b) for b in tall) for c in circles)
             and not any(_separate(c, d) and inside(c, b) and inside(d, b)
                         for b in tall for i, c in enumerate(circles) for d in circles[i + 1:]))
+
+
+def _one_circle_beside_a_rig(top: TopFind, cylinders: Sequence[Roi]) -> bool:
+    """One uncertain circle against two or more side-view cylinders (boxes taller than wide): the
+    round shapes of a side rig (a base ellipse, the water of two cylinders side by side) make such a
+    circle, while a top-view cylinder's rim runs round (``AUTO_TOP_SURE``) and the columns of circles
+    the side finder may take for tall boxes come with a circle each."""
+    tall = [b for b in cylinders if b.h >= SIDE_TALLER_THAN_WIDE * b.w]
+    return len(top.rois) == 1 and top.score < AUTO_TOP_SURE and len(tall) >= 2
 
 
 def _separate(c: Roi, d: Roi) -> bool:
