@@ -134,7 +134,8 @@ def drawn_top_rig(n: int, tile: int, *, width: int = 640, height: int = 480, r: 
 
 @pytest.mark.parametrize("view,seeds", [("side", (13, 14, 18)), ("top", (3, 7, 15)),
                                         ("top", (10, 30, 35)),  # tiled floors: a rim Hough never proposed, a tile square
-                                        ("side", (38,))])  # one circle across a side rig is not a top view
+                                        ("side", (38,)),  # one circle across a side rig is not a top view
+                                        ("side", (2,))])  # a tilted camera: the far cylinder is wider
 def test_randomized_rigs_are_found_one_to_one(view: str, seeds: tuple[int, ...], tmp_path) -> None:
     rows = sweep(view, tmp_path, seeds)
     print(table(rows))
