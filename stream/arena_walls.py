@@ -51,9 +51,6 @@ COMPLETE_MOTION = 0.15  # of the rig's mean motion per column (a mouse and its r
 COMPLETE_RUN = 0.3  # at least this many rig widths long (a mouse is 0.3-0.6 widths, ripples run wall to wall)
 COMPLETE_GAP = 0.1  # rig widths: runs closer than this are one
 MAX_COMPLETED = 7  # cylinders added at most (a rig has up to 8)
-# widths of an added cylinder, of the rig's median: a tilted camera (keystone) widens the far
-# cylinders of a rig (held-out geometry: 56, 61 and 66 px side by side)
-COMPLETE_WIDTH = (0.85, 1.25)
 COMPLETE_WALLS = 0.5  # its walls stand out at least this fraction of the rig's weakest wall
 SAME_ROW_OVERLAP = 0.5  # of the shorter box's height: the cylinders of one rig stand side by side
 SET_SCORE_FRACTION = 0.35  # a cylinder of the rig scores at least this fraction of the best one
@@ -402,7 +399,7 @@ def _completed(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tuple
             if e - a < COMPLETE_RUN * width:
                 continue
             pair = _best_walls(walls, taken, range(max(0, int(a - 0.6 * width)), min(n, int(e - 0.5 * width) + 1)),
-                               range(int(COMPLETE_WIDTH[0] * width), int(COMPLETE_WIDTH[1] * width) + 1), COMPLETE_WALLS * strong)
+                               range(int(0.9 * width), int(1.1 * width) + 1), COMPLETE_WALLS * strong)
             if pair is None:
                 continue
             out.append(_box(angle, y0, y1, pair[0], pair[1], ends.height))
