@@ -18,6 +18,9 @@ One module per idea:
   a network: thresholds on the mean flow magnitude of each clip (fitted by ``export-fit-motion``).
 * ``streaming``: one column per layer per new frame (continual I3D), fed frame by frame through
   ``open_stream``; close to the clip model, not equal (see its docstring and the README).
+* ``streaming_onnx``: that engine's step as one ONNX graph with its rings as state inputs and
+  outputs, on onnxruntime (CPU; ``streaming`` uses it when onnxruntime is installed,
+  ``streaming-torch`` never).
 * ``onnx_export``: the one ONNX writer (``export-model`` and the cache use it).
 * ``onnx_cache``: on a model without ``model.onnx``, ``auto`` and ``onnxruntime`` export the graph
   once into the user's cache on first start, verify it against PyTorch, and reuse it afterwards.
@@ -46,6 +49,7 @@ from stream.engine.base import (
     KIND_AUTO,
     KIND_ONNXRUNTIME,
     KIND_STREAMING,
+    KIND_STREAMING_TORCH,
     KIND_TENSORRT,
     KIND_TORCH,
     ONNXRUNTIME_INSTALL_HINT,
@@ -80,6 +84,7 @@ __all__ = [
     "KIND_AUTO",
     "KIND_ONNXRUNTIME",
     "KIND_STREAMING",
+    "KIND_STREAMING_TORCH",
     "KIND_TENSORRT",
     "KIND_TORCH",
     "ONNXRUNTIME_INSTALL_HINT",
