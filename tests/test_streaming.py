@@ -126,8 +126,11 @@ def test_a_stream_is_not_the_clip_model() -> None:
     assert float((got[-1] - clip).abs().max()) > 1e-4  # the stream is not the clip model: the check can fail
 
 
-def test_several_arenas_batched_equal_one_by_one(tiny_model) -> None:
-    engine = StreamingEngine(tiny_model, _config())
+@pytest.mark.parametrize("kind", ["streaming", "streaming-torch"])  # the ONNX step's dynamic batch and the torch step
+def test_several_arenas_batched_equal_one_by_one(tiny_model, kind) -> None:
+    from stream.engine import build_engine
+
+    engine = build_engine(kind, tiny_model, device="cpu")
     rgb, flow = _frames(12, arenas=3)
     batched = engine.open_stream(3)
     singles = [engine.open_stream(1) for _ in range(3)]
@@ -171,7 +174,9 @@ def test_a_short_segment_gets_one_prediction_per_frame(tiny_model) -> None:
 
 @pytest.mark.parametrize("kind", ["streaming", "streaming-torch"])  # the ONNX step's state and the torch rings
 def test_reset_at_a_gap_forgets_the_past(tiny_model, kind) -> None:
-    engine = StreamingEngine(tiny_model, _config(kind))
+    from stream.engine import build_engine
+
+    engine = build_engine(kind, tiny_model, device="cpu")
     rgb, flow = _frames(20)
     used = engine.open_stream(1)
     for n in range(12):  # a first segment, then a gap
@@ -297,12 +302,13 @@ def test_onnx_step_equals_the_torch_step_across_a_gap(tmp_path) -> None:
 def test_onnx_step_graph_is_cached_and_checked(tmp_path, monkeypatch) -> None:
     """Exported once per weights and size into the ONNX cache (signed manifest), reused by the next start."""
     import stream.engine.streaming_onnx as streaming_onnx
+    from stream.engine.streaming_onnx import StreamingOnnxEngine
     from stream.engine.cache import manifest_problem, with_weights_digest
     from stream.engine.onnx_cache import GRAPH_STREAM, cached_onnx_facts, cached_onnx_path
     from stream.modelfile import load_card
 
     model = _save_random(tmp_path / "m")
-    StreamingEngine(model, _config()).close()
+    StreamingOnnxEngine(model, _config()).close()
     card = with_weights_digest(model, load_card(model))
     path = cached_onnx_path(card, S, graph=GRAPH_STREAM)
     assert path.is_file() and path != cached_onnx_path(card, S)  # not the clip graph's file
@@ -312,7 +318,7 @@ def test_onnx_step_graph_is_cached_and_checked(tmp_path, monkeypatch) -> None:
         raise AssertionError("exported again")
 
     monkeypatch.setattr(streaming_onnx, "write_streaming_onnx", no_export)
-    engine = StreamingEngine(model, _config())
+    engine = StreamingOnnxEngine(model, _config())
     assert engine.name == "streaming-onnxruntime-cpu"
     assert engine.open_stream(1).push(np.zeros((1, 3, S, S), np.float32), np.zeros((1, 2, S, S), np.float32)) is None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from export.streaming_step_bench import VARIANTS, main, time_steps
 
 

@@ -70,7 +70,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     KIND_TORCH: ("stream.engine.torch_backend", "TorchEngine"),
     KIND_ONNXRUNTIME: ("stream.engine.onnxruntime_backend", "OnnxRuntimeEngine"),
     KIND_TENSORRT: ("stream.engine.tensorrt_backend", "TensorRTEngine"),
-    KIND_STREAMING: ("stream.engine.streaming", "StreamingEngine"),
+    KIND_STREAMING: ("stream.engine.streaming_onnx", "StreamingOnnxEngine"),  # the torch step without onnxruntime
     KIND_STREAMING_TORCH: ("stream.engine.streaming", "StreamingEngine"),
 }
 # FP32 backends differ only in summation order; measured differences on random clips are ~1e-6.

@@ -38,9 +38,10 @@ is reset. Everything older than the repeats is zero, which is the clip's zero pa
 Several arenas are the batch dimension of every column (one camera: the same frames and gaps).
 Batch norm is folded into the convolutions once, at build time; each column is a 2D convolution
 over the taps stacked on channels, so the work runs on any device PyTorch has (CUDA untested here).
-On the CPU with onnxruntime installed, ``--engine streaming`` runs this step as one ONNX graph with
-the rings as state (``stream.engine.streaming_onnx``: the same function within ``FP32_ATOL``, 1.5-3x
-faster); ``--engine streaming-torch`` always runs it in PyTorch.
+This class runs the step in PyTorch (kind ``streaming-torch``); kind ``streaming`` is its subclass
+``stream.engine.streaming_onnx.StreamingOnnxEngine``, which on the CPU with onnxruntime installed
+runs the same step as one ONNX graph with the rings as state (equal within ``FP32_ATOL``, 1.4-4x
+faster on the 2-core CPU).
 """
 
 from __future__ import annotations
@@ -48,32 +49,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stream.engine.base import (
-    CPU_HALF_REFUSAL,
-    KIND_STREAMING,
-    KIND_STREAMING_TORCH,
-    ONNXRUNTIME_INSTALL_HINT,
-    Engine,
-    EngineConfig,
-    FusedProbs,
-    Prediction,
-    to_numpy,
-    torch_device,
-)
+from stream.engine.base import CPU_HALF_REFUSAL, KIND_STREAMING, Engine, EngineConfig, FusedProbs, Prediction, to_numpy, torch_device
 from stream.errors import UserError
 from stream.model import FEATURE_LAYERS, I3D, FusedI3D, InceptionModule, MaxPool3dSame, Unit3D, fuse, same_padding
-from stream.modelfile import TRAINED_FOR_STREAMING, ModelCard, load_model
+from stream.modelfile import TRAINED_FOR_STREAMING, load_model
 from stream.preprocess import CLIP_FRAMES, FUTURE_FRAMES, PAST_FRAMES
-
-if TYPE_CHECKING:
-    from stream.engine.streaming_onnx import OnnxStep, OnnxStepState
 
 __all__ = ["FrameStream", "StreamingEngine", "StreamingI3D", "newest_taps", "step_flops_ratio"]
 
@@ -333,8 +319,8 @@ class FrameStream:
 class StreamingEngine(Engine):
     """The fused I3D one frame at a time (``open_stream``); ``predict`` still runs whole clips (eager).
 
-    The step runs on onnxruntime (``stream.engine.streaming_onnx``) for kind ``streaming`` on the
-    CPU when onnxruntime is installed, else (kind ``streaming-torch``, CUDA) in PyTorch.
+    The step runs in PyTorch here; ``stream.engine.streaming_onnx.StreamingOnnxEngine`` (kind
+    ``streaming``) overrides ``new_state``/``step`` to run it on onnxruntime.
     """
 
     backend = KIND_STREAMING
@@ -355,24 +341,10 @@ class StreamingEngine(Engine):
             log.warning("engine streaming: an approximation of the clip model, not its labels (README, 'Streaming "
                         "engine'); use it where speed matters more than agreement with the clip-wise engines")
         self._clip = FusedProbs(model).eval().to(self._device)
-        self._onnx_step = self._open_onnx_step(model_dir, card, config)
-
-    def _open_onnx_step(self, model_dir: Path, card: ModelCard, config: EngineConfig) -> OnnxStep | None:
-        if config.kind == KIND_STREAMING_TORCH or self._device.type != "cpu":
-            return None
-        try:
-            import onnxruntime  # noqa: F401  (only whether it is there; streaming_onnx uses it)
-        except ImportError:
-            log.info("engine streaming: onnxruntime not installed, the step runs in PyTorch (%s)", ONNXRUNTIME_INSTALL_HINT)
-            return None
-        from stream.engine.streaming_onnx import open_onnx_step  # imports this module: not at the top
-
-        return open_onnx_step(model_dir, card, self.module, self.input_size_px, config.threads)
 
     @property
     def name(self) -> str:
-        runtime = "-onnxruntime" if self._onnx_step is not None else ""
-        return f"{self.backend}{runtime}-{self._device.type}"
+        return f"{self.backend}-{self._device.type}"
 
     @property
     def device(self) -> str:
@@ -381,15 +353,12 @@ class StreamingEngine(Engine):
     def to_device(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         return torch.as_tensor(x).to(self._device, torch.float32)
 
-    def new_state(self, num_arenas: int) -> _Rings | OnnxStepState:
-        """The empty state (every ring zeros) of one stream of ``num_arenas`` arenas."""
-        return self._onnx_step.new_state(num_arenas) if self._onnx_step is not None else _Rings()
+    def new_state(self, num_arenas: int) -> _Rings:
+        """The empty state (every ring zeros) of one stream of ``num_arenas`` arenas; it has ``reset()``."""
+        return _Rings()
 
-    def step(self, rgb: torch.Tensor, flow: torch.Tensor, state: _Rings | OnnxStepState) -> Prediction:
+    def step(self, rgb: torch.Tensor, flow: torch.Tensor, state: _Rings) -> Prediction:
         """One frame of every arena through the step; ``state`` (``new_state``) moves on by one frame."""
-        if self._onnx_step is not None:
-            fused, rgb_p, flow_p = self._onnx_step(to_numpy(rgb), to_numpy(flow), state)
-            return Prediction(fused=fused, rgb=rgb_p, flow=flow_p)
         with torch.inference_mode():
             fused, rgb_p, flow_p = self.module(rgb, flow, state)
         return Prediction(fused=to_numpy(fused), rgb=to_numpy(rgb_p), flow=to_numpy(flow_p))
@@ -414,7 +383,7 @@ class StreamingEngine(Engine):
         return self._clip(self.to_device(rgb), self.to_device(flow))
 
     def close(self) -> None:
-        self.module = self._clip = self._onnx_step = None  # type: ignore[assignment]
+        self.module = self._clip = None  # type: ignore[assignment]
         super().close()
 
 

@@ -1,5 +1,9 @@
 """The streaming engine's step as one ONNX graph on onnxruntime, its rings as state inputs and outputs.
 
+``StreamingOnnxEngine`` is engine kind ``streaming``: ``stream.engine.streaming.StreamingEngine``
+(kind ``streaming-torch``) with its step run by onnxruntime on the CPU; on CUDA, or without
+onnxruntime installed, it keeps the PyTorch step (a log line says so).
+
 Why: a torch step of ``stream.engine.streaming`` is ~400 small ops per stream, each paying Python
 and dispatch overhead, which bounds one arena; onnxruntime runs the same step as one graph
 (measured on the 2-core CPU, bundled 64 px model, one intra-op thread: 2.1-3x the torch step for 1
@@ -33,16 +37,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from stream.engine.base import FP32_ATOL, STREAM_RECEPTIVE_FRAMES
+from stream.engine.base import FP32_ATOL, ONNXRUNTIME_INSTALL_HINT, STREAM_RECEPTIVE_FRAMES, EngineConfig, Prediction, to_numpy
 from stream.engine.cache import load_or_build_cached, with_weights_digest
 from stream.engine.onnx_cache import GRAPH_STREAM, VERIFY_THREADS, cached_onnx_facts, cached_onnx_path
 from stream.engine.onnx_export import ONNX_INPUT_NAMES, ONNX_OPSET, ONNX_OUTPUT_NAMES
 from stream.engine.onnxruntime_backend import session_options
-from stream.engine.streaming import _FusedStreaming, _Rings
+from stream.engine.streaming import StreamingEngine, _FusedStreaming, _Rings
 from stream.errors import UserError
 from stream.modelfile import ModelCard
 
-__all__ = ["OnnxStep", "OnnxStepState", "StepGraph", "check_streaming_onnx", "open_onnx_step", "write_streaming_onnx"]
+__all__ = ["OnnxStep", "OnnxStepState", "StepGraph", "StreamingOnnxEngine", "check_streaming_onnx", "open_onnx_step",
+           "write_streaming_onnx"]
 
 log = logging.getLogger("stream.engine")
 
@@ -227,3 +232,41 @@ def open_onnx_step(model_dir: str | Path, card: ModelCard, stream: _FusedStreami
                                    what="ONNX streaming step")
     log.info("engine streaming: onnxruntime step %s (%d threads)", path, threads or os.cpu_count() or 1)
     return OnnxStep(session, ort)
+
+
+class StreamingOnnxEngine(StreamingEngine):
+    """Kind ``streaming``: the streaming engine with its step on onnxruntime (CPU), else the PyTorch step."""
+
+    def __init__(self, model_dir: Path, config: EngineConfig) -> None:
+        super().__init__(model_dir, config)
+        self._onnx_step: OnnxStep | None = None
+        if self._device.type != "cpu":
+            log.info("engine streaming: %s: the PyTorch step (the ONNX step runs on the CPU only)", self._device)
+            return
+        try:
+            import onnxruntime  # noqa: F401  (whether it is there; open_onnx_step uses it)
+        except ImportError:
+            log.info("engine streaming: onnxruntime not installed, the step runs in PyTorch (%s)", ONNXRUNTIME_INSTALL_HINT)
+            return
+        self._onnx_step = open_onnx_step(self.model_dir, self.card, self.module, self.input_size_px, config.threads)
+
+    @property
+    def name(self) -> str:
+        if self._onnx_step is None:
+            return super().name
+        return f"{self.backend}-onnxruntime-{self._device.type}"
+
+    def new_state(self, num_arenas: int) -> _Rings | OnnxStepState:
+        if self._onnx_step is None:
+            return super().new_state(num_arenas)
+        return self._onnx_step.new_state(num_arenas)
+
+    def step(self, rgb: torch.Tensor, flow: torch.Tensor, state: _Rings | OnnxStepState) -> Prediction:
+        if self._onnx_step is None:
+            return super().step(rgb, flow, state)
+        fused, rgb_p, flow_p = self._onnx_step(to_numpy(rgb), to_numpy(flow), state)
+        return Prediction(fused=fused, rgb=rgb_p, flow=flow_p)
+
+    def close(self) -> None:
+        self._onnx_step = None
+        super().close()
