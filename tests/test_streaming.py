@@ -312,7 +312,7 @@ def test_onnx_step_graph_is_cached_and_checked(tmp_path, monkeypatch) -> None:
     card = with_weights_digest(model, load_card(model))
     path = cached_onnx_path(card, S, graph=GRAPH_STREAM)
     assert path.is_file() and path != cached_onnx_path(card, S)  # not the clip graph's file
-    assert manifest_problem(path, cached_onnx_facts(card, S, graph=GRAPH_STREAM)) is None
+    assert manifest_problem(path, {**cached_onnx_facts(card, S, graph=GRAPH_STREAM), "step_format": streaming_onnx.STEP_FORMAT}) is None
 
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")

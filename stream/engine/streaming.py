@@ -163,13 +163,16 @@ class _Layer(nn.Module):
             x = taps[0]
             for t in taps[1:]:
                 x = torch.maximum(x, t)
-            if ph0 + ph1 + pw0 + pw1:
-                x = F.pad(x, (pw0, pw1, ph0, ph1))
-            return F.max_pool2d(x, self.kernel_hw, self.stride_hw)
+            if (ph0, pw0) == (ph1, pw1):  # the pool's own padding: its -inf never wins over inputs >= 0 either
+                return F.max_pool2d(x, self.kernel_hw, self.stride_hw, (ph0, pw0))
+            return F.max_pool2d(F.pad(x, (pw0, pw1, ph0, ph1)), self.kernel_hw, self.stride_hw)
         x = taps[0] if len(taps) == 1 else torch.cat(taps, dim=1)
-        if ph0 + ph1 + pw0 + pw1:
+        padding = (0, 0)
+        if (ph0, pw0) == (ph1, pw1):  # symmetric (every stride-1 kernel): the convolution pads, one op less
+            padding = (ph0, pw0)
+        else:
             x = F.pad(x, (pw0, pw1, ph0, ph1))
-        x = F.conv2d(x, self.weight, self.bias, self.stride_hw)
+        x = F.conv2d(x, self.weight, self.bias, self.stride_hw, padding)
         return F.relu(x) if self.relu else x
 
 

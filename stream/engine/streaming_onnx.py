@@ -58,6 +58,9 @@ NEXT_PREFIX = "next_"  # graph output of ring <key> after the step: next_<key>
 VERIFY_STEPS = STREAM_RECEPTIVE_FRAMES + 4
 VERIFY_ARENAS = 2  # a batch of two: a mix-up between arenas shows too
 VERIFY_SEED = 22
+# the graph's form, in the cache manifest: a cached step of an older form is rebuilt, not run
+# (2: symmetric SAME padding inside the convolutions and pools instead of separate Pad nodes)
+STEP_FORMAT = 2
 
 
 class GraphRings:
@@ -228,7 +231,7 @@ def open_onnx_step(model_dir: str | Path, card: ModelCard, stream: _FusedStreami
         check_streaming_onnx(tmp, stream, input_size_px)
 
     session = load_or_build_cached(path, build, lambda p: _session(ort, p, threads),
-                                   facts=cached_onnx_facts(card, input_size_px, graph=GRAPH_STREAM),
+                                   facts={**cached_onnx_facts(card, input_size_px, graph=GRAPH_STREAM), "step_format": STEP_FORMAT},
                                    what="ONNX streaming step")
     log.info("engine streaming: onnxruntime step %s (%d threads)", path, threads or os.cpu_count() or 1)
     return OnnxStep(session, ort)
