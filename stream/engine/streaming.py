@@ -40,8 +40,8 @@ Batch norm is folded into the convolutions once, at build time; each column is a
 over the taps stacked on channels, so the work runs on any device PyTorch has (CUDA untested here).
 This class runs the step in PyTorch (kind ``streaming-torch``); kind ``streaming`` is its subclass
 ``stream.engine.streaming_onnx.StreamingOnnxEngine``, which on the CPU with onnxruntime installed
-runs the same step as one ONNX graph with the rings as state (equal within ``FP32_ATOL``, 1.4-4x
-faster on the 2-core CPU).
+runs the same step as one ONNX graph with the rings as state (equal within ``FP32_ATOL``; 1.5-2.6x
+the PyTorch step on the 2-core CPU at one thread, README).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ onnxruntime installed, it keeps the PyTorch step (a log line says so).
 
 Why: a torch step of ``stream.engine.streaming`` is ~400 small ops per stream, each paying Python
 and dispatch overhead, which bounds one arena; onnxruntime runs the same step as one graph
-(measured on the 2-core CPU, bundled 64 px model, one intra-op thread: 2.1-3x the torch step for 1
-arena, 1.5-2.3x for 4: README, "Streaming engine", and ``python -m export.streaming_step_bench``).
+(measured on the shared 2-core CPU, bundled 64 px model, one intra-op thread: 1.5-2.6x the torch
+step for 1 arena, 1.6x for 4; with 2 threads 6-8x, the torch step's threads stalling on the loaded
+machine: README, "Streaming engine", ``python -m export.streaming_step_bench``).
 
 The graph (``StepGraph``, traced from the torch step itself, so both compute one function)::
 
