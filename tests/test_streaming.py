@@ -34,9 +34,10 @@ def _random_model(seed: int = 0) -> FusedI3D:
     return model.eval()
 
 
-def _frames(n: int, arenas: int = 1, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def _frames(n: int, arenas: int = 1, seed: int = 1, size_px: int = S) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, arenas, 3, S, S, generator=g) * 2 - 1, torch.randn(n, arenas, 2, S, S, generator=g) * 0.3
+    s = size_px
+    return torch.rand(n, arenas, 3, s, s, generator=g) * 2 - 1, torch.randn(n, arenas, 2, s, s, generator=g) * 0.3
 
 
 def _reference(model: FusedI3D, rgb: torch.Tensor, flow: torch.Tensor) -> list[torch.Tensor]:
@@ -83,13 +84,16 @@ def test_newest_taps_follow_the_clip_padding() -> None:
     assert newest_taps(4, 3, 1, 4) == ([(0, 4), (1, 0)], 4, 4)
 
 
-@pytest.mark.parametrize("future", ["zeros", "replicate"])
-def test_stream_equals_the_clip_model_with_its_older_columns_frozen(future: str) -> None:
-    """``future`` is the clip model's own temporal padding: zeros (the original) or replicate."""
+@pytest.mark.parametrize(("future", "size_px"), [("zeros", S), ("replicate", S), ("replicate", 40)])
+def test_stream_equals_the_clip_model_with_its_older_columns_frozen(future: str, size_px: int) -> None:
+    """``future`` is the clip model's own temporal padding: zeros (the original) or replicate.
+
+    At 40 px a 5 px map meets a stride-2 pool: its SAME padding is symmetric, so the pool pads itself.
+    """
     model = _random_model()
     padded = FusedI3D(num_classes=3, flow_weight=0.4, temporal_padding=future).eval()
     padded.load_state_dict(model.state_dict())
-    rgb, flow = _frames(22)
+    rgb, flow = _frames(22, size_px=size_px)
     ref = _reference(padded, rgb, flow)
     stream, rings = _FusedStreaming(model, CLIP_FRAMES, future=future).eval(), _Rings()
     with torch.inference_mode():
