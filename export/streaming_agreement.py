@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from stream.arenas import load_arena_file, sidecar_arena_file
-from stream.engine import build_engine
+from stream.engine import KIND_STREAMING, KIND_STREAMING_TORCH, build_engine
 from stream.errors import UserError, cli_main
 from stream.flow import TVL1, FlowConfig
 from stream.modelfile import load_card
@@ -85,7 +85,9 @@ def compare_video(video: Path, model_dir: Path, max_frames: int | None = None,
     card = load_card(model_dir)
     arenas = load_arena_file(sidecar_arena_file(video) or video.with_suffix(".arenas.json"))
     clip_engine = build_engine("torch", clip_model_dir or model_dir, device="cpu", optimize=False)
-    stream_engine = build_engine("streaming", model_dir, device="cpu")
+    # a partly streamed module replaces the engine's torch step, so that step must be the one that runs
+    stream_kind = KIND_STREAMING if streamed_layers is None else KIND_STREAMING_TORCH
+    stream_engine = build_engine(stream_kind, model_dir, device="cpu")
     if streamed_layers is not None:
         from stream.engine.streaming import _FusedStreaming
 

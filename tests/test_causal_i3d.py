@@ -32,11 +32,11 @@ def _random_model(seed: int = 0) -> FusedI3D:
     return model
 
 
-def _save(model: FusedI3D, directory) -> StreamingEngine:
+def _save(model: FusedI3D, directory, engine: type[StreamingEngine] = StreamingEngine, **card_fields) -> StreamingEngine:
     card = ModelCard(name="causal-test", view="side", classes=["swim", "struggle", "float"], immobile_classes=["float"],
-                     input_size_px=S, fps=15.0, flow=dataclasses.asdict(FlowConfig()), flow_weight=model.flow_weight)
+                     input_size_px=S, fps=15.0, flow=dataclasses.asdict(FlowConfig()), flow_weight=model.flow_weight, **card_fields)
     save_model(model, card, directory)  # float32: the comparison is exact to rounding
-    return StreamingEngine(directory, EngineConfig(kind="streaming", device="cpu"))
+    return engine(directory, EngineConfig(kind="streaming", device="cpu"))
 
 
 def _segment(frames: int, arenas: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,13 +108,18 @@ def test_a_causal_output_depends_only_on_the_past() -> None:
     torch.testing.assert_close(a[:, :20], b[:, :20], atol=1e-6, rtol=0.0)
 
 
-def test_streaming_state_dict_is_run_exactly_by_the_streaming_engine(tmp_path) -> None:
+@pytest.mark.parametrize("onnx", [False, True], ids=["torch-step", "onnx-step"])
+def test_streaming_state_dict_is_run_exactly_by_the_streaming_engine(tmp_path, onnx) -> None:
+    """Both steps (PyTorch, and onnxruntime's graph with the rings as state) run a card trained for streaming exactly."""
+    from stream.engine.streaming_onnx import StreamingOnnxEngine
+
     model = _random_model()
     stored = FusedI3D(num_classes=3, flow_weight=0.4).eval()
     stored.load_state_dict(streaming_state_dict(model))
     w = stored.rgb.Conv3d_1a_7x7.conv3d.weight
     assert float(w[:, :, 4:].abs().max()) == 0.0  # taps after "now" hold nothing: the stream never reads them
-    engine = _save(stored, tmp_path / "m")
+    engine = _save(stored, tmp_path / "m", StreamingOnnxEngine if onnx else StreamingEngine, trained_for="streaming")
+    assert engine.name == ("streaming-onnxruntime-cpu" if onnx else "streaming-cpu")
     rgb, flow = _segment(SEGMENT_FRAMES, arenas=2, seed=3)
     fused, _, _ = _stream(engine, rgb, flow)
     with torch.no_grad():

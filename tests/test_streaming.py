@@ -34,9 +34,10 @@ def _random_model(seed: int = 0) -> FusedI3D:
     return model.eval()
 
 
-def _frames(n: int, arenas: int = 1, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def _frames(n: int, arenas: int = 1, seed: int = 1, size_px: int = S) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, arenas, 3, S, S, generator=g) * 2 - 1, torch.randn(n, arenas, 2, S, S, generator=g) * 0.3
+    s = size_px
+    return torch.rand(n, arenas, 3, s, s, generator=g) * 2 - 1, torch.randn(n, arenas, 2, s, s, generator=g) * 0.3
 
 
 def _reference(model: FusedI3D, rgb: torch.Tensor, flow: torch.Tensor) -> list[torch.Tensor]:
@@ -83,13 +84,16 @@ def test_newest_taps_follow_the_clip_padding() -> None:
     assert newest_taps(4, 3, 1, 4) == ([(0, 4), (1, 0)], 4, 4)
 
 
-@pytest.mark.parametrize("future", ["zeros", "replicate"])
-def test_stream_equals_the_clip_model_with_its_older_columns_frozen(future: str) -> None:
-    """``future`` is the clip model's own temporal padding: zeros (the original) or replicate."""
+@pytest.mark.parametrize(("future", "size_px"), [("zeros", S), ("replicate", S), ("replicate", 40)])
+def test_stream_equals_the_clip_model_with_its_older_columns_frozen(future: str, size_px: int) -> None:
+    """``future`` is the clip model's own temporal padding: zeros (the original) or replicate.
+
+    At 40 px a 5 px map meets a stride-2 pool: its SAME padding is symmetric, so the pool pads itself.
+    """
     model = _random_model()
     padded = FusedI3D(num_classes=3, flow_weight=0.4, temporal_padding=future).eval()
     padded.load_state_dict(model.state_dict())
-    rgb, flow = _frames(22)
+    rgb, flow = _frames(22, size_px=size_px)
     ref = _reference(padded, rgb, flow)
     stream, rings = _FusedStreaming(model, CLIP_FRAMES, future=future).eval(), _Rings()
     with torch.inference_mode():
@@ -126,8 +130,11 @@ def test_a_stream_is_not_the_clip_model() -> None:
     assert float((got[-1] - clip).abs().max()) > 1e-4  # the stream is not the clip model: the check can fail
 
 
-def test_several_arenas_batched_equal_one_by_one(tiny_model) -> None:
-    engine = StreamingEngine(tiny_model, _config())
+@pytest.mark.parametrize("kind", ["streaming", "streaming-torch"])  # the ONNX step's dynamic batch and the torch step
+def test_several_arenas_batched_equal_one_by_one(tiny_model, kind) -> None:
+    from stream.engine import build_engine
+
+    engine = build_engine(kind, tiny_model, device="cpu")
     rgb, flow = _frames(12, arenas=3)
     batched = engine.open_stream(3)
     singles = [engine.open_stream(1) for _ in range(3)]
@@ -169,8 +176,11 @@ def test_a_short_segment_gets_one_prediction_per_frame(tiny_model) -> None:
     assert stream.flush() == []
 
 
-def test_reset_at_a_gap_forgets_the_past(tiny_model) -> None:
-    engine = StreamingEngine(tiny_model, _config())
+@pytest.mark.parametrize("kind", ["streaming", "streaming-torch"])  # the ONNX step's state and the torch rings
+def test_reset_at_a_gap_forgets_the_past(tiny_model, kind) -> None:
+    from stream.engine import build_engine
+
+    engine = build_engine(kind, tiny_model, device="cpu")
     rgb, flow = _frames(20)
     used = engine.open_stream(1)
     for n in range(12):  # a first segment, then a gap
@@ -190,18 +200,18 @@ def test_flops_per_step_are_a_fraction_of_a_clip() -> None:
     assert 0.05 < ratio < 0.2, ratio  # one column per layer of 8/8/4/2, minus the padding taps
 
 
-def _config():
+def _config(kind: str = "streaming"):
     from stream.engine.base import EngineConfig
 
-    return EngineConfig(kind="streaming", device="cpu")
+    return EngineConfig(kind=kind, device="cpu")
 
 
-@pytest.mark.parametrize("kind", ["streaming"])
-def test_factory_builds_the_streaming_engine(tiny_model, kind) -> None:
+@pytest.mark.parametrize(("kind", "name"), [("streaming", "streaming-onnxruntime-cpu"), ("streaming-torch", "streaming-cpu")])
+def test_factory_builds_the_streaming_engine(tiny_model, kind, name) -> None:
     from stream.engine import build_engine
 
     with build_engine(kind, tiny_model, device="cpu") as engine:
-        assert engine.name == "streaming-cpu" and engine.stepwise
+        assert engine.name == name and engine.stepwise
         engine.warmup(2)
         rgb = np.zeros((1, 3, 16, 32, 32), np.float32)
         assert engine.predict(rgb, np.zeros((1, 2, 16, 32, 32), np.float32)).shape == (1, 3)
@@ -236,7 +246,96 @@ def test_clip_wise_engines_refuse_a_card_trained_for_streaming(tiny_model, tmp_p
     with pytest.raises(UserError, match=f"trained for the streaming engine .* the {kind} engine's 16-frame clip"):
         build_engine(kind, model, device="cpu")
     with build_engine("auto", model, device="cpu") as engine:
-        assert engine.name == "streaming-cpu"
+        assert engine.name == "streaming-onnxruntime-cpu"  # the ONNX step runs such a card too
         with pytest.raises(UserError, match="feed it frame by frame"):
             engine.predict(np.zeros((1, 3, 16, 32, 32), np.float32), np.zeros((1, 2, 16, 32, 32), np.float32))
         assert engine.open_stream(1).push(np.zeros((1, 3, 32, 32), np.float32), np.zeros((1, 2, 32, 32), np.float32)) is None
+
+
+# ------------------------------------------------------------ the step as one ONNX graph (streaming_onnx)
+
+LOGITS_SCALE = 50.0  # a fresh logits layer gives probabilities within 1e-3 of uniform: labels would say little
+
+
+def _save_random(directory, seed: int = 0):
+    """A folder of _random_model's weights (float32, logits far from uniform) at S px."""
+    import dataclasses
+
+    from stream.flow import FlowConfig
+    from stream.modelfile import ModelCard, save_model
+
+    model = _random_model(seed)
+    with torch.no_grad():
+        for stream in (model.rgb, model.flow):
+            stream.logits.conv3d.weight.mul_(LOGITS_SCALE)
+    card = ModelCard(name="streaming-onnx-test", view="side", classes=["swim", "struggle", "float"], immobile_classes=["float"],
+                     input_size_px=S, fps=15.0, flow=dataclasses.asdict(FlowConfig()), flow_weight=model.flow_weight)
+    return save_model(model, card, directory)
+
+
+def _run(engine, rgb: torch.Tensor, flow: torch.Tensor, gap: int) -> list:
+    """Every prediction of a stream of 2 arenas over two segments split at frame ``gap``."""
+    stream, preds = engine.open_stream(rgb.shape[1]), []
+    for n in range(rgb.shape[0]):
+        if n == gap:
+            preds += stream.flush()  # a gap: the rest of the segment, then the state is reset
+        pred = stream.push(rgb[n], flow[n])
+        preds += [pred] if pred is not None else []
+    return preds + stream.flush()
+
+
+def test_onnx_step_equals_the_torch_step_across_a_gap(tmp_path) -> None:
+    """Issue 22: the same labels and probabilities within 1e-4 as the torch step, 2 arenas, ~40 frames, a reset."""
+    from stream.engine import build_engine
+
+    model = _save_random(tmp_path / "m")
+    rgb, flow = _frames(42, arenas=2, seed=3)
+    with build_engine("streaming", model, device="cpu") as onnx, build_engine("streaming-torch", model, device="cpu") as eager:
+        assert (onnx.name, eager.name) == ("streaming-onnxruntime-cpu", "streaming-cpu")
+        got, want = _run(onnx, rgb, flow, gap=21), _run(eager, rgb, flow, gap=21)
+    assert len(got) == len(want) == 42
+    for g, w in zip(got, want):
+        for field in ("fused", "rgb", "flow"):
+            np.testing.assert_allclose(getattr(g, field), getattr(w, field), atol=1e-4, rtol=0)
+    labels = np.stack([p.fused.argmax(1) for p in got])
+    np.testing.assert_array_equal(labels, np.stack([p.fused.argmax(1) for p in want]))
+    fused = np.stack([p.fused for p in want])
+    assert np.ptp(fused, axis=0).max() > 1e-3  # the probabilities move from frame to frame: the check can fail
+
+
+def test_onnx_step_graph_is_cached_and_checked(tmp_path, monkeypatch) -> None:
+    """Exported once per weights and size into the ONNX cache (signed manifest), reused by the next start."""
+    import stream.engine.streaming_onnx as streaming_onnx
+    from stream.engine.streaming_onnx import StreamingOnnxEngine
+    from stream.engine.cache import manifest_problem, with_weights_digest
+    from stream.engine.onnx_cache import GRAPH_STREAM, cached_onnx_facts, cached_onnx_path
+    from stream.modelfile import load_card
+
+    model = _save_random(tmp_path / "m")
+    StreamingOnnxEngine(model, _config()).close()
+    card = with_weights_digest(model, load_card(model))
+    path = cached_onnx_path(card, S, graph=GRAPH_STREAM)
+    assert path.is_file() and path != cached_onnx_path(card, S)  # not the clip graph's file
+    assert manifest_problem(path, {**cached_onnx_facts(card, S, graph=GRAPH_STREAM), "step_format": streaming_onnx.STEP_FORMAT}) is None
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(streaming_onnx, "write_streaming_onnx", no_export)
+    engine = StreamingOnnxEngine(model, _config())
+    assert engine.name == "streaming-onnxruntime-cpu"
+    assert engine.open_stream(1).push(np.zeros((1, 3, S, S), np.float32), np.zeros((1, 2, S, S), np.float32)) is None
+
+
+def test_onnx_step_check_refuses_a_graph_of_other_weights(tmp_path) -> None:
+    from stream.engine.cache import with_weights_digest
+    from stream.engine.streaming_onnx import check_streaming_onnx, write_streaming_onnx
+    from stream.errors import UserError
+    from stream.modelfile import load_card
+
+    model = _save_random(tmp_path / "m")
+    card = with_weights_digest(model, load_card(model))
+    path = write_streaming_onnx(_FusedStreaming(_random_model(0), CLIP_FRAMES).eval(), tmp_path / "step.onnx", card=card, input_size_px=S)
+    assert check_streaming_onnx(path, _FusedStreaming(_random_model(0), CLIP_FRAMES).eval(), S) <= 1e-4
+    with pytest.raises(UserError, match="differs from PyTorch"):
+        check_streaming_onnx(path, _FusedStreaming(_random_model(1), CLIP_FRAMES).eval(), S)

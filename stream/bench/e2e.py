@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"measure a random-weight model of this input size instead of the bundled one (default without a bundled model: {DEFAULT_RANDOM_SIZE_PX})")
     parser.add_argument("--engine", default="auto",
                         help="engine kind, or several comma-separated to compare in one run, e.g. streaming,auto "
-                             "(kinds: auto, torch, onnxruntime, tensorrt, streaming)")
+                             "(kinds: auto, torch, onnxruntime, tensorrt, streaming, streaming-torch: the streaming step in PyTorch, "
+                             "the reference for streaming's onnxruntime step)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N")
     parser.add_argument("--arenas", default="1,4", help="comma-separated arena counts")
     parser.add_argument("--stride", type=int, default=1, help="model on every k-th frame (as stream-run --stride)")

@@ -18,6 +18,9 @@ One module per idea:
   a network: thresholds on the mean flow magnitude of each clip (fitted by ``export-fit-motion``).
 * ``streaming``: one column per layer per new frame (continual I3D), fed frame by frame through
   ``open_stream``; close to the clip model, not equal (see its docstring and the README).
+* ``streaming_onnx``: that engine's step as one ONNX graph with its rings as state inputs and
+  outputs, on onnxruntime (kind ``streaming`` on the CPU when onnxruntime is installed; kind
+  ``streaming-torch`` is the PyTorch step).
 * ``onnx_export``: the one ONNX writer (``export-model`` and the cache use it).
 * ``onnx_cache``: on a model without ``model.onnx``, ``auto`` and ``onnxruntime`` export the graph
   once into the user's cache on first start, verify it against PyTorch, and reuse it afterwards.
@@ -46,6 +49,7 @@ from stream.engine.base import (
     KIND_AUTO,
     KIND_ONNXRUNTIME,
     KIND_STREAMING,
+    KIND_STREAMING_TORCH,
     KIND_TENSORRT,
     KIND_TORCH,
     ONNXRUNTIME_INSTALL_HINT,
@@ -70,6 +74,7 @@ if TYPE_CHECKING:
         tensorrt_cache_path,
     )
     from stream.engine.streaming import StreamingEngine
+    from stream.engine.streaming_onnx import StreamingOnnxEngine
     from stream.engine.torch_backend import TorchEngine
 
 __all__ = [
@@ -80,6 +85,7 @@ __all__ = [
     "KIND_AUTO",
     "KIND_ONNXRUNTIME",
     "KIND_STREAMING",
+    "KIND_STREAMING_TORCH",
     "KIND_TENSORRT",
     "KIND_TORCH",
     "ONNXRUNTIME_INSTALL_HINT",
@@ -96,6 +102,7 @@ __all__ = [
     "OnnxRuntimeEngine",
     "Prediction",
     "StreamingEngine",
+    "StreamingOnnxEngine",
     "TensorRTCacheKey",
     "TensorRTEngine",
     "TorchEngine",
@@ -119,6 +126,7 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "TorchEngine": "stream.engine.torch_backend",
     "StreamingEngine": "stream.engine.streaming",
+    "StreamingOnnxEngine": "stream.engine.streaming_onnx",
     "OnnxRuntimeEngine": "stream.engine.onnxruntime_backend",
     "TensorRTEngine": "stream.engine.tensorrt_backend",
     "TensorRTCacheKey": "stream.engine.tensorrt_backend",

@@ -34,6 +34,7 @@ __all__ = [
     "KIND_ONNXRUNTIME",
     "KIND_TENSORRT",
     "KIND_STREAMING",
+    "KIND_STREAMING_TORCH",
     "KIND_TORCH",
     "ONNXRUNTIME_INSTALL_HINT",
     "STREAM_RECEPTIVE_FRAMES",
@@ -57,17 +58,20 @@ KIND_TORCH = "torch"
 KIND_ONNXRUNTIME = "onnxruntime"
 # one column per layer per new frame (stream.engine.streaming); close to, not equal to, the clip model
 KIND_STREAMING = "streaming"
+# the same streaming step in PyTorch only; ``streaming`` runs it on onnxruntime when installed (CPU)
+KIND_STREAMING_TORCH = "streaming-torch"
 # frames before now a streaming output depends on (stream/causal_i3d.py: Conv3d_1a 3, Conv3d_2c 2,
 # Mixed_3 2 x 2, pool 2, Mixed_4 5 x 4, pool 4, Mixed_5 2 x 8, the final 2-column mean 8)
 STREAM_RECEPTIVE_FRAMES = 59
-ENGINE_KINDS = (KIND_AUTO, KIND_TENSORRT, KIND_TORCH, KIND_ONNXRUNTIME, KIND_STREAMING)
+ENGINE_KINDS = (KIND_AUTO, KIND_TENSORRT, KIND_TORCH, KIND_ONNXRUNTIME, KIND_STREAMING, KIND_STREAMING_TORCH)
 # kind -> (module, class): the factory imports a backend on first use only (stream.engine.factory).
 # A new backend is its module plus one kind above and one line here.
 BACKENDS: dict[str, tuple[str, str]] = {
     KIND_TORCH: ("stream.engine.torch_backend", "TorchEngine"),
     KIND_ONNXRUNTIME: ("stream.engine.onnxruntime_backend", "OnnxRuntimeEngine"),
     KIND_TENSORRT: ("stream.engine.tensorrt_backend", "TensorRTEngine"),
-    KIND_STREAMING: ("stream.engine.streaming", "StreamingEngine"),
+    KIND_STREAMING: ("stream.engine.streaming_onnx", "StreamingOnnxEngine"),  # the torch step without onnxruntime
+    KIND_STREAMING_TORCH: ("stream.engine.streaming", "StreamingEngine"),
 }
 # FP32 backends differ only in summation order; measured differences on random clips are ~1e-6.
 FP32_ATOL = 1e-4

@@ -117,7 +117,7 @@ def build_engine(
     threads: int | None = None,
     input_size_px: int | None = None,
 ) -> Engine:
-    """Build an engine of ``kind`` (auto|tensorrt|torch|onnxruntime|streaming); see ``EngineConfig`` for options."""
+    """Build an engine of ``kind`` (auto|tensorrt|torch|onnxruntime|streaming|streaming-torch); see ``EngineConfig`` for options."""
     config = EngineConfig(
         kind=kind,
         device=device,

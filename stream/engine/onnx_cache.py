@@ -36,6 +36,9 @@ from stream.errors import UserError
 from stream.modelfile import ModelCard, load_model
 
 __all__ = [
+    "GRAPHS",
+    "GRAPH_CLIP",
+    "GRAPH_STREAM",
     "ONNX_CACHE_DIRNAME",
     "beside_onnx_facts",
     "beside_onnx_problem",
@@ -52,6 +55,11 @@ __all__ = [
 log = logging.getLogger("stream.engine")
 
 ONNX_CACHE_DIRNAME = "onnx"  # inside cache_root()
+# which graph of a model: the clip-wise fused model (stream.engine.onnx_export) or one step of the
+# streaming engine with its rings as state inputs and outputs (stream.engine.streaming_onnx)
+GRAPH_CLIP = "clip"
+GRAPH_STREAM = "stream"
+GRAPHS = (GRAPH_CLIP, GRAPH_STREAM)
 VERIFY_THREADS = 1  # the first-start check runs once; one thread leaves the other core to the rest
 
 
@@ -60,20 +68,24 @@ def onnx_cache_dir() -> Path:
     return cache_root() / ONNX_CACHE_DIRNAME
 
 
-def cached_onnx_path(card: ModelCard, input_size_px: int) -> Path:
-    """Keyed by the weights' digest and the input size: another model or size never reuses it.
+def cached_onnx_path(card: ModelCard, input_size_px: int, *, graph: str = GRAPH_CLIP) -> Path:
+    """Keyed by the weights' digest, the input size and the graph: another model, size or graph never reuses it.
 
     ``card`` must carry the digest (``with_weights_digest``): a card's name is no key.
     """
     if not card.weights_sha256:
         raise ValueError(f"{card.name}: no weights_sha256 to key the ONNX cache by (use with_weights_digest)")
-    return onnx_cache_dir() / f"{card.weights_sha256[:20]}-{input_size_px}px.onnx"
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
+    suffix = "" if graph == GRAPH_CLIP else f"-{graph}"  # the clip graph keeps the name older caches have
+    return onnx_cache_dir() / f"{card.weights_sha256[:20]}-{input_size_px}px{suffix}.onnx"
 
 
-def cached_onnx_facts(card: ModelCard, input_size_px: int) -> dict[str, Any]:
+def cached_onnx_facts(card: ModelCard, input_size_px: int, *, graph: str = GRAPH_CLIP) -> dict[str, Any]:
     """What a cached graph's manifest must record (JSON scalars only)."""
-    return {"weights_sha256": card.weights_sha256, "input_size_px": int(input_size_px), "batch": "dynamic",
-            "precision": "fp32", "clip_frames": int(card.clip_frames), "classes": ",".join(card.classes)}
+    facts = {"weights_sha256": card.weights_sha256, "input_size_px": int(input_size_px), "batch": "dynamic",
+             "precision": "fp32", "clip_frames": int(card.clip_frames), "classes": ",".join(card.classes)}
+    return facts if graph == GRAPH_CLIP else {**facts, "graph": graph}  # older clip manifests have no "graph"
 
 
 def beside_onnx_facts(card: ModelCard, input_size_px: int) -> dict[str, Any]:

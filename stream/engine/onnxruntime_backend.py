@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,9 +26,28 @@ from stream.engine.onnx_cache import discard_cached, export_to_cache, onnx_for_e
 from stream.errors import UserError
 from stream.modelfile import load_card, verify_weights
 
-__all__ = ["OnnxRuntimeEngine"]
+__all__ = ["OnnxRuntimeEngine", "session_options"]
 
 log = logging.getLogger("stream.engine")
+
+
+def session_options(ort: Any, threads: int | None) -> Any:
+    """onnxruntime session options for a live engine (the clip graph and the streaming step share them).
+
+    ``threads``: intra-op threads, None = all cores of this machine.
+    """
+    options = ort.SessionOptions()
+    # one op at a time, each spread over all cores: the graph is a chain of big convolutions,
+    # so op-level parallelism only makes the two streams fight for the same 2 cores
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    # constant folding, Conv+BN / Conv+ReLU fusion and layout changes: most of the CPU speed-up
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # spinning worker threads would steal the cores the TV-L1 flow thread needs between calls
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: warnings about unused initialisers are noise
+    return options
 
 
 class OnnxRuntimeEngine(Engine):
@@ -53,17 +73,7 @@ class OnnxRuntimeEngine(Engine):
             raise UserError("onnxruntime has no CUDA provider: pip install swim-stream[gpu], or use --device cpu")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
         self._device_name = "cuda" if want_cuda else "cpu"
-        options = ort.SessionOptions()
-        # one op at a time, each spread over all cores: the graph is a chain of big convolutions,
-        # so op-level parallelism only makes the two streams fight for the same 2 cores
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = config.threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        # constant folding, Conv+BN / Conv+ReLU fusion and layout changes: most of the CPU speed-up
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # spinning worker threads would steal the cores the TV-L1 flow thread needs between calls
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # errors only: warnings about unused initialisers are noise
+        options = session_options(ort, config.threads)
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/RuntimeException types

@@ -38,6 +38,10 @@ is reset. Everything older than the repeats is zero, which is the clip's zero pa
 Several arenas are the batch dimension of every column (one camera: the same frames and gaps).
 Batch norm is folded into the convolutions once, at build time; each column is a 2D convolution
 over the taps stacked on channels, so the work runs on any device PyTorch has (CUDA untested here).
+This class runs the step in PyTorch (kind ``streaming-torch``); kind ``streaming`` is its subclass
+``stream.engine.streaming_onnx.StreamingOnnxEngine``, which on the CPU with onnxruntime installed
+runs the same step as one ONNX graph with the rings as state (equal within ``FP32_ATOL``; 1.5-2.6x
+the PyTorch step on the 2-core CPU at one thread, README).
 """
 
 from __future__ import annotations
@@ -159,13 +163,16 @@ class _Layer(nn.Module):
             x = taps[0]
             for t in taps[1:]:
                 x = torch.maximum(x, t)
-            if ph0 + ph1 + pw0 + pw1:
-                x = F.pad(x, (pw0, pw1, ph0, ph1))
-            return F.max_pool2d(x, self.kernel_hw, self.stride_hw)
+            if (ph0, pw0) == (ph1, pw1):  # the pool's own padding: its -inf never wins over inputs >= 0 either
+                return F.max_pool2d(x, self.kernel_hw, self.stride_hw, (ph0, pw0))
+            return F.max_pool2d(F.pad(x, (pw0, pw1, ph0, ph1)), self.kernel_hw, self.stride_hw)
         x = taps[0] if len(taps) == 1 else torch.cat(taps, dim=1)
-        if ph0 + ph1 + pw0 + pw1:
+        padding = (0, 0)
+        if (ph0, pw0) == (ph1, pw1):  # symmetric (every stride-1 kernel): the convolution pads, one op less
+            padding = (ph0, pw0)
+        else:
             x = F.pad(x, (pw0, pw1, ph0, ph1))
-        x = F.conv2d(x, self.weight, self.bias, self.stride_hw)
+        x = F.conv2d(x, self.weight, self.bias, self.stride_hw, padding)
         return F.relu(x) if self.relu else x
 
 
@@ -270,14 +277,14 @@ class FrameStream:
     def __init__(self, engine: StreamingEngine, num_arenas: int) -> None:
         self.engine = engine
         self.num_arenas = num_arenas
-        self._rings = _Rings()
+        self._state = engine.new_state(num_arenas)
         self._frames = 0  # real frames pushed in this segment
         self._last_rgb: torch.Tensor | None = None
         self.steps = 0  # network steps run, repeats included (for the benchmark)
 
     def reset(self) -> None:
         """Forget the segment (a gap): the next frame starts a new one, as a fresh clip would."""
-        self._rings.reset()
+        self._state.reset()
         self._frames = 0
         self._last_rgb = None
 
@@ -309,13 +316,15 @@ class FrameStream:
 
     def _step(self, rgb: torch.Tensor, flow: torch.Tensor) -> Prediction:
         self.steps += 1
-        with torch.inference_mode():
-            fused, rgb_p, flow_p = self.engine.module(rgb, flow, self._rings)
-        return Prediction(fused=to_numpy(fused), rgb=to_numpy(rgb_p), flow=to_numpy(flow_p))
+        return self.engine.step(rgb, flow, self._state)
 
 
 class StreamingEngine(Engine):
-    """The fused I3D one frame at a time (``open_stream``); ``predict`` still runs whole clips (eager)."""
+    """The fused I3D one frame at a time (``open_stream``); ``predict`` still runs whole clips (eager).
+
+    The step runs in PyTorch here; ``stream.engine.streaming_onnx.StreamingOnnxEngine`` (kind
+    ``streaming``) overrides ``new_state``/``step`` to run it on onnxruntime.
+    """
 
     backend = KIND_STREAMING
     stepwise = True  # the pipeline feeds it frame by frame (stream.pipeline)
@@ -346,6 +355,16 @@ class StreamingEngine(Engine):
 
     def to_device(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         return torch.as_tensor(x).to(self._device, torch.float32)
+
+    def new_state(self, num_arenas: int) -> _Rings:
+        """The empty state (every ring zeros) of one stream of ``num_arenas`` arenas; it has ``reset()``."""
+        return _Rings()
+
+    def step(self, rgb: torch.Tensor, flow: torch.Tensor, state: _Rings) -> Prediction:
+        """One frame of every arena through the step; ``state`` (``new_state``) moves on by one frame."""
+        with torch.inference_mode():
+            fused, rgb_p, flow_p = self.module(rgb, flow, state)
+        return Prediction(fused=to_numpy(fused), rgb=to_numpy(rgb_p), flow=to_numpy(flow_p))
 
     def open_stream(self, num_arenas: int) -> FrameStream:
         """A new stream (its own state) for ``num_arenas`` arenas batched together."""
