@@ -12,6 +12,14 @@ the clip training's, per frame: cross-entropy of the RGB logits plus that of the
 sampler weighs them), on every labelled frame of the window. Batch norm stays in eval mode (its
 statistics and those of the stream's columns are the clip model's), dropout is the card's; the
 layers before ``--train-from`` are frozen (on 2 CPU cores their backward pass is most of the cost).
+With ``--distill CLIP_MODEL_DIR`` the target of each frame is instead (or, with ``--distill-weight``
+below 1, also) the clip model's probabilities: per stream, the KL divergence of the stream's softmax
+from the clip model's softmax of the same stream, on the clip centred on that frame as the clip-wise
+engine sees it (``export.dataset.ClipDataset.clip``, no augmentation). The clip model runs once per
+frame before training (``--distill-every N``: on every N-th frame only, the others then carry the
+label loss alone; a clip costs ~10 streaming steps, so on 2 cores every frame of a few minutes of
+video takes longer than the fine-tune itself). This trains towards agreement with the clip model
+rather than towards the truth.
 With ``--cached-stem`` the frozen layers run once per video, the whole video as one segment (as
 ``stream-run`` sees it, without augmentation), and the trained layers on windows of their output that
 start early enough for every output to have its real past (``stream.causal_i3d.receptive_frames``).
@@ -42,10 +50,10 @@ from export.train_data import dataset_from_args
 from stream.causal_i3d import (SEGMENT_LEAD_FRAMES, causal_features, causal_fused, causal_logits, receptive_frames, segment_inputs,
                                segment_outputs, streaming_state_dict)
 from stream.errors import UserError, cli_main
-from stream.flow import FlowConfig
+from stream.flow import FlowConfig, encode_flow
 from stream.model import FEATURE_LAYERS, FusedI3D, fuse
-from stream.modelfile import TRAINED_FOR_STREAMING, ModelCard, load_model, save_model
-from stream.preprocess import FUTURE_FRAMES
+from stream.modelfile import TRAINED_FOR_STREAMING, ModelCard, load_card, load_model, save_model, verify_weights
+from stream.preprocess import FUTURE_FRAMES, rgb_clip
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "main"]
 
@@ -61,6 +69,9 @@ DEFAULT_TRAIN_FROM = "Mixed_3b"  # the stem (64/192 channels at 1/2..1/4 of the 
 CHECK_FRAMES = 40  # frames of the after-training check: streaming engine vs parallel form
 CHECK_ATOL = 1e-4  # FP32, the same weights summed in another order (measured ~1e-6)
 LOG_EVERY_STEPS = 10
+# clips per clip-model call when computing the distillation targets: a batch of 8 64 px clips runs at
+# least as fast per clip as larger ones on 2 shared cores (measured 2.4 clips/s vs 1.3 at 32), with little memory
+DISTILL_BATCH_CLIPS = 8
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,9 @@ class FinetuneConfig:
     cached_stem: bool = False
     seed: int = 0
     max_minutes: float | None = None  # stop early (and still write the model) after this long
+    # with a clip model to distill from: the weight W of its KL term, loss = (1 - W) * CE(label) + W * KL
+    distill_weight: float = 1.0
+    distill_every: int = 1  # the clip model's targets on every N-th frame of each source (its cost / N)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.window_frames < 1:
@@ -85,6 +99,10 @@ class FinetuneConfig:
             raise UserError(f"--lr {self.lr}, --lr-floor {self.lr_floor}: need 0 < lr-floor <= lr")
         if self.train_from not in FEATURE_LAYERS:
             raise UserError(f"--train-from {self.train_from!r}: one of {', '.join(FEATURE_LAYERS)}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise UserError(f"--distill-weight {self.distill_weight}: must be between 0 (labels only) and 1 (clip model only)")
+        if self.distill_every < 1:
+            raise UserError(f"--distill-every {self.distill_every}: must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,7 @@ class FinetuneResult:
     loss_first: float  # mean loss of the first LOG_EVERY_STEPS steps
     loss_last: float  # and of the last ones
     fused_acc_last: float  # per-frame fused accuracy on the last steps' windows (training data)
+    distilled_frames: int = 0  # frames with the clip model's probabilities as a target
 
 
 def _freeze(model: FusedI3D, train_from: str) -> int:
@@ -131,8 +150,9 @@ class _Windows:
         self.sources, self.starts = np.asarray(sources), np.asarray(starts)
         self.labels = np.concatenate([dataset.source_labels(int(s)) for s in sources])
 
-    def outputs(self, model: FusedI3D, rng: np.random.Generator) -> tuple[torch.Tensor, ...] | None:
-        """(fused, rgb logits, flow logits) (W, K) and labels (W,) of one random window; None if unlabelled."""
+    def outputs(self, model: FusedI3D, rng: np.random.Generator) -> tuple | None:
+        """(fused, rgb logits, flow logits) (W, K), labels (W,), and the window's source and first frame,
+        of one random window; None if unlabelled."""
         k = int(rng.choice(len(self.sources), p=self.starts / self.starts.sum()))  # every window start equally likely
         s, a, w = int(self.sources[k]), int(rng.integers(0, self.starts[k])), self.config.window_frames
         y = torch.as_tensor(self.dataset.source_labels(s)[a : a + w])
@@ -142,7 +162,7 @@ class _Windows:
         flow[:, 0] = 0.0  # a segment's first frame has no flow (stream.ring)
         rgb_in, flow_in = segment_inputs(torch.from_numpy(rgb)[None], torch.from_numpy(flow)[None], end=False)
         outs = causal_fused(model, rgb_in, flow_in)
-        return (*(o[0, SEGMENT_LEAD_FRAMES : SEGMENT_LEAD_FRAMES + w] for o in outs), y)
+        return (*(o[0, SEGMENT_LEAD_FRAMES : SEGMENT_LEAD_FRAMES + w] for o in outs), y, s, a)
 
 
 class _CachedStem:
@@ -175,7 +195,7 @@ class _CachedStem:
         self.spans = np.maximum(self.spans, 0)
         self.labels = np.concatenate(self.step_labels)
 
-    def outputs(self, model: FusedI3D, rng: np.random.Generator) -> tuple[torch.Tensor, ...] | None:
+    def outputs(self, model: FusedI3D, rng: np.random.Generator) -> tuple | None:
         k = int(rng.choice(len(self.spans), p=self.spans / self.spans.sum()))
         first = SEGMENT_LEAD_FRAMES + int(rng.integers(0, self.spans[k]))  # the window's first output step
         stop = first + self.config.window_frames
@@ -186,14 +206,77 @@ class _CachedStem:
         rgb_f, flow_f = (f[:, :, begin:stop] for f in self.features[k])
         rgb_logits = causal_logits(model.rgb, rgb_f, start=self.start)[0, first - begin :]
         flow_logits = causal_logits(model.flow, flow_f, start=self.start)[0, first - begin :]
-        return fuse(rgb_logits, flow_logits, model.flow_weight), rgb_logits, flow_logits, y
+        return fuse(rgb_logits, flow_logits, model.flow_weight), rgb_logits, flow_logits, y, k, first - SEGMENT_LEAD_FRAMES
 
 
-def finetune(model: FusedI3D, dataset, config: FinetuneConfig) -> FinetuneResult:
-    """Train ``model`` in place on windows of ``dataset`` (a ``ClipDataset``) for the stream's function."""
+class ClipTargets:
+    """The clip model's per-stream probabilities for frames of every source of a dataset, computed once
+    (every ``every``-th frame; NaN elsewhere) on the clip centred on each frame, as export-train and the
+    clip-wise engine see it: ``ClipDataset.clip`` (edge frames repeated, their flow zero), no augmentation."""
+
+    def __init__(self, clip_model_dir: Path, dataset, every: int = 1) -> None:
+        from stream.engine import build_engine
+
+        engine = build_engine("torch", clip_model_dir, device="cpu", optimize=False)
+        if list(engine.classes) != list(dataset.classes):
+            raise UserError(f"--distill {clip_model_dir}: classes {list(engine.classes)} differ from the fine-tuned model's "
+                            f"{list(dataset.classes)}")
+        began = time.perf_counter()
+        self.rgb: list[np.ndarray] = []
+        self.flow: list[np.ndarray] = []
+        for s in range(len(dataset.sources)):
+            n = dataset.num_frames(s)
+            rgb_p = np.full((n, len(dataset.classes)), np.nan, dtype=np.float32)
+            flow_p = rgb_p.copy()
+            centres = np.arange(0, n, every)
+            for i in range(0, len(centres), DISTILL_BATCH_CLIPS):
+                batch = centres[i : i + DISTILL_BATCH_CLIPS]
+                clips = [dataset.clip(s, int(c)) for c in batch]
+                rgb = np.stack([rgb_clip(frames) for frames, _ in clips])
+                flow = np.stack([encode_flow(px).transpose(1, 0, 2, 3) for _, px in clips])  # (B, 2, 16, S, S)
+                pred = engine.predict_all(rgb, np.ascontiguousarray(flow))
+                rgb_p[batch], flow_p[batch] = pred.rgb, pred.flow
+            self.rgb.append(rgb_p)
+            self.flow.append(flow_p)
+        engine.close()
+        self.clips = sum(int(np.isfinite(p[:, 0]).sum()) for p in self.rgb)
+        log.info("clip model's probabilities for %d frames of %d sources (every %d) in %.0f s", self.clips, len(self.rgb),
+                 every, time.perf_counter() - began)
+
+    def lookup(self, source: int, start: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rgb, flow) probabilities (frames, K) of frames ``start ..``; rows of frames without a target are NaN."""
+        return (torch.from_numpy(self.rgb[source][start : start + frames]),
+                torch.from_numpy(self.flow[source][start : start + frames]))
+
+
+def _kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over frames with a target (no NaN row) of KL(target || softmax(logits)); 0 without any."""
+    has = torch.isfinite(target).all(-1)
+    if not bool(has.any()):
+        return logits.sum() * 0.0
+    return F.kl_div(F.log_softmax(logits[has], -1), target[has], reduction="batchmean")
+
+
+def window_loss(rgb_logits: torch.Tensor, flow_logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
+                targets: tuple[torch.Tensor, torch.Tensor] | None = None, distill_weight: float = 0.0) -> torch.Tensor:
+    """A window's loss: each stream's class-weighted CE to the labels, and with ``targets`` (the clip
+    model's rgb / flow probabilities per frame) ``(1 - W) * CE + W * KL`` per stream."""
+    ce = F.cross_entropy(rgb_logits, y, weight=weights, ignore_index=-1) + F.cross_entropy(flow_logits, y, weight=weights, ignore_index=-1)
+    if targets is None:
+        return ce
+    kl = _kl(rgb_logits, targets[0]) + _kl(flow_logits, targets[1])
+    if distill_weight >= 1.0:
+        return kl  # no label term (CE of a window without labels would be NaN)
+    return (1.0 - distill_weight) * ce + distill_weight * kl
+
+
+def finetune(model: FusedI3D, dataset, config: FinetuneConfig, clip_model_dir: Path | None = None) -> FinetuneResult:
+    """Train ``model`` in place on windows of ``dataset`` (a ``ClipDataset``) for the stream's function;
+    with ``clip_model_dir`` towards that clip model's probabilities (``config.distill_weight``)."""
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    start_time = time.perf_counter()  # the stem's cache included
+    start_time = time.perf_counter()  # the stem's cache and the clip model's targets included
+    targets = ClipTargets(clip_model_dir, dataset, config.distill_every) if clip_model_dir is not None else None
     trained = _freeze(model, config.train_from)
     draw = _CachedStem(model, dataset, config) if config.cached_stem else _Windows(dataset, config)
     labels = draw.labels
@@ -213,8 +296,9 @@ def finetune(model: FusedI3D, dataset, config: FinetuneConfig) -> FinetuneResult
         outs = draw.outputs(model, rng)
         if outs is None:
             continue
-        fused, rgb_logits, flow_logits, y = outs
-        loss = F.cross_entropy(rgb_logits, y, weight=weights, ignore_index=-1) + F.cross_entropy(flow_logits, y, weight=weights, ignore_index=-1)
+        fused, rgb_logits, flow_logits, y, source, first = outs
+        target = targets.lookup(source, first, len(y)) if targets is not None else None
+        loss = window_loss(rgb_logits, flow_logits, y, weights, target, config.distill_weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -238,6 +322,7 @@ def finetune(model: FusedI3D, dataset, config: FinetuneConfig) -> FinetuneResult
         loss_first=float(np.mean(losses[head])) if losses else float("nan"),
         loss_last=float(np.mean(losses[tail])) if losses else float("nan"),
         fused_acc_last=sum(correct[tail]) / max(sum(seen[tail]), 1),
+        distilled_frames=targets.clips if targets is not None else 0,
     )
 
 
@@ -291,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cached-stem", action="store_true",
                    help="compute the layers before --train-from once per video (no augmentation) and train on their output")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this long and write the model")
+    p.add_argument("--distill", type=Path, default=None, metavar="CLIP_MODEL_DIR",
+                   help="train towards this clip model's per-stream probabilities (its clip around each frame)")
+    p.add_argument("--distill-weight", type=float, default=1.0,
+                   help="W in (1 - W) * CE(label) + W * KL(clip model); 1 = the clip model only")
+    p.add_argument("--distill-every", type=int, default=1,
+                   help="the clip model's targets on every N-th frame only (its cost / N)")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument("--seed", type=int, default=0)
@@ -298,28 +389,40 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     config = FinetuneConfig(steps=args.steps, window_frames=args.window_frames, lr=args.lr, lr_floor=args.lr_floor,
-                            train_from=args.train_from, augment=not args.no_augment, cached_stem=args.cached_stem, seed=args.seed, max_minutes=args.max_minutes)
+                            train_from=args.train_from, augment=not args.no_augment, cached_stem=args.cached_stem, seed=args.seed, max_minutes=args.max_minutes,
+                            distill_weight=args.distill_weight, distill_every=args.distill_every)
     model, card = load_model(args.model)
     if card.kind != "i3d":
         raise UserError(f"{args.model}: a {card.kind} model has no network to fine-tune")
+    teacher = load_card(args.distill) if args.distill is not None else None  # a missing or broken folder: one line, before any work
+    if teacher is not None:
+        verify_weights(args.distill, teacher)
+        if teacher.kind != "i3d" or teacher.trained_for == TRAINED_FOR_STREAMING:
+            raise UserError(f"--distill {args.distill}: not a clip-trained I3D card (kind {teacher.kind!r}, trained_for "
+                            f"{teacher.trained_for!r}); give the clip model to agree with, e.g. the one --model started from")
     data_args = argparse.Namespace(
         videos=args.videos, labels=None, arenas=None, jhuang=None, size_px=card.input_size_px, fps=card.fps,
         frame_step=1, cache_dir=args.cache_dir, flow_preset=_flow_preset(card), device="cpu",
     )
     dataset, spec = dataset_from_args(data_args, card.classes)
-    result = finetune(model, dataset, config)
+    result = finetune(model, dataset, config, args.distill)
     base = {k: getattr(card, k) for k in ("name", "weights_sha256", "training", "metrics")}
     card = dataclasses.replace(
         card,
         name=args.name or f"{card.name}-streaming",
-        init=f"fine-tuned for the streaming engine from {base['name']} (weights sha256 {base['weights_sha256'][:12]})",
+        init=f"fine-tuned for the streaming engine from {base['name']} (weights sha256 {base['weights_sha256'][:12]})"
+             + (f", distilled from the clip model {teacher.name} (weights sha256 {teacher.weights_sha256[:12]})" if teacher else ""),
         trained_for=TRAINED_FOR_STREAMING,
         training={
             "step": "streaming fine-tune (export.streaming_finetune): the causal stream's function, stream/causal_i3d.py",
             "data": "SYNTHETIC simulator videos (export-synth), not real mice" if spec.synthetic else "annotated videos",
             "synthetic": spec.synthetic,
             "videos": [Path(v).name for v in spec.videos],
-            "streams": "joint: loss = CE(rgb logits) + CE(flow logits) per frame, class-weighted; batch norm frozen",
+            "streams": "joint: loss = CE(rgb logits) + CE(flow logits) per frame, class-weighted; batch norm frozen"
+                       + ("; distilled: (1 - W) * that + W * (KL(clip rgb probs || rgb) + KL(clip flow probs || flow))" if teacher else ""),
+            "distill": None if teacher is None else {
+                "clip_model": teacher.name, "clip_model_dir": str(args.distill), "clip_weights_sha256": teacher.weights_sha256,
+                "weight": config.distill_weight, "every_frames": config.distill_every, "target_frames": result.distilled_frames},
             "config": dataclasses.asdict(config),
             "steps_run": result.steps_run,
             "train_time_s": round(result.wall_s, 1),
