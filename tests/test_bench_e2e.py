@@ -71,11 +71,11 @@ def test_realtime_summary_takes_the_largest_count_in_real_time_per_engine() -> N
     from stream.bench.e2e import realtime_summary
 
     rows = [{"engine": e, "device": "cpu", "stride": 1, "arenas": n, "x_realtime": x}
-            for e, n, x in (("streaming-cpu", 1, 3.1), ("streaming-cpu", 2, 1.6), ("streaming-cpu", 4, 0.9),
+            for e, n, x in (("streaming-torch-cpu", 1, 3.1), ("streaming-torch-cpu", 2, 1.6), ("streaming-torch-cpu", 4, 0.9),
                             ("torch-cpu-frozen", 1, 0.6), ("torch-cpu-frozen", 2, 0.35))]
     got = {e["engine"]: e for e in realtime_summary(rows)}
-    assert got["streaming-cpu"]["largest_realtime_arenas"] == 2
-    assert got["streaming-cpu"]["realtime_capacity_arenas"] == pytest.approx(3.6)  # 0.9 x 4 arenas
+    assert got["streaming-torch-cpu"]["largest_realtime_arenas"] == 2
+    assert got["streaming-torch-cpu"]["realtime_capacity_arenas"] == pytest.approx(3.6)  # 0.9 x 4 arenas
     assert got["torch-cpu-frozen"]["largest_realtime_arenas"] == 0
     assert got["torch-cpu-frozen"]["realtime_capacity_arenas"] == pytest.approx(0.7)
 
@@ -98,8 +98,8 @@ def test_streaming_and_clip_engines_in_one_run(tiny_model, tmp_path, capsys, mon
                        "--engine", "streaming,torch", "--json", str(out)])
     assert code == 0 and kinds == ["streaming", "torch"]
     report = json.loads(out.read_text())
-    assert [r["engine"] for r in report["results"]] == ["streaming-cpu", "torch-cpu-eager"]
+    assert [r["engine"] for r in report["results"]] == ["streaming-torch-cpu", "torch-cpu-eager"]
     for r in report["results"]:
         assert r["frames"] == 24 and 0 < r["flow_share"] < 1 and 0 < r["model_share"] < 1
-    assert [e["engine"] for e in report["realtime"]] == ["streaming-cpu", "torch-cpu-eager"]
-    assert "real time at stride 1: streaming-cpu/cpu kept" in capsys.readouterr().out
+    assert [e["engine"] for e in report["realtime"]] == ["streaming-torch-cpu", "torch-cpu-eager"]
+    assert "real time at stride 1: streaming-torch-cpu/cpu kept" in capsys.readouterr().out

@@ -206,7 +206,7 @@ def _config(kind: str = "streaming"):
     return EngineConfig(kind=kind, device="cpu")
 
 
-@pytest.mark.parametrize(("kind", "name"), [("streaming", "streaming-onnxruntime-cpu"), ("streaming-torch", "streaming-cpu")])
+@pytest.mark.parametrize(("kind", "name"), [("streaming", "streaming-onnxruntime-cpu"), ("streaming-torch", "streaming-torch-cpu")])
 def test_factory_builds_the_streaming_engine(tiny_model, kind, name) -> None:
     from stream.engine import build_engine
 
@@ -291,7 +291,7 @@ def test_onnx_step_equals_the_torch_step_across_a_gap(tmp_path) -> None:
     model = _save_random(tmp_path / "m")
     rgb, flow = _frames(42, arenas=2, seed=3)
     with build_engine("streaming", model, device="cpu") as onnx, build_engine("streaming-torch", model, device="cpu") as eager:
-        assert (onnx.name, eager.name) == ("streaming-onnxruntime-cpu", "streaming-cpu")
+        assert (onnx.name, eager.name) == ("streaming-onnxruntime-cpu", "streaming-torch-cpu")
         got, want = _run(onnx, rgb, flow, gap=21), _run(eager, rgb, flow, gap=21)
     assert len(got) == len(want) == 42
     for g, w in zip(got, want):

@@ -347,7 +347,7 @@ class StreamingEngine(Engine):
 
     @property
     def name(self) -> str:
-        return f"{self.backend}-{self._device.type}"
+        return f"{self.backend}-torch-{self._device.type}"  # the PyTorch step (kind streaming-torch, or streaming's fallback)
 
     @property
     def device(self) -> str:
