@@ -149,7 +149,7 @@ def _circles_inside_side_cylinders(circles: Sequence[Roi], cylinders: Sequence[R
         cx, cy = c.x + c.w / 2, c.y + c.h / 2
         return b.x <= cx <= b.x + b.w and b.y <= cy <= b.y + b.h and c.w <= CIRCLE_IN_BOX_WIDTH * b.w
 
-    tall = [b for b in cylinders if b.h >= SIDE_TALLER_THAN_WIDE * b.w]
+    tall = _tall(cylinders)
     return (bool(tall) and all(any(inside(c, b) for b in tall) for c in circles)
             and not any(_separate(c, d) and inside(c, b) and inside(d, b)
                         for b in tall for i, c in enumerate(circles) for d in circles[i + 1:]))
@@ -160,8 +160,12 @@ def _one_circle_beside_a_rig(top: TopFind, cylinders: Sequence[Roi]) -> bool:
     round shapes of a side rig (a base ellipse, the water of two cylinders side by side) make such a
     circle, while a top-view cylinder's rim runs round (``AUTO_TOP_SURE``) and the columns of circles
     the side finder may take for tall boxes come with a circle each."""
-    tall = [b for b in cylinders if b.h >= SIDE_TALLER_THAN_WIDE * b.w]
-    return len(top.rois) == 1 and top.score < AUTO_TOP_SURE and len(tall) >= 2
+    return len(top.rois) == 1 and top.score < AUTO_TOP_SURE and len(_tall(cylinders)) >= 2
+
+
+def _tall(cylinders: Sequence[Roi]) -> list[Roi]:
+    """The boxes taller than wide: side-view cylinders (aspect 1.15-2 and rims)."""
+    return [b for b in cylinders if b.h >= SIDE_TALLER_THAN_WIDE * b.w]
 
 
 def _separate(c: Roi, d: Roi) -> bool:

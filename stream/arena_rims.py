@@ -104,11 +104,17 @@ def _apart(a: tuple[float, ...], b: tuple[float, ...], fraction: float = APART) 
     return math.hypot(a[1] - b[1], a[2] - b[2]) > fraction * (a[3] + b[3])
 
 
+def _nudged(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float, edge: float, step: float,
+            reach: int) -> tuple[float, float, float]:
+    """(support, cx, cy) of the circle of radius ``r`` with the most support on the grid of centres
+    ``reach`` steps of ``step`` around (cx, cy)."""
+    return max((_support(gx, gy, cx + dx * step, cy + dy * step, r, edge), cx + dx * step, cy + dy * step)
+               for dx in range(-reach, reach + 1) for dy in range(-reach, reach + 1))
+
+
 def _checked(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float, edge: float) -> tuple[float, ...]:
     """A proposal's (support, cx, cy, r): centre nudged to the most support, radius to the rim's outer edge."""
-    step = max(1.0, 0.04 * r)
-    _, cx, cy = max((_support(gx, gy, cx + dx * step, cy + dy * step, r, edge), cx + dx * step, cy + dy * step)
-                    for dx in range(-3, 4) for dy in range(-3, 4))
+    _, cx, cy = _nudged(gx, gy, cx, cy, r, edge, max(1.0, 0.04 * r), 3)
     r = _outer_radius(gx, gy, cx, cy, float(r))
     return (_support(gx, gy, cx, cy, r, edge), float(cx), float(cy), r)
 
@@ -158,8 +164,8 @@ def _stands_out(c: tuple[float, ...], f: np.ndarray, m: np.ndarray | None) -> bo
         return True
     h, w = f.shape
     _, cx, cy, r = c
-    x0, x1 = max(0, int(cx - 1.4 * r)), min(w, int(cx + 1.4 * r) + 1)
-    y0, y1 = max(0, int(cy - 1.4 * r)), min(h, int(cy + 1.4 * r) + 1)
+    x0, x1 = max(0, int(cx - RING[1] * r)), min(w, int(cx + RING[1] * r) + 1)
+    y0, y1 = max(0, int(cy - RING[1] * r)), min(h, int(cy + RING[1] * r) + 1)
     ys, xs = np.mgrid[y0:y1, x0:x1]
     d = np.hypot(xs - cx, ys - cy)
     inside, ring = d <= INSIDE * r, (d >= RING[0] * r) & (d <= RING[1] * r)
@@ -181,10 +187,8 @@ def _one_radius(gx: np.ndarray, gy: np.ndarray, chosen: list[tuple[float, ...]],
     out = []
     for c in chosen:
         if abs(c[3] - r0) > ONE_RADIUS * r0:
-            step = 0.05 * r0
-            _, cx, cy = max((_support(gx, gy, c[1] + dx * step, c[2] + dy * step, r0, edge), c[1] + dx * step, c[2] + dy * step)
-                            for dx in range(-4, 5) for dy in range(-4, 5))
-            c = (_support(gx, gy, cx, cy, r0, edge), float(cx), float(cy), r0)
+            support, cx, cy = _nudged(gx, gy, c[1], c[2], r0, edge, 0.05 * r0, 4)
+            c = (support, float(cx), float(cy), r0)
         out.append(c)
     return out
 
@@ -214,10 +218,7 @@ def find_top_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> To
         # wherever a circle of that size would hold the motion
         r0 = found[0][3]
         for px, py in _motion_places(m, r0):
-            step = 0.1 * r0
-            reach = int(round(MOTION_REACH / 0.1))
-            _, cx, cy = max((_support(gx, gy, px + dx * step, py + dy * step, r0, edge), px + dx * step, py + dy * step)
-                            for dx in range(-reach, reach + 1) for dy in range(-reach, reach + 1))
+            _, cx, cy = _nudged(gx, gy, px, py, r0, edge, 0.1 * r0, int(round(MOTION_REACH / 0.1)))
             found.append(_checked(gx, gy, cx, cy, r0, edge))
         found.sort(key=lambda c: -c[0])
     log.debug("circles (support, cx, cy, r at scale %.3f): %s", scale, [tuple(round(v, 2) for v in c) for c in found])
