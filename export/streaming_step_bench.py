@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stream.bench.arguments import int_list
 from stream.engine.cache import with_weights_digest
 from stream.engine.onnx_export import ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES
 from stream.engine.onnxruntime_backend import session_options
@@ -132,16 +133,6 @@ def time_steps(model_dir: Path, arenas: Sequence[int], threads: Sequence[int], s
     return rows
 
 
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,4") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{flag} {text!r}: expected integers >= 1")
-    return values
-
-
 @cli_main("streaming-step-bench")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.streaming_step_bench", description=__doc__.split("\n\n")[0])
@@ -165,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         s = card.input_size_px
         ops = _ops_per_step(_FusedStreaming(model.eval(), card.clip_frames).eval(), torch.zeros(1, 3, s, s), torch.zeros(1, 2, s, s))
         log.info("one PyTorch step dispatches %d ops (both streams)", ops)
-    rows = time_steps(args.model, _int_list(args.arenas, "--arenas"), _int_list(args.threads, "--threads"),
+    rows = time_steps(args.model, int_list(args.arenas, "--arenas"), int_list(args.threads, "--threads"),
                       args.steps, variants)
     print(f"{'threads':>7} {'arenas':>6} {'variant':<19} {'ms/step':>8} {'vs torch':>8}")
     for r in rows:

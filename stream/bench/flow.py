@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stream.bench.arguments import int_list
 from stream.errors import UserError
 from stream.flow import TVL1, FlowConfig
 
@@ -59,16 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=Path, default=None,
                         help=f"video to take frame pairs from (default: ${VIDEO_ENV} when set, else synthetic frames)")
     parser.add_argument("--synthetic", action="store_true", help=f"use synthetic frames even if ${VIDEO_ENV} is set")
-
-
-def _int_list(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--{what} {text!r}: expected comma-separated integers, e.g. 112,224") from None
-    if not values or min(values) < 16:
-        raise UserError(f"--{what} {text!r}: expected integers >= 16")
-    return values
 
 
 def _video_pairs(path: Path, count: int, size_px: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,13 +144,8 @@ def _ours(config: FlowConfig, device: str, prev: np.ndarray, nxt: np.ndarray, ba
 
 
 def run(args: argparse.Namespace) -> int:
-    sizes = _int_list(args.sizes, "sizes")
-    try:
-        batches = [int(v) for v in args.batches.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--batches {args.batches!r}: expected comma-separated integers, e.g. 1,8") from None
-    if not batches or min(batches) < 1:
-        raise UserError(f"--batches {args.batches!r}: expected integers >= 1")
+    sizes = int_list(args.sizes, "--sizes", minimum=16, example="112,224")
+    batches = int_list(args.batches, "--batches", example="1,8")
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown or not settings:
