@@ -74,6 +74,7 @@ __all__ = [
     "video_sha256",
     "probe_video",
     "DEFAULT_SIZE_PX",
+    "flow_input",
 ]
 
 log = logging.getLogger(__name__)
@@ -552,7 +553,7 @@ class ClipDataset(Dataset):
         frames = np.asarray(self._frames[source_index][start:stop])
         flow = flow_from_uint8(np.asarray(self._flow[source_index][start:stop]))
         if rng is None:
-            return rgb_clip(frames), np.ascontiguousarray(encode_flow(flow).transpose(1, 0, 2, 3))
+            return rgb_clip(frames), flow_input(flow)
         rgb_parts, flow_parts = [], []
         for i in range(0, stop - start, AUG_CHUNK_FRAMES):  # every chunk the same draws: one augmentation
             chunk_rng = copy.deepcopy(rng)
@@ -561,7 +562,7 @@ class ClipDataset(Dataset):
             flow_parts.append(f)
         rng.bit_generator.state = chunk_rng.bit_generator.state
         flow = np.concatenate(flow_parts)
-        return np.concatenate(rgb_parts, axis=1), np.ascontiguousarray(encode_flow(flow).transpose(1, 0, 2, 3))
+        return np.concatenate(rgb_parts, axis=1), flow_input(flow)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         s, t, y = (int(v) for v in self.items[i])
@@ -570,8 +571,12 @@ class ClipDataset(Dataset):
             rgb, flow = _augment(frames, flow, np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item())))
         else:
             rgb = rgb_clip(frames)
-        enc = np.ascontiguousarray(encode_flow(flow).transpose(1, 0, 2, 3))  # (2, 16, S, S)
-        return torch.from_numpy(rgb), torch.from_numpy(enc), torch.tensor(y, dtype=torch.int64)
+        return torch.from_numpy(rgb), torch.from_numpy(flow_input(flow)), torch.tensor(y, dtype=torch.int64)
+
+
+def flow_input(flow: np.ndarray) -> np.ndarray:
+    """Pixel flow (T, 2, S, S) as the model's flow stream takes it: encoded, (2, T, S, S), contiguous."""
+    return np.ascontiguousarray(encode_flow(flow).transpose(1, 0, 2, 3))
 
 
 def _augment(frames: np.ndarray, flow: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

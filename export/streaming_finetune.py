@@ -46,11 +46,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from export.dataset import flow_input
 from export.train_data import dataset_from_args
 from stream.causal_i3d import (SEGMENT_LEAD_FRAMES, causal_features, causal_fused, causal_logits, receptive_frames, segment_inputs,
                                segment_outputs, streaming_state_dict)
 from stream.errors import UserError, cli_main
-from stream.flow import FlowConfig, encode_flow
+from stream.flow import FlowConfig
 from stream.model import FEATURE_LAYERS, FusedI3D, fuse
 from stream.modelfile import TRAINED_FOR_STREAMING, ModelCard, load_card, load_model, save_model, verify_weights
 from stream.preprocess import FUTURE_FRAMES, rgb_clip
@@ -233,8 +234,8 @@ class ClipTargets:
                 batch = centres[i : i + DISTILL_BATCH_CLIPS]
                 clips = [dataset.clip(s, int(c)) for c in batch]
                 rgb = np.stack([rgb_clip(frames) for frames, _ in clips])
-                flow = np.stack([encode_flow(px).transpose(1, 0, 2, 3) for _, px in clips])  # (B, 2, 16, S, S)
-                pred = engine.predict_all(rgb, np.ascontiguousarray(flow))
+                flow = np.stack([flow_input(px) for _, px in clips])  # (B, 2, 16, S, S)
+                pred = engine.predict_all(rgb, flow)
                 rgb_p[batch], flow_p[batch] = pred.rgb, pred.flow
             self.rgb.append(rgb_p)
             self.flow.append(flow_p)
