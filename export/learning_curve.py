@@ -22,7 +22,12 @@ Agreement is measured on the offline clip path (``export.dataset.ClipDataset``, 
 uses, fused with the given model's flow weight), on every ``--eval-frame-step``-th labelled frame
 of the test videos: the number a model's per-frame accuracy means, without the live decision rules.
 
-Resumable: each point (start, select, minutes) is one JSON file under ``OUT/points``, written
+A fine-tune on a few minutes moves by several points from one seed to the next (the random
+minutes drawn, the clip order, dropout), so ``--seed 0,1,2`` repeats every fine-tuned point per seed
+and the table and plot give mean ± sd; a difference between two series smaller than their spread is
+not a result.
+
+Resumable: each point (start, select, minutes, seed) is one JSON file under ``OUT/points``, written
 when the point is finished; a rerun skips finished points and resumes an interrupted training from
 its checkpoint. At the end: ``learning_curve.csv``, ``learning_curve.md`` and
 ``learning_curve.png``.
@@ -79,8 +84,22 @@ def cohen_kappa(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> 
     return 1.0 if expected == 1.0 else float((observed - expected) / (1.0 - expected))
 
 
-def point_name(start: str, select: str, minutes: float) -> str:
-    return f"{start}-{select}-{minutes:g}min"
+def point_name(start: str, select: str, minutes: float, seed: int = 0) -> str:
+    """File stem of a point; seed 0 keeps the name points had before seeds were repeated."""
+    return f"{start}-{select}-{minutes:g}min" + (f"-seed{seed}" if seed else "")
+
+
+def seed_of(point: dict[str, Any]) -> int:
+    """The seed a point was run with (points written before seeds were recorded carry it in their config)."""
+    return int(point.get("seed", (point.get("config") or {}).get("seed", 0)))
+
+
+def _summary(points: Sequence[dict[str, Any]], key: str) -> tuple[float, float, int]:
+    """Mean, sample sd (nan for one point) and count of ``key`` over the seeds of one point of the curve."""
+    values = np.array([p[key] for p in points if p.get(key) is not None and np.isfinite(p[key])], dtype=np.float64)
+    if values.size == 0:
+        return float("nan"), float("nan"), 0
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else float("nan"), int(values.size)
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -95,25 +114,34 @@ def _atomic_json(path: Path, obj: Any) -> None:
 # table and plot
 
 
-def _series(points: Sequence[dict[str, Any]]) -> dict[str, dict[float, dict[str, Any]]]:
-    """{"start+select": {minutes: point}}; the 0-minute point (no selection) belongs to every series of its start."""
-    series: dict[str, dict[float, dict[str, Any]]] = {}
+def _series(points: Sequence[dict[str, Any]]) -> dict[str, dict[float, list[dict[str, Any]]]]:
+    """{"start+select": {minutes: [the point of each seed]}}; the 0-minute point (no selection) belongs to every series of its start."""
+    series: dict[str, dict[float, list[dict[str, Any]]]] = {}
     for p in points:
         if p["select"] != NO_SELECTION:
-            series.setdefault(f"{p['start']}+{p['select']}", {})[p["minutes"]] = p
+            series.setdefault(f"{p['start']}+{p['select']}", {}).setdefault(p["minutes"], []).append(p)
     for p in points:
         if p["select"] == NO_SELECTION:
             for name in [n for n in series if n.startswith(p["start"] + "+")] or [f"{p['start']}+{NO_SELECTION}"]:
-                series.setdefault(name, {})[p["minutes"]] = p
+                series.setdefault(name, {}).setdefault(p["minutes"], []).append(p)
     return series
+
+
+def _cell(points: Sequence[dict[str, Any]]) -> str:
+    """One point of the curve: the single run as before, or mean +- sd over seeds (kappa as a mean)."""
+    acc, sd, n = _summary(points, "accuracy")
+    kappa = _summary(points, "kappa")[0]
+    if n <= 1:
+        return f"{100 * acc:.1f} % (kappa {kappa:.2f})"
+    return f"{100 * acc:.1f} ± {100 * sd:.1f} % (kappa {kappa:.2f}, {n} seeds)"
 
 
 def write_table(out: Path, points: Sequence[dict[str, Any]], *, note: str = "") -> tuple[Path, Path]:
     """CSV (one row per point) and a markdown table (minutes x start+select, accuracy / kappa)."""
-    columns = ["start", "select", "minutes", "labelled_minutes", "train_clips", "accuracy", "kappa", "flow_weight", "rgb_accuracy",
+    columns = ["start", "select", "minutes", "seed", "labelled_minutes", "train_clips", "accuracy", "kappa", "flow_weight", "rgb_accuracy",
                "flow_accuracy", "train_time_s"]  # fmt: skip
-    rows = sorted(points, key=lambda p: (p["start"], p["select"], p["minutes"]))
-    csv_lines = [",".join(columns)] + [",".join(str(p.get(c, "")) for c in columns) for p in rows]
+    rows = sorted(points, key=lambda p: (p["start"], p["select"], p["minutes"], seed_of(p)))
+    csv_lines = [",".join(columns)] + [",".join(str(seed_of(p) if c == "seed" else p.get(c, "")) for c in columns) for p in rows]
     csv_path = out / TABLE_CSV
     csv_path.write_text("\n".join(csv_lines) + "\n")
     series = _series(points)
@@ -123,8 +151,8 @@ def write_table(out: Path, points: Sequence[dict[str, Any]], *, note: str = "") 
     for m in minutes:
         cells = []
         for name in names:
-            p = series[name].get(m)
-            cells.append("" if p is None else f"{100 * p['accuracy']:.1f} % (kappa {p['kappa']:.2f})")
+            ps = series[name].get(m)
+            cells.append("" if not ps else _cell(ps))
         md.append(f"| {m:g} | " + " | ".join(cells) + " |")
     streams = [p for p in rows if "rgb_accuracy" in p]
     if streams:  # why a point lands where it does: each stream alone, and the best weight in hindsight (not a result)
@@ -134,12 +162,13 @@ def write_table(out: Path, points: Sequence[dict[str, Any]], *, note: str = "") 
         for p in streams:
             sweep = p.get("accuracy_by_flow_weight") or {}
             best = max(sweep.items(), key=lambda kv: kv[1]) if sweep else None
-            md.append(f"| {p['start']}+{p['select']} | {p['minutes']:g} | {100 * p['accuracy']:.1f} % ({p.get('flow_weight', float('nan')):g}) | "
+            seed = f" (seed {seed_of(p)})" if seed_of(p) else ""
+            md.append(f"| {p['start']}+{p['select']}{seed} | {p['minutes']:g} | {100 * p['accuracy']:.1f} % ({p.get('flow_weight', float('nan')):g}) | "
                       f"{100 * p['rgb_accuracy']:.1f} % | {100 * p['flow_accuracy']:.1f} % | "
                       + (f"{100 * best[1]:.1f} % ({best[0]})" if best else "") + " |")  # fmt: skip
     below = [f"{p['select']} {p['minutes']:g} min ({100 * p['accuracy']:.1f} % vs {100 * m['accuracy']:.1f} %)" for p in rows
              for m in rows if p["start"] == "model" and m["start"] == "motion" and m["select"] == p["select"] and m["minutes"] == p["minutes"]
-             and m["accuracy"] > p["accuracy"]]  # fmt: skip
+             and seed_of(m) == seed_of(p) and m["accuracy"] > p["accuracy"]]  # fmt: skip
     if below:
         md += ["", "**Below the motion baseline** (the fine-tuned model agrees less than thresholds fitted on the same "
                "labelled frames): " + "; ".join(below) + "."]
@@ -160,8 +189,12 @@ def plot_curve(path: Path, points: Sequence[dict[str, Any]], *, title: str = "Le
     for name, by_min in sorted(_series(points).items()):
         start, select = name.split("+")
         xs = sorted(by_min)
-        ax.plot(xs, [100 * by_min[x]["accuracy"] for x in xs], styles.get(start, "-"), marker=markers.get(select, "o"),
-                label=("motion baseline" if start == "motion" else f"from {start} init") + f", {select} minutes")  # fmt: skip
+        stats = [_summary(by_min[x], "accuracy") for x in xs]
+        seeds = max(n for _, _, n in stats)
+        ax.errorbar(xs, [100 * mean for mean, _, _ in stats], yerr=[0.0 if np.isnan(sd) else 100 * sd for _, sd, _ in stats],
+                    fmt=styles.get(start, "-"), marker=markers.get(select, "o"), capsize=3,
+                    label=("motion baseline" if start == "motion" else f"from {start} init") + f", {select} minutes"
+                    + (f" (mean ± sd, {seeds} seeds)" if seeds > 1 else ""))  # fmt: skip
     ax.axhline(100 * TARGET_AGREEMENT, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("labelled minutes of the new setup")
     ax.set_ylabel("per-frame agreement on held-out videos (%)")
@@ -211,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--bn-recalibration-clips", type=int, help="BatchNorm recalibration clips (default: the recipe's for the model start, 64 from random)")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="clip and flow cache (default: runs/cache)")
-    p.add_argument("--seed", type=int, default=0, help="seeds random picks and training (default: 0)")
+    p.add_argument("--seed", default="0",
+                   help="seeds random picks and training; a comma list (0,1,2) repeats every fine-tuned point per seed, "
+                   "and the table gives mean ± sd (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -224,6 +259,16 @@ def _parse_list(text: str, allowed: Sequence[str], option: str) -> list[str]:
     if not items or bad:
         raise UserError(f"{option} {text!r}: expected a comma list of {', '.join(allowed)}")
     return items
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = list(dict.fromkeys(int(t) for t in text.split(",") if t.strip()))
+    except ValueError:
+        raise UserError(f"--seed {text!r}: expected whole numbers, e.g. 0 or 0,1,2") from None
+    if not seeds or min(seeds) < 0:
+        raise UserError(f"--seed {text!r}: need one or more seeds >= 0")
+    return seeds
 
 
 def _parse_minutes(text: str) -> list[float]:
@@ -300,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = Path(model_arg)
     card = load_card(model_dir)
     minutes = _parse_minutes(args.minutes)
+    seeds = _parse_seeds(args.seed)
     selects = _parse_list(args.select, sel.STRATEGIES, "--select")
     starts = _parse_list(args.starts, STARTS, "--starts")
     if args.threads is not None:
@@ -326,30 +372,31 @@ def main(argv: list[str] | None = None) -> int:
     run_dirs = sel.score_videos(args.train_videos, out / "scores", model=model_dir, stride=args.score_stride)
     runs = [a for v, d in zip(args.train_videos, run_dirs) for a in sel.read_scored_run(v, d)]
     count = max(1, math.ceil(max(minutes) * 60.0 / args.stretch_s))
-    picks = {s: sel.select_stretches(runs, count=count, stretch_s=args.stretch_s, strategy=s, seed=args.seed) for s in selects}
+    picks = {(s, seed): sel.select_stretches(runs, count=count, stretch_s=args.stretch_s, strategy=s, seed=seed) for s in selects for seed in seeds}
     truth = dict(zip(args.train_videos, train_labels))
     video_info = {v: probe_video(v) for v in args.train_videos}
 
     points: list[dict[str, Any]] = []
     test_motion: tuple[np.ndarray, np.ndarray] | None = None  # the test clips' motion features, computed once
-    plan = [(st, se, m) for m in minutes if m > 0 for se in selects for st in starts]
+    # seed by seed, so that an interrupted run has whole curves; the untouched model is one point for every seed
+    plan = [(st, se, m, seed) for seed in seeds for m in minutes if m > 0 for se in selects for st in starts]
     if 0 in minutes and "model" in starts:
-        plan.insert(0, ("model", NO_SELECTION, 0.0))
-    for start, select, m in plan:
-        name = point_name(start, select, m) if m > 0 else f"{start}-{m:g}min"
+        plan.insert(0, ("model", NO_SELECTION, 0.0, seeds[0]))
+    for start, select, m, seed in plan:
+        name = point_name(start, select, m, seed) if m > 0 else f"{start}-{m:g}min"
         result_path = out / POINTS_DIR / f"{name}.json"
         if result_path.is_file():
             points.append(json.loads(result_path.read_text()))
             continue
         t0 = time.monotonic()
-        seed_everything(args.seed)
+        seed_everything(seed)
         if m == 0:  # the model as it comes
             model, _ = _load(model_dir)
             point = {"labelled_minutes": 0.0, "train_clips": 0, "train_time_s": 0.0}
         else:
             k = max(1, math.ceil(m * 60.0 / args.stretch_s))
-            chosen = picks[select][:k]
-            label_dir = out / "labels" / f"{select}-{m:g}min"
+            chosen = picks[select, seed][:k]
+            label_dir = out / "labels" / (f"{select}-{m:g}min" + (f"-seed{seed}" if seed else ""))
             label_files = []
             for video in dict.fromkeys(s.video for s in chosen):
                 n, vfps, _, _ = video_info[video]
@@ -368,16 +415,16 @@ def main(argv: list[str] | None = None) -> int:
                 config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=FINETUNE_RECIPE["optimizer"], lr=FINETUNE_RECIPE["lr"],
                                      lr_floor=FINETUNE_RECIPE["lr_floor"], freeze_until=FINETUNE_RECIPE["freeze_until"],
                                      bn_recalibration_clips=FINETUNE_RECIPE["bn_recalibration_clips"] if args.bn_recalibration_clips is None else args.bn_recalibration_clips,
-                                     seed=args.seed, device=args.device)  # fmt: skip
+                                     seed=seed, device=args.device)  # fmt: skip
                 model, _ = build_model(args.init, num_classes=len(classes), dropout_keep_prob=config.dropout_keep_prob, classes=classes)
             else:
                 config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="adam", lr=SCRATCH_LR, lr_floor=SCRATCH_LR_FLOOR,
                                      bn_recalibration_clips=SCRATCH_BN_RECALIBRATION_CLIPS if args.bn_recalibration_clips is None else args.bn_recalibration_clips,
-                                     seed=args.seed, device=args.device)  # fmt: skip
+                                     seed=seed, device=args.device)  # fmt: skip
                 model, _ = build_model("random", num_classes=len(classes), dropout_keep_prob=config.dropout_keep_prob)
             train(model, train_ds, None, config, out / "work" / name, num_classes=len(classes), resume=True, progress=sys.stderr.isatty())
             point = {**labelled, "train_time_s": round(time.monotonic() - t0, 1), "config": asdict(config)}
-        point.update({"start": start, "select": select if m > 0 else NO_SELECTION, "minutes": m})
+        point.update({"start": start, "select": select if m > 0 else NO_SELECTION, "minutes": m, "seed": seed})
         if start != "motion":
             point.update(_evaluate(model, test_ds, card.flow_weight, len(classes), args.batch_size, args.device))
         _atomic_json(result_path, point)
@@ -387,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
 
     note = (f"Model {card.name} ({model_dir}); training videos {', '.join(v.name for v in args.train_videos)}; test videos "
             f"{', '.join(v.name for v in args.test_videos)}; {args.epochs} epochs per point, stretches of {args.stretch_s:g} s; "
+            f"seeds {', '.join(map(str, seeds))}; "
             f"{time.monotonic() - t_start:.0f} s this run, torch threads {torch.get_num_threads()}, device {args.device}.")  # fmt: skip
     write_table(out, points, note=note)
     plot_curve(out / PLOT_PNG, points, title=f"{card.name}: learning curve on held-out videos")

@@ -150,3 +150,42 @@ def test_table_flags_a_fine_tuned_model_below_the_motion_baseline(tmp_path):
     text = lc.write_table(tmp_path, points)[1].read_text()
     assert "**Below the motion baseline**" in text and "uncertainty 1 min (60.0 % vs 70.0 %)" in text
     assert "2 min (" not in text
+
+
+def test_table_gives_mean_and_sd_over_seeds(tmp_path):
+    """Repeated seeds: one cell per point of the curve with mean ± sample sd; the CSV keeps every run."""
+    points = [
+        {"start": "model", "select": "none", "minutes": 0.0, "accuracy": 0.5, "kappa": 0.1, "seed": 0},
+        {"start": "model", "select": "random", "minutes": 1.0, "accuracy": 0.6, "kappa": 0.2, "seed": 0},
+        {"start": "model", "select": "random", "minutes": 1.0, "accuracy": 0.8, "kappa": 0.4, "seed": 1},
+        {"start": "model", "select": "random", "minutes": 1.0, "accuracy": 0.7, "kappa": 0.3, "config": {"seed": 2}},  # an older point
+    ]
+    csv_path, md = lc.write_table(tmp_path, points)
+    text = md.read_text()
+    assert "| 1 | 70.0 ± 10.0 % (kappa 0.30, 3 seeds) |" in text  # sd of 0.6, 0.7, 0.8 (ddof 1) = 0.1
+    assert "| 0 | 50.0 % (kappa 0.10) |" in text
+    rows = csv_path.read_text().splitlines()
+    assert rows[0].split(",")[3] == "seed" and [r.split(",")[3] for r in rows[1:]] == ["0", "0", "1", "2"]
+    assert lc.plot_curve(tmp_path / "c.png", points).stat().st_size > 1000
+
+
+def test_seed_names_and_parsing():
+    assert lc.point_name("model", "random", 2.0) == "model-random-2min"  # seed 0: the name points always had
+    assert lc.point_name("model", "random", 2.0, seed=2) == "model-random-2min-seed2"
+    assert lc.seed_of({"seed": 3}) == 3 and lc.seed_of({"config": {"seed": 1}}) == 1 and lc.seed_of({}) == 0
+    assert lc._parse_seeds("0,1,2,1") == [0, 1, 2]
+    for bad in ("a", "", "-1"):
+        with pytest.raises(lc.UserError, match="--seed"):
+            lc._parse_seeds(bad)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_learning_curve_repeats_points_per_seed(tmp_path, tiny_model):
+    """--seed 0,1: every fine-tuned point once per seed (random minutes drawn per seed), the untouched model once."""
+    out, _, points = _curve(tmp_path, tiny_model, "--starts", "model", "--select", "random", "--seed", "0,1", "--epochs", "1")
+    assert sorted(points) == ["model-0min", "model-random-0.05min", "model-random-0.05min-seed1"]
+    assert [points[n]["seed"] for n in sorted(points)] == [0, 0, 1]
+    assert points["model-random-0.05min-seed1"]["config"]["seed"] == 1
+    picked = [(out / "labels" / d / "train.labels.csv").read_text() for d in ("random-0.05min", "random-0.05min-seed1")]
+    assert picked[0] != picked[1]  # each seed labels its own random minutes
+    assert "2 seeds" in (out / lc.TABLE_MD).read_text()
