@@ -7,6 +7,10 @@ then measures per-frame agreement with the labels of held-out test videos. It co
 * **start**: the given model (``--init model:DIR``, fine-tuned with ``--recipe finetune``'s
   settings) against random initialisation (same data and epochs; Adam at 1e-3, nothing frozen: the
   settings the bundled model was trained from scratch with);
+* **the recipe, per stream** (``--starts ...,per-stream``): the same model and minutes, but its RGB
+  stream trains from its first block at ``--rgb-lr`` (1e-3) while the flow stream keeps the
+  recipe (frozen to ``Mixed_3c``, 1e-4): the RGB stream has a new look to learn, the flow stream
+  is the part that transfers;
 * **the motion baseline** (``--starts ...,motion``): flow-magnitude thresholds fitted on the same
   labelled frames (``export.motion_fit.fit_thresholds``, what ``export-fit-motion`` fits), no
   training; a fine-tuned point below it is flagged in the table;
@@ -58,7 +62,13 @@ __all__ = ["cohen_kappa", "point_name", "write_table", "plot_curve", "main"]
 log = logging.getLogger(__name__)
 
 DEFAULT_MINUTES = (0.0, 1.0, 2.0, 5.0, 10.0)  # the issue's steps
-STARTS = ("model", "random", "motion")  # motion: the threshold baseline fitted on the same labelled frames
+STARTS = ("model", "per-stream", "random", "motion")  # motion: the threshold baseline fitted on the same labelled frames
+FINE_TUNED = ("model", "per-stream")  # the given model, fine-tuned by the recipe or by the per-stream recipe
+# per-stream: the RGB stream of a model started from Kinetics has to learn the new setup's look, which
+# the recipe's frozen stem and 1e-4 keep from it (docs/learning_curve: RGB alone fell while flow rose);
+# it gets the from-scratch rate and no frozen block, the flow stream keeps the recipe.
+PER_STREAM_RGB_LR = 1e-3
+PER_STREAM_RGB_FREEZE_UNTIL = ""
 TARGET_AGREEMENT = 0.90  # the issue's goal: 90 % per-frame agreement from <= 2 labelled minutes
 DEFAULT_EVAL_FRAME_STEP = 4  # every 4th test frame: neighbouring frames are nearly the same clip
 SCRATCH_LR = 1e-3  # random init: the bundled model's from-scratch Adam rate
@@ -121,8 +131,9 @@ def _series(points: Sequence[dict[str, Any]]) -> dict[str, dict[float, list[dict
         if p["select"] != NO_SELECTION:
             series.setdefault(f"{p['start']}+{p['select']}", {}).setdefault(p["minutes"], []).append(p)
     for p in points:
-        if p["select"] == NO_SELECTION:
-            for name in [n for n in series if n.startswith(p["start"] + "+")] or [f"{p['start']}+{NO_SELECTION}"]:
+        if p["select"] == NO_SELECTION:  # the untouched model starts both fine-tuning recipes' curves
+            owners = FINE_TUNED if p["start"] == "model" else (p["start"],)
+            for name in [n for n in series if n.split("+")[0] in owners] or [f"{p['start']}+{NO_SELECTION}"]:
                 series.setdefault(name, {}).setdefault(p["minutes"], []).append(p)
     return series
 
@@ -167,7 +178,7 @@ def write_table(out: Path, points: Sequence[dict[str, Any]], *, note: str = "") 
                       f"{100 * p['rgb_accuracy']:.1f} % | {100 * p['flow_accuracy']:.1f} % | "
                       + (f"{100 * best[1]:.1f} % ({best[0]})" if best else "") + " |")  # fmt: skip
     below = [f"{p['select']} {p['minutes']:g} min ({100 * p['accuracy']:.1f} % vs {100 * m['accuracy']:.1f} %)" for p in rows
-             for m in rows if p["start"] == "model" and m["start"] == "motion" and m["select"] == p["select"] and m["minutes"] == p["minutes"]
+             for m in rows if p["start"] in FINE_TUNED and m["start"] == "motion" and m["select"] == p["select"] and m["minutes"] == p["minutes"]
              and seed_of(m) == seed_of(p) and m["accuracy"] > p["accuracy"]]  # fmt: skip
     if below:
         md += ["", "**Below the motion baseline** (the fine-tuned model agrees less than thresholds fitted on the same "
@@ -184,7 +195,7 @@ def plot_curve(path: Path, points: Sequence[dict[str, Any]], *, title: str = "Le
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    styles = {"model": "-", "random": "--", "motion": ":"}
+    styles = {"model": "-", "per-stream": "-.", "random": "--", "motion": ":"}
     markers = {"uncertainty": "o", "random": "s"}
     for name, by_min in sorted(_series(points).items()):
         start, select = name.split("+")
@@ -230,12 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", default=",".join(f"{m:g}" for m in DEFAULT_MINUTES), help="labelled minutes per point (default: %(default)s)")
     p.add_argument("--select", default="uncertainty,random", help="how minutes are picked: uncertainty, random or both (default: %(default)s)")
     p.add_argument("--starts", default="model,random,motion",
-                   help="what learns from the minutes: model (fine-tuned), random (I3D from random init), motion (the threshold "
+                   help="what learns from the minutes: model (fine-tuned), per-stream (fine-tuned, RGB stream unfrozen at --rgb-lr), "
+                        "random (I3D from random init), motion (the threshold "
                         "baseline fitted on the same frames; no training); a comma list (default: %(default)s)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="results folder (points/, table, plot; resumable)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the table and plot from every finished point in OUT/points (e.g. points of "
                         "several runs copied into one folder, or a look at a run still going)")  # fmt: skip
+    p.add_argument("--rgb-lr", type=float, default=PER_STREAM_RGB_LR,
+                   help="--starts per-stream: the RGB stream's rate (the flow stream keeps the recipe's) (default: %(default)g)")
+    p.add_argument("--rgb-freeze-until", default=PER_STREAM_RGB_FREEZE_UNTIL, metavar="BLOCK",
+                   help="--starts per-stream: the RGB stream's frozen blocks ('' = none) (default: '%(default)s')")
     p.add_argument("--stretch-s", type=float, default=4.0, help="length of a picked stretch (default: 4)")
     p.add_argument("--score-stride", type=int, default=1, help="stream-run --stride when scoring the training videos (default: 1)")
     p.add_argument("--frame-step", type=int, default=1, help="train on every Nth labelled frame (default: 1)")
@@ -380,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     test_motion: tuple[np.ndarray, np.ndarray] | None = None  # the test clips' motion features, computed once
     # seed by seed, so that an interrupted run has whole curves; the untouched model is one point for every seed
     plan = [(st, se, m, seed) for seed in seeds for m in minutes if m > 0 for se in selects for st in starts]
-    if 0 in minutes and "model" in starts:
+    if 0 in minutes and any(st in FINE_TUNED for st in starts):
         plan.insert(0, ("model", NO_SELECTION, 0.0, seeds[0]))
     for start, select, m, seed in plan:
         name = point_name(start, select, m, seed) if m > 0 else f"{start}-{m:g}min"
@@ -411,9 +427,10 @@ def main(argv: list[str] | None = None) -> int:
             point = {**labelled, **_motion_point(_motion_features(train_ds.with_augment(False)), test_motion, classes),
                      "train_time_s": round(time.monotonic() - t0, 1)}  # fmt: skip
         elif m > 0:
-            if start == "model":
+            if start in FINE_TUNED:
+                per_stream = {"rgb_lr": args.rgb_lr, "rgb_freeze_until": args.rgb_freeze_until} if start == "per-stream" else {}
                 config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=FINETUNE_RECIPE["optimizer"], lr=FINETUNE_RECIPE["lr"],
-                                     lr_floor=FINETUNE_RECIPE["lr_floor"], freeze_until=FINETUNE_RECIPE["freeze_until"],
+                                     lr_floor=FINETUNE_RECIPE["lr_floor"], freeze_until=FINETUNE_RECIPE["freeze_until"], **per_stream,
                                      bn_recalibration_clips=FINETUNE_RECIPE["bn_recalibration_clips"] if args.bn_recalibration_clips is None else args.bn_recalibration_clips,
                                      seed=seed, device=args.device)  # fmt: skip
                 model, _ = build_model(args.init, num_classes=len(classes), dropout_keep_prob=config.dropout_keep_prob, classes=classes)

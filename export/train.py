@@ -233,7 +233,7 @@ def train(
     seed_everything(config.seed)
     model.to(device)
     _set_dropout(model, config.dropout_keep_prob)
-    frozen = freeze_blocks(model, config.freeze_until)
+    frozen = freeze_blocks(model, config.freeze_until, config.rgb_freeze_until)
     batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     model_bn_momentum = [m.momentum for m in batch_norms]
     for m in batch_norms:
@@ -306,13 +306,23 @@ def _optimizer(model: torch.nn.Module, train_set: Dataset, labels: np.ndarray, n
         steps_per_epoch = len(_epoch_batches(train_set, labels, num_classes, config, 0))
     else:
         steps_per_epoch = len(_train_loader(train_set, labels, num_classes, config, 0))
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = _param_groups(model, config)
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     else:
         optimizer = torch.optim.Adam(trainable, lr=config.lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs * steps_per_epoch, 1), eta_min=config.lr_floor)
     return optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=amp)
+
+
+def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable weights; with ``rgb_lr`` the RGB stream is a group of its own at that rate."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if config.rgb_lr is None:
+        return [{"params": trainable}]
+    rgb = {id(p) for p in model.rgb.parameters()}
+    return [g for g in ({"params": [p for p in trainable if id(p) not in rgb]},
+                        {"params": [p for p in trainable if id(p) in rgb], "lr": config.rgb_lr}) if g["params"]]  # fmt: skip
 
 
 def _val_loader(val_set: Dataset | None, config: TrainConfig) -> DataLoader | None:
@@ -380,6 +390,8 @@ def _history_row(epoch: int, optimizer: torch.optim.Optimizer, train_stats: Epoc
                  seconds: float) -> dict[str, Any]:
     """One epoch's line of log.jsonl / log.csv."""
     row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+    if len(optimizer.param_groups) > 1:  # --rgb-lr: the RGB stream's own rate
+        row["rgb_lr"] = optimizer.param_groups[-1]["lr"]
     row.update({f"train_{k}": v for k, v in asdict(train_stats).items()})
     if val_stats is not None:
         row.update({f"val_{k}": v for k, v in asdict(val_stats).items()})

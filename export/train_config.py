@@ -73,6 +73,11 @@ class TrainConfig:
     amp: bool = True  # float16 autocast + gradient scaling on CUDA; ignored on CPU
     num_workers: int = 0  # DataLoader worker processes; 0 reads clips in the training process
     freeze_until: str = ""  # freeze both streams' blocks up to and including this one (FREEZABLE_BLOCKS); "" = train all
+    # A per-stream recipe: a Kinetics-started RGB stream has to learn a new look (lighting, background)
+    # that the frozen, slowly-tuned recipe keeps from it, while the flow stream is the part that
+    # transfers and is best left as the recipe treats it (docs/learning_curve). None = as both streams.
+    rgb_lr: float | None = None  # the RGB stream's initial rate (its cosine decays to the same lr_floor)
+    rgb_freeze_until: str | None = None  # the RGB stream's frozen blocks; "" = train all of it
 
     def __post_init__(self) -> None:
         problems = []
@@ -98,6 +103,10 @@ class TrainConfig:
             problems.append("clips per epoch, patience and workers must be >= 0")
         if self.freeze_until and self.freeze_until not in FREEZABLE_BLOCKS:
             problems.append(f"freeze-until {self.freeze_until!r} is not an I3D block ({', '.join(FREEZABLE_BLOCKS)})")
+        if self.rgb_lr is not None and not (0 < self.lr_floor <= self.rgb_lr):
+            problems.append("need 0 < lr floor <= RGB lr")
+        if self.rgb_freeze_until and self.rgb_freeze_until not in FREEZABLE_BLOCKS:
+            problems.append(f"rgb-freeze-until {self.rgb_freeze_until!r} is not an I3D block ({', '.join(FREEZABLE_BLOCKS)})")
         if problems:
             raise UserError("training configuration: " + "; ".join(problems))
 
@@ -148,6 +157,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=d.num_workers, help=f"DataLoader workers (default: {d.num_workers})")
     g.add_argument("--freeze-until", default=d.freeze_until, metavar="BLOCK",
                    help="fine-tuning: freeze both streams from the input up to and including this I3D block, e.g. Mixed_3c (default: train all)")
+    g.add_argument("--rgb-lr", type=float, default=None, metavar="LR",
+                   help="the RGB stream's own initial learning rate, e.g. 1e-3 to let a fine-tuned RGB stream learn a new lighting (default: --lr)")
+    g.add_argument("--rgb-freeze-until", default=None, metavar="BLOCK",
+                   help="the RGB stream's own frozen blocks; '' trains all of it (default: --freeze-until)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -180,6 +193,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         amp=not args.no_amp,
         num_workers=args.workers,
         freeze_until=args.freeze_until,
+        rgb_lr=args.rgb_lr,
+        rgb_freeze_until=args.rgb_freeze_until,
     )
 
 

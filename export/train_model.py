@@ -108,23 +108,24 @@ def check_init_source(init: str) -> None:
             find_kinetics_checkpoint()
 
 
-def freeze_blocks(model: torch.nn.Module, until: str) -> list[torch.nn.Module]:
+def freeze_blocks(model: torch.nn.Module, until: str, rgb_until: str | None = None) -> list[torch.nn.Module]:
     """Stop training both streams' blocks from the input up to and including ``until``; the frozen blocks.
 
+    ``rgb_until`` (None = ``until``) gives the RGB stream its own limit ("" = none frozen).
     Their parameters get ``requires_grad=False`` (the optimizer never sees them) and the caller
     keeps the returned modules in eval mode, so their BatchNorm layers normalise with the running
     statistics the source model learnt on much more data than a few labelled minutes.
     """
-    if not until:
-        return []
     frozen = []
-    for stream in (model.rgb, model.flow):
+    for stream, limit in ((model.rgb, until if rgb_until is None else rgb_until), (model.flow, until)):
+        if not limit:
+            continue
         for name, block in stream.named_children():
             if name not in FREEZABLE_BLOCKS:
                 break
             block.requires_grad_(False)
             frozen.append(block)
-            if name == until:
+            if name == limit:
                 break
     return frozen
 

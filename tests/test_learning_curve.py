@@ -189,3 +189,26 @@ def test_learning_curve_repeats_points_per_seed(tmp_path, tiny_model):
     picked = [(out / "labels" / d / "train.labels.csv").read_text() for d in ("random-0.05min", "random-0.05min-seed1")]
     assert picked[0] != picked[1]  # each seed labels its own random minutes
     assert "2 seeds" in (out / lc.TABLE_MD).read_text()
+
+
+def test_untouched_model_starts_both_fine_tuning_recipes():
+    points = [
+        {"start": "model", "select": "none", "minutes": 0.0, "accuracy": 0.5, "kappa": 0.1},
+        {"start": "model", "select": "random", "minutes": 1.0, "accuracy": 0.6, "kappa": 0.2},
+        {"start": "per-stream", "select": "random", "minutes": 1.0, "accuracy": 0.7, "kappa": 0.3},
+        {"start": "random", "select": "random", "minutes": 1.0, "accuracy": 0.4, "kappa": 0.0},
+    ]
+    series = lc._series(points)
+    assert sorted(series) == ["model+random", "per-stream+random", "random+random"]
+    assert 0.0 in series["model+random"] and 0.0 in series["per-stream+random"] and 0.0 not in series["random+random"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_per_stream_start_unfreezes_the_rgb_stream_only(tmp_path, tiny_model):
+    """--starts per-stream: the same labelled frames as the recipe, the RGB stream at its own rate and unfrozen."""
+    _, _, points = _curve(tmp_path, tiny_model, "--starts", "model,per-stream", "--select", "uncertainty", "--minutes", "0.05", "--rgb-lr", "0.002")
+    assert sorted(points) == ["model-uncertainty-0.05min", "per-stream-uncertainty-0.05min"]
+    recipe, per_stream = points["model-uncertainty-0.05min"]["config"], points["per-stream-uncertainty-0.05min"]["config"]
+    assert (recipe["rgb_lr"], recipe["rgb_freeze_until"]) == (None, None)
+    assert (per_stream["rgb_lr"], per_stream["rgb_freeze_until"], per_stream["freeze_until"], per_stream["lr"]) == (0.002, "", "Mixed_3c", 1e-4)
+    assert points["per-stream-uncertainty-0.05min"]["train_clips"] == points["model-uncertainty-0.05min"]["train_clips"]

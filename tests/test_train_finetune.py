@@ -90,3 +90,35 @@ def test_fine_tuning_on_the_same_classes_keeps_the_trained_classifiers(tiny_mode
     reordered, _ = tr.build_model(f"model:{tiny_model}", num_classes=3, classes=list(reversed(card.classes)))
     assert not torch.equal(reordered.rgb.logits.conv3d.weight, source.rgb.logits.conv3d.weight)  # logit order matters
     assert torch.equal(reordered.rgb.Mixed_5c.b0.conv3d.weight, source.rgb.Mixed_5c.b0.conv3d.weight)  # the backbone is kept
+
+
+def test_per_stream_recipe_trains_the_rgb_stem_and_keeps_the_flow_stem(tmp_path):
+    """--rgb-freeze-until '' --rgb-lr: the RGB stream learns from its first block at its own rate; flow stays frozen as the recipe says."""
+    torch.manual_seed(0)
+    model = FusedI3D(num_classes=2)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    config = tr.TrainConfig(epochs=1, batch_size=2, lr=1e-4, lr_floor=1e-6, optimizer="adam", device="cpu", freeze_until="Mixed_3b",
+                            rgb_freeze_until="", rgb_lr=1e-2, bn_recalibration_clips=0, patience_epochs=0)  # fmt: skip
+    result = tr.train(model, TwoClips(), None, config, tmp_path, num_classes=2, progress=False)
+    after = model.state_dict()
+    stem = "Conv3d_1a_7x7.conv3d.weight"
+    assert torch.equal(before[f"flow.{stem}"], after[f"flow.{stem}"])
+    assert not torch.equal(before[f"rgb.{stem}"], after[f"rgb.{stem}"])
+    # one Adam step moves a weight by about its rate: the RGB stream's block moves ~100x the flow stream's
+    moved = {s: (after[f"{s}.Mixed_3c.b0.conv3d.weight"] - before[f"{s}.Mixed_3c.b0.conv3d.weight"]).abs().max().item() for s in ("rgb", "flow")}
+    assert moved["rgb"] > 20 * moved["flow"] > 0
+    row = result.history[0]
+    assert row["lr"] == pytest.approx(1e-6) and row["rgb_lr"] == pytest.approx(1e-6)  # one step: both cosines ended at the same floor
+
+
+def test_per_stream_options_parse_and_validate():
+    parser = tr.build_parser()
+    args = tr.parse_with_recipe(parser, ["--videos", "v.mp4", "--out", "m", "--init", "model:trained_models/fst-side-64", "--recipe", "finetune",
+                                         "--rgb-lr", "0.001", "--rgb-freeze-until", ""])  # fmt: skip
+    config = tr.config_from_args(args)
+    assert (config.freeze_until, config.rgb_freeze_until, config.lr, config.rgb_lr) == ("Mixed_3c", "", 1e-4, 1e-3)
+    assert tr.config_from_args(tr.parse_with_recipe(parser, ["--videos", "v.mp4", "--out", "m"])).rgb_lr is None
+    with pytest.raises(UserError, match="rgb-freeze-until 'Mixed_9z'"):
+        tr.TrainConfig(rgb_freeze_until="Mixed_9z")
+    with pytest.raises(UserError, match="RGB lr"):
+        tr.TrainConfig(lr_floor=1e-3, rgb_lr=1e-4)
