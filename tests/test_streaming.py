@@ -339,3 +339,24 @@ def test_onnx_step_check_refuses_a_graph_of_other_weights(tmp_path) -> None:
     assert check_streaming_onnx(path, _FusedStreaming(_random_model(0), CLIP_FRAMES).eval(), S) <= 1e-4
     with pytest.raises(UserError, match="differs from PyTorch"):
         check_streaming_onnx(path, _FusedStreaming(_random_model(1), CLIP_FRAMES).eval(), S)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_streaming_step_on_cuda_equals_the_cpu_step(tmp_path) -> None:
+    """Issue 22's GPU line: the PyTorch step on CUDA, true FP32 (TF32 off), against the CPU step across a gap."""
+    from stream.engine import build_engine
+
+    model = _save_random(tmp_path / "m")
+    rgb, flow = _frames(42, arenas=2, seed=3)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with build_engine("streaming-torch", model, device="cuda") as gpu, build_engine("streaming-torch", model, device="cpu") as cpu:
+            assert gpu.name == "streaming-torch-cuda"
+            got, want = _run(gpu, rgb, flow, gap=21), _run(cpu, rgb, flow, gap=21)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert len(got) == len(want) == 42
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.fused, w.fused, atol=1e-4, rtol=0)
