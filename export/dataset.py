@@ -63,7 +63,7 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 from export.annotations import UNLABELLED, Annotation, AnnotationError, read_annotations
 from stream.atomic import atomic_path, atomic_write
 from stream.errors import UserError
-from stream.flow import TVL1, FlowConfig, encode_flow, flow_from_uint8, flow_to_uint8
+from stream.flow import FLOW_KEYS_ADDED_LATER, TVL1, FlowConfig, encode_flow, flow_from_uint8, flow_to_uint8
 from stream.preprocess import Roi, clip_indices, crop_resize, rgb_clip, to_grey
 
 __all__ = [
@@ -203,7 +203,9 @@ def sources_from_files(
 
 
 def _flow_key(cfg: FlowConfig) -> str:
-    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    # a key added later at its neutral value is left out, so caches made before it existed stay valid
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k in FLOW_KEYS_ADDED_LATER and v == FLOW_KEYS_ADDED_LATER[k])}
+    text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -735,7 +735,8 @@ def main(argv: list[str] | None = None) -> int:
         cv_time = time.monotonic() - t_start
 
     facts = {
-        "input": f"{spec.size_px} px, {spec.fps:g} fps, 16-frame clips, TV-L1 preset {args.flow_preset}",
+        "input": f"{spec.size_px} px, {spec.fps:g} fps, 16-frame clips, TV-L1 preset {args.flow_preset}"
+                 + (f", texture sigma {args.flow_texture_sigma:g} px" if getattr(args, "flow_texture_sigma", 0) else ""),
         "init": args.init,
         "training": f"{config.optimizer} lr {config.lr:g} -> {config.lr_floor:g} (cosine), {config.epochs} epochs x {config.clips_per_epoch or 'all'} clips, batch {config.batch_size}, balance {config.balance}",
     }

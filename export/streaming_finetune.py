@@ -354,7 +354,8 @@ def check_against_engine(model: FusedI3D, model_dir: Path, dataset) -> float:
 
 def _flow_preset(card: ModelCard) -> str:
     """``dataset_from_args``' flow preset that gives the card's TV-L1 settings (the cache keys on them)."""
-    for preset, config in (("fast", FlowConfig.fast()), ("default", FlowConfig())):
+    sigma = card.flow.get("texture_sigma", 0.0)
+    for preset, config in (("fast", FlowConfig.fast(texture_sigma=sigma)), ("default", FlowConfig(texture_sigma=sigma))):
         if dataclasses.asdict(config) == card.flow:
             return preset
     raise UserError("the card's TV-L1 settings are neither FlowConfig.fast() nor the default; export-train's data loading "
@@ -403,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"{teacher.trained_for!r}); give the clip model to agree with, e.g. the one --model started from")
     data_args = argparse.Namespace(
         videos=args.videos, labels=None, arenas=None, jhuang=None, size_px=card.input_size_px, fps=card.fps,
-        frame_step=1, cache_dir=args.cache_dir, flow_preset=_flow_preset(card), device="cpu",
+        frame_step=1, cache_dir=args.cache_dir, flow_preset=_flow_preset(card), flow_texture_sigma=card.flow.get("texture_sigma", 0.0), device="cpu",
     )
     dataset, spec = dataset_from_args(data_args, card.classes)
     result = finetune(model, dataset, config, args.distill)

@@ -129,6 +129,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--frame-step", type=int, default=1, help="centre a clip on every Nth labelled frame (default: 1)")
     g.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="decoded crops and TV-L1 flow cache (default: runs/cache)")
     g.add_argument("--flow-preset", choices=("default", "fast"), default="default", help="TV-L1 settings: OpenCV defaults or FlowConfig.fast() (default: default)")
+    g.add_argument("--flow-texture-sigma", type=float, default=0.0, metavar="PX",
+                   help="TV-L1 on each frame's texture (the frame minus its Gaussian blur of this sigma, in px of the model input): "
+                        "flicker and uneven lighting stop looking like motion; the card keeps it, so live flow does the same (default: 0 = off)")
     g.add_argument("--no-augment", action="store_true", help="no flip/crop/brightness augmentation of training clips")
 
 
@@ -235,9 +238,10 @@ def _data_defaults_from_card(args: argparse.Namespace, model_dir: Path, set_by_u
     card = load_card(model_dir)
     wanted = {"size_px": card.input_size_px, "fps": card.fps, "view": card.view, "classes": ",".join(card.classes),
               "immobile_classes": ",".join(card.immobile_classes), "flow_weight": card.flow_weight}  # fmt: skip
-    for preset, config in (("default", FlowConfig()), ("fast", FlowConfig.fast())):
+    sigma = card.flow.get("texture_sigma", 0.0)
+    for preset, config in (("default", FlowConfig(texture_sigma=sigma)), ("fast", FlowConfig.fast(texture_sigma=sigma))):
         if card.flow == dataclasses.asdict(config):
-            wanted["flow_preset"] = preset
+            wanted["flow_preset"], wanted["flow_texture_sigma"] = preset, sigma
     if "flow_preset" not in wanted and "flow_preset" not in set_by_user:
         log.warning("%s: its TV-L1 settings are neither --flow-preset default nor fast; training uses %s", model_dir, args.flow_preset)
     for key, value in wanted.items():

@@ -223,7 +223,10 @@ def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progr
         if _video_fps(video) <= 0:  # labels are per source frame, placed in time by the file's rate
             raise UserError(f"{video}: frame rate unknown; re-encode the video with a frame rate")
     # any camera rate: every video is resampled to --fps by timestamp, by the live rule (stream.capture)
-    flow_config = FlowConfig.fast() if args.flow_preset == "fast" else FlowConfig()
+    sigma = getattr(args, "flow_texture_sigma", 0.0)
+    if not sigma >= 0:
+        raise UserError(f"--flow-texture-sigma {sigma:g}: must be >= 0 px (0 = off)")
+    flow_config = FlowConfig.fast(texture_sigma=sigma) if args.flow_preset == "fast" else FlowConfig(texture_sigma=sigma)
     device = resolve_device(getattr(args, "device", "cpu"))
     flow_device = "cpu" if device.type != "cuda" else ("cuda" if args.device in ("auto", "cuda") else str(device))  # "cuda": every visible GPU
     # in a torchrun job rank 0 decodes and caches (on every GPU) while the others wait; then they only open the cache

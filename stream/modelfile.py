@@ -223,6 +223,10 @@ class ModelCard:
             raise ModelFileError(f"{where}: " + "; ".join(problems))
         hints = _card_hints()
         known = {k: float(v) if hints[k] is float else v for k, v in known.items()}  # JSON 15 -> 15.0
+        if isinstance(known.get("flow"), dict):  # a card written before a TV-L1 key existed computes its flow without it
+            from stream.flow import FLOW_KEYS_ADDED_LATER
+
+            known["flow"] = {**FLOW_KEYS_ADDED_LATER, **known["flow"]}
         return cls(**known)
 
 
@@ -286,7 +290,9 @@ def flow_config_problems(flow: dict[str, Any]) -> list[str]:
     unknown = sorted(flow.keys() - hints.keys())
     if unknown:
         return [f"flow has unknown key(s) {', '.join(unknown)} (known: {', '.join(hints)})"]
-    missing = [k for k in hints if k not in flow]
+    from stream.flow import FLOW_KEYS_ADDED_LATER
+
+    missing = [k for k in hints if k not in flow and k not in FLOW_KEYS_ADDED_LATER]
     if missing:
         return [f"flow is missing TV-L1 key(s) {', '.join(missing)} (the settings the model was trained with; "
                 "a default would silently compute other flow)"]

@@ -386,3 +386,26 @@ def test_trained_for_is_an_optional_checked_card_field(tmp_path, tiny_model, cap
         load_card(d)
     with pytest.raises(ModelFileError, match="trained_for 'streaming' is for i3d models"):
         make_card(trained_for="streaming", kind="motion", weights_dtype="json").validate()
+
+
+def test_card_without_texture_sigma_computes_the_flow_it_was_trained_with(tmp_path, tiny_model):
+    """A card written before FlowConfig.texture_sigma existed loads, with the pre-filter off; a card with it keeps it."""
+    import hashlib
+
+    from export.dataset import _flow_key
+
+    d = save_model(tiny_model, make_card(), tmp_path / "m")
+    card = json.loads((d / CARD_FILE).read_text())
+    card["flow"].pop("texture_sigma", None)
+    (d / CARD_FILE).write_text(json.dumps(card))
+    old = load_card(d)
+    assert old.flow["texture_sigma"] == 0.0 and FlowConfig(**old.flow) == FlowConfig(**{**FLOW, "texture_sigma": 0.0})
+    card["flow"]["texture_sigma"] = 2.5
+    (d / CARD_FILE).write_text(json.dumps(card))
+    assert FlowConfig(**load_card(d).flow).texture_sigma == 2.5
+    # the training cache's key: unchanged for every setting without the pre-filter, another one with it
+    plain = FlowConfig.fast()
+    legacy = dataclasses.asdict(plain)
+    del legacy["texture_sigma"]
+    assert _flow_key(plain) == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:12]
+    assert _flow_key(FlowConfig.fast(texture_sigma=2.5)) != _flow_key(plain)

@@ -288,9 +288,11 @@ def test_cli_step1_on_a_jhuang_clip_folder(tmp_path):
     write_jhuang_clips(tmp_path, 2)
     argv = ["--jhuang", str(tmp_path), "--out", str(tmp_path / "step1"), "--work-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"),
             "--size-px", "32", "--fps", "15", "--frame-step", "12", "--flow-preset", "fast", "--epochs", "1", "--batch-size", "4",
-            "--val-folds", "0", "--bn-recalibration-clips", "4", "--device", "cpu"]  # fmt: skip
+            "--val-folds", "0", "--bn-recalibration-clips", "4", "--device", "cpu", "--flow-texture-sigma", "2"]  # fmt: skip
+    assert tr.main([*argv, "--flow-texture-sigma", "-1"]) == 2  # one line, before any work
     assert tr.main(argv) == 0
     card = load_card(tmp_path / "step1")
+    assert card.flow == dataclasses.asdict(FlowConfig.fast(texture_sigma=2.0))  # live flow will pre-filter as training did
     assert card.classes[:3] == ["drink", "eat", "groom"] and len(card.classes) == 8
     assert card.fps == 15.0 and card.training["video_stride"] == 1  # 30 fps clips resampled to 15 fps by timestamp
     assert card.training["step"].startswith("source") and not card.training["synthetic"]
