@@ -74,6 +74,7 @@ from export.annotations import UNLABELLED, Annotation, AnnotationError, read_ann
 from stream.atomic import atomic_path, atomic_write
 from stream.errors import UserError
 from stream.flow import TVL1, FlowConfig, encode_flow, flow_from_uint8, flow_to_uint8
+from stream.modelfile import CROPS
 from stream.mouse_crop import CROP_FRACTION, Window, crop_window, track_positions
 from stream.preprocess import Roi, clip_indices, crop_resize, rgb_clip, to_grey
 
@@ -86,7 +87,6 @@ __all__ = [
     "probe_video",
     "DEFAULT_SIZE_PX",
     "flow_input",
-    "CROPS",
     "MOUSE_DECODE_SCALE",
 ]
 
@@ -102,7 +102,6 @@ AUG_FLIP_P = 0.5
 AUG_GAIN_RANGE = (0.8, 1.2)  # multiplicative brightness/contrast on [-1, 1] RGB
 AUG_BIAS_RANGE = (-0.1, 0.1)  # additive brightness on [-1, 1] RGB (~ +-13 grey levels)
 AUG_MAX_CROP_FRACTION = 0.125  # random crop removes up to 1/8 of the side, then resizes back
-CROPS = ("roi", "mouse")  # the input crops a ClipDataset (and a model card's "crop") can have; "roi" first = default
 # crop="mouse": the arena is decoded at this multiple of the input size, so that a CROP_FRACTION
 # (0.5) window of it is exactly the input size: twice the ROI crop's pixels on the mouse, no resize.
 MOUSE_DECODE_SCALE = 2

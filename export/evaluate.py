@@ -735,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         cv_time = time.monotonic() - t_start
 
     facts = {
-        "input": f"{spec.size_px} px, {spec.fps:g} fps, 16-frame clips, TV-L1 preset {args.flow_preset}",
+        "input": f"{spec.size_px} px, {spec.fps:g} fps, 16-frame clips, TV-L1 preset {args.flow_preset}, {spec.crop} crop",
         "init": args.init,
         "training": f"{config.optimizer} lr {config.lr:g} -> {config.lr_floor:g} (cosine), {config.epochs} epochs x {config.clips_per_epoch or 'all'} clips, batch {config.batch_size}, balance {config.balance}",
     }

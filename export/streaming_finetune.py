@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"{teacher.trained_for!r}); give the clip model to agree with, e.g. the one --model started from")
     data_args = argparse.Namespace(
         videos=args.videos, labels=None, arenas=None, jhuang=None, size_px=card.input_size_px, fps=card.fps,
-        frame_step=1, cache_dir=args.cache_dir, flow_preset=_flow_preset(card), device="cpu",
+        frame_step=1, cache_dir=args.cache_dir, flow_preset=_flow_preset(card), device="cpu", crop=card.crop,
     )
     dataset, spec = dataset_from_args(data_args, card.classes)
     result = finetune(model, dataset, config, args.distill)

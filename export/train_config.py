@@ -17,6 +17,7 @@ import torch
 from export import distributed
 from export.train_model import FREEZABLE_BLOCKS, INIT_HELP
 from stream.errors import UserError
+from stream.modelfile import CROP_ROI, CROPS
 from stream.preprocess import DEFAULT_MODEL_FPS
 
 __all__ = ["DEFAULT_FPS", "FINETUNE_RECIPE", "TrainConfig", "add_data_arguments", "add_training_arguments", "config_from_args", "parse_with_recipe"]
@@ -121,6 +122,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="decoded crops and TV-L1 flow cache (default: runs/cache)")
     g.add_argument("--flow-preset", choices=("default", "fast"), default="default", help="TV-L1 settings: OpenCV defaults or FlowConfig.fast() (default: default)")
     g.add_argument("--no-augment", action="store_true", help="no flip/crop/brightness augmentation of training clips")
+    g.add_argument("--crop", choices=CROPS, default=CROP_ROI,
+                   help="input crop: roi = the whole arena at --size-px; mouse = the --size-px window around the mouse, cut from the "
+                        "arena at twice that size (stream.mouse_crop; offline only: stream-run refuses such a model) (default: roi)")  # fmt: skip
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:

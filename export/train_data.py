@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 from export import distributed
 from export.train_model import resolve_device
 from stream.errors import UserError
+from stream.modelfile import CROP_ROI
 
 if TYPE_CHECKING:
     from export.train_config import TrainConfig
@@ -135,6 +136,7 @@ class DataSpec:
     stride: int  # model-rate frames between clip frames (1: videos are resampled to `fps` by timestamp)
     frame_step: int  # a clip is centred on every frame_step-th labelled frame
     synthetic: bool  # True when the videos come from export-synth
+    crop: str = "roi"  # input crop (stream.modelfile.CROPS): the whole arena, or the window around the mouse
 
 
 def _split_names(text: str | None) -> list[str] | None:
@@ -224,6 +226,7 @@ def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progr
             raise UserError(f"{video}: frame rate unknown; re-encode the video with a frame rate")
     # any camera rate: every video is resampled to --fps by timestamp, by the live rule (stream.capture)
     flow_config = FlowConfig.fast() if args.flow_preset == "fast" else FlowConfig()
+    crop = getattr(args, "crop", CROP_ROI)  # tools that build their own namespace (streaming fine-tuning) may leave it out
     device = resolve_device(getattr(args, "device", "cpu"))
     flow_device = "cpu" if device.type != "cuda" else ("cuda" if args.device in ("auto", "cuda") else str(device))  # "cuda": every visible GPU
     # in a torchrun job rank 0 decodes and caches (on every GPU) while the others wait; then they only open the cache
@@ -238,6 +241,7 @@ def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progr
             flow_config=flow_config,
             device=flow_device,
             progress=(sys.stderr.isatty() if progress is None else progress) and here.is_main,
+            crop=crop,
         )
     if len(ds) == 0:
         raise UserError("no labelled frame in the label files: nothing to train on")
@@ -250,6 +254,7 @@ def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progr
         stride=1,  # clips are consecutive model-rate frames (resampled by timestamp)
         frame_step=args.frame_step,
         synthetic=synthetic,
+        crop=crop,
     )
     return ds, spec
 
