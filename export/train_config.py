@@ -217,13 +217,13 @@ def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None) -
 
 def _data_defaults_from_card(args: argparse.Namespace, model_dir: Path, set_by_user: dict[str, Any]) -> None:
     """Fine-tuning sees clips as the model saw them: its input size, frame rate, TV-L1 settings,
-    view and classes (and keeps its flow weight), unless the command line says otherwise."""
+    input crop, view and classes (and keeps its flow weight), unless the command line says otherwise."""
     from stream.flow import FlowConfig
     from stream.modelfile import load_card
 
     card = load_card(model_dir)
     wanted = {"size_px": card.input_size_px, "fps": card.fps, "view": card.view, "classes": ",".join(card.classes),
-              "immobile_classes": ",".join(card.immobile_classes), "flow_weight": card.flow_weight}  # fmt: skip
+              "immobile_classes": ",".join(card.immobile_classes), "flow_weight": card.flow_weight, "crop": card.crop}  # fmt: skip
     for preset, config in (("default", FlowConfig()), ("fast", FlowConfig.fast())):
         if card.flow == dataclasses.asdict(config):
             wanted["flow_preset"] = preset

@@ -90,3 +90,17 @@ def test_fine_tuning_on_the_same_classes_keeps_the_trained_classifiers(tiny_mode
     reordered, _ = tr.build_model(f"model:{tiny_model}", num_classes=3, classes=list(reversed(card.classes)))
     assert not torch.equal(reordered.rgb.logits.conv3d.weight, source.rgb.logits.conv3d.weight)  # logit order matters
     assert torch.equal(reordered.rgb.Mixed_5c.b0.conv3d.weight, source.rgb.Mixed_5c.b0.conv3d.weight)  # the backbone is kept
+
+
+def test_recipe_fine_tunes_a_mouse_crop_model_on_mouse_crops(tiny_model, tmp_path):
+    """Issue 21: a model that learnt mouse windows is fine-tuned on mouse windows, unless --crop says otherwise."""
+    import json
+    import shutil
+
+    model = tmp_path / "mouse"
+    shutil.copytree(tiny_model, model)
+    card = json.loads((model / "card.json").read_text())
+    (model / "card.json").write_text(json.dumps({**card, "crop": "mouse"}))
+    base = ["--videos", "v.mp4", "--out", "m", "--init", f"model:{model}", "--recipe", "finetune"]
+    assert tr.parse_with_recipe(tr.build_parser(), base).crop == "mouse"
+    assert tr.parse_with_recipe(tr.build_parser(), [*base, "--crop", "roi"]).crop == "roi"
