@@ -74,7 +74,7 @@ from export.annotations import UNLABELLED, Annotation, AnnotationError, read_ann
 from stream.atomic import atomic_path, atomic_write
 from stream.errors import UserError
 from stream.flow import TVL1, FlowConfig, encode_flow, flow_from_uint8, flow_to_uint8
-from stream.modelfile import CROPS
+from stream.modelfile import CROP_MOUSE, CROP_ROI, CROPS
 from stream.mouse_crop import CROP_FRACTION, Window, crop_window, track_positions
 from stream.preprocess import Roi, clip_indices, crop_resize, rgb_clip, to_grey
 
@@ -320,11 +320,11 @@ class ClipDataset(Dataset):
         flow_batch_pairs: int = FLOW_BATCH_PAIRS,
         progress: bool = True,
         fps: float | None = None,
-        crop: str = "roi",
+        crop: str = CROP_ROI,
     ) -> None:
         if crop not in CROPS:
             raise ValueError(f"crop {crop!r} must be one of {', '.join(CROPS)}")
-        if crop == "mouse" and fps is None:
+        if crop == CROP_MOUSE and fps is None:
             raise ValueError("crop='mouse' needs fps: the locator samples its background once a second of video")
         if size_px < 8:
             raise ValueError(f"size_px={size_px} is too small")
@@ -347,7 +347,7 @@ class ClipDataset(Dataset):
         self.progress = progress
         self.fps = None if fps is None else float(fps)  # model rate; None: every source frame, `stride` apart
         self.crop = crop
-        self.decode_px = self.size_px * (MOUSE_DECODE_SCALE if crop == "mouse" else 1)  # side of the cached arena images and flow
+        self.decode_px = self.size_px * (MOUSE_DECODE_SCALE if crop == CROP_MOUSE else 1)  # side of the cached arena images and flow
         self.cache_dir.mkdir(parents=True, exist_ok=True)
 
         self._frames: list[np.ndarray] = []  # (N, S, S, 3) uint8 BGR per source (memory-mapped)
@@ -399,7 +399,7 @@ class ClipDataset(Dataset):
                 self._compute_flow(np.asarray(frames), flow_path, src.name)
             self._frames.append(frames)
             self._flow.append(np.load(flow_path, mmap_mode="r"))
-            if self.crop == "mouse":
+            if self.crop == CROP_MOUSE:
                 self._tracks.append(self._track(frames, frames_path))
             if self.fps is None:
                 self._source_index.append(None)
@@ -578,7 +578,7 @@ class ClipDataset(Dataset):
         idx = clip_indices(center, n, self.stride)
         frames = np.asarray(self._frames[source_index][idx])
         flow = flow_from_uint8(np.asarray(self._flow[source_index][idx]))
-        if self.crop == "mouse":  # one window for the whole clip: a moving window would add its own motion
+        if self.crop == CROP_MOUSE:  # one window for the whole clip: a moving window would add its own motion
             w = self.mouse_window(source_index, center)
             frames, flow = np.ascontiguousarray(w.cut_frames(frames)), np.ascontiguousarray(w.cut(flow))
         repeated = np.concatenate([[False], idx[1:] == idx[:-1]])
@@ -595,7 +595,7 @@ class ClipDataset(Dataset):
             raise ValueError(f"window {start}..{stop} outside the {self.num_frames(source_index)} frames of source {source_index}")
         frames = np.asarray(self._frames[source_index][start:stop])
         flow = flow_from_uint8(np.asarray(self._flow[source_index][start:stop]))
-        if self.crop == "mouse":
+        if self.crop == CROP_MOUSE:
             w = self.mouse_window(source_index, (start + stop - 1) // 2)
             frames, flow = np.ascontiguousarray(w.cut_frames(frames)), np.ascontiguousarray(w.cut(flow))
         if rng is None:

@@ -136,7 +136,7 @@ class DataSpec:
     stride: int  # model-rate frames between clip frames (1: videos are resampled to `fps` by timestamp)
     frame_step: int  # a clip is centred on every frame_step-th labelled frame
     synthetic: bool  # True when the videos come from export-synth
-    crop: str = "roi"  # input crop (stream.modelfile.CROPS): the whole arena, or the window around the mouse
+    crop: str = CROP_ROI  # input crop (stream.modelfile.CROPS): the whole arena, or the window around the mouse
 
 
 def _split_names(text: str | None) -> list[str] | None:
