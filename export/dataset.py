@@ -10,6 +10,8 @@ API (what ``export/train.py`` and ``export/evaluate.py`` use)::
                                  arenas_json="demo/synth_side.arenas.json", classes=SIDE_CLASSES)
     ds = ClipDataset(sources, classes=SIDE_CLASSES, size_px=112, cache_dir="runs/cache",
                      flow_config=FlowConfig(), augment=False, fps=15.0, frame_step=1)
+    # crop="mouse": each arena decoded at 2 x size_px, its flow there, and every clip cut as the
+    # size_px window around the mouse (stream.mouse_crop); default crop="roi", the whole arena
     rgb, flow, label = ds[i]     # (3,16,S,S) float32 [-1,1], (2,16,S,S) float32 [-1,1], int64
     ds.items                     # (M, 3) int64: source index, centre frame index, label per item
     ds.labels                    # (M,) int64 == ds.items[:, 2]
@@ -36,6 +38,14 @@ frame at or after ``k / fps`` seconds, within a tolerance), so a 25 or 30 fps ca
 ring builds for the same frame. Clip indices, flow and ``frame_step`` then count model-rate
 frames, and each takes the label of the source frame it shows. Without ``fps`` every source
 frame is kept and ``stride`` spreads a clip (the older integer-step subsampling).
+
+Input crop (``crop``): ``"roi"`` (default) resizes the whole arena to ``size_px``. ``"mouse"``
+decodes the arena at ``MOUSE_DECODE_SCALE`` x ``size_px``, computes the TV-L1 flow at that size,
+locates the mouse in every frame (``stream.mouse_crop.track_positions``, causal, cached beside the
+frames) and cuts each clip, RGB and flow alike, as the window of ``CROP_FRACTION`` of the arena
+centred on the mouse at the clip's centre frame, fixed for the clip's 16 frames. With 2 x and 0.5 the
+window is ``size_px`` wide: the mouse at the pixel density of a 2 x ROI crop, at the 1 x model's
+cost. The flow stays in pixels of the 2 x image, the scale the window shows.
 
 Why caches: TV-L1 is by far the most expensive step, and every epoch would redo it. The decoded
 crops (uint8) and the flow (``flow_to_uint8`` codes, one byte per value) of each (video, ROI,
@@ -64,6 +74,8 @@ from export.annotations import UNLABELLED, Annotation, AnnotationError, read_ann
 from stream.atomic import atomic_path, atomic_write
 from stream.errors import UserError
 from stream.flow import FLOW_KEYS_ADDED_LATER, TVL1, FlowConfig, encode_flow, flow_from_uint8, flow_to_uint8
+from stream.modelfile import CROP_MOUSE, CROP_ROI, CROPS
+from stream.mouse_crop import CROP_FRACTION, Window, crop_window, track_positions
 from stream.preprocess import Roi, clip_indices, crop_resize, rgb_clip, to_grey
 
 __all__ = [
@@ -75,6 +87,7 @@ __all__ = [
     "probe_video",
     "DEFAULT_SIZE_PX",
     "flow_input",
+    "MOUSE_DECODE_SCALE",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,6 +102,10 @@ AUG_FLIP_P = 0.5
 AUG_GAIN_RANGE = (0.8, 1.2)  # multiplicative brightness/contrast on [-1, 1] RGB
 AUG_BIAS_RANGE = (-0.1, 0.1)  # additive brightness on [-1, 1] RGB (~ +-13 grey levels)
 AUG_MAX_CROP_FRACTION = 0.125  # random crop removes up to 1/8 of the side, then resizes back
+# crop="mouse": the arena is decoded at this multiple of the input size, so that a CROP_FRACTION
+# (0.5) window of it is exactly the input size: twice the ROI crop's pixels on the mouse, no resize.
+MOUSE_DECODE_SCALE = 2
+MOUSE_TRACK_VERSION = 1  # bump when stream.mouse_crop's locator changes: a new track cache, not a stale one
 AUG_CHUNK_FRAMES = 32  # frames augmented per call: cv2.resize takes at most 128 channels (3 per frame)
 
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
@@ -305,7 +322,12 @@ class ClipDataset(Dataset):
         flow_batch_pairs: int = FLOW_BATCH_PAIRS,
         progress: bool = True,
         fps: float | None = None,
+        crop: str = CROP_ROI,
     ) -> None:
+        if crop not in CROPS:
+            raise ValueError(f"crop {crop!r} must be one of {', '.join(CROPS)}")
+        if crop == CROP_MOUSE and fps is None:
+            raise ValueError("crop='mouse' needs fps: the locator samples its background once a second of video")
         if size_px < 8:
             raise ValueError(f"size_px={size_px} is too small")
         if stride < 1 or frame_step < 1:
@@ -326,12 +348,15 @@ class ClipDataset(Dataset):
         self.flow_batch_pairs = int(flow_batch_pairs)
         self.progress = progress
         self.fps = None if fps is None else float(fps)  # model rate; None: every source frame, `stride` apart
+        self.crop = crop
+        self.decode_px = self.size_px * (MOUSE_DECODE_SCALE if crop == CROP_MOUSE else 1)  # side of the cached arena images and flow
         self.cache_dir.mkdir(parents=True, exist_ok=True)
 
         self._frames: list[np.ndarray] = []  # (N, S, S, 3) uint8 BGR per source (memory-mapped)
         self._flow: list[np.ndarray] = []  # (N, 2, S, S) uint8 flow codes per source
         self._labels: list[np.ndarray] = []  # (N,) int64 per source, in self.classes
         self._source_index: list[np.ndarray | None] = []  # (N,) source frame shown by each model-rate frame (fps set)
+        self._tracks: list[np.ndarray] = []  # crop="mouse": (N, 2) float32 mouse (x, y) in the decode_px arena image per source
         self.cache_files: list[tuple[Path, Path]] = []
         self._build_caches()
 
@@ -348,7 +373,7 @@ class ClipDataset(Dataset):
         roi = source.roi
         roi_key = "full" if roi is None else f"{roi.x}_{roi.y}_{roi.w}_{roi.h}"
         rate = "" if self.fps is None else f"-at{self.fps:g}fps"  # model-rate frames: another cache
-        stem = f"{source.video_path.stem}-{sha[:16]}-v{CACHE_FORMAT_VERSION}-roi{roi_key}-{self.size_px}px{rate}"
+        stem = f"{source.video_path.stem}-{sha[:16]}-v{CACHE_FORMAT_VERSION}-roi{roi_key}-{self.decode_px}px{rate}"
         frames = self.cache_dir / f"{stem}.frames.npy"
         flow = self.cache_dir / f"{stem}-s{self.stride}-tvl1_{_flow_key(self.flow_config)}.flow.npy"
         return frames, flow
@@ -376,6 +401,8 @@ class ClipDataset(Dataset):
                 self._compute_flow(np.asarray(frames), flow_path, src.name)
             self._frames.append(frames)
             self._flow.append(np.load(flow_path, mmap_mode="r"))
+            if self.crop == CROP_MOUSE:
+                self._tracks.append(self._track(frames, frames_path))
             if self.fps is None:
                 self._source_index.append(None)
                 self._labels.append(self._fit_labels(src, frames.shape[0]))
@@ -401,14 +428,14 @@ class ClipDataset(Dataset):
                 if not ok:
                     break
                 for k, roi in enumerate(rois):
-                    crops[k].append(crop_resize(frame, roi, self.size_px))
+                    crops[k].append(crop_resize(frame, roi, self.decode_px))
                 bar.update(1)
         cap.release()
         if not crops[0]:
             raise UserError(f"{video}: no frames could be decoded")
         for k, out in enumerate(outputs):
             _atomic_save(out, np.stack(crops[k]))
-        log.info("%s: cached %d frames of %d arena(s) at %d px", video, len(crops[0]), len(rois), self.size_px)
+        log.info("%s: cached %d frames of %d arena(s) at %d px", video, len(crops[0]), len(rois), self.decode_px)
 
     def _decode_resampled(self, video: Path, rois: list[Roi | None], outputs: list[Path]) -> None:
         """Decode through the live capture (``stream.capture.Capture`` on the file, ``FrameResampler``
@@ -445,7 +472,7 @@ class ClipDataset(Dataset):
                             raise UserError(f"{video}: {item.error}")
                         break
                     for k, roi in enumerate(rois):
-                        crops[k].append(crop_resize(item.image, roi, self.size_px))
+                        crops[k].append(crop_resize(item.image, roi, self.decode_px))
                     shown.append(item.source_index)
                     bar.update(1)
         finally:
@@ -464,7 +491,7 @@ class ClipDataset(Dataset):
         """TV-L1 of every frame pair of one source into ``out``; the pairs are split over ``flow_devices(self.device)``."""
         from tqdm import tqdm
 
-        n, s = frames.shape[0], self.size_px
+        n, s = frames.shape[0], self.decode_px
         grey = np.stack([to_grey(f) for f in frames])
         devices = flow_devices(self.device)
         with tqdm(total=max(n - self.stride, 0), desc=f"TV-L1 {name}", unit="pair", disable=None if self.progress else True,
@@ -475,6 +502,18 @@ class ClipDataset(Dataset):
                 "frames": n, "format_version": CACHE_FORMAT_VERSION}  # fmt: skip
         out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
         log.info("%s: cached TV-L1 flow of %d frames on %s", name, n, ", ".join(devices))
+
+    def _track(self, frames: np.ndarray, frames_path: Path) -> np.ndarray:
+        """The mouse's position in every cached arena image (``stream.mouse_crop``), cached beside the frames."""
+        path = frames_path.with_name(frames_path.name.replace(".frames.npy", f"-mouse{MOUSE_TRACK_VERSION}.track.npy"))
+        if not path.exists():
+            assert self.fps is not None
+            _atomic_save(path, track_positions(frames, self.fps))
+        return np.load(path)
+
+    def mouse_window(self, source_index: int, frame: int) -> Window:
+        """crop="mouse": the window (in the ``decode_px`` arena image) of the clip centred on ``frame``."""
+        return crop_window(self._tracks[source_index][frame], self.decode_px, CROP_FRACTION)
 
     def _fit_labels(self, src: VideoSource, n: int) -> np.ndarray:
         ann = src.annotation
@@ -541,6 +580,9 @@ class ClipDataset(Dataset):
         idx = clip_indices(center, n, self.stride)
         frames = np.asarray(self._frames[source_index][idx])
         flow = flow_from_uint8(np.asarray(self._flow[source_index][idx]))
+        if self.crop == CROP_MOUSE:  # one window for the whole clip: a moving window would add its own motion
+            w = self.mouse_window(source_index, center)
+            frames, flow = np.ascontiguousarray(w.cut_frames(frames)), np.ascontiguousarray(w.cut(flow))
         repeated = np.concatenate([[False], idx[1:] == idx[:-1]])
         flow[repeated] = 0.0  # an edge-padding repeat did not move
         return frames, flow
@@ -549,11 +591,15 @@ class ClipDataset(Dataset):
         """Consecutive frames ``start .. stop - 1`` of one source as the model sees them, for training
         on whole stretches (``export.streaming_finetune``): RGB (3, T, S, S) in [-1, 1] and encoded
         flow (2, T, S, S), each frame's flow from the frame before (zero for the source's first).
-        With ``rng``, the clips' training augmentation, drawn once for the whole window."""
+        With ``rng``, the clips' training augmentation, drawn once for the whole window. With
+        crop="mouse", one mouse window for the whole stretch, where the mouse is at its middle frame."""
         if not 0 <= start < stop <= self.num_frames(source_index):
             raise ValueError(f"window {start}..{stop} outside the {self.num_frames(source_index)} frames of source {source_index}")
         frames = np.asarray(self._frames[source_index][start:stop])
         flow = flow_from_uint8(np.asarray(self._flow[source_index][start:stop]))
+        if self.crop == CROP_MOUSE:
+            w = self.mouse_window(source_index, (start + stop - 1) // 2)
+            frames, flow = np.ascontiguousarray(w.cut_frames(frames)), np.ascontiguousarray(w.cut(flow))
         if rng is None:
             return rgb_clip(frames), flow_input(flow)
         rgb_parts, flow_parts = [], []

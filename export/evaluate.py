@@ -736,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
 
     facts = {
         "input": f"{spec.size_px} px, {spec.fps:g} fps, 16-frame clips, TV-L1 preset {args.flow_preset}"
-                 + (f", texture sigma {args.flow_texture_sigma:g} px" if getattr(args, "flow_texture_sigma", 0) else ""),
+                 + (f", texture sigma {args.flow_texture_sigma:g} px" if getattr(args, "flow_texture_sigma", 0) else "") + f", {spec.crop} crop",
         "init": args.init,
         "training": f"{config.optimizer} lr {config.lr:g} -> {config.lr_floor:g} (cosine), {config.epochs} epochs x {config.clips_per_epoch or 'all'} clips, batch {config.batch_size}, balance {config.balance}",
     }

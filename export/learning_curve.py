@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.dataset import ClipDataset, probe_video
     from export.train import FINETUNE_RECIPE, TrainConfig, build_model, seed_everything, train
     from stream.flow import FlowConfig
-    from stream.modelfile import load_card
+    from stream.modelfile import CROP_ROI, load_card
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -360,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--init {args.init!r}: expected model:DIR (the model to fine-tune and to pick minutes with)")
     model_dir = Path(model_arg)
     card = load_card(model_dir)
+    if card.crop != CROP_ROI:
+        raise UserError(f"--init {args.init}: a model trained on {card.crop!r} crops; the learning curve builds {CROP_ROI!r} clips only")
     minutes = _parse_minutes(args.minutes)
     seeds = _parse_seeds(args.seed)
     selects = _parse_list(args.select, sel.STRATEGIES, "--select")

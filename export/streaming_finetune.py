@@ -405,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     data_args = argparse.Namespace(
         videos=args.videos, labels=None, arenas=None, jhuang=None, size_px=card.input_size_px, fps=card.fps,
         frame_step=1, cache_dir=args.cache_dir, flow_preset=_flow_preset(card), flow_texture_sigma=card.flow.get("texture_sigma", 0.0), device="cpu",
+        crop=card.crop,
     )
     dataset, spec = dataset_from_args(data_args, card.classes)
     result = finetune(model, dataset, config, args.distill)

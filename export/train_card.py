@@ -76,4 +76,5 @@ def make_card(*, name: str, view: str, spec: DataSpec, immobile: Sequence[str], 
         training=training,
         metrics=card_metrics,
         input_stats=input_stats or {},
+        crop=spec.crop,
     )

@@ -17,6 +17,7 @@ import torch
 from export import distributed
 from export.train_model import FREEZABLE_BLOCKS, INIT_HELP
 from stream.errors import UserError
+from stream.modelfile import CROP_ROI, CROPS
 from stream.preprocess import DEFAULT_MODEL_FPS
 
 __all__ = ["DEFAULT_FPS", "FINETUNE_RECIPE", "TrainConfig", "add_data_arguments", "add_training_arguments", "config_from_args", "parse_with_recipe"]
@@ -130,9 +131,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="decoded crops and TV-L1 flow cache (default: runs/cache)")
     g.add_argument("--flow-preset", choices=("default", "fast"), default="default", help="TV-L1 settings: OpenCV defaults or FlowConfig.fast() (default: default)")
     g.add_argument("--flow-texture-sigma", type=float, default=0.0, metavar="PX",
-                   help="TV-L1 on each frame's texture (the frame minus its Gaussian blur of this sigma, in px of the model input): "
+                   help="TV-L1 on each frame's texture (the frame minus its Gaussian blur of this sigma, in px of the image the flow is computed on: the model input, twice it with --crop mouse): "
                         "flicker and uneven lighting stop looking like motion; the card keeps it, so live flow does the same (default: 0 = off)")
     g.add_argument("--no-augment", action="store_true", help="no flip/crop/brightness augmentation of training clips")
+    g.add_argument("--crop", choices=CROPS, default=CROP_ROI,
+                   help="input crop: roi = the whole arena at --size-px; mouse = the --size-px window around the mouse, cut from the "
+                        "arena at twice that size (stream.mouse_crop; offline only: stream-run refuses such a model) (default: roi)")  # fmt: skip
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -231,13 +235,13 @@ def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None) -
 
 def _data_defaults_from_card(args: argparse.Namespace, model_dir: Path, set_by_user: dict[str, Any]) -> None:
     """Fine-tuning sees clips as the model saw them: its input size, frame rate, TV-L1 settings,
-    view and classes (and keeps its flow weight), unless the command line says otherwise."""
+    input crop, view and classes (and keeps its flow weight), unless the command line says otherwise."""
     from stream.flow import FlowConfig
     from stream.modelfile import load_card
 
     card = load_card(model_dir)
     wanted = {"size_px": card.input_size_px, "fps": card.fps, "view": card.view, "classes": ",".join(card.classes),
-              "immobile_classes": ",".join(card.immobile_classes), "flow_weight": card.flow_weight}  # fmt: skip
+              "immobile_classes": ",".join(card.immobile_classes), "flow_weight": card.flow_weight, "crop": card.crop}  # fmt: skip
     sigma = card.flow.get("texture_sigma", 0.0)
     for preset, config in (("default", FlowConfig(texture_sigma=sigma)), ("fast", FlowConfig.fast(texture_sigma=sigma))):
         if card.flow == dataclasses.asdict(config):

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 from export import distributed
 from export.train_model import resolve_device
 from stream.errors import UserError
+from stream.modelfile import CROP_ROI
 
 if TYPE_CHECKING:
     from export.train_config import TrainConfig
@@ -135,6 +136,7 @@ class DataSpec:
     stride: int  # model-rate frames between clip frames (1: videos are resampled to `fps` by timestamp)
     frame_step: int  # a clip is centred on every frame_step-th labelled frame
     synthetic: bool  # True when the videos come from export-synth
+    crop: str = CROP_ROI  # input crop (stream.modelfile.CROPS): the whole arena, or the window around the mouse
 
 
 def _split_names(text: str | None) -> list[str] | None:
@@ -227,6 +229,7 @@ def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progr
     if not sigma >= 0:
         raise UserError(f"--flow-texture-sigma {sigma:g}: must be >= 0 px (0 = off)")
     flow_config = FlowConfig.fast(texture_sigma=sigma) if args.flow_preset == "fast" else FlowConfig(texture_sigma=sigma)
+    crop = getattr(args, "crop", CROP_ROI)  # tools that build their own namespace (streaming fine-tuning) may leave it out
     device = resolve_device(getattr(args, "device", "cpu"))
     flow_device = "cpu" if device.type != "cuda" else ("cuda" if args.device in ("auto", "cuda") else str(device))  # "cuda": every visible GPU
     # in a torchrun job rank 0 decodes and caches (on every GPU) while the others wait; then they only open the cache
@@ -241,6 +244,7 @@ def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progr
             flow_config=flow_config,
             device=flow_device,
             progress=(sys.stderr.isatty() if progress is None else progress) and here.is_main,
+            crop=crop,
         )
     if len(ds) == 0:
         raise UserError("no labelled frame in the label files: nothing to train on")
@@ -253,6 +257,7 @@ def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progr
         stride=1,  # clips are consecutive model-rate frames (resampled by timestamp)
         frame_step=args.frame_step,
         synthetic=synthetic,
+        crop=crop,
     )
     return ds, spec
 

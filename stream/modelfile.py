@@ -67,6 +67,10 @@ __all__ = [
     "TRAINED_FOR",
     "TRAINED_FOR_CLIP",
     "TRAINED_FOR_STREAMING",
+    "CROPS",
+    "CROP_ROI",
+    "CROP_MOUSE",
+    "require_live_crop",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,6 +86,12 @@ MODEL_KINDS = ("i3d", "motion")  # what the engine factory can build from a card
 TRAINED_FOR_CLIP = "clip"
 TRAINED_FOR_STREAMING = "streaming"
 TRAINED_FOR = (TRAINED_FOR_CLIP, TRAINED_FOR_STREAMING)
+# What the model's input shows (card ``crop``): "roi", the whole arena resized to the input size (older
+# cards, no field); "mouse", the input-size window around the mouse cut from the arena at twice the
+# input size (export.dataset, stream.mouse_crop), which only the offline data path builds so far.
+CROP_ROI = "roi"
+CROP_MOUSE = "mouse"
+CROPS = (CROP_ROI, CROP_MOUSE)
 VIEWS = ("side", "top")  # camera placements: side = swim/struggle/float, top = mobile/immobile
 WEIGHTS_DTYPES = {"i3d": ("float32", "float16"), "motion": ("json",)}  # per kind: what save_model / save_motion_model write
 MIN_INPUT_SIZE_PX = 32  # below 32 px the stride-32 I3D body has nothing left to pool
@@ -143,6 +153,7 @@ class ModelCard:
     input_stats: dict[str, Any] = field(default_factory=dict)
     # issue 22: "clip" (default, older cards) or "streaming": see TRAINED_FOR
     trained_for: str = TRAINED_FOR_CLIP
+    crop: str = CROP_ROI  # issue 21: the input crop the model was trained on, see CROPS
 
     def validate(self, where: str = "card") -> None:
         """Types, ranges, classes and the flow settings, all at once: one line naming every bad field.
@@ -193,6 +204,8 @@ class ModelCard:
             problems.append(f"format_version {self.format_version} is not one this swim-stream understands (1..{CARD_FORMAT_VERSION}); upgrade swim-stream")
         if self.kind not in MODEL_KINDS:
             problems.append(f"kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+        if self.crop not in CROPS:
+            problems.append(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
         if self.trained_for not in TRAINED_FOR:
             problems.append(f"trained_for must be one of {', '.join(TRAINED_FOR)}, got {self.trained_for!r}")
         elif self.trained_for == TRAINED_FOR_STREAMING and self.kind != "i3d":
@@ -228,6 +241,15 @@ class ModelCard:
 
             known["flow"] = {**FLOW_KEYS_ADDED_LATER, **known["flow"]}
         return cls(**known)
+
+
+def require_live_crop(card: ModelCard, model_dir: Path | str) -> None:
+    """Refuse, in one line, a model whose input crop the live path does not cut (it cuts ROI crops only):
+    fed ROI crops, a model trained on mouse windows would see an input it never learnt, and say so nowhere."""
+    if card.crop != CROP_ROI:
+        raise ModelFileError(f"{model_dir}: trained on {card.crop!r} crops (card crop {card.crop!r}), but the live path cuts "
+                             f"{CROP_ROI!r} crops only, so the model would see an input it never learnt; evaluate it offline "
+                             f"(export-evaluate --crop {card.crop}) or run a model with crop {CROP_ROI!r}")
 
 
 @functools.cache

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["PresenceConfig", "PresenceDetector", "PresenceEvent"]
+__all__ = ["PresenceConfig", "PresenceDetector", "PresenceEvent", "foreground_mask", "normalised_grey"]
 
 BACKGROUND_FRAMES = 5  # frames averaged into the first empty view (1/3 s at 15 fps: averages sensor noise)
 DIFF_THRESHOLD = 0.18  # |frame - empty| / mean brightness: a mouse on water differs by > 30 %, ripples by < 10 %
@@ -34,6 +34,22 @@ CONFIRM_FRAMES = 7  # present this many frames in a row (0.47 s at 15 fps, the c
 ABSENT_S = 1.0  # absent this long = removed (a struggling mouse never leaves the view for a second)
 BACKGROUND_RATE = 0.05  # per empty frame: the empty view follows a drift over ~20 frames (1.3 s)
 BLUR_SIGMA_PX = 1.5  # removes sensor noise and the finest ripples at 64 px
+
+
+def normalised_grey(crop: np.ndarray) -> np.ndarray:
+    """Grey, blurred and divided by its own mean brightness: the view that frames and backgrounds are compared in.
+
+    Shared with ``stream.mouse_crop`` (which finds where the animal is with the same measure)."""
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
+    grey = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), BLUR_SIGMA_PX)
+    return grey / max(float(grey.mean()), 1.0)
+
+
+def foreground_mask(norm: np.ndarray, background: np.ndarray, diff_threshold: float = DIFF_THRESHOLD) -> np.ndarray:
+    """uint8 0/1: where ``norm`` (``normalised_grey``) differs from ``background`` by more than the
+    threshold, opened so that thin ripples and specks go and compact blobs (an animal) stay."""
+    mask = (np.abs(norm - background) > diff_threshold).astype(np.uint8)
+    return cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
 
 
 @dataclass(frozen=True)
@@ -67,19 +83,12 @@ class PresenceDetector:
         self._run_length = 0
         self.last_fraction = 0.0
 
-    def _normalised(self, crop: np.ndarray) -> np.ndarray:
-        grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
-        grey = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), BLUR_SIGMA_PX)
-        return grey / max(float(grey.mean()), 1.0)
-
     def foreground_fraction(self, norm: np.ndarray) -> float:
         assert self._background is not None
-        mask = (np.abs(norm - self._background) > self.config.diff_threshold).astype(np.uint8)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-        return float(mask.mean())
+        return float(foreground_mask(norm, self._background, self.config.diff_threshold).mean())
 
     def update(self, frame_index: int, crop: np.ndarray) -> PresenceEvent | None:
-        norm = self._normalised(crop)
+        norm = normalised_grey(crop)
         if self._learned < BACKGROUND_FRAMES:
             self._background = norm if self._background is None else self._background + (norm - self._background) / (
                 self._learned + 1)

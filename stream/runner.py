@@ -279,7 +279,7 @@ class Runner:
 
     def _prepare(self) -> tuple[list[_Source], ModelCard, Path]:
         """Every check that can fail before the first frame."""
-        from stream.modelfile import load_card
+        from stream.modelfile import load_card, require_live_crop
 
         c = self.config  # its settings were checked when it was made (stream.run_config)
         self._trial_settings()
@@ -308,6 +308,7 @@ class Runner:
             raise UserError(f"bundled model {model_dir} not found; pass --model DIR (a folder with card.json and "
                             "model.safetensors)")
         card = load_card(model_dir)
+        require_live_crop(card, model_dir)  # before any source, port or engine (the engine checks it too)
         if c.model.view is not None and card.view != c.model.view:
             log.warning("--view %s but --model %s is a %s-view model; using --model", c.model.view, model_dir, card.view)
         self._decision_config(card)

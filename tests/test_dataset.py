@@ -349,3 +349,39 @@ def test_an_augmented_window_is_one_augmentation_across_its_chunks(video: Path, 
         last = ds.window(0, 16, 24, np.random.default_rng(seed))  # the window's third chunk, drawn alone
         np.testing.assert_allclose(whole[0][:, 16:], last[0], atol=1e-6)
         np.testing.assert_allclose(whole[1][:, 16:], last[1], atol=1e-6)
+
+
+def test_mouse_crop_cuts_the_clip_from_the_arena_at_twice_the_size(video: Path, tmp_path: Path) -> None:
+    """crop="mouse": frames and flow of the 2x arena (the 2x ROI dataset's, bit for bit), cut by the
+    mouse window of the clip's centre frame, the same window for all 16 frames; own cache files."""
+    from stream.mouse_crop import crop_window, track_positions
+
+    roi = _dataset(video, tmp_path, fps=15.0)
+    mouse = _dataset(video, tmp_path, fps=15.0, crop="mouse")
+    double = _dataset(video, tmp_path, fps=15.0, size_px=2 * SIZE)
+    assert mouse.decode_px == 2 * SIZE and roi.decode_px == SIZE
+    assert mouse.cache_files[0][0] != roi.cache_files[0][0] and mouse.cache_files[0][1] != roi.cache_files[0][1]
+    np.testing.assert_array_equal(mouse.items, roi.items)  # the same clips, only their pixels differ
+    for s in range(2):
+        track = track_positions(np.asarray(double._frames[s]), 15.0)
+        for c in (0, 14, 22, 29):
+            w = crop_window(track[c], 2 * SIZE)
+            assert w.size == SIZE
+            frames, flow = mouse.clip(s, c)
+            big_frames, big_flow = double.clip(s, c)
+            np.testing.assert_array_equal(frames, big_frames[:, w.y : w.y + SIZE, w.x : w.x + SIZE])
+            np.testing.assert_array_equal(flow, big_flow[:, :, w.y : w.y + SIZE, w.x : w.x + SIZE])
+    rgb, flow, _ = mouse[5]
+    assert rgb.shape == (3, 16, SIZE, SIZE) and flow.shape == (2, 16, SIZE, SIZE)
+    torch.manual_seed(0)
+    assert not torch.equal(mouse.with_augment(True)[5][0], rgb)  # augmentation still applies
+    rgb_w, _ = mouse.window(0, 4, 20)
+    w = mouse.mouse_window(0, 11)
+    np.testing.assert_array_equal(rgb_w, rgb_clip(np.asarray(double._frames[0][4:20])[:, w.y : w.y + SIZE, w.x : w.x + SIZE]))
+
+
+def test_unknown_crop_and_mouse_crop_without_a_frame_rate_are_refused(video: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="crop 'face'"):
+        _dataset(video, tmp_path, fps=15.0, crop="face")
+    with pytest.raises(ValueError, match="needs fps"):
+        _dataset(video, tmp_path, crop="mouse")

@@ -409,3 +409,29 @@ def test_card_without_texture_sigma_computes_the_flow_it_was_trained_with(tmp_pa
     del legacy["texture_sigma"]
     assert _flow_key(plain) == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:12]
     assert _flow_key(FlowConfig.fast(texture_sigma=2.5)) != _flow_key(plain)
+
+
+def test_crop_is_an_optional_checked_card_field(tmp_path, tiny_model, caplog):
+    """Issue 21: a card says which input crop its model learnt; older cards (no field) are ROI models."""
+    d = save_model(tiny_model, make_card(crop="mouse"), tmp_path / "m")
+    with caplog.at_level("WARNING"):
+        assert load_card(d).crop == "mouse"
+    assert "unknown card field" not in caplog.text
+    card = json.loads((d / CARD_FILE).read_text())
+    del card["crop"]  # a card written before the field existed
+    (d / CARD_FILE).write_text(json.dumps(card))
+    assert load_card(d).crop == "roi"
+    card["crop"] = "face"
+    (d / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match="crop must be one of roi, mouse, got 'face'"):
+        load_card(d)
+
+
+def test_an_engine_refuses_a_model_trained_on_mouse_crops(tmp_path, tiny_model):
+    """The live path cuts ROI crops only: an engine must not feed them to a mouse-crop model."""
+    from stream.engine import build_engine
+
+    d = save_model(tiny_model, make_card(crop="mouse"), tmp_path / "m")
+    with pytest.raises(UserError, match="trained on 'mouse' crops .* the live path cuts 'roi' crops only"):
+        build_engine("torch", d, device="cpu", optimize=False)
+    build_engine("torch", save_model(tiny_model, make_card(), tmp_path / "roi"), device="cpu", optimize=False).close()

@@ -473,3 +473,18 @@ def test_a_card_trained_for_streaming_runs_streaming_under_auto_and_is_refused_c
     assert run_mod.main(["--video", str(video), "--model", str(streaming), *quiet(tmp_path / "t"), "--engine", "torch"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trained for the streaming engine" in err[0] and "--engine streaming" in err[0], err
+
+
+def test_a_model_trained_on_mouse_crops_is_refused_in_one_line(video, model_dir, tmp_path, fast_engine, capsys) -> None:
+    """Issue 21: the live path cuts ROI crops only; a card with crop "mouse" must not be fed them silently."""
+    import shutil
+
+    mouse_dir = tmp_path / "mouse-model"
+    shutil.copytree(model_dir, mouse_dir)
+    card = json.loads((mouse_dir / "card.json").read_text())
+    (mouse_dir / "card.json").write_text(json.dumps({**card, "crop": "mouse"}))
+    out = tmp_path / "o"
+    assert run_mod.main(["--video", str(video), "--model", str(mouse_dir), *quiet(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("stream-run: error: ") and "'mouse' crops" in err[0], err
+    assert _no_csv(out) and not fast_engine  # before any frame, before the engine

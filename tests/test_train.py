@@ -375,3 +375,21 @@ def test_training_input_stats_are_what_stream_run_measures_on_the_same_clips() -
     assert stats["brightness"]["p01"] >= brightness[0] - 1e-6 and stats["brightness"]["p99"] <= brightness[1] + 1e-6
     assert stats["brightness"]["p50"] == pytest.approx(127.5, abs=2.0)
     assert stats["flow_magnitude"] == {"p01": 0.0, "p50": 0.0, "p99": 0.0}
+
+
+def test_cli_crop_mouse_trains_on_mouse_windows_and_says_so_in_the_card(tmp_path):
+    """Issue 21: --crop mouse (export-train and export-evaluate share it) reaches the dataset and the card."""
+    from export import evaluate as ev
+    from export.synth import SynthConfig, render_video
+    from stream.modelfile import load_card
+
+    top = render_video(SynthConfig(view="top", duration_s=6.0, fps=15.0, arenas=1, arena_size_px=64, seed=2), tmp_path / "data")
+    argv = ["--videos", str(top.video_path), "--view", "top", "--out", str(tmp_path / "m"), "--cache-dir", str(tmp_path / "cache"),
+            "--size-px", "32", "--frame-step", "30", "--flow-preset", "fast", "--epochs", "1", "--batch-size", "3", "--val-folds", "0",
+            "--bn-recalibration-clips", "0", "--device", "cpu", "--threads", "1", "--crop", "mouse"]  # fmt: skip
+    assert tr.main(argv) == 0
+    card = load_card(tmp_path / "m")
+    assert card.crop == "mouse" and card.input_size_px == 32
+    assert list((tmp_path / "cache").glob("*-64px-*.frames.npy")) and list((tmp_path / "cache").glob("*.track.npy"))  # the arena at 2x
+    assert ev.build_parser().parse_args(["--videos", "v.mp4", "--out", "o", "--crop", "mouse"]).crop == "mouse"
+    assert ev.build_parser().parse_args(["--videos", "v.mp4", "--out", "o"]).crop == "roi"

@@ -122,3 +122,17 @@ def test_per_stream_options_parse_and_validate():
         tr.TrainConfig(rgb_freeze_until="Mixed_9z")
     with pytest.raises(UserError, match="RGB lr"):
         tr.TrainConfig(lr_floor=1e-3, rgb_lr=1e-4)
+
+
+def test_recipe_fine_tunes_a_mouse_crop_model_on_mouse_crops(tiny_model, tmp_path):
+    """Issue 21: a model that learnt mouse windows is fine-tuned on mouse windows, unless --crop says otherwise."""
+    import json
+    import shutil
+
+    model = tmp_path / "mouse"
+    shutil.copytree(tiny_model, model)
+    card = json.loads((model / "card.json").read_text())
+    (model / "card.json").write_text(json.dumps({**card, "crop": "mouse"}))
+    base = ["--videos", "v.mp4", "--out", "m", "--init", f"model:{model}", "--recipe", "finetune"]
+    assert tr.parse_with_recipe(tr.build_parser(), base).crop == "mouse"
+    assert tr.parse_with_recipe(tr.build_parser(), [*base, "--crop", "roi"]).crop == "roi"
