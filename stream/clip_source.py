@@ -76,6 +76,18 @@ class ClipSource:
         self.ring.clip_frame_indices(center)  # raises unless the centre is still held
         return [crop_window(p, self.ring_px, CROP_FRACTION) for p in self._positions[center % CLIP_FRAMES]]
 
+    def frame_windows(self, index: int, rois: Sequence[Roi | None], frame_size: tuple[int, int]) -> tuple[tuple[int, int, int, int], ...] | None:
+        """Crop "mouse": each arena's window for the clip centred on held frame ``index`` as (x, y, w, h) in
+        pixels of the full (width, height) frame, for drawing (``stream.outputs.preview``); None for ROI."""
+        if not self._locators:
+            return None
+        out = []
+        for roi, w in zip(rois, self.windows(index)):
+            x0, y0, rw, rh = (roi.x, roi.y, roi.w, roi.h) if roi is not None else (0, 0, *frame_size)
+            fx, fy = rw / self.ring_px, rh / self.ring_px  # the arena was resized to ring_px x ring_px
+            out.append((round(x0 + w.x * fx), round(y0 + w.y * fy), round(w.size * fx), round(w.size * fy)))
+        return tuple(out)
+
     def clip(self, center: int, last: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """rgb (N, 3, 16, S, S) and flow (N, 2, 16, S, S) of the clip centred on ``center`` (``ClipRing.clip``)."""
         rgb, flow = self.ring.clip(center, last)

@@ -303,7 +303,8 @@ class Pipeline:
             self.trials.on_frame(frame.index, frame.timestamp_s, self.clips.model_view(crops), self._next_center)
         self.result.frames_processed += 1
         self._fps_times.append(time.monotonic())
-        broadcast(self.outputs, "on_frame", FrameEvent(frame.index, frame.timestamp_s, frame.image, dt))
+        windows = self.clips.frame_windows(frame.index, self._rois, (frame.image.shape[1], frame.image.shape[0]))
+        broadcast(self.outputs, "on_frame", FrameEvent(frame.index, frame.timestamp_s, frame.image, dt, windows))
         center = frame.index - FUTURE_FRAMES
         while self._next_center is not None and self._next_center <= center:
             self._next_center += 1  # first: a failure inside must not have this frame classified twice

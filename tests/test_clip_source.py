@@ -141,3 +141,61 @@ def test_mouse_clips_are_windows_of_the_double_size_ring_at_the_centre_frame() -
     source.reset()  # a gap: the ring restarts, the locators keep what they learnt
     source.push(frames[39], 50)
     assert source.windows(50)[1] == windows[1]
+
+
+def test_the_mouse_windows_reach_the_outputs_in_frame_pixels_and_the_preview_draws_them(tmp_path) -> None:
+    """Each FrameEvent carries the arenas' windows (the clip centred on that frame is cut from them),
+    mapped from the 2x ring to the full frame; the preview draws them; the ROI crop sends none."""
+    from stream.capture import EndOfStream, Frame
+    from stream.outputs.base import Output
+    from stream.outputs.preview import WINDOW_BGR, PreviewWriter
+    from stream.preprocess import Roi
+
+    arenas = [Arena("A1", Roi(0, 0, 64, 64)), Arena("A2", Roi(64, 0, 64, 64))]
+
+    def frame(i: int) -> Frame:
+        img = np.full((64, 128, 3), 60, np.uint8)
+        if i >= 16:  # A1: a mouse put in at frame 16, swimming right along the top; A2 stays empty
+            img[6:14, 10 + i : 18 + i] = 230
+        return Frame(i, i / FPS, i / FPS, 0.0, img)
+
+    class Windows(Output):
+        def __init__(self) -> None:
+            self.by_frame: dict[int, object] = {}
+
+        def on_frame(self, event) -> None:
+            self.by_frame[event.index] = event.windows
+
+    class Grab:
+        def __init__(self) -> None:
+            self.images: list[np.ndarray] = []
+
+        def write(self, image: np.ndarray) -> None:
+            self.images.append(image)
+
+        def release(self) -> None:
+            pass
+
+    def run(crop: str) -> tuple[Windows, PreviewWriter, Grab]:
+        windows, grab = Windows(), Grab()
+        preview = PreviewWriter(tmp_path / f"{crop}.mp4", FPS, (128, 64), arenas)
+        preview._writer.release()
+        preview._writer = grab  # the drawn images themselves, before any video compression
+        decisions = {a.id: ArenaDecisions(a.id, CLASSES, DecisionConfig(fps=FPS, immobile_classes=("immobile",))) for a in arenas}
+        pipe = Pipeline(ClipRecorder(), TVL1(CHEAP_FLOW), arenas, decisions,  # type: ignore[arg-type]
+                        PipelineConfig(fps=FPS, size_px=SIZE, crop=crop), outputs=[windows, preview])  # fmt: skip
+        pipe.run([frame(i) for i in range(40)] + [EndOfStream("end of file")])
+        return windows, preview, grab
+
+    windows, preview, grab = run("mouse")
+    centred = (16, 16, 32, 32)  # a 32 px window of a 64 px arena, at its centre (the 64 px ring: 1 ring px = 1 frame px)
+    assert windows.by_frame[5] == (centred, (64 + 16, 16, 32, 32))
+    x, y, w, h = windows.by_frame[30][0]
+    assert (x, y, w, h) == (x, 0, 32, 32) and x <= 10 + 30 + 4 < x + w  # on the mouse (its centre x is 44)
+    assert windows.by_frame[30][1] == (64 + 16, 16, 32, 32)
+    k = preview.scale
+    bottom, middle = round(16 * k) + round(32 * k) - 1, round(80 * k) + round(16 * k)
+    assert len(grab.images) == 40 and tuple(grab.images[30][bottom, middle]) == WINDOW_BGR  # A2's window, bottom edge
+    roi_windows, _, roi_grab = run("roi")
+    assert set(roi_windows.by_frame.values()) == {None}
+    assert tuple(roi_grab.images[30][bottom, middle]) != WINDOW_BGR

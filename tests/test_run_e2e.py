@@ -483,7 +483,11 @@ def test_a_model_trained_on_mouse_crops_runs_and_a_step_wise_engine_refuses_it(v
     card = json.loads((mouse_dir / "card.json").read_text())
     (mouse_dir / "card.json").write_text(json.dumps({**card, "crop": "mouse"}))
     out = tmp_path / "o"
-    assert run_mod.main(["--video", str(video), "--model", str(mouse_dir), *quiet(out), "--engine", "torch", "--stride", "4"]) == 0
+    assert run_mod.main(["--video", str(video), "--model", str(mouse_dir), *quiet(out), "--engine", "torch", "--stride", "4",
+                         "--preview", str(out / "preview.mp4")]) == 0
+    cap = cv2.VideoCapture(str(out / "preview.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES  # drawn with the mouse windows (tests/test_clip_source.py)
+    cap.release()
     for arena in ("A1", "A2"):
         assert [r["frame"] for r in csv_rows(out, arena)] == list(range(FRAMES))
         run = json.loads((out / f"{arena}.summary.json").read_text())["run"]
