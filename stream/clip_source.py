@@ -76,7 +76,8 @@ class ClipSource:
         self.ring.clip_frame_indices(center)  # raises unless the centre is still held
         return [crop_window(p, self.ring_px, CROP_FRACTION) for p in self._positions[center % CLIP_FRAMES]]
 
-    def frame_windows(self, index: int, rois: Sequence[Roi | None], frame_size: tuple[int, int]) -> tuple[tuple[int, int, int, int], ...] | None:
+    def frame_windows(self, index: int, rois: Sequence[Roi | None],
+                      frame_size: tuple[int, int]) -> tuple[tuple[int, int, int, int], ...] | None:
         """Crop "mouse": each arena's window for the clip centred on held frame ``index`` as (x, y, w, h) in
         pixels of the full (width, height) frame, for drawing (``stream.outputs.preview``); None for ROI."""
         if not self._locators:
