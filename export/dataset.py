@@ -75,7 +75,7 @@ from stream.atomic import atomic_path, atomic_write
 from stream.errors import UserError
 from stream.flow import FLOW_KEYS_ADDED_LATER, TVL1, FlowConfig, encode_flow, flow_from_uint8, flow_to_uint8
 from stream.modelfile import CROP_MOUSE, CROP_ROI, CROPS
-from stream.mouse_crop import CROP_FRACTION, Window, crop_window, track_positions
+from stream.mouse_crop import CROP_FRACTION, DECODE_SCALE, Window, crop_window, track_positions
 from stream.preprocess import Roi, clip_indices, crop_resize, rgb_clip, to_grey
 
 __all__ = [
@@ -102,9 +102,7 @@ AUG_FLIP_P = 0.5
 AUG_GAIN_RANGE = (0.8, 1.2)  # multiplicative brightness/contrast on [-1, 1] RGB
 AUG_BIAS_RANGE = (-0.1, 0.1)  # additive brightness on [-1, 1] RGB (~ +-13 grey levels)
 AUG_MAX_CROP_FRACTION = 0.125  # random crop removes up to 1/8 of the side, then resizes back
-# crop="mouse": the arena is decoded at this multiple of the input size, so that a CROP_FRACTION
-# (0.5) window of it is exactly the input size: twice the ROI crop's pixels on the mouse, no resize.
-MOUSE_DECODE_SCALE = 2
+MOUSE_DECODE_SCALE = DECODE_SCALE  # crop="mouse": the arena decoded at 2 x the input size (stream.mouse_crop)
 MOUSE_TRACK_VERSION = 1  # bump when stream.mouse_crop's locator changes: a new track cache, not a stale one
 AUG_CHUNK_FRAMES = 32  # frames augmented per call: cv2.resize takes at most 128 channels (3 per frame)
 

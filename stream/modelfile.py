@@ -88,7 +88,7 @@ TRAINED_FOR_STREAMING = "streaming"
 TRAINED_FOR = (TRAINED_FOR_CLIP, TRAINED_FOR_STREAMING)
 # What the model's input shows (card ``crop``): "roi", the whole arena resized to the input size (older
 # cards, no field); "mouse", the input-size window around the mouse cut from the arena at twice the
-# input size (export.dataset, stream.mouse_crop), which only the offline data path builds so far.
+# input size (export.dataset offline, stream.clip_source live; the step-wise engines refuse it).
 CROP_ROI = "roi"
 CROP_MOUSE = "mouse"
 CROPS = (CROP_ROI, CROP_MOUSE)
@@ -243,13 +243,14 @@ class ModelCard:
         return cls(**known)
 
 
-def require_live_crop(card: ModelCard, model_dir: Path | str) -> None:
-    """Refuse, in one line, a model whose input crop the live path does not cut (it cuts ROI crops only):
-    fed ROI crops, a model trained on mouse windows would see an input it never learnt, and say so nowhere."""
-    if card.crop != CROP_ROI:
-        raise ModelFileError(f"{model_dir}: trained on {card.crop!r} crops (card crop {card.crop!r}), but the live path cuts "
-                             f"{CROP_ROI!r} crops only, so the model would see an input it never learnt; evaluate it offline "
-                             f"(export-evaluate --crop {card.crop}) or run a model with crop {CROP_ROI!r}")
+def require_live_crop(card: ModelCard, model_dir: Path | str, *, stepwise: bool) -> None:
+    """Refuse, in one line, a model whose input crop the engine cannot be fed. The clip-wise engines get
+    either crop (stream.clip_source); a step-wise engine (``--engine streaming``) keeps per-layer state
+    over the image, which a mouse window that moves from clip to clip would tear apart."""
+    if card.crop != CROP_ROI and stepwise:
+        raise ModelFileError(f"{model_dir}: trained on {card.crop!r} crops (card crop {card.crop!r}), which a step-wise "
+                             f"engine cannot follow (its per-layer state is spatial, the window moves from clip to clip); "
+                             f"use a clip-wise engine (--engine auto, torch, onnxruntime or tensorrt)")
 
 
 @functools.cache

@@ -34,12 +34,16 @@ import numpy as np
 
 from stream.presence import MIN_AREA_FRACTION, foreground_mask, normalised_grey
 
-__all__ = ["CROP_FRACTION", "MouseLocator", "Window", "crop_window", "track_positions"]
+__all__ = ["CROP_FRACTION", "DECODE_SCALE", "MouseLocator", "Window", "crop_window", "track_positions"]
 
 # Window side / arena side. 0.5 at an arena decoded at 2x the input size gives a window of exactly
 # the input size (no resize): the mouse at the density of a 2x ROI crop. Half the cylinder holds a
 # top-view mouse (about a fifth of the cylinder long) with a body length or more around it.
 CROP_FRACTION = 0.5
+# The arena is decoded (and its flow computed) at this multiple of the input size, so that a
+# CROP_FRACTION (0.5) window of it is exactly the input size: twice the ROI crop's pixels on the
+# mouse, no resize. Training (export.dataset) and the live path (stream.clip_source) both use it.
+DECODE_SCALE = 2
 # The measure runs on the arena at this size: stream.presence's blur, threshold, opening and
 # minimum area were set on 64 px crops, and a 64 px median is 4x cheaper than one at 128 px.
 LOCATE_SIZE_PX = 64

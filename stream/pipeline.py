@@ -3,12 +3,15 @@
 ::
 
     Capture thread ──queue──> Pipeline.run (this thread)
-                               │ crop_resize per arena (N, S, S, 3)
+                               │ crop_resize per arena (N, S, S, 3)                stream.clip_source
                                │ ClipRing.push: RGB + TV-L1 flow prev->current, batched over arenas
                                │ frame t+7 arrived -> clip(t) -> engine.predict (N arenas in one batch)
                                │ ArenaDecisions.update per arena
                                v
                              outputs (stream.outputs.base.Output): CSV, results, ZeroMQ, metrics, preview
+
+The card's input crop (``crop``) decides what the clips show: the whole arena ("roi"), or the window
+around the mouse cut from the arena at twice the input size ("mouse", ``stream.clip_source``).
 
 A step-wise engine (``stepwise = True``: ``--engine streaming``, stream.engine.streaming) is fed each
 frame's RGB and flow from the ring as it arrives, through one ``open_stream(arenas)`` state per
@@ -55,8 +58,9 @@ from stream.decisions import ArenaDecisions, Decision
 from stream.engine.base import Engine  # the one engine type (warmup / predict / close), every backend
 from stream.input_check import ArenaInputCheck, InputReference, clip_input_stats, warn
 from stream.outputs.base import FrameEvent, GapEvent, Output, Status, broadcast
-from stream.preprocess import FUTURE_FRAMES, crop_resize
-from stream.ring import ClipRing
+from stream.clip_source import ClipSource
+from stream.modelfile import CROP_ROI
+from stream.preprocess import FUTURE_FRAMES
 from stream.trials import ArenaTrial, TrialBook, TrialEnded, TrialStarted
 
 __all__ = ["PipelineConfig", "RunResult", "Pipeline", "format_status", "look_ahead_s"]
@@ -102,6 +106,7 @@ class PipelineConfig:
     live_counters_interval_s: float = LIVE_COUNTERS_INTERVAL_S
     adaptive_stride: bool = False  # raise the stride when behind (live or paced sources, where frames drop)
     max_stride_frames: int | None = None  # the most the adaptive stride goes to (None: max_adaptive_stride(fps))
+    crop: str = CROP_ROI  # the card's input crop: "roi" (whole arena) or "mouse" (stream.clip_source)
 
     def __post_init__(self) -> None:
         from stream.errors import UserError
@@ -197,8 +202,10 @@ class Pipeline:
         self.arenas = list(arenas)
         self.decisions = decisions
         self.config = config
-        self.ring = ClipRing(len(self.arenas), config.size_px, flow, device=engine.device,
-                             warm_start=config.flow_warm_start)
+        self.clips = ClipSource(len(self.arenas), config.size_px, flow, crop=config.crop, fps=config.fps,
+                                device=engine.device, warm_start=config.flow_warm_start)
+        self.ring = self.clips.ring  # segment bookkeeping (start, last index, flow calls)
+        self._rois = [a.roi for a in self.arenas]
         self.outputs = list(outputs)
         self.trials = trials
         self.heartbeat = heartbeat
@@ -280,9 +287,9 @@ class Pipeline:
         self._expected = frame.index + 1
         if self.config.adaptive_stride and self.result.frames_processed:  # a file's first frame was read
             self._adapt_stride(time.monotonic() - frame.captured_monotonic_s)  # at the checks, before the model load
-        crops = np.stack([crop_resize(frame.image, a.roi, self.config.size_px) for a in self.arenas])
+        crops = self.clips.crops(frame.image, self._rois)
         t0 = time.perf_counter()
-        self.ring.push(crops, frame.index)
+        self.clips.push(crops, frame.index)
         dt = time.perf_counter() - t0
         self.result.flow_s += dt
         self._meta[frame.index] = (frame.timestamp_s, frame.captured_monotonic_s)
@@ -293,10 +300,11 @@ class Pipeline:
         if self._stream is not None:
             self._step(frame.index)
         if self.trials is not None:
-            self.trials.on_frame(frame.index, frame.timestamp_s, crops, self._next_center)
+            self.trials.on_frame(frame.index, frame.timestamp_s, self.clips.model_view(crops), self._next_center)
         self.result.frames_processed += 1
         self._fps_times.append(time.monotonic())
-        broadcast(self.outputs, "on_frame", FrameEvent(frame.index, frame.timestamp_s, frame.image, dt))
+        windows = self.clips.frame_windows(frame.index, self._rois, (frame.image.shape[1], frame.image.shape[0]))
+        broadcast(self.outputs, "on_frame", FrameEvent(frame.index, frame.timestamp_s, frame.image, dt, windows))
         center = frame.index - FUTURE_FRAMES
         while self._next_center is not None and self._next_center <= center:
             self._next_center += 1  # first: a failure inside must not have this frame classified twice
@@ -306,7 +314,7 @@ class Pipeline:
         """Feed frame ``index`` to the step-wise engine; keep the prediction it returns (frame ``index - 7``)."""
         assert self._stream is not None
         t0 = time.perf_counter()
-        pred = self._stream.push(*self.ring.frame(index))
+        pred = self._stream.push(*self.clips.frame(index))
         dt = time.perf_counter() - t0
         self.result.model_s += dt
         self.result.model_calls += 1
@@ -325,7 +333,7 @@ class Pipeline:
                 self._last_probs = stepped
                 self._last_model_center = center
         elif use_model:
-            rgb, flow = self.ring.clip(center, last)
+            rgb, flow = self.clips.clip(center, last)
             t0 = time.perf_counter()
             probs = np.asarray(self.engine.predict(rgb, flow), dtype=np.float64)
             dt = time.perf_counter() - t0
@@ -398,7 +406,7 @@ class Pipeline:
             while self._next_center <= last:
                 self._next_center += 1
                 self._classify(self._next_center - 1, last)
-        self.ring.reset()
+        self.clips.reset()
         self._stream_probs.clear()
         self._next_center = None
         # the last prediction stays: a centre less than a stride after it (a few frames dropped) is

@@ -93,7 +93,7 @@ def run_video(config: RunConfig, card: ModelCard, engine: Any, arenas: Sequence[
     check_arenas_fit(list(arenas), w, h, str(video))
     pipeline = Pipeline(engine, TVL1(FlowConfig(**card.flow), device=engine.device), list(arenas), decisions,
                         PipelineConfig(fps=card.fps, size_px=engine.input_size_px, stride_frames=m.stride,
-                                       flow_warm_start=m.flow_warm_start),
+                                       flow_warm_start=m.flow_warm_start, crop=card.crop),
                         outputs=list(outputs))
     capture.start()
     try:
@@ -308,7 +308,10 @@ class Runner:
             raise UserError(f"bundled model {model_dir} not found; pass --model DIR (a folder with card.json and "
                             "model.safetensors)")
         card = load_card(model_dir)
-        require_live_crop(card, model_dir)  # before any source, port or engine (the engine checks it too)
+        from stream.engine.factory import runs_stepwise
+
+        # before any source, port or engine (the engine checks it too)
+        require_live_crop(card, model_dir, stepwise=runs_stepwise(c.model.engine, card))
         if c.model.view is not None and card.view != c.model.view:
             log.warning("--view %s but --model %s is a %s-view model; using --model", c.model.view, model_dir, card.view)
         self._decision_config(card)
@@ -612,7 +615,7 @@ class Runner:
             PipelineConfig(fps=card.fps, size_px=self.engine.input_size_px, stride_frames=c.model.stride,
                            flow_warm_start=c.model.flow_warm_start,
                            adaptive_stride=source.spec.live or c.source.realtime,  # where frames can be dropped
-                           max_stride_frames=c.model.max_stride),
+                           max_stride_frames=c.model.max_stride, crop=card.crop),
             outputs=outputs, trials=book, heartbeat=self.notifier.watchdog, stop_event=self.stop_event,
             capture_stats=capture.stats,
             input_reference=InputReference(model=card.name, classes=tuple(card.classes), fps=card.fps,
@@ -736,6 +739,7 @@ class Runner:
             "device": str(self.engine.device),
             "model_fps": card.fps,
             "input_size_px": self.engine.input_size_px,
+            "input_crop": card.crop,  # issue 21: the whole arena ("roi") or the window around the mouse ("mouse")
             "stride_frames": self.config.model.stride,
             "look_ahead_s": round(look_ahead_s(card.fps), 4),
             "frame_size": list(stats.frame_size),

@@ -427,11 +427,16 @@ def test_crop_is_an_optional_checked_card_field(tmp_path, tiny_model, caplog):
         load_card(d)
 
 
-def test_an_engine_refuses_a_model_trained_on_mouse_crops(tmp_path, tiny_model):
-    """The live path cuts ROI crops only: an engine must not feed them to a mouse-crop model."""
+def test_a_mouse_crop_model_runs_clip_wise_and_a_step_wise_engine_refuses_it(tmp_path, tiny_model):
+    """Issue 21: the clip-wise engines are fed mouse windows (stream.clip_source); a step-wise engine keeps
+    per-layer state over the image, which a window moving from clip to clip would tear apart."""
     from stream.engine import build_engine
+    from stream.engine.factory import runs_stepwise
 
     d = save_model(tiny_model, make_card(crop="mouse"), tmp_path / "m")
-    with pytest.raises(UserError, match="trained on 'mouse' crops .* the live path cuts 'roi' crops only"):
-        build_engine("torch", d, device="cpu", optimize=False)
-    build_engine("torch", save_model(tiny_model, make_card(), tmp_path / "roi"), device="cpu", optimize=False).close()
+    build_engine("torch", d, device="cpu", optimize=False).close()
+    with pytest.raises(UserError, match="trained on 'mouse' crops .*, which a step-wise engine cannot follow"):
+        build_engine("streaming-torch", d, device="cpu")
+    card = load_card(d)
+    assert not runs_stepwise("auto", card) and runs_stepwise("streaming", card) and runs_stepwise("streaming-torch", card)
+    assert runs_stepwise("auto", make_card(trained_for="streaming")) and not runs_stepwise("torch", make_card())

@@ -475,16 +475,26 @@ def test_a_card_trained_for_streaming_runs_streaming_under_auto_and_is_refused_c
     assert len(err) == 1 and "trained for the streaming engine" in err[0] and "--engine streaming" in err[0], err
 
 
-def test_a_model_trained_on_mouse_crops_is_refused_in_one_line(video, model_dir, tmp_path, fast_engine, capsys) -> None:
-    """Issue 21: the live path cuts ROI crops only; a card with crop "mouse" must not be fed them silently."""
-    import shutil
-
+def test_a_model_trained_on_mouse_crops_runs_and_a_step_wise_engine_refuses_it(video, model_dir, tmp_path, capsys) -> None:
+    """Issue 21: a card with crop "mouse" runs on the live mouse windows (the real clip-wise engine, built
+    from that card); ``--engine streaming-torch`` refuses it in one line, before any frame or engine."""
     mouse_dir = tmp_path / "mouse-model"
     shutil.copytree(model_dir, mouse_dir)
     card = json.loads((mouse_dir / "card.json").read_text())
     (mouse_dir / "card.json").write_text(json.dumps({**card, "crop": "mouse"}))
     out = tmp_path / "o"
-    assert run_mod.main(["--video", str(video), "--model", str(mouse_dir), *quiet(out)]) == 2
+    assert run_mod.main(["--video", str(video), "--model", str(mouse_dir), *quiet(out), "--engine", "torch", "--stride", "4",
+                         "--preview", str(out / "preview.mp4")]) == 0
+    cap = cv2.VideoCapture(str(out / "preview.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES  # drawn with the mouse windows (tests/test_clip_source.py)
+    cap.release()
+    for arena in ("A1", "A2"):
+        assert [r["frame"] for r in csv_rows(out, arena)] == list(range(FRAMES))
+        run = json.loads((out / f"{arena}.summary.json").read_text())["run"]
+        assert run["frames_processed"] == FRAMES and run["input_crop"] == "mouse"
+    capsys.readouterr()
+    refused = tmp_path / "r"
+    assert run_mod.main(["--video", str(video), "--model", str(mouse_dir), *quiet(refused), "--engine", "streaming-torch"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("stream-run: error: ") and "'mouse' crops" in err[0], err
-    assert _no_csv(out) and not fast_engine  # before any frame, before the engine
+    assert len(err) == 1 and err[0].startswith("stream-run: error: ") and "which a step-wise engine cannot follow" in err[0], err
+    assert _no_csv(refused)

@@ -193,7 +193,7 @@ class Engine(abc.ABC):
             raise UserError(f"{model_dir}: trained for the streaming engine (card trained_for {TRAINED_FOR_STREAMING!r}); "
                             f"the {self.backend} engine's {card.clip_frames}-frame clip cannot compute its causal function "
                             f"(it reads {STREAM_RECEPTIVE_FRAMES} frames back): use --engine {KIND_STREAMING} or auto")
-        require_live_crop(card, model_dir)  # every engine is fed the live path's ROI crops
+        require_live_crop(card, model_dir, stepwise=self.stepwise)  # a step-wise engine cannot follow a mouse window
         self.card = card
         self.config = config
         self.model_dir = Path(model_dir)

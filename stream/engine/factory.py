@@ -26,6 +26,7 @@ from stream.engine.base import (
     KIND_AUTO,
     KIND_ONNXRUNTIME,
     KIND_STREAMING,
+    KIND_STREAMING_TORCH,
     KIND_TENSORRT,
     KIND_TORCH,
     ONNXRUNTIME_INSTALL_HINT,
@@ -36,11 +37,22 @@ from stream.engine.base import (
 from stream.engine.cache import with_weights_digest
 from stream.engine.onnx_cache import cached_onnx_path, onnx_path
 from stream.errors import UserError
-from stream.modelfile import TRAINED_FOR_STREAMING, load_card
+from stream.modelfile import TRAINED_FOR_STREAMING, ModelCard, load_card
 
-__all__ = ["BACKENDS", "backend_class", "build_engine", "choose_backend", "open_engine"]
+__all__ = ["BACKENDS", "STEPWISE_KINDS", "backend_class", "build_engine", "choose_backend", "open_engine", "runs_stepwise"]
 
 log = logging.getLogger("stream.engine")
+
+STEPWISE_KINDS = (KIND_STREAMING, KIND_STREAMING_TORCH)  # fed frame by frame (Engine.stepwise)
+
+
+def runs_stepwise(kind: str, card: ModelCard) -> bool:
+    """Whether ``open_engine`` builds a step-wise engine for ``card`` under ``kind``: the streaming kinds,
+    and ``auto`` for a card trained for streaming (a motion card always gets the clip-wise motion engine).
+    Lets a start refuse what that engine cannot run (``require_live_crop``) before it opens anything."""
+    if card.kind == "motion":
+        return False
+    return kind in STEPWISE_KINDS or (kind == KIND_AUTO and card.trained_for == TRAINED_FOR_STREAMING)
 
 
 
@@ -89,7 +101,7 @@ def open_engine(model_dir: str | Path, config: EngineConfig) -> Engine:
 
         return MotionEngine(model_dir, config)
     kind = config.kind
-    if kind == KIND_AUTO and load_card(model_dir).trained_for == TRAINED_FOR_STREAMING:
+    if kind == KIND_AUTO and runs_stepwise(kind, load_card(model_dir)):
         kind = KIND_STREAMING  # the only engine that computes what it was trained for (stream/causal_i3d.py)
         log.info("engine auto: chose %s because the card says trained_for %r", kind, TRAINED_FOR_STREAMING)
         config = dataclasses.replace(config, kind=kind)

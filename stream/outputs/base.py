@@ -42,6 +42,9 @@ class FrameEvent:
     timestamp_s: float  # source clock (seconds since the source's first frame)
     image: np.ndarray  # the full frame, BGR (H, W, 3) uint8
     flow_s: float  # seconds the ring and flow took for this frame (all arenas)
+    # crop "mouse" (stream.clip_source): per arena, in arena order, the window the clip centred on this
+    # frame is cut from, (x, y, w, h) in pixels of ``image``; None for the ROI crop
+    windows: tuple[tuple[int, int, int, int], ...] | None = None
 
 
 @dataclass(frozen=True)

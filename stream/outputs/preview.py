@@ -1,4 +1,5 @@
-"""Annotated preview video: each arena's ROI box, current label, immobile seconds and bouts drawn.
+"""Annotated preview video: each arena's ROI box, current label, immobile seconds and bouts drawn
+(and, for a mouse-crop model, the window around the mouse its clip was cut from, a thin box).
 
 The file is H.264 (yuv420p, MP4 with the index at the front: ``+faststart``), written with PyAV's
 libx264, so it plays in a browser and streams before it is fully downloaded; OpenCV's ``mp4v``
@@ -36,6 +37,7 @@ PREVIEW_FRAMES_KEPT = 64  # frames waiting for their decisions in the preview (>
 IMMOBILE_BGR = (0, 0, 255)  # red: the colour people read as "stopped"
 MOBILE_BGR = (0, 200, 0)
 WAITING_BGR = (160, 160, 160)  # grey: no trial in this arena
+WINDOW_BGR = (255, 200, 0)  # light blue: the mouse window (crop "mouse"), apart from the label colours
 MIN_ARENA_PX = 200  # smallest arena side in the preview: 3 lines of ~14 px text fit, readable on a laptop
 MAX_WIDTH_PX = 1920  # upscaling stops here (a full-HD player)
 H264_CRF = "23"  # libx264's default quality: an overlay of thin text stays sharp
@@ -122,13 +124,14 @@ class PreviewWriter(Output):
             raise UserError(f"--preview {self.path}: cannot write an mp4 video there ({exc})") from exc
         self._frames: dict[int, np.ndarray] = {}
         self._labels: dict[int, dict[str, Decision]] = {}
+        self._windows: dict[int, tuple[tuple[int, int, int, int], ...]] = {}  # crop "mouse": per frame, per arena
         self.frames_written = 0
         self._closed = False
         self._active: set[str] | None = None  # arenas in a trial; None: no trial events, every arena counts
 
     # -- Output -----------------------------------------------------------------------------------
     def on_frame(self, frame: FrameEvent) -> None:
-        self.add_frame(frame.index, frame.image)
+        self.add_frame(frame.index, frame.image, frame.windows)
 
     def on_decision(self, arena_id: str, decision: Decision, latency_s: float | None) -> None:
         self.add_decision(arena_id, decision)
@@ -145,8 +148,10 @@ class PreviewWriter(Output):
             self._writer.release()
 
     # -- drawing ----------------------------------------------------------------------------------
-    def add_frame(self, index: int, image: np.ndarray) -> None:
+    def add_frame(self, index: int, image: np.ndarray, windows: tuple[tuple[int, int, int, int], ...] | None = None) -> None:
         self._frames[index] = image
+        if windows is not None:
+            self._windows[index] = windows
         if self._active is not None and not self._active:
             self._labels[index] = {}
             self._write(index)
@@ -155,6 +160,7 @@ class PreviewWriter(Output):
             oldest = min(self._frames)
             self._frames.pop(oldest)
             self._labels.pop(oldest, None)
+            self._windows.pop(oldest, None)
 
     def add_decision(self, arena_id: str, decision: Decision) -> None:
         i = decision.frame_index
@@ -170,12 +176,17 @@ class PreviewWriter(Output):
         image = self._frames[index]
         image = cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR) if self.scale != 1.0 else image.copy()
         decisions = self._labels.pop(index)
+        windows = self._windows.get(index)
         for k in [k for k in self._frames if k <= index]:
             self._frames.pop(k)
             self._labels.pop(k, None)
+            self._windows.pop(k, None)
         h, w = image.shape[:2]
         k = self.scale
-        for arena in self.arenas:
+        for a, arena in enumerate(self.arenas):
+            if windows is not None:
+                wx, wy, ww, wh = (round(v * k) for v in windows[a])
+                cv2.rectangle(image, (wx, wy), (wx + ww - 1, wy + wh - 1), WINDOW_BGR, 1)
             d = decisions.get(arena.id)
             x, y, rw, rh = ((round(arena.roi.x * k), round(arena.roi.y * k), round(arena.roi.w * k),
                              round(arena.roi.h * k)) if arena.roi else (0, 0, w, h))
