@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -370,20 +371,27 @@ def test_a_model_with_nan_weights_is_refused_on_load(tmp_path, tiny_model):
         load_model(d)
 
 
-def test_trained_for_is_an_optional_checked_card_field(tmp_path, tiny_model, caplog):
-    """Issue 22: a card may say its weights were trained for the streaming engine; older cards are clip models."""
-    d = save_model(tiny_model, make_card(trained_for="streaming"), tmp_path / "m")
+@pytest.mark.parametrize(("field", "value", "default", "bad", "message"), [
+    ("trained_for", "streaming", "clip", "stream", "trained_for must be one of clip, streaming, got 'stream'"),  # issue 22
+    ("crop", "mouse", "roi", "face", "crop must be one of roi, mouse, got 'face'"),  # issue 21: the input crop the model learnt
+])
+def test_optional_card_fields_default_for_older_cards_and_are_checked(tmp_path, tiny_model, caplog, field, value, default, bad, message):
+    """A field added later: read back as written, its default on a card written before it existed, a wrong value refused."""
+    d = save_model(tiny_model, make_card(**{field: value}), tmp_path / "m")
     with caplog.at_level("WARNING"):
-        assert load_card(d).trained_for == "streaming"
+        assert getattr(load_card(d), field) == value
     assert "unknown card field" not in caplog.text
     card = json.loads((d / CARD_FILE).read_text())
-    del card["trained_for"]  # a card written before the field existed
+    del card[field]  # a card written before the field existed
     (d / CARD_FILE).write_text(json.dumps(card))
-    assert load_card(d).trained_for == "clip"
-    card["trained_for"] = "stream"
+    assert getattr(load_card(d), field) == default
+    card[field] = bad
     (d / CARD_FILE).write_text(json.dumps(card))
-    with pytest.raises(ModelFileError, match="trained_for must be one of clip, streaming, got 'stream'"):
+    with pytest.raises(ModelFileError, match=re.escape(message)):
         load_card(d)
+
+
+def test_trained_for_streaming_is_for_i3d_models():
     with pytest.raises(ModelFileError, match="trained_for 'streaming' is for i3d models"):
         make_card(trained_for="streaming", kind="motion", weights_dtype="json").validate()
 
@@ -409,22 +417,6 @@ def test_card_without_texture_sigma_computes_the_flow_it_was_trained_with(tmp_pa
     del legacy["texture_sigma"]
     assert _flow_key(plain) == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:12]
     assert _flow_key(FlowConfig.fast(texture_sigma=2.5)) != _flow_key(plain)
-
-
-def test_crop_is_an_optional_checked_card_field(tmp_path, tiny_model, caplog):
-    """Issue 21: a card says which input crop its model learnt; older cards (no field) are ROI models."""
-    d = save_model(tiny_model, make_card(crop="mouse"), tmp_path / "m")
-    with caplog.at_level("WARNING"):
-        assert load_card(d).crop == "mouse"
-    assert "unknown card field" not in caplog.text
-    card = json.loads((d / CARD_FILE).read_text())
-    del card["crop"]  # a card written before the field existed
-    (d / CARD_FILE).write_text(json.dumps(card))
-    assert load_card(d).crop == "roi"
-    card["crop"] = "face"
-    (d / CARD_FILE).write_text(json.dumps(card))
-    with pytest.raises(ModelFileError, match="crop must be one of roi, mouse, got 'face'"):
-        load_card(d)
 
 
 def test_a_mouse_crop_model_runs_clip_wise_and_a_step_wise_engine_refuses_it(tmp_path, tiny_model):
