@@ -205,10 +205,11 @@ def test_untouched_model_starts_both_fine_tuning_recipes():
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_per_stream_start_unfreezes_the_rgb_stream_only(tmp_path, tiny_model):
-    """--starts per-stream: the same labelled frames as the recipe, the RGB stream at its own rate and unfrozen."""
+    """--starts per-stream: the same labelled frames as the recipe, the RGB stream at its own rate and unfrozen, the flow stream's blocks frozen."""
     _, _, points = _curve(tmp_path, tiny_model, "--starts", "model,per-stream", "--select", "uncertainty", "--minutes", "0.05", "--rgb-lr", "0.002")
     assert sorted(points) == ["model-uncertainty-0.05min", "per-stream-uncertainty-0.05min"]
     recipe, per_stream = points["model-uncertainty-0.05min"]["config"], points["per-stream-uncertainty-0.05min"]["config"]
     assert (recipe["rgb_lr"], recipe["rgb_freeze_until"]) == (None, None)
-    assert (per_stream["rgb_lr"], per_stream["rgb_freeze_until"], per_stream["freeze_until"], per_stream["lr"]) == (0.002, "", "Mixed_3c", 1e-4)
+    assert (per_stream["rgb_lr"], per_stream["rgb_freeze_until"], per_stream["freeze_until"], per_stream["lr"]) == (0.002, "", "Mixed_5c", 1e-4)
+    assert recipe["freeze_until"] == "Mixed_3c"
     assert points["per-stream-uncertainty-0.05min"]["train_clips"] == points["model-uncertainty-0.05min"]["train_clips"]
