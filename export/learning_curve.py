@@ -191,6 +191,10 @@ def write_table(out: Path, points: Sequence[dict[str, Any]], *, note: str = "") 
     return csv_path, md_path
 
 
+SERIES_LABELS = {"model": "model fine-tuned (recipe)", "per-stream": "model fine-tuned per stream", "random": "from random init",
+                 "motion": "motion baseline"}  # fmt: skip
+
+
 def plot_curve(path: Path, points: Sequence[dict[str, Any]], *, title: str = "Learning curve") -> Path:
     import matplotlib
 
@@ -207,7 +211,7 @@ def plot_curve(path: Path, points: Sequence[dict[str, Any]], *, title: str = "Le
         seeds = max(n for _, _, n in stats)
         ax.errorbar(xs, [100 * mean for mean, _, _ in stats], yerr=[0.0 if np.isnan(sd) else 100 * sd for _, sd, _ in stats],
                     fmt=styles.get(start, "-"), marker=markers.get(select, "o"), capsize=3,
-                    label=("motion baseline" if start == "motion" else f"from {start} init") + f", {select} minutes"
+                    label=SERIES_LABELS.get(start, start) + f", {select} minutes"
                     + (f" (mean ± sd, {seeds} seeds)" if seeds > 1 else ""))  # fmt: skip
     ax.axhline(100 * TARGET_AGREEMENT, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("labelled minutes of the new setup")
