@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Reproduces docs/learning_curve/fst-side-112/ (README, "The learning curve on a held-out setup"):
+# the Kinetics-started fst-side-112 fine-tuned on 1 and 2 labelled minutes of the simulator's
+# held-out lighting, 3 seeds per point: export-select minutes against random minutes, and the
+# recipe against the per-stream recipe (RGB stream unfrozen at 1e-3).
+#
+#   docs/learning_curve/fst-side-112/reproduce.sh     # ~2.5 h on 2 CPU cores (two runs side by side)
+#
+# Pool: 3 videos x 3 min (seeds 300001-300003, 5 animals); test: 3 videos x 1 min (seeds
+# 300101-300103, 7 animals), every 16th frame (399 clips). The pool is scored once by stream-run
+# at stride 4 (export-select's uncertainty); both runs share the folder and its scores.
+set -euo pipefail
+WORK="${WORK:-runs/lc2}"
+OUT="${OUT:-docs/learning_curve/fst-side-112}"
+V="$WORK/videos"
+mkdir -p "$V"
+for i in 1 2 3; do
+    [ -f "$V/test_$i.mp4" ] || export-synth --view side --held-out lighting --fps 15 --minutes 1 --seed $((300100 + i)) --out "$V" --name "test_$i"
+    [ -f "$V/pool_$i.mp4" ] || export-synth --view side --held-out lighting --fps 15 --minutes 3 --seed $((300000 + i)) --out "$V" --name "pool_$i"
+done
+common=(--init model:trained_models/fst-side-112 --train-videos "$V"/pool_{1,2,3}.mp4 --test-videos "$V"/test_{1,2,3}.mp4
+        --frame-step 8 --score-stride 4 --eval-frame-step 16 --cache-dir "$WORK/cache" --threads 1 --out "$WORK/all")
+# the scores first (one run), then two runs side by side on their own points
+export-learning-curve "${common[@]}" --starts model --select uncertainty --minutes 0 --seed 0
+export-learning-curve "${common[@]}" --starts model --select uncertainty --minutes 0,1,2 --seed 0,1,2 &
+a=$!
+( export-learning-curve "${common[@]}" --starts model --select random --minutes 2 --seed 0,1,2
+  export-learning-curve "${common[@]}" --starts per-stream --select uncertainty --minutes 2 --seed 0,1,2 ) &
+b=$!
+wait "$a"
+wait "$b"
+export-learning-curve --out "$WORK/all" --report-only
+mkdir -p "$OUT"
+cp "$WORK"/all/learning_curve.{csv,md,png} "$OUT/"
