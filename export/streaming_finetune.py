@@ -47,11 +47,11 @@ import torch
 import torch.nn.functional as F
 
 from export.dataset import flow_input
+from export.train_config import flow_options_of
 from export.train_data import dataset_from_args
 from stream.causal_i3d import (SEGMENT_LEAD_FRAMES, causal_features, causal_fused, causal_logits, receptive_frames, segment_inputs,
                                segment_outputs, streaming_state_dict)
 from stream.errors import UserError, cli_main
-from stream.flow import FlowConfig
 from stream.model import FEATURE_LAYERS, FusedI3D, fuse
 from stream.modelfile import TRAINED_FOR_STREAMING, ModelCard, load_card, load_model, save_model, verify_weights
 from stream.preprocess import FUTURE_FRAMES, rgb_clip
@@ -352,12 +352,11 @@ def check_against_engine(model: FusedI3D, model_dir: Path, dataset) -> float:
     return float(np.abs(got - expected).max())
 
 
-def _flow_preset(card: ModelCard) -> str:
-    """``dataset_from_args``' flow preset that gives the card's TV-L1 settings (the cache keys on them)."""
-    sigma = card.flow.get("texture_sigma", 0.0)
-    for preset, config in (("fast", FlowConfig.fast(texture_sigma=sigma)), ("default", FlowConfig(texture_sigma=sigma))):
-        if dataclasses.asdict(config) == card.flow:
-            return preset
+def _flow_options(card: ModelCard) -> tuple[str, float]:
+    """``dataset_from_args``' flow preset and texture sigma that give the card's TV-L1 settings (the cache keys on them)."""
+    found = flow_options_of(card.flow)
+    if found is not None:
+        return found
     raise UserError("the card's TV-L1 settings are neither FlowConfig.fast() nor the default; export-train's data loading "
                     "offers only those, so the fine-tune cannot compute the flow the card was trained with")
 
@@ -404,9 +403,9 @@ def main(argv: list[str] | None = None) -> int:
                             f"{teacher.trained_for!r}); give the clip model to agree with, e.g. the one --model started from")
     data_args = argparse.Namespace(
         videos=args.videos, labels=None, arenas=None, jhuang=None, size_px=card.input_size_px, fps=card.fps,
-        frame_step=1, cache_dir=args.cache_dir, flow_preset=_flow_preset(card), flow_texture_sigma=card.flow.get("texture_sigma", 0.0), device="cpu",
-        crop=card.crop,
+        frame_step=1, cache_dir=args.cache_dir, device="cpu", crop=card.crop,
     )
+    data_args.flow_preset, data_args.flow_texture_sigma = _flow_options(card)
     dataset, spec = dataset_from_args(data_args, card.classes)
     result = finetune(model, dataset, config, args.distill)
     base = {k: getattr(card, k) for k in ("name", "weights_sha256", "training", "metrics")}

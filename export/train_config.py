@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,7 +20,11 @@ from stream.errors import UserError
 from stream.modelfile import CROP_ROI, CROPS
 from stream.preprocess import DEFAULT_MODEL_FPS
 
-__all__ = ["DEFAULT_FPS", "FINETUNE_RECIPE", "TrainConfig", "add_data_arguments", "add_training_arguments", "config_from_args", "parse_with_recipe"]
+if TYPE_CHECKING:
+    from stream.flow import FlowConfig
+
+__all__ = ["DEFAULT_FPS", "FINETUNE_RECIPE", "FLOW_PRESETS", "TrainConfig", "add_data_arguments", "add_training_arguments", "config_from_args",
+           "flow_config_for", "flow_options_of", "parse_with_recipe"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,20 @@ class TrainConfig:
 
 
 DEFAULT_FPS = DEFAULT_MODEL_FPS  # the bundled models' frame rate
+FLOW_PRESETS = ("default", "fast")  # --flow-preset: OpenCV's TV-L1 defaults, or FlowConfig.fast()
+
+
+def flow_config_for(preset: str, texture_sigma: float = 0.0) -> FlowConfig:
+    """The TV-L1 settings that ``--flow-preset`` and ``--flow-texture-sigma`` name."""
+    from stream.flow import FlowConfig
+
+    return FlowConfig.fast(texture_sigma=texture_sigma) if preset == "fast" else FlowConfig(texture_sigma=texture_sigma)
+
+
+def flow_options_of(flow: dict[str, Any]) -> tuple[str, float] | None:
+    """The (``--flow-preset``, ``--flow-texture-sigma``) that give a card's TV-L1 settings; None when no preset does."""
+    sigma = flow.get("texture_sigma", 0.0)
+    return next(((preset, sigma) for preset in FLOW_PRESETS if dataclasses.asdict(flow_config_for(preset, sigma)) == flow), None)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,7 +147,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"model frame rate; every video is resampled to it by timestamp, as stream-run does live (default: {DEFAULT_FPS:g})")
     g.add_argument("--frame-step", type=int, default=1, help="centre a clip on every Nth labelled frame (default: 1)")
     g.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="decoded crops and TV-L1 flow cache (default: runs/cache)")
-    g.add_argument("--flow-preset", choices=("default", "fast"), default="default", help="TV-L1 settings: OpenCV defaults or FlowConfig.fast() (default: default)")
+    g.add_argument("--flow-preset", choices=FLOW_PRESETS, default="default", help="TV-L1 settings: OpenCV defaults or FlowConfig.fast() (default: default)")
     g.add_argument("--flow-texture-sigma", type=float, default=0.0, metavar="PX",
                    help="TV-L1 on each frame's texture (the frame minus its Gaussian blur of this sigma, in px of the image the flow is computed on: the model input, twice it with --crop mouse): "
                         "flicker and uneven lighting stop looking like motion; the card keeps it, so live flow does the same (default: 0 = off)")
@@ -236,16 +254,14 @@ def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None) -
 def _data_defaults_from_card(args: argparse.Namespace, model_dir: Path, set_by_user: dict[str, Any]) -> None:
     """Fine-tuning sees clips as the model saw them: its input size, frame rate, TV-L1 settings,
     input crop, view and classes (and keeps its flow weight), unless the command line says otherwise."""
-    from stream.flow import FlowConfig
     from stream.modelfile import load_card
 
     card = load_card(model_dir)
     wanted = {"size_px": card.input_size_px, "fps": card.fps, "view": card.view, "classes": ",".join(card.classes),
               "immobile_classes": ",".join(card.immobile_classes), "flow_weight": card.flow_weight, "crop": card.crop}  # fmt: skip
-    sigma = card.flow.get("texture_sigma", 0.0)
-    for preset, config in (("default", FlowConfig(texture_sigma=sigma)), ("fast", FlowConfig.fast(texture_sigma=sigma))):
-        if card.flow == dataclasses.asdict(config):
-            wanted["flow_preset"], wanted["flow_texture_sigma"] = preset, sigma
+    flow_options = flow_options_of(card.flow)
+    if flow_options is not None:
+        wanted["flow_preset"], wanted["flow_texture_sigma"] = flow_options
     if "flow_preset" not in wanted and "flow_preset" not in set_by_user:
         log.warning("%s: its TV-L1 settings are neither --flow-preset default nor fast; training uses %s", model_dir, args.flow_preset)
     for key, value in wanted.items():

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 
 from export import distributed
+from export.train_config import flow_config_for
 from export.train_model import resolve_device
 from stream.errors import UserError
 from stream.modelfile import CROP_ROI
@@ -200,7 +201,6 @@ def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progr
     """The ``ClipDataset`` the arguments describe (flow computed into the cache on first use) and its ``DataSpec``."""
     from export.annotations import read_jhuang_clips
     from export.dataset import ClipDataset, VideoSource, sources_from_files
-    from stream.flow import FlowConfig
 
     if args.size_px < 32:
         raise UserError(f"--size-px {args.size_px}: I3D downsamples by 32; use 32 or more")
@@ -228,7 +228,7 @@ def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progr
     sigma = getattr(args, "flow_texture_sigma", 0.0)
     if not sigma >= 0:
         raise UserError(f"--flow-texture-sigma {sigma:g}: must be >= 0 px (0 = off)")
-    flow_config = FlowConfig.fast(texture_sigma=sigma) if args.flow_preset == "fast" else FlowConfig(texture_sigma=sigma)
+    flow_config = flow_config_for(args.flow_preset, sigma)
     crop = getattr(args, "crop", CROP_ROI)  # tools that build their own namespace (streaming fine-tuning) may leave it out
     device = resolve_device(getattr(args, "device", "cpu"))
     flow_device = "cpu" if device.type != "cuda" else ("cuda" if args.device in ("auto", "cuda") else str(device))  # "cuda": every visible GPU
