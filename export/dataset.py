@@ -40,7 +40,7 @@ frames, and each takes the label of the source frame it shows. Without ``fps`` e
 frame is kept and ``stride`` spreads a clip (the older integer-step subsampling).
 
 Input crop (``crop``): ``"roi"`` (default) resizes the whole arena to ``size_px``. ``"mouse"``
-decodes the arena at ``MOUSE_DECODE_SCALE`` x ``size_px``, computes the TV-L1 flow at that size,
+decodes the arena at ``stream.mouse_crop.DECODE_SCALE`` x ``size_px``, computes the TV-L1 flow at that size,
 locates the mouse in every frame (``stream.mouse_crop.track_positions``, causal, cached beside the
 frames) and cuts each clip, RGB and flow alike, as the window of ``CROP_FRACTION`` of the arena
 centred on the mouse at the clip's centre frame, fixed for the clip's 16 frames. With 2 x and 0.5 the
@@ -87,7 +87,6 @@ __all__ = [
     "probe_video",
     "DEFAULT_SIZE_PX",
     "flow_input",
-    "MOUSE_DECODE_SCALE",
 ]
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,6 @@ AUG_FLIP_P = 0.5
 AUG_GAIN_RANGE = (0.8, 1.2)  # multiplicative brightness/contrast on [-1, 1] RGB
 AUG_BIAS_RANGE = (-0.1, 0.1)  # additive brightness on [-1, 1] RGB (~ +-13 grey levels)
 AUG_MAX_CROP_FRACTION = 0.125  # random crop removes up to 1/8 of the side, then resizes back
-MOUSE_DECODE_SCALE = DECODE_SCALE  # crop="mouse": the arena decoded at 2 x the input size (stream.mouse_crop)
 MOUSE_TRACK_VERSION = 1  # bump when stream.mouse_crop's locator changes: a new track cache, not a stale one
 AUG_CHUNK_FRAMES = 32  # frames augmented per call: cv2.resize takes at most 128 channels (3 per frame)
 
@@ -347,7 +345,7 @@ class ClipDataset(Dataset):
         self.progress = progress
         self.fps = None if fps is None else float(fps)  # model rate; None: every source frame, `stride` apart
         self.crop = crop
-        self.decode_px = self.size_px * (MOUSE_DECODE_SCALE if crop == CROP_MOUSE else 1)  # side of the cached arena images and flow
+        self.decode_px = self.size_px * (DECODE_SCALE if crop == CROP_MOUSE else 1)  # side of the cached arena images and flow
         self.cache_dir.mkdir(parents=True, exist_ok=True)
 
         self._frames: list[np.ndarray] = []  # (N, S, S, 3) uint8 BGR per source (memory-mapped)
