@@ -101,7 +101,7 @@ AUG_FLIP_P = 0.5
 AUG_GAIN_RANGE = (0.8, 1.2)  # multiplicative brightness/contrast on [-1, 1] RGB
 AUG_BIAS_RANGE = (-0.1, 0.1)  # additive brightness on [-1, 1] RGB (~ +-13 grey levels)
 AUG_MAX_CROP_FRACTION = 0.125  # random crop removes up to 1/8 of the side, then resizes back
-MOUSE_TRACK_VERSION = 1  # bump when stream.mouse_crop's locator changes: a new track cache, not a stale one
+MOUSE_TRACK_VERSION = 2  # bump when stream.mouse_crop's locator changes: a new track cache, not a stale one
 AUG_CHUNK_FRAMES = 32  # frames augmented per call: cv2.resize takes at most 128 channels (3 per frame)
 
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}

@@ -554,16 +554,21 @@ def arena_rois(cfg: SynthConfig, fam: dict[str, dict] | None = None) -> list[Roi
     return list(layout(cfg.view, fam["geometry"]).rois)
 
 
-def render_frames(cfg: SynthConfig, labels: list[np.ndarray] | None = None) -> Iterator[np.ndarray]:
-    """The BGR (H, W, 3) uint8 frames before compression, deterministic for ``cfg``."""
+def render_frames(cfg: SynthConfig, labels: list[np.ndarray] | None = None,
+                  positions: list[list[tuple[float, float]]] | None = None) -> Iterator[np.ndarray]:
+    """The BGR (H, W, 3) uint8 frames before compression, deterministic for ``cfg``.
+
+    ``positions`` (randomized scenes only) receives each frame's mouse centres, one (x, y) per arena."""
     if cfg.randomize or cfg.trials:
         from export.synth_scene import render_scene
 
         eff, fam = resolve(cfg)
         labels = labels if labels is not None else generate_labels(eff)
         plan = trial_plan(eff) if eff.trials else None
-        yield from render_scene(eff.view, eff.classes, fam, labels, eff.fps, eff.num_frames, eff.seed, plan)
+        yield from render_scene(eff.view, eff.classes, fam, labels, eff.fps, eff.num_frames, eff.seed, plan, positions)
         return
+    if positions is not None:
+        raise ValueError("mouse positions are recorded for randomized scenes only (--randomize)")
     labels = labels if labels is not None else generate_labels(cfg)
     rois = cfg.rois()
     arenas = [_Arena(cfg, i, roi, labels[i]) for i, roi in enumerate(rois)]

@@ -402,6 +402,13 @@ class _Mouse:
             self.grid = (xx, yy)
             self.water_mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= (self.R - 2) ** 2
 
+    @property
+    def centre(self) -> tuple[float, float]:
+        """The body's centre on the canvas (side view: on the water line, where the body floats)."""
+        if self.view == "side":
+            return float(self.x), float(self.water_y + self.y_off * self.L)
+        return float(self.x), float(self.y)
+
     def _follow(self, current: float, target: float, tau_s: float = POSE_TAU_S) -> float:
         return current + (target - current) * (1 - math.exp(-self.dt / tau_s))
 
@@ -810,9 +817,14 @@ class _Camera:
 
 
 def render_scene(view: str, classes: Sequence[str], fam: dict[str, dict[str, Any]], labels: Sequence[np.ndarray],
-                 fps: float, num_frames: int, seed: int, plan: TrialPlan | None = None) -> Iterator[np.ndarray]:  # fmt: skip
+                 fps: float, num_frames: int, seed: int, plan: TrialPlan | None = None,
+                 positions: list[list[tuple[float, float]]] | None = None) -> Iterator[np.ndarray]:  # fmt: skip
     """BGR (H, W, 3) uint8 frames before compression, deterministic for the arguments. With a
-    trial plan, mice come and go and the empty water and the light have events of their own."""
+    trial plan, mice come and go and the empty water and the light have events of their own.
+
+    ``positions``, when given, receives per frame each arena's mouse body centre (x, y) in frame
+    pixels, through the camera's homography but without its shake (a pixel or two): the truth a locator is scored on
+    (``tools/mouse_locator_check.py``); the simulator itself never reads it."""
     lay = layout(view, fam["geometry"])
     if len(labels) != len(lay.cylinders):
         raise ValueError(f"{len(labels)} label tracks for {len(lay.cylinders)} cylinders")
@@ -832,4 +844,7 @@ def render_scene(view: str, classes: Sequence[str], fam: dict[str, dict[str, Any
         for m in mice:
             m.step(t)
             m.draw(canvas)
+        if positions is not None:
+            frame_xy = _apply(lay.homography, np.array([m.centre for m in mice], np.float64))
+            positions.append([(float(x), float(y)) for x, y in frame_xy])
         yield camera.apply(canvas, t)

@@ -17,7 +17,7 @@ flow stays in pixels of the 2x image, as in training.
 The locators carry on where the ring restarts (a gap, dropped frames): the offline track has no such
 notion (training videos with a gap are refused) and runs over a whole video, as one pipeline runs one
 source; a locator's background is the last 30 s of the arena, which a gap does not make wrong, while
-a fresh one would hold the arena's centre until its second background sample, a second later.
+a fresh one would hold the arena's centre until its third background sample, two seconds later.
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ def test_the_mouse_windows_reach_the_outputs_in_frame_pixels_and_the_preview_dra
     def frame(i: int) -> Frame:
         img = np.full((64, 128, 3), 60, np.uint8)
         if i >= 16:  # A1: a mouse put in at frame 16, swimming right along the top; A2 stays empty
-            img[6:14, 10 + i : 18 + i] = 230
+            img[6:14, i - 6 : i + 2] = 230
         return Frame(i, i / FPS, i / FPS, 0.0, img)
 
     class Windows(Output):
@@ -184,18 +184,18 @@ def test_the_mouse_windows_reach_the_outputs_in_frame_pixels_and_the_preview_dra
         decisions = {a.id: ArenaDecisions(a.id, CLASSES, DecisionConfig(fps=FPS, immobile_classes=("immobile",))) for a in arenas}
         pipe = Pipeline(ClipRecorder(), TVL1(CHEAP_FLOW), arenas, decisions,  # type: ignore[arg-type]
                         PipelineConfig(fps=FPS, size_px=SIZE, crop=crop), outputs=[windows, preview])  # fmt: skip
-        pipe.run([frame(i) for i in range(40)] + [EndOfStream("end of file")])
+        pipe.run([frame(i) for i in range(50)] + [EndOfStream("end of file")])
         return windows, preview, grab
 
     windows, preview, grab = run("mouse")
     centred = (16, 16, 32, 32)  # a 32 px window of a 64 px arena, at its centre (the 64 px ring: 1 ring px = 1 frame px)
     assert windows.by_frame[5] == (centred, (64 + 16, 16, 32, 32))
-    x, y, w, h = windows.by_frame[30][0]
-    assert (x, y, w, h) == (x, 0, 32, 32) and x <= 10 + 30 + 4 < x + w  # on the mouse (its centre x is 44)
-    assert windows.by_frame[30][1] == (64 + 16, 16, 32, 32)
+    x, y, w, h = windows.by_frame[40][0]  # located from the third background sample (frame 30) on
+    assert (x, y, w, h) == (x, 0, 32, 32) and x <= 40 - 2 < x + w  # on the mouse (its centre x is 38)
+    assert windows.by_frame[40][1] == (64 + 16, 16, 32, 32)
     k = preview.scale
     bottom, middle = round(16 * k) + round(32 * k) - 1, round(80 * k) + round(16 * k)
-    assert len(grab.images) == 40 and tuple(grab.images[30][bottom, middle]) == WINDOW_BGR  # A2's window, bottom edge
+    assert len(grab.images) == 50 and tuple(grab.images[40][bottom, middle]) == WINDOW_BGR  # A2's window, bottom edge
     roi_windows, _, roi_grab = run("roi")
     assert set(roi_windows.by_frame.values()) == {None}
     assert tuple(roi_grab.images[30][bottom, middle]) != WINDOW_BGR

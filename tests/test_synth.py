@@ -593,3 +593,24 @@ def test_cli_trials(tmp_path, capsys):
     assert "2 patterns" in capsys.readouterr().err
     assert main(["--randomize", "--arenas", "8", "--width", "320", "--height", "240", "--out", str(tmp_path)]) == 2
     assert "each needs >= 32 px" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("view", ["side", "top"])
+def test_the_mouse_positions_are_where_the_mouse_is_drawn(view):
+    """The truth tools/mouse_locator_check.py scores the locator on: one (x, y) per arena and frame,
+    in frame pixels (through the camera's homography), on the mouse; recording it changes no pixel."""
+    cfg = _rand(view=view, duration_s=0.6, seed=2, arenas=2, fixed=tuple(FAMILY_NAMES))
+    truth: list[list[tuple[float, float]]] = []
+    frames = list(render_frames(cfg, positions=truth))
+    assert all(np.array_equal(a, b) for a, b in zip(frames, render_frames(cfg)))
+    assert len(truth) == len(frames) and all(len(t) == 2 for t in truth)
+    rois = arena_rois(*resolve(cfg))
+    for frame, per_arena in zip(frames, truth):
+        grey = frame.astype(np.float32).mean(-1)
+        for (x, y), roi in zip(per_arena, rois):
+            assert roi.x <= x < roi.x + roi.w and roi.y <= y < roi.y + roi.h
+            arena = grey[roi.y : roi.y + roi.h, roi.x : roi.x + roi.w]
+            near = grey[int(round(y)) - 3 : int(round(y)) + 4, int(round(x)) - 3 : int(round(x)) + 4]
+            assert np.abs(near - np.median(arena)).max() > 30  # the dark body within 3 px, not water
+    with pytest.raises(ValueError, match="randomized"):
+        next(render_frames(_small(view=view, duration_s=0.2), positions=[]))

@@ -21,7 +21,7 @@ import numpy as np
 
 from stream.mouse_crop import MouseLocator, crop_window
 
-START_FRAME = 30  # the locator has its second background sample after one second; skip two
+START_FRAME = 45  # the locator has its third background sample after two seconds; skip three
 TILES = 7  # tiles per row
 
 
