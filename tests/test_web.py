@@ -257,3 +257,21 @@ def test_stream_arenas_web_serves_the_editor_and_saves_to_out(tmp_path) -> None:
         stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert "2 arena(s) proposed" in stdout
+
+
+def test_the_page_gets_each_arenas_mouse_window_and_none_for_a_roi_model() -> None:
+    """A mouse-crop model's windows (what the model sees) reach the page's JSON per arena, in frame
+    pixels; a ROI model's frames carry none, and the page draws nothing more."""
+    from stream.outputs.base import FrameEvent
+    from stream.web.output import WebOutput
+
+    arenas = [Arena("A1", Roi(0, 0, 32, 32)), Arena("A2", Roi(32, 0, 32, 32))]
+    state = WebState()
+    state.attach(None, arenas, "cam")
+    out = WebOutput(state)
+    image = np.zeros((48, 64, 3), np.uint8)
+    out.on_frame(FrameEvent(7, 0.5, image, 0.0, windows=((4, 2, 16, 16), (40, 10, 16, 16))))
+    assert [a["window"] for a in state.snapshot()["arenas"]] == [[4, 2, 16, 16], [40, 10, 16, 16]]
+    out.on_frame(FrameEvent(8, 0.6, image, 0.0))
+    assert [a["window"] for a in state.snapshot()["arenas"]] == [None, None]
+    assert "a.window" in (Path(__file__).parents[1] / "stream" / "web" / "static" / "app.js").read_text()

@@ -20,7 +20,7 @@ class WebOutput(Output):
         self.state = state
 
     def on_frame(self, frame: FrameEvent) -> None:
-        self.state.set_frame(frame.image, frame.index, frame.timestamp_s)
+        self.state.set_frame(frame.image, frame.index, frame.timestamp_s, frame.windows)
 
     def on_decision(self, arena_id: str, decision, latency_s: float | None) -> None:
         self.state.set_label(arena_id, decision.behaviour, bool(decision.immobile))

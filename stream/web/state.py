@@ -45,6 +45,7 @@ class _Frame:
     index: int
     timestamp_s: float
     seq: int
+    windows: tuple[tuple[int, int, int, int], ...] | None = None  # crop "mouse": per arena, what the model sees
 
 
 @dataclass
@@ -79,10 +80,11 @@ class WebState:
         with self._lock:
             self.book = None
 
-    def set_frame(self, image: np.ndarray, index: int, timestamp_s: float) -> None:
+    def set_frame(self, image: np.ndarray, index: int, timestamp_s: float,
+                  windows: tuple[tuple[int, int, int, int], ...] | None = None) -> None:
         with self._lock:  # a reference, not a copy: the pipeline hands every output a fresh array
             seq = self._frame.seq + 1 if self._frame is not None else 1
-            self._frame = _Frame(image, index, timestamp_s, seq)
+            self._frame = _Frame(image, index, timestamp_s, seq, windows)
 
     def set_label(self, arena_id: str, behaviour: str, immobile: bool) -> None:
         self._labels[arena_id] = (behaviour, immobile)  # one dict store: atomic under the GIL
@@ -131,15 +133,17 @@ class WebState:
             counters, trials, labels = dict(self._counters), dict(self._trials), dict(self._labels)
             arenas, results_seq, book = list(self.arenas), self._results_seq, self.book
         size = None if frame is None else [int(frame.image.shape[1]), int(frame.image.shape[0])]
+        windows = frame.windows if frame is not None and frame.windows is not None else ()
         out = []
-        for a in arenas:
+        for i, a in enumerate(arenas):
             roi = [a.roi.x, a.roi.y, a.roi.w, a.roi.h] if a.roi is not None else ([0, 0, *size] if size else None)
             behaviour, immobile = labels.get(a.id, ("", False))
             trial = trials.get(a.id) or {}
             out.append({"id": a.id, "roi": roi, "behaviour": behaviour, "immobile": immobile,
                         "state": trial.get("state", "waiting" if book is not None else ""),
                         "trial": trial.get("trial"), "elapsed_s": trial.get("elapsed_s"),
-                        "counters": counters.get(a.id)})
+                        "counters": counters.get(a.id),
+                        "window": list(windows[i]) if i < len(windows) else None})
         return {"mode": self.mode, "source": self.source, "frame": None if frame is None else
                 {"seq": frame.seq, "index": frame.index, "timestamp_s": round(frame.timestamp_s, 3), "size": size},
                 "status": status, "arenas": out, "trials_open": book is not None,

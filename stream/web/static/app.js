@@ -72,6 +72,13 @@ function drawOverlay() {
     for (const [k, v] of Object.entries({x: a.roi[0], y: a.roi[1], width: a.roi[2], height: a.roi[3], fill: "none",
                                           stroke: colour, "stroke-width": 2.5 * scale})) r.setAttribute(k, v);
     svg.appendChild(r);
+    if (a.window) {  // a mouse-crop model: the window around the mouse that the model sees
+      const w = document.createElementNS(SVG, "rect");
+      for (const [k, v] of Object.entries({x: a.window[0], y: a.window[1], width: a.window[2], height: a.window[3], fill: "none",
+                                            stroke: "#00c8ff", "stroke-width": 1.5 * scale, "stroke-dasharray": `${4 * scale}`}))
+        w.setAttribute(k, v);
+      svg.appendChild(w);
+    }
     const label = `${a.id}` + (a.behaviour && a.state === "running" ? `: ${a.behaviour}` : a.state ? ` (${a.state})` : "");
     const lines = [label];
     if (a.state === "running" && a.counters) lines.push(`immobile ${fmt(a.counters.immobile_s)} s, bouts ${a.counters.immobility_bouts}`);
