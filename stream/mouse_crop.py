@@ -7,7 +7,9 @@ size, gives the model the pixel density of a 2x ROI crop at the cost of the 1x m
 
     arena image (A, A, 3), A = 2 x input size
         -> resized to LOCATE_SIZE_PX -> stream.presence's measure against a background
-        -> largest blob -> its centroid (held when there is none) -> position in the arena image
+        -> |difference| > NOISE_K x its own robust sigma (clamped to 0.03-0.18), opened
+        -> largest blob, pieces within MERGE_PX joined -> its centroid (held when there is none)
+        -> position in the arena image
     clip for frame t: the window of CROP_FRACTION x A around the position of frame t,
         clamped inside the arena, the same for all 16 frames (a moving window adds its own motion)
 
@@ -17,6 +19,10 @@ is the per-pixel median of sparse past frames, one every ``BACKGROUND_INTERVAL_S
 that stays still long enough melts into it, finds no blob, and keeps its last position, which is
 right: it has not moved. Everything is causal (a frame's position depends on it and earlier frames
 only), so offline training and a live stream compute the same windows.
+
+How well it does is measured against the simulator's own mouse positions
+(``tools/mouse_locator_check.py``): the window holds the mouse on 82 % (top) and 83 % (side) of
+held-out frames, against 65 / 57 % for presence's fixed threshold.
 
 Known limit: after a long immobile bout the median still holds the animal where it floated, so
 when it swims off that "ghost" is a blob too, for about half of ``BACKGROUND_SPAN_S``; the largest
