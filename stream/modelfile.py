@@ -537,7 +537,7 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu", ver
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "trained_models"  # shipped in the repository
 # the bundled model preferred for each camera view when several have it (stream-run --view)
-PREFERRED_BUNDLED = {"side": "fst-side-64", "top": "fst-top-64"}
+PREFERRED_BUNDLED = {"side": "fst-side-64", "top": "fst-top-mouse"}
 
 
 def bundled_models(root: Path = BUNDLED_MODELS_DIR) -> dict[str, str]:
