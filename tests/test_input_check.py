@@ -127,10 +127,13 @@ def test_stream_run_warns_on_a_video_far_brighter_than_training(ranged_model, tm
 def test_top_model_on_a_real_open_field_says_it_is_out_of_its_depth(real_video, tmp_path, caplog,
                                                                       one_torch_thread) -> None:
     """Issue 24.12: on a real top-view open field (the mouse walks across the arena) the top model
-    called 99.5 % of the frames immobile, without a word."""
+    called 99.5 % of the frames immobile, without a word. That model is ``fst-top-64``; the default
+    top model since, ``fst-top-mouse``, calls 73 % of them mobile there, inside its card's input
+    ranges, and is rightly not flagged (README, "Out of its depth")."""
     out = tmp_path / "out"
+    model = Path(__file__).resolve().parents[1] / "trained_models" / "fst-top-64"
     with caplog.at_level(logging.WARNING):
-        assert run_mod.main(["--video", str(real_video), "--view", "top", "--engine", "torch", "--device", "cpu",
+        assert run_mod.main(["--video", str(real_video), "--model", str(model), "--engine", "torch", "--device", "cpu",
                              "--stride", "4", "--out", str(out), "--no-zmq", "--no-metrics", "-q"]) == 0
     summary = json.loads(next(out.glob("*.summary.json")).read_text())
     assert summary["input_check"]["warnings"], summary["input_check"]
