@@ -28,6 +28,14 @@ Agreement is measured on the offline clip path (``export.dataset.ClipDataset``, 
 uses, fused with the given model's flow weight), on every ``--eval-frame-step``-th labelled frame
 of the test videos: the number a model's per-frame accuracy means, without the live decision rules.
 
+**The flow weight** (``--flow-weight``): ``card`` fuses the fine-tuned streams with the given
+model's weight. That weight was chosen for the streams before fine-tuning; after it, the RGB stream
+may have become the better one (fst-side-112 on held-out lighting: 0.7 kept, while 0.0-0.4 would
+have been best on the test clips). ``held-back`` re-chooses it as a lab would have to, from its
+own labels only: every 5th picked stretch is not trained on, the fine-tuned model is swept over
+0, 0.1, ..., 1 on those stretches' clips, and the best weight is kept (ties: the one nearest the
+card's). The point still counts all labelled minutes, of which a fifth chose the weight.
+
 A fine-tune on a few minutes moves by several points from one seed to the next (the random
 minutes drawn, the clip order, dropout), so ``--seed 0,1,2`` repeats every fine-tuned point per seed
 and the table and plot give mean ± sd; a difference between two series smaller than their spread is
@@ -56,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from export.flow_weight import choose_flow_weight, weight_sweep
 from stream.errors import UserError, cli_main
 from stream.version import add_version_argument
 
@@ -78,6 +87,9 @@ SCRATCH_LR = 1e-3  # random init: the bundled model's from-scratch Adam rate
 SCRATCH_LR_FLOOR = 1e-5
 SCRATCH_BN_RECALIBRATION_CLIPS = 64  # export-train's default: from scratch the running statistics trail far behind
 NO_SELECTION = "none"  # the 0-minute point: the model as it comes, nothing picked
+WEIGHT_CHOICES = ("card", "held-back")  # --flow-weight: the given model's, or re-chosen on held-back labelled stretches
+HELD_BACK_EVERY = 5  # every 5th picked stretch chooses the weight instead of training
+HELD_BACK_FRAME_STEP = 2  # its clips: every 2nd frame (only predicted, so cheap; a 4 s stretch gives 30)
 POINTS_DIR = "points"
 TABLE_CSV = "learning_curve.csv"
 TABLE_MD = "learning_curve.md"
@@ -97,9 +109,28 @@ def cohen_kappa(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> 
     return 1.0 if expected == 1.0 else float((observed - expected) / (1.0 - expected))
 
 
-def point_name(start: str, select: str, minutes: float, seed: int = 0) -> str:
-    """File stem of a point; seed 0 keeps the name points had before seeds were repeated."""
-    return f"{start}-{select}-{minutes:g}min" + (f"-seed{seed}" if seed else "")
+def point_name(start: str, select: str, minutes: float, seed: int = 0, weight: str = "card") -> str:
+    """File stem of a point; seed 0 and the card's weight keep the names points had before either was varied."""
+    return f"{start}-{select}-{minutes:g}min" + ("-wheld" if weight == "held-back" else "") + (f"-seed{seed}" if seed else "")
+
+
+def weight_choice_of(point: dict[str, Any]) -> str:
+    """How a point's flow weight was chosen (points written before the choice existed kept the card's)."""
+    return str(point.get("weight_choice", "card"))
+
+
+def split_held_back(stretches: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """(trained on, held back to choose the flow weight): every ``HELD_BACK_EVERY``-th picked stretch is held back.
+
+    Picks are ranked (uncertainty first, or seeded random), so taking every 5th keeps both parts alike
+    and nested across minutes. Fewer than 5 stretches hold back the last one.
+    """
+    stretches = list(stretches)
+    if len(stretches) < 2:
+        raise UserError(f"--flow-weight held-back needs at least 2 picked stretches to train on one and choose on the other; got {len(stretches)} "
+                        "(give more --minutes or a shorter --stretch-s)")  # fmt: skip
+    held = [i for i in range(len(stretches)) if i % HELD_BACK_EVERY == HELD_BACK_EVERY - 1] or [len(stretches) - 1]
+    return [s for i, s in enumerate(stretches) if i not in held], [stretches[i] for i in held]
 
 
 def seed_of(point: dict[str, Any]) -> int:
@@ -132,7 +163,8 @@ def _series(points: Sequence[dict[str, Any]]) -> dict[str, dict[float, list[dict
     series: dict[str, dict[float, list[dict[str, Any]]]] = {}
     for p in points:
         if p["select"] != NO_SELECTION:
-            series.setdefault(f"{p['start']}+{p['select']}", {}).setdefault(p["minutes"], []).append(p)
+            held = "+held-back weight" if weight_choice_of(p) == "held-back" else ""
+            series.setdefault(f"{p['start']}+{p['select']}{held}", {}).setdefault(p["minutes"], []).append(p)
     for p in points:
         if p["select"] == NO_SELECTION:  # the untouched model starts both fine-tuning recipes' curves
             owners = FINE_TUNED if p["start"] == "model" else (p["start"],)
@@ -152,10 +184,11 @@ def _cell(points: Sequence[dict[str, Any]]) -> str:
 
 def write_table(out: Path, points: Sequence[dict[str, Any]], *, note: str = "") -> tuple[Path, Path]:
     """CSV (one row per point) and a markdown table (minutes x start+select, accuracy / kappa)."""
-    columns = ["start", "select", "minutes", "seed", "labelled_minutes", "train_clips", "accuracy", "kappa", "flow_weight", "rgb_accuracy",
-               "flow_accuracy", "train_time_s"]  # fmt: skip
-    rows = sorted(points, key=lambda p: (p["start"], p["select"], p["minutes"], seed_of(p)))
-    csv_lines = [",".join(columns)] + [",".join(str(seed_of(p) if c == "seed" else p.get(c, "")) for c in columns) for p in rows]
+    columns = ["start", "select", "minutes", "seed", "labelled_minutes", "train_clips", "accuracy", "kappa", "flow_weight", "weight_choice",
+               "held_back_clips", "rgb_accuracy", "flow_accuracy", "train_time_s"]  # fmt: skip
+    rows = sorted(points, key=lambda p: (p["start"], p["select"], weight_choice_of(p), p["minutes"], seed_of(p)))
+    special = {"seed": seed_of, "weight_choice": weight_choice_of}
+    csv_lines = [",".join(columns)] + [",".join(str(special[c](p) if c in special else p.get(c, "")) for c in columns) for p in rows]
     csv_path = out / TABLE_CSV
     csv_path.write_text("\n".join(csv_lines) + "\n")
     series = _series(points)
@@ -177,12 +210,24 @@ def write_table(out: Path, points: Sequence[dict[str, Any]], *, note: str = "") 
             sweep = p.get("accuracy_by_flow_weight") or {}
             best = max(sweep.items(), key=lambda kv: kv[1]) if sweep else None
             seed = f" (seed {seed_of(p)})" if seed_of(p) else ""
-            md.append(f"| {p['start']}+{p['select']}{seed} | {p['minutes']:g} | {100 * p['accuracy']:.1f} % ({p.get('flow_weight', float('nan')):g}) | "
+            held = "+held-back weight" if weight_choice_of(p) == "held-back" else ""
+            md.append(f"| {p['start']}+{p['select']}{held}{seed} | {p['minutes']:g} | {100 * p['accuracy']:.1f} % ({p.get('flow_weight', float('nan')):g}) | "
                       f"{100 * p['rgb_accuracy']:.1f} % | {100 * p['flow_accuracy']:.1f} % | "
                       + (f"{100 * best[1]:.1f} % ({best[0]})" if best else "") + " |")  # fmt: skip
     below = [f"{p['select']} {p['minutes']:g} min ({100 * p['accuracy']:.1f} % vs {100 * m['accuracy']:.1f} %)" for p in rows
              for m in rows if p["start"] in FINE_TUNED and m["start"] == "motion" and m["select"] == p["select"] and m["minutes"] == p["minutes"]
              and seed_of(m) == seed_of(p) and m["accuracy"] > p["accuracy"]]  # fmt: skip
+    held = [p for p in rows if weight_choice_of(p) == "held-back" and p.get("held_back_sweep")]
+    if held:  # the weight as chosen, next to what the held-back clips saw at each weight
+        md += ["", "Flow weight re-chosen on the held-back labelled stretches (not trained on): the weight kept, and the held-back "
+               "accuracy at 0.0 / 0.5 / 1.0 and at the card's weight", "",
+               "| start+select | minutes | seed | held-back clips | chosen weight | held-back acc. 0.0 / 0.5 / 1.0 | card's weight (held-back acc.) |",
+               "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for p in held:
+            sw, card_w = p["held_back_sweep"], float(p.get("card_flow_weight", float("nan")))
+            at_card = sw.get(f"{card_w:.1f}", float("nan"))
+            md.append(f"| {p['start']}+{p['select']} | {p['minutes']:g} | {seed_of(p)} | {p.get('held_back_clips', '')} | {p['flow_weight']:g} | "
+                      f"{100 * sw['0.0']:.1f} / {100 * sw['0.5']:.1f} / {100 * sw['1.0']:.1f} % | {card_w:g} ({100 * at_card:.1f} %) |")  # fmt: skip
     if below:
         md += ["", "**Below the motion baseline** (the fine-tuned model agrees less than thresholds fitted on the same "
                "labelled frames): " + "; ".join(below) + "."]
@@ -205,13 +250,13 @@ def plot_curve(path: Path, points: Sequence[dict[str, Any]], *, title: str = "Le
     styles = {"model": "-", "per-stream": "-.", "random": "--", "motion": ":"}
     markers = {"uncertainty": "o", "random": "s"}
     for name, by_min in sorted(_series(points).items()):
-        start, select = name.split("+")
+        start, select, *held = name.split("+")
         xs = sorted(by_min)
         stats = [_summary(by_min[x], "accuracy") for x in xs]
         seeds = max(n for _, _, n in stats)
         ax.errorbar(xs, [100 * mean for mean, _, _ in stats], yerr=[0.0 if np.isnan(sd) else 100 * sd for _, sd, _ in stats],
                     fmt=styles.get(start, "-"), marker=markers.get(select, "o"), capsize=3,
-                    label=SERIES_LABELS.get(start, start) + f", {select} minutes"
+                    label=SERIES_LABELS.get(start, start) + f", {select} minutes" + ("".join(f", {h}" for h in held))
                     + (f" (mean ± sd, {seeds} seeds)" if seeds > 1 else ""))  # fmt: skip
     ax.axhline(100 * TARGET_AGREEMENT, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("labelled minutes of the new setup")
@@ -261,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--starts per-stream: the RGB stream's frozen blocks ('' = none) (default: '%(default)s')")
     p.add_argument("--flow-freeze-until", default=PER_STREAM_FLOW_FREEZE_UNTIL, metavar="BLOCK",
                    help="--starts per-stream: the flow stream's frozen blocks (default: %(default)s, all: only its classifier adapts)")
+    p.add_argument("--flow-weight", choices=WEIGHT_CHOICES, default="card",
+                   help="fusion weight of the fine-tuned streams: the given model's (card), or re-chosen on every "
+                        f"{HELD_BACK_EVERY}th picked stretch, held back from training (held-back) (default: %(default)s)")
     p.add_argument("--stretch-s", type=float, default=4.0, help="length of a picked stretch (default: 4)")
     p.add_argument("--score-stride", type=int, default=1, help="stream-run --stride when scoring the training videos (default: 1)")
     p.add_argument("--frame-step", type=int, default=1, help="train on every Nth labelled frame (default: 1)")
@@ -339,7 +387,7 @@ def _evaluate(model, test_ds, flow_weight: float, num_classes: int, batch_size: 
     # Not used to choose anything: the sweep shows which stream carried the result and what another
     # weight would have given, so a curve that falls can be read (a stream that got worse, or a
     # weight that no longer fits the fine-tuned streams).
-    sweep = {f"{w:.1f}": round(float((fuse(log_rgb, log_flow, w).argmax(1) == pred.labels).mean()), 4) for w in np.round(np.arange(0.0, 1.01, 0.1), 1)}
+    sweep = weight_sweep(pred.rgb_probs, pred.flow_probs, pred.labels)
     return {"accuracy": float((predicted == pred.labels).mean()), "kappa": cohen_kappa(pred.labels, predicted, num_classes),
             "test_clips": int(pred.labels.size), "flow_weight": float(flow_weight),
             "rgb_accuracy": float((pred.rgb_probs.argmax(1) == pred.labels).mean()),
@@ -409,8 +457,19 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(st, se, m, seed) for seed in seeds for m in minutes if m > 0 for se in selects for st in starts]
     if 0 in minutes and any(st in FINE_TUNED for st in starts):
         plan.insert(0, ("model", NO_SELECTION, 0.0, seeds[0]))
+    def label_files_for(stretches, label_dir: Path) -> list[tuple[Path, Path]]:
+        """Each video's picked stretches as a filled template: the labels a lab would have given."""
+        files = []
+        for video in dict.fromkeys(s.video for s in stretches):
+            n, vfps, _, _ = video_info[video]
+            template = sel.write_template(label_dir / f"{video.stem}{sel.TEMPLATE_SUFFIX}", [s for s in stretches if s.video == video], fps=vfps, num_frames=n)
+            files.append((video, sel.fill_template(template, truth[video], label_dir / f"{video.stem}.labels.csv",
+                                                   fps=vfps, num_frames=n, classes=classes)))  # fmt: skip
+        return files
+
     for start, select, m, seed in plan:
-        name = point_name(start, select, m, seed) if m > 0 else f"{start}-{m:g}min"
+        held_back = args.flow_weight == "held-back" and m > 0 and start in FINE_TUNED  # motion and the untouched model have no weight to choose
+        name = point_name(start, select, m, seed, "held-back" if held_back else "card") if m > 0 else f"{start}-{m:g}min"
         result_path = out / POINTS_DIR / f"{name}.json"
         if result_path.is_file():
             points.append(json.loads(result_path.read_text()))
@@ -424,14 +483,16 @@ def main(argv: list[str] | None = None) -> int:
             k = max(1, math.ceil(m * 60.0 / args.stretch_s))
             chosen = picks[select, seed][:k]
             label_dir = out / "labels" / (f"{select}-{m:g}min" + (f"-seed{seed}" if seed else ""))
-            label_files = []
-            for video in dict.fromkeys(s.video for s in chosen):
-                n, vfps, _, _ = video_info[video]
-                template = sel.write_template(label_dir / f"{video.stem}{sel.TEMPLATE_SUFFIX}", [s for s in chosen if s.video == video], fps=vfps, num_frames=n)
-                label_files.append((video, sel.fill_template(template, truth[video], label_dir / f"{video.stem}.labels.csv",
-                                                             fps=vfps, num_frames=n, classes=classes)))  # fmt: skip
+            labelled = {"labelled_minutes": round(sum(s.stop_s - s.start_s for s in chosen) / 60.0, 3)}
+            trained_on, held = split_held_back(chosen) if held_back else (chosen, [])
+            label_files = label_files_for(trained_on, label_dir / "trained" if held_back else label_dir)
             train_ds = dataset(_sources([v for v, _ in label_files], [f for _, f in label_files], classes), args.frame_step).with_augment(True)
-            labelled = {"labelled_minutes": round(sum(s.stop_s - s.start_s for s in chosen) / 60.0, 3), "train_clips": len(train_ds)}
+            labelled["train_clips"] = len(train_ds)
+            if held_back:
+                held_files = label_files_for(held, label_dir / "held-back")
+                held_ds = dataset(_sources([v for v, _ in held_files], [f for _, f in held_files], classes), HELD_BACK_FRAME_STEP)
+                labelled.update(trained_minutes=round(sum(s.stop_s - s.start_s for s in trained_on) / 60.0, 3),
+                                held_back_minutes=round(sum(s.stop_s - s.start_s for s in held) / 60.0, 3), held_back_clips=len(held_ds))  # fmt: skip
         if start == "motion":  # nothing trained: thresholds fitted on the labelled frames, as export-fit-motion fits them
             if test_motion is None:
                 test_motion = _motion_features(test_ds)
@@ -454,8 +515,18 @@ def main(argv: list[str] | None = None) -> int:
             train(model, train_ds, None, config, out / "work" / name, num_classes=len(classes), resume=True, progress=sys.stderr.isatty())
             point = {**labelled, "train_time_s": round(time.monotonic() - t0, 1), "config": asdict(config)}
         point.update({"start": start, "select": select if m > 0 else NO_SELECTION, "minutes": m, "seed": seed})
+        flow_weight = card.flow_weight
+        if held_back:  # chosen before the test clips are looked at, from the held-back labels only
+            from export.train import predict_streams
+
+            pred = predict_streams(model, held_ds, batch_size=args.batch_size, device=args.device, progress=False)
+            sweep = weight_sweep(pred.rgb_probs, pred.flow_probs, pred.labels)
+            flow_weight = choose_flow_weight(sweep, card.flow_weight)
+            point.update(weight_choice="held-back", card_flow_weight=float(card.flow_weight), held_back_sweep=sweep)
+            log.info("%s: flow weight %.1f chosen on %d held-back clips (card's %.1f: %.3f, chosen: %.3f)", name, flow_weight, len(held_ds),
+                     card.flow_weight, sweep[f"{card.flow_weight:.1f}"], sweep[f"{flow_weight:.1f}"])  # fmt: skip
         if start != "motion":
-            point.update(_evaluate(model, test_ds, card.flow_weight, len(classes), args.batch_size, args.device))
+            point.update(_evaluate(model, test_ds, flow_weight, len(classes), args.batch_size, args.device))
         _atomic_json(result_path, point)
         points.append(point)
         how = f"thresholds fitted on {point['train_clips']} clips" if start == "motion" else f"{point['train_clips']} training clips, {point['train_time_s']:.0f} s"
@@ -463,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
 
     note = (f"Model {card.name} ({model_dir}); training videos {', '.join(v.name for v in args.train_videos)}; test videos "
             f"{', '.join(v.name for v in args.test_videos)}; {args.epochs} epochs per point, stretches of {args.stretch_s:g} s; "
-            f"seeds {', '.join(map(str, seeds))}; "
+            f"seeds {', '.join(map(str, seeds))}; flow weight: {args.flow_weight}; "
             f"{time.monotonic() - t_start:.0f} s this run, torch threads {torch.get_num_threads()}, device {args.device}.")  # fmt: skip
     write_table(out, points, note=note)
     plot_curve(out / PLOT_PNG, points, title=f"{card.name}: learning curve on held-out videos")

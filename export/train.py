@@ -486,7 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, help="checkpoints for --resume (default: runs/train-<out name>)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
     p.add_argument("--name", help="model name in the card (default: --out folder name)")
-    p.add_argument("--flow-weight", type=float, default=0.5, help="fusion weight stored in the card (export-evaluate finds the best; default: 0.5)")
+    p.add_argument("--flow-weight", type=_flow_weight_arg, default=0.5, metavar="W|auto",
+                   help="fusion weight stored in the card; auto: the best of 0, 0.1, ..., 1 on the validation split after training (needs "
+                        "--val-folds; ties keep the weight nearest --init model:DIR's, or 0.5); export-evaluate sweeps it per fold "
+                        "(default: 0.5; with --recipe finetune the model's)")
     p.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
     p.add_argument("--recipe", choices=("none", "finetune"), default="none",
                    help="finetune: defaults for adapting a trained model (--init model:DIR) from a few labelled minutes: "
@@ -498,6 +501,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+FLOW_WEIGHT_AUTO = "auto"
+
+
+def _flow_weight_arg(text: str) -> float | str:
+    if text.strip().lower() == FLOW_WEIGHT_AUTO:
+        return FLOW_WEIGHT_AUTO
+    try:
+        weight = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number in [0, 1] or 'auto'") from None
+    if not 0.0 <= weight <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r}: must be in [0, 1] (or 'auto')")
+    return weight
+
+
+def _prior_flow_weight(init: str) -> float:
+    """The weight ``--flow-weight auto`` keeps on a tie: the started-from model's, else both streams equally."""
+    from stream.modelfile import load_card
+
+    kind, _, model_dir = str(init).partition(":")
+    return float(load_card(Path(model_dir)).flow_weight) if kind == "model" else 0.5
+
+
 @cli_main("export-train")
 def main(argv: list[str] | None = None) -> int:
     from stream.modelfile import save_model
@@ -506,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_with_recipe(build_parser(), argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not 0.0 <= args.flow_weight <= 1.0:
+    choose_weight = args.flow_weight == FLOW_WEIGHT_AUTO
+    if not choose_weight and not 0.0 <= args.flow_weight <= 1.0:
         raise UserError(f"--flow-weight {args.flow_weight}: must be in [0, 1]")
     if args.out is None and not args.cache_only:
         raise UserError("--out: required (the model directory to write), unless --cache-only")
@@ -523,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     train_idx, val_idx = split_validation(ds, np.arange(len(ds)), args.val_folds)
     train_set = Subset(ds.with_augment(not args.no_augment), train_idx)
     val_set = Subset(ds, val_idx) if val_idx.size else None
+    if choose_weight and val_set is None:
+        raise UserError("--flow-weight auto chooses the weight on the validation split, and there is none: give --val-folds N "
+                        "(e.g. 5: a fifth of the clips is then not trained on), or a weight")  # fmt: skip
     here = distributed.current()
     if here.is_main:
         print(f"export-train: {len(train_set)} training clips, {0 if val_set is None else len(val_set)} validation clips, "
@@ -530,19 +560,34 @@ def main(argv: list[str] | None = None) -> int:
 
     seed_everything(config.seed)  # model init draws from the seeded RNG
     model, init_text = build_model(args.init, num_classes=len(classes), dropout_keep_prob=config.dropout_keep_prob, classes=classes)
-    model.flow_weight = args.flow_weight
+    model.flow_weight = _prior_flow_weight(args.init) if choose_weight else args.flow_weight  # the validation's fused accuracy uses it
     work_dir = args.work_dir or Path("runs") / f"train-{args.out.name}"
     t0 = time.monotonic()
     result = train(model, train_set, val_set, config, work_dir, num_classes=len(classes), resume=args.resume)
     elapsed = time.monotonic() - t0
+    chosen: dict[str, Any] = {}
+    if choose_weight:  # every rank predicts its shard of the validation split
+        from export.flow_weight import choose_flow_weight, weight_sweep
+
+        pred = predict_streams(model, val_set, batch_size=config.batch_size, device=config.device, progress=False)
+        sweep = weight_sweep(pred.rgb_probs, pred.flow_probs, pred.labels)
+        prior = float(model.flow_weight)
+        model.flow_weight = choose_flow_weight(sweep, prior)
+        chosen = {"flow_weight_choice": {"chosen_on": "the validation split (not trained on)", "clips": len(val_set), "tie_prior": prior,
+                                         "accuracy_by_flow_weight": sweep}}  # fmt: skip
+        if here.is_main:
+            print(f"export-train: flow weight {model.flow_weight:.1f} chosen on {len(val_set)} validation clips "
+                  f"(fused accuracy {sweep[f'{model.flow_weight:.1f}']:.3f}; at {prior:.1f}: {sweep[f'{prior:.1f}']:.3f}; "
+                  f"RGB alone {sweep['0.0']:.3f}, flow alone {sweep['1.0']:.3f})")  # fmt: skip
     if not here.is_main:
         return 0  # rank 0 writes the model, the log and the plot
 
     step = "source (Jhuang clips)" if args.jhuang else "target (annotated videos)"
     card = make_card(
         name=args.name or args.out.name, view=args.view, spec=spec, immobile=immobile, flow_config=dataclasses.asdict(ds.flow_config),
-        init_text=init_text, config=config, result=result, flow_weight=args.flow_weight, step=step,
-        extra={"train_clips": len(train_set), "val_clips": 0 if val_set is None else len(val_set), "train_time_s": round(elapsed, 1), "processes": here.world_size},
+        init_text=init_text, config=config, result=result, flow_weight=float(model.flow_weight), step=step,
+        extra={"train_clips": len(train_set), "val_clips": 0 if val_set is None else len(val_set), "train_time_s": round(elapsed, 1), "processes": here.world_size,
+               **chosen},
         input_stats=training_input_stats(ds, train_idx),
     )  # fmt: skip
     model.to("cpu")

@@ -213,3 +213,46 @@ def test_per_stream_start_unfreezes_the_rgb_stream_only(tmp_path, tiny_model):
     assert (per_stream["rgb_lr"], per_stream["rgb_freeze_until"], per_stream["freeze_until"], per_stream["lr"]) == (0.002, "", "Mixed_5c", 1e-4)
     assert recipe["freeze_until"] == "Mixed_3c"
     assert points["per-stream-uncertainty-0.05min"]["train_clips"] == points["model-uncertainty-0.05min"]["train_clips"]
+
+
+def test_held_back_stretches_are_every_fifth_or_the_last():
+    trained, held = lc.split_held_back(list(range(15)))
+    assert held == [4, 9, 14] and trained == [i for i in range(15) if i not in (4, 9, 14)]
+    assert lc.split_held_back(["a", "b", "c"]) == (["a", "b"], ["c"])  # fewer than 5: the last one
+    with pytest.raises(lc.UserError, match="at least 2 picked stretches"):
+        lc.split_held_back(["a"])
+
+
+def test_flow_weight_is_the_held_back_best_and_ties_keep_the_card_nearest():
+    sweep = {f"{w / 10:.1f}": 0.5 for w in range(11)}
+    assert lc.choose_flow_weight(sweep, 0.7) == 0.7  # nothing better held back: the card's weight stays
+    sweep.update({"0.2": 0.8, "0.3": 0.8, "0.9": 0.8})
+    assert lc.choose_flow_weight(sweep, 0.7) == 0.9  # a tie among the best: nearest the card's
+    sweep["0.0"] = 0.81
+    assert lc.choose_flow_weight(sweep, 0.7) == 0.0  # a strictly better weight wins however far it is
+    with pytest.raises(ValueError):
+        lc.choose_flow_weight({}, 0.5)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_learning_curve_rechooses_the_flow_weight_on_held_back_stretches(tmp_path, tiny_model):
+    """--flow-weight held-back: the last of 3 picked stretches is not trained on; the weight it chooses fuses the test clips."""
+    from stream.modelfile import load_card
+
+    out, _, points = _curve(tmp_path, tiny_model, "--starts", "per-stream,motion", "--select", "uncertainty", "--minutes", "0.075",
+                            "--flow-weight", "held-back")  # fmt: skip
+    assert sorted(points) == ["motion-uncertainty-0.075min", "per-stream-uncertainty-0.075min-wheld"]
+    p = points["per-stream-uncertainty-0.075min-wheld"]
+    assert p["weight_choice"] == "held-back" and p["card_flow_weight"] == load_card(tiny_model).flow_weight
+    assert p["trained_minutes"] == pytest.approx(2 * 22 / 15 / 60, abs=1e-3) and p["held_back_minutes"] == pytest.approx(22 / 15 / 60, abs=1e-3)
+    assert p["labelled_minutes"] == pytest.approx(p["trained_minutes"] + p["held_back_minutes"], abs=1e-3)
+    assert p["held_back_clips"] == 11  # 22 frames, every 2nd
+    assert p["flow_weight"] == lc.choose_flow_weight(p["held_back_sweep"], p["card_flow_weight"])
+    assert p["train_clips"] < points["motion-uncertainty-0.075min"]["train_clips"]  # motion fits on all labelled frames
+    label_dir = out / "labels" / "uncertainty-0.075min"
+    trained = (label_dir / "trained" / "train.labels.csv").read_text().splitlines()[1:]
+    held = (label_dir / "held-back" / "train.labels.csv").read_text().splitlines()[1:]
+    labelled = lambda lines: {line.split(",")[0] for line in lines if line.split(",")[2]}  # noqa: E731
+    assert len(labelled(trained)) == 44 and len(labelled(held)) == 22 and not labelled(trained) & labelled(held)
+    text = (out / lc.TABLE_MD).read_text()
+    assert "per-stream+uncertainty+held-back weight" in text and "Flow weight re-chosen on the held-back" in text

@@ -136,3 +136,40 @@ def test_recipe_fine_tunes_a_mouse_crop_model_on_mouse_crops(tiny_model, tmp_pat
     base = ["--videos", "v.mp4", "--out", "m", "--init", f"model:{model}", "--recipe", "finetune"]
     assert tr.parse_with_recipe(tr.build_parser(), base).crop == "mouse"
     assert tr.parse_with_recipe(tr.build_parser(), [*base, "--crop", "roi"]).crop == "roi"
+
+
+def test_flow_weight_option_takes_a_weight_or_auto(tiny_model):
+    base = ["--videos", "v.mp4", "--out", "m"]
+    assert tr.build_parser().parse_args([*base, "--flow-weight", "0.3"]).flow_weight == 0.3
+    assert tr.build_parser().parse_args([*base, "--flow-weight", "AUTO"]).flow_weight == "auto"
+    for bad in ("1.5", "nan", "heavy"):
+        with pytest.raises(SystemExit):
+            tr.build_parser().parse_args([*base, "--flow-weight", bad])
+    assert tr._prior_flow_weight(f"model:{tiny_model}") == 0.5 and tr._prior_flow_weight("random") == 0.5
+
+
+def test_flow_weight_auto_is_chosen_on_the_validation_split(tmp_path, tiny_model, capsys):
+    """--recipe finetune --val-folds 3 --flow-weight auto: the card's weight is the validation sweep's choice, and the sweep is in the card."""
+    import json
+    import shutil
+
+    from export.flow_weight import choose_flow_weight
+    from export.synth import SynthConfig, render_video
+    from stream.modelfile import load_model
+
+    model = tmp_path / "start"
+    shutil.copytree(tiny_model, model)
+    card = json.loads((model / "card.json").read_text())
+    (model / "card.json").write_text(json.dumps({**card, "flow_weight": 0.8}))  # the prior a tie keeps
+    synth = render_video(SynthConfig(view="side", duration_s=6.0, fps=15.0, arenas=1, arena_size_px=48, seed=5), tmp_path / "data")
+    common = ["--videos", str(synth.video_path), "--init", f"model:{model}", "--recipe", "finetune", "--epochs", "1", "--batch-size", "4",
+              "--frame-step", "3", "--device", "cpu", "--bn-recalibration-clips", "4", "--cache-dir", str(tmp_path / "cache"),
+              "--work-dir", str(tmp_path / "work"), "--flow-weight", "auto"]  # fmt: skip
+    assert tr.main([*common, "--out", str(tmp_path / "no-val")]) == 2  # the recipe has no validation split
+    assert "--val-folds" in capsys.readouterr().err
+    assert tr.main([*common, "--val-folds", "3", "--patience", "0", "--out", str(tmp_path / "tuned")]) == 0
+    assert "flow weight" in capsys.readouterr().out
+    _, tuned = load_model(tmp_path / "tuned")
+    choice = tuned.training["flow_weight_choice"]
+    assert choice["clips"] == tuned.training["val_clips"] > 0 and choice["tie_prior"] == 0.8
+    assert tuned.flow_weight == choose_flow_weight(choice["accuracy_by_flow_weight"], 0.8)
