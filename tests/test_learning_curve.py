@@ -34,11 +34,11 @@ def test_table_puts_the_zero_minute_point_in_every_series_of_its_start(tmp_path)
     assert lc.plot_curve(tmp_path / "c.png", points).stat().st_size > 1000
 
 
-def _curve(tmp_path, tiny_model, *extra):
+def _curve(tmp_path, tiny_model, *extra, train_arenas: int = 1):
     from export.synth import SynthConfig, render_video
 
     data = tmp_path / "data"
-    train = render_video(SynthConfig(view="side", duration_s=6.0, fps=15.0, arenas=1, arena_size_px=48, seed=11, name="train"), data)
+    train = render_video(SynthConfig(view="side", duration_s=6.0, fps=15.0, arenas=train_arenas, arena_size_px=48, seed=11, name="train"), data)
     test = render_video(SynthConfig(view="side", duration_s=4.0, fps=15.0, arenas=1, arena_size_px=48, seed=12, name="test"), data)
     out = tmp_path / "curve"
     argv = ["--init", f"model:{tiny_model}", "--train-videos", str(train.video_path), "--test-videos", str(test.video_path),
@@ -215,12 +215,21 @@ def test_per_stream_start_unfreezes_the_rgb_stream_only(tmp_path, tiny_model):
     assert points["per-stream-uncertainty-0.05min"]["train_clips"] == points["model-uncertainty-0.05min"]["train_clips"]
 
 
-def test_held_back_stretches_are_every_fifth_or_the_last():
-    trained, held = lc.split_held_back(list(range(15)))
-    assert held == [4, 9, 14] and trained == [i for i in range(15) if i not in (4, 9, 14)]
-    assert lc.split_held_back(["a", "b", "c"]) == (["a", "b"], ["c"])  # fewer than 5: the last one
-    with pytest.raises(lc.UserError, match="at least 2 picked stretches"):
-        lc.split_held_back(["a"])
+def test_held_back_stretches_are_one_whole_animal_near_a_fifth():
+    from types import SimpleNamespace as NS
+
+    def picks(arenas):
+        return [NS(video="v.mp4", arena=a, animal="") for a in arenas]
+
+    ranked = picks(["a0"] * 8 + ["a1"] * 3 + ["a2"] * 2 + ["a3"] * 2)  # 15 stretches: a fifth is 3
+    trained, held = lc.split_held_back(ranked)
+    assert [s.arena for s in held] == ["a1"] * 3 and len(trained) == 12 and all(s.arena != "a1" for s in trained)
+    _, held = lc.split_held_back(picks(["a0", "a1", "a0", "a1"]))  # a tie: the later-ranked animal
+    assert {s.arena for s in held} == {"a1"}
+    named = [NS(video="v.mp4", arena="arena0", animal="m1"), NS(video="w.mp4", arena="arena0", animal="m1"), NS(video="v.mp4", arena="arena0", animal="m2")]
+    assert [s.animal for s in lc.split_held_back(named)[1]] == ["m2"]  # a named animal across videos is one animal
+    with pytest.raises(lc.UserError, match="1 animal"):
+        lc.split_held_back(picks(["a0", "a0", "a0"]))
 
 
 def test_flow_weight_is_the_held_back_best_and_ties_keep_the_card_nearest():
@@ -236,23 +245,25 @@ def test_flow_weight_is_the_held_back_best_and_ties_keep_the_card_nearest():
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_learning_curve_rechooses_the_flow_weight_on_held_back_stretches(tmp_path, tiny_model):
-    """--flow-weight held-back: the last of 3 picked stretches is not trained on; the weight it chooses fuses the test clips."""
+    """--flow-weight held-back: one animal's picked stretches are not trained on; the weight they choose fuses the test clips."""
     from stream.modelfile import load_card
 
     out, _, points = _curve(tmp_path, tiny_model, "--starts", "per-stream,motion", "--select", "uncertainty", "--minutes", "0.075",
-                            "--flow-weight", "held-back")  # fmt: skip
+                            "--flow-weight", "held-back", train_arenas=2)  # fmt: skip
     assert sorted(points) == ["motion-uncertainty-0.075min", "per-stream-uncertainty-0.075min-wheld"]
     p = points["per-stream-uncertainty-0.075min-wheld"]
     assert p["weight_choice"] == "held-back" and p["card_flow_weight"] == load_card(tiny_model).flow_weight
-    assert p["trained_minutes"] == pytest.approx(2 * 22 / 15 / 60, abs=1e-3) and p["held_back_minutes"] == pytest.approx(22 / 15 / 60, abs=1e-3)
+    stretch_min = 22 / 15 / 60  # a 1.5 s stretch: 22 whole frames
+    assert p["labelled_minutes"] == pytest.approx(3 * stretch_min, abs=1e-3)
     assert p["labelled_minutes"] == pytest.approx(p["trained_minutes"] + p["held_back_minutes"], abs=1e-3)
-    assert p["held_back_clips"] == 11  # 22 frames, every 2nd
+    held_stretches = round(p["held_back_minutes"] / stretch_min)
+    assert held_stretches in (1, 2) and p["held_back_clips"] == 11 * held_stretches  # 22 frames each, every 2nd
     assert p["flow_weight"] == lc.choose_flow_weight(p["held_back_sweep"], p["card_flow_weight"])
     assert p["train_clips"] < points["motion-uncertainty-0.075min"]["train_clips"]  # motion fits on all labelled frames
     label_dir = out / "labels" / "uncertainty-0.075min"
     trained = (label_dir / "trained" / "train.labels.csv").read_text().splitlines()[1:]
     held = (label_dir / "held-back" / "train.labels.csv").read_text().splitlines()[1:]
-    labelled = lambda lines: {line.split(",")[0] for line in lines if line.split(",")[2]}  # noqa: E731
-    assert len(labelled(trained)) == 44 and len(labelled(held)) == 22 and not labelled(trained) & labelled(held)
+    animals = lambda lines: {line.split(",")[1] for line in lines if line.split(",")[2]}  # noqa: E731
+    assert len(animals(held)) == 1 and not animals(trained) & animals(held)  # one whole animal held back
     text = (out / lc.TABLE_MD).read_text()
     assert "per-stream+uncertainty+held-back weight" in text and "Flow weight re-chosen on the held-back" in text
