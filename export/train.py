@@ -487,8 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
     p.add_argument("--name", help="model name in the card (default: --out folder name)")
     p.add_argument("--flow-weight", type=_flow_weight_arg, default=0.5, metavar="W|auto",
-                   help="fusion weight stored in the card; auto: the best of 0, 0.1, ..., 1 on the validation split after training (needs "
-                        "--val-folds; ties keep the weight nearest --init model:DIR's, or 0.5); export-evaluate sweeps it per fold "
+                   help="fusion weight stored in the card; auto: the best of 0, 0.1, ..., 1 after training on a validation split of whole "
+                        "animals (arenas; needs --val-folds and 2 animals; ties keep the weight nearest --init model:DIR's, or 0.5); "
+                        "export-evaluate sweeps it per fold "
                         "(default: 0.5; with --recipe finetune the model's)")
     p.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
     p.add_argument("--recipe", choices=("none", "finetune"), default="none",
@@ -532,8 +533,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_with_recipe(build_parser(), argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    choose_weight = args.flow_weight == FLOW_WEIGHT_AUTO
-    if not choose_weight and not 0.0 <= args.flow_weight <= 1.0:
+    if args.flow_weight != FLOW_WEIGHT_AUTO and not 0.0 <= args.flow_weight <= 1.0:
         raise UserError(f"--flow-weight {args.flow_weight}: must be in [0, 1]")
     if args.out is None and not args.cache_only:
         raise UserError("--out: required (the model directory to write), unless --cache-only")
@@ -547,12 +547,13 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.current().is_main:
             print(f"export-train: cached {len(ds.sources)} source(s), {len(ds)} clips at {spec.size_px} px in {args.cache_dir} ({time.monotonic() - t_cache:.0f} s)")
         return 0
-    train_idx, val_idx = split_validation(ds, np.arange(len(ds)), args.val_folds)
+    choose_weight = args.flow_weight == FLOW_WEIGHT_AUTO
+    train_idx, val_idx = split_validation(ds, np.arange(len(ds)), args.val_folds, by_animal=choose_weight)
     train_set = Subset(ds.with_augment(not args.no_augment), train_idx)
     val_set = Subset(ds, val_idx) if val_idx.size else None
     if choose_weight and val_set is None:
         raise UserError("--flow-weight auto chooses the weight on the validation split, and there is none: give --val-folds N "
-                        "(e.g. 5: a fifth of the clips is then not trained on), or a weight")  # fmt: skip
+                        "(e.g. 5: one animal in 5 is then not trained on), or a weight")  # fmt: skip
     here = distributed.current()
     if here.is_main:
         print(f"export-train: {len(train_set)} training clips, {0 if val_set is None else len(val_set)} validation clips, "
@@ -573,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = weight_sweep(pred.rgb_probs, pred.flow_probs, pred.labels)
         prior = float(model.flow_weight)
         model.flow_weight = choose_flow_weight(sweep, prior)
-        chosen = {"flow_weight_choice": {"chosen_on": "the validation split (not trained on)", "clips": len(val_set), "tie_prior": prior,
+        chosen = {"flow_weight_choice": {"chosen_on": "the validation split: whole animals (arenas) not trained on", "clips": len(val_set), "tie_prior": prior,
                                          "accuracy_by_flow_weight": sweep}}  # fmt: skip
         if here.is_main:
             print(f"export-train: flow weight {model.flow_weight:.1f} chosen on {len(val_set)} validation clips "

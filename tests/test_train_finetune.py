@@ -149,7 +149,7 @@ def test_flow_weight_option_takes_a_weight_or_auto(tiny_model):
 
 
 def test_flow_weight_auto_is_chosen_on_the_validation_split(tmp_path, tiny_model, capsys):
-    """--recipe finetune --val-folds 3 --flow-weight auto: the card's weight is the validation sweep's choice, and the sweep is in the card."""
+    """--recipe finetune --val-folds 3 --flow-weight auto: the card's weight is the sweep's choice on one held-back arena, and the sweep is in the card."""
     import json
     import shutil
 
@@ -161,7 +161,7 @@ def test_flow_weight_auto_is_chosen_on_the_validation_split(tmp_path, tiny_model
     shutil.copytree(tiny_model, model)
     card = json.loads((model / "card.json").read_text())
     (model / "card.json").write_text(json.dumps({**card, "flow_weight": 0.8}))  # the prior a tie keeps
-    synth = render_video(SynthConfig(view="side", duration_s=6.0, fps=15.0, arenas=1, arena_size_px=48, seed=5), tmp_path / "data")
+    synth = render_video(SynthConfig(view="side", duration_s=6.0, fps=15.0, arenas=2, arena_size_px=48, seed=5), tmp_path / "data")
     common = ["--videos", str(synth.video_path), "--init", f"model:{model}", "--recipe", "finetune", "--epochs", "1", "--batch-size", "4",
               "--frame-step", "3", "--device", "cpu", "--bn-recalibration-clips", "4", "--cache-dir", str(tmp_path / "cache"),
               "--work-dir", str(tmp_path / "work"), "--flow-weight", "auto"]  # fmt: skip
@@ -172,4 +172,18 @@ def test_flow_weight_auto_is_chosen_on_the_validation_split(tmp_path, tiny_model
     _, tuned = load_model(tmp_path / "tuned")
     choice = tuned.training["flow_weight_choice"]
     assert choice["clips"] == tuned.training["val_clips"] > 0 and choice["tie_prior"] == 0.8
+    assert tuned.training["train_clips"] == tuned.training["val_clips"]  # 2 arenas of 6 s: one trains, the other chooses
     assert tuned.flow_weight == choose_flow_weight(choice["accuracy_by_flow_weight"], 0.8)
+
+
+def test_validation_by_animal_holds_back_whole_arenas():
+    from types import SimpleNamespace
+
+    items = np.array([[src, frame, frame % 2] for src in range(3) for frame in range(0, 60, 3)])  # (source, frame, label)
+    ds = SimpleNamespace(items=items, stride=1)
+    train, val = tr.split_validation(ds, np.arange(len(items)), 5, by_animal=True)
+    assert len(set(items[val, 0])) == 1 and not set(items[val, 0]) & set(items[train, 0])  # one whole arena
+    train, val = tr.split_validation(ds, np.arange(len(items)), 5)
+    assert set(items[val, 0]) == {0, 1, 2}  # the default: a stretch of every arena
+    with pytest.raises(UserError, match="cover 1"):
+        tr.split_validation(ds, np.flatnonzero(items[:, 0] == 0), 5, by_animal=True)
