@@ -32,10 +32,10 @@ of the test videos: the number a model's per-frame accuracy means, without the l
 model's weight. That weight was chosen for the streams before fine-tuning; after it, the RGB stream
 may have become the better one (fst-side-112 on held-out lighting: 0.7 kept, while 0.0-0.4 would
 have been best on the test clips). ``held-back`` re-chooses it as a lab would have to, from its
-own labels only: one animal's picked stretches (about a fifth of them) are not trained on, the
-fine-tuned model is swept over 0, 0.1, ..., 1 on those stretches' clips, and the best weight is
-kept (ties: the one nearest the card's). The point still counts all labelled minutes, of which
-that animal's chose the weight.
+own labels only: one recording's picked stretches (a video's; one animal's if all come from one
+video) are not trained on, the fine-tuned model is swept over 0, 0.1, ..., 1 on their clips, and
+the best weight is kept (ties: the one nearest the card's). The point still counts all labelled
+minutes, of which that recording's chose the weight.
 
 A fine-tune on a few minutes moves by several points from one seed to the next (the random
 minutes drawn, the clip order, dropout), so ``--seed 0,1,2`` repeats every fine-tuned point per seed
@@ -89,7 +89,7 @@ SCRATCH_LR_FLOOR = 1e-5
 SCRATCH_BN_RECALIBRATION_CLIPS = 64  # export-train's default: from scratch the running statistics trail far behind
 NO_SELECTION = "none"  # the 0-minute point: the model as it comes, nothing picked
 WEIGHT_CHOICES = ("card", "held-back")  # --flow-weight: the given model's, or re-chosen on held-back labelled stretches
-HELD_BACK_SHARE = 0.2  # about this share of the picked stretches (one animal's) chooses the weight instead of training
+HELD_BACK_SHARE = 0.2  # about this share of the picked stretches (one recording's) chooses the weight instead of training
 HELD_BACK_FRAME_STEP = 2  # its clips: every 2nd frame (only predicted, so cheap; a 4 s stretch gives 30)
 POINTS_DIR = "points"
 TABLE_CSV = "learning_curve.csv"
@@ -121,25 +121,30 @@ def weight_choice_of(point: dict[str, Any]) -> str:
 
 
 def split_held_back(stretches: Sequence[Any]) -> tuple[list[Any], list[Any]]:
-    """(trained on, held back to choose the flow weight): the stretches of one animal are held back.
+    """(trained on, held back to choose the flow weight): one recording's stretches are held back.
 
-    The animal is the one (video, arena) -- or named animal -- whose stretch count is nearest a
-    ``HELD_BACK_SHARE`` of all (ties: the later-ranked). Whole animals, not single stretches: the
-    model is used on animals it was not trained on, and held-back stretches of trained animals
-    overstate the RGB stream, which learns each animal's look (fst-side-112, 1 minute: RGB alone
-    0.94 on such stretches, 0.69 on the test animals; the weight they chose, 0.2, lost 10 points).
+    A recording is a video file, or, when the stretches come from one video only, an animal (its
+    arena, or the animal a trial run names). The one held back is the one whose stretch count is
+    nearest a ``HELD_BACK_SHARE`` of all (ties: the later-ranked).
+
+    Whole recordings, because the fine-tuned RGB stream learns each recording's look. Measured
+    (fst-side-112, held-out lighting, each pool video lit its own way, per-stream recipe): on every
+    5th stretch the RGB stream alone scored 0.94, on a held-back animal of the same videos 0.99 at
+    1 minute and 0.97 at 2, against 0.69-0.77 on the test videos; the weights those chose (0.2-0.5
+    instead of the card's 0.7) lost 1.7-9.7 points on the test videos.
     """
     stretches = list(stretches)
-    animals: dict[tuple[str, str], list[int]] = {}
+    by_video = len({str(st.video) for st in stretches}) >= 2
+    groups: dict[tuple[str, str], list[int]] = {}
     for i, st in enumerate(stretches):
-        animals.setdefault(_animal_of(st), []).append(i)
-    if len(animals) < 2:
-        raise UserError(f"--flow-weight held-back holds back one animal's stretches, and the {len(stretches)} picked stretch(es) show "
-                        f"{len(animals)} animal(s); give more --minutes, a shorter --stretch-s, or videos with more animals")  # fmt: skip
+        groups.setdefault(("video", str(st.video)) if by_video else _animal_of(st), []).append(i)
+    if len(groups) < 2:
+        raise UserError(f"--flow-weight held-back holds back one recording's stretches, and the {len(stretches)} picked stretch(es) come "
+                        "from one video and one animal; give more --minutes, more videos, or a shorter --stretch-s")  # fmt: skip
     target = HELD_BACK_SHARE * len(stretches)
-    order = list(animals)
-    held_key = min(order, key=lambda k: (abs(len(animals[k]) - target), -order.index(k)))
-    held = set(animals[held_key])
+    order = list(groups)
+    held_key = min(order, key=lambda k: (abs(len(groups[k]) - target), -order.index(k)))
+    held = set(groups[held_key])
     return [st for i, st in enumerate(stretches) if i not in held], [stretches[i] for i in sorted(held)]
 
 
@@ -322,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-freeze-until", default=PER_STREAM_FLOW_FREEZE_UNTIL, metavar="BLOCK",
                    help="--starts per-stream: the flow stream's frozen blocks (default: %(default)s, all: only its classifier adapts)")
     p.add_argument("--flow-weight", choices=WEIGHT_CHOICES, default="card",
-                   help="fusion weight of the fine-tuned streams: the given model's (card), or re-chosen on one animal's "
-                        "picked stretches (about a fifth), held back from training (held-back) (default: %(default)s)")
+                   help="fusion weight of the fine-tuned streams: the given model's (card), or re-chosen on one video's picked "
+                        "stretches (one animal's if there is one video), held back from training (held-back) (default: %(default)s)")
     p.add_argument("--stretch-s", type=float, default=4.0, help="length of a picked stretch (default: 4)")
     p.add_argument("--score-stride", type=int, default=1, help="stream-run --stride when scoring the training videos (default: 1)")
     p.add_argument("--frame-step", type=int, default=1, help="train on every Nth labelled frame (default: 1)")
@@ -472,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(st, se, m, seed) for seed in seeds for m in minutes if m > 0 for se in selects for st in starts]
     if 0 in minutes and any(st in FINE_TUNED for st in starts):
         plan.insert(0, ("model", NO_SELECTION, 0.0, seeds[0]))
+
     def label_files_for(stretches, label_dir: Path) -> list[tuple[Path, Path]]:
         """Each video's picked stretches as a filled template: the labels a lab would have given."""
         files = []

@@ -488,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name in the card (default: --out folder name)")
     p.add_argument("--flow-weight", type=_flow_weight_arg, default=0.5, metavar="W|auto",
                    help="fusion weight stored in the card; auto: the best of 0, 0.1, ..., 1 after training on a validation split of whole "
-                        "animals (arenas; needs --val-folds and 2 animals; ties keep the weight nearest --init model:DIR's, or 0.5); "
+                        "recordings (videos; arenas if there is one video; needs --val-folds and 2 of them; ties keep the weight nearest "
+                        "--init model:DIR's, or 0.5); "
                         "export-evaluate sweeps it per fold "
                         "(default: 0.5; with --recipe finetune the model's)")
     p.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
@@ -548,12 +549,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"export-train: cached {len(ds.sources)} source(s), {len(ds)} clips at {spec.size_px} px in {args.cache_dir} ({time.monotonic() - t_cache:.0f} s)")
         return 0
     choose_weight = args.flow_weight == FLOW_WEIGHT_AUTO
-    train_idx, val_idx = split_validation(ds, np.arange(len(ds)), args.val_folds, by_animal=choose_weight)
+    train_idx, val_idx = split_validation(ds, np.arange(len(ds)), args.val_folds, by_recording=choose_weight)
     train_set = Subset(ds.with_augment(not args.no_augment), train_idx)
     val_set = Subset(ds, val_idx) if val_idx.size else None
     if choose_weight and val_set is None:
         raise UserError("--flow-weight auto chooses the weight on the validation split, and there is none: give --val-folds N "
-                        "(e.g. 5: one animal in 5 is then not trained on), or a weight")  # fmt: skip
+                        "(e.g. 5: one video in 5 is then not trained on), or a weight")  # fmt: skip
     here = distributed.current()
     if here.is_main:
         print(f"export-train: {len(train_set)} training clips, {0 if val_set is None else len(val_set)} validation clips, "
@@ -574,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = weight_sweep(pred.rgb_probs, pred.flow_probs, pred.labels)
         prior = float(model.flow_weight)
         model.flow_weight = choose_flow_weight(sweep, prior)
-        chosen = {"flow_weight_choice": {"chosen_on": "the validation split: whole animals (arenas) not trained on", "clips": len(val_set), "tie_prior": prior,
+        chosen = {"flow_weight_choice": {"chosen_on": "the validation split: whole recordings (videos, or arenas of one video) not trained on", "clips": len(val_set), "tie_prior": prior,
                                          "accuracy_by_flow_weight": sweep}}  # fmt: skip
         if here.is_main:
             print(f"export-train: flow weight {model.flow_weight:.1f} chosen on {len(val_set)} validation clips "

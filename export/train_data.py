@@ -262,13 +262,15 @@ def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progr
     return ds, spec
 
 
-def split_validation(ds, indices: np.ndarray, val_folds: int, *, by_animal: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def split_validation(ds, indices: np.ndarray, val_folds: int, *, by_recording: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) item indices: validation = one contiguous fold of ``indices`` (with a gap),
-    a stretch of every source; or, ``by_animal``, whole sources (arenas): one fold of
-    ``min(val_folds, sources)``.
+    a stretch of every source; or, ``by_recording``, whole recordings: one fold of
+    ``min(val_folds, recordings)``, where a recording is a video file (its arenas together), or an
+    arena when every source comes from one video.
 
-    By animal where something is chosen on the validation split that must hold for new animals (the
-    flow weight): a fine-tuned RGB stream recognises the animals it trained on far better than others.
+    By recording where something is chosen on the validation split that must hold for new ones (the
+    flow weight): a fine-tuned RGB stream recognises the recordings it trained on far better than
+    others (``export.learning_curve.split_held_back`` gives the figures).
     """
     from export.folds import contiguous_folds, video_folds
 
@@ -278,12 +280,15 @@ def split_validation(ds, indices: np.ndarray, val_folds: int, *, by_animal: bool
     if val_folds < 2:
         raise UserError(f"--val-folds {val_folds}: use 0 (no validation) or at least 2")
     items = ds.items[indices]
-    if by_animal:
-        animals = len(np.unique(items[:, 0]))
-        if animals < 2:
-            raise UserError(f"the validation split holds back whole animals (arenas), and the labels cover {animals}: "
-                            "label a second animal, or give --flow-weight a number")  # fmt: skip
-        fold = video_folds(items, min(val_folds, animals))[VAL_FOLD_INDEX]
+    if by_recording:
+        used = np.unique(items[:, 0])
+        videos = [str(ds.sources[int(i)].video_path) for i in range(int(items[:, 0].max()) + 1)] if items.size else []
+        groups = videos if len({videos[int(i)] for i in used}) >= 2 else None  # None: each source (arena) alone
+        recordings = len({videos[int(i)] for i in used}) if groups is not None else len(used)
+        if recordings < 2:
+            raise UserError(f"the validation split holds back whole recordings (videos, or arenas of one video), and the labels cover "
+                            f"{recordings}: label a second animal or video, or give --flow-weight a number")  # fmt: skip
+        fold = video_folds(items, min(val_folds, recordings), groups=groups)[VAL_FOLD_INDEX]
     else:
         fold = contiguous_folds(items, val_folds, step=getattr(ds, "stride", 1))[VAL_FOLD_INDEX]
     return indices[fold.train], indices[fold.test]

@@ -215,21 +215,21 @@ def test_per_stream_start_unfreezes_the_rgb_stream_only(tmp_path, tiny_model):
     assert points["per-stream-uncertainty-0.05min"]["train_clips"] == points["model-uncertainty-0.05min"]["train_clips"]
 
 
-def test_held_back_stretches_are_one_whole_animal_near_a_fifth():
+def test_held_back_stretches_are_one_whole_recording_near_a_fifth():
     from types import SimpleNamespace as NS
 
-    def picks(arenas):
-        return [NS(video="v.mp4", arena=a, animal="") for a in arenas]
+    def picks(videos_arenas):
+        return [NS(video=v, arena=a, animal="") for v, a in videos_arenas]
 
-    ranked = picks(["a0"] * 8 + ["a1"] * 3 + ["a2"] * 2 + ["a3"] * 2)  # 15 stretches: a fifth is 3
+    ranked = picks([("v1", "a0")] * 6 + [("v2", "a0")] * 3 + [("v2", "a1")] * 2 + [("v3", "a0")] * 4)  # 15: a fifth is 3
     trained, held = lc.split_held_back(ranked)
-    assert [s.arena for s in held] == ["a1"] * 3 and len(trained) == 12 and all(s.arena != "a1" for s in trained)
-    _, held = lc.split_held_back(picks(["a0", "a1", "a0", "a1"]))  # a tie: the later-ranked animal
-    assert {s.arena for s in held} == {"a1"}
-    named = [NS(video="v.mp4", arena="arena0", animal="m1"), NS(video="w.mp4", arena="arena0", animal="m1"), NS(video="v.mp4", arena="arena0", animal="m2")]
-    assert [s.animal for s in lc.split_held_back(named)[1]] == ["m2"]  # a named animal across videos is one animal
-    with pytest.raises(lc.UserError, match="1 animal"):
-        lc.split_held_back(picks(["a0", "a0", "a0"]))
+    assert {s.video for s in held} == {"v3"} and len(held) == 4 and all(s.video != "v3" for s in trained)  # a whole video, 4 nearest 3
+    _, held = lc.split_held_back(picks([("v1", "a0"), ("v1", "a1"), ("v1", "a0"), ("v1", "a1")]))  # one video: an animal (a tie: the later)
+    assert {s.arena for s in held} == {"a1"} and len(held) == 2
+    named = [NS(video="v.mp4", arena="arena0", animal="m1"), NS(video="v.mp4", arena="arena1", animal="m1"), NS(video="v.mp4", arena="arena0", animal="m2")]
+    assert [s.animal for s in lc.split_held_back(named)[1]] == ["m2"]  # a trial run's named animal is one animal across arenas
+    with pytest.raises(lc.UserError, match="one video and one animal"):
+        lc.split_held_back(picks([("v1", "a0")] * 3))
 
 
 def test_flow_weight_is_the_held_back_best_and_ties_keep_the_card_nearest():
@@ -245,7 +245,7 @@ def test_flow_weight_is_the_held_back_best_and_ties_keep_the_card_nearest():
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_learning_curve_rechooses_the_flow_weight_on_held_back_stretches(tmp_path, tiny_model):
-    """--flow-weight held-back: one animal's picked stretches are not trained on; the weight they choose fuses the test clips."""
+    """--flow-weight held-back: one recording's picked stretches (here, of one video, an animal's) are not trained on; the weight they choose fuses the test clips."""
     from stream.modelfile import load_card
 
     out, _, points = _curve(tmp_path, tiny_model, "--starts", "per-stream,motion", "--select", "uncertainty", "--minutes", "0.075",

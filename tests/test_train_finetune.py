@@ -149,7 +149,7 @@ def test_flow_weight_option_takes_a_weight_or_auto(tiny_model):
 
 
 def test_flow_weight_auto_is_chosen_on_the_validation_split(tmp_path, tiny_model, capsys):
-    """--recipe finetune --val-folds 3 --flow-weight auto: the card's weight is the sweep's choice on one held-back arena, and the sweep is in the card."""
+    """--recipe finetune --val-folds 3 --flow-weight auto: the card's weight is the sweep's choice on one held-back arena (one video), and the sweep is in the card."""
     import json
     import shutil
 
@@ -176,14 +176,17 @@ def test_flow_weight_auto_is_chosen_on_the_validation_split(tmp_path, tiny_model
     assert tuned.flow_weight == choose_flow_weight(choice["accuracy_by_flow_weight"], 0.8)
 
 
-def test_validation_by_animal_holds_back_whole_arenas():
+def test_validation_by_recording_holds_back_whole_videos_or_arenas():
     from types import SimpleNamespace
 
-    items = np.array([[src, frame, frame % 2] for src in range(3) for frame in range(0, 60, 3)])  # (source, frame, label)
-    ds = SimpleNamespace(items=items, stride=1)
-    train, val = tr.split_validation(ds, np.arange(len(items)), 5, by_animal=True)
-    assert len(set(items[val, 0])) == 1 and not set(items[val, 0]) & set(items[train, 0])  # one whole arena
-    train, val = tr.split_validation(ds, np.arange(len(items)), 5)
-    assert set(items[val, 0]) == {0, 1, 2}  # the default: a stretch of every arena
+    items = np.array([[src, frame, frame % 2] for src in range(4) for frame in range(0, 60, 3)])  # (source, frame, label)
+    one_video = SimpleNamespace(items=items, stride=1, sources=[SimpleNamespace(video_path="v.mp4")] * 4)
+    train, val = tr.split_validation(one_video, np.arange(len(items)), 5, by_recording=True)
+    assert len(set(items[val, 0])) == 1 and not set(items[val, 0]) & set(items[train, 0])  # one video: one whole arena
+    two_videos = SimpleNamespace(items=items, stride=1, sources=[SimpleNamespace(video_path=v) for v in ("a.mp4", "a.mp4", "b.mp4", "b.mp4")])
+    train, val = tr.split_validation(two_videos, np.arange(len(items)), 5, by_recording=True)
+    assert set(items[val, 0]) in ({0, 1}, {2, 3}) and not set(items[val, 0]) & set(items[train, 0])  # a whole video, both its arenas
+    train, val = tr.split_validation(one_video, np.arange(len(items)), 5)
+    assert set(items[val, 0]) == {0, 1, 2, 3}  # the default: a stretch of every arena
     with pytest.raises(UserError, match="cover 1"):
-        tr.split_validation(ds, np.flatnonzero(items[:, 0] == 0), 5, by_animal=True)
+        tr.split_validation(one_video, np.flatnonzero(items[:, 0] == 0), 5, by_recording=True)
