@@ -37,6 +37,15 @@ export-learning-curve "${common[@]}" --starts per-stream --select random --minut
 b=$!
 wait "$a"
 wait "$b"
+# the flow weight re-chosen on one held-back pool video (--flow-weight held-back; added later: ~40 min,
+# two runs side by side), paired with the per-stream points above
+export-learning-curve "${common[@]}" --starts per-stream --select uncertainty --minutes 1,2 --seed 0,1 --flow-weight held-back &
+a=$!
+( export-learning-curve "${common[@]}" --starts per-stream --select uncertainty --minutes 1,2 --seed 2 --flow-weight held-back
+  export-learning-curve "${common[@]}" --starts per-stream --select random --minutes 5 --seed 0 --flow-weight held-back ) &
+b=$!
+wait "$a"
+wait "$b"
 export-learning-curve --out "$WORK/all" --report-only
 mkdir -p "$OUT"
 cp "$WORK"/all/learning_curve.{csv,md,png} "$OUT/"
