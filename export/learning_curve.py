@@ -284,9 +284,9 @@ def plot_curve(path: Path, points: Sequence[dict[str, Any]], *, title: str = "Le
     ax.set_ylabel("per-frame agreement on held-out videos (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below the axes: six series hid the curves
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

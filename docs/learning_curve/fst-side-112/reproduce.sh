@@ -5,7 +5,7 @@
 # recipe against the per-stream recipe (RGB stream unfrozen at 1e-3), at 1, 2 and 5 minutes (the pool
 # holds 9 minutes, so no 10-minute point).
 #
-#   docs/learning_curve/fst-side-112/reproduce.sh     # ~4 h on 2 CPU cores (two runs side by side)
+#   docs/learning_curve/fst-side-112/reproduce.sh     # ~5.5 h on 2 CPU cores (two runs side by side)
 #
 # Pool: 3 videos x 3 min (seeds 300001-300003, 5 animals); test: 3 videos x 1 min (seeds
 # 300101-300103, 7 animals), every 16th frame (399 clips). The pool is scored once by stream-run
@@ -37,12 +37,15 @@ export-learning-curve "${common[@]}" --starts per-stream --select random --minut
 b=$!
 wait "$a"
 wait "$b"
-# the flow weight re-chosen on one held-back pool video (--flow-weight held-back; added later: ~40 min,
-# two runs side by side), paired with the per-stream points above
-export-learning-curve "${common[@]}" --starts per-stream --select uncertainty --minutes 1,2 --seed 0,1 --flow-weight held-back &
+# the flow weight re-chosen on one held-back pool video (--flow-weight held-back; added later: ~1.5 h,
+# two runs side by side), paired with the per-stream points above, and the third seed of random 5 minutes
+( export-learning-curve "${common[@]}" --starts per-stream --select uncertainty --minutes 1,2 --seed 0,1 --flow-weight held-back
+  export-learning-curve "${common[@]}" --starts per-stream --select random --minutes 5 --seed 1 --flow-weight held-back
+  export-learning-curve "${common[@]}" --starts per-stream --select random --minutes 5 --seed 2 ) &
 a=$!
 ( export-learning-curve "${common[@]}" --starts per-stream --select uncertainty --minutes 1,2 --seed 2 --flow-weight held-back
-  export-learning-curve "${common[@]}" --starts per-stream --select random --minutes 5 --seed 0 --flow-weight held-back ) &
+  export-learning-curve "${common[@]}" --starts per-stream --select random --minutes 5 --seed 0 --flow-weight held-back
+  export-learning-curve "${common[@]}" --starts per-stream --select random --minutes 5 --seed 2 --flow-weight held-back ) &
 b=$!
 wait "$a"
 wait "$b"
