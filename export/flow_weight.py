@@ -3,9 +3,9 @@
 A card's ``flow_weight`` belongs to the streams it was chosen for. Fine-tuning on a lab's few
 minutes changes the streams (often the RGB stream gains most, having a new look to learn), so the
 old weight may no longer fit; choosing a new one on the training clips would favour whichever
-stream memorised them. Both ``export-train --flow-weight auto`` (on its validation split) and
-``export-learning-curve --flow-weight held-back`` (on held-back stretches) choose it here, the same
-way.
+stream memorised them. Both ``export-train --flow-weight auto`` (on a validation split of whole
+recordings) and ``export-learning-curve --flow-weight held-back`` (on one held-back recording's
+stretches) choose it here, the same way.
 """
 
 from __future__ import annotations

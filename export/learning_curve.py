@@ -120,6 +120,11 @@ def weight_choice_of(point: dict[str, Any]) -> str:
     return str(point.get("weight_choice", "card"))
 
 
+def _weight_suffix(point: dict[str, Any]) -> str:
+    """What a series' name adds for a point whose flow weight was re-chosen ("" for the card's)."""
+    return "+held-back weight" if weight_choice_of(point) == "held-back" else ""
+
+
 def split_held_back(stretches: Sequence[Any]) -> tuple[list[Any], list[Any]]:
     """(trained on, held back to choose the flow weight): one recording's stretches are held back.
 
@@ -184,8 +189,7 @@ def _series(points: Sequence[dict[str, Any]]) -> dict[str, dict[float, list[dict
     series: dict[str, dict[float, list[dict[str, Any]]]] = {}
     for p in points:
         if p["select"] != NO_SELECTION:
-            held = "+held-back weight" if weight_choice_of(p) == "held-back" else ""
-            series.setdefault(f"{p['start']}+{p['select']}{held}", {}).setdefault(p["minutes"], []).append(p)
+            series.setdefault(f"{p['start']}+{p['select']}{_weight_suffix(p)}", {}).setdefault(p["minutes"], []).append(p)
     for p in points:
         if p["select"] == NO_SELECTION:  # the untouched model starts both fine-tuning recipes' curves
             owners = FINE_TUNED if p["start"] == "model" else (p["start"],)
@@ -231,8 +235,7 @@ def write_table(out: Path, points: Sequence[dict[str, Any]], *, note: str = "") 
             sweep = p.get("accuracy_by_flow_weight") or {}
             best = max(sweep.items(), key=lambda kv: kv[1]) if sweep else None
             seed = f" (seed {seed_of(p)})" if seed_of(p) else ""
-            held = "+held-back weight" if weight_choice_of(p) == "held-back" else ""
-            md.append(f"| {p['start']}+{p['select']}{held}{seed} | {p['minutes']:g} | {100 * p['accuracy']:.1f} % ({p.get('flow_weight', float('nan')):g}) | "
+            md.append(f"| {p['start']}+{p['select']}{_weight_suffix(p)}{seed} | {p['minutes']:g} | {100 * p['accuracy']:.1f} % ({p.get('flow_weight', float('nan')):g}) | "
                       f"{100 * p['rgb_accuracy']:.1f} % | {100 * p['flow_accuracy']:.1f} % | "
                       + (f"{100 * best[1]:.1f} % ({best[0]})" if best else "") + " |")  # fmt: skip
     below = [f"{p['select']} {p['minutes']:g} min ({100 * p['accuracy']:.1f} % vs {100 * m['accuracy']:.1f} %)" for p in rows

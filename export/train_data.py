@@ -282,9 +282,10 @@ def split_validation(ds, indices: np.ndarray, val_folds: int, *, by_recording: b
     items = ds.items[indices]
     if by_recording:
         used = np.unique(items[:, 0])
-        videos = [str(ds.sources[int(i)].video_path) for i in range(int(items[:, 0].max()) + 1)] if items.size else []
-        groups = videos if len({videos[int(i)] for i in used}) >= 2 else None  # None: each source (arena) alone
-        recordings = len({videos[int(i)] for i in used}) if groups is not None else len(used)
+        videos = [str(src.video_path) for src in ds.sources]
+        used_videos = {videos[int(i)] for i in used}
+        groups = videos if len(used_videos) >= 2 else None  # None: each source (arena) alone
+        recordings = len(used_videos) if groups is not None else len(used)
         if recordings < 2:
             raise UserError(f"the validation split holds back whole recordings (videos, or arenas of one video), and the labels cover "
                             f"{recordings}: label a second animal or video, or give --flow-weight a number")  # fmt: skip
