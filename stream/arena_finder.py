@@ -56,6 +56,8 @@ SIDE_TALLER_THAN_WIDE = 1.1  # a side-view cylinder's box is taller than wide (a
 AUTO_TOP_SUPPORT = 0.56
 AUTO_TOP_COVER = 0.1
 LABEL_BGR = (0, 220, 255)
+MOTION_NOISE_FACTOR = 3.0  # spread below this many times the frame's median is noise (as the finders take it)
+SIDE_MOTION_RATIO = 1.5  # --view auto: tall side boxes holding this many times the circles' motion are the rig (side rigs 1.05-6.9, the one side rig whose circles looked top 2.2; top rigs 0.89-1.01)
 MIN_MOTION_GREY = 8.0  # temporal spread (grey levels) of something that moves: a swimming mouse gives
 # tens, H.264 noise and flicker of a static rig 1-3
 
@@ -127,7 +129,8 @@ def detect_arenas(image: np.ndarray, view: str = "auto", motion: np.ndarray | No
     if view == "side" or not top.rois:
         return _arenas(list(side.rois))
     if (_looks_top(top, grey.size) and not _circles_inside_side_cylinders(top.rois, side.rois)
-            and not _one_circle_beside_a_rig(top, side.rois)):
+            and not _one_circle_beside_a_rig(top, side.rois)
+            and not _side_holds_more_motion(top.rois, side.rois, motion)):
         return _arenas(list(top.rois))
     return _arenas(list(side.rois or top.rois))
 
@@ -153,6 +156,27 @@ def _circles_inside_side_cylinders(circles: Sequence[Roi], cylinders: Sequence[R
     return (bool(tall) and all(any(inside(c, b) for b in tall) for c in circles)
             and not any(_separate(c, d) and inside(c, b) and inside(d, b)
                         for b in tall for i, c in enumerate(circles) for d in circles[i + 1:]))
+
+
+def _side_holds_more_motion(circles: Sequence[Roi], cylinders: Sequence[Roi], motion: np.ndarray | None) -> bool:
+    """The side finder's tall boxes hold clearly more of what moves than the circles do: round
+    shapes across a side rig (a rim and a base ellipse, the water of two neighbours) leave the water
+    of the other cylinders out, while the tall boxes the side finder may make of a top rig's
+    column of circles hold no more than the circles themselves."""
+    if motion is None or not cylinders:
+        return False
+    m = np.maximum(0.0, motion.astype(np.float32) - MOTION_NOISE_FACTOR * float(np.median(motion)))
+    total = float(m.sum())
+    if total <= 0:
+        return False
+
+    def held(rois: Sequence[Roi]) -> float:
+        mask = np.zeros(m.shape, bool)
+        for r in rois:
+            mask[r.y:r.y + r.h, r.x:r.x + r.w] = True
+        return float(m[mask].sum()) / total
+
+    return held(cylinders) >= SIDE_MOTION_RATIO * held(circles)
 
 
 def _one_circle_beside_a_rig(top: TopFind, cylinders: Sequence[Roi]) -> bool:

@@ -42,7 +42,7 @@ EDGE_FRACTION = 0.5  # an edge point is at least this fraction of the image's 90
 MIN_SUPPORT = 0.35  # of the circumference: less is a tile, a blob or clutter (dim rims reach ~0.4)
 SET_SUPPORT_FRACTION = 0.55  # a cylinder of the rig has at least this fraction of the best circle's support
 SAME_RADIUS = (0.8, 1.25)  # the cylinders of one rig have the same radius (ratio to the anchor's)
-OUTER_EDGE_FRACTION = 0.35  # the rim's outer edge is the outermost radius with this much of the peak edge
+OUTER_SUPPORT_FRACTION = 0.6  # the rim's outer edge runs round at least this fraction as far as the best edge near it
 # motion (the frames' temporal spread): the mouse and the water move inside the cylinders only
 MOTION_NOISE_FACTOR = 3.0  # spread below this many times the frame's median spread is noise (H.264, flicker)
 MOTION_SHARE = 0.05  # of the frame's motion inside a circle of the rig's radius: a place to look for a rim
@@ -68,15 +68,17 @@ class TopFind:
     score: float
 
 
-def _radial(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float) -> np.ndarray | None:
-    """|radial gradient| at the circle's points inside the frame (None if most are outside)."""
+def _radial(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float, signed: bool = False) -> np.ndarray | None:
+    """|radial gradient| (or, ``signed``, the gradient itself) at the circle's points inside the
+    frame (None if most are outside)."""
     h, w = gx.shape
     xs = np.round(cx + r * np.cos(ANGLES)).astype(int)
     ys = np.round(cy + r * np.sin(ANGLES)).astype(int)
     inb = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
     if inb.mean() < 0.5:
         return None
-    return np.abs(gx[ys[inb], xs[inb]] * np.cos(ANGLES[inb]) + gy[ys[inb], xs[inb]] * np.sin(ANGLES[inb]))
+    g = gx[ys[inb], xs[inb]] * np.cos(ANGLES[inb]) + gy[ys[inb], xs[inb]] * np.sin(ANGLES[inb])
+    return g if signed else np.abs(g)
 
 
 def _support(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float, edge: float) -> float:
@@ -88,16 +90,25 @@ def _support(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float, edg
     return best
 
 
-def _outer_radius(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float) -> float:
+def _outer_radius(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float, edge: float) -> float:
+    """The outermost radius near ``r`` whose edge runs round, one way (light to dark or dark to
+    light), about as far as the best one there: a thick rim's outer edge runs round as its inner
+    edge does, while a shadow on one side, the lines of a striped floor or a tile grid (each line
+    crossed both ways) make it only in places."""
     radii = np.arange(max(3.0, 0.85 * r), 1.25 * r + 1, 0.5)
-    profile = np.array([float(np.median(g)) if (g := _radial(gx, gy, cx, cy, rr)) is not None else 0.0
-                        for rr in radii])
+    profile = np.array([_one_way(gx, gy, cx, cy, rr, edge) for rr in radii])
     if profile.max() <= 0:
         return r
-    i = int(np.nonzero(profile >= OUTER_EDGE_FRACTION * profile.max())[0][-1])
+    i = int(np.nonzero(profile >= OUTER_SUPPORT_FRACTION * profile.max())[0][-1])
     while i + 1 < len(profile) and profile[i + 1] >= profile[i]:  # climb to that edge's peak
         i += 1
     return float(radii[i])
+
+
+def _one_way(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float, edge: float) -> float:
+    """Share of the circumference whose radial edge exceeds ``edge`` with the commoner sign."""
+    g = _radial(gx, gy, cx, cy, r, signed=True)
+    return 0.0 if g is None else max(float(np.sum(g > edge)), float(np.sum(g < -edge))) / SAMPLES
 
 
 def _apart(a: tuple[float, ...], b: tuple[float, ...], fraction: float = APART) -> bool:
@@ -115,7 +126,7 @@ def _nudged(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float, edge
 def _checked(gx: np.ndarray, gy: np.ndarray, cx: float, cy: float, r: float, edge: float) -> tuple[float, ...]:
     """A proposal's (support, cx, cy, r): centre nudged to the most support, radius to the rim's outer edge."""
     _, cx, cy = _nudged(gx, gy, cx, cy, r, edge, max(1.0, 0.04 * r), 3)
-    r = _outer_radius(gx, gy, cx, cy, float(r))
+    r = _outer_radius(gx, gy, cx, cy, float(r), edge)
     return (_support(gx, gy, cx, cy, r, edge), float(cx), float(cy), r)
 
 

@@ -138,7 +138,10 @@ def drawn_top_rig(n: int, tile: int, *, width: int = 640, height: int = 480, r: 
 
 @pytest.mark.parametrize("view,seeds", [("side", (13, 14, 18)), ("top", (3, 7, 15)),
                                         ("top", (10, 30, 35)),  # tiled floors: a rim Hough never proposed, a tile square
-                                        ("side", (38,))])  # one circle across a side rig is not a top view
+                                        ("side", (38,)),  # one circle across a side rig is not a top view
+                                        # a shadow or a striped floor outside the rim is not its outer edge
+                                        ("top", (26, 31, 37)),
+                                        ("side", (39,))])  # circles across a side rig that hold less motion than its walls
 def test_randomized_rigs_are_found_one_to_one(view: str, seeds: tuple[int, ...], tmp_path) -> None:
     rows = sweep(view, tmp_path, seeds)
     print(table(rows))
