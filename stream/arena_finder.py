@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stream.arena_rims import TopFind, find_top_cylinders
+from stream.arena_rims import MOTION_NOISE_FACTOR, TopFind, find_top_cylinders
 from stream.arena_walls import find_side_cylinders
 from stream.arenas import Arena
 from stream.atomic import atomic_path, atomic_write
@@ -56,7 +56,6 @@ SIDE_TALLER_THAN_WIDE = 1.1  # a side-view cylinder's box is taller than wide (a
 AUTO_TOP_SUPPORT = 0.56
 AUTO_TOP_COVER = 0.1
 LABEL_BGR = (0, 220, 255)
-MOTION_NOISE_FACTOR = 3.0  # spread below this many times the frame's median is noise (as the finders take it)
 SIDE_MOTION_RATIO = 1.2  # --view auto: side boxes holding this many times the circles' motion are the rig (40 top rigs: 0.71-1.01; side rigs whose circles look top: 0.99-2.2, most >= 1.2)
 MIN_MOTION_GREY = 8.0  # temporal spread (grey levels) of something that moves: a swimming mouse gives
 # tens, H.264 noise and flicker of a static rig 1-3
@@ -159,10 +158,10 @@ def _circles_inside_side_cylinders(circles: Sequence[Roi], cylinders: Sequence[R
 
 
 def _side_holds_more_motion(circles: Sequence[Roi], cylinders: Sequence[Roi], motion: np.ndarray | None) -> bool:
-    """The side finder's tall boxes hold clearly more of what moves than the circles do: round
-    shapes across a side rig (a rim and a base ellipse, the water of two neighbours) leave the water
-    of the other cylinders out, while the tall boxes the side finder may make of a top rig's
-    column of circles hold no more than the circles themselves."""
+    """The side finder's boxes hold clearly more of what moves than the circles do: round shapes
+    on a side rig (a rim and a base ellipse, the water of two neighbours) leave the water of other
+    cylinders out, while the boxes the side finder may make of a top rig's columns of circles hold
+    no more than the circles themselves."""
     if motion is None or not cylinders:
         return False
     m = np.maximum(0.0, motion.astype(np.float32) - MOTION_NOISE_FACTOR * float(np.median(motion)))
