@@ -168,6 +168,23 @@ def test_a_tiled_floor_adds_no_cylinder_of_its_own(n: int, tile: int) -> None:
     assert min(match(found, truth)) >= MIN_IOU, (found, truth)
 
 
+def test_a_striped_floor_outside_the_rim_is_not_its_outer_edge() -> None:
+    """Lines of the floor cross a circle just outside the rim in many places, each both ways (dark
+    to light, light to dark); the rim's outer edge runs round one way. Taking the stripes for the
+    rim's edge made a circle too big to run round, and both cylinders were lost."""
+    img = np.full((480, 640), 150, np.uint8)
+    for y in range(0, 480, 9):
+        cv2.line(img, (0, y), (640, y), 115, 2)
+    truth = []
+    for cx in (190, 450):
+        cv2.circle(img, (cx, 240), 90, 205, -1, cv2.LINE_AA)  # the water
+        cv2.circle(img, (cx, 240), 88, 175, 4, cv2.LINE_AA)  # the rim
+        truth.append(Roi(cx - 90, 150, 180, 180))
+    found = [a.roi for a in detect_arenas(img, "top")]
+    assert len(found) == 2, found
+    assert min(match(found, truth)) >= 0.9, (found, truth)
+
+
 @pytest.mark.parametrize("view", ["side", "top"])
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_each_cylinder_of_the_demo_look_is_found_inside_its_cell(view: str, n: int) -> None:
