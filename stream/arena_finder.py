@@ -56,7 +56,9 @@ SIDE_TALLER_THAN_WIDE = 1.1  # a side-view cylinder's box is taller than wide (a
 AUTO_TOP_SUPPORT = 0.56
 AUTO_TOP_COVER = 0.1
 LABEL_BGR = (0, 220, 255)
-SIDE_MOTION_RATIO = 1.2  # --view auto: side boxes holding this many times the circles' motion are the rig (40 top rigs: 0.71-1.01; side rigs whose circles look top: 0.99-2.2, most >= 1.2)
+# --view auto: side boxes holding this many times the circles' motion are the rig (40 top rigs:
+# 0.71-1.01; side rigs whose circles look top: 0.99-2.2, most >= 1.2)
+SIDE_MOTION_RATIO = 1.2
 MIN_MOTION_GREY = 8.0  # temporal spread (grey levels) of something that moves: a swimming mouse gives
 # tens, H.264 noise and flicker of a static rig 1-3
 
