@@ -2,8 +2,8 @@
 # Reproduces docs/learning_curve/fst-side-112/ (README, "The learning curve on a held-out setup"):
 # the Kinetics-started fst-side-112 fine-tuned on 1, 2 and 5 labelled minutes of the simulator's
 # held-out lighting, 3 seeds per point (5 for random 5 minutes of the per-stream recipe):
-# export-select minutes against random minutes, and the recipe against the per-stream recipe (RGB stream unfrozen at 1e-3), at 1, 2 and 5 minutes (the pool
-# holds 9 minutes, so no 10-minute point).
+# export-select minutes against random minutes, and the recipe against the per-stream recipe (RGB
+# stream unfrozen at 1e-3), at 1, 2 and 5 minutes (the pool holds 9 minutes, so no 10-minute point).
 #
 #   docs/learning_curve/fst-side-112/reproduce.sh     # ~7 h on 2 CPU cores (two runs side by side)
 #
