@@ -71,6 +71,10 @@ X264_PRESET = "veryfast"
 
 
 def _write_h264(path: Path, frames: Iterator[np.ndarray], cfg: SynthConfig) -> None:
+    """H.264 without x264's macroblock-tree rate control: with it, one seed encoded twice gave
+    other videos (decoded pixels up to 28 grey levels apart), depending on what the process had
+    done before; without it the same seed gives the same bytes, so a render, the arena sweep and a
+    training set repeat."""
     import av
 
     w, h = cfg.frame_size
@@ -79,7 +83,7 @@ def _write_h264(path: Path, frames: Iterator[np.ndarray], cfg: SynthConfig) -> N
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(cfg.crf), "preset": X264_PRESET}
+        stream.options = {"crf": str(cfg.crf), "preset": X264_PRESET, "mbtree": "0"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
                 container.mux(packet)

@@ -23,7 +23,7 @@ to the video's length so that short videos still contain every class. Camera noi
 lighting changes and a slight shake are applied on top (H.264 compression too, when
 :mod:`export.synth` writes the video). Everything is drawn from ``numpy.random.default_rng``
 streams derived from the seed, so the labels are exactly reproducible and the frames are
-identical before compression.
+identical (and so is the H.264 file :mod:`export.synth` writes from them, on the same software).
 
 Domain randomization (``--randomize``, ``--held-out FAMILY,...``, ``--fix FAMILY,...``): the look,
 the camera and the motion style are drawn from the named families of :mod:`export.synth_families`
