@@ -29,7 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stream.arena_rims import MOTION_NOISE_FACTOR, TopFind, find_top_cylinders
+from stream.arena_motion import above_noise, share_inside
+from stream.arena_rims import TopFind, find_top_cylinders
 from stream.arena_walls import find_side_cylinders
 from stream.arenas import Arena
 from stream.atomic import atomic_path, atomic_write
@@ -166,16 +167,12 @@ def _side_holds_more_motion(circles: Sequence[Roi], cylinders: Sequence[Roi], mo
     no more than the circles themselves."""
     if motion is None or not cylinders:
         return False
-    m = np.maximum(0.0, motion.astype(np.float32) - MOTION_NOISE_FACTOR * float(np.median(motion)))
-    total = float(m.sum())
-    if total <= 0:
+    m = above_noise(motion)
+    if float(m.sum()) <= 0:
         return False
 
     def held(rois: Sequence[Roi]) -> float:
-        mask = np.zeros(m.shape, bool)
-        for r in rois:
-            mask[r.y:r.y + r.h, r.x:r.x + r.w] = True
-        return float(m[mask].sum()) / total
+        return share_inside(m, [(r.x, r.y, r.x + r.w, r.y + r.h) for r in rois])
 
     return held(cylinders) >= SIDE_MOTION_RATIO * held(circles)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from stream.arena_motion import above_noise
 from stream.preprocess import Roi
 
 __all__ = ["TopFind", "find_top_cylinders"]
@@ -44,7 +45,6 @@ SET_SUPPORT_FRACTION = 0.55  # a cylinder of the rig has at least this fraction 
 SAME_RADIUS = (0.8, 1.25)  # the cylinders of one rig have the same radius (ratio to the anchor's)
 OUTER_SUPPORT_FRACTION = 0.6  # the rim's outer edge runs round at least this fraction as far as the best edge near it
 # motion (the frames' temporal spread): the mouse and the water move inside the cylinders only
-MOTION_NOISE_FACTOR = 3.0  # spread below this many times the frame's median spread is noise (H.264, flicker)
 MOTION_SHARE = 0.05  # of the frame's motion inside a circle of the rig's radius: a place to look for a rim
 MOTION_PROPOSALS = 8  # such places checked (the most motion first, a radius apart: one per cylinder)
 MOTION_REACH = 0.7  # of the radius: the rim's centre is searched this far from the motion's (the mouse is off-centre)
@@ -221,8 +221,7 @@ def find_top_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> To
     found.sort(key=lambda c: -c[0])
     m = None
     if motion is not None:
-        m = cv2.resize(motion.astype(np.float32), (g.shape[1], g.shape[0]), interpolation=cv2.INTER_AREA)
-        m = np.maximum(0.0, m - MOTION_NOISE_FACTOR * float(np.median(m)))
+        m = above_noise(cv2.resize(motion.astype(np.float32), (g.shape[1], g.shape[0]), interpolation=cv2.INTER_AREA))
         m = m if m.sum() > 0 else None
     if m is not None and found and found[0][0] >= MIN_SUPPORT:
         # a rim Hough missed (a busy floor outvotes it): look again, at the best rim's radius,

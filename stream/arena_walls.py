@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from stream.arena_ends import RIM_PER_WIDTH, CylinderEnds, same_height, shear
+from stream.arena_motion import above_noise, share_inside
 from stream.preprocess import Roi
 
 __all__ = ["SideFind", "find_side_cylinders"]
@@ -58,7 +59,6 @@ SAME_WALLS_X_IOU = 0.8  # two boxes this aligned across share their walls
 SYMMETRY_POWER = 0.5  # weight of the mirror correlation in a cylinder's score
 # motion (the frames' temporal spread): water ripples and the mouse move inside the cylinders, the
 # background's lines do not
-MOTION_NOISE_FACTOR = 3.0  # spread below this many times the frame's median spread is noise (H.264, flicker)
 MIN_MOTION_SHARE = 0.03  # of the frame's motion: a box with less holds no water (a tile column, the gap)
 MOTION_FILL = 0.05  # of a box's busiest column: a column with less motion is outside the water
 MOTION_FIT_POWER = 2.0  # weight of how well the walls bracket the motion (a box 10 % too wide scores 0.81)
@@ -223,15 +223,6 @@ def _whole_cylinders(kept: list[tuple[float, tuple[float, ...]]]) -> list[tuple[
     return sorted(out, key=lambda c: -c[0])
 
 
-def _motion_share(motion: np.ndarray, box: tuple[float, ...]) -> float:
-    """Share of the frame's motion inside ``box`` (x0, y0, x1, y1 at work scale)."""
-    h, w = motion.shape
-    x0, x1 = max(0, int(round(box[0]))), min(w, int(round(box[2])))
-    y0, y1 = max(0, int(round(box[1]))), min(h, int(round(box[3])))
-    total = float(motion.sum())
-    return float(motion[y0:y1, x0:x1].sum()) / total if total > 0 and x1 > x0 and y1 > y0 else 0.0
-
-
 def _motion_fit(col_cs: np.ndarray, box: tuple[float, ...]) -> float:
     """How well the walls bracket the motion of the rows between them: water ripples run from wall
     to wall, so motion beyond a wall (the box is too narrow) or columns without it (too wide) cost.
@@ -250,16 +241,6 @@ def _motion_fit(col_cs: np.ndarray, box: tuple[float, ...]) -> float:
     contained = float(inside.sum() / profile.sum())
     filled = float(np.mean(inside >= MOTION_FILL * inside.max()))
     return (contained * filled) ** MOTION_FIT_POWER
-
-
-def _covered(motion: np.ndarray, boxes: list[tuple[float, ...]]) -> float:
-    """Share of the frame's motion inside the union of ``boxes``."""
-    h, w = motion.shape
-    mask = np.zeros((h, w), bool)
-    for b in boxes:
-        mask[max(0, int(round(b[1]))):max(0, int(round(b[3]))), max(0, int(round(b[0]))):max(0, int(round(b[2])))] = True
-    total = float(motion.sum())
-    return float(motion[mask].sum()) / total if total > 0 else 1.0
 
 
 def _rig(kept: list[tuple[float, tuple[float, ...]]],
@@ -285,7 +266,7 @@ def _rig(kept: list[tuple[float, tuple[float, ...]]],
                 chosen.append((s, b))
         total = sum(s for s, _ in chosen)
         if motion is not None:
-            total *= _covered(motion, [b for _, b in chosen]) ** MOTION_POWER
+            total *= share_inside(motion, [b for _, b in chosen]) ** MOTION_POWER
         if total > best[0]:
             best = (total, chosen)
     return best[1]
@@ -313,7 +294,7 @@ def find_side_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> S
     m = None
     if motion is not None:
         spread = cv2.resize(motion.astype(np.float32), (g.shape[1], h), interpolation=cv2.INTER_AREA)
-        m = np.maximum(0.0, spread - MOTION_NOISE_FACTOR * float(np.median(spread)))
+        m = above_noise(spread)
         if m.sum() > 0:
             col_cs = np.vstack([np.zeros((1, m.shape[1]), np.float32), np.cumsum(m, axis=0)])
             scored = [(score, box, _motion_fit(col_cs, box)) for score, box in scored]
@@ -327,7 +308,7 @@ def find_side_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> S
         if all(_box_iou(box, b) < NMS_IOU for _, b in kept):
             kept.append((score * fit, box))
     if m is not None:
-        kept = [(s, b) for s, b in kept if _motion_share(m, b) >= MIN_MOTION_SHARE]
+        kept = [(s, b) for s, b in kept if share_inside(m, [b]) >= MIN_MOTION_SHARE]
     rig = sorted(_rig(_whole_cylinders(kept), m), key=lambda c: c[1][0])
     rois = []
     for x0, y0, x1, y1 in _closed_at_the_ends([b for _, b in rig], g, spread if m is not None else None):
