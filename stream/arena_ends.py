@@ -12,7 +12,8 @@ of them above. So, between walls at sheared columns ``xl``, ``xr`` (``stream.are
                   (no clear rim: the water line less WATER_TO_RIM water depths)
     base        = best row within BASE_REACH widths of the walls' own bottom, by the same score upside down
     rig         = the cylinders of one rig are one height: a box far from the median height takes it,
-                  from whichever of its ends lines up with the others'
+                  from whichever of its ends lines up with the others'; from three cylinders on, the
+                  rims lie on one line and the bases on another (``on_two_lines``)
 
 Without motion (a still image, an empty rig) the water line is unknown and the boxes stay as the
 wall finder closed them.
@@ -25,7 +26,7 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["CylinderEnds", "ellipse_profile", "same_height", "shear"]
+__all__ = ["CylinderEnds", "ellipse_profile", "on_two_lines", "same_height", "shear"]
 
 RIM_PER_WIDTH = 0.06  # the rim ellipse's half-height beyond the wall's end, in cylinder widths
 ELLIPSE_POINTS = 96  # samples along a rim ellipse
@@ -40,6 +41,7 @@ MIN_END_SCORE = 0.05  # ellipse + wall-end evidence (in 99th-percentile edge uni
 SAME_HEIGHT = 0.08  # a box whose height is further than this from the rig's median takes the median
 WALL_REACH = 0.3  # cylinder widths of wall compared below/above an end
 MIN_DEPTH_FRACTION = 0.2  # of the box's width: a shallower "water" is not the water line
+LINE_TOLERANCE = 0.05  # of the rig's median height: an end this far from the rig's line of ends is off it
 
 
 def shear(img: np.ndarray, t: float) -> np.ndarray:
@@ -98,6 +100,11 @@ class CylinderEnds:
         self._gx, self._gy = cv2.dilate(gx / norm, k), cv2.dilate(gy / norm, k)
         self._motion = motion.astype(np.float32)
         self._sheared: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    @property
+    def edges(self) -> np.ndarray:
+        """|d/dx| of the picture, unsheared, in 99th-percentile units (a thin line's edges joined)."""
+        return self._gx
 
     @property
     def height(self) -> int:
@@ -179,3 +186,36 @@ def same_height(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
         else:
             out.append((b - height, b))
     return out
+
+
+def on_two_lines(spans: list[tuple[float, float]], centres: list[float]) -> list[tuple[float, float]]:
+    """The cylinders of one rig stand on one table: their rims lie on one line and their bases on
+    another (level, sloped by the camera's roll, converging with perspective). From three
+    cylinders on, the pair whose two lines the most cylinders agree with (both ends within
+    ``LINE_TOLERANCE``; ties: the flatter lines) picks the cylinders that agree, the lines are
+    fitted to them, and every end is put on its line: one cylinder's rim taken at the water line or
+    its base at a reflection below it moves to where its neighbours say, and the others lose the
+    few rows of noise each end has alone. Fewer than two that agree: the spans as they are."""
+    n = len(spans)
+    if n < 3:
+        return spans
+    top = np.array([a for a, _ in spans], np.float64)
+    base = np.array([b for _, b in spans], np.float64)
+    x = np.asarray(centres, np.float64)
+    tol = LINE_TOLERANCE * float(np.median(base - top))
+    best: tuple[tuple[int, float], np.ndarray] | None = None
+    for i in range(n):
+        for j in range(i + 1, n):
+            if abs(x[j] - x[i]) < 1e-6:
+                continue
+            st, sb = (top[j] - top[i]) / (x[j] - x[i]), (base[j] - base[i]) / (x[j] - x[i])
+            agree = ((np.abs(top - top[i] - st * (x - x[i])) <= tol) & (np.abs(base - base[i] - sb * (x - x[i])) <= tol))
+            key = (int(agree.sum()), -(abs(st) + abs(sb)))
+            if best is None or key > best[0]:
+                best = (key, agree)
+    if best is None or best[0][0] < 2:
+        return spans
+    agree = best[1]
+    on_top = np.polyval(np.polyfit(x[agree], top[agree], 1), x)
+    on_base = np.polyval(np.polyfit(x[agree], base[agree], 1), x)
+    return [(float(a), float(b)) for a, b in zip(on_top, on_base)]

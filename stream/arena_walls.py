@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from stream.arena_ends import RIM_PER_WIDTH, CylinderEnds, same_height, shear
+from stream.arena_ends import RIM_PER_WIDTH, CylinderEnds, on_two_lines, same_height, shear
 from stream.arena_motion import above_noise, share_inside
 from stream.preprocess import Roi
 
@@ -67,6 +67,11 @@ MOTION_MIN_SCORE = 0.05  # faint walls (dark outlines on a busy background) arou
 MOTION_POWER = 2.0  # weight of the share of motion a rig covers in its score (a missed cylinder costs)
 TALLER_FRACTION = 0.6  # a taller box between the same walls wins when it scores this much of the shorter
 RIG_ANCHORS = 10  # candidates tried as the rig's first cylinder (size and height of the others)
+# each wall of the rig's boxes, looked for again alone once rim and base are known (_refit_wall): the
+# pair search gives both walls one tilt and scores them with the rims, so a tapered cylinder, a wall
+# that leans apart from its partner or an inner reflection leaves a box a few columns narrow
+REFIT_REACH = 0.12  # of the cylinder's width, either side of the wall found (0.08-0.18 did the same)
+REFIT_TANS = np.tan(np.radians(np.arange(-7.5, 7.6, 0.75)))  # the wall's own tilt
 
 
 @dataclass(frozen=True)
@@ -320,13 +325,48 @@ def find_side_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> S
 
 
 def _closed_at_the_ends(boxes: list[tuple[float, ...]], g: np.ndarray, motion: np.ndarray | None) -> list[tuple[float, ...]]:
-    """The rig's boxes from rim to base (``stream.arena_ends``), all one height; as found without motion."""
+    """The rig's boxes from rim to base (``stream.arena_ends``), all one height, their rims and
+    bases on the rig's two lines, each wall fitted again alone between them; as found without motion."""
     if motion is None:
         return [b[:4] for b in boxes]
     ends = CylinderEnds(g, motion)
     boxes = _completed(_same_width(boxes, ends), ends)
     spans = same_height([ends.ends(b[4], b[5], b[6], b[7], b[8]) for b in boxes])
-    return [_box(b[4], top, base, b[5], b[6], g.shape[0])[:4] for b, (top, base) in zip(boxes, spans)]
+    spans = on_two_lines(spans, [(b[5] + b[6]) / 2 for b in boxes])
+    h = g.shape[0]
+    found = [_box(b[4], top, base, b[5], b[6], h)[:4] for b, (top, base) in zip(boxes, spans)]
+    refit = [_refit_walls(ends.edges, b[4], b[5], b[6], top, base, h) for b, (top, base) in zip(boxes, spans)]
+    widths = [r[1] - r[0] for r in refit if r]
+    width = float(np.median(widths)) if len(widths) >= 3 else None
+    # a refit wall on an inner highlight makes its box narrower than the rig's others: that box keeps the pair's walls
+    return [(r[0], f[1], r[1], f[3]) if r and (width is None or abs(r[1] - r[0] - width) <= SAME_WIDTH * width) else f
+            for f, r in zip(found, refit)]
+
+
+def _refit_walls(gx: np.ndarray, angle: float, xl: float, xr: float, top: float, base: float,
+                 h: int) -> tuple[float, float] | None:
+    """(left, right) extent of the cylinder's walls between rim and base, each wall alone: the
+    straight line of strongest mean edge within ``REFIT_REACH`` widths of the wall found, at any
+    tilt of ``REFIT_TANS`` (``gx``: the picture's |d/dx|, unsheared). None where the box is too short."""
+    rim = RIM_PER_WIDTH * (xr - xl)
+    ys = np.arange(int(top + 2 * rim), int(base - 2 * rim))
+    if len(ys) < 5:
+        return None
+    mid = (ys[0] + ys[-1]) / 2
+    t = math.tan(math.radians(angle))
+    reach = max(2, int(REFIT_REACH * (xr - xl)))
+    offsets = np.arange(-reach, reach + 0.5, 0.5)
+    extent = []
+    for wall, pick in ((xl, min), (xr, max)):
+        at_mid = wall + t * (mid - h / 2) + offsets  # sheared column -> the picture's column at row `mid`
+        xs = at_mid[:, None, None] + REFIT_TANS[None, :, None] * (ys - mid)[None, None, :]
+        x0 = np.clip(np.floor(xs).astype(int), 0, gx.shape[1] - 2)
+        f = np.clip(xs - x0, 0.0, 1.0)
+        rows = np.broadcast_to(ys, xs.shape)
+        score = (gx[rows, x0] * (1 - f) + gx[rows, x0 + 1] * f).mean(axis=-1)  # (offsets, tilts)
+        i, k = np.unravel_index(int(np.argmax(score)), score.shape)
+        extent.append(pick(at_mid[i] + REFIT_TANS[k] * (y - mid) for y in (top, base)))
+    return float(extent[0]), float(extent[1]) + 1
 
 
 def _same_width(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tuple[float, ...]]:

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stream.arena_ends import ellipse_profile, same_height
+from stream.arena_ends import ellipse_profile, on_two_lines, same_height
 from stream.arena_finder import detect_arenas, iou, motion_map
 from stream.preprocess import Roi
 
@@ -109,3 +109,37 @@ def test_a_rig_is_one_height_and_keeps_the_end_that_lines_up() -> None:
     spans = [(10.0, 110.0), (12.0, 111.0), (-30.0, 112.0)]  # the third's rim on a tile joint above it
     assert same_height(spans) == [(10.0, 110.0), (12.0, 111.0), (12.0, 112.0)]
     assert same_height([(0.0, 50.0)]) == [(0.0, 50.0)]
+
+
+def test_a_rigs_rims_and_bases_lie_on_two_lines() -> None:
+    """Camera roll slopes both lines; the fourth cylinder's rim was taken at its water line and its
+    base at a reflection below it (side rig seed 7: the whole box 30 rows low)."""
+    xs = [50.0, 150.0, 250.0, 350.0]
+    true = [(10.0 + 0.1 * x, 110.0 + 0.1 * x) for x in xs]
+    spans = true[:3] + [(true[3][0] + 30.0, true[3][1] + 30.0)]
+    assert np.allclose(on_two_lines(spans, xs), true)
+    noisy = [(a + d, b - d) for (a, b), d in zip(true, (1.0, -1.0, 1.0, -1.0))]  # rows of noise each end has alone
+    out = on_two_lines(noisy, xs)
+    assert max(abs(o[0] - t[0]) + abs(o[1] - t[1]) for o, t in zip(out, true)) < max(
+        abs(n[0] - t[0]) + abs(n[1] - t[1]) for n, t in zip(noisy, true))
+    converging = [(10.0 + 0.05 * x, 110.0 - 0.05 * x) for x in xs]  # perspective: rims and bases need not be parallel
+    assert np.allclose(on_two_lines(converging, xs), converging)
+    two = [(10.0, 110.0), (40.0, 140.0)]  # two cylinders cannot tell which one is off
+    assert on_two_lines(two, xs[:2]) == two
+
+
+def test_each_wall_is_fitted_again_alone_between_rim_and_base() -> None:
+    """A tapered cylinder (wider at the rim: the camera looks down into it) between walls the pair
+    search gave one tilt: each wall is refitted with its own tilt, so the box reaches both walls' ends."""
+    from stream.arena_walls import _refit_walls
+
+    h, w = 200, 300
+    g = np.zeros((h, w), np.float32)
+    cv2.line(g, (90, 30), (100, 170), 1.0, 1)  # left wall leans right going down
+    cv2.line(g, (210, 30), (200, 170), 1.0, 1)  # right wall leans left
+    cv2.line(g, (60, 10), (60, 190), 1.0, 1)  # a line of the room, outside the reach
+    gx = cv2.dilate(np.abs(cv2.Sobel(g, cv2.CV_32F, 1, 0)), np.ones((1, 3), np.uint8))
+    found = _refit_walls(gx, 0.0, 95.0, 205.0, 30.0, 170.0, h)  # walls found upright in their middle
+    assert found is not None
+    assert abs(found[0] - 90) <= 2 and abs(found[1] - 211) <= 2  # 90..210 inclusive, +1 as a box edge
+    assert _refit_walls(gx, 0.0, 95.0, 205.0, 30.0, 36.0, h) is None  # too short to fit a line

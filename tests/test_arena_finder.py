@@ -30,7 +30,7 @@ HELD_OUT = {2: ("geometry",), 5: ("background", "cylinder"), 8: ("geometry", "li
             11: ("geometry", "background", "cylinder", "lighting"), 14: ("mouse", "water", "capture"),
             17: ("geometry", "background"), 19: ("cylinder", "lighting")}
 RIG_DURATION_S = 1.0  # 15-30 frames: the finder takes the median of the first GRAB_FRAMES
-SWEEP_FLOOR = {"side": 0.6, "top": 0.85}  # measured 14/20 and 19/20 (seeds 20-39: 16/20 and 19/20); a
+SWEEP_FLOOR = {"side": 0.6, "top": 0.85}  # measured 17/20 and 18/20 (seeds 20-39: 18/20 and 19/20); a
 # seed renders the same bytes on the same software, but another x264 or OpenCV build may move a
 # borderline rig (the goal is 0.95)
 
@@ -279,12 +279,15 @@ def test_stream_run_check_arenas_draws_the_arenas_in_use_and_exits(tmp_path, cap
     assert not list((tmp_path / "o").glob("*.csv"))  # nothing was scored
 
 
-if __name__ == "__main__":  # the measurement: python tests/test_arena_finder.py [side] [top] [--second]
+if __name__ == "__main__":  # the measurement: python tests/test_arena_finder.py [side] [top] [--second | --seeds A-B]
     import tempfile
 
     # --second: the disjoint check set (seeds 20-39, held-out families as seed - 20), to see that a
-    # change tuned on the first 20 rigs holds on others
+    # change tuned on the first 20 rigs holds on others; --seeds 40-99: rigs no change was tuned on
     seeds = range(20, 40) if "--second" in sys.argv else SWEEP_SEEDS
+    if "--seeds" in sys.argv:
+        first, last = map(int, sys.argv[sys.argv.index("--seeds") + 1].split("-"))
+        seeds = range(first, last + 1)
     with tempfile.TemporaryDirectory() as d:
         for v in [a for a in sys.argv[1:] if a in ("side", "top")] or ["side", "top"]:
             print(table(sweep(v, Path(d), seeds)), flush=True)
