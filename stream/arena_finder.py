@@ -117,7 +117,8 @@ def detect_arenas(image: np.ndarray, view: str = "auto", motion: np.ndarray | No
 
     ``motion`` (``motion_map`` of the frames whose median ``image`` is) tells the water from the
     room: side boxes must hold it and the rig covers it; the top finder looks again for rims there.
-    ``auto`` takes the circles when their rims run round (``AUTO_TOP_SURE``), or when they look
+    ``auto`` takes the circles when their rims run round (``AUTO_TOP_SURE``; one such circle only
+    if it is not beside two or more side-view cylinders holding more motion), or when they look
     like a top-view rig (``_looks_top``), do not sit inside the side finder's cylinders and are not
     one uncertain circle beside a side rig of two or more; otherwise the side finder's walls, if any, else whatever circles there are.
     """
@@ -125,9 +126,12 @@ def detect_arenas(image: np.ndarray, view: str = "auto", motion: np.ndarray | No
         raise UserError(f"--view {view}: choose auto, side or top")
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
     top = find_top_cylinders(grey, motion) if view in ("auto", "top") else None
-    if view == "top" or (top is not None and top.score >= AUTO_TOP_SURE):
+    if view == "top" or (top is not None and top.score >= AUTO_TOP_SURE and len(top.rois) != 1):
         return _arenas(list(top.rois))
     side = find_side_cylinders(grey, motion)
+    if top is not None and top.score >= AUTO_TOP_SURE:  # one round circle: a top view, or a round thing on a side rig
+        lone_decoy = len(_tall(side.rois)) >= 2 and _side_holds_more_motion(top.rois, side.rois, motion)
+        return _arenas(list(side.rois if lone_decoy else top.rois))
     if view == "side" or not top.rois:
         return _arenas(list(side.rois))
     if (_looks_top(top, grey.size) and not _circles_inside_side_cylinders(top.rois, side.rois)

@@ -141,7 +141,8 @@ def drawn_top_rig(n: int, tile: int, *, width: int = 640, height: int = 480, r: 
                                         ("side", (38,)),  # one circle across a side rig is not a top view
                                         # a shadow or a striped floor outside the rim is not its outer edge
                                         ("top", (26, 31, 37)),
-                                        ("side", (30, 39))])  # circles on a side rig that hold less motion than its boxes
+                                        ("side", (30, 39)),  # circles on a side rig that hold less motion than its boxes
+                                        ("side", (45,))])  # one perfectly round decoy on a side rig of two
 def test_randomized_rigs_are_found_one_to_one(view: str, seeds: tuple[int, ...], tmp_path) -> None:
     rows = sweep(view, tmp_path, seeds)
     print(table(rows))
