@@ -53,6 +53,11 @@ COMPLETE_RUN = 0.3  # at least this many rig widths long (a mouse is 0.3-0.6 wid
 COMPLETE_GAP = 0.1  # rig widths: runs closer than this are one
 MAX_COMPLETED = 7  # cylinders added at most (a rig has up to 8)
 COMPLETE_WALLS = 0.5  # its walls stand out at least this fraction of the rig's weakest wall
+# ... and its motion is water: at least this share of it within WATER_BAND of the rig's height around
+# the rig's water line (100 side rigs: cylinders added rightly 0.9-0.96; a tiled panel's flickering
+# grid, half-width boxes beside the glass's highlights 0.00-0.29, one 0.55; the rig's own 0.25-0.9)
+COMPLETE_WATER = 0.4
+WATER_BAND = 0.1
 SAME_ROW_OVERLAP = 0.5  # of the shorter box's height: the cylinders of one rig stand side by side
 SET_SCORE_FRACTION = 0.35  # a cylinder of the rig scores at least this fraction of the best one
 SAME_WALLS_X_IOU = 0.8  # two boxes this aligned across share their walls
@@ -393,7 +398,8 @@ def _completed(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tuple
     cylinders (a dim wall, a wall on a line of the room makes a box of another size), and the
     water and mouse of the others still move in the rig's rows. Each such run of motion gets the
     pair of walls, at the rig's width, that stands out most around it, if they stand out about as
-    much as the rig's own walls do."""
+    much as the rig's own walls do and the motion between them is water: most of it at the rig's
+    water line (a flickering tiled panel shimmers at every row)."""
     if not boxes:
         return boxes
     angle = float(np.median([b[4] for b in boxes]))
@@ -413,6 +419,15 @@ def _completed(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tuple
         level.append(float(motion[max(0, xl):max(0, xr) + 1].mean()) if xr > xl else 0.0)
     strong = min(min(_at_column(walls, b[5]), _at_column(walls, b[6])) for b in boxes)
     moving = motion > COMPLETE_MOTION * float(np.median(level))
+    above = np.maximum(0.0, band - float(np.median(band)))  # (rows, columns) above the room's own spread
+    rig_rows = np.convolve(above[:, taken].sum(axis=1), np.ones(3) / 3, "same")
+    water = int(np.argmax(rig_rows)) if rig_rows.size else 0
+    reach = max(1, int(WATER_BAND * len(rig_rows)))
+
+    def at_water(xl: int, xr: int) -> float:
+        cols = above[:, max(0, xl):max(0, xr) + 1]
+        total = float(cols.sum())
+        return float(cols[max(0, water - reach):water + reach + 1].sum()) / total if total > 0 else 0.0
     out = list(boxes)
     for _ in range(MAX_COMPLETED):  # one cylinder at a time: a run of motion may hold two
         added = False
@@ -422,6 +437,8 @@ def _completed(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tuple
             pair = _best_walls(walls, taken, range(max(0, int(a - 0.6 * width)), min(n, int(e - 0.5 * width) + 1)),
                                range(int(0.9 * width), int(1.1 * width) + 1), COMPLETE_WALLS * strong)
             if pair is None:
+                continue
+            if at_water(*pair) < COMPLETE_WATER:
                 continue
             out.append(_box(angle, y0, y1, pair[0], pair[1], ends.height))
             covered[max(0, pair[0] - int(0.1 * width)):min(n, pair[1] + int(0.1 * width) + 1)] = True

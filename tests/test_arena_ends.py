@@ -82,6 +82,11 @@ def test_a_cylinder_the_rig_lacks_is_added_where_its_water_moves() -> None:
     for b, (xl, xr) in zip(found, walls):
         assert abs(b[5] - xl) <= 1 and abs(b[6] - xr) <= 1, ([b[5:7] for b in found], walls)
     assert _completed(rig, CylinderEnds(g, np.zeros_like(motion))) == rig  # nothing moves: nothing added
+    flicker = motion.copy()
+    flicker[:, 140:240] = 0
+    for y in range(24, 100, 12):  # the lines of a tiled panel shimmer under flickering light, at every row
+        flicker[y:y + 2, 140:240] = 20
+    assert _completed(rig, CylinderEnds(g, flicker)) == rig  # walls, and motion, but not at the water line
 
 
 def test_without_motion_the_boxes_stay_as_the_walls_closed_them() -> None:
