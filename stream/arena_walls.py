@@ -72,7 +72,7 @@ MOTION_MIN_SCORE = 0.05  # faint walls (dark outlines on a busy background) arou
 MOTION_POWER = 2.0  # weight of the share of motion a rig covers in its score (a missed cylinder costs)
 TALLER_FRACTION = 0.6  # a taller box between the same walls wins when it scores this much of the shorter
 RIG_ANCHORS = 10  # candidates tried as the rig's first cylinder (size and height of the others)
-# each wall of the rig's boxes, looked for again alone once rim and base are known (_refit_wall): the
+# each wall of the rig's boxes, looked for again alone once rim and base are known (_refit_walls): the
 # pair search gives both walls one tilt and scores them with the rims, so a tapered cylinder, a wall
 # that leans apart from its partner or an inner reflection leaves a box a few columns narrow
 REFIT_REACH = 0.12  # of the cylinder's width, either side of the wall found (0.08-0.18 did the same)
@@ -354,7 +354,7 @@ def _refit_walls(gx: np.ndarray, angle: float, xl: float, xr: float, top: float,
     straight line of strongest mean edge within ``REFIT_REACH`` widths of the wall found, at any
     tilt of ``REFIT_TANS`` (``gx``: the picture's |d/dx|, unsheared). None where the box is too short."""
     rim = RIM_PER_WIDTH * (xr - xl)
-    ys = np.arange(int(top + 2 * rim), int(base - 2 * rim))
+    ys = np.arange(max(0, int(top + 2 * rim)), min(gx.shape[0], int(base - 2 * rim)))  # rows in the picture
     if len(ys) < 5:
         return None
     mid = (ys[0] + ys[-1]) / 2

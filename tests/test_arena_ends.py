@@ -148,3 +148,5 @@ def test_each_wall_is_fitted_again_alone_between_rim_and_base() -> None:
     assert found is not None
     assert abs(found[0] - 90) <= 2 and abs(found[1] - 211) <= 2  # 90..210 inclusive, +1 as a box edge
     assert _refit_walls(gx, 0.0, 95.0, 205.0, 30.0, 36.0, h) is None  # too short to fit a line
+    beyond = _refit_walls(gx, 0.0, 95.0, 205.0, -40.0, 260.0, h)  # a rim or base past the frame's edge
+    assert beyond is not None and beyond[0] < 95 < 205 < beyond[1]
