@@ -126,10 +126,11 @@ def detect_arenas(image: np.ndarray, view: str = "auto", motion: np.ndarray | No
         raise UserError(f"--view {view}: choose auto, side or top")
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
     top = find_top_cylinders(grey, motion) if view in ("auto", "top") else None
-    if view == "top" or (top is not None and top.score >= AUTO_TOP_SURE and len(top.rois) != 1):
+    sure = top is not None and top.score >= AUTO_TOP_SURE
+    if view == "top" or (sure and len(top.rois) != 1):
         return _arenas(list(top.rois))
     side = find_side_cylinders(grey, motion)
-    if top is not None and top.score >= AUTO_TOP_SURE:  # one round circle: a top view, or a round thing on a side rig
+    if sure:  # one round circle: a top view, or a round thing on a side rig
         lone_decoy = len(_tall(side.rois)) >= 2 and _side_holds_more_motion(top.rois, side.rois, motion)
         return _arenas(list(side.rois if lone_decoy else top.rois))
     if view == "side" or not top.rois:

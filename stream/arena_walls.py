@@ -407,7 +407,8 @@ def _completed(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tuple
     y0, y1 = float(np.median([b[7] for b in boxes])), float(np.median([b[8] for b in boxes]))
     walls = ends.wall_columns(angle, y0, y1)
     band = ends.motion(angle)[max(0, int(y0)):max(0, int(y1))]
-    motion = np.maximum(0.0, band - float(np.median(band))).sum(axis=0)  # above the room's own spread
+    above = np.maximum(0.0, band - float(np.median(band)))  # (rows, columns) above the room's own spread
+    motion = above.sum(axis=0)
     n = len(motion)
     covered = np.zeros(n, bool)  # the rig's columns and the ripples' reach beyond its walls
     taken = np.zeros(n, bool)  # the rig's columns: a new cylinder's inside is free of them
@@ -419,7 +420,6 @@ def _completed(boxes: list[tuple[float, ...]], ends: CylinderEnds) -> list[tuple
         level.append(float(motion[max(0, xl):max(0, xr) + 1].mean()) if xr > xl else 0.0)
     strong = min(min(_at_column(walls, b[5]), _at_column(walls, b[6])) for b in boxes)
     moving = motion > COMPLETE_MOTION * float(np.median(level))
-    above = np.maximum(0.0, band - float(np.median(band)))  # (rows, columns) above the room's own spread
     rig_rows = np.convolve(above[:, taken].sum(axis=1), np.ones(3) / 3, "same")
     water = int(np.argmax(rig_rows)) if rig_rows.size else 0
     reach = max(1, int(WATER_BAND * len(rig_rows)))
