@@ -11,6 +11,8 @@ of them above. So, between walls at sheared columns ``xl``, ``xr`` (``stream.are
                   ellipse edge there, less the same just above  +  wall below it, less wall above it
                   (no clear rim: the water line less WATER_TO_RIM water depths)
     base        = best row within BASE_REACH widths of the walls' own bottom, by the same score upside down
+                  (walls that stop at the water line: below it, as far as WATER_BELOW_RIM and
+                  MAX_HEIGHT_PER_WIDTH allow from the rim)
     rig         = the cylinders of one rig are one height: a box far from the median height takes it,
                   from whichever of its ends lines up with the others'; from three cylinders on, the
                   rims lie on one line and the bases on another (``on_two_lines``)
@@ -42,6 +44,11 @@ SAME_HEIGHT = 0.08  # a box whose height is further than this from the rig's med
 WALL_REACH = 0.3  # cylinder widths of wall compared below/above an end
 MIN_DEPTH_FRACTION = 0.2  # of the box's width: a shallower "water" is not the water line
 LINE_TOLERANCE = 0.05  # of the rig's median height: an end this far from the rig's line of ends is off it
+# walls that stop at the water line (a pale room shows no wall through the water): the base lies
+# where the rim and the water line say, the water's surface at 0.3-0.56 of the height below the rim
+# (a little wider here), and the cylinder at most this many widths tall (FST cylinders: 1.15-2)
+WATER_BELOW_RIM = (0.28, 0.6)
+MAX_HEIGHT_PER_WIDTH = 2.3
 
 
 def shear(img: np.ndarray, t: float) -> np.ndarray:
@@ -130,7 +137,8 @@ class CylinderEnds:
 
     def ends(self, angle: float, xl: float, xr: float, y0: float, y1: float) -> tuple[float, float]:
         """Rows of the rim and base ellipses' centres for walls (sheared columns ``xl``, ``xr``)
-        that the wall finder closed at ``y0``, ``y1``; unchanged where the water line is unknown."""
+        that the wall finder closed at ``y0``, ``y1``; unchanged where the water line is unknown.
+        Walls closed at the water line (the water shows no wall) have their base sought below it."""
         gx, gy, motion = self._at(angle)
         h = gx.shape[0]
         cw = xr - xl
@@ -142,21 +150,30 @@ class CylinderEnds:
         if rows.max() <= 0:
             return y0, y1
         water = int(np.argmax(rows))
-        depth = y1 - water
-        if depth < MIN_DEPTH_FRACTION * cw:
-            return y0, y1
         profile = ellipse_profile(gx, gy, xl, xr, np.arange(h))
         wall = _wall_rows(gx, xl, xr)
         reach = WALL_REACH * cw
+
+        def base_score(y: int) -> float:  # an ellipse with walls above it and none below
+            return (profile[y] - _rows_mean(profile, y + 3 * rb, y + 4 * rb + 6)
+                    + _rows_mean(wall, y - rb - reach, y - rb) - _rows_mean(wall, y + rb, y + rb + reach))
+
+        if y1 - water < MIN_DEPTH_FRACTION * cw:  # the walls stop at the water line: y0 is the rim
+            above = water - y0
+            if above < MIN_DEPTH_FRACTION * cw:
+                return y0, y1
+            below = range(int(max(water + MIN_DEPTH_FRACTION * cw, y0 + above / WATER_BELOW_RIM[1])),
+                          int(min(h - rb - 1, y0 + MAX_HEIGHT_PER_WIDTH * cw, y0 + above / WATER_BELOW_RIM[0])))
+            base = max(below, key=base_score, default=None)
+            if base is None or base_score(base) <= MIN_END_SCORE:
+                return y0, y1
+            y1 = float(base)
+        depth = y1 - water
 
         def rim_score(y: int) -> float:  # an ellipse with walls below it (down to the water) and none above
             return (profile[y] - _rows_mean(profile, y - 4 * rb - 6, y - 3 * rb)
                     + _rows_mean(wall, y + rb, min(y + rb + reach, water - rb))
                     - _rows_mean(wall, y - rb - reach, y - rb))
-
-        def base_score(y: int) -> float:  # the same, upside down
-            return (profile[y] - _rows_mean(profile, y + 3 * rb, y + 4 * rb + 6)
-                    + _rows_mean(wall, y - rb - reach, y - rb) - _rows_mean(wall, y + rb, y + rb + reach))
 
         tops = range(max(int(rb) + 1, int(water - RIM_RANGE[1] * depth)), int(water - RIM_RANGE[0] * depth))
         top = max(tops, key=rim_score, default=None)

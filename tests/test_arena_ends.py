@@ -150,3 +150,29 @@ def test_each_wall_is_fitted_again_alone_between_rim_and_base() -> None:
     assert _refit_walls(gx, 0.0, 95.0, 205.0, 30.0, 36.0, h) is None  # too short to fit a line
     beyond = _refit_walls(gx, 0.0, 95.0, 205.0, -40.0, 260.0, h)  # a rim or base past the frame's edge
     assert beyond is not None and beyond[0] < 95 < 205 < beyond[1]
+
+
+def test_walls_that_stop_at_the_water_line_have_their_base_sought_below_it() -> None:
+    """A pale room behind clear water shows the walls only above the water, so the wall finder
+    closes the box at the water line; the base ellipse further down is the cylinder's end (side
+    seed 140 of the sweep: IoU 0.41 -> 0.86). Without a base to see, the box stays as it was."""
+    from stream.arena_ends import CylinderEnds
+
+    h, w = 240, 200
+    xl, xr, rim, water, base = 60, 140, 40, 100, 200  # water 0.375 of the height below the rim
+
+    def picture(with_base: bool) -> np.ndarray:
+        g = np.full((h, w), 200, np.float32)
+        g[rim:water, xl - 1:xl + 1] = g[rim:water, xr - 1:xr + 1] = 120  # walls above the water
+        end = base if with_base else h
+        g[water:end, xl - 1:xl + 1] = g[water:end, xr - 1:xr + 1] = 185  # all but lost in it
+        for y in (rim, base) if with_base else (rim,):
+            cv2.ellipse(g, ((xl + xr) // 2, y), ((xr - xl) // 2, 5), 0, 0, 360, 120, 2)
+        return cv2.GaussianBlur(g, (0, 0), 0.7)
+
+    motion = np.zeros((h, w), np.float32)
+    motion[water - 3:water + 3, xl + 10:xr - 10] = 20  # the mouse and its ripples
+    top, bottom = CylinderEnds(picture(True), motion).ends(0.0, xl, xr, rim, water + 2)
+    assert abs(top - rim) <= 4, top
+    assert abs(bottom - base) <= 4, bottom
+    assert CylinderEnds(picture(False), motion).ends(0.0, xl, xr, rim, water + 2) == (rim, water + 2)
