@@ -55,6 +55,10 @@ AUTO_TOP_SURE = 0.9
 CIRCLE_IN_BOX_WIDTH = 1.35
 SIDE_TALLER_THAN_WIDE = 1.1  # a side-view cylinder's box is taller than wide (aspect 1.15-2 and rims)
 AUTO_TOP_SUPPORT = 0.56
+# ... and circles that run round at least this far are rims seen from above even where the side
+# finder's boxes hold them (160 rigs per view: the top rigs it would call side score 0.72-0.87, the
+# side rigs whose circles look top and lie in its boxes 0.57-0.68)
+AUTO_TOP_CLEAR = 0.7
 AUTO_TOP_COVER = 0.1
 LABEL_BGR = (0, 220, 255)
 # --view auto: side boxes holding this many times the circles' motion are the rig (40 top rigs:
@@ -135,7 +139,8 @@ def detect_arenas(image: np.ndarray, view: str = "auto", motion: np.ndarray | No
         return _arenas(list(side.rois if lone_decoy else top.rois))
     if view == "side" or not top.rois:
         return _arenas(list(side.rois))
-    if (_looks_top(top, grey.size) and not _circles_inside_side_cylinders(top.rois, side.rois)
+    if (_looks_top(top, grey.size)
+            and (top.score >= AUTO_TOP_CLEAR or not _circles_inside_side_cylinders(top.rois, side.rois))
             and not _one_circle_beside_a_rig(top, side.rois)
             and not _side_holds_more_motion(top.rois, side.rois, motion)):
         return _arenas(list(top.rois))
