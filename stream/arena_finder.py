@@ -123,7 +123,8 @@ def detect_arenas(image: np.ndarray, view: str = "auto", motion: np.ndarray | No
     room: side boxes must hold it and the rig covers it; the top finder looks again for rims there.
     ``auto`` takes the circles when their rims run round (``AUTO_TOP_SURE``; one such circle only
     if it is not beside two or more side-view cylinders holding more motion), or when they look
-    like a top-view rig (``_looks_top``), do not sit inside the side finder's cylinders and are not
+    like a top-view rig (``_looks_top``), do not sit inside the side finder's cylinders (unless they
+    run round at least ``AUTO_TOP_CLEAR``) and are not
     one uncertain circle beside a side rig of two or more; otherwise the side finder's walls, if any, else whatever circles there are.
     """
     if view not in ("auto", "side", "top"):
