@@ -55,9 +55,10 @@ AUTO_TOP_SURE = 0.9
 CIRCLE_IN_BOX_WIDTH = 1.35
 SIDE_TALLER_THAN_WIDE = 1.1  # a side-view cylinder's box is taller than wide (aspect 1.15-2 and rims)
 AUTO_TOP_SUPPORT = 0.56
-# ... and circles that run round at least this far are rims seen from above even where the side
-# finder's boxes hold them (160 rigs per view: the top rigs it would call side score 0.72-0.87, the
-# side rigs whose circles look top and lie in its boxes 0.57-0.68)
+# circles that look like a top-view rig and run round at least this far are rims seen from above
+# even where the side finder's boxes hold them (160 rigs per view: top rigs whose circles lay in the
+# side boxes scored 0.59, 0.72, 0.83 and 0.87; side rigs whose circles look top and lie in its boxes
+# 0.57-0.68)
 AUTO_TOP_CLEAR = 0.7
 AUTO_TOP_COVER = 0.1
 LABEL_BGR = (0, 220, 255)
