@@ -57,6 +57,7 @@ MOVING_SHARE = 0.02  # of the frame's motion inside a less certain circle: a mou
 INSIDE, RING = 0.75, (1.15, 1.4)  # of the radius: the water inside, the floor around (rim and shadow left out)
 OTHER_SHADE = 1.0  # median inside vs around, in the floor's own spread (+1): the water is another shade
 ONE_RADIUS = 0.1  # of the rig's median radius: a circle further off took another edge for its rim
+GRID_REACH = 0.35  # of the rig's radius: centres this close share a row or column (perspective, placement)
 ANGLES = np.linspace(0, 2 * math.pi, SAMPLES, endpoint=False)
 
 
@@ -188,6 +189,46 @@ def _stands_out(c: tuple[float, ...], f: np.ndarray, m: np.ndarray | None) -> bo
     return abs(float(np.median(patch[inside])) - float(np.median(patch[ring]))) >= OTHER_SHADE * (float(patch[ring].std()) + 1.0)
 
 
+def _grid_completed(gx: np.ndarray, gy: np.ndarray, chosen: list[tuple[float, ...]], kept: list[tuple[float, ...]],
+                    edge: float) -> list[tuple[float, ...]]:
+    """A rig of three or more stands in rows and columns: where a row and a column of it cross and
+    no cylinder was taken, a circle of the rig's radius there is one of its cylinders (a dim rim
+    whose mouse hardly moved, on a floor as busy as the water is dark) if a proposal there runs
+    round as far as the rig's others must (``SET_SUPPORT_FRACTION`` of the best) or a fresh look
+    finds a plain rim (``SURE_SUPPORT``)."""
+    if len(chosen) < 3:
+        return chosen
+    r0 = float(np.median([c[3] for c in chosen]))
+    best = max(c[0] for c in chosen)
+
+    def lines(values: list[float]) -> list[float]:
+        out: list[list[float]] = []
+        for v in sorted(values):
+            if out and v - out[-1][-1] <= GRID_REACH * r0:
+                out[-1].append(v)
+            else:
+                out.append([v])
+        return [float(np.mean(g)) for g in out]
+
+    cols, rows = lines([c[1] for c in chosen]), lines([c[2] for c in chosen])
+    out = list(chosen)
+    for x in cols:
+        for y in rows:
+            if any(math.hypot(c[1] - x, c[2] - y) <= GRID_REACH * r0 for c in out):
+                continue
+            near = [k for k in kept if math.hypot(k[1] - x, k[2] - y) <= GRID_REACH * r0
+                    and abs(k[3] - r0) <= ONE_RADIUS * r0 and k[0] >= SET_SUPPORT_FRACTION * best]
+            c = max(near, default=None, key=lambda k: k[0])
+            if c is None:
+                _, cx, cy = _nudged(gx, gy, x, y, r0, edge, 0.05 * r0, 4)
+                c = _checked(gx, gy, cx, cy, r0, edge)
+                if c[0] < SURE_SUPPORT:
+                    continue
+            if all(_apart(c, o, RIG_APART) for o in out):
+                out.append(c)
+    return out
+
+
 def _one_radius(gx: np.ndarray, gy: np.ndarray, chosen: list[tuple[float, ...]], edge: float) -> list[tuple[float, ...]]:
     """The cylinders of one rig are one size: with three or more, a circle whose radius is off the
     median by more than ``ONE_RADIUS`` (a shadow or a floor line outside the rim) is looked for
@@ -248,7 +289,7 @@ def find_top_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> To
         total = sum(k[0] * k[3] ** 2 for k in chosen)  # area x support: big rims beat rows of tile squares
         if total > best_set[0]:
             best_set = (total, chosen)
-    chosen = _one_radius(gx, gy, best_set[1], edge)
+    chosen = _one_radius(gx, gy, _grid_completed(gx, gy, best_set[1], kept, edge), edge)
     rois = []
     for _, cx, cy, r in chosen:
         x0, y0 = max(0, int(round((cx - r) / scale))), max(0, int(round((cy - r) / scale)))
