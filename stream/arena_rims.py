@@ -9,6 +9,8 @@ is therefore checked and corrected on a copy scaled to ``WORK_SIZE_PX``::
       -> support: share of the circumference with a radial edge (a rim ~0.9, a tile square ~0.5)
       -> non-overlapping circles, then the set of same-radius circles with the most area x support;
          a weak rim joins it only if it stands out from the floor (motion or another shade inside)
+      -> with three or more, where the rig's rows and columns cross and no cylinder was taken, a
+         circle of the rig's radius there joins it if it runs round as far as the rig's others must
       -> with three or more, a circle far off the rig's median radius is looked for again at it
 
 Each ROI is the circle's bounding box (what ``export-synth`` writes as the truth).
