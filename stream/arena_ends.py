@@ -150,6 +150,9 @@ class CylinderEnds:
         if rows.max() <= 0:
             return y0, y1
         water = int(np.argmax(rows))
+        stops_at_water = y1 - water < MIN_DEPTH_FRACTION * cw  # the walls stop at the water line: y0 is the rim
+        if stops_at_water and water - y0 < MIN_DEPTH_FRACTION * cw:
+            return y0, y1
         profile = ellipse_profile(gx, gy, xl, xr, np.arange(h))
         wall = _wall_rows(gx, xl, xr)
         reach = WALL_REACH * cw
@@ -158,10 +161,8 @@ class CylinderEnds:
             return (profile[y] - _rows_mean(profile, y + 3 * rb, y + 4 * rb + 6)
                     + _rows_mean(wall, y - rb - reach, y - rb) - _rows_mean(wall, y + rb, y + rb + reach))
 
-        if y1 - water < MIN_DEPTH_FRACTION * cw:  # the walls stop at the water line: y0 is the rim
+        if stops_at_water:
             above = water - y0
-            if above < MIN_DEPTH_FRACTION * cw:
-                return y0, y1
             below = range(int(max(water + MIN_DEPTH_FRACTION * cw, y0 + above / WATER_BELOW_RIM[1])),
                           int(min(h - rb - 1, y0 + MAX_HEIGHT_PER_WIDTH * cw, y0 + above / WATER_BELOW_RIM[0])))
             base = max(below, key=base_score, default=None)

@@ -192,16 +192,15 @@ def _stands_out(c: tuple[float, ...], f: np.ndarray, m: np.ndarray | None) -> bo
 
 
 def _grid_completed(gx: np.ndarray, gy: np.ndarray, chosen: list[tuple[float, ...]], kept: list[tuple[float, ...]],
-                    edge: float) -> list[tuple[float, ...]]:
+                    edge: float, floor: float) -> list[tuple[float, ...]]:
     """A rig of three or more stands in rows and columns: where a row and a column of it cross and
     no cylinder was taken, a circle of the rig's radius there is one of its cylinders (a dim rim
     whose mouse hardly moved, on a floor as busy as the water is dark) if a proposal there runs
-    round as far as the rig's others must (``SET_SUPPORT_FRACTION`` of the best) or a fresh look
-    finds a plain rim (``SURE_SUPPORT``)."""
+    round as far as the rig's others must (``floor``: their support) or a fresh look finds a plain
+    rim (``SURE_SUPPORT``)."""
     if len(chosen) < 3:
         return chosen
     r0 = float(np.median([c[3] for c in chosen]))
-    best = max(c[0] for c in chosen)
 
     def lines(values: list[float]) -> list[float]:
         out: list[list[float]] = []
@@ -219,7 +218,7 @@ def _grid_completed(gx: np.ndarray, gy: np.ndarray, chosen: list[tuple[float, ..
             if any(math.hypot(c[1] - x, c[2] - y) <= GRID_REACH * r0 for c in out):
                 continue
             near = [k for k in kept if math.hypot(k[1] - x, k[2] - y) <= GRID_REACH * r0
-                    and abs(k[3] - r0) <= ONE_RADIUS * r0 and k[0] >= SET_SUPPORT_FRACTION * best]
+                    and abs(k[3] - r0) <= ONE_RADIUS * r0 and k[0] >= floor]
             c = max(near, default=None, key=lambda k: k[0])
             if c is None:
                 _, cx, cy = _nudged(gx, gy, x, y, r0, edge, 0.05 * r0, 4)
@@ -280,18 +279,19 @@ def find_top_cylinders(grey: np.ndarray, motion: np.ndarray | None = None) -> To
         if c[0] >= MIN_SUPPORT and all(_apart(c, k) for k in kept):
             kept.append(c)
     best_set: tuple[float, list] = (0.0, [])
+    floor = SET_SUPPORT_FRACTION * kept[0][0] if kept else 0.0  # what a cylinder of the rig runs round
     for anchor in kept[:4]:
-        if anchor[0] < SET_SUPPORT_FRACTION * kept[0][0]:
+        if anchor[0] < floor:
             break
         chosen: list[tuple[float, ...]] = []
         for k in kept:
-            if (SAME_RADIUS[0] < k[3] / anchor[3] < SAME_RADIUS[1] and k[0] >= SET_SUPPORT_FRACTION * kept[0][0]
+            if (SAME_RADIUS[0] < k[3] / anchor[3] < SAME_RADIUS[1] and k[0] >= floor
                     and all(_apart(k, o, RIG_APART) for o in chosen) and _stands_out(k, f, m)):
                 chosen.append(k)
         total = sum(k[0] * k[3] ** 2 for k in chosen)  # area x support: big rims beat rows of tile squares
         if total > best_set[0]:
             best_set = (total, chosen)
-    chosen = _one_radius(gx, gy, _grid_completed(gx, gy, best_set[1], kept, edge), edge)
+    chosen = _one_radius(gx, gy, _grid_completed(gx, gy, best_set[1], kept, edge, floor), edge)
     rois = []
     for _, cx, cy, r in chosen:
         x0, y0 = max(0, int(round((cx - r) / scale))), max(0, int(round((cy - r) / scale)))
