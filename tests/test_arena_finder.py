@@ -188,6 +188,29 @@ def test_a_striped_floor_outside_the_rim_is_not_its_outer_edge() -> None:
     assert min(match(found, truth)) >= 0.9, (found, truth)
 
 
+@pytest.mark.parametrize("fourth", [True, False])
+def test_a_dim_rim_where_the_rigs_row_and_column_cross_is_a_cylinder(fourth: bool) -> None:
+    """Three cylinders of a 2 x 2 rig stand out (water of another shade, plain rims); the fourth's
+    rim shows on two thirds of its circumference, with the floor's shade inside and nothing moving
+    (top seeds 11 and 99 of the sweep). It completes the rig's grid, so it is taken. An empty
+    corner of an L-shaped rig of three is not."""
+    img = np.full((480, 640), 150, np.uint8)
+    centres = [(190, 130), (450, 130), (190, 350), (450, 350)]
+    truth = []
+    for i, (cx, cy) in enumerate(centres):
+        if i < 3:
+            cv2.circle(img, (cx, cy), 90, 205, -1, cv2.LINE_AA)  # the water
+            cv2.circle(img, (cx, cy), 88, 175, 4, cv2.LINE_AA)  # the rim
+        elif fourth:
+            cv2.ellipse(img, (cx, cy), (88, 88), 0, 0, 240, 110, 4, cv2.LINE_AA)  # a dim rim, two thirds of it
+        else:
+            continue
+        truth.append(Roi(cx - 90, cy - 90, 180, 180))
+    found = [a.roi for a in detect_arenas(img, "top")]
+    assert len(found) == len(truth), (found, truth)
+    assert min(match(found, truth)) >= MIN_IOU, (found, truth)
+
+
 @pytest.mark.parametrize("view", ["side", "top"])
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_each_cylinder_of_the_demo_look_is_found_inside_its_cell(view: str, n: int) -> None:
@@ -294,26 +317,3 @@ if __name__ == "__main__":  # the measurement: python tests/test_arena_finder.py
     with tempfile.TemporaryDirectory() as d:
         for v in [a for a in sys.argv[1:] if a in ("side", "top")] or ["side", "top"]:
             print(table(sweep(v, Path(d), seeds)), flush=True)
-
-
-@pytest.mark.parametrize("fourth", [True, False])
-def test_a_dim_rim_where_the_rigs_row_and_column_cross_is_a_cylinder(fourth: bool) -> None:
-    """Three cylinders of a 2 x 2 rig stand out (water of another shade, plain rims); the fourth's
-    rim shows on two thirds of its circumference, with the floor's shade inside and nothing moving
-    (top seeds 11 and 99 of the sweep). It completes the rig's grid, so it is taken. An empty
-    corner of an L-shaped rig of three is not."""
-    img = np.full((480, 640), 150, np.uint8)
-    centres = [(190, 130), (450, 130), (190, 350), (450, 350)]
-    truth = []
-    for i, (cx, cy) in enumerate(centres):
-        if i < 3:
-            cv2.circle(img, (cx, cy), 90, 205, -1, cv2.LINE_AA)  # the water
-            cv2.circle(img, (cx, cy), 88, 175, 4, cv2.LINE_AA)  # the rim
-        elif fourth:
-            cv2.ellipse(img, (cx, cy), (88, 88), 0, 0, 240, 110, 4, cv2.LINE_AA)  # a dim rim, two thirds of it
-        else:
-            continue
-        truth.append(Roi(cx - 90, cy - 90, 180, 180))
-    found = [a.roi for a in detect_arenas(img, "top")]
-    assert len(found) == len(truth), (found, truth)
-    assert min(match(found, truth)) >= MIN_IOU, (found, truth)
