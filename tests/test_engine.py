@@ -621,6 +621,30 @@ def test_a_damaged_cached_graph_is_rebuilt_with_a_log_line(exported_cache, own_c
     assert engine_cache.manifest_problem(graph, facts) is None and len(fast_export) == 1  # exported again, once
 
 
+def test_two_first_exports_of_one_model_side_by_side_each_check_their_own_graph(exported_cache, own_cache, model_dir, tmp_path, monkeypatch) -> None:
+    """stream-run and export-validate started together on a new model both export it into the cache.
+    The second one's whole export runs while the first checks its graph: with one shared temporary
+    name, the second renamed the first's graph away ("the fresh ONNX export does not run")."""
+    import shutil
+
+    (good,) = (exported_cache / "onnx").glob("*.onnx")
+    bare = _bare_copy(model_dir, tmp_path)
+    card = load_model(bare)[1]
+    written: list[Path] = []
+
+    def copy_then_the_other_start(model, path, **kw) -> None:
+        written.append(Path(path))
+        shutil.copy(good, path)
+        if len(written) == 1:
+            engine_onnx_cache.export_to_cache(bare, card, SIZE_PX)
+
+    monkeypatch.setattr(engine_onnx_cache, "write_onnx", copy_then_the_other_start)
+    graph = engine_onnx_cache.export_to_cache(bare, card, SIZE_PX)
+    assert len(written) == 2 and written[0] != written[1] and graph not in written
+    assert engine_cache.manifest_problem(graph, engine_onnx_cache.cached_onnx_facts(card, SIZE_PX)) is None
+    assert sorted(p.name for p in graph.parent.iterdir() if p.suffix == ".onnx") == [graph.name]  # no temporary left
+
+
 def test_a_first_export_that_disagrees_with_pytorch_is_refused_and_not_kept(monkeypatch, model_dir, own_cache, tmp_path, fast_export) -> None:
     bare = _bare_copy(model_dir, tmp_path)
     real = engine_onnx_cache.reference_probs

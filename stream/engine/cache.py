@@ -40,7 +40,7 @@ from typing import Any
 from stream.engine.base import first_line
 from stream.errors import UserError
 from stream.modelfile import ModelCard, sha256_file
-from stream.atomic import atomic_write
+from stream.atomic import atomic_path, atomic_write
 
 __all__ = [
     "CACHE_ENV",
@@ -233,12 +233,7 @@ def _build(path: Path, build: Callable[[Path], None], facts: Mapping[str, Any] |
     except OSError as exc:
         raise UserError(f"{path.parent}: cannot create the {what} cache ({exc.strerror})") from None
     _local_key()  # fail before minutes of building if no manifest can be signed
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
     log.info("building %s %s (first start for this model, device and input shape; this takes a while)", what, path)
-    try:
+    with atomic_path(path, suffix=path.suffix) as tmp:  # its own name: two first starts may build side by side
         build(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     write_manifest(path, facts)

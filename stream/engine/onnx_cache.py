@@ -21,13 +21,13 @@ foreign graph once scored 20.0 s of immobility under fst-side-64's name where th
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stream.atomic import atomic_path
 from stream.engine.base import FP32_ATOL, first_line, to_numpy
 from stream.engine.cache import cache_root, make_private_dir, manifest_path, manifest_problem, with_weights_digest, write_manifest
 from stream.engine.onnx_export import ONNX_FILENAME, ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES, write_onnx
@@ -168,8 +168,9 @@ def export_to_cache(model_dir: str | Path, card: ModelCard, input_size_px: int, 
     start = time.perf_counter()
     model, _ = load_model(model_dir, device="cpu")
     log.info("exporting %s to ONNX once (%s); later starts reuse it", model_dir, path)
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    try:
+    # a temporary name of its own: two first starts of one model (stream-run beside export-validate)
+    # export side by side, and a shared name let one rename the other's graph away mid-check
+    with atomic_path(path, suffix=path.suffix) as tmp:
         write_onnx(model, tmp, card=card, input_size_px=input_size_px)
         rgb, flow = probe_clips(card.clip_frames, input_size_px)
         want = reference_probs(model, rgb, flow)
@@ -184,9 +185,6 @@ def export_to_cache(model_dir: str | Path, card: ModelCard, input_size_px: int, 
         if not max(diffs) <= atol:  # also catches NaN
             raise UserError(f"{model_dir}: the ONNX export differs from PyTorch by {max(diffs):.2e} > {atol:.0e}; "
                             "use --engine torch, and report it with the model card")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     write_manifest(path, facts)
     log.info("ONNX export and check took %.1f s", time.perf_counter() - start)
     return path
