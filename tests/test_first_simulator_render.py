@@ -3,23 +3,18 @@ demo's own labels from the demo's seed, and says in one line when the history is
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from stream.errors import UserError
+from tool_script import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOL = ROOT / "tools" / "first_simulator_render.py"
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("first_simulator_render", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("first_simulator_render")
 
 
 def test_seed_0_for_a_minute_renders_the_demos_labels(tmp_path) -> None:

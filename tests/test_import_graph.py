@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
+
+from tool_script import load_tool
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _tool() -> ModuleType:
-    """tools/ is not a package: load the script by its path."""
-    spec = importlib.util.spec_from_file_location("import_graph", REPO / "tools" / "import_graph.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["import_graph"] = module  # dataclasses look the module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("import_graph")
 
 
 def _write(root: Path, files: dict[str, str]) -> None:

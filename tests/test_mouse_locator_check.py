@@ -7,20 +7,11 @@ in canvas coordinates would put the mouse outside the window and fail this."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from export.synth import SynthConfig, render_video
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "mouse_locator_check.py"
-
+from tool_script import load_tool
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("mouse_locator_check", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("mouse_locator_check")
 
 
 def test_the_check_scores_each_arena_against_the_true_positions(tmp_path) -> None:
