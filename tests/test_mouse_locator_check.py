@@ -10,6 +10,7 @@ from __future__ import annotations
 from export.synth import SynthConfig, render_video
 from tool_script import load_tool
 
+
 def _tool():
     return load_tool("mouse_locator_check")
 
