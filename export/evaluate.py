@@ -272,7 +272,7 @@ def collect_validation(work_dir: Path, num_folds: int) -> HeldOut | None:
     return HeldOut.concatenate(parts) if parts else None
 
 
-def _held_out_of(pred, items: np.ndarray, fold: int | np.ndarray) -> HeldOut:
+def held_out_of(pred, items: np.ndarray, fold: int | np.ndarray) -> HeldOut:
     """A ``HeldOut`` from ``train.predict_streams`` output and the dataset items it was run on."""
     n = len(items)
     return HeldOut(pred.rgb_probs, pred.flow_probs, pred.labels, np.broadcast_to(np.asarray(fold, dtype=np.int64), (n,)).copy(), items[:, 0], items[:, 1])
@@ -459,11 +459,11 @@ def cross_validate(
         t0 = time.monotonic()
         result = tr.train(model, train_set, val_set, fold_config, fold_dir, num_classes=num_classes, resume=True, progress=progress)
         pred = tr.predict_streams(model, Subset(ds, fold.test), batch_size=config.batch_size, device=config.device, progress=progress)
-        part = _held_out_of(pred, ds.items[fold.test], j)
+        part = held_out_of(pred, ds.items[fold.test], j)
         if val_idx.size:  # the fold's own choice of flow weight is made on these (honest model selection)
             val_pred = tr.predict_streams(model, Subset(ds, val_idx), batch_size=config.batch_size, device=config.device, progress=progress)
             if tr.distributed.current().is_main:
-                _held_out_of(val_pred, ds.items[val_idx], j).save(fold_dir / VALIDATION_NAME)
+                held_out_of(val_pred, ds.items[val_idx], j).save(fold_dir / VALIDATION_NAME)
         info = {
             "fold": j,
             "train_clips": int(len(train_idx)),
@@ -664,7 +664,7 @@ def resolve_split(ds, folds: int, split_by: str) -> str:
     return "segments"
 
 
-def _test_namespace(args: argparse.Namespace) -> argparse.Namespace:
+def test_namespace(args: argparse.Namespace) -> argparse.Namespace:
     """The data arguments of the held-out videos (everything else as for the training videos)."""
     return argparse.Namespace(**{**vars(args), "videos": args.test_videos, "labels": args.test_labels, "arenas": args.test_arenas, "jhuang": None})
 
@@ -714,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     ds, spec = tr.dataset_from_args(args, classes)
     test_ds = test_spec = None
     if held_out_mode:  # built before any training: a bad test file fails in seconds, not after hours
-        test_ds, test_spec = tr.dataset_from_args(_test_namespace(args), classes)
+        test_ds, test_spec = tr.dataset_from_args(test_namespace(args), classes)
         if abs(test_spec.fps - spec.fps) > 1e-6:
             raise UserError(f"--test-videos run at {test_spec.fps:g} model fps but --videos at {spec.fps:g}; use one --fps")
     work_dir = args.work_dir or args.out / "folds"
@@ -764,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     is_main = tr.distributed.current().is_main  # every rank holds the same predictions; rank 0 writes
     written = write_results(args.out, summary, held, title=title) if is_main else []
     if is_main:
-        _print_summary(summary)
+        print_summary(summary)
         print(f"export-evaluate: wrote {', '.join(str(p) for p in written[:2])} and more in {args.out}")
 
     if args.export_model:
@@ -792,40 +792,50 @@ def main(argv: list[str] | None = None) -> int:
 
 def _held_out_test(args, ds, spec, test_ds, test_spec, config: tr.TrainConfig, classes: Sequence[str], immobile: Sequence[str],
                    cv_summary: dict[str, Any] | None, work_dir: Path, name: str, facts: dict[str, str]):  # fmt: skip
-    """One model on all --videos, tested on --test-videos: (summary, test predictions, the trained model's parts, plot title).
+    """One model on all --videos, tested on --test-videos: (summary, test predictions, the trained model's parts, plot title)."""
+    final = _train_on_all(ds, args, config, len(classes), work_dir / "final")
+    model, _, _, train_idx, val_idx, train_s = final
+    t0 = time.monotonic()
+    summary, test_held = score_held_out(model, args, ds, train_idx, val_idx, test_ds, test_spec, classes, immobile,
+                                    batch_size=config.batch_size, device=config.device, cv_summary=cv_summary, work_dir=work_dir)  # fmt: skip
+    facts["training on all --videos"] = f"{train_s / 60:.1f} min, {len(train_idx)} train / {len(val_idx)} validation clips; test {time.monotonic() - t0:.0f} s"
+    title = f"{name}: fused accuracy on held-out videos vs flow weight (spread over {summary['folds']} groups)"
+    return summary, test_held, final, title
+
+
+def score_held_out(model, args: argparse.Namespace, ds, train_idx: np.ndarray, val_idx: np.ndarray, test_ds, test_spec,
+               classes: Sequence[str], immobile: Sequence[str], *, batch_size: int, device: str,
+               cv_summary: dict[str, Any] | None = None, work_dir: Path | None = None) -> tuple[dict[str, Any], HeldOut]:  # fmt: skip
+    """A finished model (trained here, or made otherwise: ``export.soup``) on --test-videos: the
+    held-out summary and the test predictions.
 
     The flow weight is chosen on the training videos' validation split, else on the CV inside
     them, else (nothing else to choose on) on the test predictions, which the summary then says.
     """
     k = len(classes)
-    final = _train_on_all(ds, args, config, k, work_dir / "final")
-    model, _, _, train_idx, val_idx, train_s = final
     if val_idx.size:
-        val = _held_out_of(tr.predict_streams(model, Subset(ds, val_idx), batch_size=config.batch_size, device=config.device), ds.items[val_idx], 0)
+        val = held_out_of(tr.predict_streams(model, Subset(ds, val_idx), batch_size=batch_size, device=device), ds.items[val_idx], 0)
         selection = {"flow_weight": best_flow_weight(sweep_flow_weight(val, k)), "chosen_on": "the validation split of the training videos"}
     elif cv_summary is not None and cv_summary["flow_weight_selection"]["honest"]:
         selection = {"flow_weight": cv_summary["flow_weight"], "chosen_on": "the validation splits of the cross-validation inside the training videos"}
     else:
         selection = None  # chosen on the test predictions; summarize says so
     group_names, group_of_source = _test_groups(args, test_ds)
-    t0 = time.monotonic()
-    pred = tr.predict_streams(model, test_ds, batch_size=config.batch_size, device=config.device)
-    test_held = _held_out_of(pred, test_ds.items, group_of_source[test_ds.items[:, 0]])
-    if tr.distributed.current().is_main:
+    pred = tr.predict_streams(model, test_ds, batch_size=batch_size, device=device)
+    test_held = held_out_of(pred, test_ds.items, group_of_source[test_ds.items[:, 0]])
+    if work_dir is not None and tr.distributed.current().is_main:
         test_held.save(work_dir / TEST_PREDICTIONS_NAME)
     names = _source_names(test_ds)
     seconds_per_item = [args.frame_step / (test_spec.fps * test_spec.stride)] * len(test_ds.sources)
     summary = summarize(test_held, classes, immobile, names, seconds_per_item, split_by="held-out groups", folds=len(group_names), selection=selection)
     summary["heldout"] = heldout_groups(test_held, summary["flow_weight"], classes, immobile, names, seconds_per_item, group_names)
     summary["majority_baseline"] = _training_majority(ds.labels, test_held, k)
-    summary.update(mode="held-out", train_videos=[Path(v).name for v in spec.videos], test_videos=[Path(v).name for v in test_spec.videos],
+    summary.update(mode="held-out", train_videos=[Path(v).name for v in sorted({str(src.video_path) for src in ds.sources})], test_videos=[Path(v).name for v in test_spec.videos],
                    train_clips=int(len(train_idx)), val_clips=int(len(val_idx)))  # fmt: skip
     if cv_summary is not None:
         keep = ("folds", "split_by", "num_clips", "best_flow_weight", "accuracy_at_best", "flow_weight", "flow_weight_selection", "majority_baseline")
         summary["cross_validation"] = {key: cv_summary[key] for key in keep}
-    facts["training on all --videos"] = f"{train_s / 60:.1f} min, {len(train_idx)} train / {len(val_idx)} validation clips; test {time.monotonic() - t0:.0f} s"
-    title = f"{name}: fused accuracy on held-out videos vs flow weight (spread over {len(group_names)} groups)"
-    return summary, test_held, final, title
+    return summary, test_held
 
 
 def _training_majority(train_labels: np.ndarray, test: HeldOut, num_classes: int) -> dict[str, Any]:
@@ -877,7 +887,7 @@ def card_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def print_summary(summary: dict[str, Any]) -> None:
     rows = summary["accuracy_by_flow_weight"]
     chosen, best = summary["flow_weight"], summary["best_flow_weight"]
     spread = "groups" if summary["mode"] == "held-out" else "folds"
