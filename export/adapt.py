@@ -1,0 +1,145 @@
+"""BatchNorm statistics of a trained model estimated again on a lab's own, unlabelled video
+(CLI ``export-adapt``): adaptive batch normalisation (AdaBN, Li et al. 2016, "Revisiting batch
+normalization for practical domain adaptation").
+
+Why: our models are trained on simulator video, and on another renderer's video the features that
+BatchNorm normalises sit elsewhere (another background, light, mouse, flow level). The weights can
+stay; the statistics each BatchNorm layer subtracts and divides by are what AdaBN replaces, by those
+of the target video's clips. That needs no label: every frame of the given videos is a candidate
+clip centre, and labels are never read. The clips are cut exactly as for training and live use
+(the card's input size, fps, crop and TV-L1 settings, the arenas of each video), so the new
+statistics are those of the inputs the model will see.
+
+What it changes, and what it does not: only the running means and variances of the BatchNorm
+layers (``export.train.recalibrate_batchnorm``); every weight and the flow weight stay. The card
+says which videos the statistics come from, and keeps the source model's figures, which were
+measured before the adaptation, under ``training.adaptation``. Whether the adaptation pays is a
+question for labelled video of the target (``export-validate``, before and after); it is not
+measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export import train as tr
+from export.annotations import Annotation
+from export.dataset import ClipDataset, VideoSource, load_arenas, probe_video
+from export.train_data import ARENAS_SUFFIX
+from stream.errors import UserError, cli_main
+from stream.flow import FlowConfig
+from stream.modelfile import load_card, load_model, save_model
+from stream.version import add_version_argument
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ADAPT_METHOD", "unlabelled_sources", "main"]
+
+ADAPT_METHOD = "BatchNorm statistics estimated on unlabelled target video (AdaBN, Li et al. 2016)"
+DEFAULT_CLIPS = 64
+
+
+def unlabelled_sources(videos: list[Path], arenas: list[Path | None], classes: list[str]) -> list[VideoSource]:
+    """One source per arena of each video, every frame a clip centre. The label array is all zeros
+    only because a ``ClipDataset`` item carries one; nothing reads it."""
+    sources = []
+    for video, arenas_json in zip(videos, arenas):
+        if not video.is_file():
+            raise UserError(f"{video}: video not found")
+        n, fps, width, height = probe_video(video)
+        if n <= 0 or fps <= 0:
+            raise UserError(f"{video}: frame count or frame rate unknown; re-encode the video")
+        arenas_json = arenas_json or (video.with_name(video.stem + ARENAS_SUFFIX) if video.with_name(video.stem + ARENAS_SUFFIX).is_file() else None)
+        rois = load_arenas(arenas_json) if arenas_json else [(None, None)]
+        for name, roi in rois:
+            if roi is not None and not roi.fits(width, height):
+                raise UserError(f"{arenas_json}: arena {name} {roi} does not fit the {width}x{height} video {video}")
+            annotation = Annotation(list(classes), np.zeros(n, dtype=np.int64), video, subject=name, fps=fps)
+            sources.append(VideoSource(video, annotation, roi))
+    return sources
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="export-adapt",
+        description="Estimate a model's BatchNorm statistics again on your own unlabelled video (AdaBN): same weights, same flow "
+        "weight, normalisation of your rig's inputs. Input size, fps, crop and TV-L1 settings come from the model's card.",
+        epilog="Example: export-adapt --model trained_models/fst-side-112-texture --videos my_rig/day1_*.mp4 "
+        "--export-model models/side-my-rig   (then compare both with export-validate on labelled video)",
+    )
+    add_version_argument(p)
+    p.add_argument("--model", type=Path, required=True, metavar="DIR", help="the model folder to adapt")
+    p.add_argument("--videos", nargs="+", type=Path, required=True, metavar="VIDEO", help="video of the target rig; no labels needed")
+    p.add_argument("--arenas", nargs="+", type=Path, metavar="JSON",
+                   help="arenas file per video, same order (default: VIDEO stem + .arenas.json if present, else the whole frame)")  # fmt: skip
+    p.add_argument("--export-model", type=Path, required=True, metavar="DIR", help="where the adapted model goes")
+    p.add_argument("--name", help="model name for the card (default: --export-model folder name)")
+    p.add_argument("--clips", type=int, default=DEFAULT_CLIPS, help=f"clips the statistics are estimated on, drawn over all arenas (default: {DEFAULT_CLIPS})")
+    p.add_argument("--frame-step", type=int, default=15, help="candidate clip centres every Nth model-rate frame (default: 15)")
+    p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="decoded crops and TV-L1 flow cache (default: runs/cache)")
+    p.add_argument("--batch-size", type=int, default=8, help="(default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="which clips are drawn (default: 0)")
+    p.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    return p
+
+
+@cli_main("export-adapt")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads}: must be >= 1")
+        torch.set_num_threads(args.threads)
+    if args.clips < 1 or args.batch_size < 1 or args.frame_step < 1:
+        raise UserError("--clips, --batch-size and --frame-step must be >= 1")
+    if args.arenas is not None and len(args.arenas) != len(args.videos):
+        raise UserError(f"--arenas: {len(args.arenas)} files for {len(args.videos)} videos; give one per video, in the same order")
+    if args.export_model.resolve() == args.model.resolve():
+        raise UserError("--export-model must be a new folder: the adapted model does not replace the one it comes from")
+    t0 = time.monotonic()
+    if load_card(args.model).kind != "i3d":  # before the weights: a motion model's file is not safetensors
+        raise UserError(f"--model {args.model}: a {load_card(args.model).kind!r} model has no BatchNorm statistics to adapt")
+    model, card = load_model(args.model)
+    sources = unlabelled_sources(list(args.videos), list(args.arenas or [None] * len(args.videos)), card.classes)
+    ds = ClipDataset(sources, card.classes, size_px=card.input_size_px, cache_dir=args.cache_dir, frame_step=args.frame_step,
+                     flow_config=FlowConfig(**card.flow), fps=card.fps, crop=card.crop, progress=args.verbose)  # fmt: skip
+    if len(ds) < args.clips:
+        log.warning("only %d candidate clips for --clips %d: all of them are used", len(ds), args.clips)
+    config = tr.TrainConfig(seed=args.seed, batch_size=args.batch_size, bn_recalibration_clips=args.clips, num_workers=0)
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    tr.recalibrate_batchnorm(model, ds, config, torch.device("cpu"), progress=args.verbose)
+    after = model.state_dict()
+    moved = float(np.median([((after[k] - v).abs() / (v.abs() + 1e-6)).median().item() for k, v in before.items() if k.endswith("running_var")]))
+
+    name = args.name or args.export_model.name
+    adaptation = {
+        "method": ADAPT_METHOD,
+        "source_model": card.name,
+        "source_weights_sha256": card.weights_sha256,
+        "videos": [v.name for v in args.videos],
+        "recordings": len(sources),
+        "clips": min(args.clips, len(ds)),
+        "frame_step": args.frame_step,
+        "seed": args.seed,
+        "median_relative_change_of_variances": round(moved, 4),
+        "source_metrics": card.metrics,
+    }
+    adapted = dataclasses.replace(
+        card, name=name, training={**card.training, "adaptation": adaptation},
+        metrics={"evaluation": "none after the adaptation; the source model's figures (measured before it) are under training.adaptation.source_metrics"},
+        weights_sha256="", created_utc="",
+    )  # fmt: skip
+    save_model(model.eval(), adapted, args.export_model, half=args.half)
+    print(f"export-adapt: {len(sources)} recording(s), {adaptation['clips']} clips; BatchNorm variances moved by {100 * moved:.0f} % (median); "
+          f"wrote {args.export_model} in {time.monotonic() - t0:.0f} s. Compare it with {card.name} on labelled video (export-validate).")  # fmt: skip
+    return 0
