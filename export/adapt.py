@@ -32,6 +32,7 @@ import torch
 from export import train as tr
 from export.annotations import Annotation
 from export.dataset import ClipDataset, VideoSource, load_arenas, probe_video
+from export.train_config import apply_threads
 from export.train_data import ARENAS_SUFFIX
 from stream.errors import UserError, cli_main
 from stream.flow import FlowConfig
@@ -96,10 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads}: must be >= 1")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.clips < 1 or args.batch_size < 1 or args.frame_step < 1:
         raise UserError("--clips, --batch-size and --frame-step must be >= 1")
     if args.arenas is not None and len(args.arenas) != len(args.videos):

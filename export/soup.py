@@ -37,7 +37,7 @@ from torch.utils.data import Subset
 
 from export import evaluate as ev
 from export import train as tr
-from export.train_config import flow_options_of
+from export.train_config import apply_threads, flow_options_of
 from stream.errors import UserError, cli_main
 from stream.model import FusedI3D
 from stream.modelfile import ModelCard, load_model, save_model
@@ -162,10 +162,7 @@ def _validation_accuracy(model: FusedI3D, ds, val_idx: np.ndarray, k: int, flow_
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads}: must be >= 1")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.bn_recalibration_clips < 0 or args.batch_size < 1:
         raise UserError("--bn-recalibration-clips must be >= 0 and --batch-size >= 1")
     if args.val_folds < 2:

@@ -23,7 +23,7 @@ from stream.preprocess import DEFAULT_MODEL_FPS
 if TYPE_CHECKING:
     from stream.flow import FlowConfig
 
-__all__ = ["DEFAULT_FPS", "FINETUNE_RECIPE", "FLOW_PRESETS", "TrainConfig", "add_data_arguments", "add_training_arguments", "config_from_args",
+__all__ = ["DEFAULT_FPS", "FINETUNE_RECIPE", "FLOW_PRESETS", "TrainConfig", "add_data_arguments", "add_training_arguments", "apply_threads", "config_from_args",
            "flow_config_for", "flow_options_of", "parse_with_recipe"]
 
 log = logging.getLogger(__name__)
@@ -188,16 +188,21 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the RGB stream's own frozen blocks; '' trains all of it (default: --freeze-until)")
 
 
+def apply_threads(threads: int | None) -> None:
+    """``--threads``: torch's CPU threads for this process, set by the command only (None: torch's choice)."""
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads {threads}: must be >= 1")
+        torch.set_num_threads(threads)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the arguments describe (and the process-wide thread count, if asked for).
 
     Under ``torchrun`` this also joins the job (``export.distributed.init_from_env``): both
     commands that train call it before anything else, so every rank is in the job from the start.
     """
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads}: must be >= 1")
-        torch.set_num_threads(args.threads)  # command-line choice, applied by the command only
+    apply_threads(args.threads)
     distributed.init_from_env(args.device)
     return TrainConfig(
         epochs=args.epochs,
