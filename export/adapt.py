@@ -31,9 +31,9 @@ import torch
 
 from export import train as tr
 from export.annotations import Annotation
-from export.dataset import ClipDataset, VideoSource, load_arenas, probe_video
+from export.dataset import ClipDataset, VideoSource, load_fitting_arenas, probe_video
 from export.train_config import apply_threads
-from export.train_data import ARENAS_SUFFIX
+from export.train_data import ARENAS_SUFFIX, _sibling
 from stream.errors import UserError, cli_main
 from stream.flow import FlowConfig
 from stream.modelfile import load_card, load_model, save_model
@@ -57,11 +57,9 @@ def unlabelled_sources(videos: list[Path], arenas: list[Path | None], classes: l
         n, fps, width, height = probe_video(video)
         if n <= 0 or fps <= 0:
             raise UserError(f"{video}: frame count or frame rate unknown; re-encode the video")
-        arenas_json = arenas_json or (video.with_name(video.stem + ARENAS_SUFFIX) if video.with_name(video.stem + ARENAS_SUFFIX).is_file() else None)
-        rois = load_arenas(arenas_json) if arenas_json else [(None, None)]
+        arenas_json = arenas_json or _sibling(video, (ARENAS_SUFFIX,))
+        rois = load_fitting_arenas(arenas_json, video, width, height) if arenas_json else [(None, None)]
         for name, roi in rois:
-            if roi is not None and not roi.fits(width, height):
-                raise UserError(f"{arenas_json}: arena {name} {roi} does not fit the {width}x{height} video {video}")
             annotation = Annotation(list(classes), np.zeros(n, dtype=np.int64), video, subject=name, fps=fps)
             sources.append(VideoSource(video, annotation, roi))
     return sources
@@ -105,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_model.resolve() == args.model.resolve():
         raise UserError("--export-model must be a new folder: the adapted model does not replace the one it comes from")
     t0 = time.monotonic()
-    if load_card(args.model).kind != "i3d":  # before the weights: a motion model's file is not safetensors
-        raise UserError(f"--model {args.model}: a {load_card(args.model).kind!r} model has no BatchNorm statistics to adapt")
+    kind = load_card(args.model).kind  # before the weights: a motion model's file is not safetensors
+    if kind != "i3d":
+        raise UserError(f"--model {args.model}: a {kind!r} model has no BatchNorm statistics to adapt")
     model, card = load_model(args.model)
     sources = unlabelled_sources(list(args.videos), list(args.arenas or [None] * len(args.videos)), card.classes)
     ds = ClipDataset(sources, card.classes, size_px=card.input_size_px, cache_dir=args.cache_dir, frame_step=args.frame_step,

@@ -159,6 +159,15 @@ def load_arenas(path: Path | str) -> list[tuple[str, Roi]]:
                         '{"arenas": [{"id": "arena0", "roi": [x, y, w, h]}]}') from None  # fmt: skip
 
 
+def load_fitting_arenas(arenas_json: Path | str, video_path: Path, width: int, height: int) -> list[tuple[str, Roi]]:
+    """``load_arenas``, refused in one line when an arena does not fit the ``width`` x ``height`` video."""
+    arenas = load_arenas(arenas_json)
+    for name, roi in arenas:
+        if not roi.fits(width, height):
+            raise UserError(f"{arenas_json}: arena {name} {roi} does not fit the {width}x{height} video {video_path}")
+    return arenas
+
+
 def probe_video(video_path: Path) -> tuple[int, float, int, int]:
     """(frame count as the container says, fps, width, height) without decoding."""
     cap = cv2.VideoCapture(str(video_path))
@@ -195,10 +204,7 @@ def sources_from_files(
         if len(anns) != 1:
             raise UserError(f"{annotation_path}: {len(anns)} subjects/arenas but no arenas file; pass the .arenas.json")
         return [VideoSource(video_path, anns[0], None)]
-    arenas = load_arenas(arenas_json)
-    for name, roi in arenas:
-        if not roi.fits(width, height):
-            raise UserError(f"{arenas_json}: arena {name} {roi} does not fit the {width}x{height} video {video_path}")
+    arenas = load_fitting_arenas(arenas_json, video_path, width, height)
     by_name = {name: roi for name, roi in arenas}
     out = []
     for i, a in enumerate(anns):

@@ -803,18 +803,25 @@ def _held_out_test(args, ds, spec, test_ds, test_spec, config: tr.TrainConfig, c
     return summary, test_held, final, title
 
 
+def validation_predictions(model, ds, val_idx: np.ndarray, *, batch_size: int, device: str) -> HeldOut:
+    """The model's predictions on the validation split (one fold, 0), where the flow weight is chosen."""
+    return held_out_of(tr.predict_streams(model, Subset(ds, val_idx), batch_size=batch_size, device=device), ds.items[val_idx], 0)
+
+
 def score_held_out(model, args: argparse.Namespace, ds, train_idx: np.ndarray, val_idx: np.ndarray, test_ds, test_spec,
-               classes: Sequence[str], immobile: Sequence[str], *, batch_size: int, device: str,
-               cv_summary: dict[str, Any] | None = None, work_dir: Path | None = None) -> tuple[dict[str, Any], HeldOut]:  # fmt: skip
+                   classes: Sequence[str], immobile: Sequence[str], *, batch_size: int, device: str,
+                   cv_summary: dict[str, Any] | None = None, work_dir: Path | None = None,
+                   validation: HeldOut | None = None) -> tuple[dict[str, Any], HeldOut]:  # fmt: skip
     """A finished model (trained here, or made otherwise: ``export.soup``) on --test-videos: the
     held-out summary and the test predictions.
 
-    The flow weight is chosen on the training videos' validation split, else on the CV inside
-    them, else (nothing else to choose on) on the test predictions, which the summary then says.
+    The flow weight is chosen on the training videos' validation split (``validation``: the model's
+    predictions there, when the caller already has them), else on the CV inside them, else (nothing
+    else to choose on) on the test predictions, which the summary then says.
     """
     k = len(classes)
     if val_idx.size:
-        val = held_out_of(tr.predict_streams(model, Subset(ds, val_idx), batch_size=batch_size, device=device), ds.items[val_idx], 0)
+        val = validation if validation is not None else validation_predictions(model, ds, val_idx, batch_size=batch_size, device=device)
         selection = {"flow_weight": best_flow_weight(sweep_flow_weight(val, k)), "chosen_on": "the validation split of the training videos"}
     elif cv_summary is not None and cv_summary["flow_weight_selection"]["honest"]:
         selection = {"flow_weight": cv_summary["flow_weight"], "chosen_on": "the validation splits of the cross-validation inside the training videos"}

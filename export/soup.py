@@ -153,8 +153,11 @@ def _data_namespace(args: argparse.Namespace, card: ModelCard) -> argparse.Names
     )  # fmt: skip
 
 
-def _validation_accuracy(model: FusedI3D, ds, val_idx: np.ndarray, k: int, flow_weight: float, args: argparse.Namespace) -> float:
-    held = ev.held_out_of(tr.predict_streams(model, Subset(ds, val_idx), batch_size=args.batch_size, device=args.device), ds.items[val_idx], 0)
+def _validation(model: FusedI3D, ds, val_idx: np.ndarray, args: argparse.Namespace) -> ev.HeldOut:
+    return ev.validation_predictions(model, ds, val_idx, batch_size=args.batch_size, device=args.device)
+
+
+def _accuracy(held: ev.HeldOut, flow_weight: float) -> float:
     return float(np.mean(held.fused(flow_weight).argmax(1) == held.labels))
 
 
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if not val_idx.size:
         raise UserError("the training videos give no validation clips; give more (or longer) --videos or a smaller --frame-step")
     k = len(classes)
-    member_acc = [_validation_accuracy(m, ds, val_idx, k, c.flow_weight, args) for m, c in zip(models, cards)]
+    member_acc = [_accuracy(_validation(m, ds, val_idx, args), c.flow_weight) for m, c in zip(models, cards)]
 
     soup = models[0]
     soup.load_state_dict(average_weights(states))
@@ -197,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log.warning("--bn-recalibration-clips 0: the BatchNorm statistics are the members' average, not those of the averaged weights")
 
-    val = ev.held_out_of(tr.predict_streams(soup, Subset(ds, val_idx), batch_size=args.batch_size, device=args.device), ds.items[val_idx], 0)
+    val = _validation(soup, ds, val_idx, args)
     rows = ev.sweep_flow_weight(val, k)
     weight = ev.best_flow_weight(rows)
-    soup_acc = next(r for r in rows if r["flow_weight"] == weight)["accuracy_pooled"]
+    soup_acc = _accuracy(val, weight)
     warning = collapse_warning(member_acc, soup_acc)
     for n, c, a in zip(names, cards, member_acc):
         print(f"member {n}: validation accuracy {a:.3f} (its flow weight {c.flow_weight:.1f})")
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = None
     if test_ds is not None:
         summary, held = ev.score_held_out(soup, data, ds, train_idx, val_idx, test_ds, test_spec, classes, immobile,
-                                          batch_size=args.batch_size, device=args.device)  # fmt: skip
+                                          batch_size=args.batch_size, device=args.device, validation=val)  # fmt: skip
         summary.update(name=name, data=("SYNTHETIC simulator videos: " if spec.synthetic and test_spec.synthetic else "")
                        + ", ".join(Path(v).name for v in spec.videos + test_spec.videos),
                        note="Trained and evaluated on synthetic simulator video, not real mice." if spec.synthetic and test_spec.synthetic else "",
