@@ -34,17 +34,16 @@ from export.annotations import Annotation
 from export.dataset import ClipDataset, VideoSource, load_fitting_arenas, probe_video
 from export.train_config import apply_threads
 from export.train_data import ARENAS_SUFFIX, _sibling
+from stream.adabn import ADAPT_METHOD, DEFAULT_CLIPS, DEFAULT_FRAME_STEP, variance_change
 from stream.errors import UserError, cli_main
 from stream.flow import FlowConfig
-from stream.modelfile import load_card, load_model, save_model
+from stream.modelfile import ModelCard, load_card, load_model, save_model
 from stream.version import add_version_argument
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ADAPT_METHOD", "unlabelled_sources", "main"]
+__all__ = ["ADAPT_METHOD", "unlabelled_sources", "unlabelled_clips", "adapt_batchnorm", "main"]
 
-ADAPT_METHOD = "BatchNorm statistics estimated on unlabelled target video (AdaBN, Li et al. 2016)"
-DEFAULT_CLIPS = 64
 
 
 def unlabelled_sources(videos: list[Path], arenas: list[Path | None], classes: list[str]) -> list[VideoSource]:
@@ -65,6 +64,26 @@ def unlabelled_sources(videos: list[Path], arenas: list[Path | None], classes: l
     return sources
 
 
+def unlabelled_clips(card: ModelCard, videos: list[Path], arenas: list[Path | None], *, frame_step: int, cache_dir: Path,
+                     progress: bool = False) -> ClipDataset:
+    """The target's clips, cut as the card says (input size, fps, crop, TV-L1 settings)."""
+    sources = unlabelled_sources(videos, arenas, card.classes)
+    return ClipDataset(sources, card.classes, size_px=card.input_size_px, cache_dir=cache_dir, frame_step=frame_step,
+                       flow_config=FlowConfig(**card.flow), fps=card.fps, crop=card.crop, progress=progress)  # fmt: skip
+
+
+def adapt_batchnorm(model: torch.nn.Module, clips: ClipDataset, *, count: int, seed: int, batch_size: int, progress: bool = False) -> float:
+    """Replaces ``model``'s BatchNorm statistics by those of ``count`` seeded clips of the target, in
+    place, and returns how far the variances moved (median over layers of the median relative
+    change), the one number that says whether the target looked different to the model at all."""
+    if len(clips) < count:
+        log.warning("only %d candidate clips for --clips %d: all of them are used", len(clips), count)
+    config = tr.TrainConfig(seed=seed, batch_size=batch_size, bn_recalibration_clips=count, num_workers=0)
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("running_var")}
+    tr.recalibrate_batchnorm(model, clips, config, torch.device("cpu"), progress=progress)
+    return variance_change(before, model.state_dict())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="export-adapt",
@@ -81,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-model", type=Path, required=True, metavar="DIR", help="where the adapted model goes")
     p.add_argument("--name", help="model name for the card (default: --export-model folder name)")
     p.add_argument("--clips", type=int, default=DEFAULT_CLIPS, help=f"clips the statistics are estimated on, drawn over all arenas (default: {DEFAULT_CLIPS})")
-    p.add_argument("--frame-step", type=int, default=15, help="candidate clip centres every Nth model-rate frame (default: 15)")
+    p.add_argument("--frame-step", type=int, default=DEFAULT_FRAME_STEP, help=f"candidate clip centres every Nth model-rate frame (default: {DEFAULT_FRAME_STEP})")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="decoded crops and TV-L1 flow cache (default: runs/cache)")
     p.add_argument("--batch-size", type=int, default=8, help="(default: 8)")
     p.add_argument("--seed", type=int, default=0, help="which clips are drawn (default: 0)")
@@ -107,16 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     if kind != "i3d":
         raise UserError(f"--model {args.model}: a {kind!r} model has no BatchNorm statistics to adapt")
     model, card = load_model(args.model)
-    sources = unlabelled_sources(list(args.videos), list(args.arenas or [None] * len(args.videos)), card.classes)
-    ds = ClipDataset(sources, card.classes, size_px=card.input_size_px, cache_dir=args.cache_dir, frame_step=args.frame_step,
-                     flow_config=FlowConfig(**card.flow), fps=card.fps, crop=card.crop, progress=args.verbose)  # fmt: skip
-    if len(ds) < args.clips:
-        log.warning("only %d candidate clips for --clips %d: all of them are used", len(ds), args.clips)
-    config = tr.TrainConfig(seed=args.seed, batch_size=args.batch_size, bn_recalibration_clips=args.clips, num_workers=0)
-    before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
-    tr.recalibrate_batchnorm(model, ds, config, torch.device("cpu"), progress=args.verbose)
-    after = model.state_dict()
-    moved = float(np.median([((after[k] - v).abs() / (v.abs() + 1e-6)).median().item() for k, v in before.items() if k.endswith("running_var")]))
+    ds = unlabelled_clips(card, list(args.videos), list(args.arenas or [None] * len(args.videos)), frame_step=args.frame_step,
+                          cache_dir=args.cache_dir, progress=args.verbose)  # fmt: skip
+    moved = adapt_batchnorm(model, ds, count=args.clips, seed=args.seed, batch_size=args.batch_size, progress=args.verbose)
 
     name = args.name or args.export_model.name
     adaptation = {
@@ -124,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "source_model": card.name,
         "source_weights_sha256": card.weights_sha256,
         "videos": [v.name for v in args.videos],
-        "recordings": len(sources),
+        "recordings": len(ds.sources),
         "clips": min(args.clips, len(ds)),
         "frame_step": args.frame_step,
         "seed": args.seed,
@@ -137,6 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         weights_sha256="", created_utc="",
     )  # fmt: skip
     save_model(model.eval(), adapted, args.export_model, half=args.half)
-    print(f"export-adapt: {len(sources)} recording(s), {adaptation['clips']} clips; BatchNorm variances moved by {100 * moved:.0f} % (median); "
+    print(f"export-adapt: {len(ds.sources)} recording(s), {adaptation['clips']} clips; BatchNorm variances moved by {100 * moved:.0f} % (median); "
           f"wrote {args.export_model} in {time.monotonic() - t0:.0f} s. Compare it with {card.name} on labelled video (export-validate).")  # fmt: skip
     return 0

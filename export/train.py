@@ -69,6 +69,7 @@ from export.train_data import (ARENAS_SUFFIX, LABEL_SUFFIXES, RANK_SEED_STRIDE, 
 from export.train_model import (FREEZABLE_BLOCKS, INIT_HELP, _require_file, _set_dropout, build_model,
                                 check_init_source, freeze_blocks, resolve_device, seed_everything)
 from export.train_predict import StreamPredictions, predict_streams
+from stream.adabn import reestimate_batchnorm
 from stream.errors import UserError, cli_main
 from stream.modelfile import nonfinite_problem
 from stream.version import add_version_argument
@@ -432,28 +433,17 @@ def recalibrate_batchnorm(model: torch.nn.Module, dataset: Dataset, config: Trai
     """Replace BatchNorm running statistics by their average over training clips under the final weights.
 
     During training the running averages trail weights that keep changing; evaluation uses them,
-    so a short run evaluates with statistics of weights it no longer has. Only the BatchNorm
-    layers run in training mode here (dropout stays off), and the clips are a fixed, seeded draw.
-    BatchNorm layers of frozen blocks (``requires_grad`` off) keep the statistics they came with.
+    so a short run evaluates with statistics of weights it no longer has. The clips are a fixed,
+    seeded draw (the one ``stream.adabn.pick_clips`` makes for ``stream-run --adapt``), averaged by
+    ``stream.adabn.reestimate_batchnorm``.
     """
-    batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                   and (m.weight is None or m.weight.requires_grad)]  # fmt: skip
-    if not batch_norms or len(dataset) == 0:
+    if len(dataset) == 0:
         return
     generator = torch.Generator().manual_seed(config.seed)
     picks = torch.randperm(len(dataset), generator=generator)[: config.bn_recalibration_clips].tolist()
     loader = DataLoader(Subset(dataset, picks), batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
-    model.eval()
-    saved = [m.momentum for m in batch_norms]
-    for m in batch_norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-        m.train()
-    for rgb, flow, _ in tqdm(loader, desc="BatchNorm statistics", leave=False, disable=not progress, unit="batch"):
-        model(rgb.to(device), flow.to(device))
-    for m, momentum in zip(batch_norms, saved):
-        m.momentum = momentum
-    model.eval()
+    batches = ((rgb, flow) for rgb, flow, _ in tqdm(loader, desc="BatchNorm statistics", leave=False, disable=not progress, unit="batch"))
+    reestimate_batchnorm(model, batches, device)
 
 
 def _diverged(what: str) -> str:

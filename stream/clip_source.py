@@ -63,9 +63,19 @@ class ClipSource:
             return crops
         return np.stack([cv2.resize(c, (self.size_px, self.size_px), interpolation=cv2.INTER_AREA) for c in crops])
 
+    @property
+    def follows_mouse(self) -> bool:
+        """Whether every frame must be seen (``push`` or ``follow``) for the mouse's position to be right."""
+        return bool(self._locators)
+
     def push(self, crops: np.ndarray, frame_index: int) -> None:
         """Store frame ``frame_index`` (``crops`` from ``crops``): ring, flow and, for the mouse crop, where the mouse is."""
         self.ring.push(crops, frame_index)
+        self.follow(crops, frame_index)
+
+    def follow(self, crops: np.ndarray, frame_index: int) -> None:
+        """Only where the mouse is at ``frame_index`` (mouse crop; nothing for ROI): a frame no clip needs
+        still moves the locators' background and track on, as in a continuous run (``stream.adabn``)."""
         for a, locator in enumerate(self._locators):
             self._positions[frame_index % CLIP_FRAMES, a] = locator.update(crops[a])
 
