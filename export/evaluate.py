@@ -669,7 +669,7 @@ def test_namespace(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), "videos": args.test_videos, "labels": args.test_labels, "arenas": args.test_arenas, "jhuang": None})
 
 
-def _test_groups(args: argparse.Namespace, test_ds) -> tuple[list[str], np.ndarray]:
+def test_groups(args: argparse.Namespace, test_ds) -> tuple[list[str], np.ndarray]:
     """Held-out group names and the group index of every test source."""
     arenas = tr._pair_up(args.test_videos, args.test_arenas, "--test-arenas")
     by_video = {Path(v).resolve(): read_heldout_group(a or tr._sibling(Path(v), (tr.ARENAS_SUFFIX,)), Path(v)) for v, a in zip(args.test_videos, arenas)}
@@ -689,7 +689,7 @@ def _train_on_all(ds, args: argparse.Namespace, config: tr.TrainConfig, num_clas
     return model, init_text, result, train_idx, val_idx, time.monotonic() - t0
 
 
-def _source_names(ds) -> list[str]:
+def recording_names(ds) -> list[str]:
     return [src.name for src in ds.sources]
 
 
@@ -730,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         validation = collect_validation(work_dir, folds)
         selection = choose_flow_weight_per_fold(validation, held, k) if validation is not None else None
         seconds_per_item = [args.frame_step / (spec.fps * spec.stride)] * len(ds.sources)  # items are every frame_step-th frame
-        cv_summary = summarize(held, classes, immobile, _source_names(ds), seconds_per_item, split_by=split_by, folds=folds, selection=selection)
+        cv_summary = summarize(held, classes, immobile, recording_names(ds), seconds_per_item, split_by=split_by, folds=folds, selection=selection)
         cv_summary["fold_runs"] = fold_info
         cv_time = time.monotonic() - t_start
 
@@ -827,12 +827,12 @@ def score_held_out(model, args: argparse.Namespace, ds, train_idx: np.ndarray, v
         selection = {"flow_weight": cv_summary["flow_weight"], "chosen_on": "the validation splits of the cross-validation inside the training videos"}
     else:
         selection = None  # chosen on the test predictions; summarize says so
-    group_names, group_of_source = _test_groups(args, test_ds)
+    group_names, group_of_source = test_groups(args, test_ds)
     pred = tr.predict_streams(model, test_ds, batch_size=batch_size, device=device)
     test_held = held_out_of(pred, test_ds.items, group_of_source[test_ds.items[:, 0]])
     if work_dir is not None and tr.distributed.current().is_main:
         test_held.save(work_dir / TEST_PREDICTIONS_NAME)
-    names = _source_names(test_ds)
+    names = recording_names(test_ds)
     seconds_per_item = [args.frame_step / (test_spec.fps * test_spec.stride)] * len(test_ds.sources)
     summary = summarize(test_held, classes, immobile, names, seconds_per_item, split_by="held-out groups", folds=len(group_names), selection=selection)
     summary["heldout"] = heldout_groups(test_held, summary["flow_weight"], classes, immobile, names, seconds_per_item, group_names)

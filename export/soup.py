@@ -29,7 +29,6 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +36,8 @@ from torch.utils.data import Subset
 
 from export import evaluate as ev
 from export import train as tr
-from export.train_config import apply_threads, flow_options_of
+from export.train_config import apply_threads
+from export.train_data import card_data_args
 from stream.errors import UserError, cli_main
 from stream.model import FusedI3D
 from stream.modelfile import ModelCard, load_model, save_model
@@ -139,20 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _data_namespace(args: argparse.Namespace, card: ModelCard) -> argparse.Namespace:
-    """What ``export.train.dataset_from_args`` needs, with input, flow and crop taken from the card."""
-    options = flow_options_of(card.flow)
-    if options is None:
-        raise UserError("--models: the members' TV-L1 settings are not one of export-train's --flow-preset choices, so their clips cannot be rebuilt here")
-    preset, sigma = options
-    return argparse.Namespace(
-        videos=args.videos, labels=args.labels, arenas=args.arenas, test_videos=args.test_videos, test_labels=args.test_labels,
-        test_arenas=args.test_arenas, jhuang=None, view=card.view, classes=",".join(card.classes),
-        immobile_classes=",".join(card.immobile_classes), size_px=card.input_size_px, fps=card.fps, frame_step=args.frame_step,
-        cache_dir=args.cache_dir, flow_preset=preset, flow_texture_sigma=sigma, crop=card.crop, device=args.device,
-    )  # fmt: skip
-
-
 def _validation(model: FusedI3D, ds, val_idx: np.ndarray, args: argparse.Namespace) -> ev.HeldOut:
     return ev.validation_predictions(model, ds, val_idx, batch_size=args.batch_size, device=args.device)
 
@@ -179,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     first = cards[0]
     name = args.name or args.export_model.name
 
-    data = _data_namespace(args, first)
+    data = card_data_args(args, first, what="--models: the members'")
     classes, immobile = tr.classes_from_args(data)
     ds, spec = tr.dataset_from_args(data, classes)
     test_ds = test_spec = None

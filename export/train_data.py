@@ -20,10 +20,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 
 from export import distributed
-from export.train_config import flow_config_for
+from export.train_config import flow_config_for, flow_options_of
 from export.train_model import resolve_device
 from stream.errors import UserError
-from stream.modelfile import CROP_ROI
+from stream.modelfile import CROP_ROI, ModelCard
 
 if TYPE_CHECKING:
     from export.train_config import TrainConfig
@@ -195,6 +195,23 @@ def _made_by_synth(arenas_json: Path) -> bool:
         return json.loads(arenas_json.read_text()).get("generator", {}).get("program") == "export-synth"
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def card_data_args(args: argparse.Namespace, card: ModelCard, *, what: str) -> argparse.Namespace:
+    """What ``dataset_from_args`` needs to cut clips for a finished model: the videos, labels, arenas
+    (and test_* of them), frame step, cache and device from ``args``; input size, fps, flow and crop
+    from the card, so the clips are the ones the model was trained on. ``what`` names the models in
+    the error for a card whose TV-L1 settings no --flow-preset gives."""
+    options = flow_options_of(card.flow)
+    if options is None:
+        raise UserError(f"{what} TV-L1 settings are not one of export-train's --flow-preset choices, so their clips cannot be rebuilt here")
+    preset, sigma = options
+    return argparse.Namespace(
+        videos=args.videos, labels=args.labels, arenas=args.arenas, test_videos=args.test_videos, test_labels=args.test_labels,
+        test_arenas=args.test_arenas, jhuang=None, view=card.view, classes=",".join(card.classes),
+        immobile_classes=",".join(card.immobile_classes), size_px=card.input_size_px, fps=card.fps, frame_step=args.frame_step,
+        cache_dir=args.cache_dir, flow_preset=preset, flow_texture_sigma=sigma, crop=card.crop, device=args.device,
+    )  # fmt: skip
 
 
 def dataset_from_args(args: argparse.Namespace, classes: Sequence[str], *, progress: bool | None = None):
