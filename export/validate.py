@@ -58,6 +58,8 @@ from export.validation_report import REPORT_HTML, agreement_text, fmt, write_out
 from export.validation_results import Animal, AnimalResult, BinResult, ScorerResult
 from stream.decisions import checked_bin_count
 from stream.errors import UserError, cli_main
+from stream.run_config import ADAPT_CLIPS_DEFAULT
+from stream.runner import ADAPTED_SUFFIX
 from stream.version import add_version_argument
 
 __all__ = ["Animal", "AnimalResult", "BinResult", "Item", "ScorerResult", "build_parser", "compare", "labels_at_ticks",
@@ -185,7 +187,7 @@ def compare(animals: Sequence[Animal], classes: Sequence[str], immobile_classes:
 
 
 # ------------------------------------------------------------------------------------ running models
-def run_stream(model_dir: Path, video: Path, out_dir: Path, arenas: Path | None, args: argparse.Namespace) -> int:
+def run_stream(model_dir: Path, video: Path, out_dir: Path, arenas: Path | None, args: argparse.Namespace, *, adapt: bool = False) -> int:
     """``stream-run`` on one video with validate's options; returns its exit status (0 = fine).
 
     Runs in this process through ``stream.runner`` with a ``RunConfig`` checked as stream-run's own,
@@ -199,7 +201,7 @@ def run_stream(model_dir: Path, video: Path, out_dir: Path, arenas: Path | None,
         source={"videos": (str(video),), "max_frames": args.max_frames or None},
         arenas={"file": arenas},
         model={"dir": model_dir, "engine": args.engine, "device": args.device or None, "stride": args.stride,
-               "flow_warm_start": not args.no_flow_warm_start},
+               "flow_warm_start": not args.no_flow_warm_start, "adapt_clips": args.adapt_clips if adapt else 0},
         decisions={"smoothing": args.smoothing, "smoothing_window": args.smoothing_window, "min_bout_s": args.min_bout_s,
                    "test_duration_s": args.test_duration_s, "scoring_window_s": args.scoring_window_s,
                    "immobile_classes": immobile or None},
@@ -281,11 +283,13 @@ def validate(args: argparse.Namespace) -> tuple[dict[str, Any], list[ScorerResul
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create ({exc.strerror})") from exc
     items = video_items(args)
-    model_dirs = [Path(m) for m in (args.model or [])] + ([Path(args.baseline)] if args.baseline else [])
+    adapted = [Path(m) for m in (args.adapted_model or [])]
+    model_dirs = [Path(m) for m in (args.model or [])] + adapted + ([Path(args.baseline)] if args.baseline else [])
+    adapts = [False] * len(args.model or []) + [True] * len(adapted) + ([False] if args.baseline else [])
     if not model_dirs and not any(i.rater2 for i in items):
-        raise UserError("nothing to compare: give --model DIR (repeatable), --baseline DIR, or --rater2 FILES")
+        raise UserError("nothing to compare: give --model DIR (repeatable), --adapted-model DIR, --baseline DIR, or --rater2 FILES")
     cards = [load_card(m) for m in model_dirs]
-    names = _unique([c.name for c in cards])
+    names = _unique([c.name + (ADAPTED_SUFFIX if a else "") for c, a in zip(cards, adapts)])
     classes = list(cards[0].classes) if cards else None
     for m, c in zip(model_dirs, cards):
         if list(c.classes) != classes:
@@ -301,7 +305,7 @@ def validate(args: argparse.Namespace) -> tuple[dict[str, Any], list[ScorerResul
         raise UserError(f"--trials {args.trials}: the trials are found by stream-run; give --model (or --schedule)")
     scorers: list[ScorerResult] = []
     stats = dict(test_duration_s=args.test_duration_s, scoring_window_s=args.scoring_window_s, bin_s=args.bin_s)
-    for model_dir, card, name in zip(model_dirs, cards, names):
+    for model_dir, card, name, adapt in zip(model_dirs, cards, names, adapts):
         animals = []
         for item in items:
             arena_ids = [a.id for a in resolve_arenas(arena_file=item.arenas, video=item.video)]
@@ -310,7 +314,7 @@ def validate(args: argparse.Namespace) -> tuple[dict[str, Any], list[ScorerResul
             else:
                 matched, video_fps, n_src = read_labels(item.labels, item.video, classes, arena_ids)
             run_dir = out / "runs" / name / item.video.stem
-            code = run_stream(model_dir, item.video, run_dir, item.arenas, args)
+            code = run_stream(model_dir, item.video, run_dir, item.arenas, args, adapt=adapt)
             if code != 0:
                 raise UserError(f"stream-run of {model_dir} on {item.video} ended with status {code}; see above")
             src_of_tick = source_frame_of_tick(n_src, video_fps, card.fps)
@@ -455,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_version_argument(p)
     p.add_argument("--model", action="append", type=Path, metavar="DIR",
                    help="model folder to validate; repeat to compare several side by side")
+    p.add_argument("--adapted-model", action="append", type=Path, metavar="DIR",
+                   help="a model scored as stream-run --adapt scores it: each video by the model with that video's own "
+                        "BatchNorm statistics (named <model>+adabn); give it beside --model DIR to see what adapting does")
+    p.add_argument("--adapt-clips", type=int, default=ADAPT_CLIPS_DEFAULT, metavar="N",
+                   help=f"clips per video for --adapted-model (default: {ADAPT_CLIPS_DEFAULT})")
     p.add_argument("--baseline", type=Path, metavar="DIR",
                    help="a motion-threshold model (export-fit-motion) scored beside the models; a model that does not "
                         "beat it is flagged (a --model of kind motion counts as a baseline too)")
@@ -481,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     checked_bin_count(args.bin_s, args.test_duration_s)  # the floor and cap stream-run and stream-report use
     if args.stride < 1:
         raise UserError(f"--stride {args.stride}: must be >= 1")
+    if args.adapt_clips < 1:
+        raise UserError(f"--adapt-clips {args.adapt_clips}: must be >= 1")
     _, scorers = validate(args)
     for s in scorers:
         print(f"{s.name:>24}: accuracy {fmt(s.frames.accuracy)}  kappa {fmt(s.frames.kappa)}  frames {s.frames.frames}  "

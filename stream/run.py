@@ -36,7 +36,7 @@ from stream.decisions import BIN_S_DEFAULT, GAP_BRIDGE_S_DEFAULT, SMOOTHING_MODE
 from stream.errors import cli_main
 from stream.outputs.metrics import DEFAULT_METRICS_PORT
 from stream.outputs.publisher import DEFAULT_ENDPOINT as DEFAULT_ZMQ_ENDPOINT
-from stream.run_config import (METRICS_ADDR_DEFAULT, SCORING_WINDOW_S_DEFAULT, SMOOTHING_DEFAULT, SMOOTHING_WINDOW_DEFAULT,
+from stream.run_config import (ADAPT_CLIPS_DEFAULT, METRICS_ADDR_DEFAULT, SCORING_WINDOW_S_DEFAULT, SMOOTHING_DEFAULT, SMOOTHING_WINDOW_DEFAULT,
                                TEST_DURATION_S_DEFAULT, RunConfig, given_dests, read_toml)
 from stream.runner import DEFAULT_MODEL_NAME, EXIT_FAILED, EXIT_OK, MIN_BOUT_S_DEFAULT, default_model_dir, run
 from stream.trials import TRIAL_MODES
@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="live or --realtime sources: when the pipeline falls behind it raises the stride up to K "
                         "before frames are dropped (default: one model call a second, 15 at 15 fps; give --stride's value "
                         "to keep it fixed)")
+
+    m.add_argument("--adapt", type=int, nargs="?", const=ADAPT_CLIPS_DEFAULT, default=None, metavar="CLIPS",
+                   help="recorded videos: before scoring each video, estimate the model's BatchNorm statistics again on "
+                        f"CLIPS of its own unlabelled clips (AdaBN; default {ADAPT_CLIPS_DEFAULT}); the adapted model is kept in "
+                        "the video's run folder (adapted-model/) and credited in results.csv")
 
     a = p.add_argument_group("arenas")
     a.add_argument("--roi", action="append", default=[], metavar="x,y,w,h",

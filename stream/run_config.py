@@ -47,6 +47,7 @@ SMOOTHING_DEFAULT = "average"  # issue 13: a centred 5-frame average (README: "D
 SMOOTHING_WINDOW_DEFAULT = 5  # frames; removes frame flicker without assuming a calibrated model
 TEST_DURATION_S_DEFAULT = 360.0  # the standard 6-minute forced swim test
 SCORING_WINDOW_S_DEFAULT = 240.0  # scored over its last 4 minutes (Porsolt's convention)
+ADAPT_CLIPS_DEFAULT = 64  # --adapt without a number: clips per video for its BatchNorm statistics (stream.adabn)
 METRICS_ADDR_DEFAULT = "127.0.0.1"  # every port binds to loopback unless asked (stream.network)
 MAX_PORT = 65535
 
@@ -81,6 +82,7 @@ class ModelConfig:
     flow_warm_start: bool = True
     stride: int = 1  # model on every stride-th frame
     max_stride: int | None = None  # live/paced sources: the adaptive stride's ceiling (None: one call a second)
+    adapt_clips: int = 0  # --adapt: each video's own BatchNorm statistics from this many clips (stream.adabn); 0: off
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,7 @@ _FLAGS: tuple[tuple[str, str, str, Any], ...] = (
     ("model", "model", "dir", None), ("view", "model", "view", None), ("engine", "model", "engine", None),
     ("device", "model", "device", None), ("no_flow_warm_start", "model", "flow_warm_start", lambda v: not v),
     ("stride", "model", "stride", None), ("max_stride", "model", "max_stride", None),
+    ("adapt", "model", "adapt_clips", lambda v: _SKIP if v is None else v),
     ("smoothing", "decisions", "smoothing", None), ("smoothing_window", "decisions", "smoothing_window", None),
     ("min_bout_s", "decisions", "min_bout_s", None), ("test_duration_s", "decisions", "test_duration_s", None),
     ("scoring_window_s", "decisions", "scoring_window_s", None),
@@ -346,6 +349,11 @@ def _check(c: RunConfig) -> None:
         raise UserError(f"--stride {c.model.stride}: must be >= 1")
     if c.model.max_stride is not None and c.model.max_stride < c.model.stride:
         raise UserError(f"--max-stride {c.model.max_stride}: must be >= --stride ({c.model.stride})")
+    if c.model.adapt_clips < 0:
+        raise UserError(f"--adapt {c.model.adapt_clips}: the number of clips must be >= 1")
+    if c.model.adapt_clips and not s.videos:
+        raise UserError("--adapt is for recorded videos (--video): it reads each video before scoring it. For a camera, "
+                        "adapt a model once on recorded video of the rig (export-adapt) and run that model")
     if s.max_frames is not None and s.max_frames < 1:
         raise UserError(f"--max-frames {s.max_frames}: must be >= 1")
     if c.arenas.rois and c.arenas.file:

@@ -9,11 +9,13 @@ described in ``stream.run``'s docstring (the command's help).
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -50,6 +52,9 @@ DEFAULT_MODEL_NAME = "fst-side-64"  # the bundled side-view model (64 px, synthe
 # dropped to 4); a centred 5-frame average removes frame flicker without assuming a calibrated model
 # (hysteresis at 0.6 never fired on the demo model, whose P(float) peaks at 0.46). README: "Decision defaults".
 MIN_BOUT_S_DEFAULT = 1.0
+ADAPTED_MODEL_DIR = "adapted-model"  # --adapt: the video's adapted model, in its run folder
+ADAPTED_SUFFIX = "+adabn"  # --adapt: appended to the model's name in results
+ADAPT_BATCH = 8  # clips per forward pass while the statistics are estimated (export-adapt's default)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg")
 
 
@@ -236,7 +241,9 @@ class Runner:
         self.trial_mode = "now"
         self.control_endpoint: str | None = None
         self.control_token: str | None = None  # every control request must carry it (None: none required)
-        self.model_sha256 = ""
+        self.model_sha256 = ""  # the weights results credit: the model's, or with --adapt the video's adapted model's
+        self.source_sha256 = ""
+        self.model_dir: Path | None = None
         self.created_dirs: list[Path] = []  # output folders this run created: removed again if left empty
 
     # -- signals --------------------------------------------------------------------------------
@@ -314,8 +321,11 @@ class Runner:
         require_live_crop(card, model_dir, stepwise=runs_stepwise(c.model.engine, card))
         if c.model.view is not None and card.view != c.model.view:
             log.warning("--view %s but --model %s is a %s-view model; using --model", c.model.view, model_dir, card.view)
+        if c.model.adapt_clips and card.kind != "i3d":
+            raise UserError(f"--adapt: {model_dir} is a {card.kind!r} model; it has no BatchNorm statistics to adapt")
         self._decision_config(card)
-        self.model_sha256 = card.weights_sha256
+        self.model_sha256 = self.source_sha256 = card.weights_sha256
+        self.model_dir = model_dir
         # ports
         self._open_outputs()
         sources = self._open_sources(specs, out_dirs, card)
@@ -372,8 +382,14 @@ class Runner:
         """Model weights (checksum) and engine, warmed up for one batch of every arena."""
         n_arenas = max(len(s.arenas) for s in sources)
         batch = n_arenas  # CUDA graphs / TensorRT run one fixed batch: all arenas at once
+        from stream.engine.base import KIND_AUTO, KIND_TORCH
+
+        kind = self.config.model.engine
+        if self.config.model.adapt_clips and kind == KIND_AUTO:
+            kind = KIND_TORCH  # a new model per video: no graph export or TensorRT build per video
+            log.info("engine auto with --adapt: torch (each video's adapted model would otherwise be exported or compiled again)")
         try:
-            self.engine = _build_engine(self.config.model.engine, model_dir, self.config.model.device, batch)
+            self.engine = _build_engine(kind, model_dir, self.config.model.device, batch)
             self.engine.warmup(n_arenas)
         except BaseException:
             for s in sources:
@@ -525,6 +541,8 @@ class Runner:
         from stream.outputs.console import summary_table
 
         c = self.config
+        if c.model.adapt_clips:
+            card = self._adapt(source, card)
         capture = self._open_capture(source, card)
         if isinstance(capture, int):
             return capture  # a live source that never came: nothing was written
@@ -586,6 +604,58 @@ class Runner:
             print(f"stream-run: error: {result.error or 'capture failed'}", file=sys.stderr, flush=True)
             return EXIT_FAILED
         return EXIT_OK
+
+    def _adapt(self, source: _Source, card: ModelCard) -> ModelCard:
+        """--adapt: the model with this video's own BatchNorm statistics (``stream.adabn``), written to
+        ``<run folder>/adapted-model`` and run by a new engine; returns its card, which results credit.
+        ``--resume`` reuses the folder's adapted model, so a resumed run scores with the same statistics."""
+        import shutil
+
+        from stream import adabn
+        from stream.modelfile import load_card, load_model, save_model
+
+        c = self.config
+        folder = source.out_dir / ADAPTED_MODEL_DIR
+        video = Path(source.spec.location)
+        if c.outputs.resume and (folder / "card.json").is_file():
+            adapted = load_card(folder)
+            came_from = (adapted.training.get("adaptation") or {}).get("source_weights_sha256")
+            if came_from != self.source_sha256:
+                raise UserError(f"--resume: {folder} was adapted from other weights ({came_from or 'unknown'}), not from {self.model_dir}; "
+                                "rerun without --resume into a new --out")
+            log.info("--resume: scoring with the adapted model already in %s", folder)
+        else:
+            t0 = time.monotonic()
+            model, source_card = load_model(self.model_dir)
+            clips = adabn.video_clips(video, [ar.roi for ar in source.arenas], source_card, count=c.model.adapt_clips,
+                                      warm_start=c.model.flow_warm_start)  # fmt: skip
+            before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("running_var")}
+            adabn.reestimate_batchnorm(model, adabn.batches_of(clips, ADAPT_BATCH), "cpu")
+            moved = adabn.variance_change(before, model.state_dict())
+            facts = {"method": adabn.ADAPT_METHOD, "source_model": source_card.name, "source_weights_sha256": self.source_sha256,
+                     "videos": [video.name], "recordings": len(source.arenas), "clips": len(clips), "frame_step": adabn.DEFAULT_FRAME_STEP,
+                     "seed": 0, "flow_warm_start": c.model.flow_warm_start, "median_relative_change_of_variances": round(moved, 4),
+                     "source_metrics": source_card.metrics}  # fmt: skip
+            adapted = dataclasses.replace(
+                source_card, name=f"{source_card.name}{ADAPTED_SUFFIX}", training={**source_card.training, "adaptation": facts},
+                metrics={"evaluation": "none after the adaptation; the source model's figures are under training.adaptation.source_metrics"},
+                weights_sha256="", created_utc="",
+            )  # fmt: skip
+            partial = folder.with_name(folder.name + ".partial")  # a crash mid-write leaves no half model under the real name
+            shutil.rmtree(partial, ignore_errors=True)
+            save_model(model.eval(), adapted, partial, half=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            partial.rename(folder)
+            adapted = load_card(folder)
+            if not c.outputs.quiet:
+                print(f"stream-run: adapted {source_card.name} to {video.name} ({len(clips)} clips, BatchNorm variances moved "
+                      f"{100 * moved:.0f} %) in {time.monotonic() - t0:.0f} s: {folder}", flush=True)
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        self._start_engine([source], folder, adapted)
+        self.model_sha256 = adapted.weights_sha256
+        return adapted
 
     def _all_outputs(self, source: _Source, card: ModelCard, own: list) -> list:
         """Every output of this source, in order: its CSVs first (nothing is published unsaved), the

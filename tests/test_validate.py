@@ -222,3 +222,24 @@ def test_trials_are_scored_and_compared_per_animal(tmp_path, tiny_model, monkeyp
     (only,) = json.loads((tmp_path / "human" / "validation.json").read_text())["scorers"]
     assert {a["animal"]: a["model_immobile_s"] for a in only["animals"]} == {
         a: v["model_immobile_s"] for a, v in human.items()}
+
+
+def test_an_adapted_model_is_scored_as_stream_run_adapt_scores_it(tmp_path, tiny_model, one_torch_thread):
+    """``--adapted-model``: the same model once more, each video by its own adapted statistics; its
+    accuracy is that of ``stream-run --adapt``'s CSV, and the two scorers are told apart by name."""
+    from stream.outputs.csv_log import read_frames_csv
+    from stream.run import main as stream_run
+
+    opts = ["--max-frames", "60", "--stride", "2", *SHORT_TEST]
+    out = tmp_path / "val"
+    assert main(["--model", str(tiny_model), "--adapted-model", str(tiny_model), "--adapt-clips", "4", "--videos", str(DEMO),
+                 "--labels", str(DEMO_LABELS), "--out", str(out), "--bin-s", "10", "-q", *opts]) == 0  # fmt: skip
+    scorers = {s["name"]: s for s in json.loads((out / "validation.json").read_text())["scorers"]}
+    assert set(scorers) == {"tiny-test", "tiny-test+adabn"}
+    assert (out / "runs" / "tiny-test+adabn" / DEMO.stem / "adapted-model" / "card.json").is_file()
+    assert stream_run(["--video", str(DEMO), "--model", str(tiny_model), "--adapt", "4", "--out", str(tmp_path / "run"), "--no-zmq",
+                       "--no-metrics", "-q", *opts]) == 0  # fmt: skip
+    rows = read_frames_csv(tmp_path / "run" / "arena0.frames.csv")
+    labels = _demo_labels()
+    expected = np.mean([CLASSES.index(r["behaviour"]) == labels[r["frame"]] for r in rows])
+    assert scorers["tiny-test+adabn"]["frames"]["accuracy"] == pytest.approx(expected, abs=1e-12)

@@ -1,0 +1,99 @@
+"""``stream-run --adapt``: each recorded video scored by the model with its own BatchNorm statistics
+(stream/adabn.py), end to end with a real torch engine on a small generated video: the adapted model
+is kept in the run folder, credited in results.csv, and is what scored the frames; ``--resume`` keeps
+it; the mistakes are one line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import stream.run as run_mod
+from stream.errors import EXIT_USER_ERROR
+from stream.modelfile import load_card, load_model
+from stream.outputs.csv_log import read_frames_csv
+from stream.outputs.results import read_table
+from stream.runner import ADAPTED_MODEL_DIR, ADAPTED_SUFFIX
+from tests.test_run_e2e import write_video
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+CLASSES = ["swim", "struggle", "float"]
+
+
+@pytest.fixture()
+def video(tmp_path) -> Path:
+    path = write_video(tmp_path / "two.mp4", frames=60)
+    (tmp_path / "two.arenas.json").write_text(json.dumps({"arenas": [{"id": "A1", "roi": [0, 0, 48, 48]}, {"id": "A2", "roi": [48, 0, 48, 48]}]}))
+    return path
+
+
+def _run(video: Path, model: Path, out: Path, *extra: str) -> int:
+    return run_mod.main(["--video", str(video), "--model", str(model), "--out", str(out), "--no-zmq", "--no-metrics", "--engine", "torch",
+                         "--device", "cpu", *extra])  # fmt: skip
+
+
+def _probabilities(out: Path, arena: str) -> list[list[float]]:
+    return [[r[f"p_{c}"] for c in CLASSES] for r in read_frames_csv(out / f"{arena}.frames.csv")]
+
+
+def test_each_video_is_scored_by_its_own_adapted_model_which_results_credit(video, tiny_model, tmp_path, capsys):
+    assert _run(video, tiny_model, tmp_path / "plain", "-q") == 0
+    assert _run(video, tiny_model, tmp_path / "adapted", "--adapt", "6") == 0
+    printed = capsys.readouterr().out
+    assert "adapted tiny-test to two.mp4 (6 clips" in printed
+
+    folder = tmp_path / "adapted" / ADAPTED_MODEL_DIR
+    card = load_card(folder)
+    source = load_card(tiny_model)
+    facts = card.training["adaptation"]
+    assert card.name == "tiny-test" + ADAPTED_SUFFIX and facts["source_weights_sha256"] == source.weights_sha256
+    assert facts["videos"] == ["two.mp4"] and facts["clips"] == 6 and facts["recordings"] == 2
+    assert card.flow == source.flow and card.flow_weight == source.flow_weight
+    adapted, _ = load_model(folder)
+    original, _ = load_model(tiny_model)
+    bn = next(k for k in original.state_dict() if k.endswith("running_var"))
+    assert not torch.allclose(adapted.state_dict()[bn], original.state_dict()[bn])  # the video's own statistics
+    assert not (tmp_path / "adapted" / f"{ADAPTED_MODEL_DIR}.partial").exists()
+
+    rows = read_table(tmp_path / "adapted" / "results.csv")
+    assert {r["model"] for r in rows} == {card.name} and {r["model_sha256"] for r in rows} == {card.weights_sha256}
+    summary = json.loads((tmp_path / "adapted" / "A1.summary.json").read_text())
+    assert summary["provenance"]["model_sha256"] == card.weights_sha256
+    assert _probabilities(tmp_path / "adapted", "A1") != _probabilities(tmp_path / "plain", "A1")  # the engine ran the adapted weights
+
+
+def test_resume_keeps_the_adapted_model_and_refuses_one_from_other_weights(video, tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(video, tiny_model, out, "--adapt", "4", "--max-frames", "30", "-q") == 0
+    weights = out / ADAPTED_MODEL_DIR / "model.safetensors"
+    first = weights.stat().st_mtime_ns
+    os.utime(weights, ns=(first - 10**9, first - 10**9))
+    assert _run(video, tiny_model, out, "--adapt", "4", "--resume", "-q") == 0
+    assert weights.stat().st_mtime_ns == first - 10**9  # not estimated again
+    assert len(read_frames_csv(out / "A1.frames.csv")) == 60
+
+    card = out / ADAPTED_MODEL_DIR / "card.json"  # as if adapted from another model's weights
+    card.write_text(json.dumps({**json.loads(card.read_text()), "training": {"adaptation": {"source_weights_sha256": "f" * 64}}}))
+    capsys.readouterr()
+    assert _run(video, tiny_model, out, "--adapt", "4", "--resume", "-q") == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "was adapted from other weights" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("case", ["camera", "motion model"])
+def test_adapt_mistakes_are_one_line(case, video, tmp_path, capsys):
+    if case == "camera":
+        argv = ["--camera", "0", "--adapt", "--out", str(tmp_path / "o")]
+        message = "--adapt is for recorded videos"
+    else:
+        motion = Path(__file__).resolve().parents[1] / "trained_models" / "fst-side-motion"
+        argv = ["--video", str(video), "--model", str(motion), "--adapt", "--out", str(tmp_path / "o"), "--no-zmq", "--no-metrics"]
+        message = "no BatchNorm statistics to adapt"
+    assert run_mod.main(argv) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
