@@ -108,8 +108,13 @@ def _frames(video: Path, fps: float) -> Iterable[Frame | Gap]:
 def video_clips(video: Path, rois: Sequence[Roi | None], card: ModelCard, *, count: int = DEFAULT_CLIPS, frame_step: int = DEFAULT_FRAME_STEP,
                 seed: int = 0, warm_start: bool = True, on_frame: Callable[[int], None] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
     """``count`` unlabelled clips of ``video``'s arenas, as (rgb (3, 16, S, S), flow (2, 16, S, S)) in
-    draw order (``pick_clips``). ``on_frame`` is told each frame index of the second pass (progress)."""
-    num_frames = sum(1 for item in _frames(video, card.fps) if isinstance(item, Frame))
+    draw order (``pick_clips``). ``on_frame`` is called once per frame read, on both passes (progress)."""
+    num_frames = 0
+    for item in _frames(video, card.fps):
+        if isinstance(item, Frame):
+            num_frames += 1
+            if on_frame is not None:
+                on_frame(item.index)
     if num_frames == 0:
         raise OSError(f"{video}: no frame could be read")
     picks = pick_clips([num_frames] * len(rois), frame_step=frame_step, count=count, seed=seed)

@@ -625,10 +625,15 @@ class Runner:
                                 "rerun without --resume into a new --out")
             log.info("--resume: scoring with the adapted model already in %s", folder)
         else:
+            from tqdm import tqdm
+
             t0 = time.monotonic()
             model, source_card = load_model(self.model_dir)
-            clips = adabn.video_clips(video, [ar.roi for ar in source.arenas], source_card, count=c.model.adapt_clips,
-                                      warm_start=c.model.flow_warm_start)  # fmt: skip
+            frames = round(source.duration_s * source_card.fps) if source.duration_s else None
+            with tqdm(total=2 * frames if frames else None, unit="frame", desc=f"adapting to {video.name} (2 passes)", leave=False,
+                      dynamic_ncols=True, disable=True if c.outputs.quiet else None) as bar:  # fmt: skip
+                clips = adabn.video_clips(video, [ar.roi for ar in source.arenas], source_card, count=c.model.adapt_clips,
+                                          warm_start=c.model.flow_warm_start, on_frame=lambda _: bar.update())  # fmt: skip
             before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("running_var")}
             adabn.reestimate_batchnorm(model, adabn.batches_of(clips, ADAPT_BATCH), "cpu")
             moved = adabn.variance_change(before, model.state_dict())
