@@ -14,8 +14,8 @@ The labels are read only to score; the adaptation never sees them (``export.adap
 all-zero labels). The flow weight is the card's, before and after, as it would be live.
 
 Written to ``--out``: ``adapt_check.csv`` (a row per recording: accuracy, immobile time annotated /
-before / after, near-constant flags), ``adapt_check.json`` (every figure, both per-group tables and
-the settings) and ``adapt_check.png`` (per group, accuracy before and after).
+before / after, near-constant flags), ``adapt_check.json`` (every figure, both per-group tables, the
+accuracy at every flow weight before and after, and the settings) and ``adapt_check.png`` (per group, accuracy before and after).
 """
 
 from __future__ import annotations
@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, held in (("before", before), ("after", after)):
         result[key] = ev.heldout_groups(held, card.flow_weight, classes, immobile, names, seconds_per_item, group_names)
         result[f"rates_{key}"] = ev.prediction_rates(held, held.fused(card.flow_weight).argmax(1), classes, names)
+        # which stream carries it on this video: mean over groups per flow weight, on the scored clips themselves
+        result[f"by_flow_weight_{key}"] = {f"{r['flow_weight']:.1f}": round(r["accuracy_mean"], 4) for r in ev.sweep_flow_weight(held, len(classes))}
     rows = per_recording_rows(result["before"], result["after"], result["rates_before"], result["rates_after"])
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -219,5 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{g_before['group']:<28} {g_before['clips']:>5}  {g_before['accuracy']:.3f} -> {g_after['accuracy']:.3f}            {err}")
     print(f"as shipped: {_summary_line(result['before'], result['rates_before'])}")
     print(f"adapted ({SCOPE_TEXT[args.scope]}): {_summary_line(result['after'], result['rates_after'])}")
+    for key, label in (("before", "as shipped"), ("after", "adapted")):
+        sweep = result[f"by_flow_weight_{key}"]
+        print(f"{label:>10} by flow weight (0 = RGB .. 1 = flow; chosen on these clips, so optimistic): "
+              + " ".join(f"{w}:{a:.3f}" for w, a in sweep.items()))
     print(f"export-adapt-check: {len(units)} adaptation(s) on {args.clips} clips each; wrote {args.out} in {time.monotonic() - t0:.0f} s")
     return 0

@@ -75,6 +75,9 @@ def test_per_recording_figures_are_those_of_the_same_adaptation_done_by_hand(lab
     assert facts["settings"]["scope"] == "recording" and len(facts["settings"]["median_relative_change_of_variances"]) == 2
     assert all(m > 0 for m in facts["settings"]["median_relative_change_of_variances"])
     assert (tmp_path / "out" / adapt_check.PLOT_NAME).stat().st_size > 0
+    assert len(facts["by_flow_weight_after"]) == 11 and "by flow weight" in printed
+    mean_after = np.mean([g["accuracy"] for g in facts["after"]["groups"]])
+    assert facts["by_flow_weight_after"]["0.5"] == pytest.approx(mean_after, abs=1e-4)  # the card's weight: the table's mean
 
     # the "lighting" video adapted alone, by hand: the same statistics, the same predictions, the same accuracy
     model, card = load_model(model_dir)
