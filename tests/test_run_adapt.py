@@ -97,3 +97,19 @@ def test_adapt_mistakes_are_one_line(case, video, tmp_path, capsys):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_on_a_cpu_with_onnxruntime_the_adapted_model_runs_there_and_its_graph_leaves_the_cache(video, tiny_model, tmp_path):
+    """engine auto + --adapt: onnxruntime when it is installed (a graph per video, exported in seconds),
+    and that graph, which no other video can use, is not left in the user's cache."""
+    pytest.importorskip("onnxruntime")
+    from stream.runner import _cached_graph
+
+    out = tmp_path / "out"
+    assert run_mod.main(["--video", str(video), "--model", str(tiny_model), "--out", str(out), "--no-zmq", "--no-metrics", "--device", "cpu",
+                         "--adapt", "4", "--max-frames", "20", "-q"]) == 0  # fmt: skip
+    summary = json.loads((out / "A1.summary.json").read_text())
+    assert summary["run"]["engine"].startswith("onnxruntime")
+    folder = out / ADAPTED_MODEL_DIR
+    graph = _cached_graph(folder, load_card(folder))
+    assert str(graph).startswith(os.environ["SWIM_STREAM_CACHE"]) and not graph.exists()
