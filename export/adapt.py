@@ -21,7 +21,6 @@ measured here.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from export.annotations import Annotation
 from export.dataset import ClipDataset, VideoSource, load_fitting_arenas, probe_video
 from export.train_config import apply_threads
 from export.train_data import ARENAS_SUFFIX, _sibling
-from stream.adabn import ADAPT_METHOD, DEFAULT_CLIPS, DEFAULT_FRAME_STEP, variance_change
+from stream.adabn import ADAPT_METHOD, DEFAULT_CLIPS, DEFAULT_FRAME_STEP, adapted_card, variance_change
 from stream.errors import UserError, cli_main
 from stream.flow import FlowConfig
 from stream.modelfile import ModelCard, load_card, load_model, save_model
@@ -131,24 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     moved = adapt_batchnorm(model, ds, count=args.clips, seed=args.seed, batch_size=args.batch_size, progress=args.verbose)
 
     name = args.name or args.export_model.name
-    adaptation = {
-        "method": ADAPT_METHOD,
-        "source_model": card.name,
-        "source_weights_sha256": card.weights_sha256,
-        "videos": [v.name for v in args.videos],
-        "recordings": len(ds.sources),
-        "clips": min(args.clips, len(ds)),
-        "frame_step": args.frame_step,
-        "seed": args.seed,
-        "median_relative_change_of_variances": round(moved, 4),
-        "source_metrics": card.metrics,
-    }
-    adapted = dataclasses.replace(
-        card, name=name, training={**card.training, "adaptation": adaptation},
-        metrics={"evaluation": "none after the adaptation; the source model's figures (measured before it) are under training.adaptation.source_metrics"},
-        weights_sha256="", created_utc="",
-    )  # fmt: skip
+    adapted = adapted_card(card, name=name, videos=[v.name for v in args.videos], recordings=len(ds.sources), clips=min(args.clips, len(ds)),
+                           frame_step=args.frame_step, seed=args.seed, moved=moved)  # fmt: skip
     save_model(model.eval(), adapted, args.export_model, half=args.half)
-    print(f"export-adapt: {len(ds.sources)} recording(s), {adaptation['clips']} clips; BatchNorm variances moved by {100 * moved:.0f} % (median); "
+    print(f"export-adapt: {len(ds.sources)} recording(s), {adapted.training['adaptation']['clips']} clips; BatchNorm variances moved by {100 * moved:.0f} % (median); "
           f"wrote {args.export_model} in {time.monotonic() - t0:.0f} s. Compare it with {card.name} on labelled video (export-validate).")  # fmt: skip
     return 0

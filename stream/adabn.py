@@ -24,9 +24,11 @@ mouse on every frame, as the live locator does.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +40,8 @@ from stream.modelfile import ModelCard
 from stream.preprocess import CLIP_FRAMES, Roi
 from stream.run_config import ADAPT_CLIPS_DEFAULT
 
-__all__ = ["ADAPT_METHOD", "DEFAULT_CLIPS", "DEFAULT_FRAME_STEP", "pick_clips", "reestimate_batchnorm", "variance_change", "video_clips"]
+__all__ = ["ADAPT_METHOD", "DEFAULT_CLIPS", "DEFAULT_FRAME_STEP", "adapted_card", "pick_clips", "reestimate_batchnorm", "variance_change",
+           "video_clips"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,21 @@ def variance_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tens
     """How far the variances moved: the median over layers of each layer's median relative change."""
     keys = [k for k in before if k.endswith("running_var")]
     return float(np.median([((after[k] - before[k]).abs() / (before[k].abs() + 1e-6)).median().item() for k in keys])) if keys else 0.0
+
+
+def adapted_card(card: ModelCard, *, name: str, videos: Sequence[str], recordings: int, clips: int, frame_step: int, seed: int,
+                 moved: float, **more: Any) -> ModelCard:
+    """The adapted model's card: the source's, renamed, saying what the statistics came from under
+    ``training.adaptation`` (with the source's figures, measured before it) and that nothing was
+    measured after; the checksum is filled in when the weights are saved."""
+    facts = {"method": ADAPT_METHOD, "source_model": card.name, "source_weights_sha256": card.weights_sha256, "videos": list(videos),
+             "recordings": recordings, "clips": clips, "frame_step": frame_step, "seed": seed,
+             "median_relative_change_of_variances": round(moved, 4), **more, "source_metrics": card.metrics}  # fmt: skip
+    return dataclasses.replace(
+        card, name=name, training={**card.training, "adaptation": facts},
+        metrics={"evaluation": "none after the adaptation; the source model's figures (measured before it) are under training.adaptation.source_metrics"},
+        weights_sha256="", created_utc="",
+    )  # fmt: skip
 
 
 def _frames(video: Path, fps: float) -> Iterable[Frame | Gap]:

@@ -9,7 +9,6 @@ described in ``stream.run``'s docstring (the command's help).
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import logging
 import signal
@@ -653,15 +652,9 @@ class Runner:
             before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("running_var")}
             adabn.reestimate_batchnorm(model, adabn.batches_of(clips, ADAPT_BATCH), "cpu")
             moved = adabn.variance_change(before, model.state_dict())
-            facts = {"method": adabn.ADAPT_METHOD, "source_model": source_card.name, "source_weights_sha256": self.source_sha256,
-                     "videos": [video.name], "recordings": len(source.arenas), "clips": len(clips), "frame_step": adabn.DEFAULT_FRAME_STEP,
-                     "seed": 0, "flow_warm_start": c.model.flow_warm_start, "median_relative_change_of_variances": round(moved, 4),
-                     "source_metrics": source_card.metrics}  # fmt: skip
-            adapted = dataclasses.replace(
-                source_card, name=f"{source_card.name}{ADAPTED_SUFFIX}", training={**source_card.training, "adaptation": facts},
-                metrics={"evaluation": "none after the adaptation; the source model's figures are under training.adaptation.source_metrics"},
-                weights_sha256="", created_utc="",
-            )  # fmt: skip
+            adapted = adabn.adapted_card(source_card, name=f"{source_card.name}{ADAPTED_SUFFIX}", videos=[video.name], recordings=len(source.arenas),
+                                         clips=len(clips), frame_step=adabn.DEFAULT_FRAME_STEP, seed=0, moved=moved,
+                                         flow_warm_start=c.model.flow_warm_start)  # fmt: skip
             partial = folder.with_name(folder.name + ".partial")  # a crash mid-write leaves no half model under the real name
             shutil.rmtree(partial, ignore_errors=True)
             save_model(model.eval(), adapted, partial, half=True)
