@@ -113,3 +113,18 @@ def test_on_a_cpu_with_onnxruntime_the_adapted_model_runs_there_and_its_graph_le
     folder = out / ADAPTED_MODEL_DIR
     graph = _cached_graph(folder, load_card(folder))
     assert str(graph).startswith(os.environ["SWIM_STREAM_CACHE"]) and not graph.exists()
+
+
+def test_two_videos_in_one_run_each_get_their_own_adapted_model(tmp_path, tiny_model):
+    from tests.conftest import write_moving_square_video
+
+    one = write_video(tmp_path / "one.mp4", frames=40)
+    other = write_moving_square_video(tmp_path / "other.mp4", frames=40, size_px=48)
+    out = tmp_path / "out"
+    assert run_mod.main(["--video", str(one), str(other), "--model", str(tiny_model), "--out", str(out), "--no-zmq", "--no-metrics",
+                         "--engine", "torch", "--device", "cpu", "--adapt", "4", "-q"]) == 0  # fmt: skip
+    cards = {stem: load_card(out / stem / ADAPTED_MODEL_DIR) for stem in ("one", "other")}
+    assert cards["one"].training["adaptation"]["videos"] == ["one.mp4"] and cards["other"].training["adaptation"]["videos"] == ["other.mp4"]
+    assert cards["one"].weights_sha256 != cards["other"].weights_sha256
+    rows = read_table(out / "results.csv")
+    assert {r["model_sha256"] for r in rows} == {c.weights_sha256 for c in cards.values()}
