@@ -33,10 +33,11 @@ from export.annotations import Annotation
 from export.dataset import ClipDataset, VideoSource, load_fitting_arenas, probe_video
 from export.train_config import apply_threads
 from export.train_data import ARENAS_SUFFIX, _sibling
-from stream.adabn import ADAPT_METHOD, DEFAULT_CLIPS, DEFAULT_FRAME_STEP, adapted_card, variance_change
+from stream.adabn import ADAPT_METHOD, DEFAULT_FRAME_STEP, adapted_card
 from stream.errors import UserError, cli_main
 from stream.flow import FlowConfig
 from stream.modelfile import ModelCard, load_card, load_model, save_model
+from stream.run_config import ADAPT_CLIPS_DEFAULT
 from stream.version import add_version_argument
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,7 @@ def adapt_batchnorm(model: torch.nn.Module, clips: ClipDataset, *, count: int, s
     if len(clips) < count:
         log.warning("only %d candidate clips for --clips %d: all of them are used", len(clips), count)
     config = tr.TrainConfig(seed=seed, batch_size=batch_size, bn_recalibration_clips=count, num_workers=0)
-    before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("running_var")}
-    tr.recalibrate_batchnorm(model, clips, config, torch.device("cpu"), progress=progress)
-    return variance_change(before, model.state_dict())
+    return tr.recalibrate_batchnorm(model, clips, config, torch.device("cpu"), progress=progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arenas file per video, same order (default: VIDEO stem + .arenas.json if present, else the whole frame)")  # fmt: skip
     p.add_argument("--export-model", type=Path, required=True, metavar="DIR", help="where the adapted model goes")
     p.add_argument("--name", help="model name for the card (default: --export-model folder name)")
-    p.add_argument("--clips", type=int, default=DEFAULT_CLIPS, help=f"clips the statistics are estimated on, drawn over all arenas (default: {DEFAULT_CLIPS})")
+    p.add_argument("--clips", type=int, default=ADAPT_CLIPS_DEFAULT, help=f"clips the statistics are estimated on, drawn over all arenas (default: {ADAPT_CLIPS_DEFAULT})")
     p.add_argument("--frame-step", type=int, default=DEFAULT_FRAME_STEP, help=f"candidate clip centres every Nth model-rate frame (default: {DEFAULT_FRAME_STEP})")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="decoded crops and TV-L1 flow cache (default: runs/cache)")
     p.add_argument("--batch-size", type=int, default=8, help="(default: 8)")

@@ -40,10 +40,11 @@ from export import train as tr
 from export.adapt import adapt_batchnorm, unlabelled_clips
 from export.train_config import apply_threads
 from export.train_data import card_data_args
-from stream.adabn import DEFAULT_CLIPS, DEFAULT_FRAME_STEP
+from stream.adabn import DEFAULT_FRAME_STEP
 from stream.atomic import atomic_write
 from stream.errors import UserError, cli_main
 from stream.modelfile import load_card, load_model
+from stream.run_config import ADAPT_CLIPS_DEFAULT
 from stream.version import add_version_argument
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", choices=SCOPES, default="recording",
                    help="adapt each video on itself, each held-out group's videos together, or all videos together (default: recording)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help=f"folder for {CSV_NAME}, {JSON_NAME} and {PLOT_NAME}")
-    p.add_argument("--clips", type=int, default=DEFAULT_CLIPS, help=f"unlabelled clips per adaptation (default: {DEFAULT_CLIPS})")
+    p.add_argument("--clips", type=int, default=ADAPT_CLIPS_DEFAULT, help=f"unlabelled clips per adaptation (default: {ADAPT_CLIPS_DEFAULT})")
     p.add_argument("--adapt-frame-step", type=int, default=DEFAULT_FRAME_STEP, help=f"candidate clip centres for the adaptation every Nth model-rate frame (default: {DEFAULT_FRAME_STEP})")
     p.add_argument("--frame-step", type=int, default=30, help="scored clips every Nth model-rate frame (default: 30)")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="decoded crops and TV-L1 flow cache (default: runs/cache)")
@@ -156,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     apply_threads(args.threads)
     if args.clips < 1 or args.batch_size < 1 or args.frame_step < 1 or args.adapt_frame_step < 1:
         raise UserError("--clips, --batch-size, --frame-step and --adapt-frame-step must be >= 1")
-    for flag, files in (("--labels", args.labels), ("--arenas", args.arenas)):
-        if files is not None and len(files) != len(args.videos):
-            raise UserError(f"{flag}: {len(files)} files for {len(args.videos)} videos; give one per video, in the same order")
-    if len({v.resolve() for v in args.videos}) != len(args.videos):
+    videos = list(args.videos)
+    tr._pair_up(videos, args.labels, "--labels")  # before any model or video is read
+    arenas = tr._pair_up(videos, args.arenas, "--arenas")
+    if len({v.resolve() for v in videos}) != len(videos):
         raise UserError("--videos: a video is given twice")
     t0 = time.monotonic()
     kind = load_card(args.model).kind
@@ -167,15 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--model {args.model}: a {kind!r} model has no BatchNorm statistics to adapt")
     model, card = load_model(args.model)
     model.eval()
-    videos = list(args.videos)
-    arenas = list(args.arenas or [None] * len(videos))
     ns = argparse.Namespace(videos=videos, labels=args.labels, arenas=args.arenas, test_videos=videos, test_labels=args.labels, test_arenas=args.arenas,
                             frame_step=args.frame_step, cache_dir=args.cache_dir, device="cpu")  # fmt: skip
     data = card_data_args(ns, card, what=f"--model {args.model}:")  # test_* = the same videos: test_groups reads them
     classes, immobile = tr.classes_from_args(data)
     ds, spec = tr.dataset_from_args(data, classes, progress=args.verbose)
     group_names, group_of_source = ev.test_groups(data, ds)
-    video_of_source = np.array([videos.index(next(v for v in videos if v.resolve() == s.video_path.resolve())) for s in ds.sources])
+    index_of = {v.resolve(): i for i, v in enumerate(videos)}
+    video_of_source = np.array([index_of[s.video_path.resolve()] for s in ds.sources])
     group_of_video = [group_names[int(group_of_source[np.flatnonzero(video_of_source == i)[0]])] for i in range(len(videos))]
     units = adaptation_units(videos, group_of_video, args.scope)
 

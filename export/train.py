@@ -429,21 +429,21 @@ def _restore_best(model: torch.nn.Module, run_dir: Path, result: TrainResult) ->
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: torch.nn.Module, dataset: Dataset, config: TrainConfig, device: torch.device, progress: bool) -> None:
+def recalibrate_batchnorm(model: torch.nn.Module, dataset: Dataset, config: TrainConfig, device: torch.device, progress: bool) -> float:
     """Replace BatchNorm running statistics by their average over training clips under the final weights.
 
     During training the running averages trail weights that keep changing; evaluation uses them,
     so a short run evaluates with statistics of weights it no longer has. The clips are a fixed,
     seeded draw (the one ``stream.adabn.pick_clips`` makes for ``stream-run --adapt``), averaged by
-    ``stream.adabn.reestimate_batchnorm``.
+    ``stream.adabn.reestimate_batchnorm``, whose measure of how far the variances moved it returns.
     """
     if len(dataset) == 0:
-        return
+        return 0.0
     generator = torch.Generator().manual_seed(config.seed)
     picks = torch.randperm(len(dataset), generator=generator)[: config.bn_recalibration_clips].tolist()
     loader = DataLoader(Subset(dataset, picks), batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
     batches = ((rgb, flow) for rgb, flow, _ in tqdm(loader, desc="BatchNorm statistics", leave=False, disable=not progress, unit="batch"))
-    reestimate_batchnorm(model, batches, device)
+    return reestimate_batchnorm(model, batches, device)
 
 
 def _diverged(what: str) -> str:

@@ -40,13 +40,12 @@ from stream.modelfile import ModelCard
 from stream.preprocess import CLIP_FRAMES, Roi
 from stream.run_config import ADAPT_CLIPS_DEFAULT
 
-__all__ = ["ADAPT_METHOD", "DEFAULT_CLIPS", "DEFAULT_FRAME_STEP", "adapted_card", "pick_clips", "reestimate_batchnorm", "variance_change",
+__all__ = ["ADAPT_METHOD", "DEFAULT_FRAME_STEP", "adapted_card", "pick_clips", "reestimate_batchnorm", "variance_change",
            "video_clips"]
 
 log = logging.getLogger(__name__)
 
 ADAPT_METHOD = "BatchNorm statistics estimated on unlabelled target video (AdaBN, Li et al. 2016)"
-DEFAULT_CLIPS = ADAPT_CLIPS_DEFAULT
 DEFAULT_FRAME_STEP = 15  # candidate clip centres every 15th model-rate frame (1 s at 15 fps)
 PAST_FRAMES = CLIP_FRAMES // 2  # a clip holds its centre, 8 frames before it and 7 after
 
@@ -60,15 +59,17 @@ def pick_clips(num_frames: Sequence[int], *, frame_step: int, count: int, seed: 
     return [items[i] for i in order]
 
 
-def reestimate_batchnorm(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str) -> None:
+def reestimate_batchnorm(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str) -> float:
     """Replaces the running statistics of ``model``'s BatchNorm layers by their average over ``batches``
-    of (rgb, flow) clips, in place. Only the BatchNorm layers run in training mode (dropout stays off);
-    the average is cumulative (momentum None), each batch counting once. Layers whose weights are frozen
-    (``requires_grad`` off: a training recipe's frozen blocks) keep the statistics they came with."""
+    of (rgb, flow) clips, in place, and returns how far their variances moved (``variance_change``).
+    Only the BatchNorm layers run in training mode (dropout stays off); the average is cumulative
+    (momentum None), each batch counting once. Layers whose weights are frozen (``requires_grad`` off:
+    a training recipe's frozen blocks) keep the statistics they came with."""
     batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                    and (m.weight is None or m.weight.requires_grad)]  # fmt: skip
     if not batch_norms:
-        return
+        return 0.0
+    before = {f"{i}.running_var": m.running_var.clone() for i, m in enumerate(batch_norms) if m.running_var is not None}
     model.eval()
     saved = [m.momentum for m in batch_norms]
     for m in batch_norms:
@@ -83,6 +84,7 @@ def reestimate_batchnorm(model: torch.nn.Module, batches: Iterable[tuple[torch.T
         for m, momentum in zip(batch_norms, saved):
             m.momentum = momentum
         model.eval()
+    return variance_change(before, {f"{i}.running_var": m.running_var for i, m in enumerate(batch_norms) if m.running_var is not None})
 
 
 def variance_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> float:
@@ -123,7 +125,7 @@ def _frames(video: Path, fps: float) -> Iterable[Frame | Gap]:
         capture.close()
 
 
-def video_clips(video: Path, rois: Sequence[Roi | None], card: ModelCard, *, count: int = DEFAULT_CLIPS, frame_step: int = DEFAULT_FRAME_STEP,
+def video_clips(video: Path, rois: Sequence[Roi | None], card: ModelCard, *, count: int = ADAPT_CLIPS_DEFAULT, frame_step: int = DEFAULT_FRAME_STEP,
                 seed: int = 0, warm_start: bool = True, on_frame: Callable[[int], None] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
     """``count`` unlabelled clips of ``video``'s arenas, as (rgb (3, 16, S, S), flow (2, 16, S, S)) in
     draw order (``pick_clips``). ``on_frame`` is called once per frame read, on both passes (progress)."""

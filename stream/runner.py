@@ -649,9 +649,7 @@ class Runner:
                       dynamic_ncols=True, disable=True if c.outputs.quiet else None) as bar:  # fmt: skip
                 clips = adabn.video_clips(video, [ar.roi for ar in source.arenas], source_card, count=c.model.adapt_clips,
                                           warm_start=c.model.flow_warm_start, on_frame=lambda _: bar.update())  # fmt: skip
-            before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("running_var")}
-            adabn.reestimate_batchnorm(model, adabn.batches_of(clips, ADAPT_BATCH), "cpu")
-            moved = adabn.variance_change(before, model.state_dict())
+            moved = adabn.reestimate_batchnorm(model, adabn.batches_of(clips, ADAPT_BATCH), "cpu")
             adapted = adabn.adapted_card(source_card, name=f"{source_card.name}{ADAPTED_SUFFIX}", videos=[video.name], recordings=len(source.arenas),
                                          clips=len(clips), frame_step=adabn.DEFAULT_FRAME_STEP, seed=0, moved=moved,
                                          flow_warm_start=c.model.flow_warm_start)  # fmt: skip

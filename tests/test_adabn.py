@@ -70,10 +70,11 @@ def test_statistics_are_the_average_over_the_batches_and_frozen_layers_keep_thei
     model.b.running_mean.fill_(7.0)
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(4, 3, generator=g) + i, torch.randn(4, 2, generator=g)) for i in range(3)]
-    adabn.reestimate_batchnorm(model, iter(batches), "cpu")
+    moved = adabn.reestimate_batchnorm(model, iter(batches), "cpu")
     want = torch.stack([rgb.mean(0) for rgb, _ in batches]).mean(0)
     assert torch.allclose(model.a.running_mean, want, atol=1e-6)
     assert torch.equal(model.b.running_mean, torch.full((2,), 7.0))  # frozen: kept
     assert model.a.momentum == 0.1 and not model.training
+    assert moved == pytest.approx(adabn.variance_change({"a.running_var": torch.ones(3)}, {"a.running_var": model.a.running_var}))  # only the layer it re-estimated
     before = {"a.running_var": torch.ones(3)}
     assert adabn.variance_change(before, {"a.running_var": torch.full((3,), 1.5)}) == pytest.approx(0.5)
