@@ -93,7 +93,7 @@ def variance_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tens
     return float(np.median([((after[k] - before[k]).abs() / (before[k].abs() + 1e-6)).median().item() for k in keys])) if keys else 0.0
 
 
-def adapted_card(card: ModelCard, *, name: str, videos: Sequence[str], recordings: int, clips: int, frame_step: int, seed: int,
+def adapted_card(card: ModelCard, *, name: str, videos: Sequence[str], recordings: int, clips: int, frame_step: int, seed: int | None,
                  moved: float, **more: Any) -> ModelCard:
     """The adapted model's card: the source's, renamed, saying what the statistics came from under
     ``training.adaptation`` (with the source's figures, measured before it) and that nothing was

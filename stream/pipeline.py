@@ -57,6 +57,7 @@ from stream.capture import EndOfStream, Frame, Gap
 from stream.decisions import ArenaDecisions, Decision
 from stream.engine.base import Engine  # the one engine type (warmup / predict / close), every backend
 from stream.input_check import ArenaInputCheck, InputReference, clip_input_stats, warn
+from stream.live_adapt import LiveAdaptation
 from stream.outputs.base import FrameEvent, GapEvent, Output, Status, broadcast
 from stream.clip_source import ClipSource
 from stream.modelfile import CROP_ROI
@@ -197,8 +198,10 @@ class Pipeline:
         stop_event: threading.Event | None = None,
         capture_stats: Any | None = None,
         input_reference: InputReference | None = None,
+        adaptation: LiveAdaptation | None = None,
     ) -> None:
         self.engine = engine
+        self.adaptation = adaptation  # a live source's own statistics: clips offered, engine swapped (stream.live_adapt)
         self.arenas = list(arenas)
         self.decisions = decisions
         self.config = config
@@ -332,7 +335,10 @@ class Pipeline:
             if use_model:
                 self._last_probs = stepped
                 self._last_model_center = center
-        elif use_model:
+        timestamp_s, captured_s = self._meta.get(center, (center / self.config.fps, time.monotonic()))
+        if use_model and self._stream is None:
+            if self.adaptation is not None:
+                self._swap_engine(center, timestamp_s)
             rgb, flow = self.clips.clip(center, last)
             t0 = time.perf_counter()
             probs = np.asarray(self.engine.predict(rgb, flow), dtype=np.float64)
@@ -341,11 +347,12 @@ class Pipeline:
             self.result.model_calls += 1
             broadcast(self.outputs, "on_model", dt)
             clip_stats = clip_input_stats(rgb, flow) if self.input_checks else None
+            if self.adaptation is not None:  # only arenas with a running trial: an empty cylinder is not the rig's mouse
+                self.adaptation.offer(center, rgb, flow, [getattr(self.decisions[a.id], "running", True) for a in self.arenas])
             self._last_probs = probs
             self._last_model_center = center
         probs = self._last_probs
         assert probs is not None
-        timestamp_s, captured_s = self._meta.get(center, (center / self.config.fps, time.monotonic()))
         self.result.frames_classified += 1
         for a, arena in enumerate(self.arenas):
             for d in self.decisions[arena.id].update(center, timestamp_s, probs[a]):
@@ -355,6 +362,18 @@ class Pipeline:
                 if clip_stats is not None:
                     check.add_clip(clip_stats[a])
                 check.add_prediction(probs[a])
+
+    def _swap_engine(self, center: int, timestamp_s: float) -> None:
+        """Between two model calls: the adapted engine, once it is built, scores from ``center`` on."""
+        assert self.adaptation is not None
+        engine = self.adaptation.take(center, timestamp_s)
+        if engine is None:
+            return
+        old, self.engine = self.engine, engine
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001 - the new engine scores on
+            log.debug("closing the source model's engine failed", exc_info=True)
 
     def _emit(self, arena_id: str, decision: Decision | TrialStarted | TrialEnded, captured_s: float | None) -> None:
         if isinstance(decision, TrialStarted):

@@ -81,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "to keep it fixed)")
 
     m.add_argument("--adapt", type=int, nargs="?", const=ADAPT_CLIPS_DEFAULT, default=None, metavar="CLIPS",
-                   help="recorded videos: before scoring each video, estimate the model's BatchNorm statistics again on "
-                        f"CLIPS of its own unlabelled clips (AdaBN; default {ADAPT_CLIPS_DEFAULT}); the adapted model is kept in "
-                        "the video's run folder (adapted-model/) and credited in results.csv")
+                   help="estimate the model's BatchNorm statistics again on CLIPS of the source's own unlabelled clips "
+                        f"(AdaBN; default {ADAPT_CLIPS_DEFAULT}): a recorded video before it is scored; a camera or stream from "
+                        "the first clips its running trials give (one per arena a second), then the adapted model takes over. "
+                        "The adapted model is kept in the run folder (adapted-model/) and credited in results.csv")
 
     a = p.add_argument_group("arenas")
     a.add_argument("--roi", action="append", default=[], metavar="x,y,w,h",

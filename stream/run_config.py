@@ -82,7 +82,7 @@ class ModelConfig:
     flow_warm_start: bool = True
     stride: int = 1  # model on every stride-th frame
     max_stride: int | None = None  # live/paced sources: the adaptive stride's ceiling (None: one call a second)
-    adapt_clips: int = 0  # --adapt: each video's own BatchNorm statistics from this many clips (stream.adabn); 0: off
+    adapt_clips: int = 0  # --adapt: each source's own BatchNorm statistics from this many clips (stream.adabn, stream.live_adapt); 0: off
 
 
 @dataclass(frozen=True)
@@ -351,9 +351,6 @@ def _check(c: RunConfig) -> None:
         raise UserError(f"--max-stride {c.model.max_stride}: must be >= --stride ({c.model.stride})")
     if c.model.adapt_clips < 0:
         raise UserError(f"--adapt {c.model.adapt_clips}: the number of clips must be >= 1")
-    if c.model.adapt_clips and not s.videos:
-        raise UserError("--adapt is for recorded videos (--video): it reads each video before scoring it. For a camera, "
-                        "adapt a model once on recorded video of the rig (export-adapt) and run that model")
     if s.max_frames is not None and s.max_frames < 1:
         raise UserError(f"--max-frames {s.max_frames}: must be >= 1")
     if c.arenas.rois and c.arenas.file:

@@ -252,6 +252,8 @@ class Runner:
         self.source_sha256 = ""
         self.model_dir: Path | None = None
         self.adapted_graph: Path | None = None  # --adapt on onnxruntime: the video's graph in the cache, removed after it
+        self.engine_kind = ""  # the backend _start_engine chose (a live source's adapted engine is built the same)
+        self.live_adapted: tuple[ModelCard, float] | None = None  # a live source's adapted model and the source time it took over
         self.created_dirs: list[Path] = []  # output folders this run created: removed again if left empty
 
     # -- signals --------------------------------------------------------------------------------
@@ -332,6 +334,9 @@ class Runner:
             log.warning("--view %s but --model %s is a %s-view model; using --model", c.model.view, model_dir, card.view)
         if c.model.adapt_clips and card.kind != "i3d":
             raise UserError(f"--adapt: {model_dir} is a {card.kind!r} model; it has no BatchNorm statistics to adapt")
+        if c.model.adapt_clips and (not c.source.videos or c.source.realtime) and runs_stepwise(c.model.engine, card):
+            raise UserError(f"--adapt on a live (or --realtime) source swaps engines between two model calls, and --engine {c.model.engine} "
+                            "carries its state from frame to frame; use --engine auto, torch or onnxruntime")
         self._decision_config(card)
         self.model_sha256 = self.source_sha256 = card.weights_sha256
         self.model_dir = model_dir
@@ -405,6 +410,7 @@ class Runner:
             log.info("engine auto with --adapt: %s (%s)", kind, reason)
         try:
             self.engine = _build_engine(kind, model_dir, self.config.model.device, batch)
+            self.engine_kind = kind if kind != KIND_AUTO else self.engine.name
             self.engine.warmup(n_arenas)
         except BaseException:
             for s in sources:
@@ -551,13 +557,26 @@ class Runner:
         return exit_code
 
     def _run_one(self, source: _Source, card: ModelCard, flow: TVL1, *, multi: bool) -> int:
+        """One source: adapted first (--adapt, a recorded video) or while it runs (a live one), then scored."""
+        c = self.config
+        adaptation = None
+        self.live_adapted = None
+        if c.model.adapt_clips and (source.spec.live or c.source.realtime):  # a video paced like a camera: adapted like one
+            adaptation = self._live_adaptation(source, card)
+        elif c.model.adapt_clips:
+            card = self._adapt(source, card)
+        try:
+            return self._score_source(source, card, flow, adaptation, multi=multi)
+        finally:
+            if adaptation is not None:
+                adaptation.close()
+
+    def _score_source(self, source: _Source, card: ModelCard, flow: TVL1, adaptation, *, multi: bool) -> int:
         """One source: its trials start, the pipeline runs, the trials end with their summaries."""
         from stream.outputs.base import broadcast
         from stream.outputs.console import summary_table
 
         c = self.config
-        if c.model.adapt_clips:
-            card = self._adapt(source, card)
         capture = self._open_capture(source, card)
         if isinstance(capture, int):
             return capture  # a live source that never came: nothing was written
@@ -572,7 +591,7 @@ class Runner:
                     broadcast(outputs, "on_trial_start", trial)
             if source.identity is not None:
                 write_source_identity(source.out_dir, source.identity)  # what --resume will check
-            pipeline = self._pipeline(source, card, flow, book, outputs, capture)
+            pipeline = self._pipeline(source, card, flow, book, outputs, capture, adaptation)
             self.book = book
             if self.web is not None:
                 self.web.state.attach(book, source.arenas, str(source.spec))
@@ -624,10 +643,8 @@ class Runner:
         """--adapt: the model with this video's own BatchNorm statistics (``stream.adabn``), written to
         ``<run folder>/adapted-model`` and run by a new engine; returns its card, which results credit.
         ``--resume`` reuses the folder's adapted model, so a resumed run scores with the same statistics."""
-        import shutil
-
         from stream import adabn
-        from stream.modelfile import load_card, load_model, save_model
+        from stream.modelfile import load_card
 
         c = self.config
         folder = source.out_dir / ADAPTED_MODEL_DIR
@@ -643,22 +660,13 @@ class Runner:
             from tqdm import tqdm
 
             t0 = time.monotonic()
-            model, source_card = load_model(self.model_dir)
+            source_card = load_card(self.model_dir)
             frames = round(source.duration_s * source_card.fps) if source.duration_s else None
             with tqdm(total=2 * frames if frames else None, unit="frame", desc=f"adapting to {video.name} (2 passes)", leave=False,
                       dynamic_ncols=True, disable=True if c.outputs.quiet else None) as bar:  # fmt: skip
                 clips = adabn.video_clips(video, [ar.roi for ar in source.arenas], source_card, count=c.model.adapt_clips,
                                           warm_start=c.model.flow_warm_start, on_frame=lambda _: bar.update())  # fmt: skip
-            moved = adabn.reestimate_batchnorm(model, adabn.batches_of(clips, ADAPT_BATCH), "cpu")
-            adapted = adabn.adapted_card(source_card, name=f"{source_card.name}{ADAPTED_SUFFIX}", videos=[video.name], recordings=len(source.arenas),
-                                         clips=len(clips), frame_step=adabn.DEFAULT_FRAME_STEP, seed=0, moved=moved,
-                                         flow_warm_start=c.model.flow_warm_start)  # fmt: skip
-            partial = folder.with_name(folder.name + ".partial")  # a crash mid-write leaves no half model under the real name
-            shutil.rmtree(partial, ignore_errors=True)
-            save_model(model.eval(), adapted, partial, half=True)
-            shutil.rmtree(folder, ignore_errors=True)
-            partial.rename(folder)
-            adapted = load_card(folder)
+            adapted, moved = self._write_adapted(folder, clips, "cpu", videos=[video.name], recordings=len(source.arenas), seed=0)
             if not c.outputs.quiet:
                 print(f"stream-run: adapted {source_card.name} to {video.name} ({len(clips)} clips, BatchNorm variances moved "
                       f"{100 * moved:.0f} %) in {time.monotonic() - t0:.0f} s: {folder}", flush=True)
@@ -670,6 +678,81 @@ class Runner:
         self.adapted_graph = _cached_graph(folder, adapted)
         self.model_sha256 = adapted.weights_sha256
         return adapted
+
+    def _write_adapted(self, folder: Path, clips: list, device: str, **facts) -> tuple[ModelCard, float]:
+        """The source model with BatchNorm statistics estimated on ``clips``, saved to ``folder`` (through
+        ``<folder>.partial``: a crash mid-write leaves no half model under the real name); (its card, how far
+        the variances moved). ``facts`` (videos, recordings, seed, ...) go into the card's adaptation block."""
+        import shutil
+
+        from stream import adabn
+        from stream.modelfile import load_card, load_model, save_model
+
+        model, source_card = load_model(self.model_dir)
+        model.to(device)
+        moved = adabn.reestimate_batchnorm(model, adabn.batches_of(clips, ADAPT_BATCH), device)
+        adapted = adabn.adapted_card(source_card, name=f"{source_card.name}{ADAPTED_SUFFIX}", clips=len(clips),
+                                     frame_step=adabn.DEFAULT_FRAME_STEP, moved=moved,
+                                     flow_warm_start=self.config.model.flow_warm_start, **facts)  # fmt: skip
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        save_model(model.cpu().eval(), adapted, partial, half=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+        return load_card(folder), moved
+
+    def _live_adaptation(self, source: _Source, card: ModelCard):
+        """--adapt on a camera or stream: the first clips the source model scores give the statistics
+        (``stream.live_adapt``); the adapted model is saved to the run folder and its engine takes over
+        between two model calls. Results credit it from the trial that ends after the swap on, with the
+        source time it took over (``_provenance``)."""
+        from stream.live_adapt import LiveAdaptation
+
+        c = self.config
+        folder = source.out_dir / ADAPTED_MODEL_DIR
+        if folder.exists():  # an earlier session's adapted model credited its results: kept
+            folder = source.out_dir / f"{ADAPTED_MODEL_DIR}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+        device = str(self.engine.device)
+        n_arenas = len(source.arenas)
+        built: dict = {}  # what the build made, for the swap (written on its thread before the engine is handed over)
+
+        def build(clips: list):
+            t0 = time.monotonic()
+            built["card"], built["moved"] = self._write_adapted(folder, clips, device, videos=[str(source.spec)],
+                                                                recordings=n_arenas, seed=None, live=True)  # fmt: skip
+            engine = _build_engine(self.engine_kind, folder, c.model.device, n_arenas)
+            engine.warmup(n_arenas)
+            log.info("adapted %s to %s on %d clips in %.0f s: %s", card.name, source.spec, len(clips), time.monotonic() - t0, folder)
+            return engine
+
+        def on_swap(engine, centre: int, timestamp_s: float) -> None:
+            adapted = built["card"]
+            self.engine = engine
+            self.model_sha256 = adapted.weights_sha256
+            self.live_adapted = (adapted, timestamp_s)
+            self.adapted_graph = _cached_graph(folder, adapted)
+            if self.metrics is not None:
+                self.metrics.engine_info.info({"engine": str(engine.name), "device": str(engine.device), "model": adapted.name,
+                                               "input_size_px": str(adapted.input_size_px), "fps": str(adapted.fps),
+                                               "stride": str(c.model.stride)})  # fmt: skip
+            window_from = c.decisions.test_duration_s - c.decisions.scoring_window_s
+            for arena_id, trial in self._running_trials():
+                if timestamp_s - trial.start_s > window_from:
+                    log.warning("trial %s (arena %s): its scoring window began %.1f s before the adapted model took over; "
+                                "those seconds were scored by %s", trial.trial_id, arena_id,
+                                timestamp_s - trial.start_s - window_from, card.name)
+            if not c.outputs.quiet:
+                print(f"stream-run: adapted {card.name} to {source.spec} ({adaptation.wanted} clips, BatchNorm variances moved "
+                      f"{100 * built['moved']:.0f} %); it scores from {timestamp_s:.1f} s on: {folder}", flush=True)
+
+        adaptation = LiveAdaptation(c.model.adapt_clips, n_arenas, build, on_swap)
+        return adaptation
+
+    def _running_trials(self) -> list:
+        """(arena id, trial) of the current source's running trials."""
+        if self.book is None:
+            return []
+        return [(aid, at.trial) for aid, at in self.book.arenas.items() if at.trial is not None]
 
     def _forget_adapted_graph(self) -> None:
         """An adapted model's ONNX graph serves one video: out of the user's cache once it is scored."""
@@ -696,7 +779,7 @@ class Runner:
         return outputs
 
     def _pipeline(self, source: _Source, card: ModelCard, flow: TVL1, book: TrialBook, outputs: list,
-                  capture: Capture) -> Pipeline:
+                  capture: Capture, adaptation=None) -> Pipeline:
         """The source's pipeline: engine, flow, its arenas' trials, the outputs."""
         from stream.input_check import InputReference
         from stream.pipeline import Pipeline, PipelineConfig
@@ -712,6 +795,7 @@ class Runner:
             capture_stats=capture.stats,
             input_reference=InputReference(model=card.name, classes=tuple(card.classes), fps=card.fps,
                                            input_stats=card.input_stats),
+            adaptation=adaptation,
         )
 
     def _trial_book(self, source: _Source, card: ModelCard) -> tuple[TrialBook, bool]:
@@ -736,11 +820,20 @@ class Runner:
         from stream.outputs.results import COLUMNS_VERSION
         from stream.recording_time import recording_start_utc
 
-        return {"model": card.name, "model_sha256": self.model_sha256, "swim_stream_version": __version__,
+        adaptation = None
+        if self.live_adapted is not None:  # a live source's adapted model scored this trial from ``scoring_from_s`` on
+            adapted, from_s = self.live_adapted
+            card = adapted
+            adaptation = {"model": adapted.name, "scoring_from_source_s": round(from_s, 3),
+                          "scored_before_it_s": round(max(0.0, from_s - trial.start_s), 3)}
+        facts = {"model": card.name, "model_sha256": self.model_sha256, "swim_stream_version": __version__,
                 "roi": roi, "source": str(source.spec), "start_utc": trial.start_utc, "flow": dict(card.flow),
                 "flow_warm_start": self.config.model.flow_warm_start, "stride_frames": self.config.model.stride,
                 "recording_start_utc": recording_start_utc(source.spec.location) if source.spec.kind == "file" else None,
                 "results_columns_version": COLUMNS_VERSION, "run_config": self.config.to_json()}
+        if adaptation is not None:
+            facts["live_adaptation"] = adaptation
+        return facts
 
     @staticmethod
     def _end_trials_despite(error: OutputWriteError, outputs: list, ended: list[tuple]) -> None:

@@ -84,11 +84,12 @@ def test_resume_keeps_the_adapted_model_and_refuses_one_from_other_weights(video
     assert "was adapted from other weights" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("case", ["camera", "motion model"])
-def test_adapt_mistakes_are_one_line(case, video, tmp_path, capsys):
-    if case == "camera":
-        argv = ["--camera", "0", "--adapt", "--out", str(tmp_path / "o")]
-        message = "--adapt is for recorded videos"
+@pytest.mark.parametrize("case", ["streaming engine on a camera", "motion model"])
+def test_adapt_mistakes_are_one_line(case, video, tiny_model, tmp_path, capsys):
+    if case.startswith("streaming"):
+        argv = ["--camera", "0", "--model", str(tiny_model), "--engine", "streaming-torch", "--adapt", "--out", str(tmp_path / "o"),
+                "--no-zmq", "--no-metrics"]  # fmt: skip
+        message = "carries its state from frame to frame"
     else:
         motion = Path(__file__).resolve().parents[1] / "trained_models" / "fst-side-motion"
         argv = ["--video", str(video), "--model", str(motion), "--adapt", "--out", str(tmp_path / "o"), "--no-zmq", "--no-metrics"]
@@ -128,3 +129,45 @@ def test_two_videos_in_one_run_each_get_their_own_adapted_model(tmp_path, tiny_m
     assert cards["one"].weights_sha256 != cards["other"].weights_sha256
     rows = read_table(out / "results.csv")
     assert {r["model_sha256"] for r in rows} == {c.weights_sha256 for c in cards.values()}
+
+
+def test_a_camera_is_adapted_on_its_first_clips_and_the_adapted_model_scores_on(tiny_model, tmp_path, capsys):
+    """A live source (an MJPEG camera on loopback, real time): the source model scores while its first
+    clips are kept; then the adapted model, saved to the run folder, takes over mid-stream. The summary
+    credits it and says from when; the frames before the swap keep the source model's scores."""
+    from tests.test_faults import FlakyMjpegCamera
+
+    camera = FlakyMjpegCamera(session_s=30.0)
+    camera.streaming.set()
+    out = tmp_path / "out"
+    try:
+        code = run_mod.main(["--url", camera.url, "--model", str(tiny_model), "--out", str(out), "--no-zmq", "--no-metrics",
+                             "--engine", "torch", "--device", "cpu", "--adapt", "3", "--max-frames", "180"])  # fmt: skip
+    finally:
+        camera.close()
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "stream-run: adapted tiny-test to " in printed and "(3 clips" in printed
+    card = load_card(out / ADAPTED_MODEL_DIR)
+    facts = card.training["adaptation"]
+    assert facts["live"] is True and facts["clips"] == 3 and facts["videos"] == [camera.url] and facts["recordings"] == 1
+    summary = json.loads((out / "arena0.summary.json").read_text())
+    prov = summary["provenance"]
+    assert prov["model"] == card.name and prov["model_sha256"] == card.weights_sha256
+    swap_s = prov["live_adaptation"]["scoring_from_source_s"]
+    assert 2.0 <= swap_s < 11.5  # 3 clips a second apart from the first clip (centre 0), then built in the background
+    assert prov["live_adaptation"]["scored_before_it_s"] == pytest.approx(swap_s, abs=0.2)
+    rows = read_table(out / "results.csv")
+    assert [r["model_sha256"] for r in rows] == [card.weights_sha256]
+
+
+def test_a_video_paced_like_a_camera_is_adapted_like_one(tmp_path, tiny_model):
+    """--realtime --adapt: the dry run of a live setup takes the live path (adapted while it runs), not the
+    recorded one (read twice before scoring)."""
+    video = write_video(tmp_path / "paced.mp4", frames=150)
+    out = tmp_path / "out"
+    assert _run(video, tiny_model, out, "--realtime", "--adapt", "3", "-q") == 0
+    card = load_card(out / ADAPTED_MODEL_DIR)
+    assert card.training["adaptation"]["live"] is True
+    summary = json.loads(next(out.glob("*.summary.json")).read_text())
+    assert summary["provenance"]["live_adaptation"]["scoring_from_source_s"] >= 2.0
