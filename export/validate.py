@@ -198,7 +198,7 @@ def run_stream(model_dir: Path, video: Path, out_dir: Path, arenas: Path | None,
 
     immobile = tuple(c.strip() for c in args.immobile_classes.split(",") if c.strip()) if args.immobile_classes else ()
     config = RunConfig.make(
-        source={"videos": (str(video),), "max_frames": args.max_frames or None},
+        source={"videos": (str(video),), "max_frames": args.max_frames or None, "realtime": bool(args.realtime)},
         arenas={"file": arenas},
         model={"dir": model_dir, "engine": args.engine, "device": args.device or None, "stride": args.stride,
                "flow_warm_start": not args.no_flow_warm_start, "adapt_clips": args.adapt_clips if adapt else 0},
@@ -361,7 +361,7 @@ def validate(args: argparse.Namespace) -> tuple[dict[str, Any], list[ScorerResul
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in
                      ((k, getattr(args, k)) for k in ("engine", "device", "stride", "smoothing", "smoothing_window",
                                                       "min_bout_s", "test_duration_s", "scoring_window_s", "bin_s",
-                                                      "no_flow_warm_start", "max_frames", "trials", "schedule"))},
+                                                      "no_flow_warm_start", "max_frames", "realtime", "trials", "schedule"))},
         "scorers": [s.to_dict() for s in scorers],
     }  # fmt: skip
     write_outputs(out, metrics, scorers, classes)
@@ -446,6 +446,9 @@ def add_decision_options(p: argparse.ArgumentParser) -> None:
                    help="the last this-many seconds (default: %(default)s)")  # fmt: skip
     g.add_argument("--immobile-classes", default=None, metavar="A,B", help="default: the model card's")
     g.add_argument("--max-frames", type=int, default=SourceConfig().max_frames, metavar="N", help="only the first N model-rate frames per video")
+    g.add_argument("--realtime", action="store_true",
+                   help="pace each video like a camera: what a live rig would score (frames it cannot take are dropped, the "
+                        "stride rises when behind, and --adapted-model adapts while the video plays, as on a camera)")
     g.add_argument("--trials", default=None, choices=TRIAL_MODES,
                    help="recordings with several animals per arena, one after another: each trial is an animal, "
                         "scored and compared on its own (schedule: --schedule; auto: found by stream-run)")

@@ -243,3 +243,23 @@ def test_an_adapted_model_is_scored_as_stream_run_adapt_scores_it(tmp_path, tiny
     labels = _demo_labels()
     expected = np.mean([CLASSES.index(r["behaviour"]) == labels[r["frame"]] for r in rows])
     assert scorers["tiny-test+adabn"]["frames"]["accuracy"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_realtime_scores_each_video_paced_like_a_camera(tmp_path, tiny_model, monkeypatch):
+    """``--realtime`` reaches stream-run's config (and so --adapted-model takes the live path), and the
+    report's settings say so; without it, videos are read as fast as they decode."""
+    import export.validate as validate
+
+    seen: list = []
+
+    def fake_run(config):
+        seen.append(config.source.realtime)
+        raise SystemExit(0)  # the config is all this test needs
+
+    monkeypatch.setattr("stream.runner.run", fake_run)
+    for extra, paced in (([], False), (["--realtime"], True)):
+        args = validate.build_parser().parse_args(["--model", str(tiny_model), "--videos", str(DEMO), "--labels", str(DEMO_LABELS),
+                                                   "--out", str(tmp_path / "v"), *extra])  # fmt: skip
+        with pytest.raises(SystemExit):
+            validate.run_stream(tiny_model, DEMO, tmp_path / "r", None, args, adapt=True)
+        assert seen[-1] is paced
