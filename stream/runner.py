@@ -410,7 +410,7 @@ class Runner:
             log.info("engine auto with --adapt: %s (%s)", kind, reason)
         try:
             self.engine = _build_engine(kind, model_dir, self.config.model.device, batch)
-            self.engine_kind = kind if kind != KIND_AUTO else self.engine.name
+            self.engine_kind = kind
             self.engine.warmup(n_arenas)
         except BaseException:
             for s in sources:
@@ -560,8 +560,14 @@ class Runner:
         """One source: adapted first (--adapt, a recorded video) or while it runs (a live one), then scored."""
         c = self.config
         adaptation = None
-        self.live_adapted = None
         if c.model.adapt_clips and (source.spec.live or c.source.realtime):  # a video paced like a camera: adapted like one
+            if self.live_adapted is not None:  # the previous video's adapted model: this one starts from the source model
+                self.engine.close()
+                self.engine = None
+                self._forget_adapted_graph()
+                self._start_engine([source], self.model_dir, card)
+                self.model_sha256 = self.source_sha256
+                self.live_adapted = None
             adaptation = self._live_adaptation(source, card)
         elif c.model.adapt_clips:
             card = self._adapt(source, card)

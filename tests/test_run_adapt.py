@@ -171,3 +171,23 @@ def test_a_video_paced_like_a_camera_is_adapted_like_one(tmp_path, tiny_model):
     assert card.training["adaptation"]["live"] is True
     summary = json.loads(next(out.glob("*.summary.json")).read_text())
     assert summary["provenance"]["live_adaptation"]["scoring_from_source_s"] >= 2.0
+
+
+@pytest.mark.slow
+def test_paced_videos_each_start_from_the_source_model_and_get_their_own_adaptation(tmp_path, tiny_model):
+    """Two --realtime videos in one run: the second is not scored by the first one's adapted model."""
+    one = write_video(tmp_path / "one.mp4", frames=150)
+    other = write_video(tmp_path / "other.mp4", frames=150)
+    out = tmp_path / "out"
+    assert run_mod.main(["--video", str(one), str(other), "--model", str(tiny_model), "--out", str(out), "--no-zmq", "--no-metrics",
+                         "--engine", "torch", "--device", "cpu", "--realtime", "--adapt", "3", "-q"]) == 0  # fmt: skip
+    source = load_card(tiny_model)
+    for stem in ("one", "other"):
+        card = load_card(out / stem / ADAPTED_MODEL_DIR)
+        assert card.training["adaptation"]["live"] is True
+        assert card.training["adaptation"]["source_weights_sha256"] == source.weights_sha256
+        first = read_frames_csv(next((out / stem).glob("*.frames.csv")))[0]
+        plain_first = read_frames_csv(next((out / "one").glob("*.frames.csv")))[0]
+        assert [first[f"p_{c}"] for c in CLASSES] == [plain_first[f"p_{c}"] for c in CLASSES]  # same source model, same frame
+    rows = read_table(out / "results.csv")
+    assert len({r["model_sha256"] for r in rows}) == 2  # each video's own adapted weights
