@@ -29,7 +29,8 @@ comes to that, the pipeline raises the stride itself: when a frame reaches it mo
 ``BEHIND_LAG_S`` after its capture, or frames were dropped, the stride doubles (up to
 ``max_stride_frames``, one model call a second); every frame
 still goes through flow and decisions, only the model runs less often. Once frames arrive fresh
-again (under ``CAUGHT_UP_LAG_S`` for ``STRIDE_RELAX_S``) it halves back towards ``--stride``. The
+again (under ``CAUGHT_UP_LAG_S`` plus the last model call's duration, which a frame arriving during
+the call waits out, for ``STRIDE_RELAX_S``) it halves back towards ``--stride``. The
 strides used (maximum, mean effective = frames classified per model call) go into the run block
 of every summary.
 
@@ -220,6 +221,7 @@ class Pipeline:
         self.result = RunResult(stride_frames=config.stride_frames, stride_max_frames=config.stride_frames)
         self.stride_frames = config.stride_frames  # the stride in use now (adaptive: may be raised)
         self._stride_changed_at = time.monotonic()
+        self._last_call_s = 0.0  # the last model call's duration (adaptive stride: frames wait behind it)
         self._caught_up_since: float | None = None
         self._lowered_at: float | None = None
         self._relax_s = STRIDE_RELAX_S
@@ -316,9 +318,10 @@ class Pipeline:
     def _step(self, index: int) -> None:
         """Feed frame ``index`` to the step-wise engine; keep the prediction it returns (frame ``index - 7``)."""
         assert self._stream is not None
-        t0 = time.perf_counter()
+        t0, m0 = time.perf_counter(), time.monotonic()
         pred = self._stream.push(*self.clips.frame(index))
         dt = time.perf_counter() - t0
+        self._last_call_s = time.monotonic() - m0
         self.result.model_s += dt
         self.result.model_calls += 1
         broadcast(self.outputs, "on_model", dt)
@@ -340,9 +343,10 @@ class Pipeline:
             if self.adaptation is not None:
                 self._swap_engine(center, timestamp_s)
             rgb, flow = self.clips.clip(center, last)
-            t0 = time.perf_counter()
+            t0, m0 = time.perf_counter(), time.monotonic()
             probs = np.asarray(self.engine.predict(rgb, flow), dtype=np.float64)
             dt = time.perf_counter() - t0
+            self._last_call_s = time.monotonic() - m0  # on the clock the frames' lag is measured on
             self.result.model_s += dt
             self.result.model_calls += 1
             broadcast(self.outputs, "on_model", dt)
@@ -452,7 +456,9 @@ class Pipeline:
                 log.warning("falling behind (%s): model on every %d%s frame", "frames dropped" if dropped else
                             f"frames wait {lag_s:.2f} s", self.stride_frames, _ordinal_suffix(self.stride_frames))
             return
-        if lag_s >= CAUGHT_UP_LAG_S or stride <= base:
+        # a frame that arrived while a model call ran waits for it: that wait is the call's, not a backlog
+        # (a 0.3 s call kept a run that had been slowed for a while at the ceiling stride for good)
+        if lag_s >= CAUGHT_UP_LAG_S + self._last_call_s or stride <= base:
             self._caught_up_since = None
             return
         if self._caught_up_since is None:

@@ -403,3 +403,39 @@ def test_adaptive_stride_is_off_for_files_and_the_stride_stays_as_asked(monkeypa
     result, _ = _scored([Frame(i, i / FPS, i / FPS, 0.0, behaviour_image(i)) for i in range(n)]
                         + [EndOfStream("end of file")], PipelineConfig(fps=FPS, size_px=S, stride_frames=2))
     assert result.stride_max_frames == 2 and result.model_calls == n // 2 and result.stride_changes == 0
+
+
+def test_after_a_slow_spell_the_stride_comes_back_down_even_when_one_model_call_outlasts_the_caught_up_lag(monkeypatch) -> None:
+    """A live run slowed for 10 s (another job on the CPU, a model being adapted beside it) raises the
+    stride to its ceiling. Afterwards a model call takes 0.3 s, which the asked stride of 8 affords (0.05 s
+    of work per 0.067 s frame), but the frame that arrives during a call waits about 0.23 s, more than
+    the 0.15 s "caught up" lag: the stride stayed at 15 for the rest of the run (1 prediction a second
+    instead of 2). Waiting behind the call in flight is not falling behind."""
+    import stream.pipeline
+
+    clock = FakeClock()
+    monkeypatch.setattr(stream.pipeline, "time", clock)
+    n = int(40 * FPS)
+    arrived: list[int] = []
+    engine = RecordingEngine(arrived)
+    predict = engine.predict
+
+    def predict_costly(rgb, flow_):
+        clock.t += 1.0 if clock.t < 10.0 else 0.3
+        return predict(rgb, flow_)
+
+    engine.predict = predict_costly
+    tvl1 = TVL1(CHEAP_FLOW)
+
+    def flow(*args, **kwargs):
+        clock.t += FLOW_COST_S
+        return tvl1(*args, **kwargs)
+
+    decisions = {a.id: ArenaDecisions(a.id, CLASSES, DecisionConfig(fps=FPS)) for a in ARENAS}
+    pipe = Pipeline(engine, flow, ARENAS, decisions, PipelineConfig(fps=FPS, size_px=S, stride_frames=8, adaptive_stride=True),
+                    outputs=[Recorder(arrived, [], [])])
+    result = pipe.run(paced_capture(n, clock, queue_frames=64))
+    assert result.stride_max_frames == 15  # it did fall behind during the slow spell
+    assert pipe.stride_frames == 8  # and came back to the stride asked for
+    last_10_s = [c for c in engine.calls if c["arrived"] > n - 10 * FPS]
+    assert len(last_10_s) >= 10 * FPS / 8 - 2
