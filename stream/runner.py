@@ -32,7 +32,9 @@ from stream.trials import ScheduleEntry, TrialEnded, check_schedule, match_sched
 
 if TYPE_CHECKING:
     from stream.decisions import DecisionConfig
+    from stream.engine.base import Engine
     from stream.flow import TVL1
+    from stream.live_adapt import LiveAdaptation
     from stream.modelfile import ModelCard
     from stream.pipeline import Pipeline
     from stream.trial_files import Trial
@@ -577,7 +579,8 @@ class Runner:
             if adaptation is not None:
                 adaptation.close()
 
-    def _score_source(self, source: _Source, card: ModelCard, flow: TVL1, adaptation, *, multi: bool) -> int:
+    def _score_source(self, source: _Source, card: ModelCard, flow: TVL1, adaptation: LiveAdaptation | None, *,
+                      multi: bool) -> int:
         """One source: its trials start, the pipeline runs, the trials end with their summaries."""
         from stream.outputs.base import broadcast
         from stream.outputs.console import summary_table
@@ -707,7 +710,7 @@ class Runner:
         partial.rename(folder)
         return load_card(folder), moved
 
-    def _live_adaptation(self, source: _Source, card: ModelCard):
+    def _live_adaptation(self, source: _Source, card: ModelCard) -> LiveAdaptation:
         """--adapt on a camera or stream: the first clips the source model scores give the statistics
         (``stream.live_adapt``); the adapted model is saved to the run folder and its engine takes over
         between two model calls. Results credit it from the trial that ends after the swap on, with the
@@ -722,7 +725,7 @@ class Runner:
         n_arenas = len(source.arenas)
         built: dict = {}  # what the build made, for the swap (written on its thread before the engine is handed over)
 
-        def build(clips: list):
+        def build(clips: list) -> Engine:
             t0 = time.monotonic()
             built["card"], built["moved"] = self._write_adapted(folder, clips, device, videos=[str(source.spec)],
                                                                 recordings=n_arenas, seed=None, live=True)  # fmt: skip
@@ -731,7 +734,7 @@ class Runner:
             log.info("adapted %s to %s on %d clips in %.0f s: %s", card.name, source.spec, len(clips), time.monotonic() - t0, folder)
             return engine
 
-        def on_swap(engine, centre: int, timestamp_s: float) -> None:
+        def on_swap(engine: Engine, centre: int, timestamp_s: float) -> None:
             adapted = built["card"]
             self.engine = engine
             self.model_sha256 = adapted.weights_sha256
@@ -751,10 +754,10 @@ class Runner:
                 print(f"stream-run: adapted {card.name} to {source.spec} ({adaptation.wanted} clips, BatchNorm variances moved "
                       f"{100 * built['moved']:.0f} %); it scores from {timestamp_s:.1f} s on: {folder}", flush=True)
 
-        adaptation = LiveAdaptation(c.model.adapt_clips, n_arenas, build, on_swap)
+        adaptation = LiveAdaptation(c.model.adapt_clips, n_arenas, build, on_swap)  # on_swap reads it: named first
         return adaptation
 
-    def _running_trials(self) -> list:
+    def _running_trials(self) -> list[tuple[str, Trial]]:
         """(arena id, trial) of the current source's running trials."""
         if self.book is None:
             return []
@@ -785,7 +788,7 @@ class Runner:
         return outputs
 
     def _pipeline(self, source: _Source, card: ModelCard, flow: TVL1, book: TrialBook, outputs: list,
-                  capture: Capture, adaptation=None) -> Pipeline:
+                  capture: Capture, adaptation: LiveAdaptation | None = None) -> Pipeline:
         """The source's pipeline: engine, flow, its arenas' trials, the outputs."""
         from stream.input_check import InputReference
         from stream.pipeline import Pipeline, PipelineConfig
