@@ -161,21 +161,10 @@ def test_a_camera_is_adapted_on_its_first_clips_and_the_adapted_model_scores_on(
     assert [r["model_sha256"] for r in rows] == [card.weights_sha256]
 
 
-def test_a_video_paced_like_a_camera_is_adapted_like_one(tmp_path, tiny_model):
-    """--realtime --adapt: the dry run of a live setup takes the live path (adapted while it runs), not the
-    recorded one (read twice before scoring)."""
-    video = write_video(tmp_path / "paced.mp4", frames=150)
-    out = tmp_path / "out"
-    assert _run(video, tiny_model, out, "--realtime", "--adapt", "3", "-q") == 0
-    card = load_card(out / ADAPTED_MODEL_DIR)
-    assert card.training["adaptation"]["live"] is True
-    summary = json.loads(next(out.glob("*.summary.json")).read_text())
-    assert summary["provenance"]["live_adaptation"]["scoring_from_source_s"] >= 2.0
-
-
 @pytest.mark.slow
 def test_paced_videos_each_start_from_the_source_model_and_get_their_own_adaptation(tmp_path, tiny_model):
-    """Two --realtime videos in one run: the second is not scored by the first one's adapted model."""
+    """Two --realtime videos in one run: each takes the live path (a video paced like a camera is adapted
+    like one), and the second is not scored by the first one's adapted model."""
     one = write_video(tmp_path / "one.mp4", frames=150)
     other = write_video(tmp_path / "other.mp4", frames=150)
     out = tmp_path / "out"
