@@ -115,6 +115,17 @@ class LiveAdaptation:
         if self._thread is not None:
             self._thread.join(timeout_s)
 
+    def unfinished(self) -> str | None:
+        """Why the source ended without the adapted model scoring (None: it did)."""
+        if self.state == "collecting":
+            return (f"the source ended with {len(self.clips)} of the {self.wanted} clips kept (one per running trial's "
+                    "arena a second); the source model scored it throughout")
+        if self.state in ("estimating", "ready"):
+            return "the source ended while the adapted model was being built; the source model scored it throughout"
+        if self.state == "failed":
+            return f"adapting failed ({self.error}); the source model scored it throughout"
+        return None
+
     def close(self) -> None:
         """End of the source: an engine built but never taken is closed; a build still running closes its own."""
         with self._lock:

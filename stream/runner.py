@@ -578,6 +578,8 @@ class Runner:
         finally:
             if adaptation is not None:
                 adaptation.close()
+                if (why := adaptation.unfinished()) is not None:
+                    log.warning("--adapt on %s: %s", source.spec, why)
 
     def _score_source(self, source: _Source, card: ModelCard, flow: TVL1, adaptation: LiveAdaptation | None, *,
                       multi: bool) -> int:

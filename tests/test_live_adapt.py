@@ -143,3 +143,19 @@ def test_the_pipeline_offers_its_clips_and_scores_with_the_adapted_engine_from_t
     labels = {d.frame_index: d.behaviour for arena, d in out if arena == "A1"}
     assert [labels[i] for i in range(12, 30)] == ["struggle"] * 18  # the adapted engine's, after smoothing
     assert "struggle" not in [labels[i] for i in range(0, 3)]
+
+
+def test_a_source_that_ends_before_the_adapted_model_scores_says_why():
+    adaptation = LiveAdaptation(4, 1, lambda clips: _Engine())
+    adaptation.offer(0, *_clips(1, 0), active=[True])
+    assert "1 of the 4 clips kept" in adaptation.unfinished()
+    failed = LiveAdaptation(1, 1, lambda clips: (_ for _ in ()).throw(RuntimeError("disk full")))
+    failed.offer(0, *_clips(1, 0), active=[True])
+    failed.wait(10)
+    assert "adapting failed (disk full)" in failed.unfinished()
+    done = LiveAdaptation(1, 1, lambda clips: _Engine())
+    done.offer(0, *_clips(1, 0), active=[True])
+    done.wait(10)
+    assert "being built" in done.unfinished()  # built but never scored with
+    done.take(1, 0.1)
+    assert done.unfinished() is None

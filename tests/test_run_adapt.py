@@ -180,3 +180,17 @@ def test_paced_videos_each_start_from_the_source_model_and_get_their_own_adaptat
         assert [first[f"p_{c}"] for c in CLASSES] == [plain_first[f"p_{c}"] for c in CLASSES]  # same source model, same frame
     rows = read_table(out / "results.csv")
     assert len({r["model_sha256"] for r in rows}) == 2  # each video's own adapted weights
+
+
+def test_a_live_source_that_ends_before_its_clips_are_kept_says_so(video, tiny_model, tmp_path, caplog):
+    """A 4 s paced video cannot give 50 clips a second apart: scored by the source model, with a warning."""
+    import logging
+
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="stream.runner"):
+        assert _run(video, tiny_model, out, "--realtime", "--adapt", "50", "-q") == 0
+    assert any("of the 50 clips kept" in r.getMessage() and "the source model scored it throughout" in r.getMessage()
+               for r in caplog.records)
+    assert not (out / ADAPTED_MODEL_DIR).exists()
+    rows = read_table(out / "results.csv")
+    assert {r["model_sha256"] for r in rows} == {load_card(tiny_model).weights_sha256}
