@@ -48,7 +48,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -58,12 +58,14 @@ from stream.capture import EndOfStream, Frame, Gap
 from stream.decisions import ArenaDecisions, Decision
 from stream.engine.base import Engine  # the one engine type (warmup / predict / close), every backend
 from stream.input_check import ArenaInputCheck, InputReference, clip_input_stats, warn
-from stream.live_adapt import LiveAdaptation
 from stream.outputs.base import FrameEvent, GapEvent, Output, Status, broadcast
 from stream.clip_source import ClipSource
 from stream.modelfile import CROP_ROI
 from stream.preprocess import FUTURE_FRAMES
 from stream.trials import ArenaTrial, TrialBook, TrialEnded, TrialStarted
+
+if TYPE_CHECKING:
+    from stream.live_adapt import LiveAdaptation
 
 __all__ = ["PipelineConfig", "RunResult", "Pipeline", "format_status", "look_ahead_s"]
 
