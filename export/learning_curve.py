@@ -198,10 +198,11 @@ def _series(points: Sequence[dict[str, Any]]) -> dict[str, dict[float, list[dict
     return series
 
 
-def _cell(points: Sequence[dict[str, Any]]) -> str:
-    """One point of the curve: the single run as before, or mean +- sd over seeds (kappa as a mean)."""
-    acc, sd, n = _summary(points, "accuracy")
-    kappa = _summary(points, "kappa")[0]
+def _cell(points: Sequence[dict[str, Any]], prefix: str = "") -> str:
+    """One point of the curve: the single run as before, or mean +- sd over seeds (kappa as a mean);
+    ``prefix`` "adapted_": the same point with each test video adapted on itself (``--adapt-test``)."""
+    acc, sd, n = _summary(points, f"{prefix}accuracy")
+    kappa = _summary(points, f"{prefix}kappa")[0]
     if n <= 1:
         return f"{100 * acc:.1f} % (kappa {kappa:.2f})"
     return f"{100 * acc:.1f} ± {100 * sd:.1f} % (kappa {kappa:.2f}, {n} seeds)"
@@ -210,7 +211,8 @@ def _cell(points: Sequence[dict[str, Any]]) -> str:
 def write_table(out: Path, points: Sequence[dict[str, Any]], *, note: str = "") -> tuple[Path, Path]:
     """CSV (one row per point) and a markdown table (minutes x start+select, accuracy / kappa)."""
     columns = ["start", "select", "minutes", "seed", "labelled_minutes", "train_clips", "accuracy", "kappa", "flow_weight", "weight_choice",
-               "held_back_clips", "rgb_accuracy", "flow_accuracy", "train_time_s"]  # fmt: skip
+               "held_back_clips", "rgb_accuracy", "flow_accuracy", "adapted_accuracy", "adapted_kappa", "adapted_rgb_accuracy",
+               "adapted_flow_accuracy", "train_time_s"]  # fmt: skip
     rows = sorted(points, key=lambda p: (p["start"], p["select"], weight_choice_of(p), p["minutes"], seed_of(p)))
     special = {"seed": seed_of, "weight_choice": weight_choice_of}
     csv_lines = [",".join(columns)] + [",".join(str(special[c](p) if c in special else p.get(c, "")) for c in columns) for p in rows]
@@ -226,6 +228,13 @@ def write_table(out: Path, points: Sequence[dict[str, Any]], *, note: str = "") 
             ps = series[name].get(m)
             cells.append("" if not ps else _cell(ps))
         md.append(f"| {m:g} | " + " | ".join(cells) + " |")
+    if any("adapted_accuracy" in p for p in points):  # --adapt-test: the same points, each test video on its own statistics
+        adapted = {name: {m: [p for p in ps if "adapted_accuracy" in p] for m, ps in by_m.items()} for name, by_m in series.items()}
+        md += ["", "The same points with each test video scored on its own BatchNorm statistics (`stream-run --adapt`'s, "
+               "`--adapt-test`; 64 unlabelled clips per video)", "",
+               "| labelled minutes | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for m in minutes:
+            md.append(f"| {m:g} | " + " | ".join("" if not adapted[name].get(m) else _cell(adapted[name][m], "adapted_") for name in names) + " |")
     streams = [p for p in rows if "rgb_accuracy" in p]
     if streams:  # why a point lands where it does: each stream alone, and the best weight in hindsight (not a result)
         md += ["", "Each stream alone, and the fused agreement at the flow weight that would have been best on these test "
@@ -333,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-weight", choices=WEIGHT_CHOICES, default="card",
                    help="fusion weight of the fine-tuned streams: the given model's (card), or re-chosen on one video's picked "
                         "stretches (one animal's if there is one video), held back from training (held-back) (default: %(default)s)")
+    p.add_argument("--adapt-test", action="store_true",
+                   help="also score each point with every test video's own BatchNorm statistics (stream-run --adapt's: 64 "
+                        "unlabelled clips of the video): adapted_* columns and a second table, beside the plain figures")
     p.add_argument("--stretch-s", type=float, default=4.0, help="length of a picked stretch (default: 4)")
     p.add_argument("--score-stride", type=int, default=1, help="stream-run --stride when scoring the training videos (default: 1)")
     p.add_argument("--frame-step", type=int, default=1, help="train on every Nth labelled frame (default: 1)")
@@ -419,6 +431,40 @@ def _evaluate(model, test_ds, flow_weight: float, num_classes: int, batch_size: 
             "accuracy_by_flow_weight": sweep}  # fmt: skip
 
 
+def _evaluate_adapted(model, card, test_ds, flow_weight: float, num_classes: int, batch_size: int, device: str,
+                      cache_dir: Path | None) -> dict[str, float]:
+    """The point again with each test video scored by the model with that video's own BatchNorm
+    statistics (``stream-run --adapt``'s: 64 unlabelled clips of the video, every 15th frame, seed 0;
+    ``export.adapt``), so a curve says what the labelled minutes add on top of adapting, not instead of it."""
+    import copy
+
+    from torch.utils.data import Subset
+
+    from export.adapt import adapt_batchnorm, unlabelled_clips
+    from export.train import predict_streams
+    from stream.adabn import DEFAULT_FRAME_STEP
+    from stream.model import fuse
+    from stream.run_config import ADAPT_CLIPS_DEFAULT
+
+    video_of_source = [s.video_path.resolve() for s in test_ds.sources]
+    rgb, flow, labels, moved = [], [], [], []
+    for video in dict.fromkeys(video_of_source):
+        sources = [i for i, v in enumerate(video_of_source) if v == video]
+        idx = np.flatnonzero(np.isin(test_ds.items[:, 0], sources))
+        adapted = copy.deepcopy(model).cpu()
+        clips = unlabelled_clips(card, [video], [None], frame_step=DEFAULT_FRAME_STEP, cache_dir=cache_dir)
+        moved.append(adapt_batchnorm(adapted, clips, count=ADAPT_CLIPS_DEFAULT, seed=0, batch_size=batch_size))
+        pred = predict_streams(adapted, Subset(test_ds, idx), batch_size=batch_size, device=device, progress=False)
+        rgb.append(pred.rgb_probs)
+        flow.append(pred.flow_probs)
+        labels.append(pred.labels)
+    rgb_p, flow_p, truth = np.concatenate(rgb), np.concatenate(flow), np.concatenate(labels)
+    predicted = fuse(np.log(np.clip(rgb_p, 1e-12, None)), np.log(np.clip(flow_p, 1e-12, None)), flow_weight).argmax(1)
+    return {"adapted_accuracy": float((predicted == truth).mean()), "adapted_kappa": cohen_kappa(truth, predicted, num_classes),
+            "adapted_rgb_accuracy": float((rgb_p.argmax(1) == truth).mean()), "adapted_flow_accuracy": float((flow_p.argmax(1) == truth).mean()),
+            "adapted_variance_change": [round(m, 4) for m in moved]}  # fmt: skip
+
+
 @cli_main("export-learning-curve")
 def main(argv: list[str] | None = None) -> int:
     import torch
@@ -498,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         result_path = out / POINTS_DIR / f"{name}.json"
         if result_path.is_file():
             points.append(json.loads(result_path.read_text()))
+            if args.adapt_test and start != "motion" and "adapted_accuracy" not in points[-1]:
+                log.warning("%s was scored without --adapt-test (its model is not kept); delete %s to train and score it again", name, result_path)
             continue
         t0 = time.monotonic()
         seed_everything(seed)
@@ -552,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
                      card.flow_weight, sweep[f"{card.flow_weight:.1f}"], sweep[f"{flow_weight:.1f}"])  # fmt: skip
         if start != "motion":
             point.update(_evaluate(model, test_ds, flow_weight, len(classes), args.batch_size, args.device))
+            if args.adapt_test:
+                point.update(_evaluate_adapted(model, card, test_ds, flow_weight, len(classes), args.batch_size, args.device, args.cache_dir))
         _atomic_json(result_path, point)
         points.append(point)
         how = f"thresholds fitted on {point['train_clips']} clips" if start == "motion" else f"{point['train_clips']} training clips, {point['train_time_s']:.0f} s"

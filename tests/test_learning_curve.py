@@ -267,3 +267,38 @@ def test_learning_curve_rechooses_the_flow_weight_on_held_back_stretches(tmp_pat
     assert len(animals(held)) == 1 and not animals(trained) & animals(held)  # one whole animal held back
     text = (out / lc.TABLE_MD).read_text()
     assert "per-stream+uncertainty+held-back weight" in text and "Flow weight re-chosen on the held-back" in text
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_adapt_test_scores_each_test_video_on_its_own_statistics(tmp_path, tiny_model):
+    """--adapt-test: every point is scored again with each test video adapted on itself, as stream-run
+    --adapt would score it; the figure equals adapting that video with export.adapt's own steps."""
+    import copy
+
+    from export.adapt import adapt_batchnorm, unlabelled_clips
+    from export.train import predict_streams
+    from stream.model import fuse
+    from stream.modelfile import load_model
+
+    out, _, points = _curve(tmp_path, tiny_model, "--starts", "model", "--select", "random", "--minutes", "0", "--adapt-test")
+    untouched = points["model-0min"]
+    assert 0.0 <= untouched["adapted_accuracy"] <= 1.0 and len(untouched["adapted_variance_change"]) == 1
+    model, card = load_model(tiny_model)
+    test_video = next((tmp_path / "data").glob("test*.mp4"))
+    clips = unlabelled_clips(card, [test_video], [None], frame_step=15, cache_dir=tmp_path / "cache")
+    adapted = copy.deepcopy(model)
+    adapt_batchnorm(adapted, clips, count=64, seed=0, batch_size=4)
+    from export.dataset import ClipDataset
+    from export.learning_curve import _sources
+    from stream.flow import FlowConfig
+
+    labels = next((tmp_path / "data").glob("test*.labels.csv"))
+    ds = ClipDataset(_sources([test_video], [labels], card.classes), card.classes, size_px=card.input_size_px, cache_dir=tmp_path / "cache",
+                     frame_step=6, flow_config=FlowConfig(**card.flow))  # fmt: skip
+    pred = predict_streams(adapted, ds, batch_size=4, device="cpu", progress=False)
+    fused = fuse(np.log(np.clip(pred.rgb_probs, 1e-12, None)), np.log(np.clip(pred.flow_probs, 1e-12, None)), card.flow_weight).argmax(1)
+    assert untouched["adapted_accuracy"] == pytest.approx(float((fused == pred.labels).mean()), abs=1e-9)
+    assert untouched["adapted_variance_change"][0] > 0  # the statistics did move
+    table = (out / lc.TABLE_MD).read_text()
+    assert "each test video scored on its own BatchNorm statistics" in table
+    assert "adapted_accuracy" in (out / lc.TABLE_CSV).read_text().splitlines()[0]
