@@ -21,12 +21,15 @@ measured here.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Subset
 
 from export import train as tr
 from export.annotations import Annotation
@@ -80,6 +83,20 @@ def adapt_batchnorm(model: torch.nn.Module, clips: ClipDataset, *, count: int, s
         log.warning("only %d candidate clips for --clips %d: all of them are used", len(clips), count)
     config = tr.TrainConfig(seed=seed, batch_size=batch_size, bn_recalibration_clips=count, num_workers=0)
     return tr.recalibrate_batchnorm(model, clips, config, torch.device("cpu"), progress=progress)
+
+
+def predict_adapted(model: torch.nn.Module, card: ModelCard, ds: Dataset, video_of_item: np.ndarray, units: Iterable[Sequence[int]],
+                    videos: Sequence[Path], arenas: Sequence[Path | None], *, count: int, seed: int, frame_step: int, batch_size: int,
+                    cache_dir: Path | None, device: str = "cpu") -> Iterator[tuple[np.ndarray, tr.StreamPredictions, float]]:  # fmt: skip
+    """Per unit (indices into ``videos``): a copy of ``model`` with the BatchNorm statistics of that unit's
+    unlabelled clips, and its predictions on the items of ``ds`` from those videos; yields (item indices,
+    predictions, how far the variances moved). ``model`` itself is left as it is."""
+    for unit in units:
+        idx = np.flatnonzero(np.isin(video_of_item, list(unit)))
+        adapted = copy.deepcopy(model).cpu()
+        clips = unlabelled_clips(card, [videos[i] for i in unit], [arenas[i] for i in unit], frame_step=frame_step, cache_dir=cache_dir)
+        moved = adapt_batchnorm(adapted, clips, count=count, seed=seed, batch_size=batch_size)
+        yield idx, tr.predict_streams(adapted, Subset(ds, idx), batch_size=batch_size, device=device, progress=False), moved
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,6 @@ accuracy at every flow weight before and after, and the settings) and ``adapt_ch
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import csv
 import json
@@ -32,12 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Subset
 from tqdm import tqdm
 
 from export import evaluate as ev
 from export import train as tr
-from export.adapt import adapt_batchnorm, unlabelled_clips
+from export.adapt import predict_adapted
 from export.train_config import apply_threads
 from export.train_data import card_data_args
 from stream.adabn import DEFAULT_FRAME_STEP
@@ -182,12 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     before = ev.held_out_of(tr.predict_streams(model, ds, batch_size=args.batch_size, device="cpu", progress=args.verbose), ds.items,
                             group_of_source[ds.items[:, 0]])  # fmt: skip
     parts, moved = [], []
-    for unit in tqdm(units, desc=f"adapting {SCOPE_TEXT[args.scope]}", unit="unit", disable=not args.verbose and len(units) < 2):
-        idx = np.flatnonzero(np.isin(video_of_source[ds.items[:, 0]], unit))
-        adapted = copy.deepcopy(model)
-        clips = unlabelled_clips(card, [videos[i] for i in unit], [arenas[i] for i in unit], frame_step=args.adapt_frame_step, cache_dir=args.cache_dir)
-        moved.append(adapt_batchnorm(adapted, clips, count=args.clips, seed=args.seed, batch_size=args.batch_size))
-        pred = tr.predict_streams(adapted, Subset(ds, idx), batch_size=args.batch_size, device="cpu", progress=False)
+    for idx, pred, change in predict_adapted(model, card, ds, video_of_source[ds.items[:, 0]],
+                                             tqdm(units, desc=f"adapting {SCOPE_TEXT[args.scope]}", unit="unit", disable=not args.verbose and len(units) < 2),
+                                             videos, arenas, count=args.clips, seed=args.seed, frame_step=args.adapt_frame_step,
+                                             batch_size=args.batch_size, cache_dir=args.cache_dir):  # fmt: skip
+        moved.append(change)
         parts.append(ev.held_out_of(pred, ds.items[idx], group_of_source[ds.items[idx, 0]]))
     after = ev.HeldOut(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(ev.HeldOut)))
 

@@ -415,9 +415,14 @@ def _sources(videos: Sequence[Path], labels: Sequence[Path], classes: Sequence[s
 
 def _evaluate(model, test_ds, flow_weight: float, num_classes: int, batch_size: int, device: str) -> dict[str, float]:
     from export.train import predict_streams
+
+    return _scores(predict_streams(model, test_ds, batch_size=batch_size, device=device, progress=False), flow_weight, num_classes)
+
+
+def _scores(pred, flow_weight: float, num_classes: int) -> dict[str, Any]:
+    """A point's figures from each stream's softmax on the test clips (``export.train.StreamPredictions``)."""
     from stream.model import fuse
 
-    pred = predict_streams(model, test_ds, batch_size=batch_size, device=device, progress=False)
     log_rgb, log_flow = np.log(np.clip(pred.rgb_probs, 1e-12, None)), np.log(np.clip(pred.flow_probs, 1e-12, None))
     predicted = fuse(log_rgb, log_flow, flow_weight).argmax(1)
     # Not used to choose anything: the sweep shows which stream carried the result and what another
@@ -432,37 +437,25 @@ def _evaluate(model, test_ds, flow_weight: float, num_classes: int, batch_size: 
 
 
 def _evaluate_adapted(model, card, test_ds, flow_weight: float, num_classes: int, batch_size: int, device: str,
-                      cache_dir: Path | None) -> dict[str, float]:
+                      cache_dir: Path | None) -> dict[str, Any]:
     """The point again with each test video scored by the model with that video's own BatchNorm
     statistics (``stream-run --adapt``'s: 64 unlabelled clips of the video, every 15th frame, seed 0;
     ``export.adapt``), so a curve says what the labelled minutes add on top of adapting, not instead of it."""
-    import copy
-
-    from torch.utils.data import Subset
-
-    from export.adapt import adapt_batchnorm, unlabelled_clips
-    from export.train import predict_streams
+    from export.adapt import predict_adapted
+    from export.train import StreamPredictions
     from stream.adabn import DEFAULT_FRAME_STEP
-    from stream.model import fuse
     from stream.run_config import ADAPT_CLIPS_DEFAULT
 
     video_of_source = [s.video_path.resolve() for s in test_ds.sources]
-    rgb, flow, labels, moved = [], [], [], []
-    for video in dict.fromkeys(video_of_source):
-        sources = [i for i, v in enumerate(video_of_source) if v == video]
-        idx = np.flatnonzero(np.isin(test_ds.items[:, 0], sources))
-        adapted = copy.deepcopy(model).cpu()
-        clips = unlabelled_clips(card, [video], [None], frame_step=DEFAULT_FRAME_STEP, cache_dir=cache_dir)
-        moved.append(adapt_batchnorm(adapted, clips, count=ADAPT_CLIPS_DEFAULT, seed=0, batch_size=batch_size))
-        pred = predict_streams(adapted, Subset(test_ds, idx), batch_size=batch_size, device=device, progress=False)
-        rgb.append(pred.rgb_probs)
-        flow.append(pred.flow_probs)
-        labels.append(pred.labels)
-    rgb_p, flow_p, truth = np.concatenate(rgb), np.concatenate(flow), np.concatenate(labels)
-    predicted = fuse(np.log(np.clip(rgb_p, 1e-12, None)), np.log(np.clip(flow_p, 1e-12, None)), flow_weight).argmax(1)
-    return {"adapted_accuracy": float((predicted == truth).mean()), "adapted_kappa": cohen_kappa(truth, predicted, num_classes),
-            "adapted_rgb_accuracy": float((rgb_p.argmax(1) == truth).mean()), "adapted_flow_accuracy": float((flow_p.argmax(1) == truth).mean()),
-            "adapted_variance_change": [round(m, 4) for m in moved]}  # fmt: skip
+    videos = list(dict.fromkeys(video_of_source))
+    video_of_item = np.array([videos.index(video_of_source[s]) for s in test_ds.items[:, 0]])
+    parts = list(predict_adapted(model, card, test_ds, video_of_item, [[i] for i in range(len(videos))], videos, [None] * len(videos),
+                                 count=ADAPT_CLIPS_DEFAULT, seed=0, frame_step=DEFAULT_FRAME_STEP, batch_size=batch_size,
+                                 cache_dir=cache_dir, device=device))  # fmt: skip
+    pred = StreamPredictions(*(np.concatenate([getattr(p, f) for _, p, _ in parts]) for f in ("rgb_probs", "flow_probs", "labels")))
+    scores = _scores(pred, flow_weight, num_classes)
+    return {**{f"adapted_{k}": scores[k] for k in ("accuracy", "kappa", "rgb_accuracy", "flow_accuracy")},
+            "adapted_variance_change": [round(moved, 4) for _, _, moved in parts]}
 
 
 @cli_main("export-learning-curve")
