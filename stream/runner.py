@@ -746,7 +746,7 @@ class Runner:
                 self.metrics.engine_info.info({"engine": str(engine.name), "device": str(engine.device), "model": adapted.name,
                                                "input_size_px": str(adapted.input_size_px), "fps": str(adapted.fps),
                                                "stride": str(c.model.stride)})  # fmt: skip
-            window_from = c.decisions.test_duration_s - c.decisions.scoring_window_s
+            window_from = self._decision_config(card).scoring_window_start_s
             for arena_id, trial in self._running_trials():
                 if timestamp_s - trial.start_s > window_from:
                     log.warning("trial %s (arena %s): its scoring window began %.1f s before the adapted model took over; "
