@@ -59,7 +59,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +273,40 @@ SERIES_LABELS = {"model": "model fine-tuned (recipe)", "per-stream": "model fine
                  "motion": "motion baseline"}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class CurveLine:
+    """One line of the plot: a series (start+select), as trained or with each test video adapted."""
+
+    series: str  # "start+select" (and "+held-back")
+    start: str
+    select: str
+    adapted: bool
+    label: str
+    minutes: list[float]
+    mean_pct: list[float]
+    sd_pct: list[float]  # 0 where one seed
+
+
+def curve_lines(points: Sequence[dict[str, Any]]) -> list[CurveLine]:
+    """The plot's lines: every series, and beside it (``--adapt-test``) the same series with each test
+    video adapted, so the two are read against each other rather than from two tables."""
+    lines = []
+    for name, by_min in sorted(_series(points).items()):
+        start, select, *held = name.split("+")
+        label = SERIES_LABELS.get(start, start) + f", {select} minutes" + "".join(f", {h}" for h in held)
+        for adapted in (False, True):
+            key = "adapted_accuracy" if adapted else "accuracy"
+            stats = {x: _summary(by_min[x], key) for x in sorted(by_min)}
+            xs = [x for x, (_, _, n) in stats.items() if n]
+            if not xs:
+                continue
+            seeds = max(stats[x][2] for x in xs)
+            lines.append(CurveLine(name, start, select, adapted, label + (", each test video adapted" if adapted else "")
+                                   + (f" (mean ± sd, {seeds} seeds)" if seeds > 1 else ""), xs,
+                                   [100 * stats[x][0] for x in xs], [0.0 if np.isnan(stats[x][1]) else 100 * stats[x][1] for x in xs]))  # fmt: skip
+    return lines
+
+
 def plot_curve(path: Path, points: Sequence[dict[str, Any]], *, title: str = "Learning curve") -> Path:
     import matplotlib
 
@@ -282,15 +316,12 @@ def plot_curve(path: Path, points: Sequence[dict[str, Any]], *, title: str = "Le
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     styles = {"model": "-", "per-stream": "-.", "random": "--", "motion": ":"}
     markers = {"uncertainty": "o", "random": "s"}
-    for name, by_min in sorted(_series(points).items()):
-        start, select, *held = name.split("+")
-        xs = sorted(by_min)
-        stats = [_summary(by_min[x], "accuracy") for x in xs]
-        seeds = max(n for _, _, n in stats)
-        ax.errorbar(xs, [100 * mean for mean, _, _ in stats], yerr=[0.0 if np.isnan(sd) else 100 * sd for _, sd, _ in stats],
-                    fmt=styles.get(start, "-"), marker=markers.get(select, "o"), capsize=3,
-                    label=SERIES_LABELS.get(start, start) + f", {select} minutes" + ("".join(f", {h}" for h in held))
-                    + (f" (mean ± sd, {seeds} seeds)" if seeds > 1 else ""))  # fmt: skip
+    colours: dict[str, str] = {}  # a series and its adapted twin share a colour; the twin has open markers
+    for line in curve_lines(points):
+        drawn = ax.errorbar(line.minutes, line.mean_pct, yerr=line.sd_pct, fmt=styles.get(line.start, "-"),
+                            marker=markers.get(line.select, "o"), capsize=3, color=colours.get(line.series),
+                            mfc="white" if line.adapted else None, alpha=0.8 if line.adapted else 1.0, label=line.label)  # fmt: skip
+        colours.setdefault(line.series, drawn.lines[0].get_color())
     ax.axhline(100 * TARGET_AGREEMENT, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("labelled minutes of the new setup")
     ax.set_ylabel("per-frame agreement on held-out videos (%)")

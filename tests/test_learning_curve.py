@@ -34,6 +34,24 @@ def test_table_puts_the_zero_minute_point_in_every_series_of_its_start(tmp_path)
     assert lc.plot_curve(tmp_path / "c.png", points).stat().st_size > 1000
 
 
+def test_plot_draws_each_series_beside_its_adapted_twin(tmp_path):
+    """--adapt-test: the adapted figures are a line of their own beside the series they adapt, over the
+    minutes that have them; a series without them (motion) keeps one line."""
+    points = [
+        {"start": "model", "select": "none", "minutes": 0.0, "seed": 0, "accuracy": 0.8, "kappa": 0.6, "adapted_accuracy": 0.9},
+        *({"start": "per-stream", "select": "random", "minutes": 2.0, "seed": s, "accuracy": 0.7 + s / 100, "kappa": 0.5,
+           "adapted_accuracy": 0.92 + s / 100} for s in range(3)),
+        {"start": "motion", "select": "random", "minutes": 2.0, "seed": 0, "accuracy": 0.6, "kappa": 0.3},
+    ]
+    lines = {(ln.series, ln.adapted): ln for ln in lc.curve_lines(points)}
+    assert set(lines) == {("motion+random", False), ("per-stream+random", False), ("per-stream+random", True)}
+    twin = lines["per-stream+random", True]
+    assert twin.minutes == [0.0, 2.0] and twin.mean_pct == pytest.approx([90.0, 93.0])
+    assert twin.sd_pct == pytest.approx([0.0, 1.0]) and "adapted" in twin.label and "3 seeds" in twin.label
+    assert lines["per-stream+random", False].mean_pct == pytest.approx([80.0, 71.0])
+    assert lc.plot_curve(tmp_path / "c.png", points).stat().st_size > 1000
+
+
 def _curve(tmp_path, tiny_model, *extra, train_arenas: int = 1):
     from export.synth import SynthConfig, render_video
 
